@@ -1,0 +1,120 @@
+"""``Budget``: limits on MACs, parameters and bytes.
+
+A limit is an absolute number (``params=2_000_000``), a string with a unit
+(``macs="300M"``, ``bytes="8MB"``, ``bytes="8MiB"``) or a percentage of the base
+model (``macs="40%"``). A bare numeric string such as ``"40"`` is refused: it
+could mean 40 or 40 %.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from spaces._cost import Cost
+
+__all__ = ["Budget", "Limit"]
+
+METRICS = ("macs", "params", "bytes")
+_COUNT_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_BYTE_UNITS = {
+    "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
+}
+_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z%]*)\s*$")
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One limit: ``value`` absolute, or a fraction of the base when ``relative``."""
+
+    value: float
+    relative: bool = False
+
+    def resolve(self, base: float) -> float:
+        return self.value * base if self.relative else self.value
+
+    def __str__(self) -> str:
+        return f"{self.value * 100:g}%" if self.relative else f"{self.value:g}"
+
+
+def _parse(metric: str, value: Any) -> Limit:
+    rule = (
+        f'budget {metric} must be a positive number, a percentage of the base model like "40%"'
+        + (', or a size like "8MB"' if metric == "bytes" else ', or a count like "300M"')
+    )
+    if isinstance(value, Limit):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"{rule}; got {value!r}")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{rule}; got {value!r}")
+        return Limit(float(value))
+    m = _RE.match(value)
+    if not m:
+        raise ValueError(f"{rule}; got {value!r}")
+    number, unit = float(m.group(1)), m.group(2).upper()
+    if number <= 0:
+        raise ValueError(f"{rule}; got {value!r}")
+    if unit == "%":
+        return Limit(number / 100.0, relative=True)
+    if unit == "":
+        raise ValueError(f"{rule}; got {value!r}, which has no unit (write \"{value.strip()}%\" for a percentage)")
+    units = _BYTE_UNITS if metric == "bytes" else _COUNT_UNITS
+    if unit not in units:
+        raise ValueError(f"{rule}; got {value!r} with unknown unit {m.group(2)!r} (known: {', '.join(k for k in units if k)})")
+    return Limit(number * units[unit])
+
+
+class Budget:
+    """Limits on ``macs``, ``params`` and ``bytes``; ``None`` means unlimited.
+
+    ``slack(cost, base)`` returns, per limited metric, ``(value - limit) / limit``:
+    ``<= 0`` when the limit is met (Optuna's constraint convention). ``base`` is
+    needed only for percentage limits.
+    """
+
+    def __init__(self, macs: Any = None, params: Any = None, bytes: Any = None) -> None:  # noqa: A002
+        self.limits: dict[str, Limit] = {}
+        for metric, value in (("macs", macs), ("params", params), ("bytes", bytes)):
+            if value is not None:
+                self.limits[metric] = _parse(metric, value)
+        if not self.limits:
+            raise ValueError("a budget needs at least one limit: macs, params or bytes")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Budget:
+        unknown = sorted(set(data) - set(METRICS))
+        if unknown:
+            raise ValueError(f"unknown budget key(s) {unknown}; known keys are {list(METRICS)}")
+        return cls(**data)
+
+    def absolute(self, base: Cost | None = None) -> dict[str, float]:
+        out = {}
+        for metric, limit in self.limits.items():
+            if limit.relative:
+                if base is None:
+                    raise ValueError(f"budget {metric}={limit} is relative: pass the base model's cost")
+                out[metric] = limit.resolve(getattr(base, metric))
+            else:
+                out[metric] = limit.value
+        return out
+
+    def slack(self, cost: Cost, base: Cost | None = None) -> dict[str, float]:
+        return {m: (getattr(cost, m) - lim) / lim for m, lim in self.absolute(base).items()}
+
+    def is_met(self, cost: Cost, base: Cost | None = None) -> bool:
+        return all(v <= 0 for v in self.slack(cost, base).values())
+
+    def to_dict(self) -> dict[str, str | float]:
+        return {m: (str(lim) if lim.relative else lim.value) for m, lim in self.limits.items()}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Budget) and self.limits == other.limits
+
+    def __repr__(self) -> str:
+        return "Budget(" + ", ".join(f"{m}={lim}" for m, lim in self.limits.items()) + ")"

@@ -1,0 +1,88 @@
+"""``Cost`` and ``measure_cost``: what a model costs, measured on a built model.
+
+What is counted, exactly:
+
+* **MACs**: multiply-accumulates of convolutions (``aten::_convolution``) and
+  linear layers (``aten::linear``, ``aten::addmm``), counted by fvcore on one
+  forward pass of ``example_inputs`` (the whole batch as given). A convolution
+  costs ``N * H_out * W_out * C_out * C_in / groups * k_h * k_w``, a linear
+  layer ``prod(input.shape[:-1]) * in_features * out_features``. Every other op
+  (BatchNorm, pooling, activations, additions, ...) is *not* counted; the ops
+  fvcore saw and skipped are listed in :attr:`Cost.skipped_ops`.
+* **params**: the number of elements of ``model.parameters()`` (buffers such as
+  BatchNorm running statistics are not parameters).
+* **bytes**: the parameters' storage, ``numel * element_size`` summed.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Cost", "measure_cost", "COUNTED_OPS"]
+
+COUNTED_OPS = ("aten::_convolution", "aten::linear", "aten::addmm")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """MACs, parameter count and parameter bytes of a model (see module doc)."""
+
+    macs: int
+    params: int
+    bytes: int
+    skipped_ops: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"macs": self.macs, "params": self.params, "bytes": self.bytes}
+
+    def ratio(self, base: Cost) -> dict[str, float]:
+        """Each figure as a fraction of ``base``'s."""
+        return {k: (v / b if b else 0.0) for (k, v), b in zip(self.as_dict().items(), base.as_dict().values())}
+
+
+def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    raise TypeError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
+
+
+def measure_cost(model: nn.Module, example_inputs: Any) -> Cost:
+    """Measure ``model``'s cost with fvcore (MACs) and parameter counting."""
+    from fvcore.nn.jit_analysis import JitModelAnalysis
+    from fvcore.nn.jit_handles import addmm_flop_jit, conv_flop_jit, linear_flop_jit
+
+    inputs = _as_tuple(example_inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        # Count exactly conv + linear; everything else is reported as skipped.
+        analysis = JitModelAnalysis(model, inputs).set_op_handle(
+            **{"aten::_convolution": conv_flop_jit, "aten::linear": linear_flop_jit, "aten::addmm": addmm_flop_jit}
+        )
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        fv_logger = logging.getLogger("fvcore.nn.jit_analysis")
+        level = fv_logger.level
+        fv_logger.setLevel(logging.ERROR)
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit deprecation notices
+                macs = int(analysis.total())
+                skipped = Counter(analysis.unsupported_ops())
+        finally:
+            fv_logger.setLevel(level)
+    finally:
+        model.train(was_training)
+    params = sum(p.numel() for p in model.parameters())
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return Cost(macs=macs, params=params, bytes=nbytes, skipped_ops=dict(skipped))

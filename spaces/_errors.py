@@ -1,0 +1,30 @@
+"""The exception root of PruneTune and its subclasses.
+
+Every package raises these (or ``ValueError``/``TypeError`` for plain bad
+arguments); the CLI turns any of them into a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PruneTuneError",
+    "PlanError",
+    "UnsupportedModelError",
+    "InfeasibleBudgetError",
+]
+
+
+class PruneTuneError(Exception):
+    """Base class of all PruneTune errors."""
+
+
+class PlanError(PruneTuneError, ValueError):
+    """A plan that does not fit its model space (unknown id, ratio out of range, ...)."""
+
+
+class UnsupportedModelError(PruneTuneError):
+    """The model contains a layer or op the space cannot handle correctly."""
+
+
+class InfeasibleBudgetError(PruneTuneError, ValueError):
+    """No plan of the space meets the budget; the message names the smallest cost."""

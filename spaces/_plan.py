@@ -1,0 +1,116 @@
+"""``Plan``: what to change in a model, as plain JSON-able data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from spaces._errors import PlanError
+
+__all__ = ["Plan", "IMPORTANCES"]
+
+IMPORTANCES = ("l1", "l2", "bn_scale")
+_FORMAT = 1
+
+
+def _frozen(d: Mapping[str, float]) -> Mapping[str, float]:
+    return MappingProxyType(dict(sorted(d.items())))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A compression plan.
+
+    ``prune`` maps a group id of a :class:`~spaces.ModelSpace` to the fraction of
+    its channels to remove, in ``[0, 1)``. Groups that are absent keep every
+    channel. ``importance`` and ``round_to`` say how channels are chosen and
+    rounded; ``None`` means "the space's default", and plans made by a space
+    carry the space's values so that they rebuild the same model anywhere.
+
+    The plan is immutable; its JSON form round-trips exactly and :attr:`hash` is
+    a stable identifier (SHA-256 of the canonical JSON, first 16 hex digits).
+    Checking the plan against a model (known ids, no empty group) is
+    :meth:`spaces.ModelSpace.validate`.
+    """
+
+    prune: Mapping[str, float] = field(default_factory=dict)
+    importance: str | None = None
+    round_to: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prune, Mapping):
+            raise TypeError(f"Plan.prune must be a mapping of group id to ratio, got {type(self.prune).__name__}")
+        clean: dict[str, float] = {}
+        for gid, ratio in self.prune.items():
+            if not isinstance(gid, str):
+                raise TypeError(f"Plan.prune keys must be group ids (str), got {gid!r}")
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+                raise TypeError(f"prune ratio of group {gid!r} must be a number, got {ratio!r}")
+            r = float(ratio)
+            if not (0.0 <= r < 1.0) or math.isnan(r):
+                raise PlanError(f"prune ratio of group {gid!r} must be in [0, 1), got {ratio!r}")
+            if r > 0.0:
+                clean[gid] = r
+        object.__setattr__(self, "prune", _frozen(clean))
+        if self.importance is not None and self.importance not in IMPORTANCES:
+            raise PlanError(f"importance must be one of {', '.join(IMPORTANCES)}, got {self.importance!r}")
+        if self.round_to is not None and (
+            isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1
+        ):
+            raise PlanError(f"round_to must be an integer >= 1, got {self.round_to!r}")
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"format": _FORMAT, "prune": dict(self.prune)}
+        if self.importance is not None:
+            d["importance"] = self.importance
+        if self.round_to is not None:
+            d["round_to"] = self.round_to
+        return d
+
+    def to_json(self, *, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a plan must be a JSON object, got {type(data).__name__}")
+        known = {"format", "prune", "importance", "round_to"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PlanError(f"unknown plan key(s) {unknown}; known keys are {sorted(known)}")
+        fmt = data.get("format", _FORMAT)
+        if fmt != _FORMAT:
+            raise PlanError(f"plan format must be {_FORMAT}, got {fmt!r}")
+        return cls(
+            prune=dict(data.get("prune", {})),
+            importance=data.get("importance"),
+            round_to=data.get("round_to"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"plan is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.prune
+
+    def __hash__(self) -> int:
+        return hash(self.to_json())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Plan) and self.to_json() == other.to_json()

@@ -1,0 +1,146 @@
+"""Compatibility shims for torch-pruning on current PyTorch.
+
+torch-pruning 1.6.1 reads the autograd attribute ``_saved_self_sizes`` of
+``ViewBackward``/``ReshapeBackward`` nodes. PyTorch 2.x renamed it to
+``_saved_self_sym_sizes``, so torch-pruning falls back to a legacy branch that
+divides by a channel count of zero on ShuffleNet's channel shuffle
+(``ZeroDivisionError``) and guesses flatten strides elsewhere.
+
+:func:`install` replaces ``torch_pruning.dependency.index_mapping.
+update_reshape_index_mapping`` with :func:`_update_reshape_index_mapping`, the
+same algorithm reading whichever attribute exists and refusing a mapping with a
+zero channel count. It is idempotent. ``shape_infer.init_shape_information`` gets the same fix for
+``SplitBackward`` (``torch.chunk``), whose split sizes it otherwise infers
+recursively and gets wrong on ShuffleNet (``IndexError`` in the split mapping).
+
+Whatever the library maps, :class:`spaces.ModelSpace` verifies every group by
+masked-channel equivalence (see ``_space.py``) and excludes groups whose
+pruning would change the kept channels' outputs, so a wrong mapping can never
+produce a wrong model.
+
+Two more library limits are handled in ``_space.py`` rather than patched:
+grouped (non-depthwise) convolutions, whose input pruning in
+``ConvPruner.prune_in_channels`` keeps ``keep_idxs[:len(keep_idxs)//groups]``
+(wrong channels), are excluded from the space.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_installed = False
+
+
+def _self_sizes(grad_fn: Any) -> tuple[int, ...] | None:
+    for name in ("_saved_self_sizes", "_saved_self_sym_sizes"):
+        if hasattr(grad_fn, name):
+            return tuple(int(s) for s in getattr(grad_fn, name))
+    return None
+
+
+def _update_reshape_index_mapping(graph: Any, reshape_node: Any) -> None:
+    from torch_pruning.dependency import shape_infer
+    from torch_pruning.dependency.constants import MAX_RECURSION_DEPTH
+    from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+
+    size = _self_sizes(reshape_node.grad_fn)
+    if size is not None:
+        if len(size) not in (1, 4):
+            return
+    elif not graph._2d_4d:
+        return
+
+    out_channels = None
+    for n in reshape_node.outputs:
+        depth = [0]
+        out_channels = shape_infer.infer_in_channels_recursively(graph, n, depth)
+        if depth[0] > MAX_RECURSION_DEPTH:
+            return
+        if out_channels is not None:
+            break
+    in_channels = None
+    for n in reshape_node.inputs:
+        depth = [0]
+        in_channels = shape_infer.infer_out_channels_recursively(graph, n, depth)
+        if depth[0] > MAX_RECURSION_DEPTH:
+            return
+        if in_channels is not None:
+            break
+    if not out_channels or not in_channels or out_channels == in_channels:
+        return
+    if size is not None and len(size) == 4 and size[1] * size[2] * size[3] != out_channels:
+        return
+
+    if out_channels > in_channels:  # flatten
+        if out_channels % in_channels:
+            return
+        stride = out_channels // in_channels
+        for in_node in reshape_node.inputs:
+            for dep in reshape_node.dependencies:
+                if dep.target == in_node:
+                    dep.index_mapping[0] = _FlattenIndexMapping(stride=stride, reverse=True)
+            for dep in in_node.dependencies:
+                if dep.target == reshape_node:
+                    dep.index_mapping[0] = _FlattenIndexMapping(stride=stride, reverse=False)
+    else:  # 1D -> 2D
+        if in_channels % out_channels:
+            return
+        stride = in_channels // out_channels
+        for out_node in reshape_node.outputs:
+            for dep in reshape_node.dependencies:
+                if dep.target == out_node:
+                    dep.index_mapping[0] = _FlattenIndexMapping(stride=stride, reverse=True)
+            for dep in out_node.dependencies:
+                if dep.target == reshape_node:
+                    dep.index_mapping[0] = _FlattenIndexMapping(stride=stride, reverse=False)
+
+
+def _init_shape_information(graph: Any) -> None:
+    from torch_pruning import ops
+    from torch_pruning.dependency import shape_infer
+    from torch_pruning.dependency.constants import MAX_VALID_DIM
+
+    for node in graph.module2node.values():
+        if node.type != ops.OPTYPE.SPLIT:
+            continue
+        grad_fn = node.grad_fn
+        dim = getattr(grad_fn, "_saved_dim", None)
+        if _self_sizes(grad_fn) is not None or hasattr(grad_fn, "_saved_split_sizes"):
+            if dim is not None and dim != 1 and dim < MAX_VALID_DIM:
+                continue
+            if hasattr(grad_fn, "_saved_split_sizes"):
+                chs = [int(c) for c in grad_fn._saved_split_sizes]
+            elif hasattr(grad_fn, "_saved_split_size"):
+                size = _self_sizes(grad_fn)
+                step = int(grad_fn._saved_split_size)
+                total = size[1] if size is not None and len(size) > 1 else step * len(node.outputs)
+                chs = [min(step, total - i) for i in range(0, total, step)]
+            else:
+                continue
+        else:
+            chs = []
+            for n in node.outputs:
+                depth = [0]
+                chs.append(shape_infer.infer_in_channels_recursively(graph, n, depth))
+        offsets = [0]
+        for ch in chs:
+            if ch is None:
+                continue
+            offsets.append(offsets[-1] + ch)
+        node.module.split_sizes = chs
+        node.module.offsets = offsets
+
+
+def install() -> None:
+    """Install the shims (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    from torch_pruning.dependency import index_mapping
+
+    from torch_pruning.dependency import graph, shape_infer
+
+    index_mapping.update_reshape_index_mapping = _update_reshape_index_mapping
+    shape_infer.init_shape_information = _init_shape_information
+    assert graph.shape_infer is shape_infer  # graph.py calls shape_infer.init_shape_information
+    _installed = True
