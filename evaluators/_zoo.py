@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torch import nn
+from torch import Tensor, nn
 
-__all__ = ["ZOO", "resnet20", "resnet32", "resnet56", "vgg11_bn", "vgg16_bn", "mobilenetv2", "plain8"]
+__all__ = ["ZOO", "mobilenetv2", "plain8", "resnet20", "resnet32", "resnet56", "vgg11_bn", "vgg16_bn"]
 
 
 class _BasicBlock(nn.Module):
@@ -24,7 +24,7 @@ class _BasicBlock(nn.Module):
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
@@ -55,7 +55,7 @@ class CifarResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(self.pool(x).flatten(1))
@@ -73,7 +73,7 @@ def resnet56(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
     return CifarResNet(56, in_channels, num_classes)
 
 
-_VGG = {
+_VGG: dict[int, list[int | str]] = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
 }
@@ -97,7 +97,7 @@ class VGG(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(cin, num_classes)
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
@@ -126,18 +126,22 @@ class _InvertedResidual(nn.Module):
         ]
         self.conv = nn.Sequential(*layers)
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x: Tensor) -> Tensor:
         return x + self.conv(x) if self.use_res else self.conv(x)
 
 
 class SmallMobileNetV2(nn.Module):
     """A small MobileNetV2 for 8x8..32x32 images (depthwise convs, residual adds)."""
 
-    _CFG = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 2, 2), (6, 64, 2, 2), (6, 96, 1, 1)]
+    _CFG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 2, 2), (6, 64, 2, 2), (6, 96, 1, 1))
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(inplace=True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU6(inplace=True),
+        ]
         cin = 32
         for t, c, n, s in self._CFG:
             for i in range(n):
@@ -148,7 +152,7 @@ class SmallMobileNetV2(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(320, num_classes)
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
@@ -177,7 +181,7 @@ class Plain8(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(cin, num_classes)
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 

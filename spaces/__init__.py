@@ -13,11 +13,11 @@ from spaces._policy import fit, uniform_plan
 from spaces._space import Group, ModelSpace
 
 __all__ = [
-    "Budget",
     "COUNTED_OPS",
+    "IMPORTANCES",
+    "Budget",
     "Cost",
     "Group",
-    "IMPORTANCES",
     "InfeasibleBudgetError",
     "ModelSpace",
     "Plan",

@@ -21,8 +21,13 @@ __all__ = ["Budget", "Limit"]
 METRICS = ("macs", "params", "bytes")
 _COUNT_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 _BYTE_UNITS = {
-    "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
-    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
 }
 _RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z%]*)\s*$")
 
@@ -42,9 +47,8 @@ class Limit:
 
 
 def _parse(metric: str, value: Any) -> Limit:
-    rule = (
-        f'budget {metric} must be a positive number, a percentage of the base model like "40%"'
-        + (', or a size like "8MB"' if metric == "bytes" else ', or a count like "300M"')
+    rule = f'budget {metric} must be a positive number, a percentage of the base model like "40%"' + (
+        ', or a size like "8MB"' if metric == "bytes" else ', or a count like "300M"'
     )
     if isinstance(value, Limit):
         return value
@@ -63,10 +67,12 @@ def _parse(metric: str, value: Any) -> Limit:
     if unit == "%":
         return Limit(number / 100.0, relative=True)
     if unit == "":
-        raise ValueError(f"{rule}; got {value!r}, which has no unit (write \"{value.strip()}%\" for a percentage)")
+        raise ValueError(f'{rule}; got {value!r}, which has no unit (write "{value.strip()}%" for a percentage)')
     units = _BYTE_UNITS if metric == "bytes" else _COUNT_UNITS
     if unit not in units:
-        raise ValueError(f"{rule}; got {value!r} with unknown unit {m.group(2)!r} (known: {', '.join(k for k in units if k)})")
+        raise ValueError(
+            f"{rule}; got {value!r} with unknown unit {m.group(2)!r} (known: {', '.join(k for k in units if k)})"
+        )
     return Limit(number * units[unit])
 
 

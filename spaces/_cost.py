@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Cost", "measure_cost", "COUNTED_OPS"]
+__all__ = ["COUNTED_OPS", "Cost", "measure_cost"]
 
 COUNTED_OPS = ("aten::_convolution", "aten::linear", "aten::addmm")
 
@@ -45,7 +45,9 @@ class Cost:
 
     def ratio(self, base: Cost) -> dict[str, float]:
         """Each figure as a fraction of ``base``'s."""
-        return {k: (v / b if b else 0.0) for (k, v), b in zip(self.as_dict().items(), base.as_dict().values())}
+        return {
+            k: (v / b if b else 0.0) for (k, v), b in zip(self.as_dict().items(), base.as_dict().values(), strict=False)
+        }
 
 
 def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
@@ -58,8 +60,10 @@ def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
 
 def measure_cost(model: nn.Module, example_inputs: Any) -> Cost:
     """Measure ``model``'s cost with fvcore (MACs) and parameter counting."""
-    from fvcore.nn.jit_analysis import JitModelAnalysis
-    from fvcore.nn.jit_handles import addmm_flop_jit, conv_flop_jit, linear_flop_jit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # fvcore's import touches torch.jit
+        from fvcore.nn.jit_analysis import JitModelAnalysis
+        from fvcore.nn.jit_handles import addmm_flop_jit, conv_flop_jit, linear_flop_jit
 
     inputs = _as_tuple(example_inputs)
     was_training = model.training

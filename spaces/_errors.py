@@ -7,10 +7,10 @@ arguments); the CLI turns any of them into a one-line message and exit code 2.
 from __future__ import annotations
 
 __all__ = [
-    "PruneTuneError",
-    "PlanError",
-    "UnsupportedModelError",
     "InfeasibleBudgetError",
+    "PlanError",
+    "PruneTuneError",
+    "UnsupportedModelError",
 ]
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from spaces._errors import PlanError
 
-__all__ = ["Plan", "IMPORTANCES"]
+__all__ = ["IMPORTANCES", "Plan"]
 
 IMPORTANCES = ("l1", "l2", "bn_scale")
 _FORMAT = 1

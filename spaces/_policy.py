@@ -13,16 +13,14 @@ from spaces._errors import InfeasibleBudgetError, PlanError
 from spaces._plan import Plan
 from spaces._space import ModelSpace
 
-__all__ = ["uniform_plan", "fit"]
+__all__ = ["fit", "uniform_plan"]
 
 
 def uniform_plan(space: ModelSpace, ratio: float) -> Plan:
     """Remove the same fraction of channels from every group."""
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
         raise PlanError(f"uniform prune ratio must be in [0, 1), got {ratio!r}")
-    return Plan(
-        {g.id: float(ratio) for g in space.groups}, importance=space.importance, round_to=space.round_to
-    )
+    return Plan({g.id: float(ratio) for g in space.groups}, importance=space.importance, round_to=space.round_to)
 
 
 def _fmt(cost: Cost, base: Cost) -> str:
@@ -57,9 +55,7 @@ def fit(space: ModelSpace, plan: Plan, budget: Budget) -> Plan:
     lo_keep = np.array([a[0] for a in allowed], dtype=np.int64)
     if not ok(lo_keep):
         smallest = space._cost_of_keep(lo_keep)
-        over = ", ".join(
-            f"{m} <= {lim:,.0f}" for m, lim in limits.items() if getattr(smallest, m) > lim
-        )
+        over = ", ".join(f"{m} <= {lim:,.0f}" for m, lim in limits.items() if getattr(smallest, m) > lim)
         raise InfeasibleBudgetError(
             f"budget {over} is infeasible: the smallest achievable cost is {_fmt(smallest, base)}"
         )

@@ -136,9 +136,7 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from torch_pruning.dependency import index_mapping
-
-    from torch_pruning.dependency import graph, shape_infer
+    from torch_pruning.dependency import graph, index_mapping, shape_infer
 
     index_mapping.update_reshape_index_mapping = _update_reshape_index_mapping
     shape_infer.init_shape_information = _init_shape_information

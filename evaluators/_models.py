@@ -1,0 +1,112 @@
+"""Building models from a spec string and loading their weights without pickle.
+
+Specs:
+
+* ``zoo:<name>`` — the project's zoo (:mod:`evaluators._zoo`);
+* ``torchvision:<name>`` — a torchvision classification model, built with
+  ``weights=None`` (nothing is downloaded);
+* ``package.module:factory`` — any importable callable returning an ``nn.Module``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spaces import UnsupportedModelError
+
+__all__ = ["build_model", "load_weights"]
+
+# torchvision models whose constructor needs extra arguments to build offline and plain
+_TV_EXTRA: dict[str, dict[str, Any]] = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
+
+
+def _torchvision(name: str, num_classes: int | None) -> nn.Module:
+    import torchvision
+
+    available = sorted(torchvision.models.list_models(module=torchvision.models))
+    if name not in available:
+        raise ValueError(f"unknown torchvision model {name!r}; known: {', '.join(available)}")
+    kwargs: dict[str, Any] = {"weights": None, **_TV_EXTRA.get(name, {})}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return torchvision.models.get_model(name, **kwargs)
+
+
+def build_model(spec: str, *, in_channels: int | None = None, num_classes: int | None = None) -> nn.Module:
+    """Build the model named by ``spec`` (see the module docs)."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(
+            f"model spec must be 'zoo:<name>', 'torchvision:<name>' or 'package.module:factory', got {spec!r}"
+        )
+    kind, _, name = spec.partition(":")
+    if kind == "zoo":
+        from evaluators._zoo import ZOO
+
+        if name not in ZOO:
+            raise ValueError(f"unknown zoo model {name!r}; known: {', '.join(sorted(ZOO))}")
+        kwargs = {}
+        if in_channels is not None:
+            kwargs["in_channels"] = in_channels
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        model = ZOO[name](**kwargs)
+    elif kind == "torchvision":
+        if in_channels not in (None, 3):
+            raise ValueError(f"torchvision models take 3 input channels, got in_channels={in_channels}")
+        model = _torchvision(name, num_classes)
+    else:
+        try:
+            module = importlib.import_module(kind)
+        except ImportError as exc:
+            raise ValueError(f"cannot import module {kind!r} of model spec {spec!r}: {exc}") from None
+        factory = getattr(module, name, None)
+        if not callable(factory):
+            raise ValueError(f"model spec {spec!r}: {kind!r} has no callable {name!r}")
+        try:
+            model = factory()
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise UnsupportedModelError(f"model factory {spec!r} raised {type(exc).__name__}: {first}") from exc
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model factory {spec!r} must return a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a state dict from a safetensors file or a weights-only torch file (no pickle)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"weights file {str(p)!r} does not exist")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(p))
+        except Exception as exc:
+            raise ValueError(f"weights file {str(p)!r} is not a valid safetensors file: {exc}") from None
+    else:
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"weights file {str(p)!r} cannot be loaded with weights_only=True: {first}") from None
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {str(p)!r} does not hold a state dict")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"weights file {str(p)!r} does not match the model: "
+            f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:2]}), "
+            f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:2]})"
+        )
+    return model

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Install PruneTune and its pinned dev stack into ./.venv (idempotent).
+# torch goes first, so that torch-pruning does not pull another torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
+$PIP install -c constraints.txt torch torchvision
+$PIP install -c constraints.txt -e ".[dev]"

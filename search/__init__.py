@@ -1,0 +1,3 @@
+"""The search over plans and the ``prunetune`` command line (:mod:`search.cli`)."""
+
+__all__: list[str] = []

@@ -1,0 +1,130 @@
+"""The ``prunetune`` command line.
+
+Heavy imports (torch, torch-pruning, fvcore) happen inside the commands, so
+``prunetune --help`` answers at once. Bad input of any kind ends with one line
+on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """A bad command-line value (exit code 2)."""
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--input must be comma-separated positive integers like 1,3,224,224, got {text!r}"
+        ) from None
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(
+            f"--input must be comma-separated positive integers like 1,3,224,224, got {text!r}"
+        )
+    return dims
+
+
+def _ratios(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ratios must be comma-separated numbers in [0, 1), got {text!r}") from None
+    bad = [v for v in vals if not 0.0 <= v < 1.0]
+    if bad:
+        raise argparse.ArgumentTypeError(f"--ratios must be in [0, 1), got {bad[0]!r}")
+    return vals
+
+
+def _si(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from evaluators import build_model, load_weights
+    from spaces import ModelSpace
+
+    model = build_model(args.model)
+    if args.weights:
+        load_weights(model, args.weights)
+    space = ModelSpace(model, torch.randn(*args.input), importance=args.importance, round_to=args.round_to)
+    console = Console()
+    base = space.base_cost
+    table = Table(title=f"{args.model}: {len(space.groups)} prunable groups (input {','.join(map(str, args.input))})")
+    table.add_column("group id")
+    table.add_column("layers", justify="right")
+    table.add_column("channels", justify="right")
+    table.add_column("MACs share", justify="right")
+    table.add_column("members")
+    for g in space.groups:
+        shown = ", ".join(g.layers[:3]) + (f", … (+{len(g.layers) - 3})" if len(g.layers) > 3 else "")
+        table.add_row(g.id, str(len(g.layers)), str(g.channels), f"{space.macs_share(g.id):.1%}", shown)
+    console.print(table)
+    if space.excluded:
+        ex = Table(title=f"{len(space.excluded)} groups excluded (never pruned)")
+        ex.add_column("group id")
+        ex.add_column("reason")
+        for gid, why in space.excluded.items():
+            ex.add_row(gid, why)
+        console.print(ex)
+    console.print(f"never pruned (classifier / ignored): {', '.join(space.ignored_layers) or 'none'}")
+    costs = Table(title="cost (MACs of conv + linear layers for this input; params; parameter bytes)")
+    for col in ("plan", "MACs", "MACs %", "params", "params %", "bytes"):
+        costs.add_column(col, justify="right")
+    rows: list[tuple[str, Any]] = [("base", base)]
+    for r in args.ratios:
+        rows.append((f"uniform {r:g}", space.cost(space.uniform_plan(r))))
+    for name, c in rows:
+        ratio = c.ratio(base)
+        costs.add_row(
+            name, _si(c.macs), f"{ratio['macs']:.1%}", _si(c.params), f"{ratio['params']:.1%}", _si(c.bytes) + "B"
+        )
+    console.print(costs)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prunetune", description="Automated compression search for PyTorch CNNs.")
+    sub = p.add_subparsers(dest="command", required=True)
+    ins = sub.add_parser("inspect", help="show a model's prunable groups and costs")
+    ins.add_argument("--model", required=True, help="zoo:<name>, torchvision:<name> or package.module:factory")
+    ins.add_argument("--weights", help="a .safetensors file or a weights-only torch file")
+    ins.add_argument("--input", type=_shape, default=(1, 3, 224, 224), help="example input shape (default 1,3,224,224)")
+    ins.add_argument(
+        "--ratios", type=_ratios, default=[0.3, 0.5], help="uniform prune ratios to cost (default 0.3,0.5)"
+    )
+    ins.add_argument("--importance", choices=("l1", "l2", "bn_scale"), default="l1")
+    ins.add_argument("--round-to", type=int, default=1)
+    ins.set_defaults(func=_cmd_inspect)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from spaces import PruneTuneError
+
+    try:
+        return int(args.func(args))
+    except (PruneTuneError, ValueError, TypeError, UsageError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"prunetune: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

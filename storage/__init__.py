@@ -1,0 +1,3 @@
+"""The SQL study store (SQLAlchemy): candidates, plans, metrics and the Pareto front."""
+
+__all__: list[str] = []

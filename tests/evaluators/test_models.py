@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from evaluators import build_model, load_weights
+from spaces import UnsupportedModelError
+
+
+def test_specs_build_modules() -> None:
+    assert build_model("zoo:resnet20", in_channels=1, num_classes=7)(torch.randn(2, 1, 8, 8)).shape == (2, 7)
+    tv = build_model("torchvision:mobilenet_v3_small", num_classes=5).eval()
+    assert tv(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+    assert isinstance(build_model("evaluators._zoo:resnet20"), torch.nn.Module)
+
+
+@pytest.mark.parametrize(
+    ("spec", "exc", "message"),
+    [
+        ("resnet20", ValueError, "model spec must be"),
+        ("zoo:resnet21", ValueError, "unknown zoo model 'resnet21'; known: mobilenetv2"),
+        ("torchvision:nope", ValueError, "unknown torchvision model 'nope'"),
+        ("no_such_pkg.mod:f", ValueError, "cannot import module 'no_such_pkg.mod'"),
+        ("builtins:dict", TypeError, "must return a torch.nn.Module, got dict"),
+        ("builtins:input", UnsupportedModelError, "raised OSError"),
+    ],
+)
+def test_bad_specs(spec: str, exc: type, message: str) -> None:
+    with pytest.raises(exc, match=message):
+        build_model(spec)
+
+
+def test_weights_round_trip_without_pickle(tmp_path: Path) -> None:
+    src = build_model("zoo:resnet20").eval()
+    x = torch.randn(2, 3, 32, 32)
+    save_file(src.state_dict(), str(tmp_path / "w.safetensors"))
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    for name in ("w.safetensors", "w.pt"):
+        dst = load_weights(build_model("zoo:resnet20").eval(), tmp_path / name)
+        torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="does not match the model: .* missing keys"):
+        load_weights(build_model("zoo:resnet32"), tmp_path / "w.safetensors")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_weights(src, tmp_path / "missing.safetensors")
+    torch.save({"model": src}, tmp_path / "pickled.pt")  # a pickled module is refused
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_weights(src, tmp_path / "pickled.pt")

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from search.cli import main
+
+
+def test_inspect_prints_groups_and_costs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", "--model", "zoo:resnet20", "--input", "1,3,32,32", "--ratios", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "12 prunable groups" in out
+    assert "layer3.0.conv1" in out
+    assert "uniform 0.5" in out
+    # resnet20 at 32x32: stem 442,368 + stage1 14,155,776 + stages 2 and 3 13,107,200 each + fc 640
+    assert "40.81M" in out
+    assert "never pruned (classifier / ignored): fc" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["inspect", "--model", "zoo:nope", "--input", "1,3,32,32"], "unknown zoo model 'nope'"),
+        (["inspect", "--model", "zoo:resnet20", "--input", "1,1,32,32"], "do not fit the model"),
+        (["inspect", "--model", "builtins:dict"], "must return a torch.nn.Module"),
+        (["inspect", "--model", "zoo:resnet20", "--weights", "/nonexistent.safetensors"], "does not exist"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("prunetune: error: ") and message in err
+    assert "\n" not in err
+
+
+def test_argparse_errors_exit_2() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.cli", "inspect", "--model", "zoo:resnet20", "--ratios", "1.0"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "--ratios must be in [0, 1), got 1.0" in proc.stderr

@@ -1,0 +1,89 @@
+"""The surgery + cost contract over every supported architecture."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+
+from spaces import ModelSpace, Plan, measure_cost
+from tests.spaces.archs import ARCHS
+
+_CACHE: dict[str, tuple[torch.nn.Module, torch.Tensor, ModelSpace]] = {}
+
+
+def _space(name: str) -> tuple[torch.nn.Module, torch.Tensor, ModelSpace]:
+    if name not in _CACHE:
+        torch.manual_seed(0)
+        factory, size = ARCHS[name]
+        model = factory().eval()
+        x = torch.randn(2, 3, size, size)
+        _CACHE[name] = (model, x, ModelSpace(model, x))
+    return _CACHE[name]
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_empty_plan_reproduces_outputs_and_model_untouched(name: str) -> None:
+    model, x, space = _space(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert len(space.groups) > 0
+    with torch.no_grad():
+        ref = model(x)
+        out = space.apply(Plan())(x)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    assert space.cost(Plan()) == measure_cost(model, x) == space.base_cost
+    for k, v in model.state_dict().items():  # the caller's model is never modified
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_random_plans_cost_equals_measured(name: str) -> None:
+    _model, x, space = _space(name)
+    rng = random.Random(name)
+    for _ in range(2):
+        plan = Plan({g.id: rng.uniform(0.0, 0.9) for g in space.groups if rng.random() < 0.8})
+        pruned = space.apply(plan)
+        with torch.no_grad():
+            y = pruned(x)
+        assert y.shape == (2, 10)
+        assert torch.isfinite(y).all()
+        predicted = space.cost(plan)
+        measured = measure_cost(pruned, x)
+        assert predicted == measured
+        assert predicted.params == sum(p.numel() for p in pruned.parameters())
+        assert predicted.macs < space.base_cost.macs
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2", "densenet121", "googlenet", "efficientnet_b0"])
+def test_pruned_equals_masked_original(name: str) -> None:
+    """Pruning = zeroing the same channels in the original (no index is mismatched)."""
+    _, x, space = _space(name)
+    plan = space.uniform_plan(0.6)
+    vmodel = space._scrambled()  # untrained torchvision models ignore most channels
+    with torch.no_grad():
+        pruned = space._prune(copy.deepcopy(vmodel), plan)(x)
+        masked = space._mask(copy.deepcopy(vmodel), plan)(x)
+        base = vmodel(x)
+    scale = float(base.abs().max())
+    assert float((masked - base).abs().max()) > 1e-2 * scale  # the test is not vacuous
+    assert float((pruned - masked).abs().max()) <= 1e-5 * scale
+
+
+def test_excluded_groups_are_named_with_reasons() -> None:
+    _, _, shuffle = _space("shufflenet_v2_x1_0")
+    _, _, regnet = _space("regnet_y_400mf")
+    assert any("not the ones removed" in r or "fails" in r for r in shuffle.excluded.values())
+    assert any("grouped convolution" in r for r in regnet.excluded.values())
+    for space in (shuffle, regnet):
+        ids = {g.id for g in space.groups}
+        assert not ids & set(space.excluded)
+
+
+def test_classifier_is_never_pruned() -> None:
+    _, _, space = _space("resnet18")
+    assert space.ignored_layers == ("fc",)
+    assert all("fc" not in g.layers or g.layers[-1] == "fc" for g in space.groups)
+    _, _, sq = _space("squeezenet1_1")
+    assert sq.ignored_layers == ("classifier.1",)  # a 1x1 conv classifier

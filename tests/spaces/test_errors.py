@@ -1,0 +1,61 @@
+"""Models the space must refuse, and bad input: one-line errors, never a wrong model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evaluators import ZOO
+from spaces import ModelSpace, UnsupportedModelError
+
+
+class HiddenLinear(nn.Module):
+    """Calls a layer's weight through F.linear, like torchvision's Swin: hooks miss it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.proj = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x).mean((2, 3))
+        return self.head(F.linear(x, self.proj.weight, self.proj.bias))
+
+
+def test_ops_outside_modules_are_refused() -> None:
+    with pytest.raises(UnsupportedModelError, match="outside modules"):
+        ModelSpace(HiddenLinear(), torch.randn(1, 3, 8, 8))
+
+
+def test_wrong_example_input_is_one_line_value_error() -> None:
+    with pytest.raises(ValueError, match=r"example_inputs of shape \(1, 1, 32, 32\) do not fit the model") as e:
+        ModelSpace(ZOO["resnet20"](), torch.randn(1, 1, 32, 32))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "message"),
+    [
+        ({"importance": "taylor"}, ValueError, "importance must be one of"),
+        ({"round_to": 0}, ValueError, "round_to must be an integer >= 1"),
+        ({"ignored_layers": ["nope"]}, ValueError, "ignored layer 'nope' is not a submodule"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, exc: type, message: str) -> None:
+    with pytest.raises(exc, match=message):
+        ModelSpace(ZOO["resnet20"](), torch.randn(1, 3, 32, 32), **kwargs)
+
+
+def test_not_a_module() -> None:
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got dict"):
+        ModelSpace({}, torch.randn(1, 3, 32, 32))  # type: ignore[arg-type]
+
+
+def test_ignored_layers_are_not_pruned() -> None:
+    model = ZOO["resnet20"]()
+    space = ModelSpace(model, torch.randn(1, 3, 32, 32), ignored_layers=[model.layer3[0].conv1])
+    assert "layer3.0.conv1" not in {g.id for g in space.groups}
+    assert space.ignored_layers == ("layer3.0.conv1", "fc")
