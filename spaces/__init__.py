@@ -8,22 +8,26 @@
 from spaces._budget import Budget
 from spaces._cost import COUNTED_OPS, Cost, measure_cost
 from spaces._errors import InfeasibleBudgetError, PlanError, PruneTuneError, UnsupportedModelError
-from spaces._plan import IMPORTANCES, Plan
+from spaces._lowrank import LayerGeom, factorize_layer
+from spaces._plan import IMPORTANCES, METHODS, Plan
 from spaces._policy import fit, uniform_plan
 from spaces._space import Group, ModelSpace
 
 __all__ = [
     "COUNTED_OPS",
     "IMPORTANCES",
+    "METHODS",
     "Budget",
     "Cost",
     "Group",
     "InfeasibleBudgetError",
+    "LayerGeom",
     "ModelSpace",
     "Plan",
     "PlanError",
     "PruneTuneError",
     "UnsupportedModelError",
+    "factorize_layer",
     "fit",
     "measure_cost",
     "uniform_plan",

@@ -15,11 +15,24 @@ from spaces._errors import PlanError
 __all__ = ["IMPORTANCES", "Plan"]
 
 IMPORTANCES = ("l1", "l2", "bn_scale")
+METHODS = ("svd", "tucker2", "tt")
 _FORMAT = 1
 
 
-def _frozen(d: Mapping[str, float]) -> Mapping[str, float]:
+def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(sorted(d.items())))
+
+
+def _check_rank(layer: str, rank: Any) -> int | float:
+    if isinstance(rank, bool) or not isinstance(rank, (int, float)):
+        raise TypeError(f"rank of layer {layer!r} must be an int or a fraction in (0, 1], got {rank!r}")
+    if isinstance(rank, int):
+        if rank < 1:
+            raise PlanError(f"rank of layer {layer!r} must be >= 1, got {rank}")
+        return rank
+    if not 0.0 < rank <= 1.0:
+        raise PlanError(f"rank fraction of layer {layer!r} must be in (0, 1], got {rank!r}")
+    return float(rank)
 
 
 @dataclass(frozen=True)
@@ -28,7 +41,10 @@ class Plan:
 
     ``prune`` maps a group id of a :class:`~spaces.ModelSpace` to the fraction of
     its channels to remove, in ``[0, 1)``. Groups that are absent keep every
-    channel. ``importance`` and ``round_to`` say how channels are chosen and
+    channel. ``rank`` maps a layer name to a rank (``int`` >= 1, or a fraction
+    in ``(0, 1]`` of the layer's full rank) and ``method`` maps a layer to
+    ``"svd"`` (the default), ``"tucker2"`` or ``"tt"``; a layer is pruned first,
+    then factorized (see :mod:`spaces._lowrank`). ``importance`` and ``round_to`` say how channels are chosen and
     rounded; ``None`` means "the space's default", and plans made by a space
     carry the space's values so that they rebuild the same model anywhere.
 
@@ -41,6 +57,8 @@ class Plan:
     prune: Mapping[str, float] = field(default_factory=dict)
     importance: str | None = None
     round_to: int | None = None
+    rank: Mapping[str, int | float] = field(default_factory=dict)
+    method: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prune, Mapping):
@@ -57,6 +75,15 @@ class Plan:
             if r > 0.0:
                 clean[gid] = r
         object.__setattr__(self, "prune", _frozen(clean))
+        if not isinstance(self.rank, Mapping) or not isinstance(self.method, Mapping):
+            raise TypeError("Plan.rank and Plan.method must be mappings keyed by layer name")
+        object.__setattr__(self, "rank", _frozen({str(k): _check_rank(k, v) for k, v in self.rank.items()}))
+        for layer, m in self.method.items():
+            if m not in METHODS:
+                raise PlanError(f"method of layer {layer!r} must be one of {', '.join(METHODS)}, got {m!r}")
+            if layer not in self.rank:
+                raise PlanError(f"layer {layer!r} has a method but no rank")
+        object.__setattr__(self, "method", _frozen({k: v for k, v in self.method.items() if v != "svd"}))
         if self.importance is not None and self.importance not in IMPORTANCES:
             raise PlanError(f"importance must be one of {', '.join(IMPORTANCES)}, got {self.importance!r}")
         if self.round_to is not None and (
@@ -67,6 +94,10 @@ class Plan:
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"format": _FORMAT, "prune": dict(self.prune)}
+        if self.rank:
+            d["rank"] = dict(self.rank)
+        if self.method:
+            d["method"] = dict(self.method)
         if self.importance is not None:
             d["importance"] = self.importance
         if self.round_to is not None:
@@ -80,7 +111,7 @@ class Plan:
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
         if not isinstance(data, Mapping):
             raise TypeError(f"a plan must be a JSON object, got {type(data).__name__}")
-        known = {"format", "prune", "importance", "round_to"}
+        known = {"format", "prune", "importance", "round_to", "rank", "method"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise PlanError(f"unknown plan key(s) {unknown}; known keys are {sorted(known)}")
@@ -91,6 +122,8 @@ class Plan:
             prune=dict(data.get("prune", {})),
             importance=data.get("importance"),
             round_to=data.get("round_to"),
+            rank=dict(data.get("rank", {})),
+            method=dict(data.get("method", {})),
         )
 
     @classmethod
@@ -107,7 +140,10 @@ class Plan:
 
     @property
     def is_empty(self) -> bool:
-        return not self.prune
+        return not self.prune and not self.rank
+
+    def method_of(self, layer: str) -> str:
+        return self.method.get(layer, "svd")
 
     def __hash__(self) -> int:
         return hash(self.to_json())

@@ -31,7 +31,8 @@ def _fmt(cost: Cost, base: Cost) -> str:
 def fit(space: ModelSpace, plan: Plan, budget: Budget) -> Plan:
     """Move ``plan`` onto ``budget``.
 
-    The plan's kept-channel proportions are scaled by one factor ``s`` (bisection
+    Only the pruning moves; the plan's ranks (resolved on each pruned shape)
+    stay. The plan's kept-channel proportions are scaled by one factor ``s`` (bisection
     on the analytic cost, which grows with ``s``) to the largest ``s`` that meets
     every limit; then groups are grown one allowed step at a time, the most
     shrunk (relative to the plan) first, while every limit still holds. The
@@ -48,13 +49,16 @@ def fit(space: ModelSpace, plan: Plan, budget: Budget) -> Plan:
     rt = plan.round_to or space.round_to
     allowed = [space.allowed_keeps(g, rt) for g in space.groups]
 
+    def cost_at(keep: np.ndarray) -> Cost:
+        return space._cost_of_keep(keep, space._factors(plan, keep) if plan.rank else None)
+
     def ok(keep: np.ndarray) -> bool:
-        c = space._cost_of_keep(keep)
+        c = cost_at(keep)
         return all(getattr(c, m) <= lim for m, lim in limits.items())
 
     lo_keep = np.array([a[0] for a in allowed], dtype=np.int64)
     if not ok(lo_keep):
-        smallest = space._cost_of_keep(lo_keep)
+        smallest = cost_at(lo_keep)
         over = ", ".join(f"{m} <= {lim:,.0f}" for m, lim in limits.items() if getattr(smallest, m) > lim)
         raise InfeasibleBudgetError(
             f"budget {over} is infeasible: the smallest achievable cost is {_fmt(smallest, base)}"

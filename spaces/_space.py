@@ -48,6 +48,7 @@ from torch import nn
 
 from spaces._cost import Cost, _as_tuple, measure_cost
 from spaces._errors import PlanError, UnsupportedModelError
+from spaces._lowrank import LayerGeom, factorize_layer
 from spaces._plan import IMPORTANCES, Plan
 
 __all__ = ["Group", "ModelSpace"]
@@ -55,6 +56,7 @@ __all__ = ["Group", "ModelSpace"]
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _LINEAR = (nn.Linear,)
 _CHANNEL_MIXING_NORMS = (nn.LayerNorm, nn.GroupNorm)
+Factors = dict[str, tuple[str, tuple[int, ...]]]  # layer -> (method, ranks)
 
 
 @dataclass(frozen=True)
@@ -168,20 +170,25 @@ class ModelSpace:
 
     # ----------------------------------------------------------------- tracing
     def _record_spatial(self) -> dict[str, int]:
-        """One forward pass; per conv/linear layer, the positions it is applied at."""
+        """One forward pass; per conv/linear layer, the positions it is applied at.
+
+        Also records which layers can be factorized and their geometry.
+        """
         spatial: dict[str, int] = {}
+        shapes: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
         hooks = []
 
         def hook(mod: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             name = self._names[mod]
+            x = inputs[0]
             if isinstance(mod, _LINEAR):
-                s = inputs[0].numel() // mod.in_features
+                s = x.numel() // mod.in_features
             elif isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-                x = inputs[0]
                 s = x.shape[0] * math.prod(x.shape[2:])
             else:
                 s = output.shape[0] * math.prod(output.shape[2:])
             spatial[name] = spatial.get(name, 0) + int(s)
+            shapes.setdefault(name, []).append((tuple(x.shape), tuple(output.shape)))
 
         for m in self._model.modules():
             if isinstance(m, _CONV + _LINEAR):
@@ -190,13 +197,48 @@ class ModelSpace:
             with torch.no_grad():
                 self._base_output = self._model(*self.example_inputs)
         except Exception as exc:
-            shapes = ", ".join(str(tuple(x.shape)) for x in self.example_inputs if isinstance(x, torch.Tensor))
-            raise ValueError(f"example_inputs of shape {shapes} do not fit the model: {_first_line(exc)}") from None
+            shapes_txt = ", ".join(str(tuple(x.shape)) for x in self.example_inputs if isinstance(x, torch.Tensor))
+            raise ValueError(f"example_inputs of shape {shapes_txt} do not fit the model: {_first_line(exc)}") from None
         finally:
             for h in hooks:
                 h.remove()
         if not isinstance(self._base_output, torch.Tensor):
             raise UnsupportedModelError(f"the model must return one tensor, got {type(self._base_output).__name__}")
+        self._geoms: dict[str, LayerGeom] = {}
+        self.not_factorizable: dict[str, str] = {}
+        for name, calls in shapes.items():
+            mod = self._model.get_submodule(name)
+            reason = None
+            if len(calls) != 1:
+                reason = f"called {len(calls)} times per forward pass"
+            elif isinstance(mod, nn.Linear):
+                rows = spatial[name]
+                self._geoms[name] = LayerGeom(name, "linear", mod.out_features, mod.in_features, 1, 1, rows, rows, rows)
+                continue
+            elif type(mod) is not nn.Conv2d:
+                reason = f"{type(mod).__name__} is not factorizable (Conv2d and Linear are)"
+            elif mod.groups != 1:
+                kind = "depthwise" if mod.groups == mod.in_channels else "grouped"
+                reason = f"{kind} convolution (groups={mod.groups}) is not factorizable"
+            elif mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+                reason = "only zero padding given as numbers is supported"
+            if reason is not None:
+                self.not_factorizable[name] = reason
+                continue
+            (xs, ys) = calls[0]
+            n = xs[0]
+            assert isinstance(mod, nn.Conv2d)
+            self._geoms[name] = LayerGeom(
+                name,
+                "conv",
+                mod.out_channels,
+                mod.in_channels,
+                mod.kernel_size[0],
+                mod.kernel_size[1],
+                s_in=n * xs[2] * xs[3],
+                s_mid=n * ys[2] * xs[3],
+                s_out=n * ys[2] * ys[3],
+            )
         return spatial
 
     def _resolve_ignored(self, original: nn.Module, layers: Iterable[str | nn.Module]) -> set[str]:
@@ -328,10 +370,54 @@ class ModelSpace:
         touched = m.reshape(len(params), ndim, -1).any(axis=1)  # [param, group]
         self._group_macs = (mac_w * base.prod(axis=1)) @ touched
 
-    def _cost_of_removed(self, removed: np.ndarray) -> Cost:
-        dims = self._base_dims - self._m @ removed
-        numel = dims.reshape(-1, self._ndim).prod(axis=1)
-        return Cost(macs=int(self._mac_w @ numel), params=int(numel.sum()), bytes=int(self._byte_w @ numel))
+    def _cost_of_removed(self, removed: np.ndarray, factors: Factors | None = None) -> Cost:
+        dims = (self._base_dims - self._m @ removed).reshape(-1, self._ndim)
+        numel = dims.prod(axis=1)
+        macs, params, nbytes = int(self._mac_w @ numel), int(numel.sum()), int(self._byte_w @ numel)
+        for name, (method, ranks) in (factors or {}).items():
+            i = self._param_index[f"{name}.weight"]
+            geom = self._geoms[name].with_channels(dims[i, 0], dims[i, 1])
+            dm, dp = geom.dense_cost()
+            fm, fp = geom.factor_cost(method, ranks)
+            macs += fm - dm
+            params += fp - dp
+            nbytes += (fp - dp) * int(self._byte_w[i])
+        return Cost(macs=macs, params=params, bytes=nbytes)
+
+    def _pruned_geom(self, name: str, keep: np.ndarray) -> LayerGeom:
+        channels = np.array([g.channels for g in self._groups], dtype=np.int64)
+        i = self._param_index[f"{name}.weight"]
+        rows = slice(i * self._ndim, i * self._ndim + 2)
+        cout, cin = self._base_dims[rows] - self._m[rows] @ (channels - keep)
+        return self._geoms[name].with_channels(cout, cin)
+
+    def _factors(self, plan: Plan, keep: np.ndarray) -> Factors:
+        """Per factorized layer, (method, ranks) on its pruned shape after the break-even cap."""
+        out = {}
+        for name, spec in plan.rank.items():
+            method = plan.method_of(name)
+            self._check_layer(name, method, spec)
+            geom = self._pruned_geom(name, keep)
+            ranks = geom.cap(method, geom.resolve(method, spec))
+            if ranks is not None:
+                out[name] = (method, ranks)
+        return out
+
+    def _check_layer(self, name: str, method: str, spec: int | float) -> None:
+        geom = self._geoms.get(name)
+        if geom is None:
+            if name in self.not_factorizable:
+                raise PlanError(f"layer {name!r} cannot be factorized: {self.not_factorizable[name]}")
+            example = next(iter(self._geoms), "")
+            raise PlanError(f"unknown layer {name!r}; factorizable layers are Conv2d/Linear names like {example!r}")
+        if method not in geom.methods:
+            raise PlanError(
+                f"method {method!r} does not apply to layer {name!r} ({geom.kind} {geom.kh}x{geom.kw}); "
+                f"it takes {', '.join(geom.methods)}"
+            )
+        full = max(geom.full_ranks(method))
+        if isinstance(spec, int) and spec > full:
+            raise PlanError(f"rank {spec} of layer {name!r} is above its full rank {full} for {method!r}")
 
     # ------------------------------------------------------------ public API
     @property
@@ -396,7 +482,8 @@ class ModelSpace:
 
     def validate(self, plan: Plan) -> Plan:
         """Raise :class:`PlanError` if ``plan`` does not fit this space; return it."""
-        self.keep_counts(plan)
+        keep = self.keep_counts(plan)
+        self._factors(plan, keep)
         return plan
 
     def plan_from_keep(self, keep: Sequence[int] | np.ndarray, *, like: Plan | None = None) -> Plan:
@@ -409,16 +496,28 @@ class ModelSpace:
             prune=prune,
             importance=(like.importance if like and like.importance else self.importance),
             round_to=(like.round_to if like and like.round_to else self.round_to),
+            rank=dict(like.rank) if like else {},
+            method=dict(like.method) if like else {},
         )
 
     def cost(self, plan: Plan) -> Cost:
         """The analytic cost of ``apply(plan)``: no model is built."""
         keep = self.keep_counts(plan)
-        return self._cost_of_keep(keep)
+        return self._cost_of_keep(keep, self._factors(plan, keep) if plan.rank else None)
 
-    def _cost_of_keep(self, keep: np.ndarray) -> Cost:
+    def _cost_of_keep(self, keep: np.ndarray, factors: Factors | None = None) -> Cost:
         channels = np.array([g.channels for g in self._groups], dtype=np.int64)
-        return self._cost_of_removed(channels - keep)
+        return self._cost_of_removed(channels - keep, factors)
+
+    @property
+    def layers(self) -> tuple[LayerGeom, ...]:
+        """The factorizable layers, unpruned (see :class:`spaces.LayerGeom`)."""
+        return tuple(self._geoms.values())
+
+    def layer(self, name: str) -> LayerGeom:
+        if name not in self._geoms:
+            self._check_layer(name, "svd", 1)
+        return self._geoms[name]
 
     def measure_base_cost(self) -> Cost:
         """The base model's cost as fvcore measures it."""
@@ -484,8 +583,9 @@ class ModelSpace:
         return self._prune(copy.deepcopy(self._model), plan)
 
     def _prune(self, model: nn.Module, plan: Plan) -> nn.Module:
-        """Apply ``plan`` in place to ``model``, a copy of the space's model."""
+        """Apply ``plan`` in place to ``model``, a copy of the space's model: prune, then factorize."""
         keep = self.keep_counts(plan)
+        factors = self._factors(plan, keep) if plan.rank else {}
         for (name, handler), (it, idx) in self._removals(plan, keep).items():
             idx_list = sorted(int(i) for i in np.unique(idx))
             if it.is_param:
@@ -494,6 +594,10 @@ class ModelSpace:
                 setattr(parent, attr, handler(getattr(parent, attr), idx_list))
             else:
                 handler(model.get_submodule(name), idx_list)
+        for name, (method, ranks) in factors.items():
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            setattr(parent, attr, factorize_layer(getattr(parent, attr), method, ranks))
         return model
 
     def masked_model(self, plan: Plan) -> nn.Module:
