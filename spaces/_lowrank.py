@@ -120,8 +120,10 @@ class LayerGeom:
         if method == "svd":
             return (max(1, min(ranks[0], self.cout, self.cin * k)),)
         if method == "tucker2":
+            # HOOI's unfoldings: [C_in, r_out*k] and [C_out, r_in*k] bound each rank by the other
             r_in = max(1, min(ranks[0], self.cin, self.cout * k))
-            return (r_in, max(1, min(ranks[1], self.cout, r_in * k)))
+            r_out = max(1, min(ranks[1], self.cout, r_in * k))
+            return (min(r_in, r_out * k), r_out)
         r1 = max(1, min(ranks[0], self.cin, k * self.cout))
         r2 = max(1, min(ranks[1], r1 * self.kh, self.kw * self.cout))
         return (r1, r2, max(1, min(ranks[2], r2 * self.kw, self.cout)))

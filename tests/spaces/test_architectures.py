@@ -56,6 +56,25 @@ def test_random_plans_cost_equals_measured(name: str) -> None:
         assert predicted.macs < space.base_cost.macs
 
 
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_factorized_and_joint_plans_cost_equals_measured(name: str) -> None:
+    _, x, space = _space(name)
+    rng = random.Random(name + "rank")
+    assert space.layers, "every architecture has factorizable layers"
+    layers = rng.sample(space.layers, min(6, len(space.layers)))
+    plan = Plan(
+        prune={g.id: rng.uniform(0.0, 0.7) for g in space.groups if rng.random() < 0.5},
+        rank={layer.name: rng.uniform(0.1, 0.9) for layer in layers},
+        method={layer.name: rng.choice(layer.methods) for layer in layers},
+    )
+    pruned = space.apply(plan)
+    with torch.no_grad():
+        y = pruned(x)
+    assert y.shape == (2, 10) and torch.isfinite(y).all()
+    assert space.cost(plan) == measure_cost(pruned, x)
+    assert space.cost(plan).macs < space.cost(Plan(prune=plan.prune)).macs
+
+
 @pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2", "densenet121", "googlenet", "efficientnet_b0"])
 def test_pruned_equals_masked_original(name: str) -> None:
     """Pruning = zeroing the same channels in the original (no index is mismatched)."""
