@@ -5,6 +5,7 @@
 ``Budget``/``fit`` keep plans within limits.
 """
 
+from spaces._allocate import Allocation, AllocatorFallbackWarning, allocate
 from spaces._budget import Budget
 from spaces._cost import COUNTED_OPS, Cost, measure_cost
 from spaces._errors import InfeasibleBudgetError, PlanError, PruneTuneError, UnsupportedModelError
@@ -17,6 +18,8 @@ __all__ = [
     "COUNTED_OPS",
     "IMPORTANCES",
     "METHODS",
+    "Allocation",
+    "AllocatorFallbackWarning",
     "Budget",
     "Cost",
     "Group",
@@ -27,6 +30,7 @@ __all__ = [
     "PlanError",
     "PruneTuneError",
     "UnsupportedModelError",
+    "allocate",
     "factorize_layer",
     "fit",
     "measure_cost",

@@ -509,6 +509,26 @@ class ModelSpace:
         channels = np.array([g.channels for g in self._groups], dtype=np.int64)
         return self._cost_of_removed(channels - keep, factors)
 
+    def _byte_of(self, name: str) -> int:
+        return int(self._byte_w[self._param_index[f"{name}.weight"]])
+
+    def _energy(self, name: str) -> np.ndarray:
+        """Cumulative share of squared singular values of the layer's (unpruned) kernel."""
+        cache = self.__dict__.setdefault("_energy_cache", {})
+        if name not in cache:
+            w = self._model.get_parameter(f"{name}.weight").detach().double()
+            s2 = torch.linalg.svdvals(w.reshape(w.shape[0], -1)).pow(2).numpy()
+            total = s2.sum()
+            cache[name] = np.cumsum(s2) / total if total > 0 else np.linspace(1 / len(s2), 1.0, len(s2))
+        return cache[name]
+
+    def allocate(self, budget: Any, *, prune: bool = True, rank: bool = True, time_limit: float = 10.0) -> Plan:
+        """The COBLA-style allocator's plan (see :func:`spaces.allocate`); details in ``last_allocation``."""
+        from spaces._allocate import allocate
+
+        self.last_allocation = allocate(self, budget, prune=prune, rank=rank, time_limit=time_limit)
+        return self.last_allocation.plan
+
     @property
     def layers(self) -> tuple[LayerGeom, ...]:
         """The factorizable layers, unpruned (see :class:`spaces.LayerGeom`)."""
