@@ -44,6 +44,21 @@ def _ratios(text: str) -> list[float]:
     return vals
 
 
+def _budget(text: str) -> Any:
+    from spaces import Budget
+
+    parts = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"--budget must look like macs=40%,params=2M, got {text!r}")
+        parts[key.strip()] = value.strip()
+    try:
+        return Budget.from_dict(parts)
+    except (ValueError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _si(n: float) -> str:
     for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= div:
@@ -95,7 +110,59 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             name, _si(c.macs), f"{ratio['macs']:.1%}", _si(c.params), f"{ratio['params']:.1%}", _si(c.bytes) + "B"
         )
     console.print(costs)
+    _print_layers(console, space)
+    if args.budget is not None:
+        _print_allocation(console, space, args.budget)
     return 0
+
+
+def _print_layers(console: Any, space: Any) -> None:
+    from rich.table import Table
+
+    base = space.base_cost.macs or 1
+    table = Table(title=f"{len(space.layers)} factorizable layers (svd ranks; break-even = largest rank that saves)")
+    for col in ("layer", "kind", "shape", "full rank", "break-even", "MACs share", "methods"):
+        table.add_column(col, justify="left" if col in ("layer", "kind", "methods") else "right")
+    for g in space.layers:
+        shape = f"{g.cout}x{g.cin}" + (f"x{g.kh}x{g.kw}" if g.kind == "conv" else "")
+        table.add_row(
+            g.name,
+            g.kind,
+            shape,
+            str(g.full_ranks("svd")[0]),
+            str(g.max_useful_rank("svd")),
+            f"{g.dense_cost()[0] / base:.1%}",
+            ", ".join(g.methods),
+        )
+    console.print(table)
+    if space.not_factorizable:
+        console.print(f"not factorizable: {len(space.not_factorizable)} layers (e.g. depthwise/grouped convolutions)")
+
+
+def _print_allocation(console: Any, space: Any, budget: Any) -> None:
+    from rich.table import Table
+
+    plan = space.allocate(budget)
+    info = space.last_allocation
+    cost = space.cost(plan)
+    ratio = cost.ratio(space.base_cost)
+    title = (
+        f"allocator plan for {budget}: MACs {ratio['macs']:.1%}, params {ratio['params']:.1%} "
+        f"({info.solver}, {info.seconds:.2f}s, {info.rounds} rounds)"
+    )
+    table = Table(title=title)
+    table.add_column("group / layer")
+    table.add_column("channels kept", justify="right")
+    table.add_column("svd rank", justify="right")
+    keep = space.keep_counts(plan)
+    for g, k in zip(space.groups, keep, strict=True):
+        if k < g.channels:
+            table.add_row(g.id, f"{k}/{g.channels}", "")
+    factors = space._factors(plan, keep)
+    for name, (_, ranks) in factors.items():
+        table.add_row(name, "", str(ranks[0]))
+    console.print(table)
+    console.print(f"plan: {plan.to_json()}", soft_wrap=True, markup=False)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,6 +177,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     ins.add_argument("--importance", choices=("l1", "l2", "bn_scale"), default="l1")
     ins.add_argument("--round-to", type=int, default=1)
+    ins.add_argument(
+        "--budget",
+        type=_budget,
+        help="show the allocator's plan for this budget, e.g. macs=40%%,params=50%%,bytes=8MB",
+    )
     ins.set_defaults(func=_cmd_inspect)
     return p
 

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from search.cli import main
+from spaces import Plan
 
 
 def test_inspect_prints_groups_and_costs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -44,3 +45,26 @@ def test_argparse_errors_exit_2() -> None:
     )
     assert proc.returncode == 2
     assert "--ratios must be in [0, 1), got 1.0" in proc.stderr
+
+
+def test_inspect_shows_ranks_and_the_allocators_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["inspect", "--model", "zoo:resnet20", "--input", "1,3,32,32", "--budget", "macs=40%,params=50%"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "22 factorizable layers" in out
+    assert "64x64x3x3" in out and " 57 " in out  # full rank 64, break-even 57 for a 64x64 3x3 conv
+    assert "allocator plan for" in out and "(milp" in out
+    plan_line = next(line for line in out.splitlines() if line.startswith("plan: "))
+    plan = Plan.from_json(plan_line.removeprefix("plan: "))
+    assert plan.prune or plan.rank
+
+
+def test_bad_budget_flag_exits_2() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.cli", "inspect", "--model", "zoo:resnet20", "--budget", "macs=40"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "no unit" in proc.stderr

@@ -1,0 +1,99 @@
+"""The COBLA-style allocator: budgets met, energy beats uniform ranks, fallback reported."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from evaluators import ZOO, build_model
+from spaces import AllocatorFallbackWarning, Budget, ModelSpace, Plan, allocate
+from spaces._allocate import _Allocator
+
+_SPACES: dict[str, ModelSpace] = {}
+
+
+def _space(name: str) -> ModelSpace:
+    if name not in _SPACES:
+        torch.manual_seed(0)
+        model = build_model("torchvision:mobilenet_v2", num_classes=10) if name == "mobilenet_v2" else ZOO[name]()
+        _SPACES[name] = ModelSpace(model, torch.randn(1, 3, 32, 32))
+    return _SPACES[name]
+
+
+def _energy(space: ModelSpace, plan: Plan) -> float:
+    """Kept sigma^2 share summed over factorizable layers (a dense layer keeps 1)."""
+    keep = space.keep_counts(plan)
+    factors = space._factors(plan, keep)
+    return sum(space._energy(n)[factors[n][1][0] - 1] if n in factors else 1.0 for n in space._geoms)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vgg16_bn", "mobilenet_v2"])
+@pytest.mark.parametrize("frac", ["30%", "50%", "70%"])
+def test_joint_allocation_meets_mac_and_param_budgets(name: str, frac: str) -> None:
+    space = _space(name)
+    budget = Budget(macs=frac, params=frac)
+    result = allocate(space, budget)
+    assert result.solver == "milp"
+    cost = space.cost(result.plan)
+    slack = budget.slack(cost, space.base_cost)
+    assert max(slack.values()) <= 0, slack
+    assert max(slack.values()) >= -0.02, slack
+    assert space.fit(result.plan, budget) == result.plan  # passes fit unchanged
+    model = space.apply(result.plan)
+    assert sum(p.numel() for p in model.parameters()) == cost.params
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vgg16_bn", "mobilenet_v2"])
+def test_rank_allocation_keeps_more_energy_than_uniform_ranks(name: str) -> None:
+    space = _space(name)
+    plan = space.allocate(Budget(macs="50%"), prune=False)
+    assert not plan.prune and plan.rank
+    macs = space.cost(plan).macs
+    # the uniform-rank plan (one fraction for every layer) with at least as many MACs
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if space.cost(Plan(rank={n: mid for n in space._geoms})).macs >= macs:
+            hi = mid
+        else:
+            lo = mid
+    uniform = Plan(rank={n: hi for n in space._geoms})
+    assert space.cost(uniform).macs >= macs
+    assert _energy(space, plan) > _energy(space, uniform)
+
+
+def test_pruning_only_and_rank_only_modes() -> None:
+    space = _space("resnet20")
+    budget = Budget(macs="50%")
+    pruned = space.allocate(budget, rank=False)
+    assert pruned.prune and not pruned.rank
+    ranked = space.allocate(budget, prune=False)
+    assert ranked.rank and not ranked.prune
+    with pytest.raises(ValueError, match="prune=True, rank=True or both"):
+        space.allocate(budget, prune=False, rank=False)
+
+
+def test_greedy_fallback_is_reported_and_meets_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    space = _space("resnet20")
+    monkeypatch.setattr(_Allocator, "solve_milp", lambda self, prog, limits, t: None)
+    budget = Budget(macs="40%", params="60%")
+    with pytest.warns(AllocatorFallbackWarning):
+        result = allocate(space, budget)
+    assert result.solver == "greedy" and "greedy" in result.messages[0]
+    assert space.cost(result.plan).macs <= 0.4 * space.base_cost.macs
+    assert budget.is_met(space.cost(result.plan), space.base_cost)
+
+
+def test_greedy_alone_is_close_to_the_milp() -> None:
+    space = _space("resnet20")
+    alloc = _Allocator(space, Budget(macs="50%"), True, True, 16)
+    prog, layout = alloc.program(alloc.channels.copy(), {})
+    limits = np.array([alloc.limits["macs"]])
+    x_milp = alloc.solve_milp(prog, limits, 5.0)
+    x_greedy = alloc.solve_greedy(prog, layout, limits)
+    assert x_milp is not None
+    for x in (x_milp, x_greedy):
+        assert (prog.costs @ x + prog.const <= limits * (1 + 1e-9)).all()
+    assert prog.values @ x_milp >= prog.values @ x_greedy - 1e-9  # the program is optimal
+    assert prog.values @ x_greedy >= 0.9 * prog.values @ x_milp
