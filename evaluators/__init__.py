@@ -1,10 +1,42 @@
-"""How good a candidate is: models, data and evaluation.
+"""How good a candidate is: data, models, baseline training and evaluators.
 
-So far: the model zoo and model specs (``zoo:``, ``torchvision:``, import paths)
-with pickle-free weight loading.
+Data (:func:`load_data`): ``digits``, ``fashion-mnist``, ``synthetic``,
+``imagefolder:/path``, ``package.module:factory``. Models (:func:`build_model`):
+``zoo:<name>``, ``torchvision:<name>``, ``package.module:factory``. Evaluators
+share one contract (:class:`Evaluator`): ``evaluate(model, context) -> Metrics``.
 """
 
+from evaluators._base import COMPLETE, FAIL, PRUNED, Context, Evaluator, Metrics, resolve_device, seed_everything
+from evaluators._data import DEFAULT_FASHION_MNIST_DIR, DataBundle, load_data, read_idx
+from evaluators._evaluators import Accuracy, BNRecalibration, FineTune, Latency, Pipeline, evaluate_accuracy
 from evaluators._models import build_model, load_weights
+from evaluators._train import Baseline, Recipe, baseline_key, train_baseline
 from evaluators._zoo import ZOO
 
-__all__ = ["ZOO", "build_model", "load_weights"]
+__all__ = [
+    "COMPLETE",
+    "DEFAULT_FASHION_MNIST_DIR",
+    "FAIL",
+    "PRUNED",
+    "ZOO",
+    "Accuracy",
+    "BNRecalibration",
+    "Baseline",
+    "Context",
+    "DataBundle",
+    "Evaluator",
+    "FineTune",
+    "Latency",
+    "Metrics",
+    "Pipeline",
+    "Recipe",
+    "baseline_key",
+    "build_model",
+    "evaluate_accuracy",
+    "load_data",
+    "load_weights",
+    "read_idx",
+    "resolve_device",
+    "seed_everything",
+    "train_baseline",
+]

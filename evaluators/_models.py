@@ -28,6 +28,30 @@ _TV_EXTRA: dict[str, dict[str, Any]] = {
 }
 
 
+def _adapt_stem(model: nn.Module, in_channels: int) -> nn.Module:
+    """Replace the first convolution so that the model takes ``in_channels`` channels."""
+    for parent in model.modules():
+        for attr, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                if child.in_channels != in_channels:
+                    setattr(
+                        parent,
+                        attr,
+                        nn.Conv2d(
+                            in_channels,
+                            child.out_channels,
+                            child.kernel_size,  # type: ignore[arg-type]
+                            child.stride,  # type: ignore[arg-type]
+                            child.padding,  # type: ignore[arg-type]
+                            child.dilation,  # type: ignore[arg-type]
+                            child.groups,
+                            child.bias is not None,
+                        ),
+                    )
+                return model
+    raise ValueError("the model has no Conv2d stem to adapt")
+
+
 def _torchvision(name: str, num_classes: int | None) -> nn.Module:
     import torchvision
 
@@ -59,9 +83,9 @@ def build_model(spec: str, *, in_channels: int | None = None, num_classes: int |
             kwargs["num_classes"] = num_classes
         model = ZOO[name](**kwargs)
     elif kind == "torchvision":
-        if in_channels not in (None, 3):
-            raise ValueError(f"torchvision models take 3 input channels, got in_channels={in_channels}")
         model = _torchvision(name, num_classes)
+        if in_channels is not None and in_channels != 3:
+            model = _adapt_stem(model, in_channels)
     else:
         try:
             module = importlib.import_module(kind)

@@ -1,0 +1,215 @@
+"""Offline datasets: built-in digits / Fashion-MNIST / synthetic, and user data.
+
+Specs (nothing is ever downloaded):
+
+* ``digits`` — scikit-learn's 1,797 real 8x8 digits, a seeded stratified split;
+* ``fashion-mnist`` — the standard idx files (``train-images-idx3-ubyte.gz`` ...)
+  from ``data_dir``, by default where Debian's ``dataset-fashion-mnist``
+  package puts them (``/usr/share/datasets/fashion-mnist``);
+* ``synthetic`` — torchvision's ``FakeData`` (random images), for smoke tests only;
+* ``imagefolder:/path`` — ``train/`` and ``val/`` folders in torchvision
+  ``ImageFolder`` layout;
+* ``package.module:factory`` — a callable returning ``(train, val)`` datasets or
+  DataLoaders.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+__all__ = ["DEFAULT_FASHION_MNIST_DIR", "DataBundle", "load_data", "read_idx"]
+
+DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+_FMNIST_MEAN, _FMNIST_STD = 0.2860, 0.3530
+
+
+@dataclass
+class DataBundle:
+    """Train and validation data with what a model needs to know about them."""
+
+    spec: str
+    train: Dataset
+    val: Dataset
+    in_channels: int
+    num_classes: int
+    input_shape: tuple[int, ...]  # one sample, without the batch dimension
+
+    def __post_init__(self) -> None:
+        for name, ds in (("training", self.train), ("validation", self.val)):
+            if len(ds) == 0:  # type: ignore[arg-type]
+                raise ValueError(f"{name} data of {self.spec!r} is empty")
+
+    def train_loader(self, batch_size: int, seed: int, *, shuffle: bool = True) -> DataLoader:
+        gen = torch.Generator().manual_seed(seed)
+        return DataLoader(self.train, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=False)
+
+    def val_loader(self, batch_size: int, max_samples: int | None = None) -> DataLoader:
+        ds = self.val
+        if max_samples is not None and max_samples < len(ds):  # type: ignore[arg-type]
+            ds = Subset(ds, range(max_samples))
+        return DataLoader(ds, batch_size=batch_size, shuffle=False)
+
+    def example_inputs(self, batch: int = 1) -> torch.Tensor:
+        return torch.zeros(batch, *self.input_shape)
+
+
+def _endless(loader: DataLoader) -> Iterator[Any]:
+    while True:
+        yield from loader
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (optionally gzipped), the MNIST/Fashion-MNIST format."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{str(path)!r} is not an idx file")
+    codes: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    dtype = codes.get(data[2])
+    if dtype is None:
+        raise ValueError(f"{str(path)!r} has unknown idx type code {data[2]:#x}")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    arr = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise ValueError(f"{str(path)!r} is truncated: {arr.size} values for shape {shape}")
+    return arr.reshape(shape)
+
+
+def _digits(seed: int, val_fraction: float) -> tuple[Dataset, Dataset]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    xtr, xva, ytr, yva = train_test_split(x, y, test_size=val_fraction, stratify=y, random_state=seed)
+    return (
+        TensorDataset(torch.from_numpy(xtr), torch.from_numpy(ytr).long()),
+        TensorDataset(torch.from_numpy(xva), torch.from_numpy(yva).long()),
+    )
+
+
+def _fashion_mnist(data_dir: Path | None) -> tuple[Dataset, Dataset]:
+    root = Path(data_dir) if data_dir is not None else DEFAULT_FASHION_MNIST_DIR
+    parts = []
+    for prefix in ("train", "t10k"):
+        imgs = labels = None
+        for suffix in (".gz", ""):
+            ip = root / f"{prefix}-images-idx3-ubyte{suffix}"
+            lp = root / f"{prefix}-labels-idx1-ubyte{suffix}"
+            if ip.is_file() and lp.is_file():
+                imgs, labels = read_idx(ip), read_idx(lp)
+                break
+        if imgs is None or labels is None:
+            raise ValueError(
+                f"Fashion-MNIST idx files not found in {str(root)!r}: install them with "
+                "'apt-get install dataset-fashion-mnist' (Debian) or pass --data-dir with "
+                f"{prefix}-images-idx3-ubyte.gz and {prefix}-labels-idx1-ubyte.gz"
+            )
+        x = (torch.from_numpy(imgs.astype(np.float32) / 255.0) - _FMNIST_MEAN) / _FMNIST_STD
+        parts.append(TensorDataset(x.unsqueeze(1), torch.from_numpy(labels.astype(np.int64))))
+    return parts[0], parts[1]
+
+
+def _synthetic(seed: int) -> tuple[Dataset, Dataset]:
+    from torchvision.datasets import FakeData
+    from torchvision.transforms import ToTensor
+
+    out = []
+    for offset, size in ((0, 512), (10_000, 128)):
+        fake = FakeData(
+            size=size, image_size=(3, 32, 32), num_classes=10, transform=ToTensor(), random_offset=seed + offset
+        )
+        xs, ys = zip(*(fake[i] for i in range(size)), strict=True)
+        out.append(TensorDataset(torch.stack(xs), torch.tensor(ys, dtype=torch.long)))
+    return out[0], out[1]
+
+
+def _imagefolder(path: str) -> tuple[Dataset, Dataset]:
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import ToTensor
+
+    root = Path(path)
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise ValueError(f"imagefolder {str(root)!r} must contain {split}/ (one subfolder per class)")
+    return ImageFolder(str(root / "train"), transform=ToTensor()), ImageFolder(str(root / "val"), transform=ToTensor())
+
+
+def _factory(spec: str) -> tuple[Dataset, Dataset]:
+    mod_name, _, name = spec.partition(":")
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {mod_name!r} of data spec {spec!r}: {exc}") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ValueError(f"data spec {spec!r}: {mod_name!r} has no callable {name!r}")
+    result = factory()
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise TypeError(f"data factory {spec!r} must return (train, val), got {type(result).__name__}")
+    out = []
+    for part in result:
+        if isinstance(part, DataLoader):
+            part = part.dataset
+        if not isinstance(part, Dataset):
+            raise TypeError(f"data factory {spec!r} must return datasets or DataLoaders, got {type(part).__name__}")
+        out.append(part)
+    return out[0], out[1]
+
+
+def _num_classes(train: Dataset, val: Dataset) -> int:
+    classes = getattr(train, "classes", None)
+    if classes is not None:
+        return len(classes)
+    if isinstance(train, TensorDataset):
+        return int(train.tensors[1].max()) + 1
+    labels = [int(val[i][1]) for i in range(len(val))]  # type: ignore[arg-type]
+    labels += [int(train[i][1]) for i in range(min(len(train), 10_000))]  # type: ignore[arg-type]
+    return max(labels) + 1
+
+
+def load_data(spec: str, *, data_dir: str | Path | None = None, seed: int = 0, val_fraction: float = 0.2) -> DataBundle:
+    """Load the data named by ``spec`` (see the module docs)."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"data spec must be a non-empty string, got {spec!r}")
+    if spec == "digits":
+        train, val = _digits(seed, val_fraction)
+    elif spec in ("fashion-mnist", "fashion_mnist"):
+        train, val = _fashion_mnist(Path(data_dir) if data_dir else None)
+    elif spec == "synthetic":
+        train, val = _synthetic(seed)
+    elif spec.startswith("imagefolder:"):
+        train, val = _imagefolder(spec.partition(":")[2])
+    elif ":" in spec:
+        train, val = _factory(spec)
+    else:
+        raise ValueError(
+            f"unknown data spec {spec!r}; use digits, fashion-mnist, synthetic, imagefolder:/path "
+            "or package.module:factory"
+        )
+    if len(train) == 0 or len(val) == 0:  # type: ignore[arg-type]
+        which = "training" if len(train) == 0 else "validation"  # type: ignore[arg-type]
+        raise ValueError(f"{which} data of {spec!r} is empty")
+    x0 = train[0][0]
+    if not isinstance(x0, torch.Tensor) or x0.dim() < 2:
+        raise TypeError(f"samples of {spec!r} must be (tensor [C, ...], label), got {type(x0).__name__}")
+    return DataBundle(
+        spec=spec,
+        train=train,
+        val=val,
+        in_channels=int(x0.shape[0]),
+        num_classes=_num_classes(train, val),
+        input_shape=tuple(x0.shape),
+    )

@@ -1,0 +1,273 @@
+"""The evaluators: accuracy, BN recalibration, quick fine-tune with distillation, latency, pipelines."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evaluators._base import COMPLETE, FAIL, PRUNED, Context, Evaluator, Metrics, check_model_fits, seed_everything
+from evaluators._data import _endless
+
+__all__ = ["Accuracy", "BNRecalibration", "FineTune", "Latency", "Pipeline", "evaluate_accuracy"]
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, context: Context) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) on the validation data (``max_val_samples`` of it)."""
+    model.eval()
+    correct, total, loss_sum = 0, 0, 0.0
+    for x, y in context.data.val_loader(context.batch_size, context.max_val_samples):
+        x, y = x.to(context.device), y.to(context.device)
+        with _autocast(context.device):
+            out = model(_layout(x, context.device))
+        out = out.float()
+        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+        correct += int((out.argmax(1) == y).sum())
+        total += len(y)
+    return correct / total, loss_sum / total
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _layout(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" and x.dim() == 4 else x
+
+
+def _prepare(model: nn.Module, context: Context) -> nn.Module:
+    model.to(context.device)
+    if context.device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+@dataclass
+class Accuracy(Evaluator):
+    """Validation accuracy and loss."""
+
+    def evaluate(self, model: nn.Module, context: Context) -> Metrics:
+        check_model_fits(model, context)
+        _prepare(model, context)
+        t = time.perf_counter()
+        acc, loss = evaluate_accuracy(model, context)
+        return Metrics(accuracy=acc, loss=loss, eval_seconds=time.perf_counter() - t)
+
+
+@dataclass
+class BNRecalibration(Evaluator):
+    """EagleEye's adaptive BN: reset running statistics, then ``batches`` training batches in
+    train mode without gradients (cumulative averages). Models without BatchNorm are left as they are."""
+
+    batches: int = 20
+
+    def evaluate(self, model: nn.Module, context: Context) -> Metrics:
+        if self.batches < 1:
+            raise ValueError(f"BNRecalibration.batches must be >= 1, got {self.batches}")
+        check_model_fits(model, context)
+        _prepare(model, context)
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        t = time.perf_counter()
+        if bns:
+            saved = {m: m.momentum for m in bns}
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative moving average over the batches
+            model.train()
+            loader = _endless(context.data.train_loader(context.batch_size, context.seed))
+            with torch.no_grad():
+                for _, (x, _y) in zip(range(self.batches), loader, strict=False):
+                    with _autocast(context.device):
+                        model(_layout(x.to(context.device), context.device))
+            for m in bns:
+                m.momentum = saved[m]
+        model.eval()
+        return Metrics(train_seconds=time.perf_counter() - t)
+
+
+@dataclass
+class FineTune(Evaluator):
+    """A quick fine-tune: ``steps`` SGD/AdamW steps with a cosine learning rate, optionally
+    distilled from ``context.teacher`` (KL at ``temperature`` with weight ``kd_weight``, the
+    rest cross-entropy). Every ``eval_every`` steps the validation accuracy goes to
+    ``context.callback``, which may stop the run (status PRUNED). A NaN or diverging loss
+    ends the run with status FAIL. bf16 autocast and channels_last on CUDA."""
+
+    steps: int = 100
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    kd_weight: float = 0.0
+    temperature: float = 4.0
+    eval_every: int = 0  # 0: no intermediate evaluation
+    diverge_factor: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"FineTune.optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.steps < 0:
+            raise ValueError(f"FineTune.steps must be >= 0, got {self.steps}")
+        if not 0.0 <= self.kd_weight <= 1.0:
+            raise ValueError(f"FineTune.kd_weight must be in [0, 1], got {self.kd_weight}")
+        if self.temperature <= 0:
+            raise ValueError(f"FineTune.temperature must be > 0, got {self.temperature}")
+
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(
+            params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=True
+        )
+
+    def evaluate(self, model: nn.Module, context: Context) -> Metrics:
+        check_model_fits(model, context)
+        if self.kd_weight > 0 and context.teacher is None:
+            raise ValueError("FineTune.kd_weight > 0 needs context.teacher (the original model)")
+        _prepare(model, context)
+        teacher = context.teacher
+        if teacher is not None and self.kd_weight > 0:
+            _prepare(teacher, context).eval()
+        seed_everything(context.seed)
+        opt = self._optimizer(model)
+        total = max(self.steps, 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        loader = _endless(context.data.train_loader(context.batch_size, context.seed))
+        metrics = Metrics()
+        first_loss: float | None = None
+        t = time.perf_counter()
+        eval_time = 0.0
+        model.train()
+        with _progress(context.progress and self.steps >= 200, self.steps, "fine-tune") as bar:
+            for step in range(1, self.steps + 1):
+                x, y = next(loader)
+                x, y = _layout(x.to(context.device), context.device), y.to(context.device)
+                with _autocast(context.device):
+                    out = model(x).float()
+                    loss = F.cross_entropy(out, y)
+                    if teacher is not None and self.kd_weight > 0:
+                        with torch.no_grad():
+                            t_out = teacher(x).float()
+                        kd = F.kl_div(
+                            F.log_softmax(out / self.temperature, 1),
+                            F.softmax(t_out / self.temperature, 1),
+                            reduction="batchmean",
+                        ) * (self.temperature**2)
+                        loss = (1 - self.kd_weight) * loss + self.kd_weight * kd
+                value = loss.item()
+                if not math.isfinite(value):
+                    return self._failed(metrics, step, t, f"loss became {value} at step {step}")
+                first_loss = value if first_loss is None else first_loss
+                if value > self.diverge_factor * max(first_loss, 1.0):
+                    return self._failed(metrics, step, t, f"loss diverged to {value:.3g} at step {step}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                metrics.steps = step
+                bar(1)
+                if self.eval_every and step % self.eval_every == 0 and step < self.steps:
+                    e0 = time.perf_counter()
+                    acc, _ = evaluate_accuracy(model, context)
+                    model.train()
+                    eval_time += time.perf_counter() - e0
+                    metrics.history.append((step, acc))
+                    if context.callback is not None and context.callback(step, acc) is False:
+                        metrics.status, metrics.reason = PRUNED, f"stopped at step {step} (accuracy {acc:.4f})"
+                        break
+        model.eval()
+        metrics.train_seconds = time.perf_counter() - t - eval_time
+        metrics.eval_seconds = eval_time
+        metrics.loss = None
+        return metrics
+
+    @staticmethod
+    def _failed(metrics: Metrics, step: int, t: float, reason: str) -> Metrics:
+        metrics.status, metrics.reason, metrics.steps = FAIL, reason, step - 1
+        metrics.train_seconds = time.perf_counter() - t
+        return metrics
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, desc: str) -> Iterator[Callable[[int], object]]:
+    if not enabled:
+        yield lambda n: None
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc=desc, leave=False) as bar:
+        yield bar.update
+
+
+@dataclass
+class Latency(Evaluator):
+    """Median wall time per batch over ``runs`` timed runs after ``warmup`` runs, for each batch
+    size, in inference mode with ``threads`` CPU threads, on the context's device."""
+
+    batch_sizes: Sequence[int] = (1,)
+    runs: int = 20
+    warmup: int = 5
+    threads: int | None = None
+
+    def evaluate(self, model: nn.Module, context: Context) -> Metrics:
+        if self.runs < 1 or self.warmup < 0 or not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError(
+                f"Latency needs runs >= 1, warmup >= 0 and batch sizes >= 1, got runs={self.runs}, "
+                f"warmup={self.warmup}, batch_sizes={list(self.batch_sizes)}"
+            )
+        _prepare(model, context)
+        model.eval()
+        old_threads = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        t0 = time.perf_counter()
+        out: dict[int, float] = {}
+        try:
+            with torch.inference_mode():
+                for bs in self.batch_sizes:
+                    x = _layout(context.data.example_inputs(bs).to(context.device), context.device)
+                    for _ in range(self.warmup):
+                        model(x)
+                    times = []
+                    for _ in range(self.runs):
+                        _sync(context.device)
+                        t = time.perf_counter()
+                        model(x)
+                        _sync(context.device)
+                        times.append(time.perf_counter() - t)
+                    out[int(bs)] = statistics.median(times) * 1e3
+        finally:
+            torch.set_num_threads(old_threads)
+        return Metrics(latency_ms=out, eval_seconds=time.perf_counter() - t0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Pipeline(Evaluator):
+    """Run evaluators in order on the same model, merging their Metrics; stop at the first
+    that does not complete (FAIL or PRUNED)."""
+
+    steps: Sequence[Evaluator]
+
+    def evaluate(self, model: nn.Module, context: Context) -> Metrics:
+        metrics = Metrics()
+        for step in self.steps:
+            metrics = metrics.merge(step.evaluate(model, context))
+            if metrics.status != COMPLETE:
+                break
+        return metrics

@@ -1,0 +1,129 @@
+"""Baseline training, cached as safetensors under the artifacts directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evaluators._base import Context, check_model_fits, resolve_device, seed_everything
+from evaluators._data import DataBundle
+from evaluators._evaluators import _autocast, _layout, _prepare, _progress, evaluate_accuracy
+from evaluators._models import build_model
+
+__all__ = ["Baseline", "Recipe", "baseline_key", "train_baseline"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """SGD (Nesterov) with a linear warm-up and a cosine decay to zero, seeded."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_fraction: float = 0.05
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(
+                f"recipe needs epochs >= 1, batch_size >= 1 and lr > 0, got epochs={self.epochs}, "
+                f"batch_size={self.batch_size}, lr={self.lr}"
+            )
+
+
+@dataclass
+class Baseline:
+    model: nn.Module
+    accuracy: float
+    seconds: float
+    path: Path
+    cached: bool
+
+
+def baseline_key(model_spec: str, data_spec: str, recipe: Recipe, seed: int) -> str:
+    text = json.dumps(
+        {"model": model_spec, "data": data_spec, "recipe": asdict(recipe), "seed": seed, "v": 1}, sort_keys=True
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def train_baseline(
+    model_spec: str,
+    data: DataBundle,
+    *,
+    recipe: Recipe | None = None,
+    seed: int = 0,
+    artifacts_dir: str | Path = "artifacts",
+    device: str | torch.device | None = "auto",
+    progress: bool = False,
+) -> Baseline:
+    """Train ``model_spec`` on ``data`` (or reuse the cached weights for the same spec, data, recipe and seed)."""
+    from safetensors.torch import load_file, save_file
+
+    recipe = recipe or Recipe()
+    dev = resolve_device(device)
+    key = baseline_key(model_spec, data.spec, recipe, seed)
+    path = Path(artifacts_dir) / "baselines" / f"{key}.safetensors"
+    meta_path = path.with_suffix(".json")
+    seed_everything(seed)
+    model = build_model(model_spec, in_channels=data.in_channels, num_classes=data.num_classes)
+    context = Context(data=data, device=dev, seed=seed, batch_size=256)
+    check_model_fits(model, context)
+    if path.is_file() and meta_path.is_file():
+        model.load_state_dict(load_file(str(path)))
+        meta = json.loads(meta_path.read_text())
+        return Baseline(_prepare(model, context).eval(), meta["accuracy"], meta["seconds"], path, True)
+    t = time.perf_counter()
+    _fit(model, data, recipe, seed, dev, progress)
+    accuracy, _ = evaluate_accuracy(model, context)
+    seconds = time.perf_counter() - t
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    meta = {"model": model_spec, "data": data.spec, "recipe": asdict(recipe), "seed": seed}
+    meta_path.write_text(json.dumps({**meta, "accuracy": accuracy, "seconds": seconds}, indent=2))
+    tmp.replace(path)  # the weights appear only when complete
+    return Baseline(model.eval(), accuracy, seconds, path, False)
+
+
+def _fit(model: nn.Module, data: DataBundle, recipe: Recipe, seed: int, dev: torch.device, progress: bool) -> None:
+    _prepare(model, Context(data=data, device=dev))
+    seed_everything(seed)
+    loader = data.train_loader(recipe.batch_size, seed)
+    total = recipe.epochs * len(loader)
+    warm = max(1, int(recipe.warmup_fraction * total))
+    opt = torch.optim.SGD(
+        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, nesterov=True
+    )
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    model.train()
+    with _progress(progress, total, "baseline") as bar:
+        for _ in range(recipe.epochs):
+            for x, y in loader:
+                x, y = _layout(x.to(dev), dev), y.to(dev)
+                with _autocast(dev):
+                    loss = F.cross_entropy(model(x).float(), y, label_smoothing=recipe.label_smoothing)
+                if not math.isfinite(loss.item()):
+                    raise ValueError(f"baseline training diverged (loss {loss.item()}); lower the recipe's lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar(1)
+    model.eval()
