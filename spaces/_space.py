@@ -1,8 +1,9 @@
-"""``ModelSpace``: the channel-pruning space of one model.
+"""``ModelSpace``: the compression space of one model (channel groups, factorizable layers).
 
-Mechanism only: tracing, surgery (:meth:`ModelSpace.apply`) and the analytic
-cost model (:meth:`ModelSpace.cost`). Choosing plans (uniform, fit) lives in
-``_policy.py``.
+Mechanism only: tracing, surgery (:meth:`ModelSpace.apply`: prune, then
+factorize with :mod:`spaces._lowrank`) and the analytic cost model
+(:meth:`ModelSpace.cost`). Choosing plans (uniform, fit) lives in
+``_policy.py``, the allocator in ``_allocate.py``.
 
 How it works
 ------------
@@ -94,7 +95,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 class ModelSpace:
-    """The channel-pruning space of a model.
+    """What can change in a model: its channel groups and factorizable layers, and what plans cost.
 
     Args:
         model: the model; it is deep-copied and never modified.
@@ -165,6 +166,8 @@ class ModelSpace:
         self._param_dims: dict[tuple[str, Any], list[tuple[str, int]]] = {}
         self._build_cost_model()
         self._importance_cache: dict[str, list[np.ndarray]] = {}
+        self._energy_cache: dict[str, np.ndarray] = {}
+        self.last_allocation: Any = None  # spaces.Allocation of the last allocate() call
         if verify:
             self._verify()
 
@@ -514,7 +517,7 @@ class ModelSpace:
 
     def _energy(self, name: str) -> np.ndarray:
         """Cumulative share of squared singular values of the layer's (unpruned) kernel."""
-        cache = self.__dict__.setdefault("_energy_cache", {})
+        cache = self._energy_cache
         if name not in cache:
             w = self._model.get_parameter(f"{name}.weight").detach().double()
             s2 = torch.linalg.svdvals(w.reshape(w.shape[0], -1)).pow(2).numpy()
