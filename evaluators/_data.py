@@ -16,7 +16,6 @@ Specs (nothing is ever downloaded):
 from __future__ import annotations
 
 import gzip
-import importlib
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -148,15 +147,9 @@ def _imagefolder(path: str) -> tuple[Dataset, Dataset]:
 
 
 def _factory(spec: str) -> tuple[Dataset, Dataset]:
-    mod_name, _, name = spec.partition(":")
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import module {mod_name!r} of data spec {spec!r}: {exc}") from None
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        raise ValueError(f"data spec {spec!r}: {mod_name!r} has no callable {name!r}")
-    result = factory()
+    from evaluators._models import import_factory
+
+    result = import_factory(spec, "data")()
     if not (isinstance(result, tuple) and len(result) == 2):
         raise TypeError(f"data factory {spec!r} must return (train, val), got {type(result).__name__}")
     out = []

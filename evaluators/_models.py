@@ -19,7 +19,21 @@ from torch import nn
 
 from spaces import UnsupportedModelError
 
-__all__ = ["build_model", "load_weights"]
+__all__ = ["build_model", "import_factory", "load_weights"]
+
+
+def import_factory(spec: str, what: str) -> Any:
+    """The callable named by ``package.module:name`` (``what``: "model" or "data", for messages)."""
+    mod_name, _, name = spec.partition(":")
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {mod_name!r} of {what} spec {spec!r}: {exc}") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ValueError(f"{what} spec {spec!r}: {mod_name!r} has no callable {name!r}")
+    return factory
+
 
 # torchvision models whose constructor needs extra arguments to build offline and plain
 _TV_EXTRA: dict[str, dict[str, Any]] = {
@@ -87,13 +101,7 @@ def build_model(spec: str, *, in_channels: int | None = None, num_classes: int |
         if in_channels is not None and in_channels != 3:
             model = _adapt_stem(model, in_channels)
     else:
-        try:
-            module = importlib.import_module(kind)
-        except ImportError as exc:
-            raise ValueError(f"cannot import module {kind!r} of model spec {spec!r}: {exc}") from None
-        factory = getattr(module, name, None)
-        if not callable(factory):
-            raise ValueError(f"model spec {spec!r}: {kind!r} has no callable {name!r}")
+        factory = import_factory(spec, "model")
         try:
             model = factory()
         except Exception as exc:

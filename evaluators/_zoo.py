@@ -79,7 +79,19 @@ _VGG: dict[int, list[int | str]] = {
 }
 
 
-class VGG(nn.Module):
+class _FeaturesHead(nn.Module):
+    """``features`` -> global average pool -> ``classifier``."""
+
+    def _head(self, layers: list[nn.Module], channels: int, num_classes: int) -> None:
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+class VGG(_FeaturesHead):
     """VGG with BatchNorm for small images; ``width`` scales every layer."""
 
     def __init__(self, depth: int, in_channels: int = 3, num_classes: int = 10, width: float = 1.0) -> None:
@@ -93,12 +105,7 @@ class VGG(nn.Module):
                 cout = max(1, int(int(v) * width))
                 layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
                 cin = cout
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(cin, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.pool(self.features(x)).flatten(1))
+        self._head(layers, cin, num_classes)
 
 
 def vgg11_bn(in_channels: int = 3, num_classes: int = 10, width: float = 1.0) -> nn.Module:
@@ -130,7 +137,7 @@ class _InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_res else self.conv(x)
 
 
-class SmallMobileNetV2(nn.Module):
+class SmallMobileNetV2(_FeaturesHead):
     """A small MobileNetV2 for 8x8..32x32 images (depthwise convs, residual adds)."""
 
     _CFG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 2, 2), (6, 64, 2, 2), (6, 96, 1, 1))
@@ -148,19 +155,14 @@ class SmallMobileNetV2(nn.Module):
                 layers.append(_InvertedResidual(cin, c, s if i == 0 else 1, t))
                 cin = c
         layers += [nn.Conv2d(cin, 320, 1, bias=False), nn.BatchNorm2d(320), nn.ReLU6(inplace=True)]
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(320, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.pool(self.features(x)).flatten(1))
+        self._head(layers, 320, num_classes)
 
 
 def mobilenetv2(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
     return SmallMobileNetV2(in_channels, num_classes)
 
 
-class Plain8(nn.Module):
+class Plain8(_FeaturesHead):
     """The channel-pruning tutorial's plain network: eight 3x3 Conv-ReLU layers, no BN.
 
     Widths double from ``base`` (32 in the tutorial, reaching 4096); a smaller
@@ -177,12 +179,7 @@ class Plain8(nn.Module):
             if i % 2 == 1:
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))
             cin = cout
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(cin, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.pool(self.features(x)).flatten(1))
+        self._head(layers, cin, num_classes)
 
 
 def plain8(in_channels: int = 3, num_classes: int = 10, base: int = 32) -> nn.Module:

@@ -36,13 +36,12 @@ def test_bad_input_exits_2_with_one_line(argv: list[str], message: str, capsys: 
     assert "\n" not in err
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True, text=True, check=False)
+
+
 def test_argparse_errors_exit_2() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "search.cli", "inspect", "--model", "zoo:resnet20", "--ratios", "1.0"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = _cli("inspect", "--model", "zoo:resnet20", "--ratios", "1.0")
     assert proc.returncode == 2
     assert "--ratios must be in [0, 1), got 1.0" in proc.stderr
 
@@ -60,11 +59,6 @@ def test_inspect_shows_ranks_and_the_allocators_plan(capsys: pytest.CaptureFixtu
 
 
 def test_bad_budget_flag_exits_2() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "search.cli", "inspect", "--model", "zoo:resnet20", "--budget", "macs=40"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = _cli("inspect", "--model", "zoo:resnet20", "--budget", "macs=40")
     assert proc.returncode == 2
     assert "no unit" in proc.stderr
