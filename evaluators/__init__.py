@@ -8,7 +8,15 @@ share one contract (:class:`Evaluator`): ``evaluate(model, context) -> Metrics``
 
 from evaluators._base import COMPLETE, FAIL, PRUNED, Context, Evaluator, Metrics, resolve_device, seed_everything
 from evaluators._data import DEFAULT_FASHION_MNIST_DIR, DataBundle, load_data, read_idx
-from evaluators._evaluators import Accuracy, BNRecalibration, FineTune, Latency, Pipeline, evaluate_accuracy
+from evaluators._evaluators import (
+    Accuracy,
+    BNRecalibration,
+    FineTune,
+    Latency,
+    Pipeline,
+    default_evaluator,
+    evaluate_accuracy,
+)
 from evaluators._models import build_model, load_weights
 from evaluators._train import Baseline, Recipe, baseline_key, train_baseline
 from evaluators._zoo import ZOO
@@ -32,6 +40,7 @@ __all__ = [
     "Recipe",
     "baseline_key",
     "build_model",
+    "default_evaluator",
     "evaluate_accuracy",
     "load_data",
     "load_weights",

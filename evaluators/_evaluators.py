@@ -16,7 +16,7 @@ from torch import nn
 from evaluators._base import COMPLETE, FAIL, PRUNED, Context, Evaluator, Metrics, check_model_fits, seed_everything
 from evaluators._data import _endless
 
-__all__ = ["Accuracy", "BNRecalibration", "FineTune", "Latency", "Pipeline", "evaluate_accuracy"]
+__all__ = ["Accuracy", "BNRecalibration", "FineTune", "Latency", "Pipeline", "default_evaluator", "evaluate_accuracy"]
 
 
 @torch.no_grad()
@@ -271,3 +271,21 @@ class Pipeline(Evaluator):
             if metrics.status != COMPLETE:
                 break
         return metrics
+
+
+def default_evaluator(
+    *, bn_batches: int = 20, finetune_steps: int = 100, kd_weight: float = 0.0, eval_every: int = 25
+) -> Pipeline:
+    """The search's default candidate score: BN recalibration, a 100-step fine-tune, accuracy.
+
+    Chosen by ``bench/bench_proxies.py`` (README): against a 1,000-step fine-tune, over
+    12 random 50 %-MAC plans of a digits ResNet-20, Spearman 0.67 at 2.1 s per candidate,
+    vs 0.53 for BN recalibration alone (0.17 s) and 0.31 for no fine-tune at all.
+    """
+    return Pipeline(
+        [
+            BNRecalibration(bn_batches),
+            FineTune(steps=finetune_steps, kd_weight=kd_weight, eval_every=eval_every),
+            Accuracy(),
+        ]
+    )

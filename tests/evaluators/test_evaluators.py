@@ -23,6 +23,7 @@ from evaluators import (
     Pipeline,
     Recipe,
     build_model,
+    default_evaluator,
     load_data,
     train_baseline,
 )
@@ -135,6 +136,15 @@ def test_bad_inputs_are_one_line_errors(data: DataBundle, baseline: Baseline) ->
         FineTune(optimizer="lbfgs")
     with pytest.raises(ValueError, match="epochs >= 1"):
         Recipe(epochs=0)
+
+
+def test_default_evaluator_is_the_benchmarked_proxy(pruned: nn.Module, data: DataBundle, baseline: Baseline) -> None:
+    pipe = default_evaluator()
+    assert [type(s).__name__ for s in pipe.steps] == ["BNRecalibration", "FineTune", "Accuracy"]
+    assert pipe.steps[1].steps == 100  # type: ignore[attr-defined]
+    m = pipe.evaluate(copy.deepcopy(pruned), _ctx(data, baseline))
+    assert m.status == COMPLETE and m.accuracy is not None and m.accuracy > 0.9
+    assert [s for s, _ in m.history] == [25, 50, 75]
 
 
 def test_torchvision_models_adapt_to_the_data(data: DataBundle) -> None:
