@@ -133,6 +133,7 @@ class _Allocator:
             share = cum[lv] / cum[-1] if cum[-1] > 0 else lv / g.channels
             self.level_value.append(weight * share)
         self.layers = [layer.name for layer in space.layers] if rank else []
+        self.last_status = "not run"
         self.energy = {name: space._energy(name) for name in self.layers}
 
     # ---------------------------------------------------------------- model
@@ -270,6 +271,7 @@ class _Allocator:
                 constraints=constraints,
                 options={"time_limit": time_limit, "disp": False, "mip_rel_gap": 1e-3},
             )
+        self.last_status = str(res.message)
         if res.x is None:
             return None
         return np.round(res.x)
@@ -359,9 +361,9 @@ def allocate(
             x = alloc.solve_milp(prog, target, max(left / max(rounds + 1 - n_rounds, 2), 0.2))
             if x is None:
                 solver = "greedy"
-                messages.append("HiGHS found no solution in time: used the greedy Lagrangian heuristic")
+                messages.append(f"HiGHS found no solution ({alloc.last_status}): used the greedy Lagrangian heuristic")
                 warnings.warn(
-                    "allocate: the integer program was not solved in time; using the greedy heuristic",
+                    f"allocate: the integer program was not solved ({alloc.last_status}); using the greedy heuristic",
                     AllocatorFallbackWarning,
                     stacklevel=2,
                 )
