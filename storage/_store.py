@@ -1,0 +1,346 @@
+"""``StudyStore``: studies, candidates and the Pareto front in one SQL database.
+
+One URL serves everything (SQLite embedded by default, PostgreSQL for many
+workers). Every write is one transaction: a killed process never leaves a
+half-written candidate, and the ``pareto`` table is rewritten in the same
+transaction that completes a candidate, so outside readers can query the
+current front with plain SQL::
+
+    SELECT c.* FROM candidates c JOIN pareto p ON p.candidate_id = c.id
+    JOIN studies s ON s.id = c.study_id WHERE s.name = 'my-study';
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from spaces import PruneTuneError
+from storage._pareto import pareto_front
+
+__all__ = ["SCHEMA_VERSION", "STATUSES", "CandidateRow", "StoreError", "StudyMismatchError", "StudyStore"]
+
+SCHEMA_VERSION = 1
+STATUSES = ("RUNNING", "COMPLETE", "FAIL", "PRUNED")
+
+
+class StoreError(PruneTuneError):
+    """The database cannot be reached or used."""
+
+
+class StudyMismatchError(PruneTuneError, ValueError):
+    """A study name is reused with a different model, data or budget."""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Meta(_Base):
+    __tablename__ = "prunetune_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class _Study(_Base):
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True)
+    model_spec: Mapped[str] = mapped_column(Text)
+    data_spec: Mapped[str] = mapped_column(Text)
+    budget: Mapped[dict[str, Any]] = mapped_column(JSON)
+    space_options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    base_cost: Mapped[dict[str, Any]] = mapped_column(JSON)
+    base_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class _Candidate(_Base):
+    __tablename__ = "candidates"
+    __table_args__ = (UniqueConstraint("study_id", "plan_hash", name="uq_candidate_plan"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    plan: Mapped[str] = mapped_column(Text)
+    plan_hash: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    macs: Mapped[float | None] = mapped_column(Float, nullable=True)
+    params: Mapped[float | None] = mapped_column(Float, nullable=True)
+    bytes: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_ms: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+
+
+class _Pareto(_Base):
+    __tablename__ = "pareto"
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True)
+    candidate_id: Mapped[int] = mapped_column(ForeignKey("candidates.id", ondelete="CASCADE"), primary_key=True)
+
+
+@dataclass(frozen=True)
+class CandidateRow:
+    id: int
+    trial_number: int | None
+    plan: str
+    plan_hash: str
+    status: str
+    accuracy: float | None
+    macs: float | None
+    params: float | None
+    bytes: float | None
+    latency_ms: dict[str, Any] | None
+    seconds: float | None
+    error: str | None
+
+
+def _row(c: _Candidate) -> CandidateRow:
+    return CandidateRow(
+        c.id, c.trial_number, c.plan, c.plan_hash, c.status, c.accuracy, c.macs, c.params, c.bytes,
+        c.latency_ms, c.seconds, c.error,
+    )  # fmt: skip
+
+
+def _engine(url: str) -> Engine:
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"storage URL must be a non-empty string like sqlite:///prunetune.db, got {url!r}")
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(
+            f"malformed storage URL {url!r}: use sqlite:///path.db or postgresql+psycopg://user@host/db"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ValueError(f"storage URL {url!r} names backend {backend!r}; PruneTune supports sqlite and postgresql")
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        engine = create_engine(parsed, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn: Any, _record: Any) -> None:
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+
+
+class StudyStore:
+    """The study store. Thread- and process-safe through the database's transactions.
+
+    Contract: every public method is one transaction; ``reserve`` is the only
+    way a plan enters a study and fails (returns ``None``) when the same plan
+    hash is already there, so no plan is evaluated twice, even by two workers.
+    """
+
+    def __init__(self, url: str = "sqlite:///prunetune.db") -> None:
+        self.url = url
+        self._engine = _engine(url)
+        try:
+            _Base.metadata.create_all(self._engine)
+            with Session(self._engine) as s, s.begin():
+                meta = s.get(_Meta, "schema_version")
+                if meta is None:
+                    s.add(_Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                elif int(meta.value) != SCHEMA_VERSION:
+                    raise StoreError(
+                        f"database {url!r} has schema version {meta.value}, this PruneTune uses {SCHEMA_VERSION}"
+                    )
+        except OperationalError as exc:
+            raise StoreError(
+                f"cannot open storage {self._safe_url()}: {str(exc.orig).strip().splitlines()[0]}"
+            ) from None
+        except IntegrityError:
+            pass  # another process created the version row first
+
+    def _safe_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url}  # engines are not picklable: rebuilt on the other side
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["url"])  # type: ignore[misc]
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Session]:
+        try:
+            with Session(self._engine, expire_on_commit=False) as s, s.begin():
+                yield s
+        except (PruneTuneError, IntegrityError):
+            raise
+        except SQLAlchemyError as exc:
+            orig = getattr(exc, "orig", None) or exc
+            raise StoreError(f"storage {self._safe_url()}: {str(orig).strip().splitlines()[0]}") from None
+
+    # ---------------------------------------------------------------- studies
+    def ensure_study(
+        self,
+        name: str,
+        *,
+        model_spec: str,
+        data_spec: str,
+        budget: Mapping[str, Any],
+        space_options: Mapping[str, Any],
+        base_cost: Mapping[str, Any],
+        base_accuracy: float | None = None,
+    ) -> int:
+        """The id of study ``name``, created if new; a reused name must match model, data and budget."""
+        with self._session() as s:
+            study = s.scalar(select(_Study).where(_Study.name == name))
+            if study is None:
+                study = _Study(
+                    name=name,
+                    model_spec=model_spec,
+                    data_spec=data_spec,
+                    budget=dict(budget),
+                    space_options=dict(space_options),
+                    base_cost=dict(base_cost),
+                    base_accuracy=base_accuracy,
+                )
+                s.add(study)
+                s.flush()
+                return study.id
+            for field, want in (("model_spec", model_spec), ("data_spec", data_spec), ("budget", dict(budget))):
+                have = getattr(study, field)
+                if have != want:
+                    raise StudyMismatchError(
+                        f"study {name!r} exists with {field}={json.dumps(have)}, not {json.dumps(want)}: "
+                        "use another study name"
+                    )
+            return study.id
+
+    def study(self, name: str) -> dict[str, Any]:
+        with self._session() as s:
+            st = s.scalar(select(_Study).where(_Study.name == name))
+            if st is None:
+                raise ValueError(f"no study named {name!r} in {self._safe_url()}")
+            return {
+                "id": st.id, "name": st.name, "model_spec": st.model_spec, "data_spec": st.data_spec,
+                "budget": st.budget, "space_options": st.space_options, "base_cost": st.base_cost,
+                "base_accuracy": st.base_accuracy, "created": st.created,
+            }  # fmt: skip
+
+    # ---------------------------------------------------------------- candidates
+    def reserve(self, study_id: int, plan_json: str, plan_hash: str, trial_number: int | None = None) -> int | None:
+        """Insert a RUNNING candidate; ``None`` if this plan is already in the study."""
+        try:
+            with self._session() as s:
+                c = _Candidate(
+                    study_id=study_id, trial_number=trial_number, plan=plan_json, plan_hash=plan_hash, status="RUNNING"
+                )
+                s.add(c)
+                s.flush()
+                return c.id
+        except IntegrityError:
+            return None
+
+    def finish(
+        self,
+        candidate_id: int,
+        status: str,
+        *,
+        accuracy: float | None = None,
+        cost: Mapping[str, float] | None = None,
+        latency_ms: Mapping[int, float] | None = None,
+        seconds: float | None = None,
+        error: str | None = None,
+        objectives: Sequence[str] = ("accuracy", "macs"),
+    ) -> None:
+        """Record a candidate's outcome and, in the same transaction, the study's Pareto front."""
+        if status not in STATUSES or status == "RUNNING":
+            raise ValueError(f"status must be one of COMPLETE, FAIL, PRUNED, got {status!r}")
+        with self._session() as s:
+            c = s.get(_Candidate, candidate_id)
+            if c is None:
+                raise ValueError(f"no candidate with id {candidate_id}")
+            c.status, c.accuracy, c.seconds, c.error = status, accuracy, seconds, error
+            if cost is not None:
+                c.macs, c.params, c.bytes = cost.get("macs"), cost.get("params"), cost.get("bytes")
+            c.latency_ms = {str(k): v for k, v in latency_ms.items()} if latency_ms else None
+            s.flush()
+            self._update_front(s, c.study_id, objectives)
+
+    def fail_running(self, study_id: int, reason: str = "left RUNNING by a stopped worker") -> int:
+        """Mark the study's RUNNING candidates FAIL (after a crash); returns how many."""
+        with self._session() as s:
+            rows = s.scalars(select(_Candidate).where(_Candidate.study_id == study_id, _Candidate.status == "RUNNING"))
+            n = 0
+            for c in rows:
+                c.status, c.error = "FAIL", reason
+                n += 1
+            return n
+
+    def delete(self, candidate_id: int) -> None:
+        """Remove a candidate (e.g. a failed one, so that its plan may be retried)."""
+        with self._session() as s:
+            c = s.get(_Candidate, candidate_id)
+            if c is not None:
+                s.delete(c)
+
+    def candidates(self, study_id: int, status: str | None = None) -> list[CandidateRow]:
+        with self._session() as s:
+            q = select(_Candidate).where(_Candidate.study_id == study_id)
+            if status is not None:
+                q = q.where(_Candidate.status == status)
+            return [_row(c) for c in s.scalars(q.order_by(_Candidate.id))]
+
+    def front(self, study_id: int) -> list[CandidateRow]:
+        with self._session() as s:
+            q = (
+                select(_Candidate)
+                .join(_Pareto, _Pareto.candidate_id == _Candidate.id)
+                .where(_Pareto.study_id == study_id)
+                .order_by(_Candidate.macs, _Candidate.id)
+            )
+            return [_row(c) for c in s.scalars(q)]
+
+    @staticmethod
+    def _update_front(s: Session, study_id: int, objectives: Sequence[str]) -> None:
+        done = list(
+            s.scalars(select(_Candidate).where(_Candidate.study_id == study_id, _Candidate.status == "COMPLETE"))
+        )
+        points = []
+        for c in done:
+            vals = []
+            for obj in objectives:
+                v = c.accuracy if obj == "accuracy" else getattr(c, obj)
+                vals.append(None if v is None else (-v if obj == "accuracy" else v))  # minimise all
+            points.append(vals)
+        keep = pareto_front(points)
+        s.query(_Pareto).filter(_Pareto.study_id == study_id).delete()
+        for i in keep:
+            s.add(_Pareto(study_id=study_id, candidate_id=done[i].id))

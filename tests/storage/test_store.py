@@ -1,0 +1,138 @@
+"""The store's contract, over SQLite and a real PostgreSQL server (started by .ci/run)."""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from storage import StoreError, StudyMismatchError, StudyStore, pareto_front
+
+PG_URL = os.environ.get("PRUNETUNE_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    if not PG_URL:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide PRUNETUNE_TEST_POSTGRES_URL (scripts/postgres.sh start)")
+        pytest.skip('no PostgreSQL server: run `eval "$(bash scripts/postgres.sh start)"`')
+    return PG_URL
+
+
+def _study(store: StudyStore, name: str | None = None, budget: dict | None = None) -> int:
+    return store.ensure_study(
+        name or f"s-{uuid.uuid4().hex[:8]}",
+        model_spec="zoo:resnet20",
+        data_spec="digits",
+        budget=budget or {"macs": "50%"},
+        space_options={"importance": "l1"},
+        base_cost={"macs": 1000, "params": 100, "bytes": 400},
+        base_accuracy=0.98,
+    )
+
+
+def test_rows_survive_a_new_store_and_plans_are_unique(url: str) -> None:
+    store = StudyStore(url)
+    sid = _study(store, "persist-" + uuid.uuid4().hex[:6])
+    a = store.reserve(sid, '{"prune": {"a": 0.5}}', "hash-a", trial_number=0)
+    assert a is not None
+    assert store.reserve(sid, '{"prune": {"a": 0.5}}', "hash-a", trial_number=1) is None  # same plan: refused
+    store.finish(a, "COMPLETE", accuracy=0.9, cost={"macs": 500, "params": 50, "bytes": 200}, seconds=1.5)
+    again = StudyStore(url)
+    rows = again.candidates(sid)
+    assert [(r.plan_hash, r.status, r.accuracy, r.macs) for r in rows] == [("hash-a", "COMPLETE", 0.9, 500)]
+    assert [r.id for r in again.front(sid)] == [a]
+
+
+def test_front_table_equals_brute_force(url: str) -> None:
+    store = StudyStore(url)
+    sid = _study(store)
+    rng = random.Random(1)
+    points = []
+    for i in range(40):
+        cid = store.reserve(sid, f'{{"i": {i}}}', f"h{i}", trial_number=i)
+        assert cid is not None
+        status = rng.choice(["COMPLETE", "COMPLETE", "COMPLETE", "FAIL", "PRUNED"])
+        acc, macs = round(rng.uniform(0.5, 1.0), 2), rng.randint(100, 1000)
+        store.finish(cid, status, accuracy=acc, cost={"macs": macs, "params": 1, "bytes": 4})
+        if status == "COMPLETE":
+            points.append((cid, acc, macs))
+        front = {r.id for r in store.front(sid)}
+        expected = {points[k][0] for k in pareto_front([(-a, m) for _, a, m in points])}
+        brute = {
+            c for c, a, m in points
+            if not any((a2 >= a and m2 <= m) and (a2 > a or m2 < m) for _, a2, m2 in points)
+        }  # fmt: skip
+        assert front == expected == brute
+
+
+def test_running_candidates_fail_after_a_crash(url: str) -> None:
+    store = StudyStore(url)
+    sid = _study(store)
+    cid = store.reserve(sid, "{}", "h-run")
+    assert cid is not None
+    assert store.fail_running(sid) == 1
+    (row,) = store.candidates(sid)
+    assert row.status == "FAIL" and "RUNNING" in (row.error or "")
+    store.delete(cid)
+    assert store.reserve(sid, "{}", "h-run") is not None  # a failed plan may be retried once deleted
+
+
+def test_reused_study_name_must_match(url: str) -> None:
+    store = StudyStore(url)
+    name = "same-" + uuid.uuid4().hex[:6]
+    sid = _study(store, name)
+    assert _study(store, name) == sid
+    with pytest.raises(StudyMismatchError, match="exists with budget="):
+        _study(store, name, budget={"macs": "30%"})
+
+
+def test_bad_status_is_refused_without_writing(url: str) -> None:
+    store = StudyStore(url)
+    sid = _study(store)
+    cid = store.reserve(sid, "{}", "h-bad")
+    assert cid is not None
+    with pytest.raises(ValueError, match="status must be one of"):
+        store.finish(cid, "DONE")
+    assert store.candidates(sid)[0].status == "RUNNING"
+
+
+def test_front_is_plain_sql(url: str) -> None:
+    store = StudyStore(url)
+    name = "sql-" + uuid.uuid4().hex[:6]
+    sid = _study(store, name)
+    for i, (acc, macs) in enumerate([(0.9, 500), (0.8, 600), (0.95, 900)]):
+        cid = store.reserve(sid, "{}", f"p{i}")
+        assert cid is not None
+        store.finish(cid, "COMPLETE", accuracy=acc, cost={"macs": macs, "params": 1, "bytes": 4})
+    engine = create_engine(url.replace("postgresql+psycopg", "postgresql+psycopg"))
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT c.accuracy FROM candidates c JOIN pareto p ON p.candidate_id = c.id "
+                "JOIN studies s ON s.id = c.study_id WHERE s.name = :n ORDER BY c.macs"
+            ),
+            {"n": name},
+        ).all()
+    assert [r[0] for r in rows] == [0.9, 0.95]
+
+
+@pytest.mark.parametrize(
+    ("bad", "exc", "message"),
+    [
+        ("not a url", ValueError, "malformed storage URL"),
+        ("mysql://x@localhost/db", ValueError, "supports sqlite and postgresql"),
+        ("postgresql+psycopg://nobody@127.0.0.1:1/none", StoreError, "cannot open storage"),
+    ],
+)
+def test_bad_urls_are_one_line_errors(bad: str, exc: type, message: str) -> None:
+    with pytest.raises(exc, match=message) as e:
+        StudyStore(bad)
+    assert "\n" not in str(e.value)
