@@ -163,6 +163,9 @@ class ModelSpace:
         self._items: list[list[_Item]] = []
         for g in raw_groups:
             self._add_group(g)
+        order = sorted(range(len(self._groups)), key=lambda i: self._order.get(self._groups[i].id, 1 << 30))
+        self._groups = [self._groups[i] for i in order]  # in module order, so tables read top-down
+        self._items = [self._items[i] for i in order]
         self._param_dims: dict[tuple[str, Any], list[tuple[str, int]]] = {}
         self._build_cost_model()
         self._importance_cache: dict[str, list[np.ndarray]] = {}
