@@ -347,6 +347,8 @@ class ModelSpace:
         return out
 
     def _build_cost_model(self) -> None:
+        self._channels = np.array([g.channels for g in self._groups], dtype=np.int64)
+        self._gid_index = {g.id: i for i, g in enumerate(self._groups)}
         params = list(self._model.named_parameters())
         self._param_index = {n: i for i, (n, _) in enumerate(params)}
         ndim = max([p.dim() for _, p in params] + [1])
@@ -391,10 +393,9 @@ class ModelSpace:
         return Cost(macs=macs, params=params, bytes=nbytes)
 
     def _pruned_geom(self, name: str, keep: np.ndarray) -> LayerGeom:
-        channels = np.array([g.channels for g in self._groups], dtype=np.int64)
         i = self._param_index[f"{name}.weight"]
         rows = slice(i * self._ndim, i * self._ndim + 2)
-        cout, cin = self._base_dims[rows] - self._m[rows] @ (channels - keep)
+        cout, cin = self._base_dims[rows] - self._m[rows] @ (self._channels - keep)
         return self._geoms[name].with_channels(cout, cin)
 
     def _factors(self, plan: Plan, keep: np.ndarray) -> Factors:
@@ -465,7 +466,7 @@ class ModelSpace:
         """Channels each group keeps under ``plan`` (validates the plan)."""
         if not isinstance(plan, Plan):
             raise TypeError(f"plan must be a spaces.Plan, got {type(plan).__name__}")
-        ids = {g.id: i for i, g in enumerate(self._groups)}
+        ids = self._gid_index
         for gid in plan.prune:
             if gid not in ids:
                 raise PlanError(self._unknown_group(gid))
@@ -512,8 +513,7 @@ class ModelSpace:
         return self._cost_of_keep(keep, self._factors(plan, keep) if plan.rank else None)
 
     def _cost_of_keep(self, keep: np.ndarray, factors: Factors | None = None) -> Cost:
-        channels = np.array([g.channels for g in self._groups], dtype=np.int64)
-        return self._cost_of_removed(channels - keep, factors)
+        return self._cost_of_removed(self._channels - keep, factors)
 
     def _byte_of(self, name: str) -> int:
         return int(self._byte_w[self._param_index[f"{name}.weight"]])
@@ -711,10 +711,9 @@ class ModelSpace:
         return None
 
     def _gindex(self, gid: str) -> int:
-        for i, g in enumerate(self._groups):
-            if g.id == gid:
-                return i
-        raise PlanError(self._unknown_group(gid))
+        if gid not in self._gid_index:
+            raise PlanError(self._unknown_group(gid))
+        return self._gid_index[gid]
 
     def _verify(self) -> None:
         measured = self.measure_base_cost()
