@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from evaluators._data import DataBundle
+from spaces._errors import first_line
 
 __all__ = ["COMPLETE", "FAIL", "PRUNED", "Context", "Evaluator", "Metrics", "resolve_device", "seed_everything"]
 
@@ -129,7 +130,7 @@ def check_model_fits(model: nn.Module, context: Context) -> None:
         with torch.no_grad():
             out = model(context.data.example_inputs(2).to(model_device))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ValueError(
             f"the model does not accept inputs of shape {context.data.input_shape} from {context.data.spec!r}: {first}"
         ) from None

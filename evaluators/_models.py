@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from spaces import UnsupportedModelError
+from spaces._errors import first_line
 
 __all__ = ["build_model", "import_factory", "load_weights"]
 
@@ -105,7 +106,7 @@ def build_model(spec: str, *, in_channels: int | None = None, num_classes: int |
         try:
             model = factory()
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first_line(exc, "")
             raise UnsupportedModelError(f"model factory {spec!r} raised {type(exc).__name__}: {first}") from exc
     if not isinstance(model, nn.Module):
         raise TypeError(f"model factory {spec!r} must return a torch.nn.Module, got {type(model).__name__}")
@@ -128,7 +129,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         try:
             state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ValueError(f"weights file {str(p)!r} cannot be loaded with weights_only=True: {first}") from None
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]

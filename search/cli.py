@@ -189,11 +189,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from spaces import PruneTuneError
+    from spaces._errors import first_line
 
     try:
         return int(args.func(args))
     except (PruneTuneError, ValueError, TypeError, UsageError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc)
         print(f"prunetune: error: {message}", file=sys.stderr)
         return 2
 

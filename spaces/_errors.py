@@ -28,3 +28,11 @@ class UnsupportedModelError(PruneTuneError):
 
 class InfeasibleBudgetError(PruneTuneError, ValueError):
     """No plan of the space meets the budget; the message names the smallest cost."""
+
+
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first line of ``exc``'s message (for one-line errors); ``default`` or the type name if empty."""
+    text = str(exc).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(exc).__name__ if default is None else default

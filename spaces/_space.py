@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from spaces._cost import Cost, _as_tuple, measure_cost
-from spaces._errors import PlanError, UnsupportedModelError
+from spaces._errors import PlanError, UnsupportedModelError, first_line
 from spaces._lowrank import LayerGeom, factorize_layer
 from spaces._plan import IMPORTANCES, Plan
 
@@ -90,8 +90,7 @@ def _is_grouped_conv(m: nn.Module) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    return f"{type(exc).__name__}: {first_line(exc, '')}"
 
 
 class ModelSpace:

@@ -37,6 +37,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLA
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from spaces import PruneTuneError
+from spaces._errors import first_line
 from storage._pareto import pareto_front
 
 __all__ = ["SCHEMA_VERSION", "STATUSES", "CandidateRow", "StoreError", "StudyMismatchError", "StudyStore"]
@@ -180,9 +181,7 @@ class StudyStore:
                         f"database {url!r} has schema version {meta.value}, this PruneTune uses {SCHEMA_VERSION}"
                     )
         except OperationalError as exc:
-            raise StoreError(
-                f"cannot open storage {self._safe_url()}: {str(exc.orig).strip().splitlines()[0]}"
-            ) from None
+            raise StoreError(f"cannot open storage {self._safe_url()}: {first_line(exc.orig or exc)}") from None
         except IntegrityError:
             pass  # another process created the version row first
 
@@ -204,7 +203,7 @@ class StudyStore:
             raise
         except SQLAlchemyError as exc:
             orig = getattr(exc, "orig", None) or exc
-            raise StoreError(f"storage {self._safe_url()}: {str(orig).strip().splitlines()[0]}") from None
+            raise StoreError(f"storage {self._safe_url()}: {first_line(orig)}") from None
 
     # ---------------------------------------------------------------- studies
     def ensure_study(
