@@ -165,6 +165,189 @@ def _print_allocation(console: Any, space: Any, budget: Any) -> None:
     console.print(f"plan: {plan.to_json()}", soft_wrap=True, markup=False)
 
 
+def _pct(v: float | None, base: float | None) -> str:
+    return f"{100 * v / base:.1f}%" if v is not None and base else "-"
+
+
+def _front_table(title: str, rows: Sequence[Any], base_cost: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    from storage import plan_summary
+
+    table = Table(title=title)
+    for col in ("trial", "accuracy", "MACs %", "params %", "latency ms", "plan"):
+        table.add_column(col, justify="left" if col == "plan" else "right")
+    for r in rows:
+        table.add_row(
+            str(r.trial_number),
+            f"{r.accuracy:.4f}" if r.accuracy is not None else "-",
+            _pct(r.macs, base_cost.get("macs")),
+            _pct(r.params, base_cost.get("params")),
+            f"{r.latency:.2f}" if r.latency is not None else "-",
+            plan_summary(r.plan),
+        )
+    return table
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from search._config import config_flags
+
+    out: dict[str, Any] = {}
+    for key, _help, is_list in config_flags():
+        value = getattr(args, key, None)
+        if value is not None:
+            out[key] = [v.strip() for v in value.split(",") if v.strip()] if is_list else value
+    return out
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from search._config import load_config
+    from search._study import Search
+
+    cfg = load_config(args.config, _overrides(args))
+    err = Console(stderr=True)
+    out = Console()
+    search = Search(cfg)
+    with err.status(f"preparing study {cfg.search.study!r} (data, baseline, space, allocator)"):
+        search.prepare(progress=False)
+    err.print(
+        f"study {cfg.search.study!r} in {search.store._safe_url()}: base accuracy {search.base_accuracy:.4f}, "
+        f"{len(search.space.groups)} groups, budget {search.budget.to_dict()}"
+    )
+    target = cfg.search.candidates
+    with Progress(
+        TextColumn("[bold]candidates"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=args.quiet,
+    ) as bar:
+        done0 = search.store.count(search.study_id)
+        task = bar.add_task("run", total=target, completed=min(done0, target), info="")
+
+        def update(res: Any) -> None:
+            front = search.store.front(search.study_id)
+            best = max((r.accuracy for r in front if r.accuracy is not None), default=None)
+            info = f"best {best:.4f} within budget, front {len(front)}" if best is not None else "no result yet"
+            bar.update(task, completed=min(res.total, target), info=info)
+
+        res = search.run(update)
+    for line in res.events:
+        err.print(line)
+    if res.stopped:
+        err.print(f"stopped early: {res.stopped}")
+    out.print(
+        _front_table(f"Pareto front of {res.study!r} ({len(res.front)} of {res.total})", res.front, res.base_cost)
+    )
+    t = res.timings.per_candidate()
+    out.print(
+        f"this run: {res.evaluated} evaluated, {res.duplicates} duplicate plans skipped, {res.retried} retried; "
+        "seconds per candidate: " + ", ".join(f"{k} {v:.3f}" for k, v in t.items())
+    )
+    out.print(f"export one with: prunetune export {args.config} --trial N --out DIR")
+    return 0
+
+
+def _open_study(args: argparse.Namespace) -> tuple[Any, str]:
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from search._config import load_config
+    from storage import StudyStore
+
+    url, study = args.storage, args.study
+    if args.config is not None:
+        cfg = load_config(args.config)
+        url = url or cfg.storage.url
+        study = study or cfg.search.study
+    url = url or "sqlite:///prunetune.db"
+    try:
+        parsed = make_url(url)
+    except Exception:
+        parsed = None
+    if parsed is not None and parsed.get_backend_name() == "sqlite":
+        db = parsed.database or ""
+        if db and db != ":memory:" and not Path(db).is_file():
+            raise UsageError(f"no study database at {db!r}: run `prunetune run CONFIG.toml` first or pass --storage")
+    store = StudyStore(url)
+    if study is None:
+        names = store.study_names()
+        if len(names) != 1:
+            raise UsageError(f"name the study with --study; {store._safe_url()} holds: {', '.join(names) or 'none'}")
+        study = names[0]
+    return store, study
+
+
+def _cmd_front(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    store, study = _open_study(args)
+    info = store.study(study)
+    rows = store.front(info["id"])
+    total = store.count(info["id"])
+    Console().print(_front_table(f"Pareto front of {study!r} ({len(rows)} of {total})", rows, info["base_cost"]))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    store, study = _open_study(args)
+    info = store.study(study)
+    rows = store.candidates(info["id"])
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    done = [r for r in rows if r.status == "COMPLETE" and r.accuracy is not None]
+    best = max(done, key=lambda r: r.accuracy or 0.0, default=None)
+    c = Console()
+    c.print(f"study {study!r}: model {info['model_spec']} on {info['data_spec']}, budget {info['budget']}")
+    base_acc = info["base_accuracy"]
+    c.print(f"base accuracy {base_acc:.4f}" if base_acc is not None else "base accuracy unknown")
+    c.print(f"candidates: {len(rows)} (" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")")
+    c.print(f"front: {len(store.front(info['id']))} candidates")
+    if best is not None:
+        c.print(
+            f"best accuracy within budget: {best.accuracy:.4f} (trial {best.trial_number}, "
+            f"MACs {_pct(best.macs, info['base_cost'].get('macs'))})"
+        )
+    running = [r for r in rows if r.status == "RUNNING"]
+    for r in running:
+        c.print(f"running: candidate {r.id} (trial {r.trial_number}) on {r.worker}, attempt {r.attempts}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from search._export import export_candidate
+
+    store, study = _open_study(args)
+    out = export_candidate(store, study, args.out, trial=args.trial)
+    print(f"exported trial {args.trial} of {study!r} to {out} (plan.json, weights.safetensors, model.json)")
+    print("load it with: from search import load_exported; model = load_exported(DIR)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from storage import write_report
+
+    store, study = _open_study(args)
+    for p in write_report(store, study, args.out):
+        print(p)
+    return 0
+
+
+def _study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="the run's TOML config (gives the storage URL and study name)")
+    p.add_argument("--storage", help="storage URL (default: the config's, else sqlite:///prunetune.db)")
+    p.add_argument("--study", help="study name (default: the config's, or the only study in the store)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prunetune", description="Automated compression search for PyTorch CNNs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -183,6 +366,34 @@ def _parser() -> argparse.ArgumentParser:
         help="show the allocator's plan for this budget, e.g. macs=40%%,params=50%%,bytes=8MB",
     )
     ins.set_defaults(func=_cmd_inspect)
+
+    from search._config import config_flags
+
+    run = sub.add_parser(
+        "run",
+        help="run (or resume) a compression search from a TOML config",
+        description="Every config key can be overridden: --section.key VALUE (lists comma-separated).",
+    )
+    run.add_argument("config", help="the run's TOML config, e.g. examples/digits.toml")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    for key, text, is_list in config_flags():
+        run.add_argument(f"--{key}", dest=key, metavar="LIST" if is_list else "VALUE", help=text or None)
+    run.set_defaults(func=_cmd_run)
+    front = sub.add_parser("front", help="show a study's Pareto front")
+    _study_args(front)
+    front.set_defaults(func=_cmd_front)
+    status = sub.add_parser("status", help="show a study's progress")
+    _study_args(status)
+    status.set_defaults(func=_cmd_status)
+    exp = sub.add_parser("export", help="write a candidate's plan.json, weights.safetensors and model.json")
+    _study_args(exp)
+    exp.add_argument("--trial", type=int, required=True, help="the trial number (see `prunetune front`)")
+    exp.add_argument("--out", required=True, help="output directory")
+    exp.set_defaults(func=_cmd_export)
+    rep = sub.add_parser("report", help="write CSV and Markdown reports of a study")
+    _study_args(rep)
+    rep.add_argument("--out", required=True, help="output directory")
+    rep.set_defaults(func=_cmd_report)
     return p
 
 
@@ -193,6 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
+    except KeyboardInterrupt:
+        print("prunetune: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
     except (PruneTuneError, ValueError, TypeError, UsageError) as exc:
         message = first_line(exc)
         print(f"prunetune: error: {message}", file=sys.stderr)

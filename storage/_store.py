@@ -6,17 +6,26 @@ half-written candidate, and the ``pareto`` table is rewritten in the same
 transaction that completes a candidate, so outside readers can query the
 current front with plain SQL::
 
-    SELECT c.* FROM candidates c JOIN pareto p ON p.candidate_id = c.id
-    JOIN studies s ON s.id = c.study_id WHERE s.name = 'my-study';
+    SELECT c.* FROM prunetune_candidates c
+    JOIN prunetune_pareto p ON p.candidate_id = c.id
+    JOIN prunetune_studies s ON s.id = c.study_id WHERE s.name = 'my-study';
+
+Our tables are prefixed ``prunetune_`` because Optuna's RDB storage shares the
+database (it owns ``studies``, ``trials``, ...).
+
+Workers: a candidate is RUNNING under one ``worker`` ("host:pid") that renews
+its ``heartbeat``; :meth:`StudyStore.claim_stale` hands the candidates of a
+dead worker (same host and the process is gone, or a heartbeat older than the
+grace period) to a live one, so nothing a crash interrupted is lost or done twice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -30,7 +39,9 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
@@ -40,7 +51,15 @@ from spaces import PruneTuneError
 from spaces._errors import first_line
 from storage._pareto import pareto_front
 
-__all__ = ["SCHEMA_VERSION", "STATUSES", "CandidateRow", "StoreError", "StudyMismatchError", "StudyStore"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "CandidateRow",
+    "StoreError",
+    "StudyFullError",
+    "StudyMismatchError",
+    "StudyStore",
+]
 
 SCHEMA_VERSION = 1
 STATUSES = ("RUNNING", "COMPLETE", "FAIL", "PRUNED")
@@ -54,8 +73,12 @@ class StudyMismatchError(PruneTuneError, ValueError):
     """A study name is reused with a different model, data or budget."""
 
 
+class StudyFullError(PruneTuneError):
+    """The study already holds as many candidates as it may (``reserve(limit=...)``)."""
+
+
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class _Base(DeclarativeBase):
@@ -69,7 +92,7 @@ class _Meta(_Base):
 
 
 class _Study(_Base):
-    __tablename__ = "studies"
+    __tablename__ = "prunetune_studies"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(256), unique=True)
     model_spec: Mapped[str] = mapped_column(Text)
@@ -82,10 +105,10 @@ class _Study(_Base):
 
 
 class _Candidate(_Base):
-    __tablename__ = "candidates"
+    __tablename__ = "prunetune_candidates"
     __table_args__ = (UniqueConstraint("study_id", "plan_hash", name="uq_candidate_plan"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("prunetune_studies.id", ondelete="CASCADE"), index=True)
     trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     plan: Mapped[str] = mapped_column(Text)
     plan_hash: Mapped[str] = mapped_column(String(32))
@@ -97,14 +120,21 @@ class _Candidate(_Base):
     latency_ms: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    history: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # [[step, accuracy], ...]
+    artifact: Mapped[str | None] = mapped_column(Text, nullable=True)  # weights file of the evaluated model
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    heartbeat: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
 
 
 class _Pareto(_Base):
-    __tablename__ = "pareto"
-    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True)
-    candidate_id: Mapped[int] = mapped_column(ForeignKey("candidates.id", ondelete="CASCADE"), primary_key=True)
+    __tablename__ = "prunetune_pareto"
+    study_id: Mapped[int] = mapped_column(ForeignKey("prunetune_studies.id", ondelete="CASCADE"), primary_key=True)
+    candidate_id: Mapped[int] = mapped_column(
+        ForeignKey("prunetune_candidates.id", ondelete="CASCADE"), primary_key=True
+    )
 
 
 @dataclass(frozen=True)
@@ -121,13 +151,28 @@ class CandidateRow:
     latency_ms: dict[str, Any] | None
     seconds: float | None
     error: str | None
+    history: list[Any] | None = None
+    artifact: str | None = None
+    worker: str | None = None
+    attempts: int = 1
+
+    @property
+    def latency(self) -> float | None:
+        """Latency in ms at the first measured batch size (the ``latency`` objective)."""
+        return next(iter(self.latency_ms.values())) if self.latency_ms else None
+
+    def objective(self, name: str) -> float | None:
+        return self.latency if name == "latency" else getattr(self, name)
 
 
 def _row(c: _Candidate) -> CandidateRow:
     return CandidateRow(
         c.id, c.trial_number, c.plan, c.plan_hash, c.status, c.accuracy, c.macs, c.params, c.bytes,
-        c.latency_ms, c.seconds, c.error,
+        c.latency_ms, c.seconds, c.error, c.history, c.artifact, c.worker, c.attempts or 1,
     )  # fmt: skip
+
+
+OBJECTIVES = ("accuracy", "macs", "params", "bytes", "latency")
 
 
 def _engine(url: str) -> Engine:
@@ -184,6 +229,11 @@ class StudyStore:
             raise StoreError(f"cannot open storage {self._safe_url()}: {first_line(exc.orig or exc)}") from None
         except IntegrityError:
             pass  # another process created the version row first
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The URL with its driver made explicit (what Optuna's RDBStorage is given)."""
+        return self._engine.url.render_as_string(hide_password=False)
 
     def _safe_url(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
@@ -253,19 +303,107 @@ class StudyStore:
                 "base_accuracy": st.base_accuracy, "created": st.created,
             }  # fmt: skip
 
+    def study_names(self) -> list[str]:
+        with self._session() as s:
+            return list(s.scalars(select(_Study.name).order_by(_Study.id)))
+
     # ---------------------------------------------------------------- candidates
-    def reserve(self, study_id: int, plan_json: str, plan_hash: str, trial_number: int | None = None) -> int | None:
-        """Insert a RUNNING candidate; ``None`` if this plan is already in the study."""
+    def reserve(
+        self,
+        study_id: int,
+        plan_json: str,
+        plan_hash: str,
+        trial_number: int | None = None,
+        *,
+        worker: str | None = None,
+        limit: int | None = None,
+    ) -> int | None:
+        """Insert a RUNNING candidate owned by ``worker``; ``None`` if this plan is already in the study.
+
+        With ``limit``, raises :class:`StudyFullError` (and writes nothing) when
+        the study already holds ``limit`` candidates of any status. Reservations
+        are serialised per study (a row lock on PostgreSQL, the write lock on
+        SQLite), so workers racing for the last places never overshoot.
+        """
         try:
             with self._session() as s:
+                s.execute(select(_Study.id).where(_Study.id == study_id).with_for_update())
                 c = _Candidate(
-                    study_id=study_id, trial_number=trial_number, plan=plan_json, plan_hash=plan_hash, status="RUNNING"
+                    study_id=study_id,
+                    trial_number=trial_number,
+                    plan=plan_json,
+                    plan_hash=plan_hash,
+                    status="RUNNING",
+                    worker=worker,
                 )
                 s.add(c)
-                s.flush()
+                s.flush()  # takes SQLite's write lock before counting
+                if limit is not None:
+                    n = s.scalar(select(func.count()).where(_Candidate.study_id == study_id)) or 0
+                    if n > limit:
+                        raise StudyFullError(f"study already holds its {limit} candidates")
                 return c.id
         except IntegrityError:
             return None
+
+    def count(self, study_id: int, status: str | None = None) -> int:
+        with self._session() as s:
+            q = select(func.count()).where(_Candidate.study_id == study_id)
+            if status is not None:
+                q = q.where(_Candidate.status == status)
+            return int(s.scalar(q) or 0)
+
+    def heartbeat(self, candidate_id: int) -> None:
+        """Tell other workers that the candidate's worker is alive."""
+        with self._session() as s:
+            s.execute(update(_Candidate).where(_Candidate.id == candidate_id).values(heartbeat=_now()))
+
+    def claim_stale(
+        self, study_id: int, worker: str, *, grace_seconds: float, is_dead: Callable[[str | None], bool]
+    ) -> list[CandidateRow]:
+        """Take over the RUNNING candidates of stopped workers; returns those now owned by ``worker``.
+
+        A candidate is stale when ``is_dead(its worker)`` or its heartbeat is
+        older than ``grace_seconds``. Each is claimed by compare-and-swap on its
+        owner, so two workers never claim the same candidate; its ``attempts``
+        goes up by one and its previous worker is recorded in ``error``.
+        """
+        cutoff = _now() - timedelta(seconds=grace_seconds)
+        claimed = []
+        with self._session() as s:
+            rows = list(
+                s.execute(
+                    select(_Candidate.id, _Candidate.worker, _Candidate.heartbeat).where(
+                        _Candidate.study_id == study_id, _Candidate.status == "RUNNING"
+                    )
+                )
+            )
+        for cid, owner, beat in rows:
+            if owner == worker:
+                continue
+            if beat is not None and beat.tzinfo is None:
+                beat = beat.replace(tzinfo=UTC)  # SQLite returns naive datetimes
+            if not (is_dead(owner) or beat is None or beat < cutoff):
+                continue
+            with self._session() as s:
+                done = s.execute(
+                    update(_Candidate)
+                    .where(
+                        _Candidate.id == cid,
+                        _Candidate.status == "RUNNING",
+                        _Candidate.worker.is_(owner) if owner is None else _Candidate.worker == owner,
+                    )
+                    .values(
+                        worker=worker,
+                        heartbeat=_now(),
+                        attempts=_Candidate.attempts + 1,
+                        error=f"retried: worker {owner} stopped while evaluating it",
+                    )
+                )
+                if done.rowcount == 1:  # type: ignore[attr-defined]
+                    claimed.append(cid)
+        with self._session() as s:
+            return [_row(c) for c in s.scalars(select(_Candidate).where(_Candidate.id.in_(claimed)))] if claimed else []
 
     def finish(
         self,
@@ -277,11 +415,17 @@ class StudyStore:
         latency_ms: Mapping[int, float] | None = None,
         seconds: float | None = None,
         error: str | None = None,
+        history: Sequence[Sequence[float]] | None = None,
+        artifact: str | None = None,
+        trial_number: int | None = None,
         objectives: Sequence[str] = ("accuracy", "macs"),
     ) -> None:
         """Record a candidate's outcome and, in the same transaction, the study's Pareto front."""
         if status not in STATUSES or status == "RUNNING":
             raise ValueError(f"status must be one of COMPLETE, FAIL, PRUNED, got {status!r}")
+        bad = [o for o in objectives if o not in OBJECTIVES]
+        if bad:
+            raise ValueError(f"objectives must be among {', '.join(OBJECTIVES)}, got {bad[0]!r}")
         with self._session() as s:
             c = s.get(_Candidate, candidate_id)
             if c is None:
@@ -290,6 +434,10 @@ class StudyStore:
             if cost is not None:
                 c.macs, c.params, c.bytes = cost.get("macs"), cost.get("params"), cost.get("bytes")
             c.latency_ms = {str(k): v for k, v in latency_ms.items()} if latency_ms else None
+            c.history = [list(h) for h in history] if history else None
+            c.artifact = artifact
+            if trial_number is not None:
+                c.trial_number = trial_number
             s.flush()
             self._update_front(s, c.study_id, objectives)
 
@@ -310,6 +458,22 @@ class StudyStore:
             if c is not None:
                 s.delete(c)
 
+    def candidate(
+        self, study_id: int, *, trial_number: int | None = None, plan_hash: str | None = None
+    ) -> CandidateRow:
+        """One candidate by trial number or plan hash (ValueError if there is none)."""
+        with self._session() as s:
+            q = select(_Candidate).where(_Candidate.study_id == study_id)
+            if trial_number is not None:
+                q = q.where(_Candidate.trial_number == trial_number)
+            if plan_hash is not None:
+                q = q.where(_Candidate.plan_hash == plan_hash)
+            c = s.scalars(q.order_by(_Candidate.id)).first()
+            if c is None:
+                what = f"trial {trial_number}" if trial_number is not None else f"plan {plan_hash}"
+                raise ValueError(f"the study has no candidate for {what}")
+            return _row(c)
+
     def candidates(self, study_id: int, status: str | None = None) -> list[CandidateRow]:
         with self._session() as s:
             q = select(_Candidate).where(_Candidate.study_id == study_id)
@@ -329,14 +493,17 @@ class StudyStore:
 
     @staticmethod
     def _update_front(s: Session, study_id: int, objectives: Sequence[str]) -> None:
-        done = list(
-            s.scalars(select(_Candidate).where(_Candidate.study_id == study_id, _Candidate.status == "COMPLETE"))
-        )
+        done = [
+            _row(c)
+            for c in s.scalars(
+                select(_Candidate).where(_Candidate.study_id == study_id, _Candidate.status == "COMPLETE")
+            )
+        ]
         points = []
         for c in done:
             vals = []
             for obj in objectives:
-                v = c.accuracy if obj == "accuracy" else getattr(c, obj)
+                v = c.objective(obj)
                 vals.append(None if v is None else (-v if obj == "accuracy" else v))  # minimise all
             points.append(vals)
         keep = pareto_front(points)

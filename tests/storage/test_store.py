@@ -116,8 +116,8 @@ def test_front_is_plain_sql(url: str) -> None:
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT c.accuracy FROM candidates c JOIN pareto p ON p.candidate_id = c.id "
-                "JOIN studies s ON s.id = c.study_id WHERE s.name = :n ORDER BY c.macs"
+                "SELECT c.accuracy FROM prunetune_candidates c JOIN prunetune_pareto p ON p.candidate_id = c.id "
+                "JOIN prunetune_studies s ON s.id = c.study_id WHERE s.name = :n ORDER BY c.macs"
             ),
             {"n": name},
         ).all()

@@ -1,0 +1,166 @@
+"""The run configuration: one TOML file, validated by pydantic, every key overridable by a flag.
+
+Sections: ``model``, ``data``, ``budget``, ``space``, ``evaluate``, ``search``,
+``storage``. Unknown keys are errors. A flag ``--section.key VALUE`` overrides
+the file (``--search.candidates 10``, ``--storage.url sqlite:///x.db``; lists
+are comma-separated: ``--search.objectives accuracy,macs,params``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = ["Config", "config_flags", "load_config"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """The model to compress and, when no weights are given, how to train its baseline."""
+
+    spec: str = Field(description="zoo:<name>, torchvision:<name> or package.module:factory")
+    weights: str | None = Field(None, description="trained weights (.safetensors or weights-only torch file)")
+    train_epochs: int = Field(30, ge=1, description="baseline training epochs when no weights are given")
+    train_lr: float = Field(0.1, gt=0)
+    train_batch_size: int = Field(64, ge=1)
+
+
+class DataConfig(_Section):
+    spec: str = Field(description="digits, fashion-mnist, synthetic, imagefolder:/path or package.module:factory")
+    data_dir: str | None = Field(None, description="where fashion-mnist's idx files are (default: Debian's path)")
+    seed: int = Field(0, description="train/validation split seed (digits)")
+
+
+class BudgetConfig(_Section):
+    """Limits relative to the base model ("40%") or absolute ("300M", "8MB"); at least one."""
+
+    macs: str | float | None = None
+    params: str | float | None = None
+    bytes: str | float | None = None
+
+
+class SpaceConfig(_Section):
+    importance: Literal["l1", "l2", "bn_scale"] = "l1"
+    round_to: int = Field(1, ge=1)
+    max_ratio: float = Field(0.8, gt=0, lt=1, description="largest prune ratio the sampler proposes per group")
+    rank: bool = Field(False, description="also search per-layer low-rank factorization")
+    method: Literal["svd", "tucker2", "tt"] = "svd"
+    ignored_layers: list[str] = Field(default_factory=list)
+
+
+class EvaluateConfig(_Section):
+    bn_batches: int = Field(20, ge=1)
+    finetune_steps: int = Field(100, ge=0)
+    lr: float = Field(0.01, gt=0)
+    kd_weight: float = Field(0.0, ge=0, le=1)
+    batch_size: int = Field(128, ge=1)
+    eval_every: int = Field(25, ge=0, description="intermediate accuracy every N steps (0: never, no early stop)")
+    early_stop: bool = True
+    early_stop_margin: float = Field(0.02, ge=0, description="see search._early_stop")
+    max_val_samples: int | None = Field(None, ge=1)
+    latency: bool = Field(False, description="measure batch-1 latency of every candidate")
+    device: str = "auto"
+    seed: int = 0
+
+
+class SearchConfig(_Section):
+    study: str | None = Field(None, description="study name (default: the config file's stem)")
+    candidates: int = Field(30, ge=1, description="candidates the study evaluates in total, over all workers")
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    objectives: list[Literal["accuracy", "macs", "params", "bytes", "latency"]] = ["accuracy", "macs"]
+    seed_plans: list[Literal["allocator", "uniform"]] = ["allocator", "uniform"]
+    seed: int = 0
+    worker: int = Field(0, ge=0, description="distinct number per parallel worker (salts the sampler)")
+    artifacts_dir: str = "artifacts"
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[str]) -> list[str]:
+        if not v or v[0] != "accuracy" or len(set(v)) != len(v) or len(v) < 2:
+            raise ValueError(f"objectives must start with 'accuracy', add at least one cost and not repeat, got {v}")
+        return v
+
+
+class StorageConfig(_Section):
+    url: str = "sqlite:///prunetune.db"
+    grace_seconds: float = Field(300.0, gt=0, description="a RUNNING candidate without heartbeat this long is retried")
+
+
+class Config(_Section):
+    model: ModelConfig
+    data: DataConfig
+    budget: BudgetConfig
+    space: SpaceConfig = Field(default_factory=lambda: SpaceConfig())
+    evaluate: EvaluateConfig = Field(default_factory=lambda: EvaluateConfig())
+    search: SearchConfig = Field(default_factory=lambda: SearchConfig())
+    storage: StorageConfig = Field(default_factory=lambda: StorageConfig())
+
+    def budget_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.budget.model_dump().items() if v is not None}
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    name: field.annotation  # type: ignore[misc]
+    for name, field in Config.model_fields.items()
+}
+
+
+def config_flags() -> list[tuple[str, str, bool]]:
+    """``(section.key, help, is_list)`` for every key: the flags that override the file."""
+    out = []
+    for section, cls in _SECTIONS.items():
+        for key, field in cls.model_fields.items():
+            is_list = "list[" in str(field.annotation)
+            out.append((f"{section}.{key}", field.description or "", is_list))
+    return out
+
+
+def _error(exc: ValidationError, source: str) -> ValueError:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        section = str(err["loc"][0])
+        valid = (
+            ", ".join(sorted(_SECTIONS[section].model_fields)) if len(err["loc"]) > 1 and section in _SECTIONS
+            else ", ".join(_SECTIONS)
+        )  # fmt: skip
+        return ValueError(f"{source}: unknown config key {where!r}; valid keys here: {valid}")
+    if err["type"] == "missing":
+        return ValueError(f"{source}: config key {where!r} is required")
+    msg = err["msg"].removeprefix("Value error, ")
+    return ValueError(f"{source}: config key {where!r}: {msg} (got {err.get('input')!r})")
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read ``path`` (TOML), apply ``{"section.key": value}`` overrides, validate. One-line ValueError on bad input."""
+    data: dict[str, Any] = {}
+    source = "flags"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ValueError(f"config file {str(p)!r} does not exist")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{p}: not valid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not isinstance(data.setdefault(section, {}), dict):
+            raise ValueError(f"{source}: config key {section!r} must be a table like [{section}]")
+        data[section][key] = value
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise _error(exc, source) from None
+    if not cfg.budget_dict():
+        raise ValueError(f'{source}: [budget] needs at least one of macs, params, bytes (e.g. macs = "50%")')
+    if cfg.search.study is None:
+        cfg.search.study = Path(path).stem if path is not None else "prunetune"
+    return cfg

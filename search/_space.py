@@ -1,0 +1,79 @@
+"""Our compression space as Optuna distributions, and back: pure functions.
+
+* ``prune:<group id>``: the group's prune ratio, ``FloatDistribution(0, max_ratio)``.
+* ``rank:<layer>`` (with ``space.rank``): a fraction of the layer's break-even
+  rank on the grid 0.1, 0.2, ..., 1.0; 1.0 keeps the layer dense, below that
+  the layer gets ``max(1, round(fraction * break_even))`` as its rank.
+
+The sampled plan is then repaired onto the budget with ``space.fit``, which
+scales the kept-channel proportions; so what the sampler really chooses is the
+*shape* of the allocation, and the budget decides its size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spaces import ModelSpace, Plan
+
+__all__ = ["distributions", "params_from_plan", "plan_from_params"]
+
+_RANK_STEP = 0.1
+
+
+def _rank_layers(space: ModelSpace, method: str) -> dict[str, int]:
+    """Factorizable layers (for ``method``) with a break-even rank of at least 2."""
+    out = {}
+    for g in space.layers:
+        if method in g.methods:
+            mur = g.max_useful_rank(method)
+            if mur >= 2:
+                out[g.name] = mur
+    return out
+
+
+def distributions(space: ModelSpace, *, max_ratio: float, rank: bool, method: str) -> dict[str, Any]:
+    from optuna.distributions import FloatDistribution
+
+    out: dict[str, Any] = {f"prune:{g.id}": FloatDistribution(0.0, max_ratio) for g in space.groups}
+    if rank:
+        for name in _rank_layers(space, method):
+            out[f"rank:{name}"] = FloatDistribution(_RANK_STEP, 1.0, step=_RANK_STEP)
+    return out
+
+
+def plan_from_params(space: ModelSpace, params: dict[str, Any], *, method: str) -> Plan:
+    prune, ranks = {}, {}
+    mur = _rank_layers(space, method) if any(k.startswith("rank:") for k in params) else {}
+    for key, value in params.items():
+        kind, _, name = key.partition(":")
+        if kind == "prune":
+            prune[name] = float(value)
+        elif kind == "rank" and value < 1.0 - 1e-9:
+            ranks[name] = max(1, round(float(value) * mur[name]))
+    return Plan(
+        prune=prune,
+        importance=space.importance,
+        round_to=space.round_to,
+        rank=ranks,
+        method={k: method for k in ranks},
+    )
+
+
+def params_from_plan(space: ModelSpace, plan: Plan, dists: dict[str, Any], *, method: str) -> dict[str, Any]:
+    """The sampler parameters closest to ``plan`` (to tell the sampler about seed plans)."""
+    params: dict[str, Any] = {}
+    mur = _rank_layers(space, method)
+    for key, dist in dists.items():
+        kind, _, name = key.partition(":")
+        if kind == "prune":
+            params[key] = min(float(plan.prune.get(name, 0.0)), dist.high)
+        else:
+            spec = plan.rank.get(name)
+            if spec is None or plan.method_of(name) != method:
+                params[key] = 1.0
+                continue
+            r = spec if isinstance(spec, int) else max(1, round(spec * max(space.layer(name).full_ranks(method))))
+            frac = round(min(1.0, r / mur[name]) / _RANK_STEP) * _RANK_STEP
+            params[key] = min(1.0, max(_RANK_STEP, round(frac, 10)))
+    return params
