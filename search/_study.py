@@ -230,11 +230,13 @@ class Search:
         directions: list[Any] = ["maximize"] + ["minimize"] * (len(self.objectives) - 1)
         storage = self._optuna_storage()
         existing = [s for s in storage.get_all_studies() if s.study_name == name]
-        if existing and [d.name.lower() for d in existing[0].directions] != directions:
-            raise ValueError(
-                f"study {name!r} exists with {len(existing[0].directions)} objectives; it was run with other "
-                f"objectives than {self.objectives}: use another study name"
-            )
+        if existing:
+            had = existing[0].user_attrs.get("prunetune_objectives")
+            same_dirs = [d.name.lower() for d in existing[0].directions] == directions
+            if (had is not None and had != self.objectives) or not same_dirs:
+                raise ValueError(
+                    f"study {name!r} exists with objectives {had}, not {self.objectives}: use another study name"
+                )
         # a rerun continues with a fresh stream (resampling the same plans would only find duplicates)
         seed = cfg.search.seed + 1_000_003 * cfg.search.worker + 7919 * self.store.count(self.study_id)
         self.study = optuna.create_study(
@@ -244,7 +246,8 @@ class Search:
             sampler=make_sampler(cfg.search.sampler, seed, cfg.search.candidates),
             load_if_exists=True,
         )
-        self.study.set_user_attr("prunetune_objectives", self.objectives)
+        if not existing or existing[0].user_attrs.get("prunetune_objectives") is None:
+            self.study.set_user_attr("prunetune_objectives", self.objectives)
         self.evaluator = self._evaluator()
         self.artifacts = Path(cfg.search.artifacts_dir) / "studies" / name
         self._prepared = True
@@ -258,7 +261,16 @@ class Search:
         kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
         if not url.startswith("sqlite"):
             kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_compatibility_check=False)
+        from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            except (IntegrityError, ProgrammingError):  # workers racing to create Optuna's tables
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _evaluator(self) -> Any:
         from evaluators import Accuracy, BNRecalibration, FineTune, Latency, Pipeline

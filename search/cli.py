@@ -10,13 +10,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["main"]
 
 
 class UsageError(Exception):
     """A bad command-line value (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump): ``prunetune: error: ...``, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"prunetune: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -349,8 +356,8 @@ def _study_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prunetune", description="Automated compression search for PyTorch CNNs.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="prunetune", description="Automated compression search for PyTorch CNNs.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     ins = sub.add_parser("inspect", help="show a model's prunable groups and costs")
     ins.add_argument("--model", required=True, help="zoo:<name>, torchvision:<name> or package.module:factory")
     ins.add_argument("--weights", help="a .safetensors file or a weights-only torch file")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,7 +45,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from spaces import PruneTuneError
@@ -215,20 +216,29 @@ class StudyStore:
     def __init__(self, url: str = "sqlite:///prunetune.db") -> None:
         self.url = url
         self._engine = _engine(url)
-        try:
-            _Base.metadata.create_all(self._engine)
-            with Session(self._engine) as s, s.begin():
-                meta = s.get(_Meta, "schema_version")
-                if meta is None:
-                    s.add(_Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-                elif int(meta.value) != SCHEMA_VERSION:
-                    raise StoreError(
-                        f"database {url!r} has schema version {meta.value}, this PruneTune uses {SCHEMA_VERSION}"
-                    )
-        except OperationalError as exc:
-            raise StoreError(f"cannot open storage {self._safe_url()}: {first_line(exc.orig or exc)}") from None
-        except IntegrityError:
-            pass  # another process created the version row first
+        for attempt in range(5):
+            try:
+                self._create_schema()
+                break
+            except OperationalError as exc:
+                raise StoreError(f"cannot open storage {self._safe_url()}: {first_line(exc.orig or exc)}") from None
+            except (IntegrityError, ProgrammingError):
+                # workers starting together race to create the tables (PostgreSQL's catalog is not
+                # transactional for CREATE TABLE IF NOT EXISTS); the loser retries and finds them
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    def _create_schema(self) -> None:
+        _Base.metadata.create_all(self._engine)
+        with Session(self._engine) as s, s.begin():
+            meta = s.get(_Meta, "schema_version")
+            if meta is None:
+                s.add(_Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif int(meta.value) != SCHEMA_VERSION:
+                raise StoreError(
+                    f"database {self._safe_url()} has schema version {meta.value}, this PruneTune uses {SCHEMA_VERSION}"
+                )
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -268,6 +278,22 @@ class StudyStore:
         base_accuracy: float | None = None,
     ) -> int:
         """The id of study ``name``, created if new; a reused name must match model, data and budget."""
+        args = (name, model_spec, data_spec, budget, space_options, base_cost, base_accuracy)
+        try:
+            return self._ensure_study(*args)
+        except IntegrityError:  # another worker created it at the same moment: use (and check) theirs
+            return self._ensure_study(*args)
+
+    def _ensure_study(
+        self,
+        name: str,
+        model_spec: str,
+        data_spec: str,
+        budget: Mapping[str, Any],
+        space_options: Mapping[str, Any],
+        base_cost: Mapping[str, Any],
+        base_accuracy: float | None,
+    ) -> int:
         with self._session() as s:
             study = s.scalar(select(_Study).where(_Study.name == name))
             if study is None:

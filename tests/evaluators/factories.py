@@ -21,3 +21,7 @@ def empty() -> tuple[TensorDataset, TensorDataset]:
 
 def not_a_pair() -> list[int]:
     return [1, 2, 3]
+
+
+def broken_model() -> None:
+    raise RuntimeError("weights server unreachable")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import random
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from storage import StoreError, StudyMismatchError, StudyStore, pareto_front
+from storage import StoreError, StudyFullError, StudyMismatchError, StudyStore, pareto_front
 
 PG_URL = os.environ.get("PRUNETUNE_TEST_POSTGRES_URL")
 
@@ -136,3 +137,47 @@ def test_bad_urls_are_one_line_errors(bad: str, exc: type, message: str) -> None
     with pytest.raises(exc, match=message) as e:
         StudyStore(bad)
     assert "\n" not in str(e.value)
+
+
+def test_reserve_stops_at_the_study_limit(url: str) -> None:
+    store = StudyStore(url)
+    sid = _study(store)
+    assert store.reserve(sid, "{}", "l1", limit=2) is not None
+    assert store.reserve(sid, "{}", "l2", limit=2) is not None
+    with pytest.raises(StudyFullError):
+        store.reserve(sid, "{}", "l3", limit=2)
+    assert store.count(sid) == 2  # the refused reservation left nothing behind
+
+
+def test_stale_candidates_are_claimed_once(url: str) -> None:
+    store = StudyStore(url)
+    sid = _study(store)
+    dead = store.reserve(sid, "{}", "dead", worker="host:1")
+    alive = store.reserve(sid, "{}", "alive", worker="host:2")
+    assert dead is not None and alive is not None
+
+    def is_dead(w: str | None) -> bool:
+        return w == "host:1"
+
+    claimed = store.claim_stale(sid, "host:3", grace_seconds=3600, is_dead=is_dead)
+    assert [(c.id, c.worker, c.attempts, c.status) for c in claimed] == [(dead, "host:3", 2, "RUNNING")]
+    assert store.claim_stale(sid, "host:4", grace_seconds=3600, is_dead=is_dead) == []  # host:3 owns it now
+    store.heartbeat(alive)
+    # a heartbeat older than the grace period is stale too, whoever the worker is
+    time.sleep(0.05)
+    late = store.claim_stale(sid, "host:4", grace_seconds=0.01, is_dead=lambda w: False)
+    assert sorted(c.id for c in late) == sorted([dead, alive])
+
+
+def test_latency_objective_uses_the_first_batch_size(url: str) -> None:
+    store = StudyStore(url)
+    sid = _study(store)
+    objs = ("accuracy", "macs", "latency")
+    for i, (acc, macs, ms) in enumerate([(0.9, 500, 2.0), (0.9, 500, 1.0), (0.8, 400, 3.0)]):
+        cid = store.reserve(sid, "{}", f"q{i}")
+        assert cid is not None
+        store.finish(cid, "COMPLETE", accuracy=acc, cost={"macs": macs, "params": 1, "bytes": 4},
+                     latency_ms={1: ms, 8: 10 * ms}, objectives=objs)  # fmt: skip
+    assert [r.latency for r in store.front(sid)] == [3.0, 1.0]
+    with pytest.raises(ValueError, match="objectives must be among"):
+        store.finish(cid, "COMPLETE", objectives=("accuracy", "flops"))

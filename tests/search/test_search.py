@@ -1,0 +1,250 @@
+"""`prunetune run` end to end on real data (digits), a real SQLite file and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+
+from evaluators import Context, evaluate_accuracy, load_data
+from search import load_config, load_exported
+from search.cli import main
+from spaces import Plan
+from storage import StudyStore
+from tests.search.conftest import ConfigMaker, write_config
+
+PG_URL = os.environ.get("PRUNETUNE_TEST_POSTGRES_URL")
+
+
+def _rows(cfg: Path) -> tuple[StudyStore, dict, list]:
+    c = load_config(cfg)
+    store = StudyStore(c.storage.url)
+    info = store.study(c.search.study or "")
+    return store, info, store.candidates(info["id"])
+
+
+def _brute_front(rows: list, objectives: tuple[str, ...] = ("accuracy", "macs")) -> set[int]:
+    done = [r for r in rows if r.status == "COMPLETE"]
+
+    def vec(r: object) -> list[float]:
+        return [-r.accuracy if o == "accuracy" else r.objective(o) for o in objectives]  # type: ignore[attr-defined]
+
+    return {
+        a.id
+        for a in done
+        if not any(
+            all(x <= y for x, y in zip(vec(b), vec(a), strict=True)) and vec(b) != vec(a) for b in done if b is not a
+        )
+    }
+
+
+def test_run_fills_the_study_within_budget_and_resumes(make_config: ConfigMaker, capsys: pytest.CaptureFixture) -> None:
+    cfg = make_config(search__candidates=6)
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    assert "Pareto front of 't'" in capsys.readouterr().out
+    store, info, rows = _rows(cfg)
+    assert len(rows) == 6 and {r.status for r in rows} <= {"COMPLETE", "PRUNED", "FAIL"}
+    assert len({r.plan_hash for r in rows}) == 6
+    base = info["base_cost"]
+    for r in rows:  # every stored candidate meets the budget (50% of the base MACs)
+        assert r.macs is not None and r.macs <= 0.5 * base["macs"]
+        assert Plan.from_json(r.plan).hash == r.plan_hash
+    assert {r.id for r in store.front(info["id"])} == _brute_front(rows)
+    # the allocator's and the uniform plan come first, then the sampler's; Optuna knows every candidate
+    study = optuna.load_study(study_name="t", storage=load_config(cfg).storage.url)
+    trials = {t.number: t for t in study.get_trials()}
+    assert [trials[r.trial_number].user_attrs.get("kind") for r in rows[:2]] == ["allocator", "uniform"]
+    for r in rows:
+        t = trials[r.trial_number]
+        assert t.state.name == r.status
+        if r.status == "COMPLETE":
+            assert t.values == [r.accuracy, r.macs]
+        if t.user_attrs.get("kind") is None:  # sampled: the budget's slack is its constraint
+            assert t.system_attrs["constraints:macs"] <= 0
+    # rerun with a larger study: resumes, earlier candidates untouched
+    before = [(r.id, r.plan_hash, r.status, r.accuracy) for r in rows]
+    assert main(["run", str(cfg), "--quiet", "--search.candidates", "8"]) == 0
+    _, _, rows = _rows(cfg)
+    assert len(rows) == 8 and [(r.id, r.plan_hash, r.status, r.accuracy) for r in rows[:6]] == before
+
+
+def test_export_then_load_reproduces_accuracy(make_config: ConfigMaker, tmp_path: Path) -> None:
+    cfg = make_config(search__candidates=2)
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    store, info, _ = _rows(cfg)
+    best = max(store.front(info["id"]), key=lambda r: r.accuracy)
+    out = tmp_path / "export"
+    assert main(["export", str(cfg), "--trial", str(best.trial_number), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "plan.json", "weights.safetensors"]
+    model = load_exported(out)
+    acc, _ = evaluate_accuracy(model, Context(data=load_data("digits"), batch_size=64))
+    assert acc == best.accuracy
+    assert sum(p.numel() for p in model.parameters()) == best.params
+
+
+def test_front_status_and_report(make_config: ConfigMaker, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = make_config(search__candidates=3)
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    capsys.readouterr()
+    url = load_config(cfg).storage.url
+    assert main(["front", "--storage", url]) == 0  # the only study in the store
+    assert "Pareto front of 't'" in capsys.readouterr().out
+    assert main(["status", str(cfg)]) == 0
+    assert "candidates: 3 (" in capsys.readouterr().out
+    assert main(["report", str(cfg), "--out", str(tmp_path / "rep")]) == 0
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "rep" / "candidates.csv")
+    assert len(df) == 3 and (df["macs_pct"] <= 50).all()
+    assert "## Pareto front" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_rank_and_latency_objectives(make_config: ConfigMaker) -> None:
+    cfg = make_config(
+        search__candidates=3,
+        search__objectives=["accuracy", "macs", "latency"],
+        space__rank=True,
+        evaluate__latency=True,
+    )
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    store, info, rows = _rows(cfg)
+    assert any(Plan.from_json(r.plan).rank for r in rows)  # the joint allocator factorizes some layers
+    done = [r for r in rows if r.status == "COMPLETE"]
+    assert done and all(r.latency is not None and r.latency > 0 for r in done)
+    front = {r.id for r in store.front(info["id"])}
+    assert front == _brute_front(rows, ("accuracy", "macs", "latency"))
+
+
+def _wait_for(path: Path, status: str, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t = time.monotonic()
+    while time.monotonic() - t < timeout:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "worker exited"
+        if path.exists():
+            try:
+                with sqlite3.connect(path, timeout=5) as con:
+                    got = con.execute(
+                        "SELECT count(*) FROM prunetune_candidates WHERE status = ?", (status,)
+                    ).fetchone()
+                if got[0] >= n:
+                    return
+            except sqlite3.OperationalError:
+                pass  # tables not created yet
+        time.sleep(0.1)
+    raise AssertionError(f"no {n} {status} candidates after {timeout}s")
+
+
+def _spawn(cfg: Path, *flags: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "run", str(cfg), "--quiet", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+
+
+def test_sigkill_then_rerun_keeps_every_completed_candidate_once(make_config: ConfigMaker, tmp_path: Path) -> None:
+    cfg = make_config(search__candidates=8, evaluate__finetune_steps=40, evaluate__eval_every=10)
+    proc = _spawn(cfg)
+    _wait_for(tmp_path / "study.db", "COMPLETE", 3, proc)
+    _wait_for(tmp_path / "study.db", "RUNNING", 1, proc)  # kill it mid-candidate
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _, _, rows = _rows(cfg)
+    done = {r.id: (r.plan_hash, r.accuracy, r.artifact) for r in rows if r.status == "COMPLETE"}
+    running = [r.id for r in rows if r.status == "RUNNING"]
+    assert len(done) >= 3 and len(running) == 1
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    _, _, rows = _rows(cfg)
+    assert len(rows) == 8 and not [r for r in rows if r.status == "RUNNING"]
+    assert len({r.plan_hash for r in rows}) == 8
+    after = {r.id: (r.plan_hash, r.accuracy, r.artifact) for r in rows}
+    assert all(after[cid] == v for cid, v in done.items())  # still there, exactly once, unchanged
+    (retried,) = [r for r in rows if r.id == running[0]]
+    assert retried.attempts == 2 and retried.status != "RUNNING"
+    study = optuna.load_study(study_name="t", storage=load_config(cfg).storage.url)
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+
+
+@pytest.fixture
+def pg_url() -> str:
+    if not PG_URL:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide PRUNETUNE_TEST_POSTGRES_URL (scripts/postgres.sh start)")
+        pytest.skip('no PostgreSQL server: run `eval "$(bash scripts/postgres.sh start)"`')
+    return PG_URL
+
+
+def test_two_workers_on_postgresql_share_one_study(make_config: ConfigMaker, pg_url: str) -> None:
+    name = f"two-{uuid.uuid4().hex[:8]}"
+    cfg = make_config(search__candidates=8, search__study=name, storage__url=pg_url, evaluate__finetune_steps=10)
+    workers = [_spawn(cfg, "--search.worker", str(i)) for i in (1, 2)]
+    for w in workers:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err
+    store = StudyStore(pg_url)
+    rows = store.candidates(store.study(name)["id"])
+    assert len(rows) == 8 and len({r.plan_hash for r in rows}) == 8
+    assert {r.status for r in rows} <= {"COMPLETE", "PRUNED", "FAIL"}
+    assert len({r.worker for r in rows}) == 2  # both worked
+    assert {r.id for r in store.front(store.study(name)["id"])} == _brute_front(rows)
+
+
+@pytest.fixture(scope="module")
+def existing(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Path:
+    """A study with two candidates that bad commands must leave untouched."""
+    root = tmp_path_factory.mktemp("existing")
+    cfg = write_config(root, artifacts, search__candidates=2)
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    return cfg
+
+
+def _dump(db: Path) -> list[str]:
+    with sqlite3.connect(db) as con:
+        return list(con.iterdump())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "flags", "message"),
+    [
+        ({"search__foo": 1}, [], "unknown config key 'search.foo'"),
+        ({}, ["--budget.macs", "0.01%"], "is infeasible: the smallest achievable cost"),
+        ({}, ["--search.sampler", "cmaes"], "config key 'search.sampler': Input should be 'tpe', 'nsga2' or 'random'"),
+        ({}, ["--storage.url", "not a url"], "malformed storage URL"),
+        ({}, ["--storage.url", "postgresql+psycopg://nobody@127.0.0.1:1/none"], "cannot open storage"),
+        ({}, ["--model.spec", "tests.evaluators.factories:broken_model"], "raised RuntimeError: weights server"),
+        ({}, ["--budget.macs", "30%"], "exists with budget="),
+        ({}, ["--search.objectives", "accuracy,params"], "exists with objectives"),
+        ({}, ["--search.candidates", "0"], "greater than or equal to 1"),
+        ({}, ["--nope", "1"], "unrecognized arguments: --nope"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_the_study_is_untouched(
+    existing: Path, overrides: dict, flags: list[str], message: str, capfd: pytest.CaptureFixture
+) -> None:
+    cfg = existing
+    if overrides:  # keys the file has that the schema does not know
+        text = cfg.read_text()
+        cfg = cfg.with_name("bad.toml")
+        cfg.write_text(
+            text.replace("[search]\n", "".join(f"[search]\n{k.split('__')[1]} = {v}\n" for k, v in overrides.items()))
+        )
+    db = existing.parent / "study.db"
+    before = _dump(db)
+    capfd.readouterr()
+    try:
+        code = main(["run", str(cfg), "--quiet", *flags])
+    except SystemExit as exc:  # argparse
+        code = int(exc.code or 0)
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("prunetune: error: ") and message in err[0], err
+    assert _dump(db) == before
