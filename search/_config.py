@@ -66,6 +66,9 @@ class EvaluateConfig(_Section):
     max_val_samples: int | None = Field(None, ge=1)
     latency: bool = Field(False, description="measure batch-1 latency of every candidate")
     device: str = "auto"
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads per worker (default: torch's; 1 when workers share a machine)"
+    )
     seed: int = 0
 
 

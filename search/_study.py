@@ -174,6 +174,8 @@ class Search:
 
         cfg = self.cfg
         make_sampler(cfg.search.sampler, 0, cfg.search.candidates)  # validates the name first
+        if cfg.evaluate.threads is not None:
+            torch.set_num_threads(cfg.evaluate.threads)
         self.budget = Budget.from_dict(cfg.budget_dict())
         self.store = StudyStore(cfg.storage.url)  # malformed / unreachable URL: fails before any work
         self.device = resolve_device(cfg.evaluate.device)

@@ -186,7 +186,7 @@ def pg_url() -> str:
 def test_two_workers_on_postgresql_share_one_study(make_config: ConfigMaker, pg_url: str) -> None:
     name = f"two-{uuid.uuid4().hex[:8]}"
     cfg = make_config(search__candidates=8, search__study=name, storage__url=pg_url, evaluate__finetune_steps=10)
-    workers = [_spawn(cfg, "--search.worker", str(i)) for i in (1, 2)]
+    workers = [_spawn(cfg, "--search.worker", str(i), "--evaluate.threads", "1") for i in (1, 2)]
     for w in workers:
         _, err = w.communicate(timeout=300)
         assert w.returncode == 0, err
