@@ -278,38 +278,29 @@ class StudyStore:
         base_accuracy: float | None = None,
     ) -> int:
         """The id of study ``name``, created if new; a reused name must match model, data and budget."""
-        args = (name, model_spec, data_spec, budget, space_options, base_cost, base_accuracy)
+        fields = {
+            "model_spec": model_spec,
+            "data_spec": data_spec,
+            "budget": dict(budget),
+            "space_options": dict(space_options),
+            "base_cost": dict(base_cost),
+            "base_accuracy": base_accuracy,
+        }
         try:
-            return self._ensure_study(*args)
+            return self._ensure_study(name, fields)
         except IntegrityError:  # another worker created it at the same moment: use (and check) theirs
-            return self._ensure_study(*args)
+            return self._ensure_study(name, fields)
 
-    def _ensure_study(
-        self,
-        name: str,
-        model_spec: str,
-        data_spec: str,
-        budget: Mapping[str, Any],
-        space_options: Mapping[str, Any],
-        base_cost: Mapping[str, Any],
-        base_accuracy: float | None,
-    ) -> int:
+    def _ensure_study(self, name: str, fields: dict[str, Any]) -> int:
         with self._session() as s:
             study = s.scalar(select(_Study).where(_Study.name == name))
             if study is None:
-                study = _Study(
-                    name=name,
-                    model_spec=model_spec,
-                    data_spec=data_spec,
-                    budget=dict(budget),
-                    space_options=dict(space_options),
-                    base_cost=dict(base_cost),
-                    base_accuracy=base_accuracy,
-                )
+                study = _Study(name=name, **fields)
                 s.add(study)
                 s.flush()
                 return study.id
-            for field, want in (("model_spec", model_spec), ("data_spec", data_spec), ("budget", dict(budget))):
+            for field in ("model_spec", "data_spec", "budget"):
+                want = fields[field]
                 have = getattr(study, field)
                 if have != want:
                     raise StudyMismatchError(
