@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import platform
 import statistics
 import tempfile
@@ -108,7 +109,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     rows: list[list[str]] = []
     timing_rows: list[list[str]] = []
-    print(f"# {args.data}: ResNet-20 baseline {base.accuracy:.4f} ({args.epochs} epochs); {platform.processor()}")
+    where = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    print(f"# {args.data}: ResNet-20 baseline {base.accuracy:.4f} ({args.epochs} epochs); {where}")
     for b in [float(x) for x in args.budgets.split(",")]:
         budget = Budget(macs=f"{b:.0%}")
         limit = budget.absolute(base_cost)["macs"]
