@@ -29,6 +29,7 @@ class ModelConfig(_Section):
     train_epochs: int = Field(30, ge=1, description="baseline training epochs when no weights are given")
     train_lr: float = Field(0.1, gt=0)
     train_batch_size: int = Field(64, ge=1)
+    train_seed: int = 0
 
 
 class DataConfig(_Section):
@@ -64,7 +65,7 @@ class EvaluateConfig(_Section):
     early_stop: bool = True
     early_stop_margin: float = Field(0.02, ge=0, description="see search._early_stop")
     max_val_samples: int | None = Field(None, ge=1)
-    latency: bool = Field(False, description="measure batch-1 latency of every candidate")
+    latency: bool = Field(False, description="measure batch-1 latency of every candidate (on when an objective)")
     device: str = "auto"
     threads: int | None = Field(
         None, ge=1, description="CPU threads per worker (default: torch's; 1 when workers share a machine)"

@@ -44,11 +44,13 @@ def distributions(space: ModelSpace, *, max_ratio: float, rank: bool, method: st
 
 def plan_from_params(space: ModelSpace, params: dict[str, Any], *, method: str) -> Plan:
     prune, ranks = {}, {}
+    channels = {g.id: g.channels for g in space.groups}
     mur = _rank_layers(space, method) if any(k.startswith("rank:") for k in params) else {}
     for key, value in params.items():
         kind, _, name = key.partition(":")
         if kind == "prune":
-            prune[name] = float(value)
+            c = channels[name]
+            prune[name] = min(float(value), (c - 1) / c)  # keep at least one channel of small groups
         elif kind == "rank" and value < 1.0 - 1e-9:
             ranks[name] = max(1, round(float(value) * mur[name]))
     return Plan(

@@ -191,7 +191,7 @@ class Search:
                 cfg.model.spec,
                 self.data,
                 recipe=recipe,
-                seed=cfg.evaluate.seed,
+                seed=cfg.model.train_seed,
                 artifacts_dir=cfg.search.artifacts_dir,
                 device=self.device,
                 progress=progress,
@@ -283,7 +283,7 @@ class Search:
             FineTune(steps=e.finetune_steps, lr=e.lr, kd_weight=e.kd_weight, eval_every=e.eval_every),
             Accuracy(),
         ]
-        if e.latency:
+        if e.latency or "latency" in self.cfg.search.objectives:
             steps.append(Latency(batch_sizes=(1,), runs=20, warmup=5))
         return Pipeline(steps)
 
@@ -353,9 +353,9 @@ class Search:
                     self._tell(trial, None, "FAIL")
                 break
             self.timings.store += time.perf_counter() - t2
-            if cid is None:
-                res.duplicates += 1
+            if cid is None:  # a seed plan already evaluated (on resume), or a sampled duplicate
                 if trial is not None:
+                    res.duplicates += 1
                     in_a_row += 1
                     self._tell_duplicate(trial, plan.hash)
                     if in_a_row >= _MAX_DUPLICATES_IN_A_ROW:

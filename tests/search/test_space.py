@@ -49,3 +49,13 @@ def test_early_stop_needs_a_cheaper_candidate_clearly_ahead_at_the_same_step() -
     assert rule(30, 0.50) is True  # nobody measured step 30
     assert rule(20, 0.92) is False  # ahead by 0.03 > margin
     assert rule.reason is not None and "step 20" in rule.reason and "0.9500" in rule.reason
+
+
+def test_sampled_ratios_never_empty_a_small_group() -> None:
+    from evaluators import ZOO
+
+    space = ModelSpace(ZOO["plain8"](in_channels=1, num_classes=10, base=2), torch.randn(1, 1, 32, 32))
+    small = min(space.groups, key=lambda g: g.channels)
+    assert small.channels == 2
+    plan = plan_from_params(space, {f"prune:{g.id}": 0.8 for g in space.groups}, method="svd")
+    assert space.keep_counts(plan).min() == 1  # 0.8 of 2 channels would round to 2 removed
