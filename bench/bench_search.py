@@ -134,7 +134,7 @@ def main() -> None:
                         "budget.macs": f"{b:.0%}",
                         "evaluate.finetune_steps": args.search_steps,
                         "evaluate.max_val_samples": args.max_val,
-                        "search.study": f"bench-{b}-{seed}",
+                        "search.study": f"bench-{args.data}-{b}-{seed}",
                         "search.candidates": args.candidates,
                         "search.seed": seed,
                         "storage.url": f"sqlite:///{Path(tmp) / 'bench.db'}",
