@@ -141,6 +141,24 @@ def _wait_for(path: Path, status: str, n: int, proc: subprocess.Popen, timeout: 
     raise AssertionError(f"no {n} {status} candidates after {timeout}s")
 
 
+def _running(db: Path) -> set[int]:
+    with sqlite3.connect(db, timeout=5) as con:
+        return {r[0] for r in con.execute("SELECT id FROM prunetune_candidates WHERE status = 'RUNNING'")}
+
+
+def _kill_when_a_candidate_starts(db: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGKILL right after a new candidate is reserved, so that it dies mid-evaluation (a candidate takes ~1 s)."""
+    seen = _running(db)
+    t = time.monotonic()
+    while time.monotonic() - t < timeout:
+        assert proc.poll() is None, "worker exited before the kill"
+        if _running(db) - seen:
+            proc.send_signal(signal.SIGKILL)
+            return
+        time.sleep(0.01)
+    raise AssertionError("no new candidate started")
+
+
 def _spawn(cfg: Path, *flags: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "search.cli", "run", str(cfg), "--quiet", *flags],
@@ -154,9 +172,9 @@ def _spawn(cfg: Path, *flags: str) -> subprocess.Popen:
 def test_sigkill_then_rerun_keeps_every_completed_candidate_once(make_config: ConfigMaker, tmp_path: Path) -> None:
     cfg = make_config(search__candidates=8, evaluate__finetune_steps=40, evaluate__eval_every=10)
     proc = _spawn(cfg)
-    _wait_for(tmp_path / "study.db", "COMPLETE", 3, proc)
-    _wait_for(tmp_path / "study.db", "RUNNING", 1, proc)  # kill it mid-candidate
-    proc.send_signal(signal.SIGKILL)
+    db = tmp_path / "study.db"
+    _wait_for(db, "COMPLETE", 3, proc)
+    _kill_when_a_candidate_starts(db, proc)
     proc.wait()
     _, _, rows = _rows(cfg)
     done = {r.id: (r.plan_hash, r.accuracy, r.artifact) for r in rows if r.status == "COMPLETE"}
@@ -185,14 +203,14 @@ def pg_url() -> str:
 
 def test_two_workers_on_postgresql_share_one_study(make_config: ConfigMaker, pg_url: str) -> None:
     name = f"two-{uuid.uuid4().hex[:8]}"
-    cfg = make_config(search__candidates=8, search__study=name, storage__url=pg_url, evaluate__finetune_steps=10)
+    cfg = make_config(search__candidates=10, search__study=name, storage__url=pg_url, evaluate__finetune_steps=20)
     workers = [_spawn(cfg, "--search.worker", str(i), "--evaluate.threads", "1") for i in (1, 2)]
     for w in workers:
         _, err = w.communicate(timeout=300)
         assert w.returncode == 0, err
     store = StudyStore(pg_url)
     rows = store.candidates(store.study(name)["id"])
-    assert len(rows) == 8 and len({r.plan_hash for r in rows}) == 8
+    assert len(rows) == 10 and len({r.plan_hash for r in rows}) == 10
     assert {r.status for r in rows} <= {"COMPLETE", "PRUNED", "FAIL"}
     assert len({r.worker for r in rows}) == 2  # both worked
     assert {r.id for r in store.front(store.study(name)["id"])} == _brute_front(rows)
