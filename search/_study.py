@@ -69,6 +69,13 @@ def _is_dead(owner: str | None) -> bool:
     return False
 
 
+def _trial_state(status: str) -> Any:
+    """Our candidate status as Optuna's ``TrialState``."""
+    from optuna.trial import TrialState
+
+    return {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}[status]
+
+
 def make_sampler(name: str, seed: int, candidates: int) -> Any:
     """``tpe`` (default), ``nsga2`` or ``random``; a clear error lists them otherwise.
 
@@ -260,8 +267,9 @@ class Search:
         import optuna
 
         url = self.store.sqlalchemy_url
-        kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
-        if not url.startswith("sqlite"):
+        if url.startswith("sqlite"):
+            kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}}
+        else:
             kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
         from sqlalchemy.exc import IntegrityError, ProgrammingError
 
@@ -311,9 +319,10 @@ class Search:
             self.base_cost.as_dict(),
         )  # fmt: skip
         seeds = self.seed_plans()
-        in_a_row = 0
+        in_a_row, first = 0, True
         while True:
-            res.retried += self._retry_stale(res)
+            res.retried += self._retry_stale(res, orphans=first)
+            first = False
             res.total = self.store.count(self.study_id)
             if res.total >= target:
                 break
@@ -387,13 +396,10 @@ class Search:
         return out
 
     def _tell(self, trial: Any, values: list[float] | None, status: str) -> None:
-        from optuna.trial import TrialState
-
-        state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}[status]
         if values is not None and status == "COMPLETE":
             self.study.tell(trial, values)
         else:
-            self.study.tell(trial, state=state)
+            self.study.tell(trial, state=_trial_state(status))
 
     def _tell_duplicate(self, trial: Any, plan_hash: str) -> None:
         row = self.store.candidate(self.study_id, plan_hash=plan_hash)
@@ -479,11 +485,9 @@ class Search:
             self._tell(trial, values, status)
             return int(trial.number)
         import optuna
-        from optuna.trial import TrialState
 
-        state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}[status]
         frozen = optuna.trial.create_trial(
-            state=state,
+            state=_trial_state(status),
             params=params,
             distributions=self.dists,
             values=values if status == "COMPLETE" else None,
@@ -505,7 +509,7 @@ class Search:
         tmp.replace(path)
         return str(path.resolve())
 
-    def _retry_stale(self, res: RunResult) -> int:
+    def _retry_stale(self, res: RunResult, *, orphans: bool = False) -> int:
         """Claim and evaluate again the candidates that stopped workers left RUNNING."""
         from optuna.trial import TrialState
 
@@ -523,6 +527,8 @@ class Search:
             plan = Plan.from_json(row.plan)
             params = params_from_plan(self.space, plan, self.dists, method=self.cfg.space.method)
             self._evaluate(row.id, plan, self.space.cost(plan), params, None, "retry")
+        if not (orphans or rows):
+            return 0
         # Optuna trials asked by dead workers of this host that never reached the store
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if _is_dead(t.user_attrs.get("worker")) and t.user_attrs.get("worker"):

@@ -221,7 +221,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with err.status(f"preparing study {cfg.search.study!r} (data, baseline, space, allocator)"):
         search.prepare(progress=False)
     err.print(
-        f"study {cfg.search.study!r} in {search.store._safe_url()}: base accuracy {search.base_accuracy:.4f}, "
+        f"study {cfg.search.study!r} in {search.store.display_url}: base accuracy {search.base_accuracy:.4f}, "
         f"{len(search.space.groups)} groups, budget {search.budget.to_dict()}"
     )
     target = cfg.search.candidates
@@ -286,7 +286,7 @@ def _open_study(args: argparse.Namespace) -> tuple[Any, str]:
     if study is None:
         names = store.study_names()
         if len(names) != 1:
-            raise UsageError(f"name the study with --study; {store._safe_url()} holds: {', '.join(names) or 'none'}")
+            raise UsageError(f"name the study with --study; {store.display_url} holds: {', '.join(names) or 'none'}")
         study = names[0]
     return store, study
 

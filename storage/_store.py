@@ -221,7 +221,7 @@ class StudyStore:
                 self._create_schema()
                 break
             except OperationalError as exc:
-                raise StoreError(f"cannot open storage {self._safe_url()}: {first_line(exc.orig or exc)}") from None
+                raise StoreError(f"cannot open storage {self.display_url}: {first_line(exc.orig or exc)}") from None
             except (IntegrityError, ProgrammingError):
                 # workers starting together race to create the tables (PostgreSQL's catalog is not
                 # transactional for CREATE TABLE IF NOT EXISTS); the loser retries and finds them
@@ -237,7 +237,7 @@ class StudyStore:
                 s.add(_Meta(key="schema_version", value=str(SCHEMA_VERSION)))
             elif int(meta.value) != SCHEMA_VERSION:
                 raise StoreError(
-                    f"database {self._safe_url()} has schema version {meta.value}, this PruneTune uses {SCHEMA_VERSION}"
+                    f"database {self.display_url} has schema version {meta.value}, this PruneTune uses {SCHEMA_VERSION}"
                 )
 
     @property
@@ -245,7 +245,9 @@ class StudyStore:
         """The URL with its driver made explicit (what Optuna's RDBStorage is given)."""
         return self._engine.url.render_as_string(hide_password=False)
 
-    def _safe_url(self) -> str:
+    @property
+    def display_url(self) -> str:
+        """The URL with its password hidden (for messages)."""
         return make_url(self.url).render_as_string(hide_password=True)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -263,7 +265,7 @@ class StudyStore:
             raise
         except SQLAlchemyError as exc:
             orig = getattr(exc, "orig", None) or exc
-            raise StoreError(f"storage {self._safe_url()}: {first_line(orig)}") from None
+            raise StoreError(f"storage {self.display_url}: {first_line(orig)}") from None
 
     # ---------------------------------------------------------------- studies
     def ensure_study(
@@ -313,7 +315,7 @@ class StudyStore:
         with self._session() as s:
             st = s.scalar(select(_Study).where(_Study.name == name))
             if st is None:
-                raise ValueError(f"no study named {name!r} in {self._safe_url()}")
+                raise ValueError(f"no study named {name!r} in {self.display_url}")
             return {
                 "id": st.id, "name": st.name, "model_spec": st.model_spec, "data_spec": st.data_spec,
                 "budget": st.budget, "space_options": st.space_options, "base_cost": st.base_cost,
