@@ -3,18 +3,106 @@
 ``ModelSpace`` traces a model once and exposes its prunable channel groups,
 ``Plan`` says what to change, ``cost``/``measure_cost`` say what it costs and
 ``Budget``/``fit`` keep plans within limits.
+
+Imports are lazy (PEP 562): ``import spaces`` and the torch-free parts (the
+exception root, the vocabulary, ``Plan``, ``Budget``) do not import torch;
+``ModelSpace`` and the surgery do, when first used.
 """
 
-from spaces._allocate import Allocation, AllocatorFallbackWarning, allocate
-from spaces._budget import Budget
-from spaces._cost import COUNTED_OPS, Cost, measure_cost
-from spaces._errors import InfeasibleBudgetError, PlanError, PruneTuneError, UnsupportedModelError
-from spaces._lowrank import LayerGeom, factorize_layer
-from spaces._plan import IMPORTANCES, METHODS, Plan
-from spaces._policy import fit, uniform_plan
-from spaces._space import Group, ModelSpace
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from spaces._allocate import (
+        Allocation as Allocation,
+        AllocatorFallbackWarning as AllocatorFallbackWarning,
+        allocate as allocate,
+    )
+    from spaces._budget import (
+        Budget as Budget,
+    )
+    from spaces._cost import (
+        COUNTED_OPS as COUNTED_OPS,
+        Cost as Cost,
+        measure_cost as measure_cost,
+    )
+    from spaces._costmodel import (
+        CostModel as CostModel,
+    )
+    from spaces._errors import (
+        InfeasibleBudgetError as InfeasibleBudgetError,
+        InputTypeError as InputTypeError,
+        PlanError as PlanError,
+        PruneTuneError as PruneTuneError,
+        UnsupportedModelError as UnsupportedModelError,
+        UsageError as UsageError,
+        first_line as first_line,
+    )
+    from spaces._lowrank import (
+        LayerGeom as LayerGeom,
+        factorize_layer as factorize_layer,
+    )
+    from spaces._plan import (
+        IMPORTANCES as IMPORTANCES,
+        METHODS as METHODS,
+        Plan as Plan,
+    )
+    from spaces._policy import (
+        fit as fit,
+        uniform_plan as uniform_plan,
+    )
+    from spaces._space import (
+        ModelSpace as ModelSpace,
+    )
+    from spaces._trace import (
+        Group as Group,
+    )
+    from spaces._vocab import (
+        COST_METRICS as COST_METRICS,
+        Direction as Direction,
+        Importance as Importance,
+        Method as Method,
+        Objective as Objective,
+        Status as Status,
+    )
+
+_WHERE = {
+    "Allocation": "_allocate",
+    "AllocatorFallbackWarning": "_allocate",
+    "allocate": "_allocate",
+    "Budget": "_budget",
+    "COUNTED_OPS": "_cost",
+    "Cost": "_cost",
+    "measure_cost": "_cost",
+    "CostModel": "_costmodel",
+    "InfeasibleBudgetError": "_errors",
+    "InputTypeError": "_errors",
+    "PlanError": "_errors",
+    "PruneTuneError": "_errors",
+    "UnsupportedModelError": "_errors",
+    "UsageError": "_errors",
+    "first_line": "_errors",
+    "LayerGeom": "_lowrank",
+    "factorize_layer": "_lowrank",
+    "IMPORTANCES": "_plan",
+    "METHODS": "_plan",
+    "Plan": "_plan",
+    "fit": "_policy",
+    "uniform_plan": "_policy",
+    "ModelSpace": "_space",
+    "Group": "_trace",
+    "COST_METRICS": "_vocab",
+    "Direction": "_vocab",
+    "Importance": "_vocab",
+    "Method": "_vocab",
+    "Objective": "_vocab",
+    "Status": "_vocab",
+}
 
 __all__ = [
+    "COST_METRICS",
     "COUNTED_OPS",
     "IMPORTANCES",
     "METHODS",
@@ -22,17 +110,39 @@ __all__ = [
     "AllocatorFallbackWarning",
     "Budget",
     "Cost",
+    "CostModel",
+    "Direction",
     "Group",
+    "Importance",
     "InfeasibleBudgetError",
+    "InputTypeError",
     "LayerGeom",
+    "Method",
     "ModelSpace",
+    "Objective",
     "Plan",
     "PlanError",
     "PruneTuneError",
+    "Status",
     "UnsupportedModelError",
+    "UsageError",
     "allocate",
     "factorize_layer",
+    "first_line",
     "fit",
     "measure_cost",
     "uniform_plan",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'spaces' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"spaces.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -61,7 +61,7 @@ class AllocatorFallbackWarning(UserWarning):
 
 @dataclass
 class Allocation:
-    """How the last :func:`allocate` call went."""
+    """The allocator's result: its plan, and how the solve went (solver "milp" or "greedy", time, rounds)."""
 
     plan: Plan
     solver: str  # "milp" or "greedy"
@@ -120,21 +120,21 @@ class _Allocator:
         self.prune, self.rank = prune, rank
         groups = space.groups
         self.channels = np.array([g.channels for g in groups], dtype=np.int64)
-        orders = space._channel_order(space.importance)
+        orders = space.scores.order(space.importance)
         self.levels: list[np.ndarray] = []
         self.level_value: list[np.ndarray] = []
-        for g, items, order in zip(groups, space._items, orders, strict=True):
-            scores = space._scores(g, items, space.importance)[order]
+        for i, (g, order) in enumerate(zip(groups, orders, strict=True)):
+            scores = space.scores.of(i, space.importance)[order]
             cum = np.concatenate([[0.0], np.cumsum(scores)])
             lv = _levels(space.allowed_keeps(g), blocks) if prune else np.array([g.channels])
             self.levels.append(lv)
             # a group is worth one unit per layer whose outputs it prunes ("normalised per layer")
-            weight = max(1, sum(1 for it in items if it.is_out and it.target in space._spatial))
+            weight = max(1, len(g.outputs))
             share = cum[lv] / cum[-1] if cum[-1] > 0 else lv / g.channels
             self.level_value.append(weight * share)
         self.layers = [layer.name for layer in space.layers] if rank else []
         self.last_status = "not run"
-        self.energy = {name: space._energy(name) for name in self.layers}
+        self.energy = {name: space.energy(name) for name in self.layers}
 
     # ---------------------------------------------------------------- model
     def program(self, keep: np.ndarray, factors: dict[str, tuple[str, tuple[int, ...]]]) -> tuple[_Program, list]:
@@ -151,17 +151,17 @@ class _Allocator:
         def vec(c: object) -> np.ndarray:
             return np.array([getattr(c, m) for m in metrics], dtype=np.float64)
 
-        at = vec(space._cost_of_keep(keep, factors))
+        at = vec(space.costs.cost_of_keep(keep, factors))
         const = at.copy()
         # pruning: one-channel finite differences of the exact cost
         for g, lv in enumerate(self.levels):
             step = np.zeros_like(keep)
             if keep[g] > 1:
                 step[g] = 1
-                grad = at - vec(space._cost_of_keep(keep - step, factors))
+                grad = at - vec(space.costs.cost_of_keep(keep - step, factors))
             elif keep[g] < self.channels[g]:
                 step[g] = 1
-                grad = vec(space._cost_of_keep(keep + step, factors)) - at
+                grad = vec(space.costs.cost_of_keep(keep + step, factors)) - at
             else:
                 grad = np.zeros(len(metrics))
             const -= grad * keep[g]
@@ -179,10 +179,10 @@ class _Allocator:
             const_value += vals[0]
         # ranks: dense or factorized, costs at the current pruned shape
         for name in self.layers:
-            geom = space._pruned_geom(name, keep)
+            geom = space.costs.pruned_geom(name, keep)
             r_max = geom.max_useful_rank("svd")
             dm, dp = geom.dense_cost()
-            byte = space._byte_of(name)
+            byte = space.costs.element_size(name)
             dense = np.array([{"macs": dm, "params": dp, "bytes": dp * byte}[m] for m in metrics], dtype=np.float64)
             um, up = geom.factor_cost("svd", (1,))
             unit = np.array([{"macs": um, "params": up, "bytes": up * byte}[m] for m in metrics], dtype=np.float64)
@@ -371,7 +371,7 @@ def allocate(
             x = alloc.solve_greedy(prog, layout, target)
         new_keep, new_factors = alloc.decode(x, layout)
         value = float(prog.values @ x) + prog.const_value
-        exact = space._cost_of_keep(new_keep, new_factors)
+        exact = space.costs.cost_of_keep(new_keep, new_factors)
         used = np.array([getattr(exact, m) for m in alloc.metrics], dtype=np.float64)
         converged = np.array_equal(new_keep, keep) and new_factors == factors
         keep, factors = new_keep, new_factors

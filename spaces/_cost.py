@@ -21,10 +21,10 @@ import warnings
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["COUNTED_OPS", "Cost", "measure_cost"]
 
@@ -50,7 +50,10 @@ class Cost:
         }
 
 
-def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
+def as_tuple(example_inputs: Any) -> tuple[Any, ...]:
+    """``example_inputs`` as a tuple of inputs (a lone tensor becomes a 1-tuple)."""
+    import torch
+
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     if isinstance(example_inputs, (tuple, list)):
@@ -60,12 +63,14 @@ def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
 
 def measure_cost(model: nn.Module, example_inputs: Any) -> Cost:
     """Measure ``model``'s cost with fvcore (MACs) and parameter counting."""
+    import torch
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # fvcore's import touches torch.jit
         from fvcore.nn.jit_analysis import JitModelAnalysis
         from fvcore.nn.jit_handles import addmm_flop_jit, conv_flop_jit, linear_flop_jit
 
-    inputs = _as_tuple(example_inputs)
+    inputs = as_tuple(example_inputs)
     was_training = model.training
     model.eval()
     try:

@@ -1,4 +1,4 @@
-"""The exception root of PruneTune and its subclasses.
+"""The exception root of PruneTune and its subclasses (torch-free: every package imports it).
 
 Every package raises these (or ``ValueError``/``TypeError`` for plain bad
 arguments); the CLI turns any of them into a one-line message and exit code 2.
@@ -8,9 +8,12 @@ from __future__ import annotations
 
 __all__ = [
     "InfeasibleBudgetError",
+    "InputTypeError",
     "PlanError",
     "PruneTuneError",
     "UnsupportedModelError",
+    "UsageError",
+    "first_line",
 ]
 
 
@@ -24,6 +27,14 @@ class PlanError(PruneTuneError, ValueError):
 
 class UnsupportedModelError(PruneTuneError):
     """The model contains a layer or op the space cannot handle correctly."""
+
+
+class UsageError(PruneTuneError, ValueError):
+    """A bad command-line value or a missing file the user named (exit code 2)."""
+
+
+class InputTypeError(PruneTuneError, TypeError):
+    """A value of the wrong type given by the user (a config value, a plan field, a budget)."""
 
 
 class InfeasibleBudgetError(PruneTuneError, ValueError):

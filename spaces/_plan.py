@@ -11,11 +11,12 @@ from types import MappingProxyType
 from typing import Any
 
 from spaces._errors import PlanError
+from spaces._vocab import Importance, Method
 
-__all__ = ["IMPORTANCES", "Plan"]
+__all__ = ["IMPORTANCES", "METHODS", "Plan"]
 
-IMPORTANCES = ("l1", "l2", "bn_scale")
-METHODS = ("svd", "tucker2", "tt")
+IMPORTANCES = tuple(i.value for i in Importance)
+METHODS = tuple(m.value for m in Method)
 _FORMAT = 1
 
 

@@ -1,9 +1,12 @@
 """Choosing plans: uniform plans and repairing a plan onto a budget.
 
-Policy only; the mechanism (groups, cost, surgery) is :class:`ModelSpace`.
+Policy only, over the public interface of :class:`ModelSpace` (groups, its
+:class:`~spaces.CostModel`); the mechanism is in the modules the space is made of.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,7 +14,9 @@ from spaces._budget import Budget
 from spaces._cost import Cost
 from spaces._errors import InfeasibleBudgetError, PlanError
 from spaces._plan import Plan
-from spaces._space import ModelSpace
+
+if TYPE_CHECKING:
+    from spaces._space import ModelSpace
 
 __all__ = ["fit", "uniform_plan"]
 
@@ -50,7 +55,7 @@ def fit(space: ModelSpace, plan: Plan, budget: Budget) -> Plan:
     allowed = [space.allowed_keeps(g, rt) for g in space.groups]
 
     def cost_at(keep: np.ndarray) -> Cost:
-        return space._cost_of_keep(keep, space._factors(plan, keep) if plan.rank else None)
+        return space.costs.cost_of_keep(keep, space.costs.resolve_ranks(plan, keep) if plan.rank else None)
 
     def ok(keep: np.ndarray) -> bool:
         c = cost_at(keep)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluators import ZOO, build_model
 from spaces import AllocatorFallbackWarning, Budget, ModelSpace, Plan, allocate
 from spaces._allocate import _Allocator
+from tests.spaces.models import MODELS, torchvision_model
 
 _SPACES: dict[str, ModelSpace] = {}
 
@@ -16,16 +16,15 @@ _SPACES: dict[str, ModelSpace] = {}
 def _space(name: str) -> ModelSpace:
     if name not in _SPACES:
         torch.manual_seed(0)
-        model = build_model("torchvision:mobilenet_v2", num_classes=10) if name == "mobilenet_v2" else ZOO[name]()
+        model = torchvision_model("mobilenet_v2") if name == "mobilenet_v2" else MODELS[name]()
         _SPACES[name] = ModelSpace(model, torch.randn(1, 3, 32, 32))
     return _SPACES[name]
 
 
 def _energy(space: ModelSpace, plan: Plan) -> float:
     """Kept sigma^2 share summed over factorizable layers (a dense layer keeps 1)."""
-    keep = space.keep_counts(plan)
-    factors = space._factors(plan, keep)
-    return sum(space._energy(n)[factors[n][1][0] - 1] if n in factors else 1.0 for n in space._geoms)
+    factors = space.resolved_ranks(plan)
+    return sum(space.energy(n)[factors[n][1][0] - 1] if n in factors else 1.0 for n in (g.name for g in space.layers))
 
 
 @pytest.mark.parametrize("name", ["resnet20", "vgg16_bn", "mobilenet_v2"])
@@ -47,18 +46,18 @@ def test_joint_allocation_meets_mac_and_param_budgets(name: str, frac: str) -> N
 @pytest.mark.parametrize("name", ["resnet20", "vgg16_bn", "mobilenet_v2"])
 def test_rank_allocation_keeps_more_energy_than_uniform_ranks(name: str) -> None:
     space = _space(name)
-    plan = space.allocate(Budget(macs="50%"), prune=False)
+    plan = space.allocate(Budget(macs="50%"), prune=False).plan
     assert not plan.prune and plan.rank
     macs = space.cost(plan).macs
     # the uniform-rank plan (one fraction for every layer) with at least as many MACs
     lo, hi = 0.0, 1.0
     for _ in range(30):
         mid = (lo + hi) / 2
-        if space.cost(Plan(rank={n: mid for n in space._geoms})).macs >= macs:
+        if space.cost(Plan(rank={n: mid for n in (g.name for g in space.layers)})).macs >= macs:
             hi = mid
         else:
             lo = mid
-    uniform = Plan(rank={n: hi for n in space._geoms})
+    uniform = Plan(rank={n: hi for n in (g.name for g in space.layers)})
     assert space.cost(uniform).macs >= macs
     assert _energy(space, plan) > _energy(space, uniform)
 
@@ -66,9 +65,9 @@ def test_rank_allocation_keeps_more_energy_than_uniform_ranks(name: str) -> None
 def test_pruning_only_and_rank_only_modes() -> None:
     space = _space("resnet20")
     budget = Budget(macs="50%")
-    pruned = space.allocate(budget, rank=False)
+    pruned = space.allocate(budget, rank=False).plan
     assert pruned.prune and not pruned.rank
-    ranked = space.allocate(budget, prune=False)
+    ranked = space.allocate(budget, prune=False).plan
     assert ranked.rank and not ranked.prune
     with pytest.raises(ValueError, match="prune=True, rank=True or both"):
         space.allocate(budget, prune=False, rank=False)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 import random
 
 import pytest
 import torch
 
 from spaces import ModelSpace, Plan, measure_cost
-from tests.spaces.archs import ARCHS
+from spaces._verify import scrambled
+from tests.spaces.models import ARCHS
 
 _CACHE: dict[str, tuple[torch.nn.Module, torch.Tensor, ModelSpace]] = {}
 
@@ -80,10 +80,10 @@ def test_pruned_equals_masked_original(name: str) -> None:
     """Pruning = zeroing the same channels in the original (no index is mismatched)."""
     _, x, space = _space(name)
     plan = space.uniform_plan(0.6)
-    vmodel = space._scrambled()  # untrained torchvision models ignore most channels
+    vmodel = scrambled(space.model)  # untrained torchvision models ignore most channels
     with torch.no_grad():
-        pruned = space._prune(copy.deepcopy(vmodel), plan)(x)
-        masked = space._mask(copy.deepcopy(vmodel), plan)(x)
+        pruned = space.apply(plan, model=vmodel)(x)
+        masked = space.masked_model(plan, model=vmodel)(x)
         base = vmodel(x)
     scale = float(base.abs().max())
     assert float((masked - base).abs().max()) > 1e-2 * scale  # the test is not vacuous

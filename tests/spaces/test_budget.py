@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from evaluators import ZOO, build_model
 from spaces import Budget, Cost, InfeasibleBudgetError, ModelSpace, Plan
+from tests.spaces.models import MODELS, torchvision_model
 
 BASE = Cost(macs=1_000_000, params=200_000, bytes=800_000)
 
@@ -46,9 +46,9 @@ def test_relative_budget_needs_base() -> None:
 def space(request: pytest.FixtureRequest) -> ModelSpace:
     torch.manual_seed(0)
     if request.param == "mobilenet_v2":
-        model = build_model("torchvision:mobilenet_v2", num_classes=10)
+        model = torchvision_model("mobilenet_v2")
     else:
-        model = ZOO[request.param]()
+        model = MODELS[request.param]()
     return ModelSpace(model, torch.randn(1, 3, 32, 32))
 
 

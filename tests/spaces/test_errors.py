@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evaluators import ZOO
 from spaces import ModelSpace, UnsupportedModelError
+from tests.spaces.models import MODELS
 
 
 class HiddenLinear(nn.Module):
@@ -32,7 +32,7 @@ def test_ops_outside_modules_are_refused() -> None:
 
 def test_wrong_example_input_is_one_line_value_error() -> None:
     with pytest.raises(ValueError, match=r"example_inputs of shape \(1, 1, 32, 32\) do not fit the model") as e:
-        ModelSpace(ZOO["resnet20"](), torch.randn(1, 1, 32, 32))
+        ModelSpace(MODELS["resnet20"](), torch.randn(1, 1, 32, 32))
     assert "\n" not in str(e.value)
 
 
@@ -46,7 +46,7 @@ def test_wrong_example_input_is_one_line_value_error() -> None:
 )
 def test_bad_arguments(kwargs: dict, exc: type, message: str) -> None:
     with pytest.raises(exc, match=message):
-        ModelSpace(ZOO["resnet20"](), torch.randn(1, 3, 32, 32), **kwargs)
+        ModelSpace(MODELS["resnet20"](), torch.randn(1, 3, 32, 32), **kwargs)
 
 
 def test_not_a_module() -> None:
@@ -55,7 +55,7 @@ def test_not_a_module() -> None:
 
 
 def test_ignored_layers_are_not_pruned() -> None:
-    model = ZOO["resnet20"]()
+    model = MODELS["resnet20"]()
     space = ModelSpace(model, torch.randn(1, 3, 32, 32), ignored_layers=[model.layer3[0].conv1])
     assert "layer3.0.conv1" not in {g.id for g in space.groups}
     assert space.ignored_layers == ("layer3.0.conv1", "fc")

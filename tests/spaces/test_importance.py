@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evaluators import ZOO
 from spaces import ModelSpace, Plan
+from tests.spaces.models import MODELS
 
 
 def test_largest_l1_channels_survive_and_next_layer_matches() -> None:
     torch.manual_seed(0)
-    model = ZOO["plain8"](base=4).eval()
+    model = MODELS["plain8"](base=4).eval()
     conv, nxt = model.features[2], model.features[5]  # 4 -> 8 channels, then 8 -> 16
     norms = torch.tensor([3.0, 9.0, 1.0, 7.0, 2.0, 8.0, 4.0, 6.0])
     with torch.no_grad():
@@ -31,7 +31,7 @@ def test_largest_l1_channels_survive_and_next_layer_matches() -> None:
 @pytest.mark.parametrize("importance", ["l1", "l2", "bn_scale"])
 def test_batchnorm_kept_consistent(importance: str) -> None:
     torch.manual_seed(0)
-    model = ZOO["resnet20"]().eval()
+    model = MODELS["resnet20"]().eval()
     bn = model.layer2[0].bn1
     with torch.no_grad():
         bn.weight.copy_(torch.linspace(0.1, 3.2, 32))

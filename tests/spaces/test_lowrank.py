@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from evaluators import ZOO, build_model
 from spaces import LayerGeom, ModelSpace, Plan, PlanError, factorize_layer, measure_cost
+from tests.spaces.models import MODELS, torchvision_model
 
 CONVS = [
     nn.Conv2d(6, 8, 3, padding=1),
@@ -75,7 +75,7 @@ def test_break_even_rank() -> None:
 @pytest.fixture(scope="module")
 def space() -> ModelSpace:
     torch.manual_seed(0)
-    return ModelSpace(ZOO["resnet20"](), torch.randn(2, 3, 32, 32))
+    return ModelSpace(MODELS["resnet20"](), torch.randn(2, 3, 32, 32))
 
 
 def test_plans_rank_capped_never_made_bigger(space: ModelSpace) -> None:
@@ -123,11 +123,11 @@ def test_bad_rank_plans(space: ModelSpace, plan, message: str) -> None:  # type:
 
 def test_depthwise_and_grouped_convs_are_skipped() -> None:
     torch.manual_seed(0)
-    mb = ModelSpace(build_model("torchvision:mobilenet_v2", num_classes=10), torch.randn(1, 3, 32, 32))
+    mb = ModelSpace(torchvision_model("mobilenet_v2"), torch.randn(1, 3, 32, 32))
     assert "depthwise" in mb.not_factorizable["features.1.conv.0.0"]
     with pytest.raises(PlanError, match="cannot be factorized: depthwise convolution"):
         mb.cost(Plan(rank={"features.1.conv.0.0": 0.5}))
-    rg = ModelSpace(build_model("torchvision:regnet_y_400mf", num_classes=10), torch.randn(1, 3, 32, 32))
+    rg = ModelSpace(torchvision_model("regnet_y_400mf"), torch.randn(1, 3, 32, 32))
     grouped = [n for n, why in rg.not_factorizable.items() if "grouped" in why]
     assert grouped
     with pytest.raises(PlanError, match="grouped convolution"):

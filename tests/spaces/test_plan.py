@@ -3,14 +3,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evaluators import ZOO
 from spaces import ModelSpace, Plan, PlanError
+from tests.spaces.models import MODELS
 
 
 @pytest.fixture(scope="module")
 def space() -> ModelSpace:
     torch.manual_seed(0)
-    return ModelSpace(ZOO["resnet20"](), torch.randn(1, 3, 32, 32))
+    return ModelSpace(MODELS["resnet20"](), torch.randn(1, 3, 32, 32))
 
 
 def test_json_round_trip_and_stable_hash() -> None:

@@ -1,0 +1,247 @@
+"""``CostModel``: what any plan of a traced model costs, analytically (no model is built).
+
+For every (member, pruning function) pair of a group, a one-channel probe on a
+copy of that layer tells which parameter dimensions the function shrinks
+(:meth:`CostModel.param_dims`). With the positions each conv/linear layer is
+applied at (from the trace), the cost of a plan is a polynomial in the channels
+each group keeps: ``MACs = sum(S_layer * numel(weight))``,
+``params = sum(numel(p))``, ``bytes = sum(numel(p) * element_size)``, evaluated
+with numpy in microseconds. A factorized layer's dense term is replaced by its
+factor chain's (:meth:`spaces.LayerGeom.factor_cost`) on the layer's pruned shape.
+
+The cost model also does the plan arithmetic every policy needs: channels kept
+per group (:meth:`keep_counts`, with ``round_to``), the counts a group may keep
+(:meth:`allowed_keeps`), the plan for given counts (:meth:`plan_from_keep`) and
+the ranks a plan resolves to after the break-even cap (:meth:`resolve_ranks`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from spaces._cost import Cost
+from spaces._errors import PlanError
+from spaces._lowrank import LayerGeom
+from spaces._plan import Plan
+from spaces._trace import Group, Item, Trace
+
+__all__ = ["CostModel", "Ranks"]
+
+Ranks = dict[str, tuple[str, tuple[int, ...]]]  # layer -> (method, ranks) after the break-even cap
+
+
+class CostModel:
+    """The analytic cost of plans over one :class:`~spaces._trace.Trace` (see the module docs).
+
+    ``importance`` and ``round_to`` are the space's defaults, carried into the
+    plans it makes. Call :meth:`rebuild` after the trace's groups change.
+    """
+
+    def __init__(self, trace: Trace, *, importance: str, round_to: int) -> None:
+        self.trace = trace
+        self.importance = importance
+        self.round_to = round_to
+        self._param_dims: dict[tuple[str, Any], list[tuple[str, int]]] = {}
+        self.rebuild()
+
+    # ------------------------------------------------------------ the polynomial
+    def param_dims(self, it: Item) -> list[tuple[str, int]]:
+        """Which (parameter name, dim) pairs shrink by one when ``it.handler`` removes one index."""
+        key = (it.target, it.handler)
+        if key in self._param_dims:
+            return self._param_dims[key]
+        model = self.trace.model
+        out: list[tuple[str, int]] = []
+        if it.is_param:
+            p = model.get_parameter(it.target)
+            new = it.handler(nn.Parameter(p.detach().clone()), [0])
+            out = [(it.target, d) for d, (a, b) in enumerate(zip(p.shape, new.shape, strict=False)) if a != b]
+        else:
+            mod = model.get_submodule(it.target)
+            before = {n: tuple(p.shape) for n, p in mod.named_parameters(recurse=False)}
+            probe = copy.deepcopy(mod)
+            it.handler(probe, [0])
+            for n, p in probe.named_parameters(recurse=False):
+                full = f"{it.target}.{n}" if it.target else n
+                for d, (a, b) in enumerate(zip(before[n], p.shape, strict=False)):
+                    if a != b:
+                        out.append((full, d))
+        self._param_dims[key] = out
+        return out
+
+    def rebuild(self) -> None:
+        """(Re)build the polynomial from the trace's current groups."""
+        tr = self.trace
+        self.groups = tuple(tr.groups)
+        self.channels = np.array([g.channels for g in self.groups], dtype=np.int64)
+        self._gid_index = {g.id: i for i, g in enumerate(self.groups)}
+        params = list(tr.model.named_parameters())
+        self._param_index = {n: i for i, (n, _) in enumerate(params)}
+        ndim = max([p.dim() for _, p in params] + [1])
+        self._ndim = ndim
+        base = np.ones((len(params), ndim), dtype=np.int64)
+        for i, (_, p) in enumerate(params):
+            base[i, : p.dim()] = p.shape
+        mac_w = np.zeros(len(params), dtype=np.int64)
+        byte_w = np.array([p.element_size() for _, p in params], dtype=np.int64)
+        for name, s in tr.spatial.items():
+            wname = f"{name}.weight" if name else "weight"
+            if wname in self._param_index:
+                mac_w[self._param_index[wname]] = s
+        # m[i*ndim + d, g]: elements of dim d of parameter i removed per channel removed from group g
+        m = np.zeros((len(params) * ndim, len(self.groups)), dtype=np.int64)
+        for g, (group, items) in enumerate(zip(self.groups, tr.items, strict=True)):
+            for it in items:
+                per_root = len(it.idxs) // group.channels
+                for pname, d in self.param_dims(it):
+                    m[self._param_index[pname] * ndim + d, g] += per_root
+        self._base_dims = base.reshape(-1)
+        self._m = m
+        self._mac_w = mac_w
+        self._byte_w = byte_w
+        self.base_cost = self._cost_of_removed(np.zeros(len(self.groups), dtype=np.int64))
+        touched = m.reshape(len(params), ndim, -1).any(axis=1)  # [param, group]
+        self._group_macs = (mac_w * base.prod(axis=1)) @ touched  # MACs of the layers each group touches
+
+    def _cost_of_removed(self, removed: np.ndarray, ranks: Ranks | None = None) -> Cost:
+        dims = (self._base_dims - self._m @ removed).reshape(-1, self._ndim)
+        numel = dims.prod(axis=1)
+        macs, params, nbytes = int(self._mac_w @ numel), int(numel.sum()), int(self._byte_w @ numel)
+        for name, (method, r) in (ranks or {}).items():
+            i = self._param_index[f"{name}.weight"]
+            geom = self.trace.geoms[name].with_channels(dims[i, 0], dims[i, 1])
+            dm, dp = geom.dense_cost()
+            fm, fp = geom.factor_cost(method, r)
+            macs += fm - dm
+            params += fp - dp
+            nbytes += (fp - dp) * int(self._byte_w[i])
+        return Cost(macs=macs, params=params, bytes=nbytes)
+
+    def cost_of_keep(self, keep: np.ndarray, ranks: Ranks | None = None) -> Cost:
+        """The cost when group ``i`` keeps ``keep[i]`` channels and ``ranks`` are factorized."""
+        return self._cost_of_removed(self.channels - keep, ranks)
+
+    def cost(self, plan: Plan) -> Cost:
+        keep = self.keep_counts(plan)
+        return self.cost_of_keep(keep, self.resolve_ranks(plan, keep) if plan.rank else None)
+
+    def element_size(self, layer: str) -> int:
+        """Bytes per element of ``layer``'s weight."""
+        return int(self._byte_w[self._param_index[f"{layer}.weight"]])
+
+    def macs_share(self, gid: str) -> float:
+        """Share of the base MACs in layers whose size depends on group ``gid``."""
+        g = self.group_index(gid)
+        return float(self._group_macs[g] / self.base_cost.macs) if self.base_cost.macs else 0.0
+
+    # ------------------------------------------------------------ groups
+    def group_index(self, gid: str) -> int:
+        if gid not in self._gid_index:
+            raise PlanError(self.unknown_group(gid))
+        return self._gid_index[gid]
+
+    def unknown_group(self, gid: str) -> str:
+        """The message for an id that is not a group of the space (excluded ones say why)."""
+        if gid in self.trace.excluded:
+            return f"group {gid!r} is excluded from the space: {self.trace.excluded[gid]}"
+        ids = [g.id for g in self.groups]
+        shown = ", ".join(ids[:8]) + (", ..." if len(ids) > 8 else "")
+        return f"unknown group id {gid!r}; the space has {len(ids)} groups: {shown}"
+
+    def allowed_keeps(self, group: Group, round_to: int | None = None) -> np.ndarray:
+        """The channel counts a group may keep under ``round_to`` (ascending)."""
+        rt = round_to or self.round_to
+        c = group.channels
+        if rt <= 1:
+            return np.arange(1, c + 1)
+        if c <= rt:
+            return np.array([c])
+        vals = list(range(rt, c + 1, rt))
+        if vals[-1] != c:
+            vals.append(c)
+        return np.array(vals)
+
+    def keep_counts(self, plan: Plan) -> np.ndarray:
+        """Channels each group keeps under ``plan`` (validates the plan's group ids and ratios)."""
+        if not isinstance(plan, Plan):
+            raise TypeError(f"plan must be a spaces.Plan, got {type(plan).__name__}")
+        for gid in plan.prune:
+            self.group_index(gid)
+        rt = plan.round_to or self.round_to
+        keep = self.channels.copy()
+        for gid, ratio in plan.prune.items():
+            i = self._gid_index[gid]
+            c = self.groups[i].channels
+            k = c - math.floor(ratio * c + 0.5)
+            if k < 1:
+                largest = (c - 1) / c
+                raise PlanError(
+                    f"prune ratio {ratio} leaves group {gid!r} ({c} channels) empty; "
+                    f"ratios must keep at least one channel (< {largest + 0.5 / c:.4g})"
+                )
+            if rt > 1 and c > rt:
+                k = min(c, max(rt, rt * math.floor(k / rt + 0.5)))
+            keep[i] = k
+        return keep
+
+    def plan_from_keep(self, keep: Sequence[int] | np.ndarray, *, like: Plan | None = None) -> Plan:
+        """The plan that keeps exactly ``keep[i]`` channels of group ``i`` (ranks and options of ``like``)."""
+        prune = {}
+        for g, k in zip(self.groups, keep, strict=False):
+            if k < g.channels:
+                prune[g.id] = (g.channels - int(k)) / g.channels
+        return Plan(
+            prune=prune,
+            importance=(like.importance if like and like.importance else self.importance),
+            round_to=(like.round_to if like and like.round_to else self.round_to),
+            rank=dict(like.rank) if like else {},
+            method=dict(like.method) if like else {},
+        )
+
+    # ------------------------------------------------------------ layers
+    def pruned_geom(self, name: str, keep: np.ndarray) -> LayerGeom:
+        """Factorizable layer ``name``'s geometry when groups keep ``keep`` channels."""
+        i = self._param_index[f"{name}.weight"]
+        rows = slice(i * self._ndim, i * self._ndim + 2)
+        cout, cin = self._base_dims[rows] - self._m[rows] @ (self.channels - keep)
+        return self.trace.geoms[name].with_channels(cout, cin)
+
+    def resolve_ranks(self, plan: Plan, keep: np.ndarray) -> Ranks:
+        """Per factorized layer of ``plan``, (method, ranks) on its pruned shape after the break-even cap."""
+        out = {}
+        for name, spec in plan.rank.items():
+            method = plan.method_of(name)
+            self.check_layer(name, method, spec)
+            geom = self.pruned_geom(name, keep)
+            ranks = geom.cap(method, geom.resolve(method, spec))
+            if ranks is not None:
+                out[name] = (method, ranks)
+        return out
+
+    def layer(self, name: str) -> LayerGeom:
+        """The unpruned geometry of factorizable layer ``name`` (PlanError naming why if it is not one)."""
+        if name not in self.trace.geoms:
+            self.check_layer(name, "svd", 1)
+        return self.trace.geoms[name]
+
+    def check_layer(self, name: str, method: str, spec: int | float) -> None:
+        geom = self.trace.geoms.get(name)
+        if geom is None:
+            if name in self.trace.not_factorizable:
+                raise PlanError(f"layer {name!r} cannot be factorized: {self.trace.not_factorizable[name]}")
+            example = next(iter(self.trace.geoms), "")
+            raise PlanError(f"unknown layer {name!r}; factorizable layers are Conv2d/Linear names like {example!r}")
+        if method not in geom.methods:
+            raise PlanError(
+                f"method {method!r} does not apply to layer {name!r} ({geom.kind} {geom.kh}x{geom.kw}); "
+                f"it takes {', '.join(geom.methods)}"
+            )
+        full = max(geom.full_ranks(method))
+        if isinstance(spec, int) and spec > full:
+            raise PlanError(f"rank {spec} of layer {name!r} is above its full rank {full} for {method!r}")

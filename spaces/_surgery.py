@@ -1,0 +1,82 @@
+"""Surgery: apply a plan to a copy of the traced model (mechanism only; choosing plans is policy).
+
+:meth:`Surgery.prune` keeps each group's most important channels (the first
+``keep`` of :meth:`ImportanceScores.order`) and removes, in one torch-pruning
+call per (layer, pruning function) pair, the union of the member indices every
+group asks of it — the pruned conv's outputs, the matching BatchNorm entries
+and the next layers' input channels alike. Factorized layers are then replaced
+by their factor chains (:func:`spaces.factorize_layer`) on their pruned shape.
+:meth:`Surgery.mask` zeroes the same channels instead of removing them (the
+reference the self-check compares with).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from spaces._costmodel import CostModel
+from spaces._importance import ImportanceScores
+from spaces._lowrank import factorize_layer
+from spaces._plan import Plan
+from spaces._trace import Item, Trace
+
+__all__ = ["Surgery"]
+
+
+class Surgery:
+    def __init__(self, trace: Trace, costs: CostModel, scores: ImportanceScores) -> None:
+        self.trace, self.costs, self.scores = trace, costs, scores
+
+    def removals(self, plan: Plan, keep: np.ndarray) -> dict[tuple[str, Any], tuple[Item, np.ndarray]]:
+        """Per (member, pruning function): the member indices ``plan`` removes."""
+        orders = self.scores.order(plan.importance or self.costs.importance)
+        todo: dict[tuple[str, Any], tuple[Item, np.ndarray]] = {}
+        for group, items, order, k in zip(self.trace.groups, self.trace.items, orders, keep, strict=True):
+            if k >= group.channels:
+                continue
+            removed = order[k:]
+            for it in items:
+                idx = it.idxs[np.isin(it.root_idxs, removed)]
+                key = (it.target, it.handler)
+                if key in todo:
+                    idx = np.union1d(todo[key][1], idx)
+                todo[key] = (it, idx)
+        return todo
+
+    def prune(self, model: nn.Module, plan: Plan) -> nn.Module:
+        """Apply ``plan`` in place to ``model`` (a copy of the traced model): prune, then factorize."""
+        keep = self.costs.keep_counts(plan)
+        ranks = self.costs.resolve_ranks(plan, keep) if plan.rank else {}
+        for (name, handler), (it, idx) in self.removals(plan, keep).items():
+            idx_list = sorted(int(i) for i in np.unique(idx))
+            if it.is_param:
+                parent_name, _, attr = name.rpartition(".")
+                parent = model.get_submodule(parent_name)
+                setattr(parent, attr, handler(getattr(parent, attr), idx_list))
+            else:
+                handler(model.get_submodule(name), idx_list)
+        for name, (method, r) in ranks.items():
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            setattr(parent, attr, factorize_layer(getattr(parent, attr), method, r))
+        return model
+
+    @torch.no_grad()
+    def mask(self, model: nn.Module, plan: Plan) -> nn.Module:
+        """Zero, in place, the channels ``plan`` would remove from ``model`` (ranks are ignored)."""
+        keep = self.costs.keep_counts(plan)
+        for (name, _), (it, idx) in self.removals(plan, keep).items():
+            if not it.is_out or len(idx) == 0:
+                continue
+            index = torch.as_tensor(idx, dtype=torch.long)
+            for pname, d in self.costs.param_dims(it):
+                model.get_parameter(pname).index_fill_(d, index, 0.0)
+            if not it.is_param:
+                mod = model.get_submodule(name)
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.running_mean is not None:
+                    mod.running_mean.index_fill_(0, index, 0.0)
+        return model

@@ -1,0 +1,292 @@
+"""Tracing: a model's channel groups and factorizable layers (mechanism only).
+
+:func:`trace` deep-copies nothing and changes nothing: it runs one forward pass
+with hooks on the model it is given (the space's private copy) and traces it
+with torch-pruning's ``DependencyGraph`` (with :mod:`spaces._tp_compat`
+installed). It returns a :class:`Trace`:
+
+* **groups** (:class:`Group`): channels that must be pruned together, each with
+  its members (:class:`Item`: a module or parameter, the torch-pruning function
+  that prunes it, and the member indices that go with each root channel, all
+  relative to the *original* shapes). Groups are in module order; their id is
+  the name of their first output-pruned layer.
+* **spatial**: per conv/linear layer, the positions it is applied at (the MAC
+  multiplier of its weight), and **geoms**: the factorizable layers' shapes.
+* **excluded**: groups torch-pruning gets wrong by construction (they touch a
+  grouped, non-depthwise convolution, or their index mapping is not uniform),
+  with the reason; the classifier's output layer (found by walking back from
+  the outputs) and the caller's ignored layers are never pruned.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from spaces._errors import UnsupportedModelError, first_line
+from spaces._lowrank import LayerGeom
+
+__all__ = ["CONV", "LINEAR", "Group", "Item", "Trace", "describe", "resolve_ignored", "trace"]
+
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+LINEAR = (nn.Linear,)
+
+
+@dataclass(frozen=True)
+class Group:
+    """A set of channels that must be pruned together.
+
+    ``id`` is the name of the group's root layer (the first layer, in module
+    order, whose output channels the group removes); ``layers`` lists every
+    member (layers whose outputs, inputs or normalisation statistics shrink);
+    ``channels`` is the number of channels of the group; ``outputs`` names the
+    conv/linear layers whose output channels it removes.
+    """
+
+    id: str
+    layers: tuple[str, ...]
+    channels: int
+    outputs: tuple[str, ...] = field(default=(), compare=False)
+
+
+@dataclass
+class Item:
+    """One member of a group: what torch-pruning prunes, and which indices go with which root channel."""
+
+    target: str  # module name or parameter name
+    is_param: bool
+    handler: Any  # torch-pruning pruning function (bound method)
+    is_out: bool
+    idxs: np.ndarray  # member indices, aligned with root_idxs
+    root_idxs: np.ndarray
+
+
+@dataclass
+class Trace:
+    """What :func:`trace` found (see the module docs); groups and items are aligned lists."""
+
+    model: nn.Module
+    example_inputs: tuple[Any, ...]
+    order: dict[str, int]  # module name -> position in module order
+    spatial: dict[str, int]
+    geoms: dict[str, LayerGeom]
+    not_factorizable: dict[str, str]
+    base_output: torch.Tensor
+    ignored_layers: tuple[str, ...]
+    groups: list[Group] = field(default_factory=list)
+    items: list[list[Item]] = field(default_factory=list)
+    excluded: dict[str, str] = field(default_factory=dict)
+
+    def drop(self, bad: dict[str, str]) -> None:
+        """Exclude the groups named in ``bad`` (id -> reason)."""
+        keep = [i for i, g in enumerate(self.groups) if g.id not in bad]
+        self.excluded.update(bad)
+        self.groups = [self.groups[i] for i in keep]
+        self.items = [self.items[i] for i in keep]
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line`` of an exception raised inside a library."""
+    return f"{type(exc).__name__}: {first_line(exc, '')}"
+
+
+def _is_grouped_conv(m: nn.Module) -> bool:
+    return isinstance(m, CONV) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels)
+
+
+def trace(model: nn.Module, example_inputs: tuple[Any, ...], ignored: set[str]) -> Trace:
+    """Trace ``model`` (in eval mode, not modified) on ``example_inputs``; ``ignored`` names are never pruned."""
+    names = {m: n for n, m in model.named_modules()}
+    order = {n: i for i, n in enumerate(names.values())}
+    spatial, geoms, not_factorizable, base_output = _record_spatial(model, names, example_inputs)
+
+    from spaces import _tp_compat
+
+    _tp_compat.install()
+    import torch_pruning as tp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+        except Exception as exc:  # the library's tracing failed on this model
+            raise UnsupportedModelError(f"torch-pruning cannot trace the model: {describe(exc)}") from exc
+        ignored = ignored | _classifier_layers(dg, names)
+        raw_groups = list(
+            dg.get_all_groups(
+                ignored_layers=[model.get_submodule(n) for n in sorted(ignored)], root_module_types=CONV + LINEAR
+            )
+        )
+    out = Trace(
+        model=model,
+        example_inputs=example_inputs,
+        order=order,
+        spatial=spatial,
+        geoms=geoms,
+        not_factorizable=not_factorizable,
+        base_output=base_output,
+        ignored_layers=tuple(sorted(ignored, key=lambda n: order.get(n, 0))),
+    )
+    for g in raw_groups:
+        _add_group(out, dg, names, g)
+    position = sorted(range(len(out.groups)), key=lambda i: order.get(out.groups[i].id, 1 << 30))
+    out.groups = [out.groups[i] for i in position]  # in module order, so tables read top-down
+    out.items = [out.items[i] for i in position]
+    return out
+
+
+def _record_spatial(
+    model: nn.Module, names: dict[nn.Module, str], example_inputs: tuple[Any, ...]
+) -> tuple[dict[str, int], dict[str, LayerGeom], dict[str, str], torch.Tensor]:
+    """One forward pass: per conv/linear layer, the positions it is applied at, and the factorizable layers."""
+    spatial: dict[str, int] = {}
+    shapes: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
+    hooks = []
+
+    def hook(mod: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        name = names[mod]
+        x = inputs[0]
+        if isinstance(mod, LINEAR):
+            s = x.numel() // mod.in_features
+        elif isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            s = x.shape[0] * math.prod(x.shape[2:])
+        else:
+            s = output.shape[0] * math.prod(output.shape[2:])
+        spatial[name] = spatial.get(name, 0) + int(s)
+        shapes.setdefault(name, []).append((tuple(x.shape), tuple(output.shape)))
+
+    for m in model.modules():
+        if isinstance(m, CONV + LINEAR):
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            base_output = model(*example_inputs)
+    except Exception as exc:
+        shapes_txt = ", ".join(str(tuple(x.shape)) for x in example_inputs if isinstance(x, torch.Tensor))
+        raise ValueError(f"example_inputs of shape {shapes_txt} do not fit the model: {describe(exc)}") from None
+    finally:
+        for h in hooks:
+            h.remove()
+    if not isinstance(base_output, torch.Tensor):
+        raise UnsupportedModelError(f"the model must return one tensor, got {type(base_output).__name__}")
+    geoms: dict[str, LayerGeom] = {}
+    not_factorizable: dict[str, str] = {}
+    for name, calls in shapes.items():
+        mod = model.get_submodule(name)
+        reason = None
+        if len(calls) != 1:
+            reason = f"called {len(calls)} times per forward pass"
+        elif isinstance(mod, nn.Linear):
+            rows = spatial[name]
+            geoms[name] = LayerGeom(name, "linear", mod.out_features, mod.in_features, 1, 1, rows, rows, rows)
+            continue
+        elif not isinstance(mod, nn.Conv2d) or type(mod) is not nn.Conv2d:
+            reason = f"{type(mod).__name__} is not factorizable (Conv2d and Linear are)"
+        elif mod.groups != 1:
+            kind = "depthwise" if mod.groups == mod.in_channels else "grouped"
+            reason = f"{kind} convolution (groups={mod.groups}) is not factorizable"
+        elif mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+            reason = "only zero padding given as numbers is supported"
+        if reason is not None or not isinstance(mod, nn.Conv2d):
+            not_factorizable[name] = reason or "not a Conv2d"
+            continue
+        (xs, ys) = calls[0]
+        n = xs[0]
+        geoms[name] = LayerGeom(
+            name,
+            "conv",
+            mod.out_channels,
+            mod.in_channels,
+            mod.kernel_size[0],
+            mod.kernel_size[1],
+            s_in=n * xs[2] * xs[3],
+            s_mid=n * ys[2] * xs[3],
+            s_out=n * ys[2] * ys[3],
+        )
+    return spatial, geoms, not_factorizable, base_output
+
+
+def resolve_ignored(model: nn.Module, layers: Iterable[str | nn.Module]) -> set[str]:
+    """Names of the layers the caller never wants pruned (given as names or modules of ``model``)."""
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    names = {m: n for n, m in model.named_modules()}
+    known = set(names.values())
+    out: set[str] = set()
+    for layer in layers:
+        name = names.get(layer) if isinstance(layer, nn.Module) else layer
+        if not isinstance(name, str) or name not in known:
+            raise ValueError(f"ignored layer {layer!r} is not a submodule of the model")
+        out.add(name)
+    return out
+
+
+def _classifier_layers(dg: Any, names: dict[nn.Module, str]) -> set[str]:
+    """Conv/linear layers whose outputs reach a model output through no other such layer."""
+    import torch_pruning as tp
+
+    found: set[str] = set()
+    stack = [n for n in dg.module2node.values() if not n.outputs]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node.module, CONV + LINEAR):
+            found.add(names[node.module])
+            continue
+        if node.type == tp.ops.OPTYPE.PARAMETER:
+            continue
+        stack.extend(node.inputs)
+    return found
+
+
+def _add_group(out: Trace, dg: Any, names: dict[nn.Module, str], g: Any) -> None:
+    items: list[Item] = []
+    reason = None
+    for k, (dep, idxs) in enumerate(g):
+        target = dep.target.module
+        is_param = isinstance(target, nn.Parameter)
+        if is_param:
+            name = dg._param_to_name[target]  # torch-pruning keeps this map private
+        elif target not in names:
+            continue  # torch-pruning's pseudo-module for a parameter-free op (add, cat, relu, ...)
+        else:
+            name = names[target]
+            if _is_grouped_conv(target):
+                reason = f"touches grouped convolution {name!r} (groups={target.groups}), not pruned"
+        items.append(
+            Item(
+                target=name,
+                is_param=is_param,
+                handler=dep.handler,
+                is_out=bool(dg.is_out_channel_pruning_fn(dep.handler)),
+                idxs=np.asarray(idxs, dtype=np.int64),
+                root_idxs=np.asarray(g[k].root_idxs, dtype=np.int64),
+            )
+        )
+    by_order = lambda n: out.order.get(n, 1 << 30)  # noqa: E731
+    producers = sorted((it.target for it in items if it.is_out and not it.is_param), key=by_order)
+    gid = producers[0] if producers else items[0].target
+    channels = len(items[0].idxs)
+    for it in items:
+        counts = np.bincount(it.root_idxs, minlength=channels)
+        if reason is None and len(counts) == channels and counts.min() != counts.max():
+            reason = f"index mapping into {it.target!r} is not uniform"
+        if reason is None and it.handler is None:
+            reason = f"no pruning function for {it.target!r}"
+    if reason is not None:
+        out.excluded[gid] = reason
+        return
+    layers = tuple(dict.fromkeys(sorted((it.target for it in items), key=by_order)))
+    outputs = tuple(n for n in producers if n in out.spatial)
+    out.groups.append(Group(id=gid, layers=layers, channels=channels, outputs=outputs))
+    out.items.append(items)

@@ -1,0 +1,142 @@
+"""Self-verification: a space refuses what it would get wrong, so it never returns a wrong model.
+
+:func:`verify` runs when a space is built (``verify=True``):
+
+1. The base MACs measured by fvcore must equal the analytic ones (layers called
+   through ``F.linear``/``F.conv2d`` outside modules would be missed, so such a
+   model is refused with :class:`~spaces.UnsupportedModelError`), and so must
+   the parameter count.
+2. *Masked equivalence*: on a copy with well-scaled random weights
+   (:func:`scrambled`: an untrained model, or a trained one with dead units,
+   could hide a wrong mapping behind outputs that ignore most channels), a
+   half-pruned model must compute exactly what the original computes with the
+   pruned channels zeroed. Groups with channel-mixing normalisation
+   (LayerNorm/GroupNorm) are checked for shapes only. If pruning every group at
+   once fails, each group is checked alone and the failing ones are excluded
+   from the space with their reason (``ModelSpace.excluded``).
+3. The pruned model's parameter count must equal the cost model's.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from spaces._cost import measure_cost
+from spaces._costmodel import CostModel
+from spaces._errors import UnsupportedModelError
+from spaces._importance import ImportanceScores
+from spaces._plan import Plan
+from spaces._surgery import Surgery
+from spaces._trace import Item, Trace, describe
+
+__all__ = ["scrambled", "verify"]
+
+_CHANNEL_MIXING_NORMS = (nn.LayerNorm, nn.GroupNorm)
+
+
+@torch.no_grad()
+def scrambled(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with well-scaled random weights (seeded), so that every channel matters."""
+    gen = torch.Generator().manual_seed(0)
+    model = copy.deepcopy(model)
+    for name, p in model.named_parameters():
+        if p.dim() >= 2:
+            fan_in = p[0].numel()
+            p.copy_(torch.randn(p.shape, generator=gen) * math.sqrt(2.0 / max(fan_in, 1)))
+        elif name.endswith("weight"):
+            p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+        else:
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+            if m.running_var is not None:
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    return model
+
+
+class _Checker:
+    def __init__(self, trace: Trace, costs: CostModel, surgery: Surgery) -> None:
+        self.trace, self.costs, self.surgery = trace, costs, surgery
+        self.vmodel = scrambled(trace.model)
+        with torch.no_grad():
+            self.vbase = self.vmodel(*trace.example_inputs)
+
+    def _maskable(self, items: list[Item]) -> bool:
+        model = self.trace.model
+        return not any(
+            isinstance(model.get_submodule(it.target), _CHANNEL_MIXING_NORMS) for it in items if not it.is_param
+        )
+
+    def check(self, plan: Plan) -> str | None:
+        """None if ``plan`` prunes the scrambled copy correctly, else the reason."""
+        inputs, vmodel, vbase = self.trace.example_inputs, self.vmodel, self.vbase
+        try:
+            with torch.no_grad():
+                out = self.surgery.prune(copy.deepcopy(vmodel), plan)(*inputs)
+        except Exception as exc:
+            return f"the pruned model fails: {describe(exc)}"
+        if not isinstance(out, torch.Tensor) or out.shape != vbase.shape:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            return f"pruning changes the output shape to {shape}"
+        masked_ids = {g for g in plan.prune if self._maskable(self.trace.items[self.costs.group_index(g)])}
+        if masked_ids:
+            sub = Plan({g: r for g, r in plan.prune.items() if g in masked_ids}, plan.importance, plan.round_to)
+            with torch.no_grad():
+                if sub != plan:
+                    out = self.surgery.prune(copy.deepcopy(vmodel), sub)(*inputs)
+                ref = self.surgery.mask(copy.deepcopy(vmodel), sub)(*inputs)
+            # float noise is relative to the outputs; a wrong mapping errs on the
+            # scale of the pruning's own effect (masked minus base)
+            scale = float(ref.abs().max())
+            effect = float((ref - vbase).abs().max())
+            err = float((out - ref).abs().max())
+            if not err <= 1e-5 * scale + 1e-3 * effect + 1e-30:
+                return f"pruned channels are not the ones removed downstream (max error {err:.3g})"
+        return None
+
+
+def verify(trace: Trace, costs: CostModel, scores: ImportanceScores, surgery: Surgery) -> None:
+    """Check the space (see the module docs); exclude groups that fail, refuse a model that cannot work."""
+    measured = measure_cost(trace.model, trace.example_inputs)
+    base = costs.base_cost
+    if measured.macs != base.macs:
+        ops = ", ".join(sorted(measured.skipped_ops)) or "none"
+        raise UnsupportedModelError(
+            f"the model computes {measured.macs} conv/linear MACs but its conv/linear modules account for "
+            f"{base.macs}: some convolutions or linear maps run outside modules "
+            f"(e.g. F.linear on a module's weight); ops seen: {ops}"
+        )
+    if measured.params != base.params:
+        raise UnsupportedModelError(f"parameter count {measured.params} differs from the traced {base.params}")
+    if not trace.groups:
+        return
+    checker = _Checker(trace, costs, surgery)
+    if not torch.isfinite(checker.vbase).all():
+        raise UnsupportedModelError("the model's outputs are not finite on example_inputs with random weights")
+    half = Plan({g.id: 0.5 for g in trace.groups if g.channels > 1})
+    if checker.check(half) is not None:
+        bad: dict[str, str] = {}
+        for g in list(trace.groups):
+            if g.channels < 2:
+                continue
+            reason = checker.check(Plan({g.id: 0.5}))
+            if reason is not None:
+                bad[g.id] = reason
+        if not bad:
+            raise UnsupportedModelError("pruning all groups together fails although each group alone works")
+        trace.drop(bad)
+        scores.clear()
+        costs.rebuild()
+        half = Plan({g.id: 0.5 for g in trace.groups if g.channels > 1})
+    got = sum(p.numel() for p in surgery.prune(copy.deepcopy(trace.model), half).parameters())
+    want = costs.cost(half).params
+    if got != want:
+        raise UnsupportedModelError(
+            f"the pruned model has {got} parameters, the cost model predicts {want}; "
+            "a layer type changes shape in a way the space does not model"
+        )

@@ -1,0 +1,69 @@
+"""PruneTune's vocabulary: each set of names defined once, torch-free.
+
+Every package imports these (downward: ``spaces`` is the lowest package), the
+pydantic config takes its allowed values from them, and because they are
+``StrEnum`` members they compare equal to, and are stored as, their plain
+string values (``Status.COMPLETE == "COMPLETE"``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["COST_METRICS", "Direction", "Importance", "Method", "Objective", "Status"]
+
+
+class Status(StrEnum):
+    """A candidate's state (Optuna's trial states, less WAITING)."""
+
+    RUNNING = "RUNNING"
+    COMPLETE = "COMPLETE"
+    FAIL = "FAIL"
+    PRUNED = "PRUNED"
+
+    @property
+    def finished(self) -> bool:
+        return self is not Status.RUNNING
+
+
+class Direction(StrEnum):
+    MAXIMIZE = "maximize"
+    MINIMIZE = "minimize"
+
+
+class Objective(StrEnum):
+    """What a study optimises; accuracy is always first (see :attr:`direction`)."""
+
+    ACCURACY = "accuracy"
+    MACS = "macs"
+    PARAMS = "params"
+    BYTES = "bytes"
+    LATENCY = "latency"
+
+    @property
+    def direction(self) -> Direction:
+        return Direction.MAXIMIZE if self is Objective.ACCURACY else Direction.MINIMIZE
+
+    @property
+    def is_cost(self) -> bool:
+        """A cost the analytic model computes (not accuracy, not measured latency)."""
+        return self.value in COST_METRICS
+
+
+COST_METRICS = ("macs", "params", "bytes")  # what a Budget limits and Cost holds, in this order
+
+
+class Method(StrEnum):
+    """Low-rank factorization methods (see :mod:`spaces._lowrank`)."""
+
+    SVD = "svd"
+    TUCKER2 = "tucker2"
+    TT = "tt"
+
+
+class Importance(StrEnum):
+    """Channel importance criteria (see :class:`spaces.ModelSpace`)."""
+
+    L1 = "l1"
+    L2 = "l2"
+    BN_SCALE = "bn_scale"
