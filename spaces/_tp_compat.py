@@ -14,12 +14,12 @@ zero channel count. It is idempotent. ``shape_infer.init_shape_information`` get
 recursively and gets wrong on ShuffleNet (``IndexError`` in the split mapping).
 
 Whatever the library maps, :class:`spaces.ModelSpace` verifies every group by
-masked-channel equivalence (see ``_space.py``) and excludes groups whose
+masked-channel equivalence (see ``_verify.py``) and excludes groups whose
 pruning would change the kept channels' outputs, so a wrong mapping can never
 produce a wrong model.
 
-Two more library limits are handled in ``_space.py`` rather than patched:
-grouped (non-depthwise) convolutions, whose input pruning in
+One more library limit is handled in ``_trace.py`` rather than patched: grouped
+(non-depthwise) convolutions, whose input pruning in
 ``ConvPruner.prune_in_channels`` keeps ``keep_idxs[:len(keep_idxs)//groups]``
 (wrong channels), are excluded from the space.
 """
@@ -138,7 +138,9 @@ def install() -> None:
         return
     from torch_pruning.dependency import graph, index_mapping, shape_infer
 
+    if graph.shape_infer is not shape_infer or not hasattr(shape_infer, "init_shape_information"):
+        # graph.py must call shape_infer.init_shape_information for the fix to take effect
+        raise ImportError("this torch-pruning version is not the layout spaces._tp_compat patches (1.5-1.6)")
     index_mapping.update_reshape_index_mapping = _update_reshape_index_mapping
     shape_infer.init_shape_information = _init_shape_information
-    assert graph.shape_infer is shape_infer  # graph.py calls shape_infer.init_shape_information
     _installed = True

@@ -1,0 +1,192 @@
+"""The house rules of ARCHITECTURE.md, checked on the source (AST) and on real imports."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("spaces", "evaluators", "search", "storage")
+
+# package -> the project packages and third-party modules it must never import (anywhere in it)
+FORBIDDEN: dict[str, set[str]] = {
+    "spaces": {"evaluators", "search", "storage", "optuna", "ray", "sqlalchemy", "pandas"},
+    "evaluators": {"search", "storage", "optuna", "ray", "sqlalchemy"},
+    "storage": {"evaluators", "search", "torch", "torchvision", "torch_pruning", "optuna.samplers", "ray"},
+    "search": set(),
+}
+
+# the layers inside spaces/, lowest first: a module imports (at run time) only from layers below its own
+SPACES_LAYERS = [
+    {"_vocab", "_errors"},
+    {"_plan", "_cost", "_tp_compat"},
+    {"_budget", "_lowrank"},
+    {"_trace"},
+    {"_costmodel", "_importance"},
+    {"_surgery"},
+    {"_verify", "_policy", "_allocate"},
+    {"_space"},
+    {"__init__"},
+]
+
+
+def _sources() -> list[Path]:
+    out = []
+    for pkg in (*PACKAGES, "tests", "bench", "scripts", "examples"):
+        out += sorted((ROOT / pkg).rglob("*.py"))
+    return out
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(path: Path, *, runtime_only: bool) -> list[tuple[int, str]]:
+    """(line, module) for every import in ``path``; relative imports resolved; optionally skip TYPE_CHECKING."""
+    tree = ast.parse(path.read_text(), str(path))
+    skip: set[int] = set()
+    if runtime_only:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and _is_type_checking(node):
+                skip |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = path.parent.relative_to(ROOT).parts
+                base = ".".join(parent[: len(parent) - node.level + 1] + ((base,) if base else ()))
+            out += [(node.lineno, f"{base}.{a.name}") for a in node.names] + [(node.lineno, base)]
+    return out
+
+
+def _matches(module: str, rule: str) -> bool:
+    return module == rule or module.startswith(rule + ".")
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_packages_import_only_downward(package: str) -> None:
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for line, module in _imports(path, runtime_only=False):
+            if any(_matches(module, rule) for rule in FORBIDDEN[package]):
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert not bad, "\n".join(bad)
+
+
+def test_spaces_modules_import_only_lower_layers() -> None:
+    layer_of = {name: i for i, names in enumerate(SPACES_LAYERS) for name in names}
+    files = sorted((ROOT / "spaces").glob("*.py"))
+    assert {p.stem for p in files} == set(layer_of), "a new spaces module needs its place in SPACES_LAYERS"
+    bad = []
+    for path in files:
+        for line, module in _imports(path, runtime_only=True):
+            parts = module.split(".")
+            if parts[0] != "spaces" or len(parts) < 2 or parts[1] not in layer_of:
+                continue
+            if layer_of[parts[1]] >= layer_of[path.stem] and path.stem != "__init__":
+                bad.append(f"spaces/{path.name}:{line} imports {module} (same or higher layer)")
+    assert not bad, "\n".join(bad)
+
+
+class _PrivateUse(ast.NodeVisitor):
+    """``x._name`` where ``x`` names a space (``space``, ``self.space``, ``big``...), and ``spaces._module``."""
+
+    def __init__(self, space_names: set[str]) -> None:
+        self.space_names = space_names
+        self.found: list[tuple[int, str]] = []
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        if node.attr.startswith("_") and not node.attr.startswith("__"):
+            owner = node.value
+            name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+            if name in self.space_names:
+                self.found.append((node.lineno, f"{name}.{node.attr}"))
+        self.generic_visit(node)
+
+
+def _space_variables(tree: ast.AST) -> set[str]:
+    """Names bound to ``ModelSpace(...)`` / ``ModelSpace`` annotations, plus the conventional ``space``."""
+    names = {"space", "_space"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            func = node.value.func
+            if getattr(func, "id", getattr(func, "attr", "")) == "ModelSpace":
+                for t in node.targets:
+                    names.add(t.attr if isinstance(t, ast.Attribute) else getattr(t, "id", ""))
+        elif isinstance(node, (ast.arg, ast.AnnAssign)):
+            ann = node.annotation
+            if ann is not None and "ModelSpace" in ast.unparse(ann):
+                target = node.arg if isinstance(node, ast.arg) else ast.unparse(node.target).split(".")[-1]
+                names.add(target)
+    return names - {""}
+
+
+def test_no_private_spaces_names_outside_spaces() -> None:
+    """Other packages, the benchmarks and the other tests use only the public interface of ``spaces``."""
+    bad = []
+    for path in _sources():
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] == "spaces" or rel.parts[:2] == ("tests", "spaces") or rel == Path(__file__).relative_to(ROOT):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for line, module in _imports(path, runtime_only=False):
+            parts = module.split(".")
+            if parts[0] == "spaces" and any(p.startswith("_") for p in parts[1:]):
+                bad.append(f"{rel}:{line} imports {module}")
+        visitor = _PrivateUse(_space_variables(tree))
+        visitor.visit(tree)
+        bad += [f"{rel}:{line} uses {what}" for line, what in visitor.found]
+    assert not bad, "\n".join(bad)
+
+
+def test_file_sizes() -> None:
+    lines = {p.relative_to(ROOT): len(p.read_text().splitlines()) for p in _sources()}
+    assert lines[Path("spaces/_space.py")] < 300
+    too_long = {str(p): n for p, n in lines.items() if n > 450}
+    assert not too_long
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import storage",
+        "import spaces; from spaces import Plan, Budget, Cost, PruneTuneError, Status, Objective, first_line",
+        "import search",
+        "import sys; sys.argv = ['prunetune', '--help']; from search.cli import main\ntry: main()\nexcept SystemExit: pass",
+    ],
+)
+def test_light_imports_do_not_load_torch(statement: str) -> None:
+    proc = _python(f"{statement}\nimport sys; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_help_answers_within_a_second() -> None:
+    cli = Path(sys.executable).with_name("prunetune")
+    cmd = [str(cli)] if cli.exists() else [sys.executable, "-m", "search.cli"]
+    best = float("inf")
+    for _ in range(3):  # best of three: a cold disk cache is not the CLI's fault
+        t0 = time.perf_counter()
+        proc = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        best = min(best, time.perf_counter() - t0)
+        assert proc.returncode == 0 and "prunetune" in proc.stdout
+    assert best < 1.0, f"prunetune --help took {best:.2f} s"
