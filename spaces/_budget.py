@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spaces._cost import Cost
+from spaces._errors import InputTypeError
 
 __all__ = ["Budget", "Limit"]
 
@@ -53,7 +54,7 @@ def _parse(metric: str, value: Any) -> Limit:
     if isinstance(value, Limit):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise TypeError(f"{rule}; got {value!r}")
+        raise InputTypeError(f"{rule}; got {value!r}")
     if isinstance(value, (int, float)):
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"{rule}; got {value!r}")
@@ -65,6 +66,11 @@ def _parse(metric: str, value: Any) -> Limit:
     if number <= 0:
         raise ValueError(f"{rule}; got {value!r}")
     if unit == "%":
+        if number > 100:
+            raise ValueError(
+                f"budget {metric} must be at most 100% of the base model, got {value!r}: "
+                "a larger budget leaves nothing to compress"
+            )
         return Limit(number / 100.0, relative=True)
     if unit == "":
         raise ValueError(f'{rule}; got {value!r}, which has no unit (write "{value.strip()}%" for a percentage)')

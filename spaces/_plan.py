@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from spaces._errors import PlanError
+from spaces._errors import InputTypeError, PlanError
 from spaces._vocab import Importance, Method
 
 __all__ = ["IMPORTANCES", "METHODS", "Plan"]
@@ -26,7 +26,7 @@ def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _check_rank(layer: str, rank: Any) -> int | float:
     if isinstance(rank, bool) or not isinstance(rank, (int, float)):
-        raise TypeError(f"rank of layer {layer!r} must be an int or a fraction in (0, 1], got {rank!r}")
+        raise InputTypeError(f"rank of layer {layer!r} must be an int or a fraction in (0, 1], got {rank!r}")
     if isinstance(rank, int):
         if rank < 1:
             raise PlanError(f"rank of layer {layer!r} must be >= 1, got {rank}")
@@ -63,13 +63,13 @@ class Plan:
 
     def __post_init__(self) -> None:
         if not isinstance(self.prune, Mapping):
-            raise TypeError(f"Plan.prune must be a mapping of group id to ratio, got {type(self.prune).__name__}")
+            raise InputTypeError(f"Plan.prune must be a mapping of group id to ratio, got {type(self.prune).__name__}")
         clean: dict[str, float] = {}
         for gid, ratio in self.prune.items():
             if not isinstance(gid, str):
-                raise TypeError(f"Plan.prune keys must be group ids (str), got {gid!r}")
+                raise InputTypeError(f"Plan.prune keys must be group ids (str), got {gid!r}")
             if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
-                raise TypeError(f"prune ratio of group {gid!r} must be a number, got {ratio!r}")
+                raise InputTypeError(f"prune ratio of group {gid!r} must be a number, got {ratio!r}")
             r = float(ratio)
             if not (0.0 <= r < 1.0) or math.isnan(r):
                 raise PlanError(f"prune ratio of group {gid!r} must be in [0, 1), got {ratio!r}")
@@ -77,7 +77,7 @@ class Plan:
                 clean[gid] = r
         object.__setattr__(self, "prune", _frozen(clean))
         if not isinstance(self.rank, Mapping) or not isinstance(self.method, Mapping):
-            raise TypeError("Plan.rank and Plan.method must be mappings keyed by layer name")
+            raise InputTypeError("Plan.rank and Plan.method must be mappings keyed by layer name")
         object.__setattr__(self, "rank", _frozen({str(k): _check_rank(k, v) for k, v in self.rank.items()}))
         for layer, m in self.method.items():
             if m not in METHODS:
@@ -111,7 +111,7 @@ class Plan:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
         if not isinstance(data, Mapping):
-            raise TypeError(f"a plan must be a JSON object, got {type(data).__name__}")
+            raise InputTypeError(f"a plan must be a JSON object, got {type(data).__name__}")
         known = {"format", "prune", "importance", "round_to", "rank", "method"}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -119,12 +119,20 @@ class Plan:
         fmt = data.get("format", _FORMAT)
         if fmt != _FORMAT:
             raise PlanError(f"plan format must be {_FORMAT}, got {fmt!r}")
+        maps = {}
+        for key, what in (("prune", "group id to ratio"), ("rank", "layer to rank"), ("method", "layer to method")):
+            value = data.get(key, {})
+            if not isinstance(value, Mapping):
+                raise InputTypeError(
+                    f"plan key {key!r} must be a JSON object mapping {what}, got {type(value).__name__} {value!r}"
+                )
+            maps[key] = dict(value)
         return cls(
-            prune=dict(data.get("prune", {})),
+            prune=maps["prune"],
             importance=data.get("importance"),
             round_to=data.get("round_to"),
-            rank=dict(data.get("rank", {})),
-            method=dict(data.get("method", {})),
+            rank=maps["rank"],
+            method=maps["method"],
         )
 
     @classmethod

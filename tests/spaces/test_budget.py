@@ -30,6 +30,8 @@ def test_parse_units_and_slack() -> None:
         ({"bytes": "8 parsecs"}, "unknown unit"),
         ({"macs": "lots"}, "got 'lots'"),
         ({}, "at least one limit"),
+        ({"macs": "150%"}, "at most 100% of the base model"),
+        ({"bytes": "100.5%"}, "nothing to compress"),
     ],
 )
 def test_bad_budgets(kwargs: dict, message: str) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spaces import ModelSpace, Plan, PlanError
+from spaces import InputTypeError, ModelSpace, Plan, PlanError
 from tests.spaces.models import MODELS
 
 
@@ -41,6 +41,20 @@ def test_bad_plan_json() -> None:
         Plan.from_json("{")
     with pytest.raises(TypeError, match="must be a number"):
         Plan({"conv1": "0.5"})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"prune": [1, 2]}', "plan key 'prune' must be a JSON object mapping group id to ratio, got list"),
+        ('{"prune": 5}', "plan key 'prune' must be a JSON object mapping group id to ratio, got int 5"),
+        ('{"rank": "x"}', "plan key 'rank' must be a JSON object mapping layer to rank"),
+        ('{"method": null}', "plan key 'method' must be a JSON object"),
+    ],
+)
+def test_plan_fields_of_the_wrong_type_are_named(text: str, message: str) -> None:
+    with pytest.raises(InputTypeError, match=message):
+        Plan.from_json(text)
 
 
 def test_validation_against_space(space: ModelSpace) -> None:
