@@ -103,8 +103,8 @@ def main() -> None:
             ("allocator: rank", {"prune": False}),
             ("allocator: joint", {}),
         ):
-            plan = space.allocate(budget, **kwargs)
-            rows.append((label, plan, space.last_allocation.seconds))
+            allocation = space.allocate(budget, **kwargs)
+            rows.append((label, allocation.plan, allocation.seconds))
         for label, plan, secs in rows:
             cost = space.cost(plan).ratio(base)
             acc, err = score(space.apply(plan), xva, yva, ref)
@@ -119,9 +119,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for frac in ("30%", "50%", "70%"):
         for label, kwargs in (("joint", {}), ("pruning", {"rank": False}), ("rank", {"prune": False})):
-            plan = big.allocate(Budget(macs=frac, params=frac), **kwargs)
-            info = big.last_allocation
-            r = big.cost(plan).ratio(big.base_cost)
+            info = big.allocate(Budget(macs=frac, params=frac), **kwargs)
+            r = big.cost(info.plan).ratio(big.base_cost)
             print(
                 f"| {frac} | {label} | {info.solver} | {info.seconds:.2f} | {info.rounds} "
                 f"| {r['macs']:.1%} | {r['params']:.1%} |"

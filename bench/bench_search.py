@@ -40,16 +40,16 @@ from torch import nn
 
 from evaluators import BNRecalibration, Context, FineTune, Recipe, evaluate_accuracy, load_data, train_baseline
 from search import Search, load_config
-from spaces import Budget, ModelSpace, Plan, measure_cost
+from spaces import Budget, ModelSpace, Plan, Status, measure_cost
 
 
 def tp_global_magnitude(base: nn.Module, example: torch.Tensor, macs_limit: float) -> tuple[nn.Module, float]:
-    """torch-pruning's global magnitude pruning at the largest ratio whose measured MACs meet the limit."""
+    """torch-pruning's global magnitude pruning at the largest ratio whose measured MACs meet the limit.
+
+    Call it after building a :class:`spaces.ModelSpace`: tracing one installs the
+    compatibility shim that torch-pruning needs on current PyTorch.
+    """
     import torch_pruning as tp
-
-    from spaces import _tp_compat
-
-    _tp_compat.install()
 
     def pruned(ratio: float) -> nn.Module:
         m = copy.deepcopy(base).eval()
@@ -75,7 +75,8 @@ def tp_global_magnitude(base: nn.Module, example: torch.Tensor, macs_limit: floa
             hi, best = mid, m
         else:
             lo = mid
-    assert best is not None, "torch-pruning never met the budget"
+    if best is None:
+        raise RuntimeError("torch-pruning never met the budget")
     return best, hi
 
 
@@ -117,7 +118,7 @@ def main() -> None:
         models: dict[str, nn.Module] = {
             "(a) uniform L1": space.apply(space.fit(space.uniform_plan(0.0), budget)),
             "(b) torch-pruning global magnitude": tp_global_magnitude(teacher, example, limit)[0],
-            "(c) allocator": space.apply(space.fit(space.allocate(budget, rank=False), budget)),
+            "(c) allocator": space.apply(space.fit(space.allocate(budget, rank=False).plan, budget)),
         }
         accs: dict[str, list[float]] = {k: [] for k in [*models, "(d) search, best of N"]}
         search_models = []
@@ -144,7 +145,8 @@ def main() -> None:
                 search = Search(cfg).prepare()
                 res = search.run()
                 wall += time.perf_counter() - t
-                done = [r for r in search.store.candidates(search.study_id) if r.status == "COMPLETE"]
+                prepared = search.prepared
+                done = prepared.store.candidates(prepared.study_id, status=Status.COMPLETE)
                 best = max(done, key=lambda r: (r.accuracy, -r.macs))
                 search_models.append(space.apply(Plan.from_json(best.plan)))
                 for k, v in res.timings.per_candidate().items():

@@ -42,7 +42,8 @@ def _row(name: str, size: int) -> str:
     measure_s = _time(lambda: measure_cost(pruned, x), 3)
     budget = Budget(macs="50%")
     fit_s = _time(lambda: space.fit(plan, budget), 5)
-    assert space.cost(plan) == measure_cost(pruned, x)
+    if space.cost(plan) != measure_cost(pruned, x):
+        raise RuntimeError(f"{name}: the analytic cost differs from the measured one")
     return (
         f"| {name} | {len(space.groups)} | {build:.2f} | {cost_s * 1e6:.0f} | {apply_s:.3f} | {measure_s:.3f} "
         f"| {fit_s * 1e3:.1f} | {(apply_s + measure_s) / cost_s:,.0f}x |"

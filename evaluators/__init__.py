@@ -17,7 +17,7 @@ from evaluators._evaluators import (
     default_evaluator,
     evaluate_accuracy,
 )
-from evaluators._models import build_model, load_weights
+from evaluators._models import build_model, load_weights, save_weights
 from evaluators._train import Baseline, Recipe, baseline_key, train_baseline
 from evaluators._zoo import ZOO
 
@@ -46,6 +46,7 @@ __all__ = [
     "load_weights",
     "read_idx",
     "resolve_device",
+    "save_weights",
     "seed_everything",
     "train_baseline",
 ]

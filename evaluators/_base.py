@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 from evaluators._data import DataBundle
-from spaces._errors import first_line
+from spaces import Status, first_line
 
 __all__ = ["COMPLETE", "FAIL", "PRUNED", "Context", "Evaluator", "Metrics", "resolve_device", "seed_everything"]
 
-COMPLETE, FAIL, PRUNED = "COMPLETE", "FAIL", "PRUNED"
+# aliases of the candidate statuses an evaluation ends with (spaces.Status is the vocabulary)
+COMPLETE, FAIL, PRUNED = Status.COMPLETE, Status.FAIL, Status.PRUNED
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -46,13 +47,13 @@ class Metrics:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     steps: int = 0
-    status: str = COMPLETE
+    status: Status = Status.COMPLETE
     reason: str | None = None
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, intermediate val accuracy)
 
     @property
     def ok(self) -> bool:
-        return self.status == COMPLETE
+        return self.status == Status.COMPLETE
 
     def merge(self, other: Metrics) -> Metrics:
         """``other`` (a later step) on top of this one; times and steps add up."""
@@ -63,7 +64,7 @@ class Metrics:
             train_seconds=self.train_seconds + other.train_seconds,
             eval_seconds=self.eval_seconds + other.eval_seconds,
             steps=self.steps + other.steps,
-            status=other.status if other.status != COMPLETE else self.status,
+            status=other.status if other.status != Status.COMPLETE else self.status,
             reason=other.reason or self.reason,
             history=self.history + other.history,
         )

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from spaces import InputTypeError
+
 __all__ = ["DEFAULT_FASHION_MNIST_DIR", "DataBundle", "load_data", "read_idx"]
 
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -151,13 +153,15 @@ def _factory(spec: str) -> tuple[Dataset, Dataset]:
 
     result = import_factory(spec, "data")()
     if not (isinstance(result, tuple) and len(result) == 2):
-        raise TypeError(f"data factory {spec!r} must return (train, val), got {type(result).__name__}")
+        raise InputTypeError(f"data factory {spec!r} must return (train, val), got {type(result).__name__}")
     out = []
     for part in result:
         if isinstance(part, DataLoader):
             part = part.dataset
         if not isinstance(part, Dataset):
-            raise TypeError(f"data factory {spec!r} must return datasets or DataLoaders, got {type(part).__name__}")
+            raise InputTypeError(
+                f"data factory {spec!r} must return datasets or DataLoaders, got {type(part).__name__}"
+            )
         out.append(part)
     return out[0], out[1]
 
@@ -197,7 +201,7 @@ def load_data(spec: str, *, data_dir: str | Path | None = None, seed: int = 0, v
         raise ValueError(f"{which} data of {spec!r} is empty")
     x0 = train[0][0]
     if not isinstance(x0, torch.Tensor) or x0.dim() < 2:
-        raise TypeError(f"samples of {spec!r} must be (tensor [C, ...], label), got {type(x0).__name__}")
+        raise InputTypeError(f"samples of {spec!r} must be (tensor [C, ...], label), got {type(x0).__name__}")
     return DataBundle(
         spec=spec,
         train=train,

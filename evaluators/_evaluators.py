@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evaluators._base import COMPLETE, FAIL, PRUNED, Context, Evaluator, Metrics, check_model_fits, seed_everything
+from evaluators._base import Context, Evaluator, Metrics, check_model_fits, seed_everything
 from evaluators._data import _endless
+from spaces import Status
 
 __all__ = ["Accuracy", "BNRecalibration", "FineTune", "Latency", "Pipeline", "default_evaluator", "evaluate_accuracy"]
 
@@ -184,7 +185,7 @@ class FineTune(Evaluator):
                     eval_time += time.perf_counter() - e0
                     metrics.history.append((step, acc))
                     if context.callback is not None and context.callback(step, acc) is False:
-                        metrics.status, metrics.reason = PRUNED, f"stopped at step {step} (accuracy {acc:.4f})"
+                        metrics.status, metrics.reason = Status.PRUNED, f"stopped at step {step} (accuracy {acc:.4f})"
                         break
         model.eval()
         metrics.train_seconds = time.perf_counter() - t - eval_time
@@ -194,7 +195,7 @@ class FineTune(Evaluator):
 
     @staticmethod
     def _failed(metrics: Metrics, step: int, t: float, reason: str) -> Metrics:
-        metrics.status, metrics.reason, metrics.steps = FAIL, reason, step - 1
+        metrics.status, metrics.reason, metrics.steps = Status.FAIL, reason, step - 1
         metrics.train_seconds = time.perf_counter() - t
         return metrics
 
@@ -268,7 +269,7 @@ class Pipeline(Evaluator):
         metrics = Metrics()
         for step in self.steps:
             metrics = metrics.merge(step.evaluate(model, context))
-            if metrics.status != COMPLETE:
+            if metrics.status != Status.COMPLETE:
                 break
         return metrics
 

@@ -11,16 +11,18 @@ Specs:
 from __future__ import annotations
 
 import importlib
+import os
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from spaces import UnsupportedModelError
-from spaces._errors import first_line
+from spaces import InputTypeError, UnsupportedModelError, first_line
 
-__all__ = ["build_model", "import_factory", "load_weights"]
+__all__ = ["build_model", "import_factory", "load_weights", "save_weights"]
 
 
 def import_factory(spec: str, what: str) -> Any:
@@ -109,7 +111,7 @@ def build_model(spec: str, *, in_channels: int | None = None, num_classes: int |
             first = first_line(exc, "")
             raise UnsupportedModelError(f"model factory {spec!r} raised {type(exc).__name__}: {first}") from exc
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model factory {spec!r} must return a torch.nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"model factory {spec!r} must return a torch.nn.Module, got {type(model).__name__}")
     return model
 
 
@@ -143,3 +145,27 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
             f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:2]})"
         )
     return model
+
+
+def save_weights(weights: nn.Module | Mapping[str, torch.Tensor], path: str | Path) -> Path:
+    """Write a model's state dict (or a state dict) to the safetensors file ``path``, atomically.
+
+    The tensors go to a temporary file beside ``path`` that then replaces it, so
+    readers (and a process killed mid-write) only ever see no file, the old
+    one or the complete new one. Returns ``path``.
+    """
+    state = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p

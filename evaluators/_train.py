@@ -16,7 +16,7 @@ from torch import nn
 from evaluators._base import Context, check_model_fits, resolve_device, seed_everything
 from evaluators._data import DataBundle
 from evaluators._evaluators import _autocast, _layout, _prepare, _progress, evaluate_accuracy
-from evaluators._models import build_model
+from evaluators._models import build_model, save_weights
 
 __all__ = ["Baseline", "Recipe", "baseline_key", "train_baseline"]
 
@@ -68,7 +68,7 @@ def train_baseline(
     progress: bool = False,
 ) -> Baseline:
     """Train ``model_spec`` on ``data`` (or reuse the cached weights for the same spec, data, recipe and seed)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     recipe = recipe or Recipe()
     dev = resolve_device(device)
@@ -88,11 +88,9 @@ def train_baseline(
     accuracy, _ = evaluate_accuracy(model, context)
     seconds = time.perf_counter() - t
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     meta = {"model": model_spec, "data": data.spec, "recipe": asdict(recipe), "seed": seed}
     meta_path.write_text(json.dumps({**meta, "accuracy": accuracy, "seconds": seconds}, indent=2))
-    tmp.replace(path)  # the weights appear only when complete
+    save_weights(model, path)  # the weights appear only when complete
     return Baseline(model.eval(), accuracy, seconds, path, False)
 
 

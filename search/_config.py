@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from search._samplers import Sampler
+from spaces import Importance, Method, Objective
+
 __all__ = ["Config", "config_flags", "load_config"]
 
 
@@ -47,11 +50,11 @@ class BudgetConfig(_Section):
 
 
 class SpaceConfig(_Section):
-    importance: Literal["l1", "l2", "bn_scale"] = "l1"
+    importance: Importance = Importance.L1
     round_to: int = Field(1, ge=1)
     max_ratio: float = Field(0.8, gt=0, lt=1, description="largest prune ratio the sampler proposes per group")
     rank: bool = Field(False, description="also search per-layer low-rank factorization")
-    method: Literal["svd", "tucker2", "tt"] = "svd"
+    method: Method = Method.SVD
     ignored_layers: list[str] = Field(default_factory=list)
 
 
@@ -76,8 +79,8 @@ class EvaluateConfig(_Section):
 class SearchConfig(_Section):
     study: str | None = Field(None, description="study name (default: the config file's stem)")
     candidates: int = Field(30, ge=1, description="candidates the study evaluates in total, over all workers")
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
-    objectives: list[Literal["accuracy", "macs", "params", "bytes", "latency"]] = ["accuracy", "macs"]
+    sampler: Sampler = Sampler.TPE
+    objectives: list[Objective] = [Objective.ACCURACY, Objective.MACS]
     seed_plans: list[Literal["allocator", "uniform"]] = ["allocator", "uniform"]
     seed: int = 0
     worker: int = Field(0, ge=0, description="distinct number per parallel worker (salts the sampler)")
@@ -85,9 +88,12 @@ class SearchConfig(_Section):
 
     @field_validator("objectives")
     @classmethod
-    def _objectives(cls, v: list[str]) -> list[str]:
-        if not v or v[0] != "accuracy" or len(set(v)) != len(v) or len(v) < 2:
-            raise ValueError(f"objectives must start with 'accuracy', add at least one cost and not repeat, got {v}")
+    def _objectives(cls, v: list[Objective]) -> list[Objective]:
+        if not v or v[0] is not Objective.ACCURACY or len(set(v)) != len(v) or len(v) < 2:
+            shown = [o.value for o in v]
+            raise ValueError(
+                f"objectives must start with 'accuracy', add at least one cost and not repeat, got {shown}"
+            )
         return v
 
 

@@ -14,7 +14,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+from spaces import Status
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from storage import StudyStore
 
 __all__ = ["export_candidate", "load_exported"]
 
@@ -22,22 +29,22 @@ FORMAT = 1
 
 
 def export_candidate(
-    store: Any, study: str, out: str | Path, *, trial: int | None = None, candidate: int | None = None
+    store: StudyStore, study: str, out: str | Path, *, trial: int | None = None, candidate: int | None = None
 ) -> Path:
     """Write ``plan.json``, ``weights.safetensors`` and ``model.json`` of one COMPLETE candidate to ``out``."""
     info = store.study(study)
     if (trial is None) == (candidate is None):
         raise ValueError("export needs exactly one of a trial number or a candidate id")
     if trial is not None:
-        row = store.candidate(info["id"], trial_number=trial)
+        row = store.candidate(info.id, trial_number=trial)
     else:
-        rows = [r for r in store.candidates(info["id"]) if r.id == candidate]
-        if not rows:
-            raise ValueError(f"study {study!r} has no candidate {candidate}")
-        row = rows[0]
-    if row.status != "COMPLETE":
+        try:
+            row = store.candidate(info.id, id=candidate)
+        except ValueError:
+            raise ValueError(f"study {study!r} has no candidate {candidate}") from None
+    if row.status is not Status.COMPLETE:
         raise ValueError(
-            f"trial {row.trial_number} of study {study!r} is {row.status}, not COMPLETE: nothing to export"
+            f"trial {row.trial_number} of study {study!r} is {row.status.value}, not COMPLETE: nothing to export"
         )
     if not row.artifact or not Path(row.artifact).is_file():
         raise ValueError(
@@ -48,11 +55,11 @@ def export_candidate(
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(row.artifact, out / "weights.safetensors")
     (out / "plan.json").write_text(row.plan + "\n")
-    opts = info["space_options"]
+    opts = info.space_options
     meta = {
         "format": FORMAT,
-        "model": info["model_spec"],
-        "data": info["data_spec"],
+        "model": info.model_spec,
+        "data": info.data_spec,
         "input_shape": opts.get("input_shape"),
         "num_classes": opts.get("num_classes"),
         "in_channels": opts.get("in_channels"),
@@ -69,7 +76,7 @@ def export_candidate(
     return out
 
 
-def load_exported(path: str | Path) -> Any:
+def load_exported(path: str | Path) -> nn.Module:
     """The compressed model of an export directory, in eval mode on the CPU."""
     import torch
     from safetensors.torch import load_file

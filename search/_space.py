@@ -12,16 +12,21 @@ scales the kept-channel proportions; so what the sampler really chooses is the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from spaces import ModelSpace, Plan
+from spaces import Method, Plan
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution, FloatDistribution
+
+    from spaces import ModelSpace
 
 __all__ = ["distributions", "params_from_plan", "plan_from_params"]
 
 _RANK_STEP = 0.1
 
 
-def _rank_layers(space: ModelSpace, method: str) -> dict[str, int]:
+def _rank_layers(space: ModelSpace, method: Method | str) -> dict[str, int]:
     """Factorizable layers (for ``method``) with a break-even rank of at least 2."""
     out = {}
     for g in space.layers:
@@ -32,17 +37,19 @@ def _rank_layers(space: ModelSpace, method: str) -> dict[str, int]:
     return out
 
 
-def distributions(space: ModelSpace, *, max_ratio: float, rank: bool, method: str) -> dict[str, Any]:
+def distributions(
+    space: ModelSpace, *, max_ratio: float, rank: bool, method: Method | str
+) -> dict[str, BaseDistribution]:
     from optuna.distributions import FloatDistribution
 
-    out: dict[str, Any] = {f"prune:{g.id}": FloatDistribution(0.0, max_ratio) for g in space.groups}
+    out: dict[str, BaseDistribution] = {f"prune:{g.id}": FloatDistribution(0.0, max_ratio) for g in space.groups}
     if rank:
         for name in _rank_layers(space, method):
             out[f"rank:{name}"] = FloatDistribution(_RANK_STEP, 1.0, step=_RANK_STEP)
     return out
 
 
-def plan_from_params(space: ModelSpace, params: dict[str, Any], *, method: str) -> Plan:
+def plan_from_params(space: ModelSpace, params: dict[str, Any], *, method: Method | str) -> Plan:
     prune, ranks = {}, {}
     channels = {g.id: g.channels for g in space.groups}
     mur = _rank_layers(space, method) if any(k.startswith("rank:") for k in params) else {}
@@ -62,14 +69,16 @@ def plan_from_params(space: ModelSpace, params: dict[str, Any], *, method: str) 
     )
 
 
-def params_from_plan(space: ModelSpace, plan: Plan, dists: dict[str, Any], *, method: str) -> dict[str, Any]:
+def params_from_plan(
+    space: ModelSpace, plan: Plan, dists: dict[str, BaseDistribution], *, method: Method | str
+) -> dict[str, Any]:
     """The sampler parameters closest to ``plan`` (to tell the sampler about seed plans)."""
     params: dict[str, Any] = {}
     mur = _rank_layers(space, method)
     for key, dist in dists.items():
         kind, _, name = key.partition(":")
         if kind == "prune":
-            params[key] = min(float(plan.prune.get(name, 0.0)), dist.high)
+            params[key] = min(float(plan.prune.get(name, 0.0)), cast("FloatDistribution", dist).high)
         else:
             spec = plan.rank.get(name)
             if spec is None or plan.method_of(name) != method:

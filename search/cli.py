@@ -1,8 +1,10 @@
 """The ``prunetune`` command line.
 
-Heavy imports (torch, torch-pruning, fvcore) happen inside the commands, so
-``prunetune --help`` answers at once. Bad input of any kind ends with one line
-on stderr and exit code 2.
+Heavy imports (torch, torch-pruning, fvcore, optuna, SQLAlchemy) happen inside
+the commands, so ``prunetune --help`` answers at once. Bad input (a
+:class:`spaces.PruneTuneError` or one of our ``ValueError``) ends with one line
+on stderr and exit code 2; anything else, a bare ``TypeError`` included, is a
+bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -10,13 +12,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from spaces import Importance, PruneTuneError, Status, UsageError, first_line
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from spaces import Budget, ModelSpace
+    from storage import CandidateRow, StudyStore
 
 __all__ = ["main"]
-
-
-class UsageError(Exception):
-    """A bad command-line value (exit code 2)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,7 +58,7 @@ def _ratios(text: str) -> list[float]:
     return vals
 
 
-def _budget(text: str) -> Any:
+def _budget(text: str) -> Budget:
     from spaces import Budget
 
     parts = {}
@@ -62,7 +69,7 @@ def _budget(text: str) -> Any:
         parts[key.strip()] = value.strip()
     try:
         return Budget.from_dict(parts)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, PruneTuneError) as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
@@ -123,7 +130,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_layers(console: Any, space: Any) -> None:
+def _print_layers(console: Console, space: ModelSpace) -> None:
     from rich.table import Table
 
     base = space.base_cost.macs or 1
@@ -146,11 +153,11 @@ def _print_layers(console: Any, space: Any) -> None:
         console.print(f"not factorizable: {len(space.not_factorizable)} layers (e.g. depthwise/grouped convolutions)")
 
 
-def _print_allocation(console: Any, space: Any, budget: Any) -> None:
+def _print_allocation(console: Console, space: ModelSpace, budget: Budget) -> None:
     from rich.table import Table
 
-    plan = space.allocate(budget)
-    info = space.last_allocation
+    info = space.allocate(budget)
+    plan = info.plan
     cost = space.cost(plan)
     ratio = cost.ratio(space.base_cost)
     title = (
@@ -165,8 +172,7 @@ def _print_allocation(console: Any, space: Any, budget: Any) -> None:
     for g, k in zip(space.groups, keep, strict=True):
         if k < g.channels:
             table.add_row(g.id, f"{k}/{g.channels}", "")
-    factors = space._factors(plan, keep)
-    for name, (_, ranks) in factors.items():
+    for name, (_, ranks) in space.resolved_ranks(plan).items():
         table.add_row(name, "", str(ranks[0]))
     console.print(table)
     console.print(f"plan: {plan.to_json()}", soft_wrap=True, markup=False)
@@ -176,7 +182,7 @@ def _pct(v: float | None, base: float | None) -> str:
     return f"{100 * v / base:.1f}%" if v is not None and base else "-"
 
 
-def _front_table(title: str, rows: Sequence[Any], base_cost: dict[str, Any]) -> Any:
+def _front_table(title: str, rows: Sequence[CandidateRow], base_cost: dict[str, Any]) -> Table:
     from rich.table import Table
 
     from storage import plan_summary
@@ -212,17 +218,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from search._config import load_config
-    from search._study import Search
+    from search._study import RunResult, Search
 
     cfg = load_config(args.config, _overrides(args))
     err = Console(stderr=True)
     out = Console()
     search = Search(cfg)
     with err.status(f"preparing study {cfg.search.study!r} (data, baseline, space, allocator)"):
-        search.prepare(progress=False)
+        p = search.prepare(progress=False).prepared
     err.print(
-        f"study {cfg.search.study!r} in {search.store.display_url}: base accuracy {search.base_accuracy:.4f}, "
-        f"{len(search.space.groups)} groups, budget {search.budget.to_dict()}"
+        f"study {p.study!r} in {p.store.display_url}: base accuracy {p.base_accuracy:.4f}, "
+        f"{len(p.space.groups)} groups, budget {p.budget.to_dict()}"
     )
     target = cfg.search.candidates
     with Progress(
@@ -234,11 +240,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         console=err,
         disable=args.quiet,
     ) as bar:
-        done0 = search.store.count(search.study_id)
+        done0 = p.store.count(p.study_id)
         task = bar.add_task("run", total=target, completed=min(done0, target), info="")
 
-        def update(res: Any) -> None:
-            front = search.store.front(search.study_id)
+        def update(res: RunResult) -> None:
+            front = p.store.front(p.study_id)
             best = max((r.accuracy for r in front if r.accuracy is not None), default=None)
             info = f"best {best:.4f} within budget, front {len(front)}" if best is not None else "no result yet"
             bar.update(task, completed=min(res.total, target), info=info)
@@ -260,11 +266,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_study(args: argparse.Namespace) -> tuple[Any, str]:
-    from pathlib import Path
-
-    from sqlalchemy.engine import make_url
-
+def _open_study(args: argparse.Namespace) -> tuple[StudyStore, str]:
     from search._config import load_config
     from storage import StudyStore
 
@@ -273,16 +275,7 @@ def _open_study(args: argparse.Namespace) -> tuple[Any, str]:
         cfg = load_config(args.config)
         url = url or cfg.storage.url
         study = study or cfg.search.study
-    url = url or "sqlite:///prunetune.db"
-    try:
-        parsed = make_url(url)
-    except Exception:
-        parsed = None
-    if parsed is not None and parsed.get_backend_name() == "sqlite":
-        db = parsed.database or ""
-        if db and db != ":memory:" and not Path(db).is_file():
-            raise UsageError(f"no study database at {db!r}: run `prunetune run CONFIG.toml` first or pass --storage")
-    store = StudyStore(url)
+    store = StudyStore.open_existing(url or "sqlite:///prunetune.db")
     if study is None:
         names = store.study_names()
         if len(names) != 1:
@@ -296,9 +289,9 @@ def _cmd_front(args: argparse.Namespace) -> int:
 
     store, study = _open_study(args)
     info = store.study(study)
-    rows = store.front(info["id"])
-    total = store.count(info["id"])
-    Console().print(_front_table(f"Pareto front of {study!r} ({len(rows)} of {total})", rows, info["base_cost"]))
+    rows = store.front(info.id)
+    total = store.count(info.id)
+    Console().print(_front_table(f"Pareto front of {study!r} ({len(rows)} of {total})", rows, info.base_cost))
     return 0
 
 
@@ -307,24 +300,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     store, study = _open_study(args)
     info = store.study(study)
-    rows = store.candidates(info["id"])
+    rows = store.candidates(info.id)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
-    done = [r for r in rows if r.status == "COMPLETE" and r.accuracy is not None]
+    done = [r for r in rows if r.status is Status.COMPLETE and r.accuracy is not None]
     best = max(done, key=lambda r: r.accuracy or 0.0, default=None)
     c = Console()
-    c.print(f"study {study!r}: model {info['model_spec']} on {info['data_spec']}, budget {info['budget']}")
-    base_acc = info["base_accuracy"]
+    c.print(f"study {study!r}: model {info.model_spec} on {info.data_spec}, budget {info.budget}")
+    base_acc = info.base_accuracy
     c.print(f"base accuracy {base_acc:.4f}" if base_acc is not None else "base accuracy unknown")
     c.print(f"candidates: {len(rows)} (" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")")
-    c.print(f"front: {len(store.front(info['id']))} candidates")
+    c.print(f"front: {len(store.front(info.id))} candidates")
     if best is not None:
         c.print(
             f"best accuracy within budget: {best.accuracy:.4f} (trial {best.trial_number}, "
-            f"MACs {_pct(best.macs, info['base_cost'].get('macs'))})"
+            f"MACs {_pct(best.macs, info.base_cost.get('macs'))})"
         )
-    running = [r for r in rows if r.status == "RUNNING"]
+    running = [r for r in rows if r.status is Status.RUNNING]
     for r in running:
         c.print(f"running: candidate {r.id} (trial {r.trial_number}) on {r.worker}, attempt {r.attempts}")
     return 0
@@ -365,7 +358,7 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument(
         "--ratios", type=_ratios, default=[0.3, 0.5], help="uniform prune ratios to cost (default 0.3,0.5)"
     )
-    ins.add_argument("--importance", choices=("l1", "l2", "bn_scale"), default="l1")
+    ins.add_argument("--importance", choices=[i.value for i in Importance], default=Importance.L1.value)
     ins.add_argument("--round-to", type=int, default=1)
     ins.add_argument(
         "--budget",
@@ -406,15 +399,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from spaces import PruneTuneError
-    from spaces._errors import first_line
-
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         print("prunetune: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (PruneTuneError, ValueError, TypeError, UsageError) as exc:
+    except (PruneTuneError, ValueError) as exc:  # bad input (UsageError, InputTypeError, ...): one line
         message = first_line(exc)
         print(f"prunetune: error: {message}", file=sys.stderr)
         return 2

@@ -11,8 +11,9 @@ exception root, the vocabulary, ``Plan``, ``Budget``) do not import torch;
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from spaces._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from spaces._allocate import (
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
         UsageError as UsageError,
         first_line as first_line,
     )
+    from spaces._lazy import lazy_exports as lazy_exports
     from spaces._lowrank import (
         LayerGeom as LayerGeom,
         factorize_layer as factorize_layer,
@@ -84,6 +86,7 @@ _WHERE = {
     "UnsupportedModelError": "_errors",
     "UsageError": "_errors",
     "first_line": "_errors",
+    "lazy_exports": "_lazy",
     "LayerGeom": "_lowrank",
     "factorize_layer": "_lowrank",
     "IMPORTANCES": "_plan",
@@ -130,19 +133,10 @@ __all__ = [
     "factorize_layer",
     "first_line",
     "fit",
+    "lazy_exports",
     "measure_cost",
     "uniform_plan",
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'spaces' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"spaces.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

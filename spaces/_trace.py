@@ -124,16 +124,8 @@ def trace(model: nn.Module, example_inputs: tuple[Any, ...], ignored: set[str]) 
                 ignored_layers=[model.get_submodule(n) for n in sorted(ignored)], root_module_types=CONV + LINEAR
             )
         )
-    out = Trace(
-        model=model,
-        example_inputs=example_inputs,
-        order=order,
-        spatial=spatial,
-        geoms=geoms,
-        not_factorizable=not_factorizable,
-        base_output=base_output,
-        ignored_layers=tuple(sorted(ignored, key=lambda n: order.get(n, 0))),
-    )
+    ignored_layers = tuple(sorted(ignored, key=lambda n: order.get(n, 0)))
+    out = Trace(model, example_inputs, order, spatial, geoms, not_factorizable, base_output, ignored_layers)
     for g in raw_groups:
         _add_group(out, dg, names, g)
     position = sorted(range(len(out.groups)), key=lambda i: order.get(out.groups[i].id, 1 << 30))

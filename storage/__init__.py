@@ -1,32 +1,51 @@
 """The SQL study store (SQLAlchemy): studies, candidates, plans, metrics and the Pareto front.
 
 SQLite (WAL, busy timeout) is the embedded default; PostgreSQL serves many workers.
+
+Imports are lazy (PEP 562): ``import storage`` loads neither SQLAlchemy nor
+pandas (the reports); each name's module is imported when the name is first used.
 """
 
-from storage._pareto import pareto_front
-from storage._report import candidates_frame, plan_summary, write_report
-from storage._store import (
-    OBJECTIVES,
-    SCHEMA_VERSION,
-    STATUSES,
-    CandidateRow,
-    StoreError,
-    StudyFullError,
-    StudyMismatchError,
-    StudyStore,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from spaces import lazy_exports
+
+if TYPE_CHECKING:
+    from storage._errors import StoreError, StudyFullError, StudyMismatchError
+    from storage._pareto import pareto_front
+    from storage._report import candidates_frame, plan_summary, write_report
+    from storage._schema import SCHEMA_VERSION, CandidateRow, StudyRecord
+    from storage._store import StudyStore
 
 __all__ = [
-    "OBJECTIVES",
     "SCHEMA_VERSION",
-    "STATUSES",
     "CandidateRow",
     "StoreError",
     "StudyFullError",
     "StudyMismatchError",
+    "StudyRecord",
     "StudyStore",
     "candidates_frame",
     "pareto_front",
     "plan_summary",
     "write_report",
 ]
+
+_WHERE = {
+    "SCHEMA_VERSION": "_schema",
+    "CandidateRow": "_schema",
+    "StoreError": "_errors",
+    "StudyFullError": "_errors",
+    "StudyMismatchError": "_errors",
+    "StudyRecord": "_schema",
+    "StudyStore": "_store",
+    "candidates_frame": "_report",
+    "pareto_front": "_pareto",
+    "plan_summary": "_report",
+    "write_report": "_report",
+}
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from storage._store import StudyStore
 
 __all__ = ["candidates_frame", "plan_summary", "write_report"]
 
@@ -26,20 +31,20 @@ def plan_summary(plan_json: str, channels: dict[str, int] | None = None, limit: 
     return "; ".join(parts) or "unchanged"
 
 
-def candidates_frame(store: Any, study: str) -> Any:
+def candidates_frame(store: StudyStore, study: str) -> pd.DataFrame:
     """All candidates of ``study`` as a DataFrame, with shares of the base cost and a front flag."""
     import pandas as pd
 
     info = store.study(study)
-    base = info["base_cost"]
-    front = {r.id for r in store.front(info["id"])}
+    base = info.base_cost
+    front = {r.id for r in store.front(info.id)}
     rows = []
-    for r in store.candidates(info["id"]):
+    for r in store.candidates(info.id):
         rows.append(
             {
                 "trial": r.trial_number,
                 "candidate": r.id,
-                "status": r.status,
+                "status": r.status.value,
                 "accuracy": r.accuracy,
                 "macs": r.macs,
                 "macs_pct": 100 * r.macs / base["macs"] if r.macs is not None and base.get("macs") else None,
@@ -62,7 +67,7 @@ def candidates_frame(store: Any, study: str) -> Any:
     return pd.DataFrame(rows, columns=columns)
 
 
-def write_report(store: Any, study: str, out: str | Path) -> list[Path]:
+def write_report(store: StudyStore, study: str, out: str | Path) -> list[Path]:
     """``candidates.csv``, ``front.csv`` and ``report.md`` of ``study`` in ``out``; returns the paths."""
     info = store.study(study)
     df = candidates_frame(store, study)
@@ -73,15 +78,15 @@ def write_report(store: Any, study: str, out: str | Path) -> list[Path]:
     front = df[df["on_front"]].sort_values("macs")
     front.to_csv(paths[1], index=False)
     counts = df["status"].value_counts().to_dict()
-    base_acc = info["base_accuracy"]
+    base_acc = info.base_accuracy
     shown = ["trial", "accuracy", "macs_pct", "params_pct", "latency_ms", "plan"]
     lines = [
         f"# PruneTune study `{study}`",
         "",
-        f"- model `{info['model_spec']}` on `{info['data_spec']}`, budget {json.dumps(info['budget'])}",
-        f"- base: accuracy {base_acc:.4f}, MACs {info['base_cost']['macs']:,}, params {info['base_cost']['params']:,}"
+        f"- model `{info.model_spec}` on `{info.data_spec}`, budget {json.dumps(info.budget)}",
+        f"- base: accuracy {base_acc:.4f}, MACs {info.base_cost['macs']:,}, params {info.base_cost['params']:,}"
         if base_acc is not None
-        else f"- base: MACs {info['base_cost']['macs']:,}, params {info['base_cost']['params']:,}",
+        else f"- base: MACs {info.base_cost['macs']:,}, params {info.base_cost['params']:,}",
         f"- candidates: {len(df)} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})",
         "",
         f"## Pareto front ({len(front)} candidates)",

@@ -1,17 +1,17 @@
 """``StudyStore``: studies, candidates and the Pareto front in one SQL database.
 
 One URL serves everything (SQLite embedded by default, PostgreSQL for many
-workers). Every write is one transaction: a killed process never leaves a
-half-written candidate, and the ``pareto`` table is rewritten in the same
-transaction that completes a candidate, so outside readers can query the
-current front with plain SQL::
+workers), Optuna's RDB storage included (:meth:`StudyStore.optuna_storage`).
+Every write is one transaction: a killed process never leaves a half-written
+candidate, and the ``pareto`` table is rewritten in the same transaction that
+completes a candidate, so outside readers can query the current front with
+plain SQL::
 
     SELECT c.* FROM prunetune_candidates c
     JOIN prunetune_pareto p ON p.candidate_id = c.id
     JOIN prunetune_studies s ON s.id = c.study_id WHERE s.name = 'my-study';
 
-Our tables are prefixed ``prunetune_`` because Optuna's RDB storage shares the
-database (it owns ``studies``, ``trials``, ...).
+The tables are declared in :mod:`storage._schema`.
 
 Workers: a candidate is RUNNING under one ``worker`` ("host:pid") that renews
 its ``heartbeat``; :meth:`StudyStore.claim_stale` hands the candidates of a
@@ -23,186 +23,40 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, timedelta
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import (
-    JSON,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-    func,
-    select,
-    update,
-)
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
-from spaces import PruneTuneError
-from spaces._errors import first_line
+from spaces import Direction, Objective, PruneTuneError, Status, first_line
+from storage._engine import create_racing, engine_for, missing_sqlite_file, optuna_storage, parse_url
+from storage._errors import StoreError, StudyFullError, StudyMismatchError
 from storage._pareto import pareto_front
+from storage._schema import (
+    SCHEMA_VERSION,
+    Base,
+    CandidateRow,
+    CandidateTable,
+    MetaTable,
+    ParetoTable,
+    StudyRecord,
+    StudyTable,
+    candidate_row,
+    now,
+    study_record,
+)
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "STATUSES",
-    "CandidateRow",
-    "StoreError",
-    "StudyFullError",
-    "StudyMismatchError",
-    "StudyStore",
-]
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
 
-SCHEMA_VERSION = 1
-STATUSES = ("RUNNING", "COMPLETE", "FAIL", "PRUNED")
+__all__ = ["StudyStore"]
 
-
-class StoreError(PruneTuneError):
-    """The database cannot be reached or used."""
-
-
-class StudyMismatchError(PruneTuneError, ValueError):
-    """A study name is reused with a different model, data or budget."""
-
-
-class StudyFullError(PruneTuneError):
-    """The study already holds as many candidates as it may (``reserve(limit=...)``)."""
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-class _Base(DeclarativeBase):
-    pass
-
-
-class _Meta(_Base):
-    __tablename__ = "prunetune_meta"
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(String(256))
-
-
-class _Study(_Base):
-    __tablename__ = "prunetune_studies"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(256), unique=True)
-    model_spec: Mapped[str] = mapped_column(Text)
-    data_spec: Mapped[str] = mapped_column(Text)
-    budget: Mapped[dict[str, Any]] = mapped_column(JSON)
-    space_options: Mapped[dict[str, Any]] = mapped_column(JSON)
-    base_cost: Mapped[dict[str, Any]] = mapped_column(JSON)
-    base_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
-    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class _Candidate(_Base):
-    __tablename__ = "prunetune_candidates"
-    __table_args__ = (UniqueConstraint("study_id", "plan_hash", name="uq_candidate_plan"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey("prunetune_studies.id", ondelete="CASCADE"), index=True)
-    trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    plan: Mapped[str] = mapped_column(Text)
-    plan_hash: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
-    macs: Mapped[float | None] = mapped_column(Float, nullable=True)
-    params: Mapped[float | None] = mapped_column(Float, nullable=True)
-    bytes: Mapped[float | None] = mapped_column(Float, nullable=True)
-    latency_ms: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    history: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # [[step, accuracy], ...]
-    artifact: Mapped[str | None] = mapped_column(Text, nullable=True)  # weights file of the evaluated model
-    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=1)
-    heartbeat: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
-
-
-class _Pareto(_Base):
-    __tablename__ = "prunetune_pareto"
-    study_id: Mapped[int] = mapped_column(ForeignKey("prunetune_studies.id", ondelete="CASCADE"), primary_key=True)
-    candidate_id: Mapped[int] = mapped_column(
-        ForeignKey("prunetune_candidates.id", ondelete="CASCADE"), primary_key=True
-    )
-
-
-@dataclass(frozen=True)
-class CandidateRow:
-    id: int
-    trial_number: int | None
-    plan: str
-    plan_hash: str
-    status: str
-    accuracy: float | None
-    macs: float | None
-    params: float | None
-    bytes: float | None
-    latency_ms: dict[str, Any] | None
-    seconds: float | None
-    error: str | None
-    history: list[Any] | None = None
-    artifact: str | None = None
-    worker: str | None = None
-    attempts: int = 1
-
-    @property
-    def latency(self) -> float | None:
-        """Latency in ms at the first measured batch size (the ``latency`` objective)."""
-        return next(iter(self.latency_ms.values())) if self.latency_ms else None
-
-    def objective(self, name: str) -> float | None:
-        return self.latency if name == "latency" else getattr(self, name)
-
-
-def _row(c: _Candidate) -> CandidateRow:
-    return CandidateRow(
-        c.id, c.trial_number, c.plan, c.plan_hash, c.status, c.accuracy, c.macs, c.params, c.bytes,
-        c.latency_ms, c.seconds, c.error, c.history, c.artifact, c.worker, c.attempts or 1,
-    )  # fmt: skip
-
-
-OBJECTIVES = ("accuracy", "macs", "params", "bytes", "latency")
-
-
-def _engine(url: str) -> Engine:
-    if not isinstance(url, str) or not url:
-        raise ValueError(f"storage URL must be a non-empty string like sqlite:///prunetune.db, got {url!r}")
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise ValueError(
-            f"malformed storage URL {url!r}: use sqlite:///path.db or postgresql+psycopg://user@host/db"
-        ) from None
-    backend = parsed.get_backend_name()
-    if backend not in ("sqlite", "postgresql"):
-        raise ValueError(f"storage URL {url!r} names backend {backend!r}; PruneTune supports sqlite and postgresql")
-    if backend == "postgresql" and parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    if backend == "sqlite":
-        engine = create_engine(parsed, connect_args={"timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(conn: Any, _record: Any) -> None:
-            cur = conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        return engine
-    return create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+_FINISHED = tuple(s.value for s in Status if s.finished)  # what finish() records
+_OBJECTIVES = tuple(o.value for o in Objective)
 
 
 class StudyStore:
@@ -215,30 +69,39 @@ class StudyStore:
 
     def __init__(self, url: str = "sqlite:///prunetune.db") -> None:
         self.url = url
-        self._engine = _engine(url)
-        for attempt in range(5):
-            try:
-                self._create_schema()
-                break
-            except OperationalError as exc:
-                raise StoreError(f"cannot open storage {self.display_url}: {first_line(exc.orig or exc)}") from None
-            except (IntegrityError, ProgrammingError):
-                # workers starting together race to create the tables (PostgreSQL's catalog is not
-                # transactional for CREATE TABLE IF NOT EXISTS); the loser retries and finds them
-                if attempt == 4:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
+        self._engine = engine_for(parse_url(url))
+        try:
+            create_racing(self._create_schema)
+        except OperationalError as exc:
+            raise StoreError(f"cannot open storage {self.display_url}: {first_line(exc.orig or exc)}") from None
+
+    @classmethod
+    def open_existing(cls, url: str) -> StudyStore:
+        """The store at ``url``; unlike the constructor, refuses a SQLite file that does not exist yet."""
+        missing = missing_sqlite_file(url)
+        if missing is not None:
+            raise StoreError(
+                f"no study database at {missing!r}: run `prunetune run CONFIG.toml` first or pass --storage"
+            )
+        return cls(url)
 
     def _create_schema(self) -> None:
-        _Base.metadata.create_all(self._engine)
+        Base.metadata.create_all(self._engine)
         with Session(self._engine) as s, s.begin():
-            meta = s.get(_Meta, "schema_version")
+            meta = s.get(MetaTable, "schema_version")
             if meta is None:
-                s.add(_Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                s.add(MetaTable(key="schema_version", value=str(SCHEMA_VERSION)))
             elif int(meta.value) != SCHEMA_VERSION:
                 raise StoreError(
                     f"database {self.display_url} has schema version {meta.value}, this PruneTune uses {SCHEMA_VERSION}"
                 )
+
+    def optuna_storage(self) -> RDBStorage:
+        """Optuna's RDB storage on this database (its tables created race-safe, as ours are)."""
+        try:
+            return optuna_storage(self._engine.url)
+        except OperationalError as exc:
+            raise StoreError(f"cannot open storage {self.display_url}: {first_line(exc.orig or exc)}") from None
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -295,9 +158,9 @@ class StudyStore:
 
     def _ensure_study(self, name: str, fields: dict[str, Any]) -> int:
         with self._session() as s:
-            study = s.scalar(select(_Study).where(_Study.name == name))
+            study = s.scalar(select(StudyTable).where(StudyTable.name == name))
             if study is None:
-                study = _Study(name=name, **fields)
+                study = StudyTable(name=name, **fields)
                 s.add(study)
                 s.flush()
                 return study.id
@@ -311,20 +174,17 @@ class StudyStore:
                     )
             return study.id
 
-    def study(self, name: str) -> dict[str, Any]:
+    def study(self, name: str) -> StudyRecord:
+        """Study ``name`` (ValueError if the store has none of that name)."""
         with self._session() as s:
-            st = s.scalar(select(_Study).where(_Study.name == name))
+            st = s.scalar(select(StudyTable).where(StudyTable.name == name))
             if st is None:
                 raise ValueError(f"no study named {name!r} in {self.display_url}")
-            return {
-                "id": st.id, "name": st.name, "model_spec": st.model_spec, "data_spec": st.data_spec,
-                "budget": st.budget, "space_options": st.space_options, "base_cost": st.base_cost,
-                "base_accuracy": st.base_accuracy, "created": st.created,
-            }  # fmt: skip
+            return study_record(st)
 
     def study_names(self) -> list[str]:
         with self._session() as s:
-            return list(s.scalars(select(_Study.name).order_by(_Study.id)))
+            return list(s.scalars(select(StudyTable.name).order_by(StudyTable.id)))
 
     # ---------------------------------------------------------------- candidates
     def reserve(
@@ -346,36 +206,36 @@ class StudyStore:
         """
         try:
             with self._session() as s:
-                s.execute(select(_Study.id).where(_Study.id == study_id).with_for_update())
-                c = _Candidate(
+                s.execute(select(StudyTable.id).where(StudyTable.id == study_id).with_for_update())
+                c = CandidateTable(
                     study_id=study_id,
                     trial_number=trial_number,
                     plan=plan_json,
                     plan_hash=plan_hash,
-                    status="RUNNING",
+                    status=Status.RUNNING,
                     worker=worker,
                 )
                 s.add(c)
                 s.flush()  # takes SQLite's write lock before counting
                 if limit is not None:
-                    n = s.scalar(select(func.count()).where(_Candidate.study_id == study_id)) or 0
+                    n = s.scalar(select(func.count()).where(CandidateTable.study_id == study_id)) or 0
                     if n > limit:
                         raise StudyFullError(f"study already holds its {limit} candidates")
                 return c.id
         except IntegrityError:
             return None
 
-    def count(self, study_id: int, status: str | None = None) -> int:
+    def count(self, study_id: int, status: Status | str | None = None) -> int:
         with self._session() as s:
-            q = select(func.count()).where(_Candidate.study_id == study_id)
+            q = select(func.count()).where(CandidateTable.study_id == study_id)
             if status is not None:
-                q = q.where(_Candidate.status == status)
+                q = q.where(CandidateTable.status == status)
             return int(s.scalar(q) or 0)
 
     def heartbeat(self, candidate_id: int) -> None:
         """Tell other workers that the candidate's worker is alive."""
         with self._session() as s:
-            s.execute(update(_Candidate).where(_Candidate.id == candidate_id).values(heartbeat=_now()))
+            s.execute(update(CandidateTable).where(CandidateTable.id == candidate_id).values(heartbeat=now()))
 
     def claim_stale(
         self, study_id: int, worker: str, *, grace_seconds: float, is_dead: Callable[[str | None], bool]
@@ -387,13 +247,13 @@ class StudyStore:
         owner, so two workers never claim the same candidate; its ``attempts``
         goes up by one and its previous worker is recorded in ``error``.
         """
-        cutoff = _now() - timedelta(seconds=grace_seconds)
+        cutoff = now() - timedelta(seconds=grace_seconds)
         claimed = []
         with self._session() as s:
             rows = list(
                 s.execute(
-                    select(_Candidate.id, _Candidate.worker, _Candidate.heartbeat).where(
-                        _Candidate.study_id == study_id, _Candidate.status == "RUNNING"
+                    select(CandidateTable.id, CandidateTable.worker, CandidateTable.heartbeat).where(
+                        CandidateTable.study_id == study_id, CandidateTable.status == Status.RUNNING
                     )
                 )
             )
@@ -406,28 +266,32 @@ class StudyStore:
                 continue
             with self._session() as s:
                 done = s.execute(
-                    update(_Candidate)
+                    update(CandidateTable)
                     .where(
-                        _Candidate.id == cid,
-                        _Candidate.status == "RUNNING",
-                        _Candidate.worker.is_(owner) if owner is None else _Candidate.worker == owner,
+                        CandidateTable.id == cid,
+                        CandidateTable.status == Status.RUNNING,
+                        CandidateTable.worker.is_(owner) if owner is None else CandidateTable.worker == owner,
                     )
                     .values(
                         worker=worker,
-                        heartbeat=_now(),
-                        attempts=_Candidate.attempts + 1,
+                        heartbeat=now(),
+                        attempts=CandidateTable.attempts + 1,
                         error=f"retried: worker {owner} stopped while evaluating it",
                     )
                 )
                 if done.rowcount == 1:  # type: ignore[attr-defined]
                     claimed.append(cid)
         with self._session() as s:
-            return [_row(c) for c in s.scalars(select(_Candidate).where(_Candidate.id.in_(claimed)))] if claimed else []
+            return (
+                [candidate_row(c) for c in s.scalars(select(CandidateTable).where(CandidateTable.id.in_(claimed)))]
+                if claimed
+                else []
+            )
 
     def finish(
         self,
         candidate_id: int,
-        status: str,
+        status: Status | str,
         *,
         accuracy: float | None = None,
         cost: Mapping[str, float] | None = None,
@@ -437,19 +301,19 @@ class StudyStore:
         history: Sequence[Sequence[float]] | None = None,
         artifact: str | None = None,
         trial_number: int | None = None,
-        objectives: Sequence[str] = ("accuracy", "macs"),
+        objectives: Sequence[Objective | str] = (Objective.ACCURACY, Objective.MACS),
     ) -> None:
         """Record a candidate's outcome and, in the same transaction, the study's Pareto front."""
-        if status not in STATUSES or status == "RUNNING":
-            raise ValueError(f"status must be one of COMPLETE, FAIL, PRUNED, got {status!r}")
-        bad = [o for o in objectives if o not in OBJECTIVES]
-        if bad:
-            raise ValueError(f"objectives must be among {', '.join(OBJECTIVES)}, got {bad[0]!r}")
+        if status not in _FINISHED:
+            raise ValueError(f"status must be one of {', '.join(_FINISHED)}, got {status!r}")
+        if any(o not in _OBJECTIVES for o in objectives):
+            bad = next(o for o in objectives if o not in _OBJECTIVES)
+            raise ValueError(f"objectives must be among {', '.join(_OBJECTIVES)}, got {bad!r}")
         with self._session() as s:
-            c = s.get(_Candidate, candidate_id)
+            c = s.get(CandidateTable, candidate_id)
             if c is None:
                 raise ValueError(f"no candidate with id {candidate_id}")
-            c.status, c.accuracy, c.seconds, c.error = status, accuracy, seconds, error
+            c.status, c.accuracy, c.seconds, c.error = Status(status), accuracy, seconds, error
             if cost is not None:
                 c.macs, c.params, c.bytes = cost.get("macs"), cost.get("params"), cost.get("bytes")
             c.latency_ms = {str(k): v for k, v in latency_ms.items()} if latency_ms else None
@@ -458,64 +322,81 @@ class StudyStore:
             if trial_number is not None:
                 c.trial_number = trial_number
             s.flush()
-            self._update_front(s, c.study_id, objectives)
+            self._update_front(s, c.study_id, [Objective(o) for o in objectives])
 
     def fail_running(self, study_id: int, reason: str = "left RUNNING by a stopped worker") -> int:
         """Mark the study's RUNNING candidates FAIL (after a crash); returns how many."""
         with self._session() as s:
-            rows = s.scalars(select(_Candidate).where(_Candidate.study_id == study_id, _Candidate.status == "RUNNING"))
+            rows = s.scalars(
+                select(CandidateTable).where(
+                    CandidateTable.study_id == study_id, CandidateTable.status == Status.RUNNING
+                )
+            )
             n = 0
             for c in rows:
-                c.status, c.error = "FAIL", reason
+                c.status, c.error = Status.FAIL, reason
                 n += 1
             return n
 
     def delete(self, candidate_id: int) -> None:
         """Remove a candidate (e.g. a failed one, so that its plan may be retried)."""
         with self._session() as s:
-            c = s.get(_Candidate, candidate_id)
+            c = s.get(CandidateTable, candidate_id)
             if c is not None:
                 s.delete(c)
 
     def candidate(
-        self, study_id: int, *, trial_number: int | None = None, plan_hash: str | None = None
+        self,
+        study_id: int,
+        *,
+        id: int | None = None,  # noqa: A002 (the candidate's id, as CandidateRow.id)
+        trial_number: int | None = None,
+        plan_hash: str | None = None,
     ) -> CandidateRow:
-        """One candidate by trial number or plan hash (ValueError if there is none)."""
+        """One candidate of the study by id, trial number or plan hash (all given must match); ValueError if none."""
+        keys = {"id": id, "trial": trial_number, "plan": plan_hash}
+        given = {k: v for k, v in keys.items() if v is not None}
+        if not given:
+            raise ValueError("candidate() needs an id, a trial_number or a plan_hash")
         with self._session() as s:
-            q = select(_Candidate).where(_Candidate.study_id == study_id)
+            q = select(CandidateTable).where(CandidateTable.study_id == study_id)
+            if id is not None:
+                q = q.where(CandidateTable.id == id)
             if trial_number is not None:
-                q = q.where(_Candidate.trial_number == trial_number)
+                q = q.where(CandidateTable.trial_number == trial_number)
             if plan_hash is not None:
-                q = q.where(_Candidate.plan_hash == plan_hash)
-            c = s.scalars(q.order_by(_Candidate.id)).first()
+                q = q.where(CandidateTable.plan_hash == plan_hash)
+            c = s.scalars(q.order_by(CandidateTable.id)).first()
             if c is None:
-                what = f"trial {trial_number}" if trial_number is not None else f"plan {plan_hash}"
+                what = " and ".join(f"{k} {v}" for k, v in given.items())
                 raise ValueError(f"the study has no candidate for {what}")
-            return _row(c)
+            return candidate_row(c)
 
-    def candidates(self, study_id: int, status: str | None = None) -> list[CandidateRow]:
+    def candidates(self, study_id: int, status: Status | str | None = None) -> list[CandidateRow]:
         with self._session() as s:
-            q = select(_Candidate).where(_Candidate.study_id == study_id)
+            q = select(CandidateTable).where(CandidateTable.study_id == study_id)
             if status is not None:
-                q = q.where(_Candidate.status == status)
-            return [_row(c) for c in s.scalars(q.order_by(_Candidate.id))]
+                q = q.where(CandidateTable.status == status)
+            return [candidate_row(c) for c in s.scalars(q.order_by(CandidateTable.id))]
 
     def front(self, study_id: int) -> list[CandidateRow]:
         with self._session() as s:
             q = (
-                select(_Candidate)
-                .join(_Pareto, _Pareto.candidate_id == _Candidate.id)
-                .where(_Pareto.study_id == study_id)
-                .order_by(_Candidate.macs, _Candidate.id)
+                select(CandidateTable)
+                .join(ParetoTable, ParetoTable.candidate_id == CandidateTable.id)
+                .where(ParetoTable.study_id == study_id)
+                .order_by(CandidateTable.macs, CandidateTable.id)
             )
-            return [_row(c) for c in s.scalars(q)]
+            return [candidate_row(c) for c in s.scalars(q)]
 
     @staticmethod
-    def _update_front(s: Session, study_id: int, objectives: Sequence[str]) -> None:
+    def _update_front(s: Session, study_id: int, objectives: Sequence[Objective]) -> None:
         done = [
-            _row(c)
+            candidate_row(c)
             for c in s.scalars(
-                select(_Candidate).where(_Candidate.study_id == study_id, _Candidate.status == "COMPLETE")
+                select(CandidateTable).where(
+                    CandidateTable.study_id == study_id, CandidateTable.status == Status.COMPLETE
+                )
             )
         ]
         points = []
@@ -523,9 +404,10 @@ class StudyStore:
             vals = []
             for obj in objectives:
                 v = c.objective(obj)
-                vals.append(None if v is None else (-v if obj == "accuracy" else v))  # minimise all
+                maximize = obj.direction is Direction.MAXIMIZE
+                vals.append(None if v is None else (-v if maximize else v))  # minimise all
             points.append(vals)
         keep = pareto_front(points)
-        s.query(_Pareto).filter(_Pareto.study_id == study_id).delete()
+        s.query(ParetoTable).filter(ParetoTable.study_id == study_id).delete()
         for i in keep:
-            s.add(_Pareto(study_id=study_id, candidate_id=done[i].id))
+            s.add(ParetoTable(study_id=study_id, candidate_id=done[i].id))

@@ -48,3 +48,26 @@ def test_weights_round_trip_without_pickle(tmp_path: Path) -> None:
     torch.save({"model": src}, tmp_path / "pickled.pt")  # a pickled module is refused
     with pytest.raises(ValueError, match="weights_only=True"):
         load_weights(src, tmp_path / "pickled.pt")
+
+
+def test_save_weights_is_atomic_and_loads_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import safetensors.torch
+
+    from evaluators import save_weights
+
+    model = build_model("zoo:resnet20", num_classes=10)
+    path = save_weights(model, tmp_path / "w" / "m.safetensors")
+    other = build_model("zoo:resnet20", num_classes=10)
+    load_weights(other, path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True))
+    before = path.read_bytes()
+
+    def dies_mid_write(tensors: dict, filename: str) -> None:
+        Path(filename).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        save_weights({"w": torch.ones(2)}, path)
+    assert path.read_bytes() == before  # the old file, whole; no temporary file left behind
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.safetensors"]

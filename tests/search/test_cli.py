@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,33 @@ def test_bad_budget_flag_exits_2() -> None:
     proc = _cli("inspect", "--model", "zoo:resnet20", "--budget", "macs=40")
     assert proc.returncode == 2
     assert "no unit" in proc.stderr
+
+
+def test_a_bare_type_error_is_a_bug_with_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    import search.cli
+
+    def broken(args: object) -> int:
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    monkeypatch.setattr(search.cli, "_cmd_status", broken)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["status", "--storage", "sqlite:///unused.db"])
+
+
+def test_a_missing_study_database_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "none.db"
+    assert main(["front", "--storage", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"prunetune: error: no study database at {str(db)!r}: run `prunetune run CONFIG.toml` first or pass --storage"
+    )
+    assert not db.exists()
+
+
+def test_help_is_fast_and_imports_no_torch() -> None:
+    code = (
+        "import sys\nfrom search.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'optuna', 'sqlalchemy', 'pandas') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -18,17 +18,17 @@ from evaluators import Context, evaluate_accuracy, load_data
 from search import load_config, load_exported
 from search.cli import main
 from spaces import Plan
-from storage import StudyStore
+from storage import StudyRecord, StudyStore
 from tests.search.conftest import ConfigMaker, write_config
 
 PG_URL = os.environ.get("PRUNETUNE_TEST_POSTGRES_URL")
 
 
-def _rows(cfg: Path) -> tuple[StudyStore, dict, list]:
+def _rows(cfg: Path) -> tuple[StudyStore, StudyRecord, list]:
     c = load_config(cfg)
     store = StudyStore(c.storage.url)
     info = store.study(c.search.study or "")
-    return store, info, store.candidates(info["id"])
+    return store, info, store.candidates(info.id)
 
 
 def _brute_front(rows: list, objectives: tuple[str, ...] = ("accuracy", "macs")) -> set[int]:
@@ -53,11 +53,11 @@ def test_run_fills_the_study_within_budget_and_resumes(make_config: ConfigMaker,
     store, info, rows = _rows(cfg)
     assert len(rows) == 6 and {r.status for r in rows} <= {"COMPLETE", "PRUNED", "FAIL"}
     assert len({r.plan_hash for r in rows}) == 6
-    base = info["base_cost"]
+    base = info.base_cost
     for r in rows:  # every stored candidate meets the budget (50% of the base MACs)
         assert r.macs is not None and r.macs <= 0.5 * base["macs"]
         assert Plan.from_json(r.plan).hash == r.plan_hash
-    assert {r.id for r in store.front(info["id"])} == _brute_front(rows)
+    assert {r.id for r in store.front(info.id)} == _brute_front(rows)
     # the allocator's and the uniform plan come first, then the sampler's; Optuna knows every candidate
     study = optuna.load_study(study_name="t", storage=load_config(cfg).storage.url)
     trials = {t.number: t for t in study.get_trials()}
@@ -80,7 +80,7 @@ def test_export_then_load_reproduces_accuracy(make_config: ConfigMaker, tmp_path
     cfg = make_config(search__candidates=2)
     assert main(["run", str(cfg), "--quiet"]) == 0
     store, info, _ = _rows(cfg)
-    best = max(store.front(info["id"]), key=lambda r: r.accuracy)
+    best = max(store.front(info.id), key=lambda r: r.accuracy)
     out = tmp_path / "export"
     assert main(["export", str(cfg), "--trial", str(best.trial_number), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "plan.json", "weights.safetensors"]
@@ -119,7 +119,7 @@ def test_rank_and_latency_objectives(make_config: ConfigMaker) -> None:
     assert any(Plan.from_json(r.plan).rank for r in rows)  # the joint allocator factorizes some layers
     done = [r for r in rows if r.status == "COMPLETE"]
     assert done and all(r.latency is not None and r.latency > 0 for r in done)
-    front = {r.id for r in store.front(info["id"])}
+    front = {r.id for r in store.front(info.id)}
     assert front == _brute_front(rows, ("accuracy", "macs", "latency"))
 
 
@@ -209,11 +209,11 @@ def test_two_workers_on_postgresql_share_one_study(make_config: ConfigMaker, pg_
         _, err = w.communicate(timeout=300)
         assert w.returncode == 0, err
     store = StudyStore(pg_url)
-    rows = store.candidates(store.study(name)["id"])
+    rows = store.candidates(store.study(name).id)
     assert len(rows) == 10 and len({r.plan_hash for r in rows}) == 10
     assert {r.status for r in rows} <= {"COMPLETE", "PRUNED", "FAIL"}
     assert len({r.worker for r in rows}) == 2  # both worked
-    assert {r.id for r in store.front(store.study(name)["id"])} == _brute_front(rows)
+    assert {r.id for r in store.front(store.study(name).id)} == _brute_front(rows)
 
 
 @pytest.fixture(scope="module")

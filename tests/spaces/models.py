@@ -47,15 +47,16 @@ class ResNet20(nn.Module):
             blocks = [_Block(widths[s - 1] if b == 0 else widths[s], widths[s], 2 if s > 1 and b == 0 else 1)
                       for b in range(3)]  # fmt: skip
             setattr(self, f"layer{s}", nn.Sequential(*blocks))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(64, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(64, num_classes)
+        convs = [m for m in self.modules() if isinstance(m, nn.Conv2d)]
+        for conv in convs:  # He init, in module order (the zoo's ResNet-20 draws the same weights)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        return self.fc(self.pool(self.layer3(self.layer2(self.layer1(x)))).flatten(1))
+        h = self.relu(self.bn1(self.conv1(x)))
+        for stage in (self.layer1, self.layer2, self.layer3):
+            h = stage(h)
+        return self.fc(self.pool(h).flatten(1))
 
 
 class _Stack(nn.Module):

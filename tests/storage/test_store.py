@@ -181,3 +181,38 @@ def test_latency_objective_uses_the_first_batch_size(url: str) -> None:
     assert [r.latency for r in store.front(sid)] == [3.0, 1.0]
     with pytest.raises(ValueError, match="objectives must be among"):
         store.finish(cid, "COMPLETE", objectives=("accuracy", "flops"))
+
+
+def test_study_is_a_frozen_record(url: str) -> None:
+    import dataclasses
+
+    from storage import StudyRecord
+
+    store = StudyStore(url)
+    name = "rec-" + uuid.uuid4().hex[:6]
+    sid = _study(store, name)
+    info = store.study(name)
+    assert isinstance(info, StudyRecord)
+    assert (info.id, info.name, info.model_spec, info.data_spec) == (sid, name, "zoo:resnet20", "digits")
+    assert (info.budget, info.space_options, info.base_accuracy) == ({"macs": "50%"}, {"importance": "l1"}, 0.98)
+    assert info.base_cost == {"macs": 1000, "params": 100, "bytes": 400} and info.created is not None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.name = "other"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="no study named 'missing'"):
+        store.study("missing")
+
+
+def test_candidate_by_id_trial_or_plan_hash(url: str) -> None:
+    store = StudyStore(url)
+    sid, other = _study(store), _study(store)
+    a = store.reserve(sid, "{}", "ha", trial_number=3)
+    b = store.reserve(other, "{}", "hb", trial_number=3)
+    assert a is not None and b is not None
+    assert store.candidate(sid, id=a).plan_hash == "ha"
+    assert store.candidate(sid, trial_number=3).id == a
+    assert store.candidate(sid, plan_hash="ha").id == a
+    assert store.candidate(sid, id=a, trial_number=3, plan_hash="ha").id == a
+    with pytest.raises(ValueError, match=f"the study has no candidate for id {b}"):
+        store.candidate(sid, id=b)  # another study's candidate
+    with pytest.raises(ValueError, match="needs an id, a trial_number or a plan_hash"):
+        store.candidate(sid)

@@ -1,0 +1,243 @@
+"""One candidate's life: reserve → apply → evaluate → record.
+
+Whatever schedules candidates (the local Optuna driver of :mod:`search._study`,
+or a Ray driver) hands a repaired plan to a :class:`CandidateRunner`, which
+
+1. **reserves** it in the store as RUNNING under this worker (``None`` when the
+   study already holds the same plan; :class:`storage.StudyFullError` when the
+   study is full), so no plan is evaluated twice, even by two workers;
+2. **applies** it to the base model and **evaluates** the result (BN
+   recalibration, quick fine-tune with the early-stop rule of
+   :mod:`search._early_stop`, accuracy, latency if asked) while a heartbeat
+   thread tells other workers that this one is alive;
+3. saves the fine-tuned weights (atomically) to
+   ``artifacts/studies/<study>/<id>.safetensors`` when the candidate completes;
+4. **records** the outcome: the scheduler is told first (its ``record``
+   callback returns the trial number, if it keeps trials), then the candidate
+   row and the Pareto table are written in one transaction.
+
+A worker killed in the middle leaves its candidate RUNNING; another worker
+claims it later (``StudyStore.claim_stale``, judged by :func:`is_dead`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from search._early_stop import EarlyStop
+from spaces import Objective, Status
+
+if TYPE_CHECKING:
+    from evaluators import Metrics
+    from search._prepare import Prepared
+    from spaces import Cost, Plan
+    from storage import StudyStore
+
+__all__ = [
+    "CandidateRunner",
+    "Outcome",
+    "Recorder",
+    "Timings",
+    "is_dead",
+    "objective_values",
+    "worker_id",
+]
+
+log = logging.getLogger("prunetune")
+
+Recorder = Callable[[Status, list[float] | None], int | None]
+"""Tells the scheduler a candidate's status and objective values; returns its trial number, if any."""
+
+
+def worker_id() -> str:
+    """This process as a worker: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def is_dead(owner: str | None) -> bool:
+    """True when ``owner`` ("host:pid") is a process of this host that no longer runs."""
+    if not owner:
+        return True
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine: only its heartbeat can tell
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def objective_values(
+    objectives: Sequence[Objective], accuracy: float, cost: Mapping[str, float], latency: float | None
+) -> list[float]:
+    """The values of ``objectives`` (in order) for a completed candidate; NaN for an unmeasured latency."""
+    out = []
+    for obj in objectives:
+        if obj is Objective.ACCURACY:
+            out.append(accuracy)
+        elif obj is Objective.LATENCY:
+            out.append(float(latency) if latency is not None else float("nan"))
+        else:
+            out.append(float(cost[obj.value]))
+    return out
+
+
+@dataclass
+class Timings:
+    """Seconds this worker spent per phase, summed over candidates."""
+
+    sample: float = 0.0
+    repair: float = 0.0
+    apply: float = 0.0
+    evaluate: float = 0.0
+    store: float = 0.0
+    candidates: int = 0
+
+    def per_candidate(self) -> dict[str, float]:
+        n = max(self.candidates, 1)
+        return {k: getattr(self, k) / n for k in ("sample", "repair", "apply", "evaluate", "store")}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a candidate's evaluation ended (as recorded)."""
+
+    status: Status
+    values: list[float] | None  # the objectives' values when COMPLETE (what the scheduler was told)
+    metrics: Metrics
+    reason: str | None
+    artifact: str | None  # the saved weights (COMPLETE only)
+    trial_number: int | None
+
+
+class _Heartbeat:
+    """Renews a RUNNING candidate's heartbeat from a daemon thread."""
+
+    def __init__(self, store: StudyStore, candidate_id: int, interval: float) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(store, candidate_id, interval), daemon=True)
+
+    def _run(self, store: StudyStore, cid: int, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                store.heartbeat(cid)
+            except Exception as exc:  # a lost heartbeat must not kill the evaluation
+                log.warning("heartbeat of candidate %s failed: %s", cid, exc)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class CandidateRunner:
+    """Lives candidates of one prepared study for one worker (see the module docs for the steps).
+
+    ``timings`` (shared with the driver) collects the apply, evaluate and store seconds.
+    """
+
+    def __init__(self, prepared: Prepared, worker: str, timings: Timings) -> None:
+        self.prepared = prepared
+        self.worker = worker
+        self.timings = timings
+
+    def reserve(self, plan: Plan, trial_number: int | None = None) -> int | None:
+        """The new RUNNING candidate's id; ``None`` if the study holds this plan; StudyFullError when full."""
+        p = self.prepared
+        t0 = time.perf_counter()
+        cid = p.store.reserve(
+            p.study_id,
+            plan.to_json(),
+            plan.hash,
+            trial_number,
+            worker=self.worker,
+            limit=p.config.search.candidates,
+        )
+        self.timings.store += time.perf_counter() - t0
+        return cid
+
+    def early_stop(self, cost: Cost) -> EarlyStop | None:
+        """The early-stop rule against the study's completed candidates (``None`` when it is off)."""
+        p = self.prepared
+        e = p.config.evaluate
+        if not (e.early_stop and e.eval_every):
+            return None
+        costs = [o for o in p.objectives if o.is_cost]
+        rule = EarlyStop([getattr(cost, o.value) for o in costs], e.early_stop_margin)
+        for row in p.store.candidates(p.study_id, status=Status.COMPLETE):
+            rule.add([row.objective(o) for o in costs], row.history)
+        return rule
+
+    def evaluate(self, cid: int, plan: Plan, cost: Cost, record: Recorder) -> Outcome:
+        """Apply and evaluate reserved candidate ``cid``, tell ``record``, then store the outcome."""
+        from evaluators import Context, Metrics, save_weights
+
+        p = self.prepared
+        e = p.config.evaluate
+        rule = self.early_stop(cost)
+        t0 = time.perf_counter()
+        with _Heartbeat(p.store, cid, min(30.0, p.config.storage.grace_seconds / 4)):
+            model = p.space.apply(plan)
+            t1 = time.perf_counter()
+            context = Context(
+                data=p.data,
+                teacher=p.base_model if e.kd_weight > 0 else None,
+                device=p.device,
+                seed=e.seed,
+                batch_size=e.batch_size,
+                max_val_samples=e.max_val_samples,
+                callback=rule,
+            )
+            try:
+                metrics = p.evaluator.evaluate(model, context)
+            except (ValueError, RuntimeError) as exc:  # e.g. a shape error the space did not foresee
+                metrics = Metrics(status=Status.FAIL, reason=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            t2 = time.perf_counter()
+            artifact = None
+            if metrics.status == Status.COMPLETE:
+                path = save_weights(model, p.artifacts / f"{cid}.safetensors")
+                artifact = str(path.resolve())
+        status = Status(metrics.status)
+        reason = rule.reason if status is Status.PRUNED and rule is not None and rule.reason else metrics.reason
+        latency = next(iter(metrics.latency_ms.values()), None) if metrics.latency_ms else None
+        cdict = cost.as_dict()
+        values = None
+        if status is Status.COMPLETE and metrics.accuracy is not None:
+            values = objective_values(p.objectives, metrics.accuracy, cdict, latency)
+        number = record(status, values)
+        last = metrics.history[-1][1] if metrics.history else None
+        p.store.finish(
+            cid,
+            status,
+            accuracy=metrics.accuracy if status is Status.COMPLETE else last,
+            cost=cdict,
+            latency_ms=metrics.latency_ms or None,
+            seconds=t2 - t0,
+            error=reason,
+            history=metrics.history,
+            artifact=artifact,
+            trial_number=number,
+            objectives=p.objectives,
+        )
+        self.timings.apply += t1 - t0
+        self.timings.evaluate += t2 - t1
+        self.timings.store += time.perf_counter() - t2
+        self.timings.candidates += 1
+        return Outcome(
+            status=status, values=values, metrics=metrics, reason=reason, artifact=artifact, trial_number=number
+        )

@@ -1,0 +1,166 @@
+"""Everything a study needs before its first candidate, checked before any write: :func:`prepare`.
+
+It loads the data, trains (or loads) the baseline, traces the space, repairs
+the uniform plan onto the budget (an infeasible budget fails here), and opens
+the study in the store. Bad input of any kind raises a one-line
+``ValueError``/``PruneTuneError`` and leaves an existing study untouched. What
+it builds is one frozen :class:`Prepared`, shared by the drivers and by every
+candidate's life (:mod:`search._candidate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from search._config import Config
+from search._samplers import Sampler
+from spaces import Objective, UsageError
+
+if TYPE_CHECKING:
+    import torch
+    from optuna.distributions import BaseDistribution
+    from torch import nn
+
+    from evaluators import DataBundle, Evaluator
+    from spaces import Budget, Cost, ModelSpace, Plan
+    from storage import StudyStore
+
+__all__ = ["Prepared", "default_evaluator", "prepare"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A study ready to evaluate candidates in this process (built once by :func:`prepare`)."""
+
+    config: Config
+    study: str  # the study's name
+    study_id: int
+    store: StudyStore
+    evaluator: Evaluator
+    objectives: tuple[Objective, ...]  # accuracy first, then the costs (and latency) to minimise
+    budget: Budget
+    data: DataBundle
+    device: torch.device
+    base_model: nn.Module  # in eval mode on ``device`` (the distillation teacher)
+    base_accuracy: float
+    space: ModelSpace
+    base_cost: Cost
+    uniform: Plan  # the uniform plan repaired onto the budget
+    dists: dict[str, BaseDistribution]  # the sampler's parameters (search._space)
+    artifacts: Path  # where the candidates' weights go
+
+
+def default_evaluator(config: Config) -> Evaluator:
+    """BN recalibration, quick fine-tune (KD optional), accuracy, and latency when asked or an objective."""
+    from evaluators import Accuracy, BNRecalibration, FineTune, Latency, Pipeline
+
+    e = config.evaluate
+    steps: list[Evaluator] = [
+        BNRecalibration(e.bn_batches),
+        FineTune(steps=e.finetune_steps, lr=e.lr, kd_weight=e.kd_weight, eval_every=e.eval_every),
+        Accuracy(),
+    ]
+    if e.latency or Objective.LATENCY in config.search.objectives:
+        steps.append(Latency(batch_sizes=(1,), runs=20, warmup=5))
+    return Pipeline(steps)
+
+
+def prepare(
+    config: Config,
+    *,
+    store: StudyStore | None = None,
+    evaluator: Evaluator | None = None,
+    progress: bool = False,
+) -> Prepared:
+    """Build the study's :class:`Prepared` (the store and evaluator default to the config's)."""
+    import torch
+
+    from evaluators import (
+        Context,
+        Recipe,
+        build_model,
+        evaluate_accuracy,
+        load_data,
+        load_weights,
+        resolve_device,
+        train_baseline,
+    )
+    from search._space import distributions
+    from spaces import Budget, ModelSpace
+    from storage import StudyStore
+
+    cfg = config
+    Sampler.parse(cfg.search.sampler)  # validates the name first
+    name = cfg.search.study
+    if name is None:
+        raise UsageError("search.study names the study: set it (load_config takes the config file's stem)")
+    if cfg.evaluate.threads is not None:
+        torch.set_num_threads(cfg.evaluate.threads)
+    budget = Budget.from_dict(cfg.budget_dict())
+    if store is None:
+        store = StudyStore(cfg.storage.url)  # malformed / unreachable URL: fails before any work
+    device = resolve_device(cfg.evaluate.device)
+    data = load_data(cfg.data.spec, data_dir=cfg.data.data_dir, seed=cfg.data.seed)
+    if cfg.model.weights:
+        model = build_model(cfg.model.spec, in_channels=data.in_channels, num_classes=data.num_classes)
+        load_weights(model, cfg.model.weights)
+        ctx = Context(data=data, device=device, batch_size=cfg.evaluate.batch_size)
+        base_accuracy, _ = evaluate_accuracy(model.to(device), ctx)
+    else:
+        recipe = Recipe(epochs=cfg.model.train_epochs, lr=cfg.model.train_lr, batch_size=cfg.model.train_batch_size)
+        base = train_baseline(
+            cfg.model.spec,
+            data,
+            recipe=recipe,
+            seed=cfg.model.train_seed,
+            artifacts_dir=cfg.search.artifacts_dir,
+            device=device,
+            progress=progress,
+        )
+        model, base_accuracy = base.model, base.accuracy
+    base_model = model.eval()
+    space = ModelSpace(
+        model.cpu(),
+        data.example_inputs(1),
+        importance=cfg.space.importance,
+        round_to=cfg.space.round_to,
+        ignored_layers=cfg.space.ignored_layers,
+    )
+    base_model.to(device)
+    base_cost = space.base_cost
+    uniform = space.fit(space.uniform_plan(0.0), budget)  # infeasible budget: raises here
+    dists = distributions(space, max_ratio=cfg.space.max_ratio, rank=cfg.space.rank, method=cfg.space.method)
+    study_id = store.ensure_study(
+        name,
+        model_spec=cfg.model.spec,
+        data_spec=data.spec,
+        budget=budget.to_dict(),
+        space_options={
+            **cfg.space.model_dump(mode="json"),
+            "input_shape": list(data.input_shape),
+            "in_channels": data.in_channels,
+            "num_classes": data.num_classes,
+        },
+        base_cost=base_cost.as_dict(),
+        base_accuracy=base_accuracy,
+    )
+    return Prepared(
+        config=cfg,
+        study=name,
+        study_id=study_id,
+        store=store,
+        evaluator=evaluator if evaluator is not None else default_evaluator(cfg),
+        objectives=tuple(Objective(o) for o in cfg.search.objectives),
+        budget=budget,
+        data=data,
+        device=device,
+        base_model=base_model,
+        base_accuracy=base_accuracy,
+        space=space,
+        base_cost=base_cost,
+        uniform=uniform,
+        dists=dists,
+        artifacts=Path(cfg.search.artifacts_dir) / "studies" / name,
+    )

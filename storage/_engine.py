@@ -1,0 +1,113 @@
+"""Storage URLs and engines: ours and Optuna's, over the same database.
+
+SQLite gets WAL, a 30 s busy timeout and foreign keys; PostgreSQL gets
+``psycopg`` (when the URL names no driver), pre-ping and a 5 s connect
+timeout. Creating tables is retried when workers starting together race to
+create them (see :func:`create_racing`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
+
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
+
+__all__ = ["create_racing", "engine_for", "missing_sqlite_file", "optuna_storage", "parse_url"]
+
+T = TypeVar("T")
+
+_ATTEMPTS = 5
+
+
+def parse_url(url: str) -> URL:
+    """``url`` parsed and checked: SQLite or PostgreSQL (``psycopg`` by default); one-line ValueError otherwise."""
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"storage URL must be a non-empty string like sqlite:///prunetune.db, got {url!r}")
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(
+            f"malformed storage URL {url!r}: use sqlite:///path.db or postgresql+psycopg://user@host/db"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ValueError(f"storage URL {url!r} names backend {backend!r}; PruneTune supports sqlite and postgresql")
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def missing_sqlite_file(url: str) -> str | None:
+    """The file a SQLite ``url`` names when that file does not exist (``None`` for other URLs, or in memory)."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    db = parsed.database or ""
+    if db and db != ":memory:" and not Path(db).is_file():
+        return db
+    return None
+
+
+def _engine_kwargs(url: URL) -> dict[str, Any]:
+    if url.get_backend_name() == "sqlite":
+        return {"connect_args": {"timeout": 30}}
+    return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
+
+
+def engine_for(url: URL) -> Engine:
+    engine = create_engine(url, **_engine_kwargs(url))
+    if url.get_backend_name() == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn: Any, _record: Any) -> None:
+            cur = conn.cursor()
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+    return engine
+
+
+def _lost_a_creation_race(exc: Exception) -> bool:
+    """True for the errors of a worker that lost the race to create tables another worker was creating.
+
+    PostgreSQL's catalog is not transactional for ``CREATE TABLE IF NOT EXISTS``
+    (``IntegrityError``/``ProgrammingError``: duplicate type or relation); on a
+    fresh SQLite file, SQLAlchemy's check-then-create lets two processes both
+    see no table (``OperationalError: table ... already exists``), and switching
+    the new file to WAL while another process does the same may answer
+    ``database is locked`` without waiting (SQLite's deadlock avoidance).
+    """
+    if isinstance(exc, IntegrityError | ProgrammingError):
+        return True
+    text = str(exc.orig or exc) if isinstance(exc, OperationalError) else ""
+    return "already exists" in text or "database is locked" in text
+
+
+def create_racing(create: Callable[[], T]) -> T:
+    """``create()``, tried again (up to 5 times, backing off) when it lost a table-creation race."""
+    for attempt in range(_ATTEMPTS):
+        try:
+            return create()
+        except (IntegrityError, ProgrammingError, OperationalError) as exc:
+            if attempt == _ATTEMPTS - 1 or not _lost_a_creation_race(exc):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise RuntimeError("unreachable: the last attempt returns or raises")
+
+
+def optuna_storage(url: URL) -> RDBStorage:
+    """Optuna's RDB storage on the database of ``url`` (its tables are created once, race-safe)."""
+    import optuna
+
+    rendered = url.render_as_string(hide_password=False)
+    return create_racing(lambda: optuna.storages.RDBStorage(rendered, engine_kwargs=_engine_kwargs(url)))

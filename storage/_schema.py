@@ -1,0 +1,154 @@
+"""The store's tables (SQLAlchemy declarative) and the plain records it hands out.
+
+Our tables are prefixed ``prunetune_`` because Optuna's RDB storage shares the
+database (it owns ``studies``, ``trials``, ...). Readers get frozen records
+(:class:`StudyRecord`, :class:`CandidateRow`), never live ORM objects, so no
+caller can write to the database by accident or trip over a closed session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from spaces import Objective, Status
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Base",
+    "CandidateRow",
+    "CandidateTable",
+    "MetaTable",
+    "ParetoTable",
+    "StudyRecord",
+    "StudyTable",
+    "candidate_row",
+    "now",
+    "study_record",
+]
+
+SCHEMA_VERSION = 1
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class MetaTable(Base):
+    __tablename__ = "prunetune_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class StudyTable(Base):
+    __tablename__ = "prunetune_studies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True)
+    model_spec: Mapped[str] = mapped_column(Text)
+    data_spec: Mapped[str] = mapped_column(Text)
+    budget: Mapped[dict[str, Any]] = mapped_column(JSON)
+    space_options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    base_cost: Mapped[dict[str, Any]] = mapped_column(JSON)
+    base_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class CandidateTable(Base):
+    __tablename__ = "prunetune_candidates"
+    __table_args__ = (UniqueConstraint("study_id", "plan_hash", name="uq_candidate_plan"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("prunetune_studies.id", ondelete="CASCADE"), index=True)
+    trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    plan: Mapped[str] = mapped_column(Text)
+    plan_hash: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    macs: Mapped[float | None] = mapped_column(Float, nullable=True)
+    params: Mapped[float | None] = mapped_column(Float, nullable=True)
+    bytes: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_ms: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    history: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # [[step, accuracy], ...]
+    artifact: Mapped[str | None] = mapped_column(Text, nullable=True)  # weights file of the evaluated model
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    heartbeat: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
+
+
+class ParetoTable(Base):
+    __tablename__ = "prunetune_pareto"
+    study_id: Mapped[int] = mapped_column(ForeignKey("prunetune_studies.id", ondelete="CASCADE"), primary_key=True)
+    candidate_id: Mapped[int] = mapped_column(
+        ForeignKey("prunetune_candidates.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """A study as stored: what it compresses, under which budget, and the base model's cost and accuracy."""
+
+    id: int
+    name: str
+    model_spec: str
+    data_spec: str
+    budget: dict[str, Any]
+    space_options: dict[str, Any]
+    base_cost: dict[str, Any]
+    base_accuracy: float | None
+    created: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class CandidateRow:
+    """One candidate as stored (built by keyword only)."""
+
+    id: int
+    trial_number: int | None
+    plan: str
+    plan_hash: str
+    status: Status
+    accuracy: float | None
+    macs: float | None
+    params: float | None
+    bytes: float | None
+    latency_ms: dict[str, Any] | None
+    seconds: float | None
+    error: str | None
+    history: list[Any] | None = None
+    artifact: str | None = None
+    worker: str | None = None
+    attempts: int = 1
+
+    @property
+    def latency(self) -> float | None:
+        """Latency in ms at the first measured batch size (the ``latency`` objective)."""
+        return next(iter(self.latency_ms.values())) if self.latency_ms else None
+
+    def objective(self, name: Objective | str) -> float | None:
+        """This candidate's value of objective ``name`` (``None`` when not measured)."""
+        objective = Objective(name)
+        return self.latency if objective is Objective.LATENCY else getattr(self, objective.value)
+
+
+def _columns(record: type[Any], row: Any) -> dict[str, Any]:
+    """The columns of ORM ``row`` that ``record`` (a dataclass of the same field names) holds."""
+    return {f.name: getattr(row, f.name) for f in fields(record)}
+
+
+def study_record(st: StudyTable) -> StudyRecord:
+    return StudyRecord(**_columns(StudyRecord, st))
+
+
+def candidate_row(c: CandidateTable) -> CandidateRow:
+    return CandidateRow(**{**_columns(CandidateRow, c), "status": Status(c.status), "attempts": c.attempts or 1})
