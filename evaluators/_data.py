@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from spaces import InputTypeError
+from spaces import InputTypeError, first_line
 
 __all__ = ["DEFAULT_FASHION_MNIST_DIR", "DataBundle", "load_data", "read_idx"]
 
@@ -145,7 +145,16 @@ def _imagefolder(path: str) -> tuple[Dataset, Dataset]:
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise ValueError(f"imagefolder {str(root)!r} must contain {split}/ (one subfolder per class)")
-    return ImageFolder(str(root / "train"), transform=ToTensor()), ImageFolder(str(root / "val"), transform=ToTensor())
+    out = []
+    for split in ("train", "val"):
+        try:
+            out.append(ImageFolder(str(root / split), transform=ToTensor()))
+        except (FileNotFoundError, OSError) as exc:  # no class folders, or class folders without images
+            raise ValueError(
+                f"imagefolder {str(root)!r}: {split}/ needs one subfolder per class holding images "
+                f"(.png, .jpg, ...): {first_line(exc)}"
+            ) from None
+    return out[0], out[1]
 
 
 def _factory(spec: str) -> tuple[Dataset, Dataset]:

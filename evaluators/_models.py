@@ -130,13 +130,25 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     else:
         try:
             state = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            first = first_line(exc)
-            raise ValueError(f"weights file {str(p)!r} cannot be loaded with weights_only=True: {first}") from None
+        except Exception as exc:  # torch's own text suggests weights_only=False: never an option here
+            raise ValueError(
+                f"weights file {str(p)!r} is not a weights-only torch file ({type(exc).__name__}): it is damaged "
+                "or holds objects other than tensors, and PruneTune never unpickles code; save the weights with "
+                "safetensors or torch.save(model.state_dict())"
+            ) from None
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"weights file {str(p)!r} does not hold a state dict")
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and hasattr(v, "shape") and tuple(v.shape) != own[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise ValueError(
+            f"weights file {str(p)!r} does not match the model: {len(wrong)} tensors have other shapes, e.g. "
+            f"{k} is {tuple(state[k].shape)} in the file and {tuple(own[k].shape)} in the model "
+            "(another model, or another number of classes or input channels?)"
+        )
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(

@@ -80,9 +80,16 @@ def train_baseline(
     context = Context(data=data, device=dev, seed=seed, batch_size=256)
     check_model_fits(model, context)
     if path.is_file() and meta_path.is_file():
-        model.load_state_dict(load_file(str(path)))
-        meta = json.loads(meta_path.read_text())
-        return Baseline(_prepare(model, context).eval(), meta["accuracy"], meta["seconds"], path, True)
+        try:
+            model.load_state_dict(load_file(str(path)))
+            meta = json.loads(meta_path.read_text())
+            accuracy, seconds = float(meta["accuracy"]), float(meta["seconds"])
+        except Exception as exc:  # a damaged cache is the user's to remove, never silently reused
+            raise ValueError(
+                f"the cached baseline {str(path)!r} is damaged ({type(exc).__name__}): delete it and "
+                f"{meta_path.name} to train the baseline again"
+            ) from None
+        return Baseline(_prepare(model, context).eval(), accuracy, seconds, path, True)
     t = time.perf_counter()
     _fit(model, data, recipe, seed, dev, progress)
     accuracy, _ = evaluate_accuracy(model, context)

@@ -1,37 +1,88 @@
-"""Export a candidate and load it back, without pickle.
+"""Export a candidate and load it back, without pickle and without running code a file names.
 
 An export directory holds ``plan.json`` (the :class:`spaces.Plan`),
 ``weights.safetensors`` (the candidate's fine-tuned weights) and ``model.json``
-(the base model spec, input shape and classes, and the candidate's metrics).
-:func:`load_exported` rebuilds the base model from its spec, applies the plan
-(shapes only: the weights that count are then loaded) and loads the weights
-strictly, so a stale or foreign weights file fails loudly instead of loading
-partially.
+(the base model spec, input shape and classes, the candidate's metrics and the
+weights' SHA-256).
+
+:func:`export_candidate` checks the weights against the SHA-256 the store
+recorded when they were written, so a damaged or replaced file is never
+shipped. :func:`load_exported` checks them again against ``model.json``,
+rebuilds the base model, applies the plan (shapes only: the weights that count
+are then loaded) and loads the weights strictly, so a stale or foreign weights
+file fails loudly instead of loading partially.
+
+An export is a file people pass around, so loading one never imports or calls
+code that it names: only ``zoo:`` and ``torchvision:`` model specs are built
+from the file; a model from a ``package.module:factory`` spec is built only by
+a factory the caller passes (``factories={spec: callable}``).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import socket
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from spaces import Status
+from spaces import Status, UsageError
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from storage import StudyStore
+    from storage import CandidateRow, StudyStore
 
 __all__ = ["export_candidate", "load_exported"]
 
 FORMAT = 1
+_SAFE_KINDS = ("zoo:", "torchvision:")
+
+
+def _weights_of(row: CandidateRow, study: str) -> Path:
+    """The candidate's weights file, checked against the SHA-256 recorded when it was written."""
+    from storage import file_sha256
+
+    what = f"trial {row.trial_number} of study {study!r}"
+    host = (row.worker or "").rpartition(":")[0]
+    if not row.artifact or not Path(row.artifact).is_file():
+        if host and host != socket.gethostname():
+            raise ValueError(
+                f"the weights of {what} are on the worker that evaluated it ({host}: {row.artifact!r}): "
+                "export there, or give every worker a shared search.artifacts_dir"
+            )
+        raise ValueError(
+            f"the weights file of {what} ({row.artifact!r}) is gone from this machine: it was deleted or moved "
+            "after the study ran; export another trial"
+        )
+    digest = file_sha256(row.artifact)
+    if row.weights_sha256 is not None and digest != row.weights_sha256:
+        raise ValueError(
+            f"the weights file of {what} ({row.artifact!r}) is not the one the study wrote (SHA-256 "
+            f"{str(digest)[:12]}..., recorded {row.weights_sha256[:12]}...): it is damaged or was replaced"
+        )
+    return Path(row.artifact)
+
+
+def out_dir(out: str | Path) -> Path:
+    """The folder ``--out`` names, created if needed; a one-line UsageError when it cannot be."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"--out {str(p)!r} is a file, not a folder: name a new or existing folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create --out folder {str(p)!r}: {exc.strerror or exc}") from None
+    return p
 
 
 def export_candidate(
     store: StudyStore, study: str, out: str | Path, *, trial: int | None = None, candidate: int | None = None
 ) -> Path:
     """Write ``plan.json``, ``weights.safetensors`` and ``model.json`` of one COMPLETE candidate to ``out``."""
+    from storage import file_sha256
+
     info = store.study(study)
     if (trial is None) == (candidate is None):
         raise ValueError("export needs exactly one of a trial number or a candidate id")
@@ -46,15 +97,10 @@ def export_candidate(
         raise ValueError(
             f"trial {row.trial_number} of study {study!r} is {row.status.value}, not COMPLETE: nothing to export"
         )
-    if not row.artifact or not Path(row.artifact).is_file():
-        raise ValueError(
-            f"the weights of trial {row.trial_number} are not on this machine ({row.artifact!r}): "
-            "export on the worker that evaluated it"
-        )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(row.artifact, out / "weights.safetensors")
-    (out / "plan.json").write_text(row.plan + "\n")
+    weights = _weights_of(row, study)
+    d = out_dir(out)
+    shutil.copyfile(weights, d / "weights.safetensors")
+    (d / "plan.json").write_text(row.plan + "\n")
     opts = info.space_options
     meta = {
         "format": FORMAT,
@@ -71,30 +117,80 @@ def export_candidate(
         "macs": row.macs,
         "params": row.params,
         "bytes": row.bytes,
+        "weights_sha256": file_sha256(d / "weights.safetensors"),
     }
-    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return out
+    (d / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return d
 
 
-def load_exported(path: str | Path) -> nn.Module:
-    """The compressed model of an export directory, in eval mode on the CPU."""
-    import torch
-    from safetensors.torch import load_file
-
-    from evaluators import build_model
-    from spaces import ModelSpace, Plan
-
-    d = Path(path)
+def _read_meta(d: Path) -> dict[str, Any]:
     for name in ("model.json", "plan.json", "weights.safetensors"):
         if not (d / name).is_file():
             raise ValueError(f"{str(d)!r} is not a PruneTune export: {name} is missing")
-    meta = json.loads((d / "model.json").read_text())
+    try:
+        meta = json.loads((d / "model.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{d / 'model.json'} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{d / 'model.json'} must hold a JSON object, got {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{d / 'model.json'} has format {meta.get('format')!r}; this PruneTune reads {FORMAT}")
+    shape = meta.get("input_shape")
+    if not (isinstance(shape, list) and shape and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise ValueError(f"{d / 'model.json'}: input_shape must be a list of positive integers, got {shape!r}")
+    if not isinstance(meta.get("model"), str):
+        raise ValueError(f"{d / 'model.json'}: model must be a model spec string, got {meta.get('model')!r}")
+    return meta
+
+
+def _base_model(meta: dict[str, Any], d: Path, factories: Mapping[str, Callable[[], nn.Module]]) -> nn.Module:
+    """The base model: zoo and torchvision specs are built; any other spec only by a factory the caller passed."""
+    from torch import nn
+
+    from evaluators import build_model
+
+    spec = meta["model"]
+    if spec.startswith(_SAFE_KINDS):
+        return build_model(spec, in_channels=meta.get("in_channels"), num_classes=meta.get("num_classes"))
+    if spec not in factories:
+        raise ValueError(
+            f"{d / 'model.json'} names model factory {spec!r}; loading an export never imports code that a file "
+            f"names: if you trust it, pass load_exported(DIR, factories={{{spec!r}: your_factory}})"
+        )
+    model = factories[spec]()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"the factory passed for {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_exported(path: str | Path, *, factories: Mapping[str, Callable[[], nn.Module]] | None = None) -> nn.Module:
+    """The compressed model of an export directory, in eval mode on the CPU.
+
+    ``factories`` maps a ``package.module:factory`` model spec to the callable
+    that builds it, for exports of models that are not in the zoo or
+    torchvision; nothing named in the export is ever imported.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    from spaces import ModelSpace, Plan
+    from storage import file_sha256
+
+    d = Path(path)
+    meta = _read_meta(d)
+    weights = d / "weights.safetensors"
+    want = meta.get("weights_sha256")
+    if want is not None and file_sha256(weights) != want:
+        raise ValueError(
+            f"{weights} does not match the SHA-256 in model.json: the export is damaged or was tampered with"
+        )
     plan = Plan.from_json((d / "plan.json").read_text())
-    base = build_model(meta["model"], in_channels=meta.get("in_channels"), num_classes=meta.get("num_classes"))
+    base = _base_model(meta, d, factories or {})
     example = torch.zeros(1, *meta["input_shape"])
     space = ModelSpace(base, example, ignored_layers=meta.get("ignored_layers", []), verify=False)
     model = space.apply(plan)
-    model.load_state_dict(load_file(str(d / "weights.safetensors")), strict=True)
+    try:
+        model.load_state_dict(load_file(str(weights)), strict=True)
+    except Exception as exc:  # safetensors' header errors, or tensors that do not fit the planned model
+        raise ValueError(f"{weights} does not load into the planned model: {type(exc).__name__}") from None
     return model.eval()

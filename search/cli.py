@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from spaces import Importance, PruneTuneError, Status, UsageError, first_line
+from spaces import Importance, Status, UsageError
 
 if TYPE_CHECKING:
-    from rich.console import Console
     from rich.table import Table
 
-    from spaces import Budget, ModelSpace
     from storage import CandidateRow, StudyStore
 
 __all__ = ["main"]
@@ -31,151 +30,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"prunetune: error: {message} (see `{self.prog} --help`)\n")
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--input must be comma-separated positive integers like 1,3,224,224, got {text!r}"
-        ) from None
-    if not dims or any(d < 1 for d in dims):
-        raise argparse.ArgumentTypeError(
-            f"--input must be comma-separated positive integers like 1,3,224,224, got {text!r}"
-        )
-    return dims
-
-
-def _ratios(text: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--ratios must be comma-separated numbers in [0, 1), got {text!r}") from None
-    bad = [v for v in vals if not 0.0 <= v < 1.0]
-    if bad:
-        raise argparse.ArgumentTypeError(f"--ratios must be in [0, 1), got {bad[0]!r}")
-    return vals
-
-
-def _budget(text: str) -> Budget:
-    from spaces import Budget
-
-    parts = {}
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"--budget must look like macs=40%,params=2M, got {text!r}")
-        parts[key.strip()] = value.strip()
-    try:
-        return Budget.from_dict(parts)
-    except (ValueError, PruneTuneError) as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _si(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:.0f}"
-
-
-def _cmd_inspect(args: argparse.Namespace) -> int:
-    import torch
-    from rich.console import Console
-    from rich.table import Table
-
-    from evaluators import build_model, load_weights
-    from spaces import ModelSpace
-
-    model = build_model(args.model)
-    if args.weights:
-        load_weights(model, args.weights)
-    space = ModelSpace(model, torch.randn(*args.input), importance=args.importance, round_to=args.round_to)
-    console = Console()
-    base = space.base_cost
-    table = Table(title=f"{args.model}: {len(space.groups)} prunable groups (input {','.join(map(str, args.input))})")
-    table.add_column("group id")
-    table.add_column("layers", justify="right")
-    table.add_column("channels", justify="right")
-    table.add_column("MACs share", justify="right")
-    table.add_column("members")
-    for g in space.groups:
-        shown = ", ".join(g.layers[:3]) + (f", … (+{len(g.layers) - 3})" if len(g.layers) > 3 else "")
-        table.add_row(g.id, str(len(g.layers)), str(g.channels), f"{space.macs_share(g.id):.1%}", shown)
-    console.print(table)
-    if space.excluded:
-        ex = Table(title=f"{len(space.excluded)} groups excluded (never pruned)")
-        ex.add_column("group id")
-        ex.add_column("reason")
-        for gid, why in space.excluded.items():
-            ex.add_row(gid, why)
-        console.print(ex)
-    console.print(f"never pruned (classifier / ignored): {', '.join(space.ignored_layers) or 'none'}")
-    costs = Table(title="cost (MACs of conv + linear layers for this input; params; parameter bytes)")
-    for col in ("plan", "MACs", "MACs %", "params", "params %", "bytes"):
-        costs.add_column(col, justify="right")
-    rows: list[tuple[str, Any]] = [("base", base)]
-    for r in args.ratios:
-        rows.append((f"uniform {r:g}", space.cost(space.uniform_plan(r))))
-    for name, c in rows:
-        ratio = c.ratio(base)
-        costs.add_row(
-            name, _si(c.macs), f"{ratio['macs']:.1%}", _si(c.params), f"{ratio['params']:.1%}", _si(c.bytes) + "B"
-        )
-    console.print(costs)
-    _print_layers(console, space)
-    if args.budget is not None:
-        _print_allocation(console, space, args.budget)
-    return 0
-
-
-def _print_layers(console: Console, space: ModelSpace) -> None:
-    from rich.table import Table
-
-    base = space.base_cost.macs or 1
-    table = Table(title=f"{len(space.layers)} factorizable layers (svd ranks; break-even = largest rank that saves)")
-    for col in ("layer", "kind", "shape", "full rank", "break-even", "MACs share", "methods"):
-        table.add_column(col, justify="left" if col in ("layer", "kind", "methods") else "right")
-    for g in space.layers:
-        shape = f"{g.cout}x{g.cin}" + (f"x{g.kh}x{g.kw}" if g.kind == "conv" else "")
-        table.add_row(
-            g.name,
-            g.kind,
-            shape,
-            str(g.full_ranks("svd")[0]),
-            str(g.max_useful_rank("svd")),
-            f"{g.dense_cost()[0] / base:.1%}",
-            ", ".join(g.methods),
-        )
-    console.print(table)
-    if space.not_factorizable:
-        console.print(f"not factorizable: {len(space.not_factorizable)} layers (e.g. depthwise/grouped convolutions)")
-
-
-def _print_allocation(console: Console, space: ModelSpace, budget: Budget) -> None:
-    from rich.table import Table
-
-    info = space.allocate(budget)
-    plan = info.plan
-    cost = space.cost(plan)
-    ratio = cost.ratio(space.base_cost)
-    title = (
-        f"allocator plan for {budget}: MACs {ratio['macs']:.1%}, params {ratio['params']:.1%} "
-        f"({info.solver}, {info.seconds:.2f}s, {info.rounds} rounds)"
-    )
-    table = Table(title=title)
-    table.add_column("group / layer")
-    table.add_column("channels kept", justify="right")
-    table.add_column("svd rank", justify="right")
-    keep = space.keep_counts(plan)
-    for g, k in zip(space.groups, keep, strict=True):
-        if k < g.channels:
-            table.add_row(g.id, f"{k}/{g.channels}", "")
-    for name, (_, ranks) in space.resolved_ranks(plan).items():
-        table.add_row(name, "", str(ranks[0]))
-    console.print(table)
-    console.print(f"plan: {plan.to_json()}", soft_wrap=True, markup=False)
 
 
 def _pct(v: float | None, base: float | None) -> str:
@@ -249,7 +103,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             info = f"best {best:.4f} within budget, front {len(front)}" if best is not None else "no result yet"
             bar.update(task, completed=min(res.total, target), info=info)
 
-        res = search.run(update)
+        try:
+            res = search.run(update)
+        except KeyboardInterrupt:  # hand the interrupted candidate to the next run at once
+            p.store.release(p.study_id, search.worker, "interrupted by the user")
+            raise
     for line in res.events:
         err.print(line)
     if res.stopped:
@@ -317,9 +175,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
             f"best accuracy within budget: {best.accuracy:.4f} (trial {best.trial_number}, "
             f"MACs {_pct(best.macs, info.base_cost.get('macs'))})"
         )
-    running = [r for r in rows if r.status is Status.RUNNING]
-    for r in running:
-        c.print(f"running: candidate {r.id} (trial {r.trial_number}) on {r.worker}, attempt {r.attempts}")
+    from search._candidate import is_dead
+
+    for r in (r for r in rows if r.status is Status.RUNNING):
+        what = f"candidate {r.id} (trial {r.trial_number}), attempt {r.attempts}"
+        if is_dead(r.worker):  # released by Ctrl-C, or its process is gone
+            c.print(f"interrupted: {what}, {r.worker or 'no worker'} stopped; the next run evaluates it again")
+        else:
+            c.print(f"running: {what} on {r.worker}")
     return 0
 
 
@@ -334,10 +197,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from search._export import out_dir
     from storage import write_report
 
     store, study = _open_study(args)
-    for p in write_report(store, study, args.out):
+    for p in write_report(store, study, out_dir(args.out)):
         print(p)
     return 0
 
@@ -349,23 +213,27 @@ def _study_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from search._inspect import budget_arg, cmd_inspect, ratios_arg, shape_arg
+
     p = _Parser(prog="prunetune", description="Automated compression search for PyTorch CNNs.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     ins = sub.add_parser("inspect", help="show a model's prunable groups and costs")
     ins.add_argument("--model", required=True, help="zoo:<name>, torchvision:<name> or package.module:factory")
     ins.add_argument("--weights", help="a .safetensors file or a weights-only torch file")
-    ins.add_argument("--input", type=_shape, default=(1, 3, 224, 224), help="example input shape (default 1,3,224,224)")
     ins.add_argument(
-        "--ratios", type=_ratios, default=[0.3, 0.5], help="uniform prune ratios to cost (default 0.3,0.5)"
+        "--input", type=shape_arg, default=(1, 3, 224, 224), help="example input shape (default 1,3,224,224)"
+    )
+    ins.add_argument(
+        "--ratios", type=ratios_arg, default=[0.3, 0.5], help="uniform prune ratios to cost (default 0.3,0.5)"
     )
     ins.add_argument("--importance", choices=[i.value for i in Importance], default=Importance.L1.value)
     ins.add_argument("--round-to", type=int, default=1)
     ins.add_argument(
         "--budget",
-        type=_budget,
+        type=budget_arg,
         help="show the allocator's plan for this budget, e.g. macs=40%%,params=50%%,bytes=8MB",
     )
-    ins.set_defaults(func=_cmd_inspect)
+    ins.set_defaults(func=cmd_inspect)
 
     from search._config import config_flags
 
@@ -397,17 +265,42 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _glue_dash_values(argv: Sequence[str]) -> list[str]:
+    """``--budget.bytes -5MB`` as ``--budget.bytes=-5MB``: argparse would take ``-5MB`` for an option."""
+    out: list[str] = []
+    for tok in argv:
+        prev = out[-1] if out else ""
+        if (
+            prev.startswith("--")
+            and "=" not in prev
+            and tok.startswith("-")
+            and not tok.startswith("--")
+            and tok != "-h"
+        ):
+            out[-1] = f"{prev}={tok}"
+        else:
+            out.append(tok)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run the CLI; exit codes and messages are those of :mod:`search._errors`."""
+    from search._errors import EXIT_INTERRUPTED, REPORT_A_BUG, explain
+
+    args = _parser().parse_args(_glue_dash_values(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         print("prunetune: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except (PruneTuneError, ValueError) as exc:  # bad input (UsageError, InputTypeError, ...): one line
-        message = first_line(exc)
-        print(f"prunetune: error: {message}", file=sys.stderr)
-        return 2
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        known = explain(exc)
+        if known is None:
+            traceback.print_exc()
+            print(REPORT_A_BUG, file=sys.stderr)
+            return 1
+        print(f"prunetune: error: {known[1]}", file=sys.stderr)
+        return known[0]
 
 
 if __name__ == "__main__":

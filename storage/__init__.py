@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from spaces import lazy_exports
 
 if TYPE_CHECKING:
-    from storage._errors import StoreError, StudyFullError, StudyMismatchError
+    from storage._errors import StoreDamagedError, StoreError, StudyFullError, StudyMismatchError
+    from storage._open import file_sha256, store_error
     from storage._pareto import pareto_front
     from storage._report import candidates_frame, plan_summary, write_report
     from storage._schema import SCHEMA_VERSION, CandidateRow, StudyRecord
@@ -22,21 +23,27 @@ if TYPE_CHECKING:
 __all__ = [
     "SCHEMA_VERSION",
     "CandidateRow",
+    "StoreDamagedError",
     "StoreError",
     "StudyFullError",
     "StudyMismatchError",
     "StudyRecord",
     "StudyStore",
     "candidates_frame",
+    "file_sha256",
     "pareto_front",
     "plan_summary",
+    "store_error",
     "write_report",
 ]
 
 _WHERE = {
     "SCHEMA_VERSION": "_schema",
     "CandidateRow": "_schema",
+    "StoreDamagedError": "_errors",
     "StoreError": "_errors",
+    "file_sha256": "_open",
+    "store_error": "_open",
     "StudyFullError": "_errors",
     "StudyMismatchError": "_errors",
     "StudyRecord": "_schema",

@@ -4,11 +4,18 @@ SQLite gets WAL, a 30 s busy timeout and foreign keys; PostgreSQL gets
 ``psycopg`` (when the URL names no driver), pre-ping and a 5 s connect
 timeout. Creating tables is retried when workers starting together race to
 create them (see :func:`create_racing`).
+
+A *read-only* engine never writes: SQLite files are opened with
+``mode=ro`` and ``query_only`` (no WAL switch, no journal), PostgreSQL
+sessions with ``default_transaction_read_only``. An in-memory SQLite URL
+(``sqlite://``) is refused: a study in it would vanish when the process exits.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -42,7 +49,17 @@ def parse_url(url: str) -> URL:
         raise ValueError(f"storage URL {url!r} names backend {backend!r}; PruneTune supports sqlite and postgresql")
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite" and _in_memory(parsed):
+        raise ValueError(
+            f"storage URL {url!r} is an in-memory database: the study would be lost when the process exits; "
+            "use a file, e.g. sqlite:///prunetune.db"
+        )
     return parsed
+
+
+def _in_memory(url: URL) -> bool:
+    db = url.database or ""
+    return db in ("", ":memory:") or url.query.get("mode") == "memory" or db.startswith("file::memory:")
 
 
 def missing_sqlite_file(url: str) -> str | None:
@@ -50,10 +67,16 @@ def missing_sqlite_file(url: str) -> str | None:
     parsed = parse_url(url)
     if parsed.get_backend_name() != "sqlite":
         return None
-    db = parsed.database or ""
-    if db and db != ":memory:" and not Path(db).is_file():
-        return db
-    return None
+    db = _sqlite_path(parsed)
+    return db if not Path(db).is_file() else None
+
+
+def _sqlite_path(url: URL) -> str:
+    """The file of a SQLite URL (also for ``sqlite:///file:PATH?mode=ro&uri=true``)."""
+    db = url.database or ""
+    if url.query.get("uri") and db.startswith("file:"):
+        return urllib.parse.unquote(db[len("file:") :].split("?")[0])
+    return db
 
 
 def _engine_kwargs(url: URL) -> dict[str, Any]:
@@ -62,16 +85,30 @@ def _engine_kwargs(url: URL) -> dict[str, Any]:
     return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
 
 
-def engine_for(url: URL) -> Engine:
-    engine = create_engine(url, **_engine_kwargs(url))
-    if url.get_backend_name() == "sqlite":
+def engine_for(url: URL, *, read_only: bool = False) -> Engine:
+    """An engine for ``url`` (see the module docs); ``read_only`` engines cannot write, by construction."""
+    sqlite = url.get_backend_name() == "sqlite"
+    if read_only and sqlite:
+        path = Path(_sqlite_path(url)).resolve()
+        target = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+        engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(target, uri=True, timeout=30))
+    elif read_only:
+        kwargs = _engine_kwargs(url)
+        kwargs["connect_args"] = {**kwargs["connect_args"], "options": "-c default_transaction_read_only=on"}
+        return create_engine(url, **kwargs)
+    else:
+        engine = create_engine(url, **_engine_kwargs(url))
+    if sqlite:
 
         @event.listens_for(engine, "connect")
         def _pragmas(conn: Any, _record: Any) -> None:
             cur = conn.cursor()
             cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
+            if read_only:
+                cur.execute("PRAGMA query_only=ON")
+            else:
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
     return engine
@@ -90,7 +127,7 @@ def _lost_a_creation_race(exc: Exception) -> bool:
     if isinstance(exc, IntegrityError | ProgrammingError):
         return True
     text = str(exc.orig or exc) if isinstance(exc, OperationalError) else ""
-    return "already exists" in text or "database is locked" in text
+    return any(m in text for m in ("already exists", "database is locked", "duplicate column"))
 
 
 def create_racing(create: Callable[[], T]) -> T:

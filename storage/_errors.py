@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from spaces import PruneTuneError
 
-__all__ = ["StoreError", "StudyFullError", "StudyMismatchError"]
+__all__ = ["StoreDamagedError", "StoreError", "StudyFullError", "StudyMismatchError"]
 
 
 class StoreError(PruneTuneError):
     """The database cannot be reached or used."""
+
+
+class StoreDamagedError(StoreError):
+    """The database file is damaged (not a database, truncated, overwritten): nothing is read or written."""
 
 
 class StudyMismatchError(PruneTuneError, ValueError):

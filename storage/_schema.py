@@ -31,7 +31,7 @@ __all__ = [
     "study_record",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: candidates' weights_sha256
 
 
 def now() -> datetime:
@@ -79,6 +79,7 @@ class CandidateTable(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     history: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # [[step, accuracy], ...]
     artifact: Mapped[str | None] = mapped_column(Text, nullable=True)  # weights file of the evaluated model
+    weights_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # of the artifact, when written
     worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     heartbeat: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
@@ -127,6 +128,7 @@ class CandidateRow:
     error: str | None
     history: list[Any] | None = None
     artifact: str | None = None
+    weights_sha256: str | None = None
     worker: str | None = None
     attempts: int = 1
 

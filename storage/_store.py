@@ -29,19 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from spaces import Direction, Objective, PruneTuneError, Status, first_line
-from storage._engine import create_racing, engine_for, missing_sqlite_file, optuna_storage, parse_url
+from spaces import Direction, Objective, PruneTuneError, Status
+from storage._engine import engine_for, missing_sqlite_file, optuna_storage, parse_url
 from storage._errors import StoreError, StudyFullError, StudyMismatchError
+from storage._open import file_sha256, open_schema, store_error
 from storage._pareto import pareto_front
 from storage._schema import (
-    SCHEMA_VERSION,
-    Base,
     CandidateRow,
     CandidateTable,
-    MetaTable,
     ParetoTable,
     StudyRecord,
     StudyTable,
@@ -67,46 +65,46 @@ class StudyStore:
     hash is already there, so no plan is evaluated twice, even by two workers.
     """
 
-    def __init__(self, url: str = "sqlite:///prunetune.db") -> None:
+    def __init__(self, url: str = "sqlite:///prunetune.db", *, read_only: bool = False) -> None:
         self.url = url
-        self._engine = engine_for(parse_url(url))
+        self.read_only = read_only
+        parsed = parse_url(url)
+        self._engine = engine_for(parsed, read_only=read_only)
+        checker = None
+        if not read_only and missing_sqlite_file(url) is None and parsed.get_backend_name() == "sqlite":
+            checker = engine_for(parsed, read_only=True)  # an existing file is checked before it is opened to write
         try:
-            create_racing(self._create_schema)
-        except OperationalError as exc:
-            raise StoreError(f"cannot open storage {self.display_url}: {first_line(exc.orig or exc)}") from None
+            open_schema(self._engine, self.display_url, read_only=read_only, checker=checker)
+        finally:
+            if checker is not None:
+                checker.dispose()
 
     @classmethod
     def open_existing(cls, url: str) -> StudyStore:
-        """The store at ``url``; unlike the constructor, refuses a SQLite file that does not exist yet."""
+        """The store at ``url``, read-only: it must exist and hold PruneTune's tables; nothing is ever written.
+
+        Unlike the constructor, refuses a SQLite file that does not exist yet (and creates nothing).
+        """
         missing = missing_sqlite_file(url)
         if missing is not None:
             raise StoreError(
                 f"no study database at {missing!r}: run `prunetune run CONFIG.toml` first or pass --storage"
             )
-        return cls(url)
-
-    def _create_schema(self) -> None:
-        Base.metadata.create_all(self._engine)
-        with Session(self._engine) as s, s.begin():
-            meta = s.get(MetaTable, "schema_version")
-            if meta is None:
-                s.add(MetaTable(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(meta.value) != SCHEMA_VERSION:
-                raise StoreError(
-                    f"database {self.display_url} has schema version {meta.value}, this PruneTune uses {SCHEMA_VERSION}"
-                )
+        return cls(url, read_only=True)
 
     def optuna_storage(self) -> RDBStorage:
         """Optuna's RDB storage on this database (its tables created race-safe, as ours are)."""
+        if self.read_only:
+            raise StoreError(f"storage {self.display_url} was opened read-only: Optuna's storage needs to write")
         try:
-            return optuna_storage(self._engine.url)
-        except OperationalError as exc:
-            raise StoreError(f"cannot open storage {self.display_url}: {first_line(exc.orig or exc)}") from None
+            return optuna_storage(parse_url(self.url))
+        except SQLAlchemyError as exc:
+            raise store_error(exc, self.display_url) from None
 
     @property
     def sqlalchemy_url(self) -> str:
         """The URL with its driver made explicit (what Optuna's RDBStorage is given)."""
-        return self._engine.url.render_as_string(hide_password=False)
+        return parse_url(self.url).render_as_string(hide_password=False)
 
     @property
     def display_url(self) -> str:
@@ -114,10 +112,10 @@ class StudyStore:
         return make_url(self.url).render_as_string(hide_password=True)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url}  # engines are not picklable: rebuilt on the other side
+        return {"url": self.url, "read_only": self.read_only}  # engines are not picklable: rebuilt on the other side
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["url"])  # type: ignore[misc]
+        self.__init__(state["url"], read_only=state.get("read_only", False))  # type: ignore[misc]
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[Session]:
@@ -127,8 +125,7 @@ class StudyStore:
         except (PruneTuneError, IntegrityError):
             raise
         except SQLAlchemyError as exc:
-            orig = getattr(exc, "orig", None) or exc
-            raise StoreError(f"storage {self.display_url}: {first_line(orig)}") from None
+            raise store_error(exc, self.display_url) from None
 
     # ---------------------------------------------------------------- studies
     def ensure_study(
@@ -302,27 +299,59 @@ class StudyStore:
         artifact: str | None = None,
         trial_number: int | None = None,
         objectives: Sequence[Objective | str] = (Objective.ACCURACY, Objective.MACS),
-    ) -> None:
-        """Record a candidate's outcome and, in the same transaction, the study's Pareto front."""
+    ) -> bool:
+        """Record a RUNNING candidate's outcome and, in the same transaction, the study's Pareto front.
+
+        Returns ``False`` and writes nothing when the candidate is already finished: a
+        scheduler that runs a candidate more than once (Ray Tune after a node died, a
+        claimed candidate whose first worker was only slow) has it recorded once, by the
+        first to finish. The status moves by compare-and-swap, so two finishers never both win.
+        """
         if status not in _FINISHED:
             raise ValueError(f"status must be one of {', '.join(_FINISHED)}, got {status!r}")
         if any(o not in _OBJECTIVES for o in objectives):
             bad = next(o for o in objectives if o not in _OBJECTIVES)
             raise ValueError(f"objectives must be among {', '.join(_OBJECTIVES)}, got {bad!r}")
         with self._session() as s:
+            won = s.execute(
+                update(CandidateTable)
+                .where(CandidateTable.id == candidate_id, CandidateTable.status == Status.RUNNING)
+                .values(status=Status(status))
+            )
             c = s.get(CandidateTable, candidate_id)
             if c is None:
                 raise ValueError(f"no candidate with id {candidate_id}")
+            if won.rowcount != 1:  # type: ignore[attr-defined]
+                return False
             c.status, c.accuracy, c.seconds, c.error = Status(status), accuracy, seconds, error
             if cost is not None:
                 c.macs, c.params, c.bytes = cost.get("macs"), cost.get("params"), cost.get("bytes")
             c.latency_ms = {str(k): v for k, v in latency_ms.items()} if latency_ms else None
             c.history = [list(h) for h in history] if history else None
             c.artifact = artifact
+            c.weights_sha256 = file_sha256(artifact) if artifact else None
             if trial_number is not None:
                 c.trial_number = trial_number
             s.flush()
             self._update_front(s, c.study_id, [Objective(o) for o in objectives])
+            return True
+
+    def release(self, study_id: int, worker: str, reason: str = "interrupted") -> int:
+        """Give up ``worker``'s RUNNING candidates (it is stopping): the next worker claims them at once.
+
+        They stay RUNNING, without an owner, with ``reason`` in ``error``; returns how many.
+        """
+        with self._session() as s:
+            done = s.execute(
+                update(CandidateTable)
+                .where(
+                    CandidateTable.study_id == study_id,
+                    CandidateTable.status == Status.RUNNING,
+                    CandidateTable.worker == worker,
+                )
+                .values(worker=None, error=f"{reason}: the next run evaluates it again")
+            )
+            return int(done.rowcount)  # type: ignore[attr-defined]
 
     def fail_running(self, study_id: int, reason: str = "left RUNNING by a stopped worker") -> int:
         """Mark the study's RUNNING candidates FAIL (after a crash); returns how many."""

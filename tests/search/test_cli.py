@@ -65,15 +65,19 @@ def test_bad_budget_flag_exits_2() -> None:
     assert "no unit" in proc.stderr
 
 
-def test_a_bare_type_error_is_a_bug_with_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bare_type_error_is_a_bug_with_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import search.cli
 
     def broken(args: object) -> int:
         raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
 
     monkeypatch.setattr(search.cli, "_cmd_status", broken)
-    with pytest.raises(TypeError, match="unsupported operand"):
-        main(["status", "--storage", "sqlite:///unused.db"])
+    assert main(["status", "--storage", "sqlite:///unused.db"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "TypeError: unsupported operand" in err
+    assert err.strip().splitlines()[-1].startswith("prunetune: internal error (a bug, not your input)")
 
 
 def test_a_missing_study_database_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
