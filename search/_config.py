@@ -155,11 +155,13 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         p = Path(path)
         source = str(p)
         if not p.is_file():
-            raise ValueError(f"config file {str(p)!r} does not exist")
+            raise ValueError(f"config file {str(p)!r} " + ("is a folder" if p.is_dir() else "does not exist"))
         try:
-            data = tomllib.loads(p.read_text())
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"{p}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{p}: not a TOML file (not UTF-8 text)") from None
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if not isinstance(data.setdefault(section, {}), dict):

@@ -178,9 +178,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from search._candidate import is_dead
 
     for r in (r for r in rows if r.status is Status.RUNNING):
-        what = f"candidate {r.id} (trial {r.trial_number}), attempt {r.attempts}"
-        if is_dead(r.worker):  # released by Ctrl-C, or its process is gone
-            c.print(f"interrupted: {what}, {r.worker or 'no worker'} stopped; the next run evaluates it again")
+        trial = "-" if r.trial_number is None else r.trial_number
+        what = f"candidate {r.id} (trial {trial}), attempt {r.attempts}"
+        if r.worker is None:  # released by its worker (Ctrl-C)
+            c.print(f"interrupted: {what}: {r.error or 'the next run evaluates it again'}")
+        elif is_dead(r.worker):
+            c.print(f"interrupted: {what}: worker {r.worker} is gone; the next run evaluates it again")
         else:
             c.print(f"running: {what} on {r.worker}")
     return 0

@@ -101,8 +101,9 @@ def _check_integrity(engine: Engine, display: str) -> None:
             raise err from None
         raise
     if rows != ["ok"]:
+        found = " ".join(r for r in rows if not r.startswith("***")).split()  # one line, without headers
         raise StoreDamagedError(
-            f"storage {display} is damaged (integrity check: {rows[0]}): restore it from a backup, "
+            f"storage {display} is damaged (integrity check: {' '.join(found)[:160]}): restore it from a backup, "
             "or start the study again in a new file"
         )
 

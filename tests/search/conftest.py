@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,8 +43,14 @@ ConfigMaker = Callable[..., Path]
 def write_config(root: Path, artifacts: Path, name: str = "run", **overrides: Any) -> Path:
     """A tiny, fast run config (digits, ResNet-20, 50% MACs, 4-step fine-tunes) in ``root``.
 
-    Overrides are ``section__key=value``; ``None`` removes a key.
+    Overrides are ``section__key=value``; ``None`` removes a key. The study's
+    artifacts go to ``root/artifacts`` (its own weights files), with the
+    session's cached baselines copied in, so no baseline is trained again.
     """
+    own = root / "artifacts"
+    if not (own / "baselines").is_dir():
+        shutil.copytree(artifacts / "baselines", own / "baselines")
+    artifacts = own
     sections: dict[str, dict[str, Any]] = {
         "model": {"spec": "zoo:resnet20", "train_epochs": EPOCHS},
         "data": {"spec": "digits"},
@@ -69,3 +77,20 @@ def make_config(tmp_path: Path, artifacts: Path) -> ConfigMaker:
         return write_config(tmp_path, artifacts, name, **overrides)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def existing(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Path:
+    """A study with two candidates that bad commands must leave untouched (its config; ``study.db`` beside it)."""
+    from search.cli import main
+
+    root = tmp_path_factory.mktemp("existing")
+    cfg = write_config(root, artifacts, search__candidates=2)
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    return cfg
+
+
+def dump(db: Path) -> list[str]:
+    """Every row of a SQLite database, as SQL (what "untouched" is checked against)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        return list(con.iterdump())

@@ -19,7 +19,7 @@ from search import load_config, load_exported
 from search.cli import main
 from spaces import Plan
 from storage import StudyRecord, StudyStore
-from tests.search.conftest import ConfigMaker, write_config
+from tests.search.conftest import ConfigMaker
 
 PG_URL = os.environ.get("PRUNETUNE_TEST_POSTGRES_URL")
 
@@ -214,55 +214,3 @@ def test_two_workers_on_postgresql_share_one_study(make_config: ConfigMaker, pg_
     assert {r.status for r in rows} <= {"COMPLETE", "PRUNED", "FAIL"}
     assert len({r.worker for r in rows}) == 2  # both worked
     assert {r.id for r in store.front(store.study(name).id)} == _brute_front(rows)
-
-
-@pytest.fixture(scope="module")
-def existing(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Path:
-    """A study with two candidates that bad commands must leave untouched."""
-    root = tmp_path_factory.mktemp("existing")
-    cfg = write_config(root, artifacts, search__candidates=2)
-    assert main(["run", str(cfg), "--quiet"]) == 0
-    return cfg
-
-
-def _dump(db: Path) -> list[str]:
-    with sqlite3.connect(db) as con:
-        return list(con.iterdump())
-
-
-@pytest.mark.parametrize(
-    ("overrides", "flags", "message"),
-    [
-        ({"search__foo": 1}, [], "unknown config key 'search.foo'"),
-        ({}, ["--budget.macs", "0.01%"], "is infeasible: the smallest achievable cost"),
-        ({}, ["--search.sampler", "cmaes"], "config key 'search.sampler': Input should be 'tpe', 'nsga2' or 'random'"),
-        ({}, ["--storage.url", "not a url"], "malformed storage URL"),
-        ({}, ["--storage.url", "postgresql+psycopg://nobody@127.0.0.1:1/none"], "cannot open storage"),
-        ({}, ["--model.spec", "tests.evaluators.factories:broken_model"], "raised RuntimeError: weights server"),
-        ({}, ["--budget.macs", "30%"], "exists with budget="),
-        ({}, ["--search.objectives", "accuracy,params"], "exists with objectives"),
-        ({}, ["--search.candidates", "0"], "greater than or equal to 1"),
-        ({}, ["--nope", "1"], "unrecognized arguments: --nope"),
-    ],
-)
-def test_bad_input_is_one_line_exit_2_and_the_study_is_untouched(
-    existing: Path, overrides: dict, flags: list[str], message: str, capfd: pytest.CaptureFixture
-) -> None:
-    cfg = existing
-    if overrides:  # keys the file has that the schema does not know
-        text = cfg.read_text()
-        cfg = cfg.with_name("bad.toml")
-        cfg.write_text(
-            text.replace("[search]\n", "".join(f"[search]\n{k.split('__')[1]} = {v}\n" for k, v in overrides.items()))
-        )
-    db = existing.parent / "study.db"
-    before = _dump(db)
-    capfd.readouterr()
-    try:
-        code = main(["run", str(cfg), "--quiet", *flags])
-    except SystemExit as exc:  # argparse
-        code = int(exc.code or 0)
-    err = capfd.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert len(err) == 1 and err[0].startswith("prunetune: error: ") and message in err[0], err
-    assert _dump(db) == before
