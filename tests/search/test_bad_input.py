@@ -52,9 +52,13 @@ def _file(name: str, data: bytes) -> Setup:
     return make
 
 
-def _config_plus(text: str) -> Setup:
+def _config_plus(text: str, under: str = "") -> Setup:
+    """A copy of the study's config with ``text`` added at its end, or right under the ``[under]`` header."""
+
     def make(c: Ctx) -> None:
-        (c.tmp / "c.toml").write_text(c.cfg.read_text() + text)
+        old = c.cfg.read_text()
+        new = old.replace(f"[{under}]\n", f"[{under}]\n{text}") if under else old + text
+        (c.tmp / "c.toml").write_text(new)
         c.extra["file"] = str(c.tmp / "c.toml")
 
     return make
@@ -138,7 +142,7 @@ CASES: list[tuple[str, list[str], Setup | None, int, str]] = [
     ("config-not-toml", ["run", "{file}"], _file("c.toml", b"[[[ nope"), BAD, "not valid TOML"),
     ("config-binary", ["run", "{file}"], _file("c.toml", b"\xff\xfe\x00garbage"), BAD, "not UTF-8 text"),
     ("unknown-section", ["run", "{file}"], _config_plus("\n[nope]\nx = 1\n"), BAD, "nope"),
-    ("unknown-key-in-file", ["run", "{file}"], _config_plus("\n[ray]\nfoo = 1\n"), BAD, "foo"),
+    ("unknown-key-in-file", ["run", "{file}"], _config_plus("foo = 1\n", "search"), BAD, "search.foo"),
     ("candidates-0", [*RUN, "--search.candidates", "0"], None, BAD, "greater than or equal to 1"),
     ("candidates-text", [*RUN, "--search.candidates", "many"], None, BAD, "search.candidates"),
     ("sampler", [*RUN, "--search.sampler", "cmaes"], None, BAD, "Input should be 'tpe', 'nsga2' or 'random'"),
