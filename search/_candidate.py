@@ -14,7 +14,9 @@ or a Ray driver) hands a repaired plan to a :class:`CandidateRunner`, which
    ``artifacts/studies/<study>/<id>.safetensors`` when the candidate completes;
 4. **records** the outcome: the scheduler is told first (its ``record``
    callback returns the trial number, if it keeps trials), then the candidate
-   row and the Pareto table are written in one transaction.
+   row and the Pareto table are written in one transaction. A candidate that
+   is already finished (a scheduler ran it twice) is recorded once, by the
+   first to finish (``StudyStore.finish`` returns ``False`` for the second).
 
 A worker killed in the middle leaves its candidate RUNNING; another worker
 claims it later (``StudyStore.claim_stale``, judged by :func:`is_dead`).
@@ -44,6 +46,7 @@ __all__ = [
     "CandidateRunner",
     "Outcome",
     "Recorder",
+    "Reporter",
     "Timings",
     "is_dead",
     "objective_values",
@@ -54,6 +57,9 @@ log = logging.getLogger("prunetune")
 
 Recorder = Callable[[Status, list[float] | None], int | None]
 """Tells the scheduler a candidate's status and objective values; returns its trial number, if any."""
+
+Reporter = Callable[[int, float], None]
+"""Hears each intermediate ``(step, accuracy)`` of a fine-tune (e.g. to pass it on to Ray Tune)."""
 
 
 def worker_id() -> str:
@@ -104,10 +110,15 @@ class Timings:
     evaluate: float = 0.0
     store: float = 0.0
     candidates: int = 0
+    schedule: float = 0.0  # Ray: seconds a warm slot waited between two candidates (Tune, the driver)
+    scheduled: int = 0  # the waits measured
 
     def per_candidate(self) -> dict[str, float]:
         n = max(self.candidates, 1)
-        return {k: getattr(self, k) / n for k in ("sample", "repair", "apply", "evaluate", "store")}
+        out = {k: getattr(self, k) / n for k in ("sample", "repair", "apply", "evaluate", "store")}
+        if self.scheduled:
+            out["schedule"] = self.schedule / self.scheduled
+        return out
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,7 @@ class Outcome:
     reason: str | None
     artifact: str | None  # the saved weights (COMPLETE only)
     trial_number: int | None
+    recorded: bool = True  # False: the candidate was already finished (by an earlier run of it)
 
 
 class _Heartbeat:
@@ -145,6 +157,12 @@ class _Heartbeat:
         self._thread.join()
 
 
+def _phases(apply: float, evaluate: float, metrics: Metrics) -> dict[str, float]:
+    """Seconds of a candidate's life per phase (what reports draw): surgery, fine-tune, evaluation, the rest."""
+    train, evals = metrics.train_seconds, metrics.eval_seconds
+    return {"apply": apply, "train": train, "eval": evals, "other": max(evaluate - train - evals, 0.0)}
+
+
 class CandidateRunner:
     """Lives candidates of one prepared study for one worker (see the module docs for the steps).
 
@@ -156,8 +174,11 @@ class CandidateRunner:
         self.worker = worker
         self.timings = timings
 
-    def reserve(self, plan: Plan, trial_number: int | None = None) -> int | None:
-        """The new RUNNING candidate's id; ``None`` if the study holds this plan; StudyFullError when full."""
+    def reserve(self, plan: Plan, trial_number: int | None = None, *, kind: str | None = None) -> int | None:
+        """The new RUNNING candidate's id; ``None`` if the study holds this plan; StudyFullError when full.
+
+        ``kind``: where the plan came from (``allocator``, ``uniform``, ``sampled``), kept for reports.
+        """
         p = self.prepared
         t0 = time.perf_counter()
         cid = p.store.reserve(
@@ -167,6 +188,7 @@ class CandidateRunner:
             trial_number,
             worker=self.worker,
             limit=p.config.search.candidates,
+            kind=kind,
         )
         self.timings.store += time.perf_counter() - t0
         return cid
@@ -183,13 +205,25 @@ class CandidateRunner:
             rule.add([row.objective(o) for o in costs], row.history)
         return rule
 
-    def evaluate(self, cid: int, plan: Plan, cost: Cost, record: Recorder) -> Outcome:
-        """Apply and evaluate reserved candidate ``cid``, tell ``record``, then store the outcome."""
+    def evaluate(
+        self, cid: int, plan: Plan, cost: Cost, record: Recorder, *, report: Reporter | None = None
+    ) -> Outcome:
+        """Apply and evaluate reserved candidate ``cid``, tell ``record``, then store the outcome.
+
+        ``report`` hears every intermediate accuracy before the early-stop rule judges it.
+        """
         from evaluators import Context, Metrics, save_weights
 
         p = self.prepared
         e = p.config.evaluate
         rule = self.early_stop(cost)
+        callback: Callable[[int, float], bool] | None = rule
+        if report is not None:
+
+            def callback(step: int, accuracy: float) -> bool:
+                report(step, accuracy)
+                return rule is None or rule(step, accuracy)
+
         t0 = time.perf_counter()
         with _Heartbeat(p.store, cid, min(30.0, p.config.storage.grace_seconds / 4)):
             model = p.space.apply(plan)
@@ -201,7 +235,7 @@ class CandidateRunner:
                 seed=e.seed,
                 batch_size=e.batch_size,
                 max_val_samples=e.max_val_samples,
-                callback=rule,
+                callback=callback,
             )
             try:
                 metrics = p.evaluator.evaluate(model, context)
@@ -221,7 +255,7 @@ class CandidateRunner:
             values = objective_values(p.objectives, metrics.accuracy, cdict, latency)
         number = record(status, values)
         last = metrics.history[-1][1] if metrics.history else None
-        p.store.finish(
+        recorded = p.store.finish(
             cid,
             status,
             accuracy=metrics.accuracy if status is Status.COMPLETE else last,
@@ -233,11 +267,18 @@ class CandidateRunner:
             artifact=artifact,
             trial_number=number,
             objectives=p.objectives,
+            phases=_phases(t1 - t0, t2 - t1, metrics),
         )
         self.timings.apply += t1 - t0
         self.timings.evaluate += t2 - t1
         self.timings.store += time.perf_counter() - t2
         self.timings.candidates += 1
         return Outcome(
-            status=status, values=values, metrics=metrics, reason=reason, artifact=artifact, trial_number=number
+            status=status,
+            values=values,
+            metrics=metrics,
+            reason=reason,
+            artifact=artifact,
+            trial_number=number,
+            recorded=recorded,
         )

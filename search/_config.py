@@ -1,9 +1,10 @@
 """The run configuration: one TOML file, validated by pydantic, every key overridable by a flag.
 
 Sections: ``model``, ``data``, ``budget``, ``space``, ``evaluate``, ``search``,
-``storage``. Unknown keys are errors. A flag ``--section.key VALUE`` overrides
-the file (``--search.candidates 10``, ``--storage.url sqlite:///x.db``; lists
-are comma-separated: ``--search.objectives accuracy,macs,params``).
+``storage``, ``ray`` (read when ``search.backend = "ray"``). Unknown keys are
+errors. A flag ``--section.key VALUE`` overrides the file
+(``--search.candidates 10``, ``--storage.url sqlite:///x.db``, ``--search.backend ray``;
+lists are comma-separated: ``--search.objectives accuracy,macs,params``).
 """
 
 from __future__ import annotations
@@ -84,7 +85,10 @@ class SearchConfig(_Section):
     seed_plans: list[Literal["allocator", "uniform"]] = ["allocator", "uniform"]
     seed: int = 0
     worker: int = Field(0, ge=0, description="distinct number per parallel worker (salts the sampler)")
-    artifacts_dir: str = "artifacts"
+    artifacts_dir: str = Field("artifacts", description="baselines and candidates' weights (shared by every node)")
+    backend: Literal["local", "ray"] = Field(
+        "local", description="who schedules the candidates: this process, or a Ray cluster (see [ray])"
+    )
 
     @field_validator("objectives")
     @classmethod
@@ -94,6 +98,31 @@ class SearchConfig(_Section):
             raise ValueError(
                 f"objectives must start with 'accuracy', add at least one cost and not repeat, got {shown}"
             )
+        return v
+
+
+class RayConfig(_Section):
+    """The Ray cluster that schedules candidates when ``search.backend = "ray"`` (``pip install prunetune[ray]``)."""
+
+    address: str | None = Field(
+        None,
+        description="the head's HOST:PORT, e.g. 10.0.0.5:6379, or auto (default: $RAY_ADDRESS, else a new local Ray)",
+    )
+    node_ip: str | None = Field(
+        None, description="this driver's IP as the cluster knows it (default: $PRUNETUNE_RAY_NODE_IP, else Ray's guess)"
+    )
+    cpus_per_candidate: float = Field(1.0, gt=0, description="logical CPUs each candidate reserves")
+    gpus_per_candidate: float = Field(0.0, ge=0, description="GPUs each candidate reserves; 0.25: four share one")
+    max_concurrent: int | None = Field(
+        None, ge=1, description="candidates evaluated at once (default: as many as the cluster's resources hold)"
+    )
+    max_failures: int = Field(3, ge=0, description="times Ray Tune retries a candidate whose worker or node died")
+
+    @field_validator("gpus_per_candidate")
+    @classmethod
+    def _gpus(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError(f"gpus_per_candidate must be a fraction below 1 or a whole number, got {v}")
         return v
 
 
@@ -110,6 +139,7 @@ class Config(_Section):
     evaluate: EvaluateConfig = Field(default_factory=lambda: EvaluateConfig())
     search: SearchConfig = Field(default_factory=lambda: SearchConfig())
     storage: StorageConfig = Field(default_factory=lambda: StorageConfig())
+    ray: RayConfig = Field(default_factory=lambda: RayConfig())
 
     def budget_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.budget.model_dump().items() if v is not None}

@@ -10,9 +10,9 @@ candidate's life (:mod:`search._candidate`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from search._config import Config
 from search._samplers import Sampler
@@ -50,6 +50,18 @@ class Prepared:
     uniform: Plan  # the uniform plan repaired onto the budget
     dists: dict[str, BaseDistribution]  # the sampler's parameters (search._space)
     artifacts: Path  # where the candidates' weights go
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (a Ray driver ships it to its trials once): the plan travels as JSON, the store as its URL."""
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        state["uniform"] = self.uniform.to_json()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from spaces import Plan
+
+        for name, value in {**state, "uniform": Plan.from_json(state["uniform"])}.items():
+            object.__setattr__(self, name, value)
 
 
 def default_evaluator(config: Config) -> Evaluator:
@@ -108,6 +120,7 @@ def prepare(
         load_weights(model, cfg.model.weights)
         ctx = Context(data=data, device=device, batch_size=cfg.evaluate.batch_size)
         base_accuracy, _ = evaluate_accuracy(model.to(device), ctx)
+        base_weights = Path(cfg.model.weights)
     else:
         recipe = Recipe(epochs=cfg.model.train_epochs, lr=cfg.model.train_lr, batch_size=cfg.model.train_batch_size)
         base = train_baseline(
@@ -119,7 +132,7 @@ def prepare(
             device=device,
             progress=progress,
         )
-        model, base_accuracy = base.model, base.accuracy
+        model, base_accuracy, base_weights = base.model, base.accuracy, base.path
     base_model = model.eval()
     space = ModelSpace(
         model.cpu(),
@@ -142,6 +155,7 @@ def prepare(
             "input_shape": list(data.input_shape),
             "in_channels": data.in_channels,
             "num_classes": data.num_classes,
+            "base_weights": str(base_weights.resolve()),  # what reports read the base model's filters from
         },
         base_cost=base_cost.as_dict(),
         base_accuracy=base_accuracy,

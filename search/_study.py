@@ -1,47 +1,53 @@
-"""The local search driver: an Optuna ask/tell study over our plans, stored in one SQL database.
+"""The search drivers: an Optuna ask/tell study over our plans, stored in one SQL database.
 
-One worker (one process) runs :meth:`Search.run`; several workers may run the
-same study against one PostgreSQL URL. Per candidate:
+:class:`Search` holds what every driver shares; ``search.backend`` picks who
+schedules the candidates: this process, one after another (``local``, the loop
+of :meth:`Search.run`; several processes may share one PostgreSQL URL), or a Ray
+cluster (``ray``, :mod:`search._ray`). Per candidate, whoever schedules it:
 
-1. **sample**: the sampler proposes per-group prune ratios (and ranks), or the
-   next seed plan (the allocator's, then the uniform one) is taken first;
+1. **propose** (:meth:`Search.propose`): the sampler proposes per-group prune
+   ratios (and ranks), or the next seed plan (the allocator's, then the
+   uniform one) is taken first;
 2. **repair**: ``space.fit`` moves the plan onto the budget, so every candidate
    that is evaluated and stored meets it; the budget's slack goes to Optuna as
    ``trial.set_constraint`` values (always <= 0 after repair);
-3. **live** it (:mod:`search._candidate`): reserve, apply + evaluate, record.
-   A plan the study already holds is not evaluated again (the sampler is told
-   the stored result); a full study ends the loop. Optuna is told each outcome
-   with the same mapping of statuses as Ray Tune's Optuna searcher.
+3. **reserve** (:meth:`Search.reserve`): a plan the study already holds is not
+   evaluated again (the sampler is told the stored result); a full study ends
+   the run;
+4. **live** it (:mod:`search._candidate`): apply + evaluate, then record. Optuna
+   is told each outcome by a :class:`Teller`, with the same mapping of statuses
+   as Ray Tune's Optuna searcher, in the process that evaluated it.
 
-A killed worker leaves at most its current candidate RUNNING; the next worker
-(or a rerun of the same command) claims it (``StudyStore.claim_stale``), fails
-its old Optuna trial and evaluates the plan again. The study is done when it
+A killed worker leaves at most its current candidates RUNNING; the next worker
+(or a rerun of the same command) claims them (:meth:`Search.claim_stale`), fails
+their old Optuna trials and evaluates the plans again. The study is done when it
 holds ``search.candidates`` candidates, counted over all workers.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from search._candidate import CandidateRunner, Timings, is_dead, objective_values, worker_id
+from search._candidate import CandidateRunner, Recorder, Timings, is_dead, objective_values, worker_id
 from search._config import Config
 from search._prepare import Prepared, prepare
 from search._samplers import make_sampler
 from search._space import params_from_plan, plan_from_params
-from spaces import Status
+from spaces import Status, UsageError
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import Trial, TrialState
 
     from evaluators import Evaluator
-    from spaces import Plan
+    from spaces import Cost, Plan
     from storage import CandidateRow, StudyStore
 
-__all__ = ["RunResult", "Search"]
+__all__ = ["Proposal", "RunResult", "Search", "Teller"]
 
 _MAX_DUPLICATES_IN_A_ROW = 50
 
@@ -71,13 +77,132 @@ class RunResult:
     events: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Proposal:
+    """A repaired plan, ready to be reserved: where it came from, its cost and the sampler's view of it."""
+
+    kind: str  # "allocator", "uniform" (seed plans) or "sampled"
+    plan: Plan
+    cost: Cost
+    params: dict[str, Any]  # the sampler's parameters for the plan
+    trial: Trial | None  # the asked Optuna trial (sampled plans only)
+
+    @property
+    def trial_number(self) -> int | None:
+        return None if self.trial is None else int(self.trial.number)
+
+
+class Teller:
+    """Tells the study's Optuna twin the outcome of candidates: in a driver, or in a Ray trial on another node.
+
+    Idempotent, because a scheduler may run a candidate's life more than once
+    (Ray Tune retries a trial whose node died; a rerun claims what a killed
+    worker left): a trial that an earlier attempt already finished is left as
+    it is, and a candidate gets at most one added trial.
+    """
+
+    def __init__(self, study: optuna.Study, prepared: Prepared, worker: str) -> None:
+        self.study = study
+        self.prepared = prepared
+        self.worker = worker
+
+    def tell(self, number: int, values: list[float] | None, status: Status) -> None:
+        if values is not None and status is Status.COMPLETE:
+            self.study.tell(number, values, skip_if_finished=True)
+        else:
+            self.study.tell(number, state=_trial_state(status), skip_if_finished=True)
+
+    def tell_duplicate(self, trial: Trial, plan_hash: str) -> None:
+        """Tell a sampled plan that the study already holds the stored candidate's result."""
+        p = self.prepared
+        row = p.store.candidate(p.study_id, plan_hash=plan_hash)
+        trial.set_user_attr("duplicate_of", row.id)
+        if row.status is Status.COMPLETE and row.accuracy is not None:
+            cost = {"macs": row.macs or 0.0, "params": row.params or 0.0, "bytes": row.bytes or 0.0}
+            self.tell(trial.number, objective_values(p.objectives, row.accuracy, cost, row.latency), Status.COMPLETE)
+        else:
+            self.tell(trial.number, None, Status.PRUNED if row.status is Status.PRUNED else Status.FAIL)
+
+    def recorder(self, number: int | None, params: dict[str, Any], cid: int, plan_hash: str, kind: str) -> Recorder:
+        """Records a candidate's outcome: on its asked trial, or (seed plans, retries) on a trial added for it."""
+
+        def record(status: Status, values: list[float] | None) -> int | None:
+            if number is not None:
+                self.tell(number, values, status)
+                return number
+            return self.add_trial(params, values, status, cid, plan_hash, kind)
+
+        return record
+
+    def add_trial(
+        self, params: dict[str, Any], values: list[float] | None, status: Status, cid: int, h: str, kind: str
+    ) -> int | None:
+        import optuna
+
+        def added() -> int | None:
+            for t in reversed(self.study.get_trials(deepcopy=False)):
+                if t.user_attrs.get("candidate_id") == cid and t.state.is_finished():
+                    return int(t.number)
+            return None
+
+        number = added()  # told by an earlier attempt of this candidate
+        if number is not None:
+            return number
+        frozen = optuna.trial.create_trial(
+            state=_trial_state(status),
+            params=params,
+            distributions=self.prepared.dists,
+            values=values if status is Status.COMPLETE else None,
+            user_attrs={"candidate_id": cid, "plan_hash": h, "kind": kind, "worker": self.worker},
+        )
+        self.study.add_trial(frozen)
+        return added()
+
+
+def open_optuna_study(config: Config, p: Prepared) -> optuna.Study:
+    """The study's Optuna twin (created, or loaded when its objectives match ours)."""
+    import optuna
+    from optuna.study import StudyDirection
+
+    cfg = config
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    objectives = [o.value for o in p.objectives]
+    directions = [StudyDirection[o.direction.name] for o in p.objectives]  # MAXIMIZE / MINIMIZE
+    storage = p.store.optuna_storage()
+    existing = [s for s in storage.get_all_studies() if s.study_name == p.study]
+    if existing:
+        had = existing[0].user_attrs.get("prunetune_objectives")
+        same_dirs = list(existing[0].directions) == directions
+        if (had is not None and had != objectives) or not same_dirs:
+            raise ValueError(
+                f"study {p.study!r} exists with objectives {had}, not {objectives}: use another study name"
+            )
+    # a rerun continues with a fresh stream (resampling the same plans would only find duplicates)
+    seed = cfg.search.seed + 1_000_003 * cfg.search.worker + 7919 * p.store.count(p.study_id)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=p.study,
+        directions=directions,
+        sampler=make_sampler(cfg.search.sampler, seed, cfg.search.candidates),
+        load_if_exists=True,
+    )
+    if not existing or existing[0].user_attrs.get("prunetune_objectives") is None:
+        study.set_user_attr("prunetune_objectives", objectives)
+    if study.metric_names != objectives:  # what optuna-dashboard and optuna.visualization label the axes with
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(objectives)
+    return study
+
+
 class Search:
     """A study run by this process. ``prepare`` validates everything before any write; ``run`` evaluates.
 
     Bad input (unknown spec, infeasible budget, unreachable or malformed storage,
-    a reused study name with another model, data or budget, other objectives)
-    raises a one-line ``ValueError``/``PruneTuneError`` and leaves an existing
-    study untouched. ``evaluator`` and ``store`` default to the config's.
+    a reused study name with another model, data or budget, other objectives,
+    an unreachable Ray cluster) raises a one-line ``ValueError``/``PruneTuneError``
+    and leaves an existing study untouched. ``evaluator`` and ``store`` default
+    to the config's; a Ray driver ships ``evaluator`` (picklable) to its trials.
     """
 
     def __init__(self, config: Config, *, evaluator: Evaluator | None = None, store: StudyStore | None = None) -> None:
@@ -88,7 +213,9 @@ class Search:
         self._store = store
         self._prepared: Prepared | None = None
         self._study: optuna.Study | None = None
+        self._teller: Teller | None = None
         self._runner: CandidateRunner | None = None
+        self._in_a_row = 0  # duplicates proposed in a row
 
     @property
     def prepared(self) -> Prepared:
@@ -97,56 +224,39 @@ class Search:
             raise RuntimeError("call Search.prepare() first")
         return self._prepared
 
+    @property
+    def teller(self) -> Teller:
+        return self._parts()[1]
+
     # ------------------------------------------------------------------ setup
     def prepare(self, *, progress: bool = False) -> Search:
+        """Everything before the first candidate, checked before any write (a Ray cluster is connected first)."""
         import torch
 
+        if self.cfg.search.backend == "ray":
+            try:
+                from search._ray import connect
+            except ImportError as exc:
+                raise UsageError(
+                    f"search.backend = 'ray' needs Ray Tune: pip install 'prunetune[ray]' ({exc})"
+                ) from None
+            connect(self)
         p = prepare(self.cfg, store=self._store, evaluator=self._evaluator, progress=progress)
-        self._study = self._open_optuna_study(p)
+        self._study = open_optuna_study(self.cfg, p)
+        self._teller = Teller(self._study, p, self.worker)
         self._runner = CandidateRunner(p, self.worker, self.timings)
         self._prepared = p
         torch.manual_seed(self.cfg.evaluate.seed)
         return self
 
-    def _open_optuna_study(self, p: Prepared) -> optuna.Study:
-        """The study's Optuna twin (created, or loaded when its objectives match ours)."""
-        import optuna
-        from optuna.study import StudyDirection
-
-        cfg = self.cfg
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        objectives = [o.value for o in p.objectives]
-        directions = [StudyDirection[o.direction.name] for o in p.objectives]  # MAXIMIZE / MINIMIZE
-        storage = p.store.optuna_storage()
-        existing = [s for s in storage.get_all_studies() if s.study_name == p.study]
-        if existing:
-            had = existing[0].user_attrs.get("prunetune_objectives")
-            same_dirs = list(existing[0].directions) == directions
-            if (had is not None and had != objectives) or not same_dirs:
-                raise ValueError(
-                    f"study {p.study!r} exists with objectives {had}, not {objectives}: use another study name"
-                )
-        # a rerun continues with a fresh stream (resampling the same plans would only find duplicates)
-        seed = cfg.search.seed + 1_000_003 * cfg.search.worker + 7919 * p.store.count(p.study_id)
-        study = optuna.create_study(
-            storage=storage,
-            study_name=p.study,
-            directions=directions,
-            sampler=make_sampler(cfg.search.sampler, seed, cfg.search.candidates),
-            load_if_exists=True,
-        )
-        if not existing or existing[0].user_attrs.get("prunetune_objectives") is None:
-            study.set_user_attr("prunetune_objectives", objectives)
-        return study
-
-    def _parts(self) -> tuple[Prepared, optuna.Study, CandidateRunner]:
-        if self._prepared is None or self._study is None or self._runner is None:
+    def _parts(self) -> tuple[Prepared, Teller, CandidateRunner]:
+        if self._prepared is None or self._teller is None or self._runner is None:
             self.prepare()
-        if self._prepared is None or self._study is None or self._runner is None:
+        if self._prepared is None or self._teller is None or self._runner is None:
             raise RuntimeError("Search.prepare() did not prepare the study")
-        return self._prepared, self._study, self._runner
+        return self._prepared, self._teller, self._runner
 
-    # ------------------------------------------------------------------ the loop
+    # ------------------------------------------------------------------ the shared steps
     def seed_plans(self) -> list[tuple[str, Plan]]:
         p = self.prepared
         out = []
@@ -158,144 +268,95 @@ class Search:
                 out.append(("uniform", p.uniform))
         return out
 
-    def run(self, on_candidate: Callable[[RunResult], None] | None = None) -> RunResult:
-        """Evaluate candidates until the study holds ``search.candidates`` of them."""
-        from storage import StudyFullError
-
-        p, study, runner = self._parts()
-        cfg = self.cfg
-        target = cfg.search.candidates
-        res = RunResult(
+    def new_result(self) -> RunResult:
+        p = self.prepared
+        return RunResult(
             study=p.study,
             study_id=p.study_id,
             evaluated=0,
             duplicates=0,
             retried=0,
-            total=0,
+            total=p.store.count(p.study_id),
             front=[],
             timings=self.timings,
             base_accuracy=p.base_accuracy,
             base_cost=p.base_cost.as_dict(),
         )
-        seeds = self.seed_plans()
-        in_a_row, first = 0, True
-        while True:
-            res.retried += self._retry_stale(res, orphans=first)
-            first = False
-            res.total = p.store.count(p.study_id)
-            if res.total >= target:
-                break
-            t0 = time.perf_counter()
-            trial: Trial | None = None
-            if seeds:
-                kind, plan = seeds.pop(0)
-                params = params_from_plan(p.space, plan, p.dists, method=cfg.space.method)
-                t1 = time.perf_counter()
-            else:
-                kind = "sampled"
-                trial = study.ask(p.dists)
-                trial.set_user_attr("worker", self.worker)
-                params = trial.params
-                plan = plan_from_params(p.space, params, method=cfg.space.method)
-                t1 = time.perf_counter()
-                plan = p.space.fit(plan, p.budget)
-            cost = p.space.cost(plan)
-            slack = p.budget.slack(cost, p.base_cost)
-            if any(v > 0 for v in slack.values()):  # fit guarantees this never happens
-                raise RuntimeError(f"internal error: repaired plan {plan.hash} exceeds the budget: {slack}")
-            if trial is not None:
-                for key, value in slack.items():
-                    trial.set_constraint(key, value)
-                trial.set_user_attr("plan_hash", plan.hash)
-            t2 = time.perf_counter()
-            self.timings.sample += t1 - t0
-            self.timings.repair += t2 - t1
-            try:
-                cid = runner.reserve(plan, trial.number if trial else None)
-            except StudyFullError:
-                if trial is not None:
-                    trial.set_user_attr("reason", "not evaluated: the study already holds its candidates")
-                    self._tell(trial, None, Status.FAIL)
-                break
-            if cid is None:  # a seed plan already evaluated (on resume), or a sampled duplicate
-                if trial is not None:
-                    res.duplicates += 1
-                    in_a_row += 1
-                    self._tell_duplicate(trial, plan.hash)
-                    if in_a_row >= _MAX_DUPLICATES_IN_A_ROW:
-                        res.stopped = (
-                            f"the sampler proposed {in_a_row} plans in a row that the study already holds: "
-                            "the space looks exhausted at this budget"
-                        )
-                        break
-                continue
-            in_a_row = 0
-            runner.evaluate(cid, plan, cost, self._recorder(trial, params, cid, plan.hash, kind))
-            res.evaluated += 1
-            res.total = p.store.count(p.study_id)
-            if on_candidate is not None:
-                on_candidate(res)
+
+    def conclude(self, res: RunResult) -> RunResult:
+        p = self.prepared
         res.front = p.store.front(p.study_id)
         res.total = p.store.count(p.study_id)
         return res
 
-    def _tell(self, trial: Trial, values: list[float] | None, status: Status) -> None:
-        _, study, _ = self._parts()
-        if values is not None and status is Status.COMPLETE:
-            study.tell(trial, values)
+    def propose(self, seeds: list[tuple[str, Plan]]) -> Proposal:
+        """Sample (or take the next of ``seeds``) and repair: a plan within the budget."""
+        p, teller, _ = self._parts()
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        trial: Trial | None = None
+        if seeds:
+            kind, plan = seeds.pop(0)
+            params = params_from_plan(p.space, plan, p.dists, method=cfg.space.method)
+            t1 = time.perf_counter()
         else:
-            study.tell(trial, state=_trial_state(status))
+            kind = "sampled"
+            trial = teller.study.ask(p.dists)
+            trial.set_user_attr("worker", self.worker)
+            params = trial.params
+            plan = plan_from_params(p.space, params, method=cfg.space.method)
+            t1 = time.perf_counter()
+            plan = p.space.fit(plan, p.budget)
+        cost = p.space.cost(plan)
+        slack = p.budget.slack(cost, p.base_cost)
+        if any(v > 0 for v in slack.values()):  # fit guarantees this never happens
+            raise RuntimeError(f"internal error: repaired plan {plan.hash} exceeds the budget: {slack}")
+        if trial is not None:
+            for key, value in slack.items():
+                trial.set_constraint(key, value)
+            trial.set_user_attr("plan_hash", plan.hash)
+        self.timings.sample += t1 - t0
+        self.timings.repair += time.perf_counter() - t1
+        return Proposal(kind=kind, plan=plan, cost=cost, params=params, trial=trial)
 
-    def _tell_duplicate(self, trial: Trial, plan_hash: str) -> None:
-        p = self.prepared
-        row = p.store.candidate(p.study_id, plan_hash=plan_hash)
-        trial.set_user_attr("duplicate_of", row.id)
-        if row.status is Status.COMPLETE and row.accuracy is not None:
-            cost = {"macs": row.macs or 0.0, "params": row.params or 0.0, "bytes": row.bytes or 0.0}
-            values = objective_values(p.objectives, row.accuracy, cost, row.latency)
-            self._tell(trial, values, Status.COMPLETE)
-        else:
-            self._tell(trial, None, Status.PRUNED if row.status is Status.PRUNED else Status.FAIL)
+    def reserve(self, prop: Proposal, res: RunResult) -> int | None:
+        """The new candidate's id, or ``None``: a duplicate (told to Optuna), or the space is exhausted
+        (``res.stopped`` says so). Raises :class:`storage.StudyFullError` when the study holds its candidates.
+        """
+        from storage import StudyFullError
 
-    def _recorder(
-        self, trial: Trial | None, params: dict[str, Any], cid: int, plan_hash: str, kind: str
-    ) -> Callable[[Status, list[float] | None], int | None]:
-        """Tells Optuna a candidate's outcome: the asked trial, or (seed plans, retries) a trial added for it."""
-
-        def record(status: Status, values: list[float] | None) -> int | None:
-            if trial is not None:
-                self._tell(trial, values, status)
-                return int(trial.number)
-            return self._add_trial(params, values, status, cid, plan_hash, kind)
-
-        return record
-
-    def _add_trial(
-        self, params: dict[str, Any], values: list[float] | None, status: Status, cid: int, h: str, kind: str
-    ) -> int | None:
-        import optuna
-
-        p, study, _ = self._parts()
-        frozen = optuna.trial.create_trial(
-            state=_trial_state(status),
-            params=params,
-            distributions=p.dists,
-            values=values if status is Status.COMPLETE else None,
-            user_attrs={"candidate_id": cid, "plan_hash": h, "kind": kind, "worker": self.worker},
-        )
-        study.add_trial(frozen)
-        for t in reversed(study.get_trials(deepcopy=False)):
-            if t.user_attrs.get("candidate_id") == cid:
-                return int(t.number)
+        _, teller, runner = self._parts()
+        try:
+            cid = runner.reserve(prop.plan, prop.trial_number, kind=prop.kind)
+        except StudyFullError:
+            if prop.trial is not None:
+                prop.trial.set_user_attr("reason", "not evaluated: the study already holds its candidates")
+                teller.tell(prop.trial.number, None, Status.FAIL)
+            raise
+        if cid is not None:
+            self._in_a_row = 0
+            return cid
+        if prop.trial is not None:  # a sampled duplicate (a seed plan already evaluated is skipped silently)
+            res.duplicates += 1
+            self._in_a_row += 1
+            teller.tell_duplicate(prop.trial, prop.plan.hash)
+            if self._in_a_row >= _MAX_DUPLICATES_IN_A_ROW:
+                res.stopped = (
+                    f"the sampler proposed {self._in_a_row} plans in a row that the study already holds: "
+                    "the space looks exhausted at this budget"
+                )
         return None
 
-    def _retry_stale(self, res: RunResult, *, orphans: bool = False) -> int:
-        """Claim and evaluate again the candidates that stopped workers left RUNNING."""
+    def claim_stale(self, res: RunResult, *, orphans: bool = False) -> list[CandidateRow]:
+        """Claim the candidates that stopped workers left RUNNING (their old Optuna trials are failed).
+
+        With ``orphans``, also fail the Optuna trials that dead workers of this
+        host asked for and never reserved. Evaluate each row with :meth:`relive`.
+        """
         from optuna.trial import TrialState
 
-        from spaces import Plan
-
-        p, study, runner = self._parts()
+        p, teller, _ = self._parts()
+        study = teller.study
         rows = p.store.claim_stale(
             p.study_id, self.worker, grace_seconds=self.cfg.storage.grace_seconds, is_dead=is_dead
         )
@@ -305,13 +366,60 @@ class Search:
                 trials = study.get_trials(deepcopy=False)
                 if row.trial_number < len(trials) and trials[row.trial_number].state == TrialState.RUNNING:
                     study.tell(row.trial_number, state=TrialState.FAIL)
-            plan = Plan.from_json(row.plan)
-            params = params_from_plan(p.space, plan, p.dists, method=self.cfg.space.method)
-            runner.evaluate(row.id, plan, p.space.cost(plan), self._recorder(None, params, row.id, plan.hash, "retry"))
-        if not (orphans or rows):
-            return 0
-        # Optuna trials asked by dead workers of this host that never reached the store
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if is_dead(t.user_attrs.get("worker")) and t.user_attrs.get("worker"):
-                study.tell(t.number, state=TrialState.FAIL)
-        return len(rows)
+        res.retried += len(rows)
+        if orphans or rows:
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if is_dead(t.user_attrs.get("worker")) and t.user_attrs.get("worker"):
+                    study.tell(t.number, state=TrialState.FAIL)
+        return rows
+
+    def relive(self, row: CandidateRow) -> tuple[Plan, Cost, Recorder]:
+        """What :meth:`CandidateRunner.evaluate` needs to evaluate a claimed candidate again."""
+        from spaces import Plan
+
+        p, teller, _ = self._parts()
+        plan = Plan.from_json(row.plan)
+        params = params_from_plan(p.space, plan, p.dists, method=self.cfg.space.method)
+        return plan, p.space.cost(plan), teller.recorder(None, params, row.id, plan.hash, "retry")
+
+    # ------------------------------------------------------------------ the drivers
+    def run(self, on_candidate: Callable[[RunResult], None] | None = None) -> RunResult:
+        """Evaluate candidates until the study holds ``search.candidates`` of them (here, or on Ray)."""
+        if self.cfg.search.backend == "ray":
+            from search._ray import run_on_ray
+
+            self._parts()
+            return run_on_ray(self, on_candidate)
+        return self._run_local(on_candidate)
+
+    def _run_local(self, on_candidate: Callable[[RunResult], None] | None) -> RunResult:
+        from storage import StudyFullError
+
+        p, teller, runner = self._parts()
+        target = self.cfg.search.candidates
+        res = self.new_result()
+        seeds = self.seed_plans()
+        first = True
+        while True:
+            for row in self.claim_stale(res, orphans=first):
+                runner.evaluate(row.id, *self.relive(row))
+            first = False
+            res.total = p.store.count(p.study_id)
+            if res.total >= target:
+                break
+            prop = self.propose(seeds)
+            try:
+                cid = self.reserve(prop, res)
+            except StudyFullError:
+                break
+            if cid is None:
+                if res.stopped:
+                    break
+                continue
+            recorder = teller.recorder(prop.trial_number, prop.params, cid, prop.plan.hash, prop.kind)
+            runner.evaluate(cid, prop.plan, prop.cost, recorder)
+            res.evaluated += 1
+            res.total = p.store.count(p.study_id)
+            if on_candidate is not None:
+                on_candidate(res)
+        return self.conclude(res)

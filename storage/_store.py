@@ -193,11 +193,13 @@ class StudyStore:
         *,
         worker: str | None = None,
         limit: int | None = None,
+        kind: str | None = None,
     ) -> int | None:
         """Insert a RUNNING candidate owned by ``worker``; ``None`` if this plan is already in the study.
 
         With ``limit``, raises :class:`StudyFullError` (and writes nothing) when
-        the study already holds ``limit`` candidates of any status. Reservations
+        the study already holds ``limit`` candidates of any status; ``kind`` says where the plan came
+        from (``allocator``, ``uniform``, ``sampled``). Reservations
         are serialised per study (a row lock on PostgreSQL, the write lock on
         SQLite), so workers racing for the last places never overshoot.
         """
@@ -211,6 +213,7 @@ class StudyStore:
                     plan_hash=plan_hash,
                     status=Status.RUNNING,
                     worker=worker,
+                    kind=kind,
                 )
                 s.add(c)
                 s.flush()  # takes SQLite's write lock before counting
@@ -299,13 +302,12 @@ class StudyStore:
         artifact: str | None = None,
         trial_number: int | None = None,
         objectives: Sequence[Objective | str] = (Objective.ACCURACY, Objective.MACS),
+        phases: Mapping[str, float] | None = None,
     ) -> bool:
         """Record a RUNNING candidate's outcome and, in the same transaction, the study's Pareto front.
 
-        Returns ``False`` and writes nothing when the candidate is already finished: a
-        scheduler that runs a candidate more than once (Ray Tune after a node died, a
-        claimed candidate whose first worker was only slow) has it recorded once, by the
-        first to finish. The status moves by compare-and-swap, so two finishers never both win.
+        ``False`` (nothing written) when it is already finished: a candidate run twice (Ray Tune
+        retries, a slow worker's claimed candidate) is recorded once, by the first finisher (CAS).
         """
         if status not in _FINISHED:
             raise ValueError(f"status must be one of {', '.join(_FINISHED)}, got {status!r}")
@@ -313,22 +315,22 @@ class StudyStore:
             bad = next(o for o in objectives if o not in _OBJECTIVES)
             raise ValueError(f"objectives must be among {', '.join(_OBJECTIVES)}, got {bad!r}")
         with self._session() as s:
-            won = s.execute(
-                update(CandidateTable)
-                .where(CandidateTable.id == candidate_id, CandidateTable.status == Status.RUNNING)
-                .values(status=Status(status))
-            )
-            c = s.get(CandidateTable, candidate_id)
-            if c is None:
+            sid = s.scalar(select(CandidateTable.study_id).where(CandidateTable.id == candidate_id))
+            if sid is None:
                 raise ValueError(f"no candidate with id {candidate_id}")
+            # the study's row first, as reserve: one writer of its front at a time, and no deadlock
+            s.execute(select(StudyTable.id).where(StudyTable.id == sid).with_for_update())
+            running = (CandidateTable.id == candidate_id, CandidateTable.status == Status.RUNNING)
+            won = s.execute(update(CandidateTable).where(*running).values(status=Status(status)))
             if won.rowcount != 1:  # type: ignore[attr-defined]
                 return False
+            c = s.get_one(CandidateTable, candidate_id)
             c.status, c.accuracy, c.seconds, c.error = Status(status), accuracy, seconds, error
             if cost is not None:
                 c.macs, c.params, c.bytes = cost.get("macs"), cost.get("params"), cost.get("bytes")
             c.latency_ms = {str(k): v for k, v in latency_ms.items()} if latency_ms else None
             c.history = [list(h) for h in history] if history else None
-            c.artifact = artifact
+            c.artifact, c.phases = artifact, dict(phases) if phases else None
             c.weights_sha256 = file_sha256(artifact) if artifact else None
             if trial_number is not None:
                 c.trial_number = trial_number
@@ -356,16 +358,20 @@ class StudyStore:
     def fail_running(self, study_id: int, reason: str = "left RUNNING by a stopped worker") -> int:
         """Mark the study's RUNNING candidates FAIL (after a crash); returns how many."""
         with self._session() as s:
-            rows = s.scalars(
-                select(CandidateTable).where(
-                    CandidateTable.study_id == study_id, CandidateTable.status == Status.RUNNING
-                )
+            done = s.execute(
+                update(CandidateTable)
+                .where(CandidateTable.study_id == study_id, CandidateTable.status == Status.RUNNING)
+                .values(status=Status.FAIL, error=reason)
             )
-            n = 0
-            for c in rows:
-                c.status, c.error = Status.FAIL, reason
-                n += 1
-            return n
+            return int(done.rowcount)  # type: ignore[attr-defined]
+
+    def record_test_accuracy(self, candidate_id: int, accuracy: float) -> None:
+        """The test accuracy of a COMPLETE candidate (reported beside its validation accuracy, never selected on)."""
+        with self._session() as s:
+            c = s.get(CandidateTable, candidate_id)
+            if c is None or c.status != Status.COMPLETE:
+                raise ValueError(f"candidate {candidate_id} is not a COMPLETE candidate of this store")
+            c.test_accuracy = accuracy
 
     def delete(self, candidate_id: int) -> None:
         """Remove a candidate (e.g. a failed one, so that its plan may be retried)."""
