@@ -200,11 +200,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from search._config import load_config
     from search._export import out_dir
-    from storage import write_report
+    from search._report import write_study_report
 
     store, study = _open_study(args)
-    for p in write_report(store, study, out_dir(args.out)):
+    config = load_config(args.config) if args.config is not None else None
+    for p in write_study_report(store, study, out_dir(args.out), config=config, filters_trial=args.filters_trial):
         print(p)
     return 0
 
@@ -261,10 +263,14 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--trial", type=int, required=True, help="the trial number (see `prunetune front`)")
     exp.add_argument("--out", required=True, help="output directory")
     exp.set_defaults(func=_cmd_export)
-    rep = sub.add_parser("report", help="write CSV and Markdown reports of a study")
+    rep = sub.add_parser("report", help="write CSV, Markdown and HTML (report.html) reports of a study")
     _study_args(rep)
     rep.add_argument("--out", required=True, help="output directory")
+    rep.add_argument("--filters-trial", type=int, help="front member whose pruned filters are shown (default: best)")
     rep.set_defaults(func=_cmd_report)
+    from search._service_cli import add_service_commands
+
+    add_service_commands(sub)
     return p
 
 

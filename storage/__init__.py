@@ -1,9 +1,10 @@
 """The SQL study store (SQLAlchemy): studies, candidates, plans, metrics and the Pareto front.
 
 SQLite (WAL, busy timeout) is the embedded default; PostgreSQL serves many workers.
+Reports (CSV, Markdown, HTML with plotly) and the queue of submitted studies live here too.
 
 Imports are lazy (PEP 562): ``import storage`` loads neither SQLAlchemy nor
-pandas (the reports); each name's module is imported when the name is first used.
+pandas nor plotly (the reports); each name's module is imported when the name is first used.
 """
 
 from __future__ import annotations
@@ -14,25 +15,34 @@ from spaces import lazy_exports
 
 if TYPE_CHECKING:
     from storage._errors import StoreDamagedError, StoreError, StudyFullError, StudyMismatchError
+    from storage._html import ReportExtras, front_figure, public_url, render_report
     from storage._open import file_sha256, store_error
     from storage._pareto import pareto_front
+    from storage._queue import Submissions, SubmissionStatus
     from storage._report import candidates_frame, plan_summary, write_report
-    from storage._schema import SCHEMA_VERSION, CandidateRow, StudyRecord
+    from storage._schema import SCHEMA_VERSION, CandidateRow, StudyRecord, SubmissionRecord
     from storage._store import StudyStore
 
 __all__ = [
     "SCHEMA_VERSION",
     "CandidateRow",
+    "ReportExtras",
     "StoreDamagedError",
     "StoreError",
     "StudyFullError",
     "StudyMismatchError",
     "StudyRecord",
     "StudyStore",
+    "SubmissionRecord",
+    "SubmissionStatus",
+    "Submissions",
     "candidates_frame",
     "file_sha256",
+    "front_figure",
     "pareto_front",
     "plan_summary",
+    "public_url",
+    "render_report",
     "store_error",
     "write_report",
 ]
@@ -40,6 +50,13 @@ __all__ = [
 _WHERE = {
     "SCHEMA_VERSION": "_schema",
     "CandidateRow": "_schema",
+    "ReportExtras": "_html",
+    "SubmissionRecord": "_schema",
+    "SubmissionStatus": "_queue",
+    "Submissions": "_queue",
+    "front_figure": "_html",
+    "public_url": "_html",
+    "render_report": "_html",
     "StoreDamagedError": "_errors",
     "StoreError": "_errors",
     "file_sha256": "_open",

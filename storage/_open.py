@@ -39,6 +39,11 @@ __all__ = ["file_sha256", "open_schema", "store_error"]
 # SQL that takes a store from version i + 1 to i + 2 (index 0: 1 -> 2)
 _UPGRADES: list[list[str]] = [
     ["ALTER TABLE prunetune_candidates ADD COLUMN weights_sha256 VARCHAR(64)"],
+    [  # the submissions table is created by create_all
+        "ALTER TABLE prunetune_candidates ADD COLUMN kind VARCHAR(16)",
+        "ALTER TABLE prunetune_candidates ADD COLUMN phases JSON",
+        "ALTER TABLE prunetune_candidates ADD COLUMN test_accuracy FLOAT",
+    ],
 ]
 _TABLES = ("prunetune_meta", "prunetune_studies", "prunetune_candidates", "prunetune_pareto")
 _DAMAGED = ("file is not a database", "malformed", "disk image", "file is encrypted")

@@ -1,4 +1,4 @@
-"""Tables and reports of a study for product teams (pandas): CSV and Markdown."""
+"""Tables and reports of a study for product teams (pandas): CSV, Markdown and HTML (:mod:`storage._html`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
+    from storage._html import ReportExtras
     from storage._store import StudyStore
 
-__all__ = ["candidates_frame", "plan_summary", "write_report"]
+__all__ = ["PHASES", "candidates_frame", "plan_summary", "write_report"]
+
+PHASES = ("apply", "train", "eval", "other")  # seconds of a candidate's life, as the runner records them
 
 
 def plan_summary(plan_json: str, channels: dict[str, int] | None = None, limit: int = 4) -> str:
@@ -45,7 +48,9 @@ def candidates_frame(store: StudyStore, study: str) -> pd.DataFrame:
                 "trial": r.trial_number,
                 "candidate": r.id,
                 "status": r.status.value,
+                "kind": r.kind,
                 "accuracy": r.accuracy,
+                "test_accuracy": r.test_accuracy,
                 "macs": r.macs,
                 "macs_pct": 100 * r.macs / base["macs"] if r.macs is not None and base.get("macs") else None,
                 "params": r.params,
@@ -58,17 +63,26 @@ def candidates_frame(store: StudyStore, study: str) -> pd.DataFrame:
                 "plan_hash": r.plan_hash,
                 "plan": plan_summary(r.plan),
                 "error": r.error,
+                **{f"t_{k}": (r.phases or {}).get(k) for k in PHASES},
+                "history": json.dumps(r.history) if r.history else None,
             }
         )
     columns = [
-        "trial", "candidate", "status", "accuracy", "macs", "macs_pct", "params", "params_pct", "bytes",
-        "latency_ms", "seconds", "on_front", "attempts", "plan_hash", "plan", "error",
+        "trial", "candidate", "status", "kind", "accuracy", "test_accuracy", "macs", "macs_pct", "params",
+        "params_pct", "bytes", "latency_ms", "seconds", "on_front", "attempts", "plan_hash", "plan", "error",
+        *(f"t_{k}" for k in PHASES), "history",
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
 
 
-def write_report(store: StudyStore, study: str, out: str | Path) -> list[Path]:
-    """``candidates.csv``, ``front.csv`` and ``report.md`` of ``study`` in ``out``; returns the paths."""
+def write_report(
+    store: StudyStore, study: str, out: str | Path, *, html: bool = True, extras: ReportExtras | None = None
+) -> list[Path]:
+    """``candidates.csv``, ``front.csv``, ``report.md`` and (``html``) ``report.html`` of ``study`` in ``out``.
+
+    ``extras`` holds what only the model can tell (plans' per-layer structure, filter
+    norms, the run's config and versions; built by ``search``); returns the paths.
+    """
     info = store.study(study)
     df = candidates_frame(store, study)
     out = Path(out)
@@ -103,4 +117,9 @@ def write_report(store: StudyStore, study: str, out: str | Path) -> list[Path]:
         "",
     ]
     paths[2].write_text("\n".join(lines))
+    if html:
+        from storage._html import render_report
+
+        paths.append(out / "report.html")
+        paths[3].write_text(render_report(store, info, df, extras), encoding="utf-8")
     return paths

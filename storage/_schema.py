@@ -26,12 +26,15 @@ __all__ = [
     "ParetoTable",
     "StudyRecord",
     "StudyTable",
+    "SubmissionRecord",
+    "SubmissionTable",
     "candidate_row",
     "now",
     "study_record",
+    "submission_record",
 ]
 
-SCHEMA_VERSION = 2  # 2: candidates' weights_sha256
+SCHEMA_VERSION = 3  # 2: candidates' weights_sha256; 3: candidates' kind, phases, test_accuracy; submissions
 
 
 def now() -> datetime:
@@ -80,6 +83,9 @@ class CandidateTable(Base):
     history: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # [[step, accuracy], ...]
     artifact: Mapped[str | None] = mapped_column(Text, nullable=True)  # weights file of the evaluated model
     weights_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # of the artifact, when written
+    kind: Mapped[str | None] = mapped_column(String(16), nullable=True)  # allocator, uniform, sampled, retry
+    phases: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # seconds per phase
+    test_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)  # reported, never selected on
     worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     heartbeat: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
@@ -93,6 +99,20 @@ class ParetoTable(Base):
     candidate_id: Mapped[int] = mapped_column(
         ForeignKey("prunetune_candidates.id", ondelete="CASCADE"), primary_key=True
     )
+
+
+class SubmissionTable(Base):
+    """Studies submitted to the service (``prunetune serve``), waiting for or run by a worker."""
+
+    __tablename__ = "prunetune_submissions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study: Mapped[str] = mapped_column(String(256), unique=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # queued, running, done, failed
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
 
 
 @dataclass(frozen=True)
@@ -131,6 +151,9 @@ class CandidateRow:
     weights_sha256: str | None = None
     worker: str | None = None
     attempts: int = 1
+    kind: str | None = None  # allocator, uniform (seed plans), sampled or retry
+    phases: dict[str, Any] | None = None  # seconds per phase: apply, train, eval, other
+    test_accuracy: float | None = None
 
     @property
     def latency(self) -> float | None:
@@ -141,6 +164,20 @@ class CandidateRow:
         """This candidate's value of objective ``name`` (``None`` when not measured)."""
         objective = Objective(name)
         return self.latency if objective is Objective.LATENCY else getattr(self, objective.value)
+
+
+@dataclass(frozen=True)
+class SubmissionRecord:
+    """A submitted study: its validated config (JSON) and where it stands (queued, running, done, failed)."""
+
+    id: int
+    study: str
+    config: dict[str, Any]
+    status: str
+    worker: str | None
+    error: str | None
+    created: datetime
+    updated: datetime
 
 
 def _columns(record: type[Any], row: Any) -> dict[str, Any]:
@@ -154,3 +191,7 @@ def study_record(st: StudyTable) -> StudyRecord:
 
 def candidate_row(c: CandidateTable) -> CandidateRow:
     return CandidateRow(**{**_columns(CandidateRow, c), "status": Status(c.status), "attempts": c.attempts or 1})
+
+
+def submission_record(t: SubmissionTable) -> SubmissionRecord:
+    return SubmissionRecord(**_columns(SubmissionRecord, t))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import SCHEMA_VERSION, StoreDamagedError, StoreError, StudyStore, file_sha256
+from storage import SCHEMA_VERSION, StoreDamagedError, StoreError, StudyStore, Submissions, file_sha256
 from tests.storage.test_store import _study, url  # noqa: F401  (the SQLite + PostgreSQL fixture)
 
 
@@ -37,23 +37,42 @@ def test_released_candidates_are_claimed_by_the_next_worker(url: str) -> None:  
     assert store.candidate(sid, id=other).worker == "host:2"
 
 
-def test_a_version_1_store_is_upgraded_in_place_by_a_writer_only(tmp_path: Path) -> None:
+# what each older schema lacked (SQL that takes a current store back to that version)
+_DOWNGRADES = {
+    2: [
+        "ALTER TABLE prunetune_candidates DROP COLUMN kind",
+        "ALTER TABLE prunetune_candidates DROP COLUMN phases",
+        "ALTER TABLE prunetune_candidates DROP COLUMN test_accuracy",
+        "DROP TABLE prunetune_submissions",
+    ],
+}
+_DOWNGRADES[1] = [*_DOWNGRADES[2], "ALTER TABLE prunetune_candidates DROP COLUMN weights_sha256"]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_store_is_upgraded_in_place_by_a_writer_only(tmp_path: Path, version: int) -> None:
     db = tmp_path / "old.db"
     store = StudyStore(f"sqlite:///{db}")
     sid = _study(store, "old")
     cid = store.reserve(sid, "{}", "h-old")
     store._engine.dispose()
-    with sqlite3.connect(db) as con:  # what version 1 looked like: no weights_sha256
-        con.execute("ALTER TABLE prunetune_candidates DROP COLUMN weights_sha256")
-        con.execute("UPDATE prunetune_meta SET value = '1' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match="schema version 1, this PruneTune reads 2: run `prunetune run` on it once"):
+    with sqlite3.connect(db) as con:
+        for statement in _DOWNGRADES[version]:
+            con.execute(statement)
+        con.execute(f"UPDATE prunetune_meta SET value = '{version}' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match=f"schema version {version}, this PruneTune reads 3: run `prunetune run`"):
         StudyStore.open_existing(f"sqlite:///{db}")
     upgraded = StudyStore(f"sqlite:///{db}")
-    assert upgraded.candidate(sid, id=cid).weights_sha256 is None and SCHEMA_VERSION == 2
+    row = upgraded.candidate(sid, id=cid)
+    assert (row.weights_sha256, row.kind, row.phases, row.test_accuracy) == (None, None, None, None)
+    assert SCHEMA_VERSION == 3
     weights = tmp_path / "w.bin"
     weights.write_bytes(b"weights")
-    upgraded.finish(cid or 0, "COMPLETE", accuracy=0.5, cost={"macs": 1}, artifact=str(weights))
-    assert StudyStore.open_existing(f"sqlite:///{db}").candidate(sid, id=cid).weights_sha256 == file_sha256(weights)
+    upgraded.finish(cid or 0, "COMPLETE", accuracy=0.5, cost={"macs": 1}, artifact=str(weights), phases={"eval": 1})
+    upgraded.record_test_accuracy(cid or 0, 0.4)
+    Submissions(upgraded).submit("queued-after-upgrade", {})
+    row = StudyStore.open_existing(f"sqlite:///{db}").candidate(sid, id=cid)
+    assert (row.weights_sha256, row.phases, row.test_accuracy) == (file_sha256(weights), {"eval": 1}, 0.4)
 
 
 @pytest.mark.parametrize("how", ["random", "tail", "truncated"])

@@ -1,0 +1,164 @@
+"""What the service (``prunetune serve``) answers, as pydantic models: the OpenAPI page documents exactly these.
+
+The models are built from the store's records (:class:`storage.StudyRecord`,
+:class:`storage.CandidateRow`, :class:`storage.SubmissionRecord`) by the
+``*_out`` functions, the same records that the CLI prints.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from search._config import Config
+
+if TYPE_CHECKING:
+    from storage import CandidateRow, StudyRecord, SubmissionRecord
+
+__all__ = [
+    "CandidateOut",
+    "ErrorOut",
+    "FrontFigureOut",
+    "StudyDetailOut",
+    "StudyOut",
+    "SubmissionIn",
+    "SubmissionOut",
+    "TrialOut",
+    "candidate_out",
+    "study_out",
+    "submission_out",
+    "trial_out",
+]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorOut(_Out):
+    error: str = Field(description="what went wrong, in one line")
+
+
+class StudyOut(_Out):
+    name: str
+    model: str = Field(description="the base model's spec")
+    data: str = Field(description="the data spec")
+    budget: dict[str, str | float] = Field(description="cost caps, absolute or relative to the base model")
+    base_accuracy: float | None = Field(description="the uncompressed model's validation accuracy")
+    base_cost: dict[str, float]
+    created: datetime
+    candidates: int = Field(description="candidates in the study, any status")
+    front: int = Field(description="candidates on the Pareto front")
+    statuses: dict[str, int] = Field(description="candidates per status")
+
+
+class CandidateOut(_Out):
+    trial: int | None = Field(description="the Optuna trial number (what `prunetune export --trial` takes)")
+    candidate: int = Field(description="the candidate's id in the store")
+    status: str = Field(description="COMPLETE, PRUNED (stopped early), FAIL or RUNNING")
+    kind: str | None = Field(description="where the plan came from: allocator, uniform, sampled")
+    accuracy: float | None = Field(description="validation accuracy (what the search selects on)")
+    test_accuracy: float | None = Field(description="test accuracy, when finalized (reported, never selected on)")
+    macs: float | None
+    params: float | None
+    bytes: float | None
+    latency_ms: float | None = Field(description="measured batch-1 latency, when measured")
+    seconds: float | None = Field(description="seconds the candidate's evaluation took")
+    on_front: bool
+    plan_summary: str
+    error: str | None = Field(description="why it failed or stopped early")
+
+
+class TrialOut(CandidateOut):
+    plan: dict[str, Any] = Field(description="the compression plan (prune ratios, ranks, methods)")
+    plan_hash: str
+    history: list[list[float]] | None = Field(description="[step, intermediate validation accuracy] pairs")
+    phases: dict[str, float] | None = Field(description="seconds per phase: apply, train, eval, other")
+    attempts: int
+
+
+class StudyDetailOut(_Out):
+    study: StudyOut
+    candidates: list[CandidateOut]
+    front: list[int] = Field(description="the trial numbers on the Pareto front, by MACs")
+
+
+class FrontFigureOut(_Out):
+    candidates: int
+    figure: dict[str, Any] = Field(description="the front's plotly figure (data and layout)")
+
+
+class SubmissionIn(BaseModel):
+    """A study to run: a config as the TOML file holds it (same schema), as JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+    config: Config
+
+
+class SubmissionOut(_Out):
+    id: int
+    study: str
+    status: str = Field(description="queued, running, done or failed")
+    worker: str | None
+    error: str | None
+    created: datetime
+    updated: datetime
+
+
+def study_out(info: StudyRecord, rows: list[CandidateRow], front: int) -> StudyOut:
+    statuses: dict[str, int] = {}
+    for r in rows:
+        statuses[r.status.value] = statuses.get(r.status.value, 0) + 1
+    return StudyOut(
+        name=info.name,
+        model=info.model_spec,
+        data=info.data_spec,
+        budget=info.budget,
+        base_accuracy=info.base_accuracy,
+        base_cost=info.base_cost,
+        created=info.created,
+        candidates=len(rows),
+        front=front,
+        statuses=statuses,
+    )
+
+
+def candidate_out(r: CandidateRow, front: set[int]) -> CandidateOut:
+    from storage import plan_summary
+
+    return CandidateOut(
+        trial=r.trial_number,
+        candidate=r.id,
+        status=r.status.value,
+        kind=r.kind,
+        accuracy=r.accuracy,
+        test_accuracy=r.test_accuracy,
+        macs=r.macs,
+        params=r.params,
+        bytes=r.bytes,
+        latency_ms=r.latency,
+        seconds=r.seconds,
+        on_front=r.id in front,
+        plan_summary=plan_summary(r.plan),
+        error=r.error,
+    )
+
+
+def trial_out(r: CandidateRow, front: set[int]) -> TrialOut:
+    return TrialOut(
+        **candidate_out(r, front).model_dump(),
+        plan=json.loads(r.plan),
+        plan_hash=r.plan_hash,
+        history=[list(h) for h in r.history] if r.history else None,
+        phases=r.phases,
+        attempts=r.attempts,
+    )
+
+
+def submission_out(s: SubmissionRecord) -> SubmissionOut:
+    return SubmissionOut(
+        id=s.id, study=s.study, status=s.status, worker=s.worker, error=s.error, created=s.created, updated=s.updated
+    )
