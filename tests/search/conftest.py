@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -94,3 +95,16 @@ def dump(db: Path) -> list[str]:
     """Every row of a SQLite database, as SQL (what "untouched" is checked against)."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
         return list(con.iterdump())
+
+
+PG_URL = os.environ.get("PRUNETUNE_TEST_POSTGRES_URL")
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """The PostgreSQL server .ci/run starts (required in CI; the test is skipped elsewhere without one)."""
+    if not PG_URL:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide PRUNETUNE_TEST_POSTGRES_URL (scripts/postgres.sh start)")
+        pytest.skip('no PostgreSQL server: run `eval "$(bash scripts/postgres.sh start)"`')
+    return PG_URL

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -61,3 +62,13 @@ def uvicorn_thread(app: Any, *, timeout: float = 20.0) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout)
         assert not thread.is_alive(), "the test server did not stop"
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a server subprocess: terminate, then kill if it does not exit within 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)

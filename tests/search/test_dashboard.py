@@ -13,7 +13,7 @@ import httpx
 
 from storage import StudyStore
 from tests.search.conftest import dump
-from tests.search.servers import free_port
+from tests.search.servers import free_port, stop
 
 
 def test_optuna_dashboard_lists_the_study_with_its_pareto_trials(existing: Path, tmp_path: Path) -> None:
@@ -50,10 +50,5 @@ def test_optuna_dashboard_lists_the_study_with_its_pareto_trials(existing: Path,
         assert len(detail["trials"]) == 2
         assert sorted(t["number"] for t in detail["best_trials"]) == front  # its Pareto front is ours
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
     assert dump(db) == before

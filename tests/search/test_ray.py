@@ -32,15 +32,6 @@ needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="ray is not installed: pip i
 FINISHED = {"COMPLETE", "PRUNED", "FAIL"}
 
 
-@pytest.fixture
-def pg_url() -> str:
-    if not PG_URL:
-        if os.environ.get("CI"):
-            pytest.fail("CI must provide PRUNETUNE_TEST_POSTGRES_URL (scripts/postgres.sh start)")
-        pytest.skip('no PostgreSQL server: run `eval "$(bash scripts/postgres.sh start)"`')
-    return PG_URL
-
-
 # ---------------------------------------------------------------------- a candidate finished twice is recorded once
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_candidate_finished_twice_is_recorded_once(backend: str, tmp_path: Path) -> None:

@@ -192,15 +192,6 @@ def test_sigkill_then_rerun_keeps_every_completed_candidate_once(make_config: Co
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
 
 
-@pytest.fixture
-def pg_url() -> str:
-    if not PG_URL:
-        if os.environ.get("CI"):
-            pytest.fail("CI must provide PRUNETUNE_TEST_POSTGRES_URL (scripts/postgres.sh start)")
-        pytest.skip('no PostgreSQL server: run `eval "$(bash scripts/postgres.sh start)"`')
-    return PG_URL
-
-
 def test_two_workers_on_postgresql_share_one_study(make_config: ConfigMaker, pg_url: str) -> None:
     name = f"two-{uuid.uuid4().hex[:8]}"
     cfg = make_config(search__candidates=10, search__study=name, storage__url=pg_url, evaluate__finetune_steps=20)

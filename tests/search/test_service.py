@@ -17,7 +17,7 @@ import pytest
 
 from search.cli import main
 from tests.search.conftest import EPOCHS, dump
-from tests.search.servers import CHROMIUM_ARGS, chromium, free_port, uvicorn_thread
+from tests.search.servers import CHROMIUM_ARGS, chromium, free_port, stop, uvicorn_thread
 
 TOKEN = "t0ken-for-the-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -225,9 +225,4 @@ def test_prunetune_serve_listens_on_loopback_with_the_token_from_a_file(existing
         assert r.status_code == 200 and [s["name"] for s in r.json()] == ["t"]
         assert httpx.get(f"http://127.0.0.1:{port}/api/studies", timeout=5).status_code == 401
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
