@@ -1,13 +1,15 @@
 """How good a candidate is: data, models, baseline training and evaluators.
 
 Data (:func:`load_data`): ``digits``, ``fashion-mnist``, ``synthetic``,
-``imagefolder:/path``, ``package.module:factory``. Models (:func:`build_model`):
-``zoo:<name>``, ``torchvision:<name>``, ``package.module:factory``. Evaluators
+``imagefolder:/path``, ``package.module:factory``, each with train, validation
+(what the search selects on) and test (reported numbers only) splits. Models
+(:func:`build_model`): ``zoo:<name>``, ``torchvision:<name>``,
+``package.module:factory``. Evaluators
 share one contract (:class:`Evaluator`): ``evaluate(model, context) -> Metrics``.
 """
 
 from evaluators._base import COMPLETE, FAIL, PRUNED, Context, Evaluator, Metrics, resolve_device, seed_everything
-from evaluators._data import DEFAULT_FASHION_MNIST_DIR, DataBundle, load_data, read_idx
+from evaluators._data import DEFAULT_FASHION_MNIST_DIR, DataBundle, fashion_mnist_split, load_data, read_idx
 from evaluators._evaluators import (
     Accuracy,
     BNRecalibration,
@@ -42,6 +44,7 @@ __all__ = [
     "build_model",
     "default_evaluator",
     "evaluate_accuracy",
+    "fashion_mnist_split",
     "load_data",
     "load_weights",
     "read_idx",

@@ -96,7 +96,8 @@ class Context:
     ``teacher`` is the original model (for distillation); ``callback(step,
     accuracy)`` receives intermediate validation accuracies during fine-tuning
     and returns ``False`` to stop the candidate (its Metrics then say PRUNED).
-    ``max_val_samples`` subsamples validation for quick scores.
+    ``max_val_samples`` subsamples validation for quick scores (the test
+    split, ``evaluate_accuracy(..., split="test")``, is always evaluated whole).
     """
 
     data: DataBundle
@@ -107,6 +108,7 @@ class Context:
     max_val_samples: int | None = None
     callback: Callable[[int, float], bool] | None = None
     progress: bool = False
+    steps: int | None = None
 
 
 class Evaluator(abc.ABC):

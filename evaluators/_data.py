@@ -1,21 +1,31 @@
 """Offline datasets: built-in digits / Fashion-MNIST / synthetic, and user data.
 
+Every spec gives three splits: **train** (baseline training and fine-tunes),
+**validation** (what the search scores and selects candidates on) and **test**
+(held out, only for reported numbers; optional for user data).
+
 Specs (nothing is ever downloaded):
 
-* ``digits`` — scikit-learn's 1,797 real 8x8 digits, a seeded stratified split;
+* ``digits`` — scikit-learn's 1,797 real 8x8 digits, a seeded stratified
+  train/val/test split (``val_fraction`` and ``test_fraction`` of the whole,
+  by default 0.2 each: 1,077 / 360 / 360);
 * ``fashion-mnist`` — the standard idx files (``train-images-idx3-ubyte.gz`` ...)
   from ``data_dir``, by default where Debian's ``dataset-fashion-mnist``
-  package puts them (``/usr/share/datasets/fashion-mnist``);
-* ``synthetic`` — torchvision's ``FakeData`` (random images), for smoke tests only;
-* ``imagefolder:/path`` — ``train/`` and ``val/`` folders in torchvision
-  ``ImageFolder`` layout;
-* ``package.module:factory`` — a callable returning ``(train, val)`` datasets or
-  DataLoaders.
+  package puts them (``/usr/share/datasets/fashion-mnist``): validation is a
+  seeded 10,000-image subset of the 60,000 training images, train the other
+  50,000, test the official 10,000 ``t10k`` images;
+* ``synthetic`` — torchvision's ``FakeData`` (random images), for smoke tests
+  only: 512 / 128 / 128;
+* ``imagefolder:/path`` — ``train/`` and ``val/`` folders (and, optionally,
+  ``test/``) in torchvision ``ImageFolder`` layout;
+* ``package.module:factory`` — a callable returning ``(train, val)`` or
+  ``(train, val, test)`` datasets or DataLoaders.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,15 +38,24 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from spaces import InputTypeError, first_line
 
-__all__ = ["DEFAULT_FASHION_MNIST_DIR", "DataBundle", "load_data", "read_idx"]
+__all__ = ["DEFAULT_FASHION_MNIST_DIR", "DataBundle", "fashion_mnist_split", "load_data", "read_idx"]
 
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FMNIST_MEAN, _FMNIST_STD = 0.2860, 0.3530
+FASHION_MNIST_VAL_SIZE = 10_000
+
+Splits = tuple[Dataset, Dataset, Dataset | None]
 
 
 @dataclass
 class DataBundle:
-    """Train and validation data with what a model needs to know about them."""
+    """The three splits with what a model needs to know about them.
+
+    ``train`` trains baselines and fine-tunes candidates; ``val`` is what the
+    search scores and selects on; ``test`` (``None`` when the data has none,
+    see ``has_test``) is held out for reported numbers only. None of them may
+    be empty.
+    """
 
     spec: str
     train: Dataset
@@ -44,11 +63,18 @@ class DataBundle:
     in_channels: int
     num_classes: int
     input_shape: tuple[int, ...]  # one sample, without the batch dimension
+    test: Dataset | None = None
+    seed: int = 0  # the split's seed (digits, fashion-mnist): part of a cached baseline's key
 
     def __post_init__(self) -> None:
-        for name, ds in (("training", self.train), ("validation", self.val)):
-            if len(ds) == 0:  # type: ignore[arg-type]
+        splits = (("training", self.train), ("validation", self.val), ("test", self.test))
+        for name, ds in splits:
+            if ds is not None and len(ds) == 0:  # type: ignore[arg-type]
                 raise ValueError(f"{name} data of {self.spec!r} is empty")
+
+    @property
+    def has_test(self) -> bool:
+        return self.test is not None
 
     def train_loader(self, batch_size: int, seed: int, *, shuffle: bool = True) -> DataLoader:
         gen = torch.Generator().manual_seed(seed)
@@ -56,6 +82,14 @@ class DataBundle:
 
     def val_loader(self, batch_size: int, max_samples: int | None = None) -> DataLoader:
         ds = self.val
+        if max_samples is not None and max_samples < len(ds):  # type: ignore[arg-type]
+            ds = Subset(ds, range(max_samples))
+        return DataLoader(ds, batch_size=batch_size, shuffle=False)
+
+    def test_loader(self, batch_size: int, max_samples: int | None = None) -> DataLoader:
+        if self.test is None:
+            raise ValueError(f"data {self.spec!r} has no test split")
+        ds = self.test
         if max_samples is not None and max_samples < len(ds):  # type: ignore[arg-type]
             ds = Subset(ds, range(max_samples))
         return DataLoader(ds, batch_size=batch_size, shuffle=False)
@@ -88,22 +122,41 @@ def read_idx(path: Path) -> np.ndarray:
     return arr.reshape(shape)
 
 
-def _digits(seed: int, val_fraction: float) -> tuple[Dataset, Dataset]:
+def _digits(seed: int, val_fraction: float, test_fraction: float) -> Splits:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(
+            "digits needs 0 < val_fraction, 0 < test_fraction and val_fraction + test_fraction < 1, "
+            f"got val_fraction={val_fraction}, test_fraction={test_fraction}"
+        )
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
-    xtr, xva, ytr, yva = train_test_split(x, y, test_size=val_fraction, stratify=y, random_state=seed)
+    n = len(y)
+    n_test, n_val = math.ceil(test_fraction * n), math.ceil(val_fraction * n)
+    # test first (stratified on everything), then validation out of the rest (stratified again)
+    xrest, xte, yrest, yte = train_test_split(x, y, test_size=n_test, stratify=y, random_state=seed)
+    xtr, xva, ytr, yva = train_test_split(xrest, yrest, test_size=n_val, stratify=yrest, random_state=seed)
     return (
         TensorDataset(torch.from_numpy(xtr), torch.from_numpy(ytr).long()),
         TensorDataset(torch.from_numpy(xva), torch.from_numpy(yva).long()),
+        TensorDataset(torch.from_numpy(xte), torch.from_numpy(yte).long()),
     )
 
 
-def _fashion_mnist(data_dir: Path | None) -> tuple[Dataset, Dataset]:
+def fashion_mnist_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) indices into the ``n`` Fashion-MNIST training images: a seeded
+    random 10,000 (a sixth of them, at least one, when there are fewer than 60,000) for
+    validation, the rest for training; both sorted, disjoint, covering ``range(n)``."""
+    n_val = min(FASHION_MNIST_VAL_SIZE, max(1, n // 6))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def _fashion_mnist(data_dir: Path | None, seed: int) -> Splits:
     root = Path(data_dir) if data_dir is not None else DEFAULT_FASHION_MNIST_DIR
-    parts = []
+    raw: list[tuple[np.ndarray, np.ndarray]] = []
     for prefix in ("train", "t10k"):
         imgs = labels = None
         for suffix in (".gz", ""):
@@ -118,26 +171,36 @@ def _fashion_mnist(data_dir: Path | None) -> tuple[Dataset, Dataset]:
                 "'apt-get install dataset-fashion-mnist' (Debian) or pass --data-dir with "
                 f"{prefix}-images-idx3-ubyte.gz and {prefix}-labels-idx1-ubyte.gz"
             )
+        raw.append((imgs, labels))
+
+    def dataset(imgs: np.ndarray, labels: np.ndarray) -> TensorDataset:
         x = (torch.from_numpy(imgs.astype(np.float32) / 255.0) - _FMNIST_MEAN) / _FMNIST_STD
-        parts.append(TensorDataset(x.unsqueeze(1), torch.from_numpy(labels.astype(np.int64))))
-    return parts[0], parts[1]
+        return TensorDataset(x.unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+
+    (train_imgs, train_labels), (test_imgs, test_labels) = raw
+    train_idx, val_idx = (i.numpy() for i in fashion_mnist_split(len(train_labels), seed))
+    return (
+        dataset(train_imgs[train_idx], train_labels[train_idx]),
+        dataset(train_imgs[val_idx], train_labels[val_idx]),
+        dataset(test_imgs, test_labels),
+    )
 
 
-def _synthetic(seed: int) -> tuple[Dataset, Dataset]:
+def _synthetic(seed: int) -> Splits:
     from torchvision.datasets import FakeData
     from torchvision.transforms import ToTensor
 
     out = []
-    for offset, size in ((0, 512), (10_000, 128)):
+    for offset, size in ((0, 512), (10_000, 128), (20_000, 128)):
         fake = FakeData(
             size=size, image_size=(3, 32, 32), num_classes=10, transform=ToTensor(), random_offset=seed + offset
         )
         xs, ys = zip(*(fake[i] for i in range(size)), strict=True)
         out.append(TensorDataset(torch.stack(xs), torch.tensor(ys, dtype=torch.long)))
-    return out[0], out[1]
+    return out[0], out[1], out[2]
 
 
-def _imagefolder(path: str) -> tuple[Dataset, Dataset]:
+def _imagefolder(path: str) -> Splits:
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import ToTensor
 
@@ -145,8 +208,11 @@ def _imagefolder(path: str) -> tuple[Dataset, Dataset]:
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise ValueError(f"imagefolder {str(root)!r} must contain {split}/ (one subfolder per class)")
-    out = []
-    for split in ("train", "val"):
+    if (root / "test").exists() and not (root / "test").is_dir():
+        raise ValueError(f"imagefolder {str(root)!r}: test must be a folder (one subfolder per class), not a file")
+    splits = ["train", "val"] + (["test"] if (root / "test").is_dir() else [])
+    out: list[Dataset] = []
+    for split in splits:
         try:
             out.append(ImageFolder(str(root / split), transform=ToTensor()))
         except (FileNotFoundError, OSError) as exc:  # no class folders, or class folders without images
@@ -154,25 +220,28 @@ def _imagefolder(path: str) -> tuple[Dataset, Dataset]:
                 f"imagefolder {str(root)!r}: {split}/ needs one subfolder per class holding images "
                 f"(.png, .jpg, ...): {first_line(exc)}"
             ) from None
-    return out[0], out[1]
+    return out[0], out[1], out[2] if len(out) == 3 else None
 
 
-def _factory(spec: str) -> tuple[Dataset, Dataset]:
+def _factory(spec: str) -> Splits:
     from evaluators._models import import_factory
 
     result = import_factory(spec, "data")()
-    if not (isinstance(result, tuple) and len(result) == 2):
-        raise InputTypeError(f"data factory {spec!r} must return (train, val), got {type(result).__name__}")
-    out = []
-    for part in result:
+    if not (isinstance(result, tuple) and len(result) in (2, 3)):
+        got = f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
+        raise InputTypeError(f"data factory {spec!r} must return (train, val) or (train, val, test), got {got}")
+
+    def dataset(part: object) -> Dataset:
         if isinstance(part, DataLoader):
             part = part.dataset
         if not isinstance(part, Dataset):
             raise InputTypeError(
                 f"data factory {spec!r} must return datasets or DataLoaders, got {type(part).__name__}"
             )
-        out.append(part)
-    return out[0], out[1]
+        return part
+
+    test = result[2] if len(result) == 3 else None  # (train, val, None) also means: no test split
+    return dataset(result[0]), dataset(result[1]), None if test is None else dataset(test)
 
 
 def _num_classes(train: Dataset, val: Dataset) -> int:
@@ -186,28 +255,40 @@ def _num_classes(train: Dataset, val: Dataset) -> int:
     return max(labels) + 1
 
 
-def load_data(spec: str, *, data_dir: str | Path | None = None, seed: int = 0, val_fraction: float = 0.2) -> DataBundle:
-    """Load the data named by ``spec`` (see the module docs)."""
+def load_data(
+    spec: str,
+    *,
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+) -> DataBundle:
+    """Load the data named by ``spec`` (see the module docs).
+
+    ``seed`` picks the digits and Fashion-MNIST splits; ``val_fraction`` and
+    ``test_fraction`` (of the whole) apply to digits only.
+    """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"data spec must be a non-empty string, got {spec!r}")
+    test: Dataset | None
     if spec == "digits":
-        train, val = _digits(seed, val_fraction)
+        train, val, test = _digits(seed, val_fraction, test_fraction)
     elif spec in ("fashion-mnist", "fashion_mnist"):
-        train, val = _fashion_mnist(Path(data_dir) if data_dir else None)
+        train, val, test = _fashion_mnist(Path(data_dir) if data_dir else None, seed)
     elif spec == "synthetic":
-        train, val = _synthetic(seed)
+        train, val, test = _synthetic(seed)
     elif spec.startswith("imagefolder:"):
-        train, val = _imagefolder(spec.partition(":")[2])
+        train, val, test = _imagefolder(spec.partition(":")[2])
     elif ":" in spec:
-        train, val = _factory(spec)
+        train, val, test = _factory(spec)
     else:
         raise ValueError(
             f"unknown data spec {spec!r}; use digits, fashion-mnist, synthetic, imagefolder:/path "
             "or package.module:factory"
         )
-    if len(train) == 0 or len(val) == 0:  # type: ignore[arg-type]
-        which = "training" if len(train) == 0 else "validation"  # type: ignore[arg-type]
-        raise ValueError(f"{which} data of {spec!r} is empty")
+    for which, ds in (("training", train), ("validation", val), ("test", test)):
+        if ds is not None and len(ds) == 0:  # type: ignore[arg-type]
+            raise ValueError(f"{which} data of {spec!r} is empty")
     x0 = train[0][0]
     if not isinstance(x0, torch.Tensor) or x0.dim() < 2:
         raise InputTypeError(f"samples of {spec!r} must be (tensor [C, ...], label), got {type(x0).__name__}")
@@ -218,4 +299,6 @@ def load_data(spec: str, *, data_dir: str | Path | None = None, seed: int = 0, v
         in_channels=int(x0.shape[0]),
         num_classes=_num_classes(train, val),
         input_shape=tuple(x0.shape),
+        test=test,
+        seed=seed,
     )

@@ -21,11 +21,18 @@ __all__ = ["Accuracy", "BNRecalibration", "FineTune", "Latency", "Pipeline", "de
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, context: Context) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) on the validation data (``max_val_samples`` of it)."""
+def evaluate_accuracy(model: nn.Module, context: Context, *, split: str = "val") -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) on the validation data (``max_val_samples`` of it),
+    or with ``split="test"`` on the whole test split (ValueError when the data has none)."""
+    if split == "val":
+        loader = context.data.val_loader(context.batch_size, context.max_val_samples)
+    elif split == "test":
+        loader = context.data.test_loader(context.batch_size)
+    else:
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
     model.eval()
     correct, total, loss_sum = 0, 0, 0.0
-    for x, y in context.data.val_loader(context.batch_size, context.max_val_samples):
+    for x, y in loader:
         x, y = x.to(context.device), y.to(context.device)
         with _autocast(context.device):
             out = model(_layout(x, context.device))
@@ -100,9 +107,10 @@ class BNRecalibration(Evaluator):
 class FineTune(Evaluator):
     """A quick fine-tune: ``steps`` SGD/AdamW steps with a cosine learning rate, optionally
     distilled from ``context.teacher`` (KL at ``temperature`` with weight ``kd_weight``, the
-    rest cross-entropy). Every ``eval_every`` steps the validation accuracy goes to
-    ``context.callback``, which may stop the run (status PRUNED). A NaN or diverging loss
-    ends the run with status FAIL. bf16 autocast and channels_last on CUDA."""
+    rest cross-entropy; ``context.steps``, when set, overrides ``steps``). Every
+    ``eval_every`` steps the validation accuracy goes to ``context.callback``, which may
+    stop the run (status PRUNED). A NaN or diverging loss ends the run with status FAIL.
+    bf16 autocast and channels_last on CUDA."""
 
     steps: int = 100
     lr: float = 0.01
@@ -142,7 +150,8 @@ class FineTune(Evaluator):
             _prepare(teacher, context).eval()
         seed_everything(context.seed)
         opt = self._optimizer(model)
-        total = max(self.steps, 1)
+        steps = self.steps if context.steps is None else context.steps
+        total = max(steps, 1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
         loader = _endless(context.data.train_loader(context.batch_size, context.seed))
         metrics = Metrics()
@@ -150,8 +159,8 @@ class FineTune(Evaluator):
         t = time.perf_counter()
         eval_time = 0.0
         model.train()
-        with _progress(context.progress and self.steps >= 200, self.steps, "fine-tune") as bar:
-            for step in range(1, self.steps + 1):
+        with _progress(context.progress and steps >= 200, steps, "fine-tune") as bar:
+            for step in range(1, steps + 1):
                 x, y = next(loader)
                 x, y = _layout(x.to(context.device), context.device), y.to(context.device)
                 with _autocast(context.device):
@@ -178,7 +187,7 @@ class FineTune(Evaluator):
                 sched.step()
                 metrics.steps = step
                 bar(1)
-                if self.eval_every and step % self.eval_every == 0 and step < self.steps:
+                if self.eval_every and step % self.eval_every == 0 and step < steps:
                     e0 = time.perf_counter()
                     acc, _ = evaluate_accuracy(model, context)
                     model.train()

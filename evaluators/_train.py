@@ -50,9 +50,25 @@ class Baseline:
     cached: bool
 
 
-def baseline_key(model_spec: str, data_spec: str, recipe: Recipe, seed: int) -> str:
+# The data layout baselines are trained under: 3 = train / validation / test (the
+# built-in specs' training splits are smaller than under the old train / validation
+# split, so no baseline cached before it, trained on other data, is ever reused).
+SPLITS_VERSION = 3
+
+
+def baseline_key(model_spec: str, data_spec: str, recipe: Recipe, seed: int, data_seed: int = 0) -> str:
+    """The cache key of a baseline: model, data spec, recipe, training seed, split layout and split seed."""
     text = json.dumps(
-        {"model": model_spec, "data": data_spec, "recipe": asdict(recipe), "seed": seed, "v": 1}, sort_keys=True
+        {
+            "model": model_spec,
+            "data": data_spec,
+            "recipe": asdict(recipe),
+            "seed": seed,
+            "splits": SPLITS_VERSION,
+            "split_seed": data_seed,
+            "v": 1,
+        },
+        sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -72,7 +88,7 @@ def train_baseline(
 
     recipe = recipe or Recipe()
     dev = resolve_device(device)
-    key = baseline_key(model_spec, data.spec, recipe, seed)
+    key = baseline_key(model_spec, data.spec, recipe, seed, data.seed)
     path = Path(artifacts_dir) / "baselines" / f"{key}.safetensors"
     meta_path = path.with_suffix(".json")
     seed_everything(seed)
@@ -95,7 +111,8 @@ def train_baseline(
     accuracy, _ = evaluate_accuracy(model, context)
     seconds = time.perf_counter() - t
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model": model_spec, "data": data.spec, "recipe": asdict(recipe), "seed": seed}
+    sizes = {"train": len(data.train), "val": len(data.val), "test": None if data.test is None else len(data.test)}  # type: ignore[arg-type]
+    meta = {"model": model_spec, "data": data.spec, "recipe": asdict(recipe), "seed": seed, "split_sizes": sizes}
     meta_path.write_text(json.dumps({**meta, "accuracy": accuracy, "seconds": seconds}, indent=2))
     save_weights(model, path)  # the weights appear only when complete
     return Baseline(model.eval(), accuracy, seconds, path, False)

@@ -25,3 +25,32 @@ def not_a_pair() -> list[int]:
 
 def broken_model() -> None:
     raise RuntimeError("weights server unreachable")
+
+
+def _small(n: int, offset: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(offset)
+    return TensorDataset(torch.randn(n, 1, 8, 8, generator=g), (torch.arange(n) + offset) % 3)
+
+
+def pair() -> tuple[TensorDataset, TensorDataset]:
+    return _small(24, 0), _small(6, 1)
+
+
+def triple() -> tuple[DataLoader, TensorDataset, DataLoader]:
+    return DataLoader(_small(24, 0), batch_size=4), _small(6, 1), DataLoader(_small(9, 2))
+
+
+def pair_and_none() -> tuple[TensorDataset, TensorDataset, None]:
+    return _small(24, 0), _small(6, 1), None
+
+
+def quadruple() -> tuple[TensorDataset, TensorDataset, TensorDataset, TensorDataset]:
+    return _small(24, 0), _small(6, 1), _small(9, 2), _small(3, 3)
+
+
+def empty_test() -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+    return _small(24, 0), _small(6, 1), _small(0, 2)
+
+
+def bad_test() -> tuple[TensorDataset, TensorDataset, list[int]]:
+    return _small(24, 0), _small(6, 1), [1, 2, 3]

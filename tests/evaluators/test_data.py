@@ -13,7 +13,7 @@ from evaluators import DEFAULT_FASHION_MNIST_DIR, load_data, read_idx
 
 def test_digits_is_a_seeded_stratified_split() -> None:
     a, b = load_data("digits", seed=0), load_data("digits", seed=0)
-    assert (len(a.train), len(a.val)) == (1437, 360)
+    assert (len(a.train), len(a.val), len(a.test)) == (1077, 360, 360)  # type: ignore[arg-type]
     assert (a.in_channels, a.num_classes, a.input_shape) == (1, 10, (1, 8, 8))
     assert torch.equal(a.val.tensors[0], b.val.tensors[0])  # type: ignore[attr-defined]
     counts = torch.bincount(a.val.tensors[1], minlength=10)  # type: ignore[attr-defined]
@@ -35,8 +35,10 @@ def test_read_idx_and_fashion_mnist_layout(tmp_path: Path) -> None:
         _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.array([0, 9, 3]))
     assert np.array_equal(read_idx(tmp_path / "train-images-idx3-ubyte.gz"), imgs)
     data = load_data("fashion-mnist", data_dir=tmp_path)
-    assert (len(data.train), data.input_shape, data.num_classes) == (3, (1, 28, 28), 10)
-    x, y = data.train[1]
+    # 3 training images: 1 carved off for validation, t10k is the test split
+    assert (len(data.train), len(data.val), len(data.test)) == (2, 1, 3)  # type: ignore[arg-type]
+    assert (data.input_shape, data.num_classes) == ((1, 28, 28), 10)
+    x, y = data.test[1]  # type: ignore[index]
     assert int(y) == 9
     assert float(x[0, 0, 0]) == pytest.approx((imgs[1, 0, 0] / 255 - 0.2860) / 0.3530, rel=1e-5)
 
@@ -49,8 +51,8 @@ def test_missing_fashion_mnist_says_how_to_get_it(tmp_path: Path) -> None:
 @pytest.mark.skipif(not DEFAULT_FASHION_MNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist not installed")
 def test_real_fashion_mnist() -> None:
     data = load_data("fashion-mnist")
-    assert (len(data.train), len(data.val), data.num_classes) == (60000, 10000, 10)
-    counts = torch.bincount(data.val.tensors[1])  # type: ignore[attr-defined]
+    assert (len(data.train), len(data.val), len(data.test), data.num_classes) == (50000, 10000, 10000, 10)  # type: ignore[arg-type]
+    counts = torch.bincount(data.test.tensors[1])  # type: ignore[union-attr]
     assert counts.tolist() == [1000] * 10
 
 
@@ -75,7 +77,7 @@ def test_synthetic_factory_and_imagefolder(tmp_path: Path) -> None:
     [
         ("mnist", ValueError, "unknown data spec 'mnist'"),
         ("tests.evaluators.factories:empty", ValueError, "training data of .* is empty"),
-        ("tests.evaluators.factories:not_a_pair", TypeError, "must return \\(train, val\\)"),
+        ("tests.evaluators.factories:not_a_pair", TypeError, "must return \\(train, val\\) or \\(train, val, test\\)"),
         ("no_such.module:f", ValueError, "cannot import module"),
         ("imagefolder:/nonexistent", ValueError, "must contain train/"),
     ],

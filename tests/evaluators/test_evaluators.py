@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,8 @@ def baseline(data: DataBundle, artifacts: Path) -> Baseline:
 def test_digits_baseline_reaches_target_and_is_cached(baseline: Baseline, data: DataBundle, artifacts: Path) -> None:
     assert baseline.accuracy >= 0.97
     assert not baseline.cached and baseline.path.is_file() and baseline.path.parent == artifacts / "baselines"
+    meta = json.loads(baseline.path.with_suffix(".json").read_text())
+    assert meta["split_sizes"] == {"train": 1077, "val": 360, "test": 360}  # trained on train, scored on val
     again = train_baseline("zoo:resnet20", data, artifacts_dir=artifacts, device="cpu")
     assert again.cached and again.accuracy == baseline.accuracy and again.path == baseline.path
     for k, v in baseline.model.state_dict().items():
