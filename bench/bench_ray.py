@@ -13,10 +13,9 @@ with the default 100, enough for the real runs and W <= 26.
 2. **Scale simulation**: one Ray node with ``--num-cpus 64`` (``PRUNETUNE_RAY_HEAD_CPUS=64``),
    ``ray.max_concurrent = W`` (64 unless the machine's memory holds fewer candidate processes:
    each imports torch) and the server's connections hold, an evaluator that sleeps ``--sleep``
-   seconds (passed with ``Search(config, evaluator=...)``; it reports no intermediate accuracy, so
-   the early-stop rule is off), the random sampler, ``4 W`` candidates. Checked: no plan twice,
-   each candidate told to Optuna once, the stored front equal to a brute-force filter, and
-   candidates/second after the first wave >= 0.85 W / sleep.
+   seconds (passed with ``Search(config, evaluator=...)``; one rung), the random sampler,
+   ``4 W`` candidates. Checked: no plan twice, each candidate told to Optuna once, the stored
+   front equal to a brute-force filter, and candidates/second after the first wave >= 0.85 W / sleep.
 
 Columns: ``wall`` is ``Search.run`` (Tune start, actors, every candidate); ``cand/s`` is N / wall;
 ``steady`` is candidates per second after the first W finished (actors warm); ``busy`` is apply +
@@ -55,7 +54,6 @@ spec = "digits"
 [budget]
 macs = "50%"
 [evaluate]
-early_stop = {early_stop}
 bn_batches = 2
 finetune_steps = {steps}
 eval_every = {every}
@@ -212,7 +210,6 @@ def main() -> None:
         "artifacts": art,
         "url": args.pg,
         "sampler": "tpe",
-        "early_stop": "true",
     }
     lines = [
         "| run | W | N | wall s | cand/s | steady cand/s | busy s/cand | overhead s/cand | schedule s/cand "
@@ -249,7 +246,7 @@ def main() -> None:
     exports = cluster("start", Path(f"/tmp/bray-{tag}"), 64, 0)
     os.environ.update(exports)
     try:
-        scale = {**base, "sampler": "random", "early_stop": "false"}
+        scale = {**base, "sampler": "random"}
         cfg = CONFIG.format(n=4 * w, w=w, study=f"bs{w}-{tag}", backend="ray", **scale)
         r = run(cfg, tmp, SleepEvaluator(args.sleep))
         bad = check(r)

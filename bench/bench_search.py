@@ -1,26 +1,33 @@
-"""The search against the baselines, after the same fine-tune, at 30% and 50% of the MACs.
+"""The benchmark that decides: the search against the baselines, every model finalized the same way.
 
-    .venv/bin/python bench/bench_search.py --data digits [--seeds 0,1,2] [--candidates 30]
-    .venv/bin/python bench/bench_search.py --data fashion-mnist --epochs 5 --max-val 2000 --final-steps 300
+    .venv/bin/python bench/bench_search.py                       # Fashion-MNIST, 50/30/15 %, seeds 0,1,2
+    .venv/bin/python bench/bench_search.py --data digits --epochs 30
 
-For one trained ResNet-20 and each MAC budget, four compressed models get the
-same final treatment (BN recalibration, ``--final-steps`` fine-tune steps with
-the seed's data order, accuracy on the full validation set):
+One ResNet-20 is trained on the **train** split (cached). For each MAC budget
+and seed, five compressed models get exactly the same final treatment —
+:func:`search.train_final`: BN recalibration, ``--final-steps`` fine-tune steps
+distilled from the original (weight ``evaluate.final_kd_weight``), the seed's
+data order — and are measured on the **test** split, which nothing selects on:
 
-(a) **uniform L1**: the same prune ratio for every channel group, keeping the
-    largest-L1 channels and the matching input channels (``space.fit`` of the
-    empty plan: one ratio, scaled onto the budget);
+(a) **uniform L1**: one prune ratio for every group, largest-L1 channels kept
+    (``space.fit`` of the empty plan onto the budget);
 (b) **torch-pruning global magnitude**: ``tp.pruner.MagnitudePruner`` with
-    ``global_pruning=True`` (L1 group importance), its ratio bisected until the
-    measured MACs meet the budget;
+    ``global_pruning=True``, its ratio bisected until the measured MACs meet the budget;
 (c) **allocator**: ``space.allocate`` (pruning only), repaired with ``fit``;
-(d) **search**: the best candidate of a 30-candidate ``prunetune`` study (TPE,
-    the allocator's and the uniform plan first; candidates scored after
-    ``--search-steps`` fine-tune steps), in its own SQLite file.
+(d) **random search, best of N**: a ``prunetune`` study with the random sampler and
+    no seed plans;
+(e) **the search, best of N**: a ``prunetune`` study with the defaults (TPE, the
+    allocator's and the uniform plan first).
 
-Every seed changes the final fine-tune's data order and the search's sampler.
-The second table splits the search's seconds per candidate into sample /
-repair / apply / evaluate / store.
+Both studies use ``search.floor = "cap"`` (the question is the best model at the
+budget) and the same successive-halving rungs (``--rungs``: fine-tune steps,
+the best third promoted; lower rungs score on ``--max-val`` validation images,
+the top rung on the whole validation split). "Best of N" is the most accurate
+candidate on validation at the highest rung reached. The second table gives,
+per sampler, how many candidates it needed to come within 0.3 points (of
+validation accuracy) of its final best. ``--curve`` also runs the default
+study (floor a quarter of the cap) to measure what spreading the candidates
+over the cost range costs at the cap.
 """
 
 from __future__ import annotations
@@ -33,17 +40,17 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from evaluators import BNRecalibration, Context, FineTune, Recipe, evaluate_accuracy, load_data, train_baseline
 from search import Search, load_config
-from spaces import Budget, ModelSpace, Plan, Status, measure_cost
+from search._finalize import train_final
+from spaces import Budget, Plan, Status, measure_cost
+from storage import CandidateRow
 
 
-def tp_global_magnitude(base: nn.Module, example: torch.Tensor, macs_limit: float) -> tuple[nn.Module, float]:
+def tp_global_magnitude(base: nn.Module, example: torch.Tensor, macs_limit: float) -> nn.Module:
     """torch-pruning's global magnitude pruning at the largest ratio whose measured MACs meet the limit.
 
     Call it after building a :class:`spaces.ModelSpace`: tracing one installs the
@@ -52,7 +59,7 @@ def tp_global_magnitude(base: nn.Module, example: torch.Tensor, macs_limit: floa
     import torch_pruning as tp
 
     def pruned(ratio: float) -> nn.Module:
-        m = copy.deepcopy(base).eval()
+        m = copy.deepcopy(base).cpu().eval()
         fc = [mod for mod in m.modules() if isinstance(mod, nn.Linear)]
         pruner = tp.pruner.MagnitudePruner(
             m,
@@ -66,8 +73,7 @@ def tp_global_magnitude(base: nn.Module, example: torch.Tensor, macs_limit: floa
         pruner.step()
         return m
 
-    lo, hi = 0.0, 0.95
-    best = None
+    lo, hi, best = 0.0, 0.95, None
     for _ in range(14):
         mid = (lo + hi) / 2
         m = pruned(mid)
@@ -77,117 +83,142 @@ def tp_global_magnitude(base: nn.Module, example: torch.Tensor, macs_limit: floa
             lo = mid
     if best is None:
         raise RuntimeError("torch-pruning never met the budget")
-    return best, hi
+    return best
 
 
-def final_accuracy(model: nn.Module, data: Any, teacher: nn.Module, seed: int, steps: int) -> float:
-    model = copy.deepcopy(model)
-    ctx = Context(data=data, teacher=teacher, seed=seed, batch_size=128)
-    BNRecalibration(20).evaluate(model, ctx)
-    FineTune(steps=steps).evaluate(model, ctx)
-    acc, _ = evaluate_accuracy(model, ctx)
-    return acc
+def best_of(rows: list[CandidateRow]) -> CandidateRow:
+    """The most accurate candidate on validation at the highest rung any reached (cheaper on ties)."""
+    done = [r for r in rows if r.status is Status.COMPLETE and r.accuracy is not None]
+    top = max(r.top_rung for r in done)
+    return max((r for r in done if r.top_rung == top), key=lambda r: (r.accuracy or 0.0, -(r.macs or 0.0)))
+
+
+def to_within(rows: list[CandidateRow], points: float = 0.003) -> int:
+    """Candidates (in the order they were created) until the best so far is within ``points`` of the final best."""
+    done = sorted((r for r in rows if r.status is Status.COMPLETE and r.accuracy is not None), key=lambda r: r.id)
+    top = max(r.top_rung for r in done)
+    final = max(r.accuracy or 0.0 for r in done if r.top_rung == top)
+    best = 0.0
+    for i, r in enumerate(done, 1):
+        if r.top_rung == top:
+            best = max(best, r.accuracy or 0.0)
+        if best >= final - points:
+            return i
+    return len(done)
+
+
+def study(args: argparse.Namespace, tmp: Path, budget: float, seed: int, arm: str) -> Search:
+    floor = "cap" if arm != "curve" else None
+    overrides = {
+        "model.spec": "zoo:resnet20",
+        "model.train_epochs": args.epochs,
+        "model.train_batch_size": 128,
+        "data.spec": args.data,
+        "budget.macs": f"{budget:.0%}",
+        "evaluate.rungs": args.rungs,
+        "evaluate.max_val_samples": args.max_val,
+        "evaluate.batch_size": args.batch_size,
+        "evaluate.bn_batches": 10,
+        "evaluate.eval_every": 0,
+        "evaluate.threads": args.threads,
+        "search.study": f"{arm}-{budget}-{seed}",
+        "search.candidates": args.candidates,
+        "search.seed": seed,
+        "search.sampler": "random" if arm == "random" else "tpe",
+        "search.seed_plans": [] if arm == "random" else ["allocator", "uniform"],
+        "search.artifacts_dir": "artifacts",
+        "storage.url": f"sqlite:///{tmp / 'bench.db'}",
+    }
+    if floor is not None:
+        overrides["search.floor"] = floor
+    return Search(load_config(None, overrides)).prepare()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="digits")
-    ap.add_argument("--epochs", type=int, default=30, help="baseline epochs (cached in artifacts/)")
-    ap.add_argument("--budgets", default="0.3,0.5")
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--epochs", type=int, default=3, help="baseline epochs on the train split (cached)")
+    ap.add_argument("--budgets", default="0.5,0.3,0.15")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--candidates", type=int, default=30)
-    ap.add_argument("--search-steps", type=int, default=100)
+    ap.add_argument("--rungs", default="20,80", help="fine-tune steps per rung of the searches")
+    ap.add_argument("--max-val", type=int, default=1000, help="validation images below the top rung")
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--final-steps", type=int, default=300)
-    ap.add_argument("--max-val", type=int, default=None, help="validation images per search candidate")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1: leave a core to other work)")
+    ap.add_argument("--curve", action="store_true", help="also the default floor, to price the curve at the cap")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    data = load_data(args.data)
-    base = train_baseline("zoo:resnet20", data, recipe=Recipe(epochs=args.epochs), artifacts_dir="artifacts")
-    teacher = base.model.eval()
-    example = data.example_inputs(1)
-    space = ModelSpace(teacher, example)
-    base_cost = space.base_cost
+    args.rungs = [int(s) for s in args.rungs.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
+    where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, CPU"
     rows: list[list[str]] = []
-    timing_rows: list[list[str]] = []
-    where = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
-    print(f"# {args.data}: ResNet-20 baseline {base.accuracy:.4f} ({args.epochs} epochs); {where}")
+    speed: list[list[str]] = []
+    t_all = time.perf_counter()
     for b in [float(x) for x in args.budgets.split(",")]:
-        budget = Budget(macs=f"{b:.0%}")
-        limit = budget.absolute(base_cost)["macs"]
-        models: dict[str, nn.Module] = {
-            "(a) uniform L1": space.apply(space.fit(space.uniform_plan(0.0), budget)),
-            "(b) torch-pruning global magnitude": tp_global_magnitude(teacher, example, limit)[0],
-            "(c) allocator": space.apply(space.fit(space.allocate(budget, rank=False).plan, budget)),
-        }
-        accs: dict[str, list[float]] = {k: [] for k in [*models, "(d) search, best of N"]}
-        search_models = []
-        split = {k: 0.0 for k in ("sample", "repair", "apply", "evaluate", "store")}
-        n_cand, wall = 0, 0.0
+        accs: dict[str, list[float]] = {}
+        cost: dict[str, list[float]] = {}
+        within: dict[str, list[int]] = {"random": [], "search": []}
+        walls: dict[str, float] = {}
         for seed in seeds:
-            with tempfile.TemporaryDirectory() as tmp:
-                cfg = load_config(
-                    None,
-                    {
-                        "model.spec": "zoo:resnet20",
-                        "model.train_epochs": args.epochs,
-                        "data.spec": args.data,
-                        "budget.macs": f"{b:.0%}",
-                        "evaluate.finetune_steps": args.search_steps,
-                        "evaluate.max_val_samples": args.max_val,
-                        "search.study": f"bench-{args.data}-{b}-{seed}",
-                        "search.candidates": args.candidates,
-                        "search.seed": seed,
-                        "storage.url": f"sqlite:///{Path(tmp) / 'bench.db'}",
-                    },
-                )
-                t = time.perf_counter()
-                search = Search(cfg).prepare()
-                res = search.run()
-                wall += time.perf_counter() - t
-                prepared = search.prepared
-                done = prepared.store.candidates(prepared.study_id, status=Status.COMPLETE)
-                best = max(done, key=lambda r: (r.accuracy, -r.macs))
-                search_models.append(space.apply(Plan.from_json(best.plan)))
-                for k, v in res.timings.per_candidate().items():
-                    split[k] += v * res.timings.candidates
-                n_cand += res.timings.candidates
-        for seed_i, seed in enumerate(seeds):
-            for name, m in models.items():
-                accs[name].append(final_accuracy(m, data, teacher, seed, args.final_steps))
-            accs["(d) search, best of N"].append(
-                final_accuracy(search_models[seed_i], data, teacher, seed, args.final_steps)
-            )
-        for name, vals in accs.items():
-            m = models.get(name) or search_models[0]
-            c = measure_cost(m, example)
-            macs = ", ".join(f"{measure_cost(sm, example).macs / base_cost.macs:.1%}" for sm in search_models)
-            shown_macs = macs if name.startswith("(d)") else f"{c.macs / base_cost.macs:.1%}"
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            rows.append(
-                [
-                    args.data,
-                    f"{b:.0%}",
-                    name.replace("best of N", f"best of {args.candidates}"),
-                    shown_macs,
-                    f"{c.params / base_cost.params:.1%}" if not name.startswith("(d)") else "-",
-                    f"{100 * statistics.mean(vals):.2f} ± {100 * sd:.2f}",
-                ]
-            )
-        per = {k: v / max(n_cand, 1) for k, v in split.items()}
-        timing_rows.append(
-            [args.data, f"{b:.0%}", str(n_cand), *(f"{per[k]:.3f}" for k in split), f"{wall / len(seeds):.0f}"]
+            with tempfile.TemporaryDirectory() as td:
+                tmp = Path(td)
+                runs = {}
+                for arm in ("random", "search", *(["curve"] if args.curve else [])):
+                    t = time.perf_counter()
+                    s = study(args, tmp, b, seed, arm)
+                    s.run()
+                    walls[arm] = walls.get(arm, 0.0) + time.perf_counter() - t
+                    runs[arm] = s
+                p = runs["search"].prepared
+                if seed == seeds[0] and b == float(args.budgets.split(",")[0]):
+                    print(f"# {args.data}: ResNet-20 baseline {p.base_accuracy:.4f} on validation; {where}", flush=True)
+                space, example = p.space, p.data.example_inputs(1)
+                budget = Budget(macs=f"{b:.0%}")
+                limit = budget.absolute(p.base_cost)["macs"]
+                models = {
+                    "(a) uniform L1": space.apply(space.fit(space.uniform_plan(0.0), budget)),
+                    "(b) torch-pruning global magnitude": tp_global_magnitude(p.base_model, example, limit),
+                    "(c) allocator": space.apply(space.fit(space.allocate(budget, rank=False).plan, budget)),
+                }
+                for arm, name in (("random", "(d) random search"), ("search", "(e) search"), ("curve", "(e') curve")):
+                    if arm in runs:
+                        rs = runs[arm].prepared
+                        cands = rs.store.candidates(rs.study_id)
+                        models[f"{name}, best of {args.candidates}"] = space.apply(Plan.from_json(best_of(cands).plan))
+                        if arm in within:
+                            within[arm].append(to_within(cands))
+                for name, m in models.items():
+                    _, test = train_final(p, m.to(p.device), steps=args.final_steps, seed=seed)
+                    accs.setdefault(name, []).append(float(test or 0.0))
+                    cost.setdefault(name, []).append(measure_cost(m.cpu(), example).macs / p.base_cost.macs)
+                line = ", ".join(f"{k} {v[-1]:.4f} ({100 * cost[k][-1]:.1f}% MACs)" for k, v in accs.items())
+                reach = ", ".join(f"{k} {v[-1]}" for k, v in within.items() if v)
+                print(f"budget {b:.0%} seed {seed}: {line}; to within 0.3: {reach}; {walls}", flush=True)
+        better = max(
+            statistics.mean(accs["(a) uniform L1"]), statistics.mean(accs["(b) torch-pruning global magnitude"])
         )
-    title = f"final accuracy after BN recalibration + {args.final_steps} fine-tune steps, seeds {seeds}"
-    print(f"\n{title} (mean ± std, %)\n")
-    print("| data | MAC budget | method | MACs | params | accuracy |")
-    print("|---|---|---|---|---|---|")
+        for name, vals in accs.items():
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            gain = 100 * (statistics.mean(vals) - better)
+            rows.append(
+                [f"{b:.0%}", name, f"{100 * statistics.mean(cost[name]):.1f}%",
+                 f"{100 * statistics.mean(vals):.2f} ± {100 * sd:.2f}", f"{gain:+.2f}"]
+            )  # fmt: skip
+        for arm, n in within.items():
+            if n:
+                speed.append([f"{b:.0%}", arm, ", ".join(map(str, n)), f"{walls[arm] / len(seeds):.0f}"])
+    print(
+        f"\ntest accuracy after BN recalibration + {args.final_steps} distilled fine-tune steps, seeds {seeds} "
+        f"(mean ± std, %); searches: {args.candidates} candidates, rungs {args.rungs}, "
+        f"{args.max_val} validation images below the top rung; {where}; {time.perf_counter() - t_all:.0f} s\n"
+    )
+    print("| MAC budget | method | MACs | test accuracy | vs better of (a), (b) |")
+    print("|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
-    print("\nsearch seconds per candidate (all seeds)\n")
-    print("| data | budget | candidates | sample | repair | apply | evaluate | store | s per search |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in timing_rows:
+    print("\n| MAC budget | sampler | candidates to within 0.3 points of its best (per seed) | s per search |")
+    print("|---|---|---|---|")
+    for r in speed:
         print("| " + " | ".join(r) + " |")
 
 

@@ -6,9 +6,9 @@ or a Ray driver) hands a repaired plan to a :class:`CandidateRunner`, which
 1. **reserves** it in the store as RUNNING under this worker (``None`` when the
    study already holds the same plan; :class:`storage.StudyFullError` when the
    study is full), so no plan is evaluated twice, even by two workers;
-2. **applies** it to the base model and **evaluates** the result (BN
-   recalibration, quick fine-tune with the early-stop rule of
-   :mod:`search._early_stop`, accuracy, latency if asked) while a heartbeat
+2. **applies** it to the base model and **evaluates** the result rung by rung
+   (BN recalibration, fine-tune, accuracy, latency if asked; it goes on to the
+   next rung only when :mod:`search._rungs` promotes it) while a heartbeat
    thread tells other workers that this one is alive;
 3. saves the fine-tuned weights (atomically) to
    ``artifacts/studies/<study>/<id>.safetensors`` when the candidate completes;
@@ -33,11 +33,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from search._early_stop import EarlyStop
 from spaces import Objective, Status
 
 if TYPE_CHECKING:
-    from evaluators import Metrics
+    from evaluators import Context, Metrics
     from search._prepare import Prepared
     from spaces import Cost, Plan
     from storage import StudyStore
@@ -193,81 +192,113 @@ class CandidateRunner:
         self.timings.store += time.perf_counter() - t0
         return cid
 
-    def early_stop(self, cost: Cost) -> EarlyStop | None:
-        """The early-stop rule against the study's completed candidates (``None`` when it is off)."""
+    def promoted(self, cid: int, rung: int) -> bool:
+        """Whether candidate ``cid``, just through rung ``rung``, goes on (:mod:`search._rungs`)."""
+        from search._rungs import promotes
+
+        p = self.prepared
+        costs = [o for o in p.objectives if o.is_cost and o is not Objective.LATENCY]
+        points: list[list[float]] = []
+        me = -1
+        for row in p.store.candidates(p.study_id):
+            acc = row.accuracy_at(rung)
+            values = [row.objective(o) for o in costs]
+            if acc is None or any(v is None for v in values):
+                continue
+            if row.id == cid:
+                me = len(points)
+            points.append([-acc, *(float(v) for v in values)])  # type: ignore[arg-type]
+        return me >= 0 and promotes(points, me, p.config.evaluate.reduction_factor)
+
+    def _rung_context(self, rung: int, steps: int, report: Reporter | None, done: int) -> Context:
+        """The evaluation context of rung ``rung``: ``steps`` more fine-tune steps, its validation subset."""
+        from evaluators import Context
+
         p = self.prepared
         e = p.config.evaluate
-        if not (e.early_stop and e.eval_every):
-            return None
-        costs = [o for o in p.objectives if o.is_cost]
-        rule = EarlyStop([getattr(cost, o.value) for o in costs], e.early_stop_margin)
-        for row in p.store.candidates(p.study_id, status=Status.COMPLETE):
-            rule.add([row.objective(o) for o in costs], row.history)
-        return rule
+        last = rung == len(p.rungs) - 1
+        callback = None
+        if report is not None:
+
+            def callback(step: int, accuracy: float) -> bool:
+                report(done + step, accuracy)
+                return True
+
+        return Context(
+            data=p.data,
+            teacher=p.base_model if e.kd_weight > 0 else None,
+            device=p.device,
+            seed=e.seed + rung,
+            batch_size=e.batch_size,
+            max_val_samples=None if last and len(p.rungs) > 1 else e.max_val_samples,
+            callback=callback,
+            steps=steps,
+        )
 
     def evaluate(
         self, cid: int, plan: Plan, cost: Cost, record: Recorder, *, report: Reporter | None = None
     ) -> Outcome:
-        """Apply and evaluate reserved candidate ``cid``, tell ``record``, then store the outcome.
+        """Apply and evaluate reserved candidate ``cid`` rung by rung, tell ``record``, then store the outcome.
 
-        ``report`` hears every intermediate accuracy before the early-stop rule judges it.
+        ``report`` hears every intermediate accuracy (steps counted from the first rung's start).
+        The scheduler is told the objectives at rung 0, the fidelity every candidate reaches.
         """
-        from evaluators import Context, Metrics, save_weights
+        from evaluators import Metrics, save_weights
 
         p = self.prepared
-        e = p.config.evaluate
-        rule = self.early_stop(cost)
-        callback: Callable[[int, float], bool] | None = rule
-        if report is not None:
-
-            def callback(step: int, accuracy: float) -> bool:
-                report(step, accuracy)
-                return rule is None or rule(step, accuracy)
-
+        cdict = cost.as_dict()
         t0 = time.perf_counter()
+        reached: list[list[float]] = []
+        history: list[tuple[int, float]] = []
+        train = evals = 0.0
         with _Heartbeat(p.store, cid, min(30.0, p.config.storage.grace_seconds / 4)):
             model = p.space.apply(plan)
             t1 = time.perf_counter()
-            context = Context(
-                data=p.data,
-                teacher=p.base_model if e.kd_weight > 0 else None,
-                device=p.device,
-                seed=e.seed,
-                batch_size=e.batch_size,
-                max_val_samples=e.max_val_samples,
-                callback=callback,
-            )
-            try:
-                metrics = p.evaluator.evaluate(model, context)
-            except (ValueError, RuntimeError) as exc:  # e.g. a shape error the space did not foresee
-                metrics = Metrics(status=Status.FAIL, reason=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            done = 0
+            for rung, steps in enumerate(p.rungs):
+                try:
+                    metrics = p.evaluator.evaluate(model, self._rung_context(rung, steps - done, report, done))
+                except (ValueError, RuntimeError) as exc:  # e.g. a shape error the space did not foresee
+                    metrics = Metrics(status=Status.FAIL, reason=f"{type(exc).__name__}: {exc}".splitlines()[0])
+                history += [(done + s, a) for s, a in metrics.history]
+                train, evals = train + metrics.train_seconds, evals + metrics.eval_seconds
+                if metrics.status != Status.COMPLETE or metrics.accuracy is None:
+                    if rung > 0 and metrics.reason:
+                        metrics.reason = f"rung {rung}: {metrics.reason}"
+                    break
+                reached.append([steps, metrics.accuracy])
+                done = steps
+                if rung == len(p.rungs) - 1:
+                    break
+                p.store.record_rung(cid, rung, steps, metrics.accuracy, cdict)
+                if not self.promoted(cid, rung):
+                    break
             t2 = time.perf_counter()
             artifact = None
             if metrics.status == Status.COMPLETE:
                 path = save_weights(model, p.artifacts / f"{cid}.safetensors")
                 artifact = str(path.resolve())
         status = Status(metrics.status)
-        reason = rule.reason if status is Status.PRUNED and rule is not None and rule.reason else metrics.reason
         latency = next(iter(metrics.latency_ms.values()), None) if metrics.latency_ms else None
-        cdict = cost.as_dict()
         values = None
-        if status is Status.COMPLETE and metrics.accuracy is not None:
-            values = objective_values(p.objectives, metrics.accuracy, cdict, latency)
+        if status is Status.COMPLETE and reached:
+            values = objective_values(p.objectives, reached[0][1], cdict, latency)
         number = record(status, values)
-        last = metrics.history[-1][1] if metrics.history else None
+        metrics.history, metrics.train_seconds, metrics.eval_seconds = history, train, evals
         recorded = p.store.finish(
             cid,
             status,
-            accuracy=metrics.accuracy if status is Status.COMPLETE else last,
+            accuracy=metrics.accuracy if status is Status.COMPLETE else (history[-1][1] if history else None),
             cost=cdict,
             latency_ms=metrics.latency_ms or None,
             seconds=t2 - t0,
-            error=reason,
-            history=metrics.history,
+            error=metrics.reason,
+            history=history,
             artifact=artifact,
             trial_number=number,
             objectives=p.objectives,
             phases=_phases(t1 - t0, t2 - t1, metrics),
+            rungs=reached if status is Status.COMPLETE else None,
         )
         self.timings.apply += t1 - t0
         self.timings.evaluate += t2 - t1
@@ -277,7 +308,7 @@ class CandidateRunner:
             status=status,
             values=values,
             metrics=metrics,
-            reason=reason,
+            reason=metrics.reason,
             artifact=artifact,
             trial_number=number,
             recorded=recorded,

@@ -9,6 +9,7 @@ lists are comma-separated: ``--search.objectives accuracy,macs,params``).
 
 from __future__ import annotations
 
+import itertools
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +40,7 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     spec: str = Field(description="digits, fashion-mnist, synthetic, imagefolder:/path or package.module:factory")
     data_dir: str | None = Field(None, description="where fashion-mnist's idx files are (default: Debian's path)")
-    seed: int = Field(0, description="train/validation split seed (digits)")
+    seed: int = Field(0, description="train/validation/test split seed (digits, fashion-mnist)")
 
 
 class BudgetConfig(_Section):
@@ -60,15 +61,25 @@ class SpaceConfig(_Section):
 
 
 class EvaluateConfig(_Section):
+    """How a candidate is scored: BN recalibration, fine-tune (per rung), accuracy; and finalize's long recipe."""
+
     bn_batches: int = Field(20, ge=1)
     finetune_steps: int = Field(100, ge=0)
     lr: float = Field(0.01, gt=0)
     kd_weight: float = Field(0.0, ge=0, le=1)
     batch_size: int = Field(128, ge=1)
-    eval_every: int = Field(25, ge=0, description="intermediate accuracy every N steps (0: never, no early stop)")
-    early_stop: bool = True
-    early_stop_margin: float = Field(0.02, ge=0, description="see search._early_stop")
-    max_val_samples: int | None = Field(None, ge=1)
+    eval_every: int = Field(25, ge=0, description="intermediate accuracy every N steps (0: never)")
+    rungs: list[int] = Field(
+        default_factory=list,
+        description="fine-tune steps per rung of successive halving, e.g. 50,200,800 (empty: one rung of "
+        "finetune_steps)",
+    )
+    reduction_factor: int = Field(3, ge=2, description="a rung promotes the best 1/N of the candidates that reach it")
+    max_val_samples: int | None = Field(
+        None, ge=1, description="validation images per score (below the top rung only, when there are rungs)"
+    )
+    final_steps: int = Field(2000, ge=1, description="fine-tune steps of `prunetune finalize` (the long recipe)")
+    final_kd_weight: float = Field(0.5, ge=0, le=1, description="distillation weight of `prunetune finalize`")
     latency: bool = Field(False, description="measure batch-1 latency of every candidate (on when an objective)")
     device: str = "auto"
     threads: int | None = Field(
@@ -76,12 +87,28 @@ class EvaluateConfig(_Section):
     )
     seed: int = 0
 
+    @field_validator("rungs")
+    @classmethod
+    def _rungs(cls, v: list[int]) -> list[int]:
+        if any(s < 1 for s in v) or any(b <= a for a, b in itertools.pairwise(v)) or len(v) > 6:
+            raise ValueError(f"rungs must be at most 6 increasing positive step counts like [50, 200, 800], got {v}")
+        return v
+
+    def rung_steps(self) -> tuple[int, ...]:
+        """Cumulative fine-tune steps at the end of each rung."""
+        return tuple(self.rungs) if self.rungs else (self.finetune_steps,)
+
 
 class SearchConfig(_Section):
     study: str | None = Field(None, description="study name (default: the config file's stem)")
     candidates: int = Field(30, ge=1, description="candidates the study evaluates in total, over all workers")
     sampler: Sampler = Sampler.TPE
     objectives: list[Objective] = [Objective.ACCURACY, Objective.MACS]
+    floor: str | None = Field(
+        None,
+        description="lowest cost level a candidate is repaired onto, a percentage of the base model on the tightest "
+        'limit ("10%"), or "cap" (every candidate at the cap); default: a quarter of the tightest limit',
+    )
     seed_plans: list[Literal["allocator", "uniform"]] = ["allocator", "uniform"]
     seed: int = 0
     worker: int = Field(0, ge=0, description="distinct number per parallel worker (salts the sampler)")
@@ -89,6 +116,20 @@ class SearchConfig(_Section):
     backend: Literal["local", "ray"] = Field(
         "local", description="who schedules the candidates: this process, or a Ray cluster (see [ray])"
     )
+
+    @field_validator("floor")
+    @classmethod
+    def _floor(cls, v: str | None) -> str | None:
+        if v is None or v == "cap":
+            return v
+        text = v.strip()
+        try:
+            ok = text.endswith("%") and 0 < float(text[:-1]) <= 100
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f'floor must be a percentage of the base model like "10%", or "cap", got {v!r}')
+        return text
 
     @field_validator("objectives")
     @classmethod

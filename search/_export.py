@@ -1,9 +1,11 @@
 """Export a candidate and load it back, without pickle and without running code a file names.
 
 An export directory holds ``plan.json`` (the :class:`spaces.Plan`),
-``weights.safetensors`` (the candidate's fine-tuned weights) and ``model.json``
-(the base model spec, input shape and classes, the candidate's metrics and the
-weights' SHA-256).
+``weights.safetensors`` (the candidate's weights: those of ``prunetune finalize``
+when it was finalized, else the search's quick fine-tune) and ``model.json``
+(the base model spec, input shape and classes, the candidate's metrics —
+validation accuracy, and test accuracy when finalized, labelled as such — and
+the weights' SHA-256).
 
 :func:`export_candidate` checks the weights against the SHA-256 the store
 recorded when they were written, so a damaged or replaced file is never
@@ -41,28 +43,32 @@ _SAFE_KINDS = ("zoo:", "torchvision:")
 
 
 def _weights_of(row: CandidateRow, study: str) -> Path:
-    """The candidate's weights file, checked against the SHA-256 recorded when it was written."""
+    """The candidate's weights file (finalize's when it was finalized), checked against its recorded SHA-256."""
     from storage import file_sha256
 
     what = f"trial {row.trial_number} of study {study!r}"
     host = (row.worker or "").rpartition(":")[0]
-    if not row.artifact or not Path(row.artifact).is_file():
+    artifact, sha = row.artifact, row.weights_sha256
+    if row.final is not None:
+        what, host = f"the finalized {what}", ""
+        artifact, sha = row.final.get("artifact"), row.final.get("weights_sha256")
+    if not artifact or not Path(artifact).is_file():
         if host and host != socket.gethostname():
             raise ValueError(
-                f"the weights of {what} are on the worker that evaluated it ({host}: {row.artifact!r}): "
+                f"the weights of {what} are on the worker that evaluated it ({host}: {artifact!r}): "
                 "export there, or give every worker a shared search.artifacts_dir"
             )
         raise ValueError(
-            f"the weights file of {what} ({row.artifact!r}) is gone from this machine: it was deleted or moved "
+            f"the weights file of {what} ({artifact!r}) is gone from this machine: it was deleted or moved "
             "after the study ran; export another trial"
         )
-    digest = file_sha256(row.artifact)
-    if row.weights_sha256 is not None and digest != row.weights_sha256:
+    digest = file_sha256(artifact)
+    if sha is not None and digest != sha:
         raise ValueError(
-            f"the weights file of {what} ({row.artifact!r}) is not the one the study wrote (SHA-256 "
-            f"{str(digest)[:12]}..., recorded {row.weights_sha256[:12]}...): it is damaged or was replaced"
+            f"the weights file of {what} ({artifact!r}) is not the one the study wrote (SHA-256 "
+            f"{str(digest)[:12]}..., recorded {sha[:12]}...): it is damaged or was replaced"
         )
-    return Path(row.artifact)
+    return Path(artifact)
 
 
 def out_dir(out: str | Path) -> Path:
@@ -113,7 +119,12 @@ def export_candidate(
         "study": study,
         "trial": row.trial_number,
         "candidate": row.id,
-        "accuracy": row.accuracy,
+        "weights": "finalized" if row.final is not None else "search",  # finalize's long recipe, or the search's
+        "accuracy": row.final["val_accuracy"] if row.final is not None else row.accuracy,  # validation split
+        "search_accuracy": row.accuracy,  # validation, after the search's short fine-tune (its top rung)
+        "rung": row.rung,
+        "test_accuracy": row.test_accuracy,  # the test split: measured by finalize, never selected on
+        "finalized": row.final,
         "macs": row.macs,
         "params": row.params,
         "bytes": row.bytes,

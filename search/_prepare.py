@@ -50,6 +50,8 @@ class Prepared:
     uniform: Plan  # the uniform plan repaired onto the budget
     dists: dict[str, BaseDistribution]  # the sampler's parameters (search._space)
     artifacts: Path  # where the candidates' weights go
+    floor: float = 1.0  # the lowest cost level, as a fraction of the budget's cap (1: the cap only)
+    rungs: tuple[int, ...] = (100,)  # cumulative fine-tune steps at the end of each rung
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (a Ray driver ships it to its trials once): the plan travels as JSON, the store as its URL."""
@@ -62,6 +64,41 @@ class Prepared:
 
         for name, value in {**state, "uniform": Plan.from_json(state["uniform"])}.items():
             object.__setattr__(self, name, value)
+
+
+DEFAULT_FLOOR = 0.25  # of the cap: a 4x range of costs
+
+
+def cost_floor(floor: str | None, space: ModelSpace, budget: Budget) -> float:
+    """``search.floor`` as a fraction of the budget's cap (see the config key); 1.0 for ``"cap"``.
+
+    The default, a quarter of the cap, is raised to what the space can reach (every group keeps a
+    channel); a floor the user gave that the space cannot reach, or above the cap, is an error.
+    """
+    import numpy as np
+
+    if floor == "cap":
+        return 1.0
+    tightest = budget.tightest(space.base_cost)
+    smallest_keep = np.array([space.allowed_keeps(g, space.round_to)[0] for g in space.groups], dtype=np.int64)
+    smallest = space.costs.cost_of_keep(smallest_keep, None)
+    limits = budget.absolute(space.base_cost)
+    reachable = max(getattr(smallest, m) / lim for m, lim in limits.items()) * 1.02
+    if floor is None:
+        return min(1.0, max(DEFAULT_FLOOR, reachable))
+    share = float(floor.rstrip("%")) / 100
+    if share > tightest * (1 + 1e-9):
+        raise ValueError(
+            f"search.floor {floor} is above the tightest budget limit ({tightest:.1%} of the base model); "
+            'use floor = "cap" for candidates at the cap only'
+        )
+    level = share / tightest
+    if level < reachable:
+        raise ValueError(
+            f"search.floor {floor} is below the smallest cost this model can be pruned to "
+            f"({reachable * tightest:.1%} of the base model on the tightest limit)"
+        )
+    return min(1.0, level)
 
 
 def default_evaluator(config: Config) -> Evaluator:
@@ -144,7 +181,10 @@ def prepare(
     base_model.to(device)
     base_cost = space.base_cost
     uniform = space.fit(space.uniform_plan(0.0), budget)  # infeasible budget: raises here
-    dists = distributions(space, max_ratio=cfg.space.max_ratio, rank=cfg.space.rank, method=cfg.space.method)
+    floor = cost_floor(cfg.search.floor, space, budget)
+    dists = distributions(
+        space, max_ratio=cfg.space.max_ratio, rank=cfg.space.rank, method=cfg.space.method, floor=floor
+    )
     study_id = store.ensure_study(
         name,
         model_spec=cfg.model.spec,
@@ -177,4 +217,6 @@ def prepare(
         uniform=uniform,
         dists=dists,
         artifacts=Path(cfg.search.artifacts_dir) / "studies" / name,
+        floor=floor,
+        rungs=cfg.evaluate.rung_steps(),
     )

@@ -190,7 +190,7 @@ class _TrialWorker:
 
     def live(self, cid: int, trial: int | None, kind: str) -> dict[str, Any]:
         """Evaluate and record candidate ``cid`` (unless it is already finished); its final result for Tune."""
-        from search._space import params_from_plan
+        from search._space import level_of, params_from_plan
         from spaces import Plan
 
         p = self.prepared
@@ -199,7 +199,10 @@ class _TrialWorker:
         if Status(row.status).finished:  # an earlier run of this trial recorded it: report, never record twice
             return {"cid": cid, "status": str(row.status), "accuracy": row.accuracy, "evaluated": 0, "final": True}
         plan = Plan.from_json(row.plan)
-        params = params_from_plan(p.space, plan, p.dists, method=p.config.space.method) if trial is None else {}
+        level = level_of(p.space.cost(plan), p.budget, p.base_cost)
+        params = (
+            params_from_plan(p.space, plan, p.dists, method=p.config.space.method, level=level) if trial is None else {}
+        )
         before = Timings(**{k: getattr(self.timings, k) for k in ("apply", "evaluate", "store")})
 
         def report(step: int, accuracy: float) -> None:
@@ -284,7 +287,7 @@ class CandidateSearcher(Searcher):
 
     def record_failure(self, config: dict[str, Any], reason: str) -> None:
         """Record FAIL for a candidate whose trial never recorded it (its retries were spent)."""
-        from search._space import params_from_plan
+        from search._space import level_of, params_from_plan
         from spaces import Plan
 
         s = self.search
@@ -294,7 +297,10 @@ class CandidateSearcher(Searcher):
             return  # recorded after all, or claimed by another worker
         plan = Plan.from_json(row.plan)
         number = config["trial"]
-        params = params_from_plan(p.space, plan, p.dists, method=s.cfg.space.method) if number is None else {}
+        level = level_of(p.space.cost(plan), p.budget, p.base_cost)
+        params = (
+            params_from_plan(p.space, plan, p.dists, method=s.cfg.space.method, level=level) if number is None else {}
+        )
         got = s.teller.recorder(number, params, row.id, plan.hash, config["kind"])(Status.FAIL, None)
         p.store.finish(row.id, Status.FAIL, error=reason, trial_number=got, objectives=p.objectives)
         self.res.events.append(f"candidate {row.id}: {reason}; recorded as FAIL")

@@ -62,7 +62,7 @@ def base_weights_path(info: StudyRecord, config: Config | None = None) -> Path |
             return Path(config.model.weights)
         m = config.model
         recipe = Recipe(epochs=m.train_epochs, lr=m.train_lr, batch_size=m.train_batch_size)
-        key = baseline_key(info.model_spec, info.data_spec, recipe, m.train_seed)
+        key = baseline_key(info.model_spec, info.data_spec, recipe, m.train_seed, config.data.seed)
         cached = Path(config.search.artifacts_dir) / "baselines" / f"{key}.safetensors"
         if cached.is_file():
             return cached

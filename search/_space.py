@@ -4,10 +4,14 @@
 * ``rank:<layer>`` (with ``space.rank``): a fraction of the layer's break-even
   rank on the grid 0.1, 0.2, ..., 1.0; 1.0 keeps the layer dense, below that
   the layer gets ``max(1, round(fraction * break_even))`` as its rank.
+* ``level`` (when ``search.floor`` is below the cap): the cost level the plan is
+  repaired onto, as a fraction of the budget's cap, log-uniform on
+  ``[floor / cap, 1]``.
 
-The sampled plan is then repaired onto the budget with ``space.fit``, which
-scales the kept-channel proportions; so what the sampler really chooses is the
-*shape* of the allocation, and the budget decides its size.
+The sampled plan is then repaired onto ``budget.scaled(level)`` with
+``space.fit``, which scales the kept-channel proportions; so what the sampler
+chooses is the *shape* of the allocation and its cost level, and the budget
+caps its size.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from spaces import Method, Plan
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution, FloatDistribution
 
-    from spaces import ModelSpace
+    from spaces import Budget, Cost, ModelSpace
 
-__all__ = ["distributions", "params_from_plan", "plan_from_params"]
+__all__ = ["LEVEL", "distributions", "level_of", "params_from_plan", "plan_from_params"]
 
 _RANK_STEP = 0.1
+LEVEL = "level"
 
 
 def _rank_layers(space: ModelSpace, method: Method | str) -> dict[str, int]:
@@ -38,11 +43,15 @@ def _rank_layers(space: ModelSpace, method: Method | str) -> dict[str, int]:
 
 
 def distributions(
-    space: ModelSpace, *, max_ratio: float, rank: bool, method: Method | str
+    space: ModelSpace, *, max_ratio: float, rank: bool, method: Method | str, floor: float = 1.0
 ) -> dict[str, BaseDistribution]:
+    """The sampler's parameters; ``floor`` is the lowest cost level (a fraction of the cap; 1: the cap only)."""
     from optuna.distributions import FloatDistribution
 
-    out: dict[str, BaseDistribution] = {f"prune:{g.id}": FloatDistribution(0.0, max_ratio) for g in space.groups}
+    out: dict[str, BaseDistribution] = {}
+    if floor < 1.0:
+        out[LEVEL] = FloatDistribution(floor, 1.0, log=True)
+    out.update({f"prune:{g.id}": FloatDistribution(0.0, max_ratio) for g in space.groups})
     if rank:
         for name in _rank_layers(space, method):
             out[f"rank:{name}"] = FloatDistribution(_RANK_STEP, 1.0, step=_RANK_STEP)
@@ -70,14 +79,17 @@ def plan_from_params(space: ModelSpace, params: dict[str, Any], *, method: Metho
 
 
 def params_from_plan(
-    space: ModelSpace, plan: Plan, dists: dict[str, BaseDistribution], *, method: Method | str
+    space: ModelSpace, plan: Plan, dists: dict[str, BaseDistribution], *, method: Method | str, level: float = 1.0
 ) -> dict[str, Any]:
-    """The sampler parameters closest to ``plan`` (to tell the sampler about seed plans)."""
+    """The sampler parameters closest to ``plan`` (to tell the sampler about seed plans) at cost ``level``."""
     params: dict[str, Any] = {}
     mur = _rank_layers(space, method)
     for key, dist in dists.items():
         kind, _, name = key.partition(":")
-        if kind == "prune":
+        if kind == LEVEL:
+            d = cast("FloatDistribution", dist)
+            params[key] = min(max(float(level), d.low), d.high)
+        elif kind == "prune":
             params[key] = min(float(plan.prune.get(name, 0.0)), cast("FloatDistribution", dist).high)
         else:
             spec = plan.rank.get(name)
@@ -88,3 +100,8 @@ def params_from_plan(
             frac = round(min(1.0, r / mur[name]) / _RANK_STEP) * _RANK_STEP
             params[key] = min(1.0, max(_RANK_STEP, round(frac, 10)))
     return params
+
+
+def level_of(cost: Cost, budget: Budget, base: Cost) -> float:
+    """The cost level of ``cost``: its largest share of one of ``budget``'s limits (1: at the cap)."""
+    return max(getattr(cost, m) / lim for m, lim in budget.absolute(base).items())

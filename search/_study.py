@@ -6,11 +6,13 @@ of :meth:`Search.run`; several processes may share one PostgreSQL URL), or a Ray
 cluster (``ray``, :mod:`search._ray`). Per candidate, whoever schedules it:
 
 1. **propose** (:meth:`Search.propose`): the sampler proposes per-group prune
-   ratios (and ranks), or the next seed plan (the allocator's, then the
+   ratios (and ranks) and a cost level between ``search.floor`` and the cap, or
+   the next seed plan (the allocator's at the cap and at the floor, then the
    uniform one) is taken first;
-2. **repair**: ``space.fit`` moves the plan onto the budget, so every candidate
-   that is evaluated and stored meets it; the budget's slack goes to Optuna as
-   ``trial.set_constraint`` values (always <= 0 after repair);
+2. **repair**: ``space.fit`` moves the plan onto the budget scaled to its level,
+   so every candidate that is evaluated and stored meets the budget; the
+   budget's slack goes to Optuna as ``trial.set_constraint`` values (always
+   <= 0 after repair);
 3. **reserve** (:meth:`Search.reserve`): a plan the study already holds is not
    evaluated again (the sampler is told the stored result); a full study ends
    the run;
@@ -36,7 +38,7 @@ from search._candidate import CandidateRunner, Recorder, Timings, is_dead, objec
 from search._config import Config
 from search._prepare import Prepared, prepare
 from search._samplers import make_sampler
-from search._space import params_from_plan, plan_from_params
+from search._space import level_of, params_from_plan, plan_from_params
 from spaces import Status, UsageError
 
 if TYPE_CHECKING:
@@ -117,9 +119,10 @@ class Teller:
         p = self.prepared
         row = p.store.candidate(p.study_id, plan_hash=plan_hash)
         trial.set_user_attr("duplicate_of", row.id)
-        if row.status is Status.COMPLETE and row.accuracy is not None:
+        first = row.accuracy_at(0)
+        if row.status is Status.COMPLETE and first is not None:  # rung 0: what every trial is told
             cost = {"macs": row.macs or 0.0, "params": row.params or 0.0, "bytes": row.bytes or 0.0}
-            self.tell(trial.number, objective_values(p.objectives, row.accuracy, cost, row.latency), Status.COMPLETE)
+            self.tell(trial.number, objective_values(p.objectives, first, cost, row.latency), Status.COMPLETE)
         else:
             self.tell(trial.number, None, Status.PRUNED if row.status is Status.PRUNED else Status.FAIL)
 
@@ -257,15 +260,20 @@ class Search:
         return self._prepared, self._teller, self._runner
 
     # ------------------------------------------------------------------ the shared steps
-    def seed_plans(self) -> list[tuple[str, Plan]]:
+    def seed_plans(self) -> list[tuple[str, Plan, float]]:
+        """``(kind, plan, level)`` to evaluate first: the allocator's and the uniform plan at the cap, and the
+        allocator's at the floor when the study spans a range of costs."""
         p = self.prepared
         out = []
         for kind in self.cfg.search.seed_plans:
-            if kind == "allocator":
-                allocation = p.space.allocate(p.budget, prune=True, rank=self.cfg.space.rank)
-                out.append(("allocator", p.space.fit(allocation.plan, p.budget)))
-            else:
-                out.append(("uniform", p.uniform))
+            levels = [1.0, p.floor] if kind == "allocator" and p.floor < 1.0 else [1.0]
+            for level in levels:
+                budget = p.budget.scaled(level)
+                if kind == "allocator":
+                    allocation = p.space.allocate(budget, prune=True, rank=self.cfg.space.rank)
+                    out.append(("allocator", p.space.fit(allocation.plan, budget), level))
+                else:
+                    out.append(("uniform", p.uniform, level))
         return out
 
     def new_result(self) -> RunResult:
@@ -289,15 +297,17 @@ class Search:
         res.total = p.store.count(p.study_id)
         return res
 
-    def propose(self, seeds: list[tuple[str, Plan]]) -> Proposal:
-        """Sample (or take the next of ``seeds``) and repair: a plan within the budget."""
+    def propose(self, seeds: list[tuple[str, Plan, float]]) -> Proposal:
+        """Sample (or take the next of ``seeds``) and repair onto the sampled cost level: a plan within the budget."""
+        from search._space import LEVEL
+
         p, teller, _ = self._parts()
         cfg = self.cfg
         t0 = time.perf_counter()
         trial: Trial | None = None
         if seeds:
-            kind, plan = seeds.pop(0)
-            params = params_from_plan(p.space, plan, p.dists, method=cfg.space.method)
+            kind, plan, level = seeds.pop(0)
+            params = params_from_plan(p.space, plan, p.dists, method=cfg.space.method, level=level)
             t1 = time.perf_counter()
         else:
             kind = "sampled"
@@ -306,7 +316,7 @@ class Search:
             params = trial.params
             plan = plan_from_params(p.space, params, method=cfg.space.method)
             t1 = time.perf_counter()
-            plan = p.space.fit(plan, p.budget)
+            plan = p.space.fit(plan, p.budget.scaled(float(params.get(LEVEL, 1.0))))
         cost = p.space.cost(plan)
         slack = p.budget.slack(cost, p.base_cost)
         if any(v > 0 for v in slack.values()):  # fit guarantees this never happens
@@ -379,8 +389,10 @@ class Search:
 
         p, teller, _ = self._parts()
         plan = Plan.from_json(row.plan)
-        params = params_from_plan(p.space, plan, p.dists, method=self.cfg.space.method)
-        return plan, p.space.cost(plan), teller.recorder(None, params, row.id, plan.hash, "retry")
+        cost = p.space.cost(plan)
+        level = level_of(cost, p.budget, p.base_cost)
+        params = params_from_plan(p.space, plan, p.dists, method=self.cfg.space.method, level=level)
+        return plan, cost, teller.recorder(None, params, row.id, plan.hash, "retry")
 
     # ------------------------------------------------------------------ the drivers
     def run(self, on_candidate: Callable[[RunResult], None] | None = None) -> RunResult:

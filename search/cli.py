@@ -36,23 +36,45 @@ def _pct(v: float | None, base: float | None) -> str:
     return f"{100 * v / base:.1f}%" if v is not None and base else "-"
 
 
-def _front_table(title: str, rows: Sequence[CandidateRow], base_cost: dict[str, Any]) -> Table:
+def at_cap(rows: Sequence[CandidateRow], budget: dict[str, Any], base_cost: dict[str, Any]) -> CandidateRow | None:
+    """The most accurate of ``rows`` within 5 % of the budget's cap on its tightest limit (``None``: none is)."""
+    from spaces import Budget, Cost
+
+    base = Cost(**{k: base_cost[k] for k in ("macs", "params", "bytes")})
+    limits = Budget.from_dict(budget).absolute(base)
+    near = [
+        r
+        for r in rows
+        if r.accuracy is not None and max((getattr(r, m) or 0.0) / lim for m, lim in limits.items()) >= 0.95
+    ]
+    return max(near, key=lambda r: r.accuracy or 0.0, default=None)
+
+
+def _front_table(
+    title: str, rows: Sequence[CandidateRow], base_cost: dict[str, Any], budget: dict[str, Any] | None = None
+) -> Table:
     from rich.table import Table
 
     from storage import plan_summary
 
-    table = Table(title=title)
-    for col in ("trial", "accuracy", "MACs %", "params %", "latency ms", "plan"):
+    best = at_cap(rows, budget, base_cost) if budget else None
+    table = Table(title=title, caption="val: validation accuracy (selected on); test: after `prunetune finalize`")
+    for col in ("trial", "val acc", "rung", "test acc", "MACs %", "params %", "latency ms", "plan"):
         table.add_column(col, justify="left" if col == "plan" else "right")
     for r in rows:
+        rung = "-" if r.rungs is None else f"{r.rung} ({r.rungs[-1][0]} steps)"
         table.add_row(
-            str(r.trial_number),
+            f"{r.trial_number} *" if best is not None and r.id == best.id else str(r.trial_number),
             f"{r.accuracy:.4f}" if r.accuracy is not None else "-",
+            rung,
+            f"{r.test_accuracy:.4f}" if r.test_accuracy is not None else "-",
             _pct(r.macs, base_cost.get("macs")),
             _pct(r.params, base_cost.get("params")),
             f"{r.latency:.2f}" if r.latency is not None else "-",
             plan_summary(r.plan),
         )
+    if best is not None:
+        table.caption = f"* best at the cap (within 5 % of the budget); {table.caption}"
     return table
 
 
@@ -112,15 +134,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
         err.print(line)
     if res.stopped:
         err.print(f"stopped early: {res.stopped}")
-    out.print(
-        _front_table(f"Pareto front of {res.study!r} ({len(res.front)} of {res.total})", res.front, res.base_cost)
-    )
+    title = f"Pareto front of {res.study!r} ({len(res.front)} of {res.total})"
+    out.print(_front_table(title, res.front, res.base_cost, p.budget.to_dict()))
     t = res.timings.per_candidate()
     out.print(
         f"this run: {res.evaluated} evaluated, {res.duplicates} duplicate plans skipped, {res.retried} retried; "
         "seconds per candidate: " + ", ".join(f"{k} {v:.3f}" for k, v in t.items())
     )
-    out.print(f"export one with: prunetune export {args.config} --trial N --out DIR")
+    out.print(f"finalize one (long fine-tune, test accuracy) with: prunetune finalize {args.config} --trial N")
+    return 0
+
+
+def _cmd_finalize(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from search._config import load_config
+    from search._finalize import finalize
+
+    cfg = load_config(args.config, _overrides(args))
+    done = finalize(cfg, trials=args.trial or (), front=args.front, steps=args.steps, out=args.out, progress=True)
+    table = Table(title=f"finalized ({done[0].steps} fine-tune steps, distilled)" if done else "finalized")
+    for col in ("trial", "val acc (search)", "val acc (final)", "test acc", "seconds", "export"):
+        table.add_column(col, justify="right")
+    for f in done:
+        table.add_row(
+            str(f.trial),
+            f"{f.search_accuracy:.4f}" if f.search_accuracy is not None else "-",
+            f"{f.val_accuracy:.4f}",
+            f"{f.test_accuracy:.4f}" if f.test_accuracy is not None else "no test split",
+            f"{f.seconds:.0f}",
+            str(f.export or "-"),
+        )
+    Console().print(table)
     return 0
 
 
@@ -149,7 +195,8 @@ def _cmd_front(args: argparse.Namespace) -> int:
     info = store.study(study)
     rows = store.front(info.id)
     total = store.count(info.id)
-    Console().print(_front_table(f"Pareto front of {study!r} ({len(rows)} of {total})", rows, info.base_cost))
+    title = f"Pareto front of {study!r} ({len(rows)} of {total})"
+    Console().print(_front_table(title, rows, info.base_cost, info.budget))
     return 0
 
 
@@ -263,6 +310,19 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--trial", type=int, required=True, help="the trial number (see `prunetune front`)")
     exp.add_argument("--out", required=True, help="output directory")
     exp.set_defaults(func=_cmd_export)
+    fin = sub.add_parser(
+        "finalize",
+        help="re-train chosen candidates with the long recipe, measure test accuracy, store and export them",
+        description="Every config key can be overridden: --section.key VALUE (lists comma-separated).",
+    )
+    fin.add_argument("config", help="the run's TOML config")
+    fin.add_argument("--trial", type=int, action="append", help="a trial number (repeat for several)")
+    fin.add_argument("--front", action="store_true", help="every candidate of the Pareto front")
+    fin.add_argument("--steps", type=int, help="fine-tune steps (default: evaluate.final_steps)")
+    fin.add_argument("--out", help="export each to OUT/trial-N as well")
+    for key, text, is_list in config_flags():
+        fin.add_argument(f"--{key}", dest=key, metavar="LIST" if is_list else "VALUE", help=text or None)
+    fin.set_defaults(func=_cmd_finalize)
     rep = sub.add_parser("report", help="write CSV, Markdown and HTML (report.html) reports of a study")
     _study_args(rep)
     rep.add_argument("--out", required=True, help="output directory")

@@ -125,6 +125,18 @@ class Budget:
     def to_dict(self) -> dict[str, str | float]:
         return {m: (str(lim) if lim.relative else lim.value) for m, lim in self.limits.items()}
 
+    def scaled(self, factor: float) -> Budget:
+        """Every limit times ``factor`` (0 < factor <= 1): a cost level below this budget's cap."""
+        if not (isinstance(factor, (int, float)) and 0 < factor <= 1):
+            raise ValueError(f"a budget scale must be in (0, 1], got {factor!r}")
+        out = Budget.__new__(Budget)
+        out.limits = {m: Limit(lim.value * factor, lim.relative) for m, lim in self.limits.items()}
+        return out
+
+    def tightest(self, base: Cost) -> float:
+        """The smallest fraction of the base model's cost that a limit allows (0.3: the tightest limit is 30 %)."""
+        return min(limit / getattr(base, m) for m, limit in self.absolute(base).items())
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Budget) and self.limits == other.limits
 

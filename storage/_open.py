@@ -44,6 +44,11 @@ _UPGRADES: list[list[str]] = [
         "ALTER TABLE prunetune_candidates ADD COLUMN phases JSON",
         "ALTER TABLE prunetune_candidates ADD COLUMN test_accuracy FLOAT",
     ],
+    [
+        "ALTER TABLE prunetune_candidates ADD COLUMN rung INTEGER",
+        "ALTER TABLE prunetune_candidates ADD COLUMN rungs JSON",
+        "ALTER TABLE prunetune_candidates ADD COLUMN final JSON",
+    ],
 ]
 _TABLES = ("prunetune_meta", "prunetune_studies", "prunetune_candidates", "prunetune_pareto")
 _DAMAGED = ("file is not a database", "malformed", "disk image", "file is encrypted")

@@ -1,10 +1,16 @@
-"""Non-dominated filtering (all objectives minimised)."""
+"""Non-dominated filtering: of points (all objectives minimised), and of candidates across rungs."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-__all__ = ["pareto_front"]
+from spaces import Direction, Objective
+
+if TYPE_CHECKING:
+    from storage._schema import CandidateRow
+
+__all__ = ["pareto_front", "rung_front"]
 
 
 def pareto_front(points: Sequence[Sequence[float | None]]) -> list[int]:
@@ -30,4 +36,47 @@ def pareto_front(points: Sequence[Sequence[float | None]]) -> list[int]:
                 break
         if not dominated:
             keep.append(i)
+    return keep
+
+
+def _minimised(row: CandidateRow, rung: int, objectives: Sequence[Objective]) -> list[float | None]:
+    out: list[float | None] = []
+    for obj in objectives:
+        v = row.accuracy_at(rung) if obj is Objective.ACCURACY else row.objective(obj)
+        maximize = obj.direction is Direction.MAXIMIZE
+        out.append(None if v is None else (-v if maximize else v))
+    return out
+
+
+def rung_front(rows: Sequence[CandidateRow], objectives: Sequence[Objective]) -> list[int]:
+    """Ids of the candidates of the Pareto front across rungs: compared at the same rung, never across.
+
+    Candidates of a multi-fidelity study stop at different rungs (more fine-tune
+    steps give higher accuracy), so a 50-step accuracy is never compared with an
+    800-step one. ``a`` dominates ``b`` when ``a`` reached at least ``b``'s top
+    rung and, at ``b``'s top rung, is no worse on every objective and better on
+    one. So a candidate is removed only by one evaluated at least as long, on
+    equal terms; and the candidates that reached the highest rung form the
+    front among themselves. With one rung this is the plain Pareto front. A
+    candidate with no known accuracy is left out.
+    """
+    scored = [r for r in rows if r.top_rung >= 0]
+    keep = []
+    for b in scored:
+        dominated = False
+        for a in scored:
+            if a.id == b.id or a.top_rung < b.top_rung:
+                continue
+            rung = b.top_rung
+            pa, pb = _minimised(a, rung, objectives), _minimised(b, rung, objectives)
+            if any(v is None for v in (*pa, *pb)):
+                continue
+            if all(x <= y for x, y in zip(pa, pb, strict=True)) and any(  # type: ignore[operator]
+                x < y  # type: ignore[operator]
+                for x, y in zip(pa, pb, strict=True)
+            ):
+                dominated = True
+                break
+        if not dominated and all(v is not None for v in _minimised(b, b.top_rung, objectives)):
+            keep.append(b.id)
     return keep

@@ -34,7 +34,7 @@ __all__ = [
     "submission_record",
 ]
 
-SCHEMA_VERSION = 3  # 2: candidates' weights_sha256; 3: candidates' kind, phases, test_accuracy; submissions
+SCHEMA_VERSION = 4  # 2: weights_sha256; 3: kind, phases, test_accuracy, submissions; 4: rung, rungs, final
 
 
 def now() -> datetime:
@@ -86,6 +86,9 @@ class CandidateTable(Base):
     kind: Mapped[str | None] = mapped_column(String(16), nullable=True)  # allocator, uniform, sampled, retry
     phases: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # seconds per phase
     test_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)  # reported, never selected on
+    rung: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the highest rung reached (0: the first)
+    rungs: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # [[steps, accuracy], ...] per rung
+    final: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # what `prunetune finalize` measured
     worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     heartbeat: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
@@ -154,6 +157,22 @@ class CandidateRow:
     kind: str | None = None  # allocator, uniform (seed plans), sampled or retry
     phases: dict[str, Any] | None = None  # seconds per phase: apply, train, eval, other
     test_accuracy: float | None = None
+    rung: int | None = None  # the highest rung reached (None: stored before rungs existed, i.e. one rung)
+    rungs: list[Any] | None = None  # [[steps, accuracy], ...], one entry per rung reached
+    final: dict[str, Any] | None = None  # finalize's steps, validation and test accuracy, weights file and SHA-256
+
+    def accuracy_at(self, rung: int) -> float | None:
+        """Validation accuracy after rung ``rung``'s fine-tune (``None`` when the candidate did not reach it)."""
+        if self.rungs is None:
+            return self.accuracy if rung == 0 and self.status is Status.COMPLETE else None
+        return float(self.rungs[rung][1]) if rung < len(self.rungs) else None
+
+    @property
+    def top_rung(self) -> int:
+        """The highest rung whose accuracy is known (-1: none)."""
+        if self.rungs is None:
+            return 0 if self.accuracy is not None and self.status is Status.COMPLETE else -1
+        return len(self.rungs) - 1
 
     @property
     def latency(self) -> float | None:

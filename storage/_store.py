@@ -12,7 +12,6 @@ plain SQL::
     JOIN prunetune_studies s ON s.id = c.study_id WHERE s.name = 'my-study';
 
 The tables are declared in :mod:`storage._schema`.
-
 Workers: a candidate is RUNNING under one ``worker`` ("host:pid") that renews
 its ``heartbeat``; :meth:`StudyStore.claim_stale` hands the candidates of a
 dead worker (same host and the process is gone, or a heartbeat older than the
@@ -32,11 +31,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from spaces import Direction, Objective, PruneTuneError, Status
+from spaces import Objective, PruneTuneError, Status
 from storage._engine import engine_for, missing_sqlite_file, optuna_storage, parse_url
 from storage._errors import StoreError, StudyFullError, StudyMismatchError
 from storage._open import file_sha256, open_schema, store_error
-from storage._pareto import pareto_front
+from storage._pareto import rung_front
 from storage._schema import (
     CandidateRow,
     CandidateTable,
@@ -197,11 +196,9 @@ class StudyStore:
     ) -> int | None:
         """Insert a RUNNING candidate owned by ``worker``; ``None`` if this plan is already in the study.
 
-        With ``limit``, raises :class:`StudyFullError` (and writes nothing) when
-        the study already holds ``limit`` candidates of any status; ``kind`` says where the plan came
-        from (``allocator``, ``uniform``, ``sampled``). Reservations
-        are serialised per study (a row lock on PostgreSQL, the write lock on
-        SQLite), so workers racing for the last places never overshoot.
+        With ``limit``, raises :class:`StudyFullError` (and writes nothing) when the study already holds
+        ``limit`` candidates; ``kind``: where the plan came from (``allocator``, ``uniform``, ``sampled``).
+        Serialised per study (a row lock on PostgreSQL, SQLite's write lock): racing workers never overshoot.
         """
         try:
             with self._session() as s:
@@ -242,10 +239,8 @@ class StudyStore:
     ) -> list[CandidateRow]:
         """Take over the RUNNING candidates of stopped workers; returns those now owned by ``worker``.
 
-        A candidate is stale when ``is_dead(its worker)`` or its heartbeat is
-        older than ``grace_seconds``. Each is claimed by compare-and-swap on its
-        owner, so two workers never claim the same candidate; its ``attempts``
-        goes up by one and its previous worker is recorded in ``error``.
+        Stale: ``is_dead(its worker)`` or a heartbeat older than ``grace_seconds``. Claimed by compare-and-swap
+        on the owner (never by two workers); ``attempts`` + 1, the old worker named in ``error``, rungs reset.
         """
         cutoff = now() - timedelta(seconds=grace_seconds)
         claimed = []
@@ -277,16 +272,14 @@ class StudyStore:
                         heartbeat=now(),
                         attempts=CandidateTable.attempts + 1,
                         error=f"retried: worker {owner} stopped while evaluating it",
+                        rungs=None,
+                        rung=None,
                     )
                 )
                 if done.rowcount == 1:  # type: ignore[attr-defined]
                     claimed.append(cid)
         with self._session() as s:
-            return (
-                [candidate_row(c) for c in s.scalars(select(CandidateTable).where(CandidateTable.id.in_(claimed)))]
-                if claimed
-                else []
-            )
+            return [candidate_row(c) for c in s.scalars(select(CandidateTable).where(CandidateTable.id.in_(claimed)))]
 
     def finish(
         self,
@@ -303,9 +296,11 @@ class StudyStore:
         trial_number: int | None = None,
         objectives: Sequence[Objective | str] = (Objective.ACCURACY, Objective.MACS),
         phases: Mapping[str, float] | None = None,
+        rungs: Sequence[Sequence[float]] | None = None,
     ) -> bool:
         """Record a RUNNING candidate's outcome and, in the same transaction, the study's Pareto front.
 
+        ``rungs``: ``[[steps, accuracy], ...]`` of the rungs it reached (``accuracy`` is the last's).
         ``False`` (nothing written) when it is already finished: a candidate run twice (Ray Tune
         retries, a slow worker's claimed candidate) is recorded once, by the first finisher (CAS).
         """
@@ -332,11 +327,25 @@ class StudyStore:
             c.history = [list(h) for h in history] if history else None
             c.artifact, c.phases = artifact, dict(phases) if phases else None
             c.weights_sha256 = file_sha256(artifact) if artifact else None
+            if rungs is not None:
+                c.rungs, c.rung = [[int(st), float(a)] for st, a in rungs], len(rungs) - 1
             if trial_number is not None:
                 c.trial_number = trial_number
             s.flush()
             self._update_front(s, c.study_id, [Objective(o) for o in objectives])
             return True
+
+    def record_rung(
+        self, candidate_id: int, rung: int, steps: int, accuracy: float, cost: Mapping[str, float] | None = None
+    ) -> None:
+        """A RUNNING candidate's accuracy (and cost) after rung ``rung``: others compare with it to be promoted."""
+        with self._session() as s:
+            c = s.get_one(CandidateTable, candidate_id)
+            if c.status != Status.RUNNING:
+                raise ValueError(f"candidate {candidate_id} is {c.status}, not RUNNING")
+            c.rungs, c.rung = [*(c.rungs or [])[:rung], [int(steps), float(accuracy)]], rung
+            if cost is not None:
+                c.macs, c.params, c.bytes = cost.get("macs"), cost.get("params"), cost.get("bytes")
 
     def release(self, study_id: int, worker: str, reason: str = "interrupted") -> int:
         """Give up ``worker``'s RUNNING candidates (it is stopping): the next worker claims them at once.
@@ -365,13 +374,15 @@ class StudyStore:
             )
             return int(done.rowcount)  # type: ignore[attr-defined]
 
-    def record_test_accuracy(self, candidate_id: int, accuracy: float) -> None:
-        """The test accuracy of a COMPLETE candidate (reported beside its validation accuracy, never selected on)."""
+    def record_test_accuracy(
+        self, candidate_id: int, accuracy: float | None, *, final: Mapping[str, Any] | None = None
+    ) -> None:
+        """A COMPLETE candidate's test accuracy (reported, never selected on) and what finalize measured."""
         with self._session() as s:
             c = s.get(CandidateTable, candidate_id)
             if c is None or c.status != Status.COMPLETE:
                 raise ValueError(f"candidate {candidate_id} is not a COMPLETE candidate of this store")
-            c.test_accuracy = accuracy
+            c.test_accuracy, c.final = accuracy, (dict(final) if final is not None else c.final)
 
     def delete(self, candidate_id: int) -> None:
         """Remove a candidate (e.g. a failed one, so that its plan may be retried)."""
@@ -434,15 +445,6 @@ class StudyStore:
                 )
             )
         ]
-        points = []
-        for c in done:
-            vals = []
-            for obj in objectives:
-                v = c.objective(obj)
-                maximize = obj.direction is Direction.MAXIMIZE
-                vals.append(None if v is None else (-v if maximize else v))  # minimise all
-            points.append(vals)
-        keep = pareto_front(points)
         s.query(ParetoTable).filter(ParetoTable.study_id == study_id).delete()
-        for i in keep:
-            s.add(ParetoTable(study_id=study_id, candidate_id=done[i].id))
+        for cid in rung_front(done, objectives):
+            s.add(ParetoTable(study_id=study_id, candidate_id=cid))

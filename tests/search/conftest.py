@@ -42,7 +42,7 @@ ConfigMaker = Callable[..., Path]
 
 
 def write_config(root: Path, artifacts: Path, name: str = "run", **overrides: Any) -> Path:
-    """A tiny, fast run config (digits, ResNet-20, 50% MACs, 4-step fine-tunes) in ``root``.
+    """A tiny, fast run config (digits, ResNet-20, 50% MACs at the cap, 4-step fine-tunes) in ``root``.
 
     Overrides are ``section__key=value``; ``None`` removes a key. The study's
     artifacts go to ``root/artifacts`` (its own weights files), with the
@@ -58,7 +58,8 @@ def write_config(root: Path, artifacts: Path, name: str = "run", **overrides: An
         "budget": {"macs": "50%"},
         "space": {"max_ratio": 0.8},
         "evaluate": {"bn_batches": 2, "finetune_steps": 4, "eval_every": 2, "batch_size": 64},
-        "search": {"candidates": 5, "study": "t", "artifacts_dir": str(artifacts)},
+        # floor = "cap": every candidate at the budget's edge (test_fidelity.py tests the range of levels)
+        "search": {"candidates": 5, "study": "t", "artifacts_dir": str(artifacts), "floor": "cap"},
         "storage": {"url": f"sqlite:///{root / 'study.db'}"},
     }
     for key, value in overrides.items():

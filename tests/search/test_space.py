@@ -1,4 +1,4 @@
-"""Sampler parameters <-> plans, and the early-stop rule."""
+"""Sampler parameters <-> plans, cost levels, and the rungs' promotion rule."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from evaluators import build_model
-from search import EarlyStop
+from search import promotes, promotion_order
+from search._rungs import crowding_distance, nondominated_ranks
 from search._space import distributions, params_from_plan, plan_from_params
 from spaces import ModelSpace
 
@@ -40,15 +41,42 @@ def test_params_and_plans_round_trip(space: ModelSpace) -> None:
     assert all(back[k] == 1.0 for k in d if k.startswith("rank:") and k != f"rank:{layer}")
 
 
-def test_early_stop_needs_a_cheaper_candidate_clearly_ahead_at_the_same_step() -> None:
-    rule = EarlyStop([500.0], margin=0.02)
-    rule.add([600.0], [(10, 0.99)])  # costs more: never a reason to stop
-    rule.add([400.0], [(10, 0.90), (20, 0.95)])
-    rule.add([450.0], None)  # no history: ignored
-    assert rule(10, 0.89) is True  # cheaper one is ahead by 0.01 < margin
-    assert rule(30, 0.50) is True  # nobody measured step 30
-    assert rule(20, 0.92) is False  # ahead by 0.03 > margin
-    assert rule.reason is not None and "step 20" in rule.reason and "0.9500" in rule.reason
+def test_the_level_parameter_spans_floor_to_cap_log_uniformly(space: ModelSpace) -> None:
+    d = distributions(space, max_ratio=0.8, rank=False, method="svd", floor=0.25)
+    assert (d["level"].low, d["level"].high, d["level"].log) == (0.25, 1.0, True)
+    assert "level" not in distributions(space, max_ratio=0.8, rank=False, method="svd", floor=1.0)
+    plan = plan_from_params(space, {"level": 0.3, **{f"prune:{g.id}": 0.1 for g in space.groups}}, method="svd")
+    assert params_from_plan(space, plan, d, method="svd", level=0.1)["level"] == 0.25  # clipped to the floor
+
+
+# A hand-made rung: (-accuracy, MACs), both minimised.
+_RUNG = [
+    [-0.90, 100.0],  # 0: front
+    [-0.85, 50.0],  # 1: front
+    [-0.80, 20.0],  # 2: front
+    [-0.84, 60.0],  # 3: dominated by 1 only -> rank 1
+    [-0.79, 30.0],  # 4: dominated by 2 -> rank 1
+    [-0.70, 110.0],  # 5: dominated by 0, 1, 3 -> rank 2
+    [-0.86, 55.0],  # 6: front (between 0 and 1)
+]
+
+
+def test_nondominated_ranks_and_crowding_on_a_hand_made_rung() -> None:
+    assert nondominated_ranks(_RUNG) == [0, 0, 0, 1, 1, 2, 0]
+    crowd = crowding_distance(_RUNG, [0, 1, 2, 6])
+    assert crowd[0] == crowd[2] == float("inf")  # the two ends of the front
+    # 6 sits between 0 and 1 (accuracy span 0.05 of 0.10, MACs span 50 of 80); 1 between 6 and 2
+    assert crowd[6] == pytest.approx(0.05 / 0.10 + 50 / 80)
+    assert crowd[1] == pytest.approx(0.06 / 0.10 + 35 / 80)
+    assert promotion_order(_RUNG) == [0, 2, 6, 1, 3, 4, 5]  # 6 is less crowded than 1
+
+
+def test_a_rung_promotes_the_best_third_by_rank_then_crowding() -> None:
+    promoted = [i for i in range(len(_RUNG)) if promotes(_RUNG, i, reduction_factor=3)]
+    assert promoted == [0, 2]  # 7 // 3 = 2: the front's ends, never the dominated ones
+    assert [i for i in range(len(_RUNG)) if promotes(_RUNG, i, reduction_factor=2)] == [0, 2, 6]
+    assert promotes(_RUNG[:1], 0, reduction_factor=3)  # the first to reach a rung goes on (asynchronous)
+    assert not promotes([[-0.5, 10.0], [-0.6, 10.0]], 0, reduction_factor=3)  # dominated: stops
 
 
 def test_sampled_ratios_never_empty_a_small_group() -> None:

@@ -216,3 +216,28 @@ def test_candidate_by_id_trial_or_plan_hash(url: str) -> None:
         store.candidate(sid, id=b)  # another study's candidate
     with pytest.raises(ValueError, match="needs an id, a trial_number or a plan_hash"):
         store.candidate(sid)
+
+
+def test_the_front_compares_candidates_at_a_rung_both_reached(url: str) -> None:
+    store = StudyStore(url)
+    sid = _study(store)
+    # name: (MACs, [[steps, accuracy] per rung reached])
+    made = {
+        "a": (100, [[50, 0.80], [200, 0.90]]),  # rung 1
+        "b": (100, [[50, 0.82]]),  # better than a at rung 0, never promoted: a cannot knock it off, nor it a
+        "c": (90, [[50, 0.70]]),  # dominated at rung 0 by d (cheaper, better)
+        "d": (80, [[50, 0.75], [200, 0.85]]),  # rung 1: g is better at rung 1 but costs more
+        "e": (120, [[50, 0.81], [200, 0.89]]),  # rung 1: dominated by a at rung 1 (costs more, less accurate)
+        "f": (60, [[50, 0.60]]),  # the cheapest: on the front
+        "g": (85, [[50, 0.74], [200, 0.86], [800, 0.87]]),  # rung 2: only rung-2 candidates could remove it
+    }
+    ids = {}
+    for name, (macs, rungs) in made.items():
+        cid = store.reserve(sid, "{}", f"h-{name}")
+        assert cid is not None
+        store.finish(cid, "COMPLETE", accuracy=rungs[-1][1], cost={"macs": macs}, rungs=rungs)
+        ids[cid] = name
+    front = {ids[r.id] for r in store.front(sid)}
+    assert front == {"a", "b", "d", "f", "g"}
+    row = store.candidate(sid, id=next(c for c, n in ids.items() if n == "g"))
+    assert (row.rung, row.accuracy_at(0), row.accuracy_at(2), row.accuracy_at(3)) == (2, 0.74, 0.87, None)

@@ -1,0 +1,138 @@
+"""``prunetune finalize``: train the chosen plans for real and measure them on the test split.
+
+The search scores candidates with short fine-tunes on the validation split; a
+plan a user ships deserves the long recipe. :func:`finalize` rebuilds each
+chosen plan from the **base weights** (not the candidate's quick fine-tune),
+recalibrates BatchNorm, fine-tunes it for ``evaluate.final_steps`` steps
+distilled from the original (``evaluate.final_kd_weight``), and measures
+validation accuracy and — only here, never during the search — test accuracy.
+The weights go to ``artifacts/studies/<study>/<id>-final.safetensors``; the
+store keeps the test accuracy and what was measured beside the candidate
+(``final``: steps, accuracies, weights file and SHA-256), and ``export`` then
+ships the finalized weights. :func:`train_final` is the same recipe for any
+compressed model (the benchmark gives every baseline exactly this treatment).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from spaces import PruneTuneError, Status, UsageError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from search._config import Config
+    from search._prepare import Prepared
+
+__all__ = ["Finalized", "finalize", "train_final"]
+
+
+@dataclass(frozen=True)
+class Finalized:
+    """One finalized candidate: its accuracies after the long recipe and where its weights are."""
+
+    trial: int | None
+    candidate: int
+    steps: int
+    val_accuracy: float
+    test_accuracy: float | None  # None when the data has no test split
+    search_accuracy: float | None  # the validation accuracy the search measured (short fine-tune)
+    artifact: str
+    seconds: float
+    export: Path | None = None
+
+
+def train_final(
+    p: Prepared, model: nn.Module, *, steps: int, seed: int | None = None, progress: bool = False
+) -> tuple[float, float | None]:
+    """BN recalibration, ``steps`` fine-tune steps distilled from the base model, then (validation, test)
+    accuracy on the whole splits; ``model`` is trained in place. A failed fine-tune is a PruneTuneError."""
+    from evaluators import Accuracy, BNRecalibration, Context, FineTune, Pipeline, evaluate_accuracy
+
+    e = p.config.evaluate
+    kd = e.final_kd_weight
+    ctx = Context(
+        data=p.data,
+        teacher=p.base_model if kd > 0 else None,
+        device=p.device,
+        seed=e.seed if seed is None else seed,
+        batch_size=e.batch_size,
+        progress=progress,
+    )
+    recipe = Pipeline([BNRecalibration(e.bn_batches), FineTune(steps=steps, lr=e.lr, kd_weight=kd), Accuracy()])
+    metrics = recipe.evaluate(model, ctx)
+    if metrics.status is not Status.COMPLETE or metrics.accuracy is None:
+        raise PruneTuneError(f"the long fine-tune failed: {metrics.reason}")
+    test = evaluate_accuracy(model, ctx, split="test")[0] if p.data.test is not None else None
+    return float(metrics.accuracy), test
+
+
+def finalize(
+    config: Config,
+    *,
+    trials: Sequence[int] = (),
+    front: bool = False,
+    steps: int | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+) -> list[Finalized]:
+    """Finalize ``trials`` (or the whole front) of the config's study; export each to ``out/trial-N`` if given."""
+    from evaluators import save_weights
+    from search._export import export_candidate, out_dir
+    from search._prepare import prepare
+    from spaces import Plan
+    from storage import file_sha256
+
+    if front == bool(trials):
+        raise UsageError("finalize needs --trial N (one or more) or --front")
+    k = steps if steps is not None else config.evaluate.final_steps
+    if k < 1:
+        raise UsageError(f"--steps must be a positive number of fine-tune steps, got {k}")
+    p = prepare(config)
+    if front:
+        rows = p.store.front(p.study_id)
+        if not rows:
+            raise UsageError(f"study {p.study!r} has no completed candidate yet: run it first")
+    else:
+        rows = [p.store.candidate(p.study_id, trial_number=t) for t in trials]
+    for row in rows:
+        if row.status is not Status.COMPLETE:
+            raise UsageError(f"trial {row.trial_number} is {row.status.value}, not COMPLETE: nothing to finalize")
+    dest = out_dir(out) if out is not None else None
+    done = []
+    for row in rows:
+        t0 = time.perf_counter()
+        model = p.space.apply(Plan.from_json(row.plan)).to(p.device)
+        val, test = train_final(p, model, steps=k, progress=progress)
+        path = save_weights(model, p.artifacts / f"{row.id}-final.safetensors").resolve()
+        final = {
+            "steps": k,
+            "kd_weight": config.evaluate.final_kd_weight,
+            "val_accuracy": val,
+            "test_accuracy": test,
+            "artifact": str(path),
+            "weights_sha256": file_sha256(path),
+        }
+        p.store.record_test_accuracy(row.id, test, final=final)
+        export = None
+        if dest is not None:
+            export = export_candidate(p.store, p.study, dest / f"trial-{row.trial_number}", candidate=row.id)
+        done.append(
+            Finalized(
+                trial=row.trial_number,
+                candidate=row.id,
+                steps=k,
+                val_accuracy=val,
+                test_accuracy=test,
+                search_accuracy=row.accuracy,
+                artifact=str(path),
+                seconds=time.perf_counter() - t0,
+                export=export,
+            )
+        )
+    return done

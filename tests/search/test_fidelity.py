@@ -1,0 +1,94 @@
+"""Issue 11 in real studies: cost levels between floor and cap, rungs, finalize and the test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from search import Search, finalize, load_config, load_exported, promotes
+from search.cli import main
+from spaces import Status
+from tests.search.conftest import write_config
+
+RUNGS = {"evaluate__rungs": [3, 6], "evaluate__reduction_factor": 2, "evaluate__finetune_steps": None}
+
+
+def _run(root: Path, artifacts: Path, **overrides: object) -> Search:
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(write_config(root, artifacts, **{**RUNGS, **overrides}))
+    s = Search(cfg).prepare()
+    s.run()
+    return s
+
+
+def test_candidates_spread_from_floor_to_cap_and_rungs_promote_by_the_rule(tmp_path: Path, artifacts: Path) -> None:
+    s = _run(tmp_path, artifacts, search__candidates=9, search__floor="12.5%")
+    p = s.prepared
+    rows = p.store.candidates(p.study_id)
+    assert len(rows) == 9 and all(r.status is Status.COMPLETE for r in rows)
+    base = p.base_cost.macs
+    shares = [(r.macs or 0.0) / base for r in rows]
+    assert max(shares) <= 0.5 and min(shares) >= 0.125 * 0.97  # every candidate meets the cap, none below the floor
+    assert max(shares) / min(shares) >= 3.0  # a curve, not a point
+    kinds = [r.kind for r in rows[:3]]
+    assert kinds == ["allocator", "allocator", "uniform"]  # the allocator at the cap and at the floor
+    assert shares[1] == pytest.approx(0.125, rel=0.05)
+    # one worker finishes rung 0 of the candidates in id order: replay the promotion rule on the stored rung-0 points
+    for i, row in enumerate(rows):
+        points = [[-(r.accuracy_at(0) or 0.0), r.macs or 0.0] for r in rows[: i + 1]]
+        assert (row.rung == 1) == promotes(points, i, reduction_factor=2), row.id
+        assert [st for st, _ in row.rungs or []] == [3, 6][: (row.rung or 0) + 1]
+        assert row.accuracy == row.rungs[-1][1]  # type: ignore[index]
+    front = p.store.front(p.study_id)
+    assert front and {r.id for r in front} <= {r.id for r in rows}
+
+
+def test_floor_cap_puts_every_candidate_at_the_cap(tmp_path: Path, artifacts: Path) -> None:
+    s = _run(tmp_path, artifacts, search__candidates=4, search__floor="cap")
+    p = s.prepared
+    shares = [(r.macs or 0.0) / p.base_cost.macs for r in p.store.candidates(p.study_id)]
+    assert all(0.5 * 0.95 <= x <= 0.5 for x in shares), shares
+    assert "level" not in p.dists
+
+
+def test_test_labels_never_influence_what_the_search_selects(tmp_path: Path, artifacts: Path) -> None:
+    seen = {}
+    for name in ("digits_three", "digits_wrong_test_labels"):
+        s = _run(tmp_path / name, artifacts, data__spec=f"tests.search.datafactories:{name}", search__candidates=5)
+        p = s.prepared
+        rows = p.store.candidates(p.study_id)
+        front = [r.trial_number for r in p.store.front(p.study_id)]
+        done = finalize(s.cfg, front=True, steps=3)
+        seen[name] = ([(r.plan_hash, r.accuracy, r.rung) for r in rows], front, [f.test_accuracy for f in done])
+    clean, wrong = seen["digits_three"], seen["digits_wrong_test_labels"]
+    assert clean[:2] == wrong[:2]  # the same plans, validation accuracies, rungs and front
+    # the test split is measured (after finalize), with the labels it has: wrong labels score near zero
+    assert all((c or 0.0) > (w or 1.0) + 0.2 for c, w in zip(clean[2], wrong[2], strict=True)), (clean, wrong)
+
+
+def test_finalize_stores_test_accuracy_and_exports_the_finalized_model(
+    tmp_path: Path, artifacts: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from evaluators import load_data
+
+    config = write_config(tmp_path, artifacts, **RUNGS, search__candidates=3)
+    assert main(["run", str(config), "--quiet"]) == 0
+    assert main(["finalize", str(config), "--trial", "0", "--steps", "5", "--out", str(tmp_path / "ship")]) == 0
+    out = capsys.readouterr().out
+    assert "test acc" in out
+    s = Search(load_config(config)).prepare()
+    p = s.prepared
+    row = p.store.candidate(p.study_id, trial_number=0)
+    assert row.final is not None and row.final["steps"] == 5 and row.test_accuracy == row.final["test_accuracy"]
+    model = load_exported(tmp_path / "ship" / "trial-0").eval()
+    data = load_data("digits")
+    assert data.test is not None
+    x, y = data.test.tensors  # type: ignore[attr-defined]
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    assert acc == pytest.approx(row.test_accuracy, abs=1e-6)
+    assert main(["front", str(config)]) == 0
+    assert f"{row.test_accuracy:.4f}" in capsys.readouterr().out
