@@ -47,8 +47,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, CPU"
-    arms: dict[str, dict[str, Any]] = {"pruning only": {"space.rank": False}, "joint, svd": {"space.rank": True, "space.method": "svd"},
-            "joint, tucker2": {"space.rank": True, "space.method": "tucker2"}}  # fmt: skip
+    arms: dict[str, dict[str, Any]] = {
+        "pruning only": {"space.rank": False},
+        "joint, svd": {"space.rank": True, "space.method": "svd"},
+        "joint, tucker2": {"space.rank": True, "space.method": "tucker2"},
+    }
     rows = []
     for arm, extra in arms.items():
         hv, size, cap_acc, per = [], [], [], []

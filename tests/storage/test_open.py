@@ -47,10 +47,10 @@ _DOWNGRADES = {
 }
 _DOWNGRADES[2] = [
     *_DOWNGRADES[3],
-        "ALTER TABLE prunetune_candidates DROP COLUMN kind",
-        "ALTER TABLE prunetune_candidates DROP COLUMN phases",
-        "ALTER TABLE prunetune_candidates DROP COLUMN test_accuracy",
-        "DROP TABLE prunetune_submissions",
+    "ALTER TABLE prunetune_candidates DROP COLUMN kind",
+    "ALTER TABLE prunetune_candidates DROP COLUMN phases",
+    "ALTER TABLE prunetune_candidates DROP COLUMN test_accuracy",
+    "DROP TABLE prunetune_submissions",
 ]
 _DOWNGRADES[1] = [*_DOWNGRADES[2], "ALTER TABLE prunetune_candidates DROP COLUMN weights_sha256"]
 
@@ -76,7 +76,13 @@ def test_an_older_store_is_upgraded_in_place_by_a_writer_only(tmp_path: Path, ve
     weights = tmp_path / "w.bin"
     weights.write_bytes(b"weights")
     upgraded.finish(
-        cid or 0, "COMPLETE", accuracy=0.5, cost={"macs": 1}, artifact=str(weights), phases={"eval": 1}, rungs=[[5, 0.5]]
+        cid or 0,
+        "COMPLETE",
+        accuracy=0.5,
+        cost={"macs": 1},
+        artifact=str(weights),
+        phases={"eval": 1},
+        rungs=[[5, 0.5]],
     )
     upgraded.record_test_accuracy(cid or 0, 0.4)
     Submissions(upgraded).submit("queued-after-upgrade", {})
