@@ -58,9 +58,10 @@ class StudyOut(_Out):
 class CandidateOut(_Out):
     trial: int | None = Field(description="the Optuna trial number (what `prunetune export --trial` takes)")
     candidate: int = Field(description="the candidate's id in the store")
-    status: str = Field(description="COMPLETE, PRUNED (stopped early), FAIL or RUNNING")
+    status: str = Field(description="COMPLETE, FAIL or RUNNING (PRUNED: stopped early, in studies before rungs)")
     kind: str | None = Field(description="where the plan came from: allocator, uniform, sampled")
-    accuracy: float | None = Field(description="validation accuracy (what the search selects on)")
+    accuracy: float | None = Field(description="validation accuracy at its top rung (what the search selects on)")
+    rung: int | None = Field(description="the highest rung of successive halving it reached (0: the first)")
     test_accuracy: float | None = Field(description="test accuracy, when finalized (reported, never selected on)")
     macs: float | None
     params: float | None
@@ -69,13 +70,15 @@ class CandidateOut(_Out):
     seconds: float | None = Field(description="seconds the candidate's evaluation took")
     on_front: bool
     plan_summary: str
-    error: str | None = Field(description="why it failed or stopped early")
+    error: str | None = Field(description="why it failed")
 
 
 class TrialOut(CandidateOut):
     plan: dict[str, Any] = Field(description="the compression plan (prune ratios, ranks, methods)")
     plan_hash: str
     history: list[list[float]] | None = Field(description="[step, intermediate validation accuracy] pairs")
+    rungs: list[list[float]] | None = Field(description="[fine-tune steps, validation accuracy] per rung reached")
+    final: dict[str, Any] | None = Field(description="what `prunetune finalize` measured: steps, accuracies, weights")
     phases: dict[str, float] | None = Field(description="seconds per phase: apply, train, eval, other")
     attempts: int
 
@@ -135,6 +138,7 @@ def candidate_out(r: CandidateRow, front: set[int]) -> CandidateOut:
         status=r.status.value,
         kind=r.kind,
         accuracy=r.accuracy,
+        rung=r.rung,
         test_accuracy=r.test_accuracy,
         macs=r.macs,
         params=r.params,
@@ -155,6 +159,8 @@ def trial_out(r: CandidateRow, front: set[int]) -> TrialOut:
         history=[list(h) for h in r.history] if r.history else None,
         phases=r.phases,
         attempts=r.attempts,
+        rungs=r.rungs,
+        final=r.final,
     )
 
 

@@ -3,7 +3,10 @@
 * ``prune:<group id>``: the group's prune ratio, ``FloatDistribution(0, max_ratio)``.
 * ``rank:<layer>`` (with ``space.rank``): a fraction of the layer's break-even
   rank on the grid 0.1, 0.2, ..., 1.0; 1.0 keeps the layer dense, below that
-  the layer gets ``max(1, round(fraction * break_even))`` as its rank.
+  the layer gets ``max(1, round(fraction * break_even))`` as its rank, at most
+  ``break_even - 1`` (a rank at or above break-even keeps a layer dense). The
+  int rank is resolved on the pruned shape, whose break-even is lower: a
+  layer pruned hard may stay dense at a rank its unpruned shape would factorize.
 * ``level`` (when ``search.floor`` is below the cap): the cost level the plan is
   repaired onto, as a fraction of the budget's cap, log-uniform on
   ``[floor / cap, 1]``.
@@ -67,8 +70,8 @@ def plan_from_params(space: ModelSpace, params: dict[str, Any], *, method: Metho
         if kind == "prune":
             c = channels[name]
             prune[name] = min(float(value), (c - 1) / c)  # keep at least one channel of small groups
-        elif kind == "rank" and value < 1.0 - 1e-9:
-            ranks[name] = max(1, round(float(value) * mur[name]))
+        elif kind == "rank" and value < 1.0 - 1e-9:  # below 1: factorized (break-even or more would be dense)
+            ranks[name] = min(mur[name] - 1, max(1, round(float(value) * mur[name])))
     return Plan(
         prune=prune,
         importance=space.importance,

@@ -12,7 +12,9 @@ Formulation (a 0-1 integer program, solved with ``scipy.optimize.milp``/HiGHS):
   value 1) or is factorized by SVD with rank ``R[l, b]`` when its first ``b``
   rank blocks are kept (``x[l, b]``, in order, ``x[l, 1] + d[l] = 1``). Value of
   a rank block: its share of the layer's squared singular values (energy).
-  Ranks go up to the layer's break-even rank, so factorizing always saves.
+  Ranks go up to one below the layer's break-even rank (a rank at or above
+  it keeps the layer dense: :meth:`spaces.LayerGeom.factor_ranks`), so
+  factorizing always saves and every rank is costed as the plan applies it.
 * **Constraints.** Every budget limit (MACs, params, bytes) at once.
 
 Pruning and factorization interact: a conv's cost is ``C_in * C_out`` (a
@@ -21,8 +23,10 @@ on its pruned shape. We **linearise**: around the current plan, the exact
 analytic cost is replaced by its first-order expansion (one-channel finite
 differences per group; per-rank and dense costs of each layer at the current
 pruned shape), the program is solved, and the expansion is redone around the
-new plan (a few rounds). The exact cost then decides: a limit that is exceeded
-is tightened by the overshoot and the program re-solved. Energies use the
+new plan (a few rounds); a rank that the new plan's pruning puts at or above
+its layer's break-even rank leaves that layer dense, as the plan will apply it.
+The exact cost then decides: a limit that is exceeded is tightened by the
+overshoot and the program re-solved. Energies use the
 unpruned layer's spectrum. Finally the plan is passed through
 :func:`spaces.fit`, which only grows a feasible plan until no group can grow,
 so the result meets the budget and ``fit`` returns it unchanged.
@@ -180,7 +184,7 @@ class _Allocator:
         # ranks: dense or factorized, costs at the current pruned shape
         for name in self.layers:
             geom = space.costs.pruned_geom(name, keep)
-            r_max = geom.max_useful_rank("svd")
+            r_max = geom.max_useful_rank("svd") - 1  # at break-even the layer stays dense
             dm, dp = geom.dense_cost()
             byte = space.costs.element_size(name)
             dense = np.array([{"macs": dm, "params": dp, "bytes": dp * byte}[m] for m in metrics], dtype=np.float64)
@@ -241,6 +245,17 @@ class _Allocator:
                 kept = round(float(x[d_idx + 1 : end].sum()))
                 factors[name] = ("svd", (int(ranks[max(kept, 1) - 1]),))
         return keep, factors
+
+    def applied(
+        self, keep: np.ndarray, factors: dict[str, tuple[str, tuple[int, ...]]]
+    ) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """``factors`` as a plan applies them at ``keep``: a rank at or above break-even leaves the layer dense."""
+        out = {}
+        for name, (method, (r,)) in factors.items():
+            ranks = self.space.costs.pruned_geom(name, keep).factor_ranks(method, r)
+            if ranks is not None:
+                out[name] = (method, ranks)
+        return out
 
     # ---------------------------------------------------------------- solvers
     def solve_milp(self, prog: _Program, limits: np.ndarray, time_limit: float) -> np.ndarray | None:
@@ -370,6 +385,7 @@ def allocate(
         if x is None:
             x = alloc.solve_greedy(prog, layout, target)
         new_keep, new_factors = alloc.decode(x, layout)
+        new_factors = alloc.applied(new_keep, new_factors)
         value = float(prog.values @ x) + prog.const_value
         exact = space.costs.cost_of_keep(new_keep, new_factors)
         used = np.array([getattr(exact, m) for m in alloc.metrics], dtype=np.float64)

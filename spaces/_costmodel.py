@@ -12,7 +12,8 @@ factor chain's (:meth:`spaces.LayerGeom.factor_cost`) on the layer's pruned shap
 The cost model also does the plan arithmetic every policy needs: channels kept
 per group (:meth:`keep_counts`, with ``round_to``), the counts a group may keep
 (:meth:`allowed_keeps`), the plan for given counts (:meth:`plan_from_keep`) and
-the ranks a plan resolves to after the break-even cap (:meth:`resolve_ranks`).
+the ranks a plan resolves to under the break-even rule (:meth:`resolve_ranks`;
+a rank at or above a layer's break-even rank keeps it dense).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from spaces._trace import Group, Item, Trace
 
 __all__ = ["CostModel", "Ranks"]
 
-Ranks = dict[str, tuple[str, tuple[int, ...]]]  # layer -> (method, ranks) after the break-even cap
+Ranks = dict[str, tuple[str, tuple[int, ...]]]  # factorized layer -> (method, ranks); dense layers are absent
 
 
 class CostModel:
@@ -213,13 +214,16 @@ class CostModel:
         return self.trace.geoms[name].with_channels(cout, cin)
 
     def resolve_ranks(self, plan: Plan, keep: np.ndarray) -> Ranks:
-        """Per factorized layer of ``plan``, (method, ranks) on its pruned shape after the break-even cap."""
+        """Per layer of ``plan`` that is factorized: (method, ranks) on its pruned shape.
+
+        The break-even rule (:meth:`spaces.LayerGeom.factor_ranks`): a layer whose
+        rank is at or above its (pruned) break-even rank stays dense and is absent.
+        """
         out = {}
         for name, spec in plan.rank.items():
             method = plan.method_of(name)
             self.check_layer(name, method, spec)
-            geom = self.pruned_geom(name, keep)
-            ranks = geom.cap(method, geom.resolve(method, spec))
+            ranks = self.pruned_geom(name, keep).factor_ranks(method, spec)
             if ranks is not None:
                 out[name] = (method, ranks)
         return out

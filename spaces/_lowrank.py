@@ -25,12 +25,22 @@ full kernel, so the MACs really fall):
 
 Ranks in a plan are an ``int`` (applied to every mode, each capped at that
 mode's full rank) or a ``float`` in ``(0, 1]``, a fraction of each mode's full
-rank (rounded, at least 1). They are resolved on the layer's *pruned* shape.
+rank (rounded, at least 1). They are resolved on the layer's *pruned* shape. An
+``int`` above the layer's (unpruned) full rank is an error.
 
-Break-even: a resolved rank whose factorized layer would cost as many MACs or
-parameters as the dense layer, or more, is **capped** to the largest rank that
-still saves both (all modes scaled down together); if even rank 1 saves
-nothing, the layer stays dense. A rank is never silently made bigger.
+Break-even (one rule for every plan, the search's sampler included): the
+*break-even rank* (:meth:`LayerGeom.max_useful_rank`) is the largest rank, the
+same on every mode, at which the factorized layer still costs fewer MACs and
+fewer parameters than the dense one. **A rank at or above the layer's
+break-even rank keeps the layer dense** -- exactly the original (pruned) layer,
+not factorized -- so a full rank (``1.0``, or the int full rank) never changes
+the layer's outputs. Ranks below break-even are factorized at exactly that rank
+and always save. A fraction is resolved first (on the pruned shape) and the same
+rule applies; for ``tucker2``/``tt``, whose resolved ranks differ per mode,
+"at or above break-even" means the factorization costs as many MACs or
+parameters as the break-even rank's, or more (for an int rank ``r`` this is
+exactly ``r >= max_useful_rank``). See :meth:`LayerGeom.factor_ranks`. A
+factorized layer gets exactly its resolved ranks: they are never lowered to fit.
 
 Grouped and depthwise convolutions (``groups > 1``), convolutions with a
 non-zero padding mode, Conv1d/Conv3d, transposed convolutions and layers called
@@ -42,6 +52,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -129,7 +140,7 @@ class LayerGeom:
         return (r1, r2, max(1, min(ranks[2], r2 * self.kw, self.cout)))
 
     def resolve(self, method: str, spec: int | float) -> tuple[int, ...]:
-        """Ranks for ``spec`` (int or fraction) on this shape, before the break-even cap."""
+        """Ranks for ``spec`` (int or fraction) on this shape, before the break-even rule."""
         full = self.full_ranks(method)
         if isinstance(spec, int):
             return self.normalize(method, tuple(min(spec, f) for f in full))
@@ -140,38 +151,47 @@ class LayerGeom:
         dmacs, dparams = self.dense_cost()
         return macs < dmacs and params < dparams
 
-    def cap(self, method: str, ranks: tuple[int, ...]) -> tuple[int, ...] | None:
-        """``ranks``, or the largest scaled-down ranks that still save; None if none do."""
-        if self.saves(method, ranks):
-            return ranks
-        top = max(ranks)
+    def factor_ranks(self, method: str, spec: int | float) -> tuple[int, ...] | None:
+        """The ranks this layer is factorized at for ``spec``, or None: the layer stays dense.
 
-        def scaled(v: int) -> tuple[int, ...]:
-            return self.normalize(method, tuple(max(1, r * v // top) for r in ranks))
-
-        if not self.saves(method, scaled(1)):
+        The break-even rule: ``spec`` is resolved (:meth:`resolve`); the layer is
+        factorized only if those ranks cost strictly fewer MACs *and* parameters
+        than the factorization at the break-even rank (:meth:`max_useful_rank`,
+        on every mode), i.e. only below break-even; at or above it the layer is
+        kept dense. For an int ``spec`` this is ``spec < max_useful_rank(method)``.
+        """
+        be = self.max_useful_rank(method)
+        if be < 2:  # no rank below break-even: factorizing never pays
             return None
-        lo, hi = 1, top  # saves(lo) holds, saves(hi) does not
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if self.saves(method, scaled(mid)):
-                lo = mid
-            else:
-                hi = mid
-        return scaled(lo)
+        ranks = self.resolve(method, spec)
+        macs, params = self.factor_cost(method, ranks)
+        be_macs, be_params = self.factor_cost(method, self.resolve(method, be))
+        return ranks if macs < be_macs and params < be_params else None
 
     def max_useful_rank(self, method: str = "svd") -> int:
-        """The largest int rank (same for every mode) that still saves MACs and parameters; 0 if none."""
-        full = max(self.full_ranks(method))
-        best = 0
-        lo, hi = 1, full
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            if self.saves(method, self.resolve(method, mid)):
-                best, lo = mid, mid + 1
-            else:
-                hi = mid - 1
-        return best
+        """The break-even rank: the largest int rank (same for every mode) that still saves MACs and parameters.
+
+        0 if even rank 1 saves nothing. A plan's rank **at or above** this one
+        keeps the layer dense (exactly the original layer; see
+        :meth:`factor_ranks`), so the largest rank a plan factorizes this layer
+        at is one less. The search samples ranks as fractions of it, 1.0 being
+        "dense".
+        """
+        return _break_even(self, method)
+
+
+@lru_cache(maxsize=1 << 16)
+def _break_even(geom: LayerGeom, method: str) -> int:
+    """:meth:`LayerGeom.max_useful_rank` (cached: the cost model asks for it on every plan)."""
+    best = 0
+    lo, hi = 1, max(geom.full_ranks(method))
+    while lo <= hi:  # saves() is monotone in the rank
+        mid = (lo + hi) // 2
+        if geom.saves(method, geom.resolve(method, mid)):
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return best
 
 
 def _conv(cin: int, cout: int, kernel: tuple[int, int], src: nn.Conv2d, axes: str, bias: bool) -> nn.Conv2d:

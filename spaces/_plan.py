@@ -42,12 +42,18 @@ class Plan:
 
     ``prune`` maps a group id of a :class:`~spaces.ModelSpace` to the fraction of
     its channels to remove, in ``[0, 1)``. Groups that are absent keep every
-    channel. ``rank`` maps a layer name to a rank (``int`` >= 1, or a fraction
-    in ``(0, 1]`` of the layer's full rank) and ``method`` maps a layer to
-    ``"svd"`` (the default), ``"tucker2"`` or ``"tt"``; a layer is pruned first,
-    then factorized (see :mod:`spaces._lowrank`). ``importance`` and ``round_to`` say how channels are chosen and
-    rounded; ``None`` means "the space's default", and plans made by a space
-    carry the space's values so that they rebuild the same model anywhere.
+    channel. ``rank`` maps a layer name to a rank (``int`` >= 1, at most the
+    layer's full rank, or a fraction in ``(0, 1]`` of the layer's full rank) and
+    ``method`` maps a layer to ``"svd"`` (the default), ``"tucker2"`` or
+    ``"tt"``; a layer is pruned first, then factorized (see
+    :mod:`spaces._lowrank`). Ranks mean what they say: fractions are resolved on
+    the pruned shape, and **a rank at or above the layer's break-even rank**
+    (:meth:`spaces.LayerGeom.max_useful_rank`) **keeps the layer dense** --
+    exactly the original layer, so ``1.0`` or the full rank never changes the
+    model; a rank below it is factorized at exactly that rank. ``importance``
+    and ``round_to`` say how channels are chosen and rounded; ``None`` means
+    "the space's default", and plans made by a space carry the space's values
+    so that they rebuild the same model anywhere.
 
     The plan is immutable; its JSON form round-trips exactly and :attr:`hash` is
     a stable identifier (SHA-256 of the canonical JSON, first 16 hex digits).

@@ -45,6 +45,12 @@ def fit(space: ModelSpace, plan: Plan, budget: Budget) -> Plan:
     (the channel granularity of small models may leave more). A plan already
     within budget is grown toward it, so the budget is used, not wasted.
 
+    Ranks follow the same break-even rule as :meth:`ModelSpace.apply`: where
+    the pruning puts a layer's rank at or above its (pruned) break-even rank,
+    the layer is costed dense, exactly as it will be built. Such a switch can
+    make the cost rise slightly as ``s`` falls, but every plan kept is checked
+    on the exact cost, so the result still meets every limit.
+
     Raises :class:`InfeasibleBudgetError`, naming the smallest achievable cost,
     when even the smallest plan exceeds a limit.
     """

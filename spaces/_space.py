@@ -147,7 +147,11 @@ class ModelSpace:
         return self.costs.plan_from_keep(keep, like=like)
 
     def resolved_ranks(self, plan: Plan) -> Ranks:
-        """Per factorized layer of ``plan``: (method, ranks) on its pruned shape, after the break-even cap."""
+        """Per factorized layer of ``plan``: (method, ranks) on its pruned shape.
+
+        A layer whose rank is at or above its break-even rank stays dense (exactly
+        the original layer) and is absent (see :meth:`spaces.LayerGeom.factor_ranks`).
+        """
         return self.costs.resolve_ranks(plan, self.keep_counts(plan))
 
     def validate(self, plan: Plan) -> Plan:

@@ -5,7 +5,9 @@
 call per (layer, pruning function) pair, the union of the member indices every
 group asks of it — the pruned conv's outputs, the matching BatchNorm entries
 and the next layers' input channels alike. Factorized layers are then replaced
-by their factor chains (:func:`spaces.factorize_layer`) on their pruned shape.
+by their factor chains (:func:`spaces.factorize_layer`) on their pruned shape;
+a layer whose rank is at or above its break-even rank is not in
+:meth:`CostModel.resolve_ranks` and stays exactly as it is.
 :meth:`Surgery.mask` zeroes the same channels instead of removing them (the
 reference the self-check compares with).
 """

@@ -64,12 +64,16 @@ def test_break_even_rank() -> None:
     geom = LayerGeom("c", "conv", 64, 64, 3, 3, s_in=100, s_mid=100, s_out=100)
     # svd saves while r * (64*9 + 64) < 64 * 64*9, i.e. r < 57.6
     assert geom.max_useful_rank("svd") == 57
-    assert geom.cap("svd", (60,)) == (57,)
-    assert geom.cap("svd", (20,)) == (20,)
+    assert geom.factor_ranks("svd", 60) is None  # above break-even: dense, not capped
+    assert geom.factor_ranks("svd", 57) is None  # at break-even: dense
+    assert geom.factor_ranks("svd", 56) == (56,)
+    assert geom.factor_ranks("svd", 20) == (20,)
+    assert geom.factor_ranks("svd", 1.0) is None
     lin = LayerGeom("fc", "linear", 10, 64, 1, 1, 1, 1, 1)
     assert lin.max_useful_rank("svd") == 8  # r * 74 < 640
+    assert lin.factor_ranks("svd", 7) == (7,) and lin.factor_ranks("svd", 8) is None
     tiny = LayerGeom("t", "conv", 1, 1, 1, 1)
-    assert tiny.cap("svd", (1,)) is None  # nothing saves: the layer stays dense
+    assert tiny.factor_ranks("svd", 1) is None  # nothing saves: the layer stays dense
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +82,17 @@ def space() -> ModelSpace:
     return ModelSpace(MODELS["resnet20"](), torch.randn(2, 3, 32, 32))
 
 
-def test_plans_rank_capped_never_made_bigger(space: ModelSpace) -> None:
+def test_plans_rank_at_or_above_break_even_keeps_the_layer_dense(space: ModelSpace) -> None:
     name = "layer3.1.conv1"  # 64 -> 64, 3x3: break-even 57
     assert space.layer(name).full_ranks("svd") == (64,)
     assert space.layer(name).max_useful_rank() == 57
-    model = space.apply(Plan(rank={name: 64}))
-    assert model.layer3[1].conv1[0].out_channels == 57
+    for spec in (64, 57, 1.0):
+        model = space.apply(Plan(rank={name: spec}))
+        assert isinstance(model.layer3[1].conv1, nn.Conv2d)  # never capped: the original layer
+        assert name not in space.resolved_ranks(Plan(rank={name: spec}))
+        assert space.cost(Plan(rank={name: spec})) == space.base_cost
+    model = space.apply(Plan(rank={name: 56}))
+    assert model.layer3[1].conv1[0].out_channels == 56
     model = space.apply(Plan(rank={name: 0.25}))
     assert model.layer3[1].conv1[0].out_channels == 16
 
