@@ -162,6 +162,16 @@ CASES: list[tuple[str, list[str], Setup | None, int, str]] = [
     ("words", [*RUN, "--budget.params", "lots"], None, BAD, "got 'lots'"),
     ("unit", [*RUN, "--budget.bytes", "8 parsecs"], None, BAD, "unknown unit"),
     ("other-budget", [*RUN, "--budget.macs", "30%"], None, BAD, "exists with budget="),
+    (
+        "floor-words",
+        [*RUN, "--search.floor", "low"],
+        None,
+        BAD,
+        'floor must be a percentage of the base model like "10%"',
+    ),
+    ("floor-above-cap", [*RUN, "--search.floor", "60%"], None, BAD, "is above the tightest budget limit (50.0%"),
+    ("floor-unreachable", [*RUN, "--search.floor", "0.001%"], None, BAD, "below the smallest cost this model can"),
+    ("rungs-order", [*RUN, "--evaluate.rungs", "20,10"], None, BAD, "rungs must be at most 6 increasing"),
     ("other-objectives", [*RUN, "--search.objectives", "accuracy,params"], None, BAD, "exists with objectives"),
     # --- model and data specs
     ("zoo", [*RUN, "--model.spec", "zoo:nope"], None, BAD, "unknown zoo model 'nope'"),
@@ -226,6 +236,9 @@ CASES: list[tuple[str, list[str], Setup | None, int, str]] = [
     ("inspect-ratios", ["inspect", "--model", "zoo:resnet20", "--ratios", "1.5"], None, BAD, "--ratios must be"),
     ("inspect-importance", ["inspect", "--model", "zoo:resnet20", "--importance", "l3"], None, BAD, "invalid choice"),
     ("inspect-budget", ["inspect", "--model", "zoo:resnet20", "--budget", "flops=5"], None, BAD, "unknown budget"),
+    ("finalize-what", ["finalize", "{cfg}"], None, BAD, "finalize needs --trial N (one or more) or --front"),
+    ("finalize-trial", ["finalize", "{cfg}", "--trial", "999"], None, BAD, "no candidate for trial 999"),
+    ("finalize-steps", ["finalize", "{cfg}", "--trial", "0", "--steps", "0"], None, BAD, "--steps must be a positive"),
     ("inspect-input-size", ["inspect", "--model", "zoo:resnet20", "--input", "1,3"], None, BAD, "do not fit"),
 ]
 
