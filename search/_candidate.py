@@ -193,15 +193,19 @@ class CandidateRunner:
         return cid
 
     def promoted(self, cid: int, rung: int) -> bool:
-        """Whether candidate ``cid``, just through rung ``rung``, goes on (:mod:`search._rungs`)."""
+        """Whether candidate ``cid``, just through rung ``rung``, goes on (:mod:`search._rungs`).
+
+        It is ranked among the candidates measured after the same number of fine-tune steps.
+        """
         from search._rungs import promotes
 
         p = self.prepared
+        steps = p.rungs[rung]
         costs = [o for o in p.objectives if o.is_cost and o is not Objective.LATENCY]
         points: list[list[float]] = []
         me = -1
         for row in p.store.candidates(p.study_id):
-            acc = row.accuracy_at(rung)
+            acc = row.accuracy_after(steps)
             values = [row.objective(o) for o in costs]
             if acc is None or any(v is None for v in values):
                 continue
@@ -254,30 +258,42 @@ class CandidateRunner:
         with _Heartbeat(p.store, cid, min(30.0, p.config.storage.grace_seconds / 4)):
             model = p.space.apply(plan)
             t1 = time.perf_counter()
-            done = 0
+            done, kept, lost = 0, None, False  # kept: the last finished rung's metrics and weights
             for rung, steps in enumerate(p.rungs):
                 try:
                     metrics = p.evaluator.evaluate(model, self._rung_context(rung, steps - done, report, done))
                 except (ValueError, RuntimeError) as exc:  # e.g. a shape error the space did not foresee
                     metrics = Metrics(status=Status.FAIL, reason=f"{type(exc).__name__}: {exc}".splitlines()[0])
+                if metrics.status == Status.COMPLETE and metrics.accuracy is None:
+                    metrics = Metrics(status=Status.FAIL, reason="the evaluator reported no accuracy")
                 history += [(done + s, a) for s, a in metrics.history]
                 train, evals = train + metrics.train_seconds, evals + metrics.eval_seconds
                 if metrics.status != Status.COMPLETE or metrics.accuracy is None:
-                    if rung > 0 and metrics.reason:
-                        metrics.reason = f"rung {rung}: {metrics.reason}"
+                    if kept is not None:  # failed above rung 0: keep what the last rung measured
+                        why = metrics.reason
+                        metrics, state = kept
+                        model.load_state_dict(state)
+                        metrics.reason = f"rung {rung} failed ({why}); kept rung {rung - 1}"
                     break
                 reached.append([steps, metrics.accuracy])
                 done = steps
                 if rung == len(p.rungs) - 1:
                     break
-                p.store.record_rung(cid, rung, steps, metrics.accuracy, cdict)
+                if not p.store.record_rung(cid, rung, steps, metrics.accuracy, cdict, self.worker):
+                    lost = True  # another worker claimed it (we looked dead): it records the candidate
+                    break
                 if not self.promoted(cid, rung):
                     break
+                kept = (metrics, {k: v.detach().clone() for k, v in model.state_dict().items()})
             t2 = time.perf_counter()
             artifact = None
-            if metrics.status == Status.COMPLETE:
+            if metrics.status == Status.COMPLETE and not lost:
                 path = save_weights(model, p.artifacts / f"{cid}.safetensors")
                 artifact = str(path.resolve())
+        if lost:
+            self.timings.apply += t1 - t0
+            self.timings.evaluate += t2 - t1
+            return Outcome(Status.FAIL, None, metrics, "taken over by another worker", None, None, recorded=False)
         status = Status(metrics.status)
         latency = next(iter(metrics.latency_ms.values()), None) if metrics.latency_ms else None
         values = None

@@ -271,7 +271,8 @@ class Search:
                 budget = p.budget.scaled(level)
                 if kind == "allocator":
                     allocation = p.space.allocate(budget, prune=True, rank=self.cfg.space.rank)
-                    out.append(("allocator", p.space.fit(allocation.plan, budget), level))
+                    kind_at = "allocator" if level == 1.0 else "allocator-floor"
+                    out.append((kind_at, p.space.fit(allocation.plan, budget), level))
                 else:
                     out.append(("uniform", p.uniform, level))
         return out

@@ -47,7 +47,7 @@ def at_cap(rows: Sequence[CandidateRow], budget: dict[str, Any], base_cost: dict
         for r in rows
         if r.accuracy is not None and max((getattr(r, m) or 0.0) / lim for m, lim in limits.items()) >= 0.95
     ]
-    return max(near, key=lambda r: r.accuracy or 0.0, default=None)
+    return max(near, key=lambda r: (r.top_rung, r.accuracy or 0.0), default=None)  # the longest-trained first
 
 
 def _front_table(
@@ -121,7 +121,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         def update(res: RunResult) -> None:
             front = p.store.front(p.study_id)
-            best = max((r.accuracy for r in front if r.accuracy is not None), default=None)
+            best = max(((r.top_rung, r.accuracy) for r in front if r.accuracy is not None), default=(0, None))[1]
             info = f"best {best:.4f} within budget, front {len(front)}" if best is not None else "no result yet"
             bar.update(task, completed=min(res.total, target), info=info)
 
@@ -210,7 +210,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
     done = [r for r in rows if r.status is Status.COMPLETE and r.accuracy is not None]
-    best = max(done, key=lambda r: r.accuracy or 0.0, default=None)
+    best = max(done, key=lambda r: (r.top_rung, r.accuracy or 0.0), default=None)
     c = Console()
     c.print(f"study {study!r}: model {info.model_spec} on {info.data_spec}, budget {info.budget}")
     base_acc = info.base_accuracy

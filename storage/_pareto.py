@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING
 from spaces import Direction, Objective
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from storage._schema import CandidateRow
 
-__all__ = ["pareto_front", "rung_front"]
+__all__ = ["pareto_front", "rung_front", "write_front"]
 
 
 def pareto_front(points: Sequence[Sequence[float | None]]) -> list[int]:
@@ -39,10 +41,10 @@ def pareto_front(points: Sequence[Sequence[float | None]]) -> list[int]:
     return keep
 
 
-def _minimised(row: CandidateRow, rung: int, objectives: Sequence[Objective]) -> list[float | None]:
+def _minimised(row: CandidateRow, steps: int | None, objectives: Sequence[Objective]) -> list[float | None]:
     out: list[float | None] = []
     for obj in objectives:
-        v = row.accuracy_at(rung) if obj is Objective.ACCURACY else row.objective(obj)
+        v = row.accuracy_after(steps) if obj is Objective.ACCURACY else row.objective(obj)
         maximize = obj.direction is Direction.MAXIMIZE
         out.append(None if v is None else (-v if maximize else v))
     return out
@@ -53,30 +55,51 @@ def rung_front(rows: Sequence[CandidateRow], objectives: Sequence[Objective]) ->
 
     Candidates of a multi-fidelity study stop at different rungs (more fine-tune
     steps give higher accuracy), so a 50-step accuracy is never compared with an
-    800-step one. ``a`` dominates ``b`` when ``a`` reached at least ``b``'s top
-    rung and, at ``b``'s top rung, is no worse on every objective and better on
-    one. So a candidate is removed only by one evaluated at least as long, on
-    equal terms; and the candidates that reached the highest rung form the
-    front among themselves. With one rung this is the plain Pareto front. A
-    candidate with no known accuracy is left out.
+    800-step one. ``a`` dominates ``b`` when ``a`` was measured after as many
+    fine-tune steps as ``b``'s top rung and, there, is no worse on every
+    objective and better on one. So a candidate is removed only by one
+    evaluated at least as long, on equal terms; and the candidates that reached
+    the highest rung form the front among themselves. With one rung this is the
+    plain Pareto front (candidates stored before rungs are compared only with
+    each other). A candidate with no known accuracy is left out.
     """
     scored = [r for r in rows if r.top_rung >= 0]
     keep = []
     for b in scored:
+        pb = _minimised(b, b.top_steps, objectives)
+        if any(v is None for v in pb):
+            continue
         dominated = False
         for a in scored:
-            if a.id == b.id or a.top_rung < b.top_rung:
+            if a.id == b.id:
                 continue
-            rung = b.top_rung
-            pa, pb = _minimised(a, rung, objectives), _minimised(b, rung, objectives)
-            if any(v is None for v in (*pa, *pb)):
-                continue
+            pa = _minimised(a, b.top_steps, objectives)
+            if any(v is None for v in pa):
+                continue  # a was not measured where b stopped
             if all(x <= y for x, y in zip(pa, pb, strict=True)) and any(  # type: ignore[operator]
                 x < y  # type: ignore[operator]
                 for x, y in zip(pa, pb, strict=True)
             ):
                 dominated = True
                 break
-        if not dominated and all(v is not None for v in _minimised(b, b.top_rung, objectives)):
+        if not dominated:
             keep.append(b.id)
     return keep
+
+
+def write_front(s: Session, study_id: int, objectives: Sequence[Objective]) -> None:
+    """Rewrite the study's ``prunetune_pareto`` rows from its COMPLETE candidates, in session ``s``."""
+    from sqlalchemy import select
+
+    from spaces import Status
+    from storage._schema import CandidateTable, ParetoTable, candidate_row
+
+    done = [
+        candidate_row(c)
+        for c in s.scalars(
+            select(CandidateTable).where(CandidateTable.study_id == study_id, CandidateTable.status == Status.COMPLETE)
+        )
+    ]
+    s.query(ParetoTable).filter(ParetoTable.study_id == study_id).delete()
+    for cid in rung_front(done, objectives):
+        s.add(ParetoTable(study_id=study_id, candidate_id=cid))

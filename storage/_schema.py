@@ -167,6 +167,21 @@ class CandidateRow:
             return self.accuracy if rung == 0 and self.status is Status.COMPLETE else None
         return float(self.rungs[rung][1]) if rung < len(self.rungs) else None
 
+    def accuracy_after(self, steps: int | None) -> float | None:
+        """Validation accuracy after ``steps`` fine-tune steps (a rung's end); ``None``: not measured there.
+
+        A candidate stored before rungs existed (``rungs`` NULL) is only comparable with others like it
+        (``steps=None``): its step count is unknown.
+        """
+        if self.rungs is None:
+            return self.accuracy if steps is None and self.status is Status.COMPLETE else None
+        return next((float(a) for s, a in self.rungs if s == steps), None)
+
+    @property
+    def top_steps(self) -> int | None:
+        """Fine-tune steps of the highest rung reached (``None``: stored before rungs, or none reached)."""
+        return int(self.rungs[-1][0]) if self.rungs else None
+
     @property
     def top_rung(self) -> int:
         """The highest rung whose accuracy is known (-1: none)."""

@@ -35,7 +35,7 @@ from spaces import Objective, PruneTuneError, Status
 from storage._engine import engine_for, missing_sqlite_file, optuna_storage, parse_url
 from storage._errors import StoreError, StudyFullError, StudyMismatchError
 from storage._open import file_sha256, open_schema, store_error
-from storage._pareto import rung_front
+from storage._pareto import write_front
 from storage._schema import (
     CandidateRow,
     CandidateTable,
@@ -327,25 +327,30 @@ class StudyStore:
             c.history = [list(h) for h in history] if history else None
             c.artifact, c.phases = artifact, dict(phases) if phases else None
             c.weights_sha256 = file_sha256(artifact) if artifact else None
-            if rungs is not None:
-                c.rungs, c.rung = [[int(st), float(a)] for st, a in rungs], len(rungs) - 1
+            if rungs is not None or status != Status.COMPLETE:
+                c.rungs = [[int(st), float(a)] for st, a in rungs] if rungs else None
+                c.rung = len(rungs) - 1 if rungs else None
             if trial_number is not None:
                 c.trial_number = trial_number
             s.flush()
-            self._update_front(s, c.study_id, [Objective(o) for o in objectives])
+            write_front(s, c.study_id, [Objective(o) for o in objectives])
             return True
 
     def record_rung(
-        self, candidate_id: int, rung: int, steps: int, accuracy: float, cost: Mapping[str, float] | None = None
-    ) -> None:
-        """A RUNNING candidate's accuracy (and cost) after rung ``rung``: others compare with it to be promoted."""
+        self, candidate_id: int, rung: int, steps: int, accuracy: float, cost: Mapping[str, float], worker: str
+    ) -> bool:
+        """``worker``'s RUNNING candidate reached rung ``rung`` (others compare with it to be promoted).
+
+        ``False`` (nothing written) when the candidate is no longer ``worker``'s RUNNING one, e.g. another
+        worker claimed it: the caller then stops evaluating it.
+        """
         with self._session() as s:
             c = s.get_one(CandidateTable, candidate_id)
-            if c.status != Status.RUNNING:
-                raise ValueError(f"candidate {candidate_id} is {c.status}, not RUNNING")
+            if c.status != Status.RUNNING or c.worker != worker or rung > len(c.rungs or []):
+                return False
             c.rungs, c.rung = [*(c.rungs or [])[:rung], [int(steps), float(accuracy)]], rung
-            if cost is not None:
-                c.macs, c.params, c.bytes = cost.get("macs"), cost.get("params"), cost.get("bytes")
+            c.macs, c.params, c.bytes = cost.get("macs"), cost.get("params"), cost.get("bytes")
+            return True
 
     def release(self, study_id: int, worker: str, reason: str = "interrupted") -> int:
         """Give up ``worker``'s RUNNING candidates (it is stopping): the next worker claims them at once.
@@ -434,17 +439,3 @@ class StudyStore:
                 .order_by(CandidateTable.macs, CandidateTable.id)
             )
             return [candidate_row(c) for c in s.scalars(q)]
-
-    @staticmethod
-    def _update_front(s: Session, study_id: int, objectives: Sequence[Objective]) -> None:
-        done = [
-            candidate_row(c)
-            for c in s.scalars(
-                select(CandidateTable).where(
-                    CandidateTable.study_id == study_id, CandidateTable.status == Status.COMPLETE
-                )
-            )
-        ]
-        s.query(ParetoTable).filter(ParetoTable.study_id == study_id).delete()
-        for cid in rung_front(done, objectives):
-            s.add(ParetoTable(study_id=study_id, candidate_id=cid))

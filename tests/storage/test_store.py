@@ -241,3 +241,19 @@ def test_the_front_compares_candidates_at_a_rung_both_reached(url: str) -> None:
     assert front == {"a", "b", "d", "f", "g"}
     row = store.candidate(sid, id=next(c for c, n in ids.items() if n == "g"))
     assert (row.rung, row.accuracy_at(0), row.accuracy_at(2), row.accuracy_at(3)) == (2, 0.74, 0.87, None)
+
+
+def test_only_the_owner_of_a_running_candidate_records_its_rungs(url: str) -> None:
+    store = StudyStore(url)
+    sid = _study(store)
+    cid = store.reserve(sid, "{}", "h-rung", worker="host:1")
+    assert cid is not None
+    assert store.record_rung(cid, 0, 50, 0.8, {"macs": 10}, "host:1")
+    assert not store.record_rung(cid, 2, 800, 0.9, {"macs": 10}, "host:1")  # rung 1 was never recorded
+    (claimed,) = store.claim_stale(sid, "host:2", grace_seconds=3600, is_dead=lambda owner: owner == "host:1")
+    assert claimed.rungs is None and claimed.rung is None  # evaluated again from rung 0
+    assert not store.record_rung(cid, 1, 200, 0.9, {"macs": 10}, "host:1")  # the old owner lost it
+    assert store.record_rung(cid, 0, 50, 0.7, {"macs": 10}, "host:2")
+    assert store.finish(cid, "COMPLETE", accuracy=0.7, cost={"macs": 10}, rungs=[[50, 0.7]])
+    assert not store.record_rung(cid, 1, 200, 0.9, {"macs": 10}, "host:2")  # finished
+    assert store.candidate(sid, id=cid).rungs == [[50, 0.7]]
