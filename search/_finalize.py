@@ -93,6 +93,9 @@ def finalize(
     k = steps if steps is not None else config.evaluate.final_steps
     if k < 1:
         raise UsageError(f"--steps must be a positive number of fine-tune steps, got {k}")
+    from storage import StudyStore
+
+    StudyStore.open_existing(config.storage.url).study(config.search.study or "")  # exists: else one line, no write
     p = prepare(config)
     if front:
         rows = p.store.front(p.study_id)

@@ -195,6 +195,7 @@ def prepare(
             "input_shape": list(data.input_shape),
             "in_channels": data.in_channels,
             "num_classes": data.num_classes,
+            "has_test": data.test is not None,
             "base_weights": str(base_weights.resolve()),  # what reports read the base model's filters from
         },
         base_cost=base_cost.as_dict(),

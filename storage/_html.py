@@ -79,7 +79,8 @@ def _hover(r: pd.Series, base: dict[str, Any]) -> str:
     lines = [
         f"<b>trial {int(r['trial']) if pd.notna(r['trial']) else '-'}</b> "
         f"({r['status']}, {r['kind'] if isinstance(r['kind'], str) else '-'})",
-        f"validation accuracy {_fmt(r['accuracy'], '.4f')}",
+        f"validation accuracy {_fmt(r['accuracy'], '.4f')}"
+        + (f" (rung {int(r['rung'])}, {int(r['rung_steps'])} steps)" if pd.notna(r["rung_steps"]) else ""),
     ]
     if pd.notna(r["test_accuracy"]):
         lines.append(f"test accuracy {r['test_accuracy']:.4f}")
@@ -255,7 +256,7 @@ def render_report(
     ex = extras or ReportExtras()
     front = df[df["on_front"]].sort_values("macs")
     sections: list[tuple[str, str, str]] = []
-    shown = ["trial", "kind", "accuracy", "test_accuracy", "macs_pct", "params_pct", "latency_ms", "plan"]
+    shown = ["trial", "kind", "accuracy", "rung_steps", "test_accuracy", "macs_pct", "params_pct", "latency_ms", "plan"]
     sections.append(("front", f"Pareto front ({len(front)} of {len(df)} candidates)",
                      _div(front_figure(df, info), "pt-front") + _table(front[shown])))  # fmt: skip
     if ex.structure is not None and len(ex.structure):

@@ -49,8 +49,10 @@ def candidates_frame(store: StudyStore, study: str) -> pd.DataFrame:
                 "candidate": r.id,
                 "status": r.status.value,
                 "kind": r.kind,
-                "accuracy": r.accuracy,
-                "test_accuracy": r.test_accuracy,
+                "accuracy": r.accuracy,  # validation, at its top rung: what the search selects on
+                "rung": r.rung,
+                "rung_steps": r.top_steps,
+                "test_accuracy": r.test_accuracy,  # after `prunetune finalize`: reported, never selected on
                 "macs": r.macs,
                 "macs_pct": 100 * r.macs / base["macs"] if r.macs is not None and base.get("macs") else None,
                 "params": r.params,
@@ -68,7 +70,8 @@ def candidates_frame(store: StudyStore, study: str) -> pd.DataFrame:
             }
         )
     columns = [
-        "trial", "candidate", "status", "kind", "accuracy", "test_accuracy", "macs", "macs_pct", "params",
+        "trial", "candidate", "status", "kind", "accuracy", "rung", "rung_steps", "test_accuracy", "macs", "macs_pct",
+        "params",
         "params_pct", "bytes", "latency_ms", "seconds", "on_front", "attempts", "plan_hash", "plan", "error",
         *(f"t_{k}" for k in PHASES), "history",
     ]  # fmt: skip
@@ -93,7 +96,7 @@ def write_report(
     front.to_csv(paths[1], index=False)
     counts = df["status"].value_counts().to_dict()
     base_acc = info.base_accuracy
-    shown = ["trial", "accuracy", "macs_pct", "params_pct", "latency_ms", "plan"]
+    shown = ["trial", "accuracy", "rung_steps", "test_accuracy", "macs_pct", "params_pct", "latency_ms", "plan"]
     lines = [
         f"# PruneTune study `{study}`",
         "",
@@ -104,6 +107,11 @@ def write_report(
         f"- candidates: {len(df)} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})",
         "",
         f"## Pareto front ({len(front)} candidates)",
+        "",
+        "`accuracy`: validation (the search selects on it) after `rung_steps` fine-tune steps; `test_accuracy`: the"
+        " test split, after `prunetune finalize` (empty: not finalized"
+        + ("" if info.space_options.get("has_test", True) else "; this data has no test split")
+        + ").",
         "",
         front[shown].to_markdown(index=False, floatfmt=".4g") if len(front) else "(no completed candidate yet)",
         "",
