@@ -101,7 +101,7 @@ def params_from_plan(
                 continue
             r = spec if isinstance(spec, int) else max(1, round(spec * max(space.layer(name).full_ranks(method))))
             frac = round(min(1.0, r / mur[name]) / _RANK_STEP) * _RANK_STEP
-            params[key] = min(1.0, max(_RANK_STEP, round(frac, 10)))
+            params[key] = min(1.0 - _RANK_STEP, max(_RANK_STEP, round(frac, 10)))  # factorized: below 1.0 (dense)
     return params
 
 
