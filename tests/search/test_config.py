@@ -70,3 +70,9 @@ def test_bad_config_is_one_line(tmp_path: Path, text: str, overrides: dict, mess
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("example", ["digits.toml", "fashion_mnist.toml"])
+def test_the_example_configs_are_valid_and_search_a_range_with_rungs(example: str) -> None:
+    cfg = load_config(Path(__file__).parents[2] / "examples" / example)
+    assert cfg.evaluate.rung_steps() == (50, 200) and cfg.search.floor == "12.5%" and cfg.budget.macs == "50%"
