@@ -22,23 +22,14 @@ def pareto_front(points: Sequence[Sequence[float | None]]) -> list[int]:
     Equal points are all kept. O(n^2), fine for the thousands of candidates a study holds.
     """
     valid = [i for i, p in enumerate(points) if all(v is not None for v in p)]
-    keep = []
-    for i in valid:
-        pi = points[i]
-        dominated = False
-        for j in valid:
-            if i == j:
-                continue
-            pj = points[j]
-            if all(a <= b for a, b in zip(pj, pi, strict=True)) and any(  # type: ignore[operator]
-                a < b  # type: ignore[operator]
-                for a, b in zip(pj, pi, strict=True)
-            ):
-                dominated = True
-                break
-        if not dominated:
-            keep.append(i)
-    return keep
+    return [i for i in valid if not any(j != i and dominates(points[j], points[i]) for j in valid)]
+
+
+def dominates(a: Sequence[float | None], b: Sequence[float | None]) -> bool:
+    """``a`` is no worse than ``b`` on every objective (minimised) and better on one; False if a value is missing."""
+    if any(v is None for v in (*a, *b)):
+        return False
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))  # type: ignore[operator]
 
 
 def _minimised(row: CandidateRow, steps: int | None, objectives: Sequence[Objective]) -> list[float | None]:
@@ -69,20 +60,8 @@ def rung_front(rows: Sequence[CandidateRow], objectives: Sequence[Objective]) ->
         pb = _minimised(b, b.top_steps, objectives)
         if any(v is None for v in pb):
             continue
-        dominated = False
-        for a in scored:
-            if a.id == b.id:
-                continue
-            pa = _minimised(a, b.top_steps, objectives)
-            if any(v is None for v in pa):
-                continue  # a was not measured where b stopped
-            if all(x <= y for x, y in zip(pa, pb, strict=True)) and any(  # type: ignore[operator]
-                x < y  # type: ignore[operator]
-                for x, y in zip(pa, pb, strict=True)
-            ):
-                dominated = True
-                break
-        if not dominated:
+        # a value missing in a's point: a was not measured where b stopped, so it cannot dominate b
+        if not any(a.id != b.id and dominates(_minimised(a, b.top_steps, objectives), pb) for a in scored):
             keep.append(b.id)
     return keep
 
