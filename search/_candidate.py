@@ -255,6 +255,7 @@ class CandidateRunner:
         reached: list[list[float]] = []
         history: list[tuple[int, float]] = []
         train = evals = 0.0
+        owner = p.store.candidate(p.study_id, id=cid).worker  # this worker, or (Ray) the driver that reserved it
         with _Heartbeat(p.store, cid, min(30.0, p.config.storage.grace_seconds / 4)):
             model = p.space.apply(plan)
             t1 = time.perf_counter()
@@ -279,7 +280,7 @@ class CandidateRunner:
                 done = steps
                 if rung == len(p.rungs) - 1:
                     break
-                if not p.store.record_rung(cid, rung, steps, metrics.accuracy, cdict, self.worker):
+                if not p.store.record_rung(cid, rung, steps, metrics.accuracy, cdict, owner or self.worker):
                     lost = True  # another worker claimed it (we looked dead): it records the candidate
                     break
                 if not self.promoted(cid, rung):

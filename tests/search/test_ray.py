@@ -309,7 +309,12 @@ def _shape(rows: list[CandidateRow]) -> dict[str, set[frozenset[str]]]:
 def test_local_and_ray_store_the_same_schema_and_ray_finishes_a_local_study(
     make_config: ConfigMaker, cluster: dict[str, str], tmp_path: Path
 ) -> None:
-    common = {"search__candidates": 3, "evaluate__threads": 1, "ray__max_concurrent": 1}
+    common = {
+        "search__candidates": 3,
+        "evaluate__threads": 1,
+        "ray__max_concurrent": 1,
+        **{"evaluate__rungs": [2, 4], "evaluate__reduction_factor": 2, "evaluate__finetune_steps": None},
+    }
     local = make_config("local", storage__url=f"sqlite:///{tmp_path / 'local.db'}", **common)
     on_ray = make_config("on_ray", storage__url=f"sqlite:///{tmp_path / 'ray.db'}", **common)
     assert main(["run", str(local), "--quiet"]) == 0
@@ -320,6 +325,7 @@ def test_local_and_ray_store_the_same_schema_and_ray_finishes_a_local_study(
     rows_a = _check_study(a, a.url, "t", 3)
     rows_b = _check_study(b, b.url, "t", 3)
     assert [r.plan_hash for r in rows_a[:2]] == [r.plan_hash for r in rows_b[:2]]  # the seed plans, same order
+    assert rows_a[0].rungs and rows_b[0].rungs and rows_b[0].rung == 1  # a Ray trial goes through the rungs too
     shape_a, shape_b = _shape(rows_a), _shape(rows_b)
     assert all(shape_a[s] == shape_b[s] for s in shape_a.keys() & shape_b.keys()), (shape_a, shape_b)
     attrs = [
