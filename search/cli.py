@@ -36,28 +36,18 @@ def _pct(v: float | None, base: float | None) -> str:
     return f"{100 * v / base:.1f}%" if v is not None and base else "-"
 
 
-def at_cap(rows: Sequence[CandidateRow], budget: dict[str, Any], base_cost: dict[str, Any]) -> CandidateRow | None:
-    """The most accurate of ``rows`` within 5 % of the budget's cap on its tightest limit (``None``: none is)."""
-    from spaces import Budget, Cost
-
-    base = Cost(**{k: base_cost[k] for k in ("macs", "params", "bytes")})
-    limits = Budget.from_dict(budget).absolute(base)
-    near = [
-        r
-        for r in rows
-        if r.accuracy is not None and max((getattr(r, m) or 0.0) / lim for m, lim in limits.items()) >= 0.95
-    ]
-    return max(near, key=lambda r: (r.top_rung, r.accuracy or 0.0), default=None)  # the longest-trained first
+def at_cap(rows: Sequence[CandidateRow]) -> CandidateRow | None:
+    """The best of ``rows`` within the budget's cap: the most accurate of the longest-trained (``None``: none)."""
+    scored = [r for r in rows if r.accuracy is not None]
+    return max(scored, key=lambda r: (r.top_rung, r.accuracy or 0.0), default=None)
 
 
-def _front_table(
-    title: str, rows: Sequence[CandidateRow], base_cost: dict[str, Any], budget: dict[str, Any] | None = None
-) -> Table:
+def _front_table(title: str, rows: Sequence[CandidateRow], base_cost: dict[str, Any]) -> Table:
     from rich.table import Table
 
     from storage import plan_summary
 
-    best = at_cap(rows, budget, base_cost) if budget else None
+    best = at_cap(rows)
     table = Table(title=title, caption="val: validation accuracy (selected on); test: after `prunetune finalize`")
     for col in ("trial", "val acc", "rung", "test acc", "MACs %", "params %", "latency ms", "plan"):
         table.add_column(col, justify="left" if col == "plan" else "right")
@@ -74,7 +64,7 @@ def _front_table(
             plan_summary(r.plan),
         )
     if best is not None:
-        table.caption = f"* best at the cap (within 5 % of the budget); {table.caption}"
+        table.caption = f"* the best within the budget's cap (at the highest rung); {table.caption}"
     return table
 
 
@@ -135,7 +125,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if res.stopped:
         err.print(f"stopped early: {res.stopped}")
     title = f"Pareto front of {res.study!r} ({len(res.front)} of {res.total})"
-    out.print(_front_table(title, res.front, res.base_cost, p.budget.to_dict()))
+    out.print(_front_table(title, res.front, res.base_cost))
     t = res.timings.per_candidate()
     out.print(
         f"this run: {res.evaluated} evaluated, {res.duplicates} duplicate plans skipped, {res.retried} retried; "
@@ -196,7 +186,7 @@ def _cmd_front(args: argparse.Namespace) -> int:
     rows = store.front(info.id)
     total = store.count(info.id)
     title = f"Pareto front of {study!r} ({len(rows)} of {total})"
-    Console().print(_front_table(title, rows, info.base_cost, info.budget))
+    Console().print(_front_table(title, rows, info.base_cost))
     return 0
 
 
