@@ -147,6 +147,7 @@ def main() -> None:
     ap.add_argument("--final-steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1: leave a core to other work)")
     ap.add_argument("--curve", action="store_true", help="also the default floor, to price the curve at the cap")
+    ap.add_argument("--searches", default="random,search", help="which studies to run (random, search)")
     args = ap.parse_args()
     args.rungs = [int(s) for s in args.rungs.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -157,19 +158,19 @@ def main() -> None:
     for b in [float(x) for x in args.budgets.split(",")]:
         accs: dict[str, list[float]] = {}
         cost: dict[str, list[float]] = {}
-        within: dict[str, list[int]] = {"random": [], "search": []}
+        within: dict[str, list[int]] = {"random": [], "search": [], "curve": []}
         walls: dict[str, float] = {}
         for seed in seeds:
             with tempfile.TemporaryDirectory() as td:
                 tmp = Path(td)
                 runs = {}
-                for arm in ("random", "search", *(["curve"] if args.curve else [])):
+                for arm in (*args.searches.split(","), *(["curve"] if args.curve else [])):
                     t = time.perf_counter()
                     s = study(args, tmp, b, seed, arm)
                     s.run()
                     walls[arm] = walls.get(arm, 0.0) + time.perf_counter() - t
                     runs[arm] = s
-                p = runs["search"].prepared
+                p = next(iter(runs.values())).prepared
                 if seed == seeds[0] and b == float(args.budgets.split(",")[0]):
                     print(f"# {args.data}: ResNet-20 baseline {p.base_accuracy:.4f} on validation; {where}", flush=True)
                 space, example = p.space, p.data.example_inputs(1)

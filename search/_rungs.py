@@ -4,15 +4,17 @@ A study with ``evaluate.rungs = [50, 200, 800]`` fine-tunes every candidate for
 50 steps (rung 0) and scores it on ``evaluate.max_val_samples`` validation
 images. When a candidate finishes rung ``k`` (not the last), it is compared
 with every candidate of the study that has finished rung ``k`` (itself
-included): their points (rung-``k`` accuracy, and the costs: MACs, params,
-bytes — latency is not ranked, it is only known at the end) are ordered by
+included): their points (rung-``k`` accuracy, and the analytic costs: MACs,
+params, bytes — a measured latency is not ranked) are ordered by
 non-dominated rank, then by crowding distance within a rank (NSGA-II's order,
 the promotion rule of MOASHA: Schmucker et al., 2021, and Syne Tune); the
 candidate goes on to rung ``k + 1`` when it is among the first
 ``max(1, n // reduction_factor)`` of the ``n``. It then continues the same model
-(its weights after rung ``k``) with a fresh cosine schedule for the rung's
-extra steps, so the rungs restart the learning rate (SGDR-like) and each
-rung's accuracy is measured at a low learning rate. The top rung scores on the
+(its weights after rung ``k``) through the whole evaluator again — BN
+recalibration, a fresh cosine schedule for the rung's extra steps, accuracy —
+so the rungs restart the learning rate (SGDR-like) and each rung's accuracy is
+measured at a low learning rate. Candidates are compared only after the same
+number of steps (``CandidateRow.accuracy_after``). The top rung scores on the
 whole validation split.
 
 This is asynchronous (ASHA): the decision is taken at once, against whoever
