@@ -77,13 +77,14 @@ def cost_floor(floor: str | None, space: ModelSpace, budget: Budget) -> float:
     """
     import numpy as np
 
+    from search._space import level_of
+
     if floor == "cap":
         return 1.0
     tightest = budget.tightest(space.base_cost)
     smallest_keep = np.array([space.allowed_keeps(g, space.round_to)[0] for g in space.groups], dtype=np.int64)
     smallest = space.costs.cost_of_keep(smallest_keep, None)
-    limits = budget.absolute(space.base_cost)
-    reachable = max(getattr(smallest, m) / lim for m, lim in limits.items()) * 1.02
+    reachable = level_of(smallest, budget, space.base_cost) * 1.02
     if floor is None:
         return min(1.0, max(DEFAULT_FLOOR, reachable))
     share = float(floor.rstrip("%")) / 100
