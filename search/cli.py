@@ -43,28 +43,39 @@ def at_cap(rows: Sequence[CandidateRow]) -> CandidateRow | None:
 
 
 def _front_table(title: str, rows: Sequence[CandidateRow], base_cost: dict[str, Any]) -> Table:
+    """The front as a table that fits the terminal: one line per candidate.
+
+    Columns with no value in any row (``test acc`` before ``finalize``,
+    ``latency ms`` when nothing was measured) are left out, and the plan
+    summary is cut with an ellipsis to the width that is left; the whole plan
+    is printed by ``prunetune front --plans`` and in the report's CSV.
+    """
     from rich.table import Table
+    from rich.text import Text
 
     from storage import plan_summary
 
     best = at_cap(rows)
-    table = Table(title=title, caption="val: validation accuracy (selected on); test: after `prunetune finalize`")
-    for col in ("trial", "val acc", "rung", "test acc", "MACs %", "params %", "latency ms", "plan"):
-        table.add_column(col, justify="left" if col == "plan" else "right")
-    for r in rows:
-        rung = "-" if r.rungs is None else f"{r.rung} ({r.rungs[-1][0]} steps)"
-        table.add_row(
-            f"{r.trial_number} *" if best is not None and r.id == best.id else str(r.trial_number),
-            f"{r.accuracy:.4f}" if r.accuracy is not None else "-",
-            rung,
-            f"{r.test_accuracy:.4f}" if r.test_accuracy is not None else "-",
-            _pct(r.macs, base_cost.get("macs")),
-            _pct(r.params, base_cost.get("params")),
-            f"{r.latency:.2f}" if r.latency is not None else "-",
-            plan_summary(r.plan),
-        )
+    cells = {
+        "trial": [f"{r.trial_number} *" if best is not None and r.id == best.id else str(r.trial_number) for r in rows],
+        "val acc": [f"{r.accuracy:.4f}" if r.accuracy is not None else "-" for r in rows],
+        "rung": ["-" if r.rungs is None else f"{r.rung} ({r.rungs[-1][0]} steps)" for r in rows],
+        "test acc": [f"{r.test_accuracy:.4f}" if r.test_accuracy is not None else "-" for r in rows],
+        "MACs %": [_pct(r.macs, base_cost.get("macs")) for r in rows],
+        "params %": [_pct(r.params, base_cost.get("params")) for r in rows],
+        "latency ms": [f"{r.latency:.2f}" if r.latency is not None else "-" for r in rows],
+    }
+    shown = {col: values for col, values in cells.items() if col == "trial" or any(v != "-" for v in values)}
+    caption = "val: validation accuracy (selected on); test: after `prunetune finalize`; whole plans: `prunetune front --plans`"
     if best is not None:
-        table.caption = f"* the best within the budget's cap (at the highest rung); {table.caption}"
+        caption = f"* the best within the budget's cap (at the highest rung); {caption}"
+    table = Table(title=title, caption=caption)
+    for col in shown:
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("plan", justify="left", ratio=1, min_width=12)  # the only column that gives way
+    for i, r in enumerate(rows):
+        plan = Text(plan_summary(r.plan), no_wrap=True, overflow="ellipsis")
+        table.add_row(*(values[i] for values in shown.values()), plan)
     return table
 
 
@@ -186,7 +197,11 @@ def _cmd_front(args: argparse.Namespace) -> int:
     rows = store.front(info.id)
     total = store.count(info.id)
     title = f"Pareto front of {study!r} ({len(rows)} of {total})"
-    Console().print(_front_table(title, rows, info.base_cost))
+    console = Console()
+    console.print(_front_table(title, rows, info.base_cost))
+    if args.plans:
+        for r in rows:
+            console.print(f"trial {r.trial_number}: {r.plan}", soft_wrap=True, markup=False, highlight=False)
     return 0
 
 
@@ -254,6 +269,19 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", help="study name (default: the config's, or the only study in the store)")
 
 
+def _config_flag_args(p: argparse.ArgumentParser) -> None:
+    """One ``--section.key`` flag per config key; the key's description is its help.
+
+    argparse formats help strings with ``%``, so a description that says "40%"
+    must reach it as "40%%".
+    """
+    from search._config import config_flags
+
+    for key, text, is_list in config_flags():
+        help_text = text.replace("%", "%%") if text else f"overrides [{key.partition('.')[0]}] {key.partition('.')[2]}"
+        p.add_argument(f"--{key}", dest=key, metavar="LIST" if is_list else "VALUE", help=help_text)
+
+
 def _parser() -> argparse.ArgumentParser:
     from search._inspect import budget_arg, cmd_inspect, ratios_arg, shape_arg
 
@@ -276,9 +304,6 @@ def _parser() -> argparse.ArgumentParser:
         help="show the allocator's plan for this budget, e.g. macs=40%%,params=50%%,bytes=8MB",
     )
     ins.set_defaults(func=cmd_inspect)
-
-    from search._config import config_flags
-
     run = sub.add_parser(
         "run",
         help="run (or resume) a compression search from a TOML config",
@@ -286,11 +311,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("config", help="the run's TOML config, e.g. examples/digits.toml")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    for key, text, is_list in config_flags():
-        run.add_argument(f"--{key}", dest=key, metavar="LIST" if is_list else "VALUE", help=text or None)
+    _config_flag_args(run)
     run.set_defaults(func=_cmd_run)
     front = sub.add_parser("front", help="show a study's Pareto front")
     _study_args(front)
+    front.add_argument("--plans", action="store_true", help="also print each member's whole plan (JSON)")
     front.set_defaults(func=_cmd_front)
     status = sub.add_parser("status", help="show a study's progress")
     _study_args(status)
@@ -310,8 +335,7 @@ def _parser() -> argparse.ArgumentParser:
     fin.add_argument("--front", action="store_true", help="every candidate of the Pareto front")
     fin.add_argument("--steps", type=int, help="fine-tune steps (default: evaluate.final_steps)")
     fin.add_argument("--out", help="export each to OUT/trial-N as well")
-    for key, text, is_list in config_flags():
-        fin.add_argument(f"--{key}", dest=key, metavar="LIST" if is_list else "VALUE", help=text or None)
+    _config_flag_args(fin)
     fin.set_defaults(func=_cmd_finalize)
     rep = sub.add_parser("report", help="write CSV, Markdown and HTML (report.html) reports of a study")
     _study_args(rep)
