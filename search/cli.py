@@ -66,7 +66,10 @@ def _front_table(title: str, rows: Sequence[CandidateRow], base_cost: dict[str, 
         "latency ms": [f"{r.latency:.2f}" if r.latency is not None else "-" for r in rows],
     }
     shown = {col: values for col, values in cells.items() if col == "trial" or any(v != "-" for v in values)}
-    caption = "val: validation accuracy (selected on); test: after `prunetune finalize`; whole plans: `prunetune front --plans`"
+    caption = (
+        "val: validation accuracy (selected on); test: after `prunetune finalize`; "
+        "whole plans: `prunetune front --plans`"
+    )
     if best is not None:
         caption = f"* the best within the budget's cap (at the highest rung); {caption}"
     table = Table(title=title, caption=caption)
