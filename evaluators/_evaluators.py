@@ -15,7 +15,7 @@ from torch import nn
 
 from evaluators._base import Context, Evaluator, Metrics, check_model_fits, seed_everything
 from evaluators._data import _endless
-from spaces import Status
+from spaces import Status, check_interrupt
 
 __all__ = ["Accuracy", "BNRecalibration", "FineTune", "Latency", "Pipeline", "default_evaluator", "evaluate_accuracy"]
 
@@ -33,6 +33,7 @@ def evaluate_accuracy(model: nn.Module, context: Context, *, split: str = "val")
     model.eval()
     correct, total, loss_sum = 0, 0, 0.0
     for x, y in loader:
+        check_interrupt()  # a safe point: between two evaluation batches
         x, y = x.to(context.device), y.to(context.device)
         with _autocast(context.device):
             out = model(_layout(x, context.device))
@@ -161,6 +162,7 @@ class FineTune(Evaluator):
         model.train()
         with _progress(context.progress and steps >= 200, steps, "fine-tune") as bar:
             for step in range(1, steps + 1):
+                check_interrupt()  # a safe point: between two fine-tune steps
                 x, y = next(loader)
                 x, y = _layout(x.to(context.device), context.device), y.to(context.device)
                 with _autocast(context.device):

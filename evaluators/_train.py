@@ -17,6 +17,7 @@ from evaluators._base import Context, check_model_fits, resolve_device, seed_eve
 from evaluators._data import DataBundle
 from evaluators._evaluators import _autocast, _layout, _prepare, _progress, evaluate_accuracy
 from evaluators._models import build_model, save_weights
+from spaces import check_interrupt
 
 __all__ = ["Baseline", "Recipe", "baseline_key", "train_baseline"]
 
@@ -138,6 +139,7 @@ def _fit(model: nn.Module, data: DataBundle, recipe: Recipe, seed: int, dev: tor
     with _progress(progress, total, "baseline") as bar:
         for _ in range(recipe.epochs):
             for x, y in loader:
+                check_interrupt()  # a safe point: between two training steps
                 x, y = _layout(x.to(dev), dev), y.to(dev)
                 with _autocast(dev):
                     loss = F.cross_entropy(model(x).float(), y, label_smoothing=recipe.label_smoothing)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from spaces import Objective, Status
+from spaces import Objective, Status, check_interrupt
 
 if TYPE_CHECKING:
     from evaluators import Context, Metrics
@@ -261,6 +261,7 @@ class CandidateRunner:
             t1 = time.perf_counter()
             done, kept, lost = 0, None, False  # kept: the last finished rung's metrics and weights
             for rung, steps in enumerate(p.rungs):
+                check_interrupt()  # a safe point: between two rungs
                 try:
                     metrics = p.evaluator.evaluate(model, self._rung_context(rung, steps - done, report, done))
                 except (ValueError, RuntimeError) as exc:  # e.g. a shape error the space did not foresee

@@ -7,8 +7,11 @@ Exit codes:
   naming the value and the rule or what to do);
 * ``3`` the study's database is damaged (:class:`storage.StoreDamagedError`):
   nothing was read or written; restore it or start a new file;
-* ``130`` interrupted (Ctrl-C): the study keeps every finished candidate, the
-  interrupted one is evaluated again by the next run;
+* ``130`` interrupted (Ctrl-C, SIGINT) and ``143`` stopped (SIGTERM): the
+  first signal stops the command at its next safe point (see
+  :mod:`spaces._interrupt`); the study keeps every finished candidate, the
+  interrupted one is released and evaluated again by the next run. A second
+  signal ends the process at once; the next run takes its candidate over;
 * ``1`` a bug: anything :func:`explain` does not know keeps its traceback (a bug
   must stay visible), followed by a line saying how to report it.
 """

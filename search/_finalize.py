@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spaces import PruneTuneError, Status, UsageError
+from spaces import PruneTuneError, Status, UsageError, check_interrupt
 
 if TYPE_CHECKING:
     from torch import nn
@@ -109,6 +109,7 @@ def finalize(
     dest = out_dir(out) if out is not None else None
     done = []
     for row in rows:
+        check_interrupt()  # a safe point: between two finalized candidates
         t0 = time.perf_counter()
         model = p.space.apply(Plan.from_json(row.plan)).to(p.device)
         val, test = train_final(p, model, steps=k, progress=progress)

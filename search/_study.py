@@ -39,7 +39,7 @@ from search._config import Config
 from search._prepare import Prepared, prepare
 from search._samplers import make_sampler
 from search._space import level_of, params_from_plan, plan_from_params
-from spaces import Status, UsageError
+from spaces import Status, UsageError, check_interrupt
 
 if TYPE_CHECKING:
     import optuna
@@ -414,6 +414,7 @@ class Search:
         seeds = self.seed_plans()
         first = True
         while True:
+            check_interrupt()  # a safe point: between two candidates
             for row in self.claim_stale(res, orphans=first):
                 runner.evaluate(row.id, *self.relive(row))
             first = False

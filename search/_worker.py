@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from search._config import Config, _error
-from spaces import UsageError
+from spaces import UsageError, check_interrupt
 
 if TYPE_CHECKING:
     from storage import StudyStore, SubmissionRecord
@@ -83,6 +83,14 @@ def run_submission(sub: SubmissionRecord, store: StudyStore, artifacts_dir: str,
     Search(cfg).run()
 
 
+def _wait(seconds: float) -> None:
+    """Sleep ``seconds``, but wake within a tenth of a second when a stop is requested."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        check_interrupt()
+        time.sleep(min(0.1, max(deadline - time.monotonic(), 0.0)))
+
+
 def run_worker(
     store: StudyStore,
     *,
@@ -107,11 +115,12 @@ def run_worker(
         say(f"submission {sid}: its worker stopped; queued again")
     ran = 0
     while True:
+        check_interrupt()  # a safe point: between two submissions, and while the queue is empty
         sub = queue.claim(worker)
         if sub is None:
             if once:
                 return ran
-            time.sleep(poll)
+            _wait(poll)
             continue
         say(f"running submission {sub.id}: study {sub.study!r}")
         try:

@@ -10,12 +10,13 @@ bug and shows its traceback.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from spaces import Importance, Status, UsageError
+from spaces import Importance, Interrupted, Status, UsageError, check_interrupt, handle_signals
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -131,8 +132,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         try:
             res = search.run(update)
-        except KeyboardInterrupt:  # hand the interrupted candidate to the next run at once
-            p.store.release(p.study_id, search.worker, "interrupted by the user")
+        except KeyboardInterrupt as exc:  # hand the interrupted candidate to the next run at once
+            by_user = not isinstance(exc, Interrupted) or exc.signum == signal.SIGINT
+            p.store.release(p.study_id, search.worker, "interrupted by the user" if by_user else str(exc))
             raise
     for line in res.events:
         err.print(line)
@@ -375,8 +377,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = _parser().parse_args(_glue_dash_values(sys.argv[1:] if argv is None else argv))
     try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
+        with handle_signals():  # SIGINT/SIGTERM stop the command at its next safe point
+            code = int(args.func(args))
+            check_interrupt()  # a signal after the last safe point still ends in 130 / 143
+        return code
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted) and exc.signum != signal.SIGINT:
+            print(f"prunetune: {exc}; rerun the same command to resume", file=sys.stderr)
+            return exc.exit_code
         print("prunetune: interrupted; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:

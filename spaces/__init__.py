@@ -41,6 +41,12 @@ if TYPE_CHECKING:
         UsageError as UsageError,
         first_line as first_line,
     )
+    from spaces._interrupt import (
+        Interrupted as Interrupted,
+        check_interrupt as check_interrupt,
+        handle_signals as handle_signals,
+        interrupt_requested as interrupt_requested,
+    )
     from spaces._lazy import lazy_exports as lazy_exports
     from spaces._lowrank import (
         LayerGeom as LayerGeom,
@@ -86,6 +92,10 @@ _WHERE = {
     "UnsupportedModelError": "_errors",
     "UsageError": "_errors",
     "first_line": "_errors",
+    "Interrupted": "_interrupt",
+    "check_interrupt": "_interrupt",
+    "handle_signals": "_interrupt",
+    "interrupt_requested": "_interrupt",
     "lazy_exports": "_lazy",
     "LayerGeom": "_lowrank",
     "factorize_layer": "_lowrank",
@@ -119,6 +129,7 @@ __all__ = [
     "Importance",
     "InfeasibleBudgetError",
     "InputTypeError",
+    "Interrupted",
     "LayerGeom",
     "Method",
     "ModelSpace",
@@ -130,9 +141,12 @@ __all__ = [
     "UnsupportedModelError",
     "UsageError",
     "allocate",
+    "check_interrupt",
     "factorize_layer",
     "first_line",
     "fit",
+    "handle_signals",
+    "interrupt_requested",
     "lazy_exports",
     "measure_cost",
     "uniform_plan",

@@ -24,7 +24,7 @@ FORBIDDEN: dict[str, set[str]] = {
 
 # the layers inside spaces/, lowest first: a module imports (at run time) only from layers below its own
 SPACES_LAYERS = [
-    {"_vocab", "_errors", "_lazy"},
+    {"_vocab", "_errors", "_lazy", "_interrupt"},
     {"_plan", "_cost", "_tp_compat"},
     {"_budget", "_lowrank"},
     {"_trace"},
