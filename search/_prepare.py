@@ -53,6 +53,11 @@ class Prepared:
     floor: float = 1.0  # the lowest cost level, as a fraction of the budget's cap (1: the cap only)
     rungs: tuple[int, ...] = (100,)  # cumulative fine-tune steps at the end of each rung
 
+    @property
+    def space_options(self) -> dict[str, Any]:
+        """The config's ``[space]`` options, as the plan dimensions read them (sampler parameters and mapping)."""
+        return self.config.space.model_dump(mode="json")
+
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (a Ray driver ships it to its trials once): the plan travels as JSON, the store as its URL."""
         state = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -183,9 +188,7 @@ def prepare(
     base_cost = space.base_cost
     uniform = space.fit(space.uniform_plan(0.0), budget)  # infeasible budget: raises here
     floor = cost_floor(cfg.search.floor, space, budget)
-    dists = distributions(
-        space, max_ratio=cfg.space.max_ratio, rank=cfg.space.rank, method=cfg.space.method, floor=floor
-    )
+    dists = distributions(space, cfg.space.model_dump(mode="json"), floor=floor)
     study_id = store.ensure_study(
         name,
         model_spec=cfg.model.spec,

@@ -200,9 +200,7 @@ class _TrialWorker:
             return {"cid": cid, "status": str(row.status), "accuracy": row.accuracy, "evaluated": 0, "final": True}
         plan = Plan.from_json(row.plan)
         level = level_of(p.space.cost(plan), p.budget, p.base_cost)
-        params = (
-            params_from_plan(p.space, plan, p.dists, method=p.config.space.method, level=level) if trial is None else {}
-        )
+        params = params_from_plan(p.space, plan, p.dists, p.space_options, level=level) if trial is None else {}
         before = Timings(**{k: getattr(self.timings, k) for k in ("apply", "evaluate", "store")})
 
         def report(step: int, accuracy: float) -> None:
@@ -298,9 +296,7 @@ class CandidateSearcher(Searcher):
         plan = Plan.from_json(row.plan)
         number = config["trial"]
         level = level_of(p.space.cost(plan), p.budget, p.base_cost)
-        params = (
-            params_from_plan(p.space, plan, p.dists, method=s.cfg.space.method, level=level) if number is None else {}
-        )
+        params = params_from_plan(p.space, plan, p.dists, p.space_options, level=level) if number is None else {}
         got = s.teller.recorder(number, params, row.id, plan.hash, config["kind"])(Status.FAIL, None)
         p.store.finish(row.id, Status.FAIL, error=reason, trial_number=got, objectives=p.objectives)
         self.res.events.append(f"candidate {row.id}: {reason}; recorded as FAIL")

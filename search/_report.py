@@ -114,21 +114,16 @@ def _seed_plans(space: ModelSpace, info: StudyRecord, rows: list[CandidateRow], 
 
 
 def structure_frame(space: ModelSpace, plans: dict[str, Plan]) -> pd.DataFrame:
-    """Per plan: channels kept per group and rank kept per factorizable layer, as fractions of the base."""
+    """Per plan: what each plan dimension keeps of each unit (channels per group, rank per layer, ...)."""
     import pandas as pd
+
+    from spaces.dimensions import dimensions
 
     rows: list[dict[str, Any]] = []
     for label, plan in plans.items():
-        for group, kept in zip(space.groups, space.keep_counts(plan), strict=True):
-            rows.append({"plan": label, "what": "kept channels", "unit": group.id, "kept": int(kept),
-                         "total": group.channels, "fraction": int(kept) / group.channels})  # fmt: skip
-        ranks = space.resolved_ranks(plan)
-        for geom in space.layers:
-            method, kept_ranks = ranks.get(geom.name, ("svd", geom.full_ranks("svd")))
-            full = geom.full_ranks(method)
-            kept_sum, full_sum = sum(kept_ranks), sum(full)
-            rows.append({"plan": label, "what": "rank", "unit": geom.name, "kept": int(kept_sum),
-                         "total": int(full_sum), "fraction": min(kept_sum / full_sum, 1.0)})  # fmt: skip
+        for dim in dimensions():
+            rows += [{"plan": label, "what": r.what, "unit": r.unit, "kept": r.kept, "total": r.total,
+                      "fraction": r.fraction} for r in dim.structure_rows(space, plan)]  # fmt: skip
     return pd.DataFrame(rows, columns=["plan", "what", "unit", "kept", "total", "fraction"])
 
 

@@ -303,19 +303,18 @@ class Search:
         from search._space import LEVEL
 
         p, teller, _ = self._parts()
-        cfg = self.cfg
         t0 = time.perf_counter()
         trial: Trial | None = None
         if seeds:
             kind, plan, level = seeds.pop(0)
-            params = params_from_plan(p.space, plan, p.dists, method=cfg.space.method, level=level)
+            params = params_from_plan(p.space, plan, p.dists, p.space_options, level=level)
             t1 = time.perf_counter()
         else:
             kind = "sampled"
             trial = teller.study.ask(p.dists)
             trial.set_user_attr("worker", self.worker)
             params = trial.params
-            plan = plan_from_params(p.space, params, method=cfg.space.method)
+            plan = plan_from_params(p.space, params, p.space_options)
             t1 = time.perf_counter()
             plan = p.space.fit(plan, p.budget.scaled(float(params.get(LEVEL, 1.0))))
         cost = p.space.cost(plan)
@@ -392,7 +391,7 @@ class Search:
         plan = Plan.from_json(row.plan)
         cost = p.space.cost(plan)
         level = level_of(cost, p.budget, p.base_cost)
-        params = params_from_plan(p.space, plan, p.dists, method=self.cfg.space.method, level=level)
+        params = params_from_plan(p.space, plan, p.dists, p.space_options, level=level)
         return plan, cost, teller.recorder(None, params, row.id, plan.hash, "retry")
 
     # ------------------------------------------------------------------ the drivers

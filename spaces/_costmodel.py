@@ -6,21 +6,24 @@ copy of that layer tells which parameter dimensions the function shrinks
 applied at (from the trace), the cost of a plan is a polynomial in the channels
 each group keeps: ``MACs = sum(S_layer * numel(weight))``,
 ``params = sum(numel(p))``, ``bytes = sum(numel(p) * element_size)``, evaluated
-with numpy in microseconds. A factorized layer's dense term is replaced by its
-factor chain's (:meth:`spaces.LayerGeom.factor_cost`) on the layer's pruned shape.
+with numpy in microseconds (:meth:`CostModel.dense_state`). Every other plan
+dimension (:mod:`spaces.dimensions`) is resolved on the kept channels and
+changes that state in turn (:meth:`CostModel.cost_resolved`): a factorized
+layer's dense term is replaced by its factor chain's
+(:meth:`spaces.LayerGeom.factor_cost`) on the layer's pruned shape.
 
 The cost model also does the plan arithmetic every policy needs: channels kept
 per group (:meth:`keep_counts`, with ``round_to``), the counts a group may keep
-(:meth:`allowed_keeps`), the plan for given counts (:meth:`plan_from_keep`) and
-the ranks a plan resolves to under the break-even rule (:meth:`resolve_ranks`;
-a rank at or above a layer's break-even rank keeps it dense).
+(:meth:`allowed_keeps`), the plan for given counts (:meth:`plan_from_keep`),
+the pruned geometry of a factorizable layer (:meth:`pruned_geom`) and each
+dimension's resolution of a plan (:meth:`resolve`).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,6 +34,7 @@ from spaces._errors import PlanError
 from spaces._lowrank import LayerGeom
 from spaces._plan import Plan
 from spaces._trace import Group, Item, Trace
+from spaces.dimensions import CostState, dimensions
 
 __all__ = ["CostModel", "Ranks"]
 
@@ -106,31 +110,44 @@ class CostModel:
         self._m = m
         self._mac_w = mac_w
         self._byte_w = byte_w
-        self.base_cost = self._cost_of_removed(np.zeros(len(self.groups), dtype=np.int64))
+        self.base_cost = self.dense_state(self.channels).cost()
         touched = m.reshape(len(params), ndim, -1).any(axis=1)  # [param, group]
         self._group_macs = (mac_w * base.prod(axis=1)) @ touched  # MACs of the layers each group touches
 
-    def _cost_of_removed(self, removed: np.ndarray, ranks: Ranks | None = None) -> Cost:
-        dims = (self._base_dims - self._m @ removed).reshape(-1, self._ndim)
+    def dense_state(self, keep: np.ndarray) -> CostState:
+        """The cost when group ``i`` keeps ``keep[i]`` channels and every layer is dense: the polynomial."""
+        dims = (self._base_dims - self._m @ (self.channels - keep)).reshape(-1, self._ndim)
         numel = dims.prod(axis=1)
-        macs, params, nbytes = int(self._mac_w @ numel), int(numel.sum()), int(self._byte_w @ numel)
-        for name, (method, r) in (ranks or {}).items():
-            i = self._param_index[f"{name}.weight"]
-            geom = self.trace.geoms[name].with_channels(dims[i, 0], dims[i, 1])
-            dm, dp = geom.dense_cost()
-            fm, fp = geom.factor_cost(method, r)
-            macs += fm - dm
-            params += fp - dp
-            nbytes += (fp - dp) * int(self._byte_w[i])
-        return Cost(macs=macs, params=params, bytes=nbytes)
+        return CostState(macs=int(self._mac_w @ numel), params=int(numel.sum()), bytes=int(self._byte_w @ numel))
+
+    def cost_resolved(self, keep: np.ndarray, resolved: Mapping[str, Any]) -> Cost:
+        """The cost at ``keep`` with each dimension's resolved part (``{key: resolved}``; absent: nothing)."""
+        state = self.dense_state(keep)
+        for dim in dimensions():
+            part = resolved.get(dim.key)
+            if part is not None:
+                dim.add_cost(self, part, keep, state)
+        return state.cost()
+
+    def resolve(self, plan: Plan, keep: np.ndarray) -> dict[str, Any]:
+        """Every dimension's part of ``plan``, resolved on ``keep`` (dimensions with nothing to do are absent)."""
+        out = {}
+        for dim in dimensions():
+            part = dim.resolve(self, plan, keep)
+            if part is not None:
+                out[dim.key] = part
+        return out
 
     def cost_of_keep(self, keep: np.ndarray, ranks: Ranks | None = None) -> Cost:
         """The cost when group ``i`` keeps ``keep[i]`` channels and ``ranks`` are factorized."""
-        return self._cost_of_removed(self.channels - keep, ranks)
+        return self.cost_resolved(keep, {"rank": ranks or None})
+
+    def cost_at(self, plan: Plan, keep: np.ndarray) -> Cost:
+        """The cost of ``plan``'s other dimensions, resolved on the kept channels ``keep`` (what ``fit`` moves)."""
+        return self.cost_resolved(keep, self.resolve(plan, keep))
 
     def cost(self, plan: Plan) -> Cost:
-        keep = self.keep_counts(plan)
-        return self.cost_of_keep(keep, self.resolve_ranks(plan, keep) if plan.rank else None)
+        return self.cost_at(plan, self.keep_counts(plan))
 
     def element_size(self, layer: str) -> int:
         """Bytes per element of ``layer``'s weight."""
@@ -201,8 +218,7 @@ class CostModel:
             prune=prune,
             importance=(like.importance if like and like.importance else self.importance),
             round_to=(like.round_to if like and like.round_to else self.round_to),
-            rank=dict(like.rank) if like else {},
-            method=dict(like.method) if like else {},
+            **(_held_entries(like) if like else {}),
         )
 
     # ------------------------------------------------------------ layers
@@ -212,21 +228,6 @@ class CostModel:
         rows = slice(i * self._ndim, i * self._ndim + 2)
         cout, cin = self._base_dims[rows] - self._m[rows] @ (self.channels - keep)
         return self.trace.geoms[name].with_channels(cout, cin)
-
-    def resolve_ranks(self, plan: Plan, keep: np.ndarray) -> Ranks:
-        """Per layer of ``plan`` that is factorized: (method, ranks) on its pruned shape.
-
-        The break-even rule (:meth:`spaces.LayerGeom.factor_ranks`): a layer whose
-        rank is at or above its (pruned) break-even rank stays dense and is absent.
-        """
-        out = {}
-        for name, spec in plan.rank.items():
-            method = plan.method_of(name)
-            self.check_layer(name, method, spec)
-            ranks = self.pruned_geom(name, keep).factor_ranks(method, spec)
-            if ranks is not None:
-                out[name] = (method, ranks)
-        return out
 
     def layer(self, name: str) -> LayerGeom:
         """The unpruned geometry of factorizable layer ``name`` (PlanError naming why if it is not one)."""
@@ -249,3 +250,8 @@ class CostModel:
         full = max(geom.full_ranks(method))
         if isinstance(spec, int) and spec > full:
             raise PlanError(f"rank {spec} of layer {name!r} is above its full rank {full} for {method!r}")
+
+
+def _held_entries(plan: Plan) -> dict[str, dict[str, Any]]:
+    """``plan``'s entries of every dimension ``fit`` holds (all but the pruning it moves)."""
+    return {k: dict(plan.entries(k)) for d in dimensions() if d.fit_rule == "held" for k in d.keys}

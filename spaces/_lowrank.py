@@ -1,27 +1,12 @@
 """Low-rank factorization of conv and linear layers: surgery and exact costs.
 
 Methods (all executed as chains of ordinary layers, never reconstructed into a
-full kernel, so the MACs really fall):
-
-``svd``
-    The kernel reshaped to ``[C_out, C_in*k_h*k_w]`` is truncated to rank ``r``
-    (``U_r sqrt(S_r)`` and ``sqrt(S_r) V_r^T``): a ``k_h x k_w`` conv
-    ``C_in -> r`` with the layer's stride, padding and dilation, then a ``1x1``
-    conv ``r -> C_out`` carrying the bias. A Linear becomes two Linears. By
-    Eckart–Young this is the best rank-``r`` approximation of the kernel.
-``tucker2``
-    tensorly's partial Tucker over the channel modes, ranks ``(r_in, r_out)``:
-    ``1x1`` conv ``C_in -> r_in`` (at the input resolution), ``k x k`` conv
-    ``r_in -> r_out`` (the layer's stride/padding), ``1x1`` conv
-    ``r_out -> C_out`` with the bias. Convolutions only.
-``tt``
-    A tensor-train of the kernel ordered ``(C_in, k_h, k_w, C_out)`` (tensorly's
-    TT-SVD; in the spirit of TTP, Su et al. 2018), ranks ``(r1, r2, r3)``,
-    executed as four convolutions: ``1x1`` ``C_in -> r1``, ``k_h x 1``
-    ``r1 -> r2`` (vertical stride/padding/dilation), ``1 x k_w`` ``r2 -> r3``
-    (horizontal), ``1x1`` ``r3 -> C_out`` with the bias. The composition equals
-    the convolution with the contracted kernel exactly. Convolutions with
-    ``k_h * k_w > 1`` only.
+full kernel, so the MACs really fall) sit behind a registry
+(:mod:`spaces.factorization`): ``svd`` (truncated SVD of the kernel reshaped to
+``[C_out, C_in*k_h*k_w]``; a Linear becomes two Linears), ``tucker2``
+(tensorly's partial Tucker over the channel modes; convolutions only) and
+``tt`` (a tensor-train of the kernel, TTP-style, as four convolutions;
+kernels larger than 1x1 only). Each method's module documents its chain.
 
 Ranks in a plan are an ``int`` (applied to every mode, each capped at that
 mode's full rank) or a ``float`` in ``(0, 1]``, a fraction of each mode's full
@@ -58,9 +43,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from spaces._plan import METHODS
+from spaces.factorization import factor_method, method_names
 
-__all__ = ["METHODS", "LayerGeom", "factorize_layer"]
+__all__ = ["LayerGeom", "conv_like", "factorize_layer", "loaded"]
 
 
 @dataclass(frozen=True)
@@ -84,26 +69,14 @@ class LayerGeom:
 
     @property
     def methods(self) -> tuple[str, ...]:
-        if self.kind == "linear":
-            return ("svd",)
-        if self.kh * self.kw == 1:
-            return ("svd", "tucker2")
-        return METHODS
+        """The registered factorization methods that apply to this layer (``svd`` first)."""
+        return tuple(m for m in method_names() if factor_method(m).applies(self))
 
     def with_channels(self, cout: int, cin: int) -> LayerGeom:
         return replace(self, cout=int(cout), cin=int(cin))
 
     def full_ranks(self, method: str) -> tuple[int, ...]:
-        k = self.kh * self.kw
-        if method == "svd":
-            return (min(self.cout, self.cin * k),)
-        if method == "tucker2":
-            return (self.cin, self.cout)
-        return (
-            min(self.cin, k * self.cout),
-            min(self.cin * self.kh, self.kw * self.cout),
-            min(self.cin * k, self.cout),
-        )
+        return factor_method(method).full_ranks(self)
 
     def dense_cost(self) -> tuple[int, int]:
         """(MACs, weight parameters) of the dense layer."""
@@ -112,32 +85,11 @@ class LayerGeom:
 
     def factor_cost(self, method: str, ranks: tuple[int, ...]) -> tuple[int, int]:
         """(MACs, weight parameters) of the factorized layer (bias not included)."""
-        ci, co, kh, kw = self.cin, self.cout, self.kh, self.kw
-        if method == "svd":
-            (r,) = ranks
-            p1, p2 = r * ci * kh * kw, co * r
-            return self.s_out * (p1 + p2), p1 + p2
-        if method == "tucker2":
-            r1, r2 = ranks
-            p1, p2, p3 = ci * r1, r1 * r2 * kh * kw, r2 * co
-            return self.s_in * p1 + self.s_out * (p2 + p3), p1 + p2 + p3
-        r1, r2, r3 = ranks
-        p1, p2, p3, p4 = ci * r1, r1 * r2 * kh, r2 * r3 * kw, r3 * co
-        return self.s_in * p1 + self.s_mid * p2 + self.s_out * (p3 + p4), p1 + p2 + p3 + p4
+        return factor_method(method).factor_cost(self, ranks)
 
     def normalize(self, method: str, ranks: tuple[int, ...]) -> tuple[int, ...]:
-        """Clamp ``ranks`` to what the decomposition can deliver (TT-SVD's left-to-right bounds)."""
-        k = self.kh * self.kw
-        if method == "svd":
-            return (max(1, min(ranks[0], self.cout, self.cin * k)),)
-        if method == "tucker2":
-            # HOOI's unfoldings: [C_in, r_out*k] and [C_out, r_in*k] bound each rank by the other
-            r_in = max(1, min(ranks[0], self.cin, self.cout * k))
-            r_out = max(1, min(ranks[1], self.cout, r_in * k))
-            return (min(r_in, r_out * k), r_out)
-        r1 = max(1, min(ranks[0], self.cin, k * self.cout))
-        r2 = max(1, min(ranks[1], r1 * self.kh, self.kw * self.cout))
-        return (r1, r2, max(1, min(ranks[2], r2 * self.kw, self.cout)))
+        """Clamp ``ranks`` to what the decomposition can deliver (e.g. TT-SVD's left-to-right bounds)."""
+        return factor_method(method).normalize(self, ranks)
 
     def resolve(self, method: str, spec: int | float) -> tuple[int, ...]:
         """Ranks for ``spec`` (int or fraction) on this shape, before the break-even rule."""
@@ -194,7 +146,7 @@ def _break_even(geom: LayerGeom, method: str) -> int:
     return best
 
 
-def _conv(cin: int, cout: int, kernel: tuple[int, int], src: nn.Conv2d, axes: str, bias: bool) -> nn.Conv2d:
+def conv_like(src: nn.Conv2d, cin: int, cout: int, kernel: tuple[int, int], axes: str, bias: bool) -> nn.Conv2d:
     """A conv inheriting ``src``'s stride/padding/dilation along ``axes`` ("hw", "h", "w" or "")."""
 
     def pick(v: tuple[int, ...], neutral: int) -> tuple[int, int]:
@@ -215,76 +167,37 @@ def _conv(cin: int, cout: int, kernel: tuple[int, int], src: nn.Conv2d, axes: st
 
 
 @torch.no_grad()
+def loaded(
+    mod: nn.Conv2d | nn.Linear, like: torch.Tensor, weight: torch.Tensor | np.ndarray, bias: torch.Tensor | None = None
+) -> nn.Module:
+    """``mod`` on ``like``'s dtype and device, holding ``weight`` (reshaped to its own) and ``bias``."""
+    t = torch.as_tensor(np.ascontiguousarray(weight)) if isinstance(weight, np.ndarray) else weight
+    mod.to(device=like.device, dtype=like.dtype)
+    mod.weight.copy_(t.reshape(mod.weight.shape))
+    if bias is not None and mod.bias is not None:
+        mod.bias.copy_(bias)
+    return mod
+
+
+@torch.no_grad()
 def factorize_layer(layer: nn.Module, method: str, ranks: tuple[int, ...]) -> nn.Sequential:
     """Replace ``layer`` (Conv2d with groups=1, or Linear) by its factorization at ``ranks``.
 
     No break-even rule here: this is the surgery. ``ranks`` are clamped by
     :meth:`LayerGeom.normalize` to what the decomposition can deliver.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method not in method_names():
+        raise ValueError(f"method must be one of {', '.join(method_names())}, got {method!r}")
     if not isinstance(layer, (nn.Conv2d, nn.Linear)):
         raise ValueError(f"only Conv2d and Linear layers can be factorized, got {type(layer).__name__}")
-    w = layer.weight.detach()
-    dtype, device = w.dtype, w.device
-    bias = layer.bias.detach() if layer.bias is not None else None
-    w64 = w.double().cpu()
+    if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+        raise ValueError("only Conv2d with groups=1 and Linear layers can be factorized")
+    w = layer.weight
     if isinstance(layer, nn.Linear):
         geom = LayerGeom("", "linear", w.shape[0], w.shape[1])
     else:
         geom = LayerGeom("", "conv", w.shape[0], w.shape[1], w.shape[2], w.shape[3])
-    ranks = geom.normalize(method, tuple(int(r) for r in ranks))
-
-    def put(mod: nn.Conv2d | nn.Linear, weight: torch.Tensor | np.ndarray, b: torch.Tensor | None = None) -> nn.Module:
-        t = torch.as_tensor(np.ascontiguousarray(weight)) if isinstance(weight, np.ndarray) else weight
-        mod.to(device=device, dtype=dtype)
-        mod.weight.copy_(t.reshape(mod.weight.shape))
-        if b is not None and mod.bias is not None:
-            mod.bias.copy_(b)
-        return mod
-
-    if isinstance(layer, nn.Linear):
-        if method != "svd":
-            raise ValueError(f"method {method!r} needs a convolution; Linear layers take 'svd'")
-        (r,) = ranks
-        u, s, vh = torch.linalg.svd(w64, full_matrices=False)
-        root = s[:r].sqrt()
-        first = put(nn.Linear(layer.in_features, r, bias=False), root[:, None] * vh[:r])
-        second = put(nn.Linear(r, layer.out_features, bias=bias is not None), u[:, :r] * root, bias)
-        return nn.Sequential(first, second)
-
-    if not isinstance(layer, nn.Conv2d) or layer.groups != 1:
-        raise ValueError("only Conv2d with groups=1 and Linear layers can be factorized")
-    cout, cin, kh, kw = w.shape
-    has_bias = bias is not None
-    if method == "svd":
-        (r,) = ranks
-        u, s, vh = torch.linalg.svd(w64.reshape(cout, -1), full_matrices=False)
-        root = s[:r].sqrt()
-        first = put(_conv(cin, r, (kh, kw), layer, "hw", False), root[:, None] * vh[:r])
-        second = put(_conv(r, cout, (1, 1), layer, "", has_bias), u[:, :r] * root, bias)
-        return nn.Sequential(first, second)
-
-    import tensorly as tl
-    from tensorly.decomposition import partial_tucker, tensor_train
-
-    tl.set_backend("numpy")
-    arr = w64.numpy()
-    if method == "tucker2":
-        r_in, r_out = ranks
-        (core, (u_out, u_in)), _ = partial_tucker(arr, rank=[r_out, r_in], modes=[0, 1], init="svd", n_iter_max=20)
-        return nn.Sequential(
-            put(_conv(cin, r_in, (1, 1), layer, "", False), u_in.T),
-            put(_conv(r_in, r_out, (kh, kw), layer, "hw", False), core),
-            put(_conv(r_out, cout, (1, 1), layer, "", has_bias), u_out, bias),
-        )
-    if kh * kw == 1:
-        raise ValueError("method 'tt' needs a kernel larger than 1x1; use 'svd' for 1x1 convolutions")
-    r1, r2, r3 = ranks
-    g1, g2, g3, g4 = tensor_train(arr.transpose(1, 2, 3, 0), rank=[1, r1, r2, r3, 1]).factors
-    return nn.Sequential(
-        put(_conv(cin, r1, (1, 1), layer, "", False), g1[0].T),  # [r1, cin]
-        put(_conv(r1, r2, (kh, 1), layer, "h", False), g2.transpose(2, 0, 1)),  # [r2, r1, kh]
-        put(_conv(r2, r3, (1, kw), layer, "w", False), g3.transpose(2, 0, 1)),  # [r3, r2, kw]
-        put(_conv(r3, cout, (1, 1), layer, "", has_bias), g4[:, :, 0].T, bias),  # [cout, r3]
-    )
+    if method not in geom.methods:
+        needs = "a convolution" if geom.kind == "linear" else "a kernel larger than 1x1"
+        raise ValueError(f"method {method!r} needs {needs}; this layer takes {', '.join(geom.methods)}")
+    return factor_method(method).factorize(layer, geom, geom.normalize(method, tuple(int(r) for r in ranks)))

@@ -1,110 +1,106 @@
-"""``Plan``: what to change in a model, as plain JSON-able data."""
+"""``Plan``: what to change in a model, as plain JSON-able data, one entry per registered dimension."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn
 
 from spaces._errors import InputTypeError, PlanError
 from spaces._vocab import Importance, Method
+from spaces.dimensions import dimensions, plan_keys
 
 __all__ = ["IMPORTANCES", "METHODS", "Plan"]
 
 IMPORTANCES = tuple(i.value for i in Importance)
 METHODS = tuple(m.value for m in Method)
 _FORMAT = 1
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
-def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType(dict(sorted(d.items())))
-
-
-def _check_rank(layer: str, rank: Any) -> int | float:
-    if isinstance(rank, bool) or not isinstance(rank, (int, float)):
-        raise InputTypeError(f"rank of layer {layer!r} must be an int or a fraction in (0, 1], got {rank!r}")
-    if isinstance(rank, int):
-        if rank < 1:
-            raise PlanError(f"rank of layer {layer!r} must be >= 1, got {rank}")
-        return rank
-    if not 0.0 < rank <= 1.0:
-        raise PlanError(f"rank fraction of layer {layer!r} must be in (0, 1], got {rank!r}")
-    return float(rank)
-
-
-@dataclass(frozen=True)
 class Plan:
-    """A compression plan.
+    """A compression plan: one entry per plan dimension, plus how channels are chosen.
 
-    ``prune`` maps a group id of a :class:`~spaces.ModelSpace` to the fraction of
-    its channels to remove, in ``[0, 1)``. Groups that are absent keep every
-    channel. ``rank`` maps a layer name to a rank (``int`` >= 1, at most the
-    layer's full rank, or a fraction in ``(0, 1]`` of the layer's full rank) and
-    ``method`` maps a layer to ``"svd"`` (the default), ``"tucker2"`` or
-    ``"tt"``; a layer is pruned first, then factorized (see
-    :mod:`spaces._lowrank`). Ranks mean what they say: fractions are resolved on
-    the pruned shape, and **a rank at or above the layer's break-even rank**
-    (:meth:`spaces.LayerGeom.max_useful_rank`) **keeps the layer dense** --
-    exactly the original layer, so ``1.0`` or the full rank never changes the
-    model; a rank below it is factorized at exactly that rank. ``importance``
-    and ``round_to`` say how channels are chosen and rounded; ``None`` means
-    "the space's default", and plans made by a space carry the space's values
-    so that they rebuild the same model anywhere.
+    The built-in dimensions (:mod:`spaces.dimensions`): ``prune`` maps a group
+    id of a :class:`~spaces.ModelSpace` to the fraction of its channels to
+    remove, in ``[0, 1)``; groups that are absent keep every channel. ``rank``
+    maps a layer name to a rank (``int`` >= 1, at most the layer's full rank,
+    or a fraction in ``(0, 1]`` of the layer's full rank) and ``method`` maps a
+    layer to ``"svd"`` (the default), ``"tucker2"`` or ``"tt"``; a layer is
+    pruned first, then factorized (see :mod:`spaces._lowrank`). Ranks mean what
+    they say: fractions are resolved on the pruned shape, and **a rank at or
+    above the layer's break-even rank** (:meth:`spaces.LayerGeom.max_useful_rank`)
+    **keeps the layer dense** -- exactly the original layer, so ``1.0`` or the
+    full rank never changes the model; a rank below it is factorized at exactly
+    that rank. A registered dimension's entries are keyword arguments too
+    (``Plan(prune={...}, bits={...})``) and attributes (``plan.bits``).
+
+    ``importance`` and ``round_to`` say how channels are chosen and rounded;
+    ``None`` means "the space's default", and plans made by a space carry the
+    space's values so that they rebuild the same model anywhere.
 
     The plan is immutable; its JSON form round-trips exactly and :attr:`hash` is
-    a stable identifier (SHA-256 of the canonical JSON, first 16 hex digits).
-    Checking the plan against a model (known ids, no empty group) is
-    :meth:`spaces.ModelSpace.validate`.
+    a stable identifier (SHA-256 of the canonical JSON, first 16 hex digits). A
+    dimension a plan does not use writes nothing, so registering a dimension
+    never changes the JSON or hash of an older plan. Checking the plan against a
+    model (known ids, no empty group) is :meth:`spaces.ModelSpace.validate`.
     """
 
-    prune: Mapping[str, float] = field(default_factory=dict)
-    importance: str | None = None
-    round_to: int | None = None
-    rank: Mapping[str, int | float] = field(default_factory=dict)
-    method: Mapping[str, str] = field(default_factory=dict)
+    __slots__ = ("_values", "importance", "round_to")
+    _values: dict[str, Mapping[str, Any]]
+    importance: str | None
+    round_to: int | None
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.prune, Mapping):
-            raise InputTypeError(f"Plan.prune must be a mapping of group id to ratio, got {type(self.prune).__name__}")
-        clean: dict[str, float] = {}
-        for gid, ratio in self.prune.items():
-            if not isinstance(gid, str):
-                raise InputTypeError(f"Plan.prune keys must be group ids (str), got {gid!r}")
-            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
-                raise InputTypeError(f"prune ratio of group {gid!r} must be a number, got {ratio!r}")
-            r = float(ratio)
-            if not (0.0 <= r < 1.0) or math.isnan(r):
-                raise PlanError(f"prune ratio of group {gid!r} must be in [0, 1), got {ratio!r}")
-            if r > 0.0:
-                clean[gid] = r
-        object.__setattr__(self, "prune", _frozen(clean))
-        if not isinstance(self.rank, Mapping) or not isinstance(self.method, Mapping):
-            raise InputTypeError("Plan.rank and Plan.method must be mappings keyed by layer name")
-        object.__setattr__(self, "rank", _frozen({str(k): _check_rank(k, v) for k, v in self.rank.items()}))
-        for layer, m in self.method.items():
-            if m not in METHODS:
-                raise PlanError(f"method of layer {layer!r} must be one of {', '.join(METHODS)}, got {m!r}")
-            if layer not in self.rank:
-                raise PlanError(f"layer {layer!r} has a method but no rank")
-        object.__setattr__(self, "method", _frozen({k: v for k, v in self.method.items() if v != "svd"}))
-        if self.importance is not None and self.importance not in IMPORTANCES:
-            raise PlanError(f"importance must be one of {', '.join(IMPORTANCES)}, got {self.importance!r}")
-        if self.round_to is not None and (
-            isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1
-        ):
-            raise PlanError(f"round_to must be an integer >= 1, got {self.round_to!r}")
+    def __init__(
+        self,
+        prune: Mapping[str, float] | None = None,
+        importance: str | None = None,
+        round_to: int | None = None,
+        rank: Mapping[str, int | float] | None = None,
+        method: Mapping[str, str] | None = None,
+        **entries: Mapping[str, Any] | None,
+    ) -> None:
+        raw = {"prune": prune, "rank": rank, "method": method, **entries}
+        known = {k for d in dimensions() for k in d.keys}
+        unknown = sorted(k for k, v in raw.items() if k not in known and v is not None)
+        if unknown:
+            raise PlanError(f"unknown plan key(s) {unknown}; known keys are {sorted(plan_keys())}")
+        values: dict[str, Mapping[str, Any]] = {}
+        for dim in dimensions():
+            mine: dict[str, Mapping[str, Any]] = {
+                k: dict(dim.check_mapping(k, raw.get(k), source="python")) for k in dim.keys
+            }
+            for key, value in dim.normalize(mine).items():
+                values[key] = MappingProxyType(dict(sorted(value.items())))
+        object.__setattr__(self, "_values", values)
+        object.__setattr__(self, "importance", _check_importance(importance))
+        object.__setattr__(self, "round_to", _check_round_to(round_to))
+
+    def __getattr__(self, name: str) -> Mapping[str, Any]:
+        """A dimension's entry by its JSON key (``plan.prune``, ``plan.rank``, ``plan.method``, ...)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        values = object.__getattribute__(self, "_values")
+        if name in values:
+            return values[name]
+        if any(name in d.keys for d in dimensions()):  # registered after this plan was made
+            return _EMPTY
+        raise AttributeError(f"'Plan' object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> NoReturn:
+        raise AttributeError(f"a Plan is immutable: cannot set {name!r}")
+
+    def entries(self, key: str) -> Mapping[str, Any]:
+        """The mapping of plan key ``key`` (empty when the plan does not use it)."""
+        return self._values.get(key, _EMPTY)
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"format": _FORMAT, "prune": dict(self.prune)}
-        if self.rank:
-            d["rank"] = dict(self.rank)
-        if self.method:
-            d["method"] = dict(self.method)
+        d: dict[str, Any] = {"format": _FORMAT}
+        for dim in dimensions():
+            d.update(dim.to_json({k: self.entries(k) for k in dim.keys}))
         if self.importance is not None:
             d["importance"] = self.importance
         if self.round_to is not None:
@@ -118,28 +114,21 @@ class Plan:
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
         if not isinstance(data, Mapping):
             raise InputTypeError(f"a plan must be a JSON object, got {type(data).__name__}")
-        known = {"format", "prune", "importance", "round_to", "rank", "method"}
-        unknown = sorted(set(data) - known)
+        known = plan_keys()
+        unknown = sorted(set(data) - set(known))
         if unknown:
             raise PlanError(f"unknown plan key(s) {unknown}; known keys are {sorted(known)}")
         fmt = data.get("format", _FORMAT)
         if fmt != _FORMAT:
             raise PlanError(f"plan format must be {_FORMAT}, got {fmt!r}")
-        maps = {}
-        for key, what in (("prune", "group id to ratio"), ("rank", "layer to rank"), ("method", "layer to method")):
-            value = data.get(key, {})
-            if not isinstance(value, Mapping):
-                raise InputTypeError(
-                    f"plan key {key!r} must be a JSON object mapping {what}, got {type(value).__name__} {value!r}"
-                )
-            maps[key] = dict(value)
-        return cls(
-            prune=maps["prune"],
-            importance=data.get("importance"),
-            round_to=data.get("round_to"),
-            rank=maps["rank"],
-            method=maps["method"],
-        )
+        entries: dict[str, Mapping[str, Any]] = {}
+        for dim in dimensions():
+            for key in dim.keys:
+                if key in data:
+                    if not isinstance(data[key], Mapping):
+                        dim.check_mapping(key, data[key], source="json")  # raises, naming the key
+                    entries[key] = dict(data[key])
+        return cls(importance=data.get("importance"), round_to=data.get("round_to"), **entries)
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
@@ -155,13 +144,36 @@ class Plan:
 
     @property
     def is_empty(self) -> bool:
-        return not self.prune and not self.rank
+        """True when no dimension changes anything (the original model)."""
+        return all(dim.is_empty({k: self.entries(k) for k in dim.keys}) for dim in dimensions())
 
-    def method_of(self, layer: str) -> str:
-        return self.method.get(layer, "svd")
+    def replace(self, **changes: Any) -> Plan:
+        """A copy with some entries (by plan key) or options replaced."""
+        current: dict[str, Any] = {k: dict(v) for k, v in self._values.items()}
+        current.update(importance=self.importance, round_to=self.round_to)
+        current.update(changes)
+        return Plan(**current)
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (Plan.from_json, (self.to_json(),))
 
     def __hash__(self) -> int:
         return hash(self.to_json())
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and self.to_json() == other.to_json()
+
+    def __repr__(self) -> str:
+        return f"Plan({self.to_json()})"
+
+
+def _check_importance(importance: Any) -> str | None:
+    if importance is not None and importance not in IMPORTANCES:
+        raise PlanError(f"importance must be one of {', '.join(IMPORTANCES)}, got {importance!r}")
+    return importance
+
+
+def _check_round_to(round_to: Any) -> int | None:
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise PlanError(f"round_to must be an integer >= 1, got {round_to!r}")
+    return round_to

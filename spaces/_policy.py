@@ -14,6 +14,7 @@ from spaces._budget import Budget
 from spaces._cost import Cost
 from spaces._errors import InfeasibleBudgetError, PlanError
 from spaces._plan import Plan
+from spaces.dimensions import dimensions
 
 if TYPE_CHECKING:
     from spaces._space import ModelSpace
@@ -36,11 +37,16 @@ def _fmt(cost: Cost, base: Cost) -> str:
 def fit(space: ModelSpace, plan: Plan, budget: Budget) -> Plan:
     """Move ``plan`` onto ``budget``.
 
-    Only the pruning moves; the plan's ranks (resolved on each pruned shape)
-    stay. The plan's kept-channel proportions are scaled by one factor ``s`` (bisection
-    on the analytic cost, which grows with ``s``) to the largest ``s`` that meets
-    every limit; then groups are grown one allowed step at a time, the most
-    shrunk (relative to the plan) first, while every limit still holds. The
+    Only the pruning moves (the dimension whose ``fit_rule`` is ``"moved"``);
+    every other dimension of :mod:`spaces.dimensions` is held: its entries stay
+    and are resolved on each pruned shape visited (the ranks, under the
+    break-even rule below). Each dimension may first hand ``fit`` a cheaper
+    variant of the plan to start from (:meth:`spaces.dimensions.Dimension.relax`;
+    the built-in ones keep the plan as it is). The plan's kept-channel
+    proportions are scaled by one factor ``s`` (bisection on the analytic
+    cost, which grows with ``s``) to the largest ``s`` that meets every limit;
+    then groups are grown one allowed step at a time, the most shrunk
+    (relative to the plan) first, while every limit still holds. The
     result meets every limit, and the tightest one is usually within 2 % of it
     (the channel granularity of small models may leave more). A plan already
     within budget is grown toward it, so the budget is used, not wasted.
@@ -54,6 +60,8 @@ def fit(space: ModelSpace, plan: Plan, budget: Budget) -> Plan:
     Raises :class:`InfeasibleBudgetError`, naming the smallest achievable cost,
     when even the smallest plan exceeds a limit.
     """
+    for dim in dimensions():
+        plan = dim.relax(space, plan)
     space.validate(plan)
     base = space.base_cost
     limits = budget.absolute(base)
@@ -61,7 +69,7 @@ def fit(space: ModelSpace, plan: Plan, budget: Budget) -> Plan:
     allowed = [space.allowed_keeps(g, rt) for g in space.groups]
 
     def cost_at(keep: np.ndarray) -> Cost:
-        return space.costs.cost_of_keep(keep, space.costs.resolve_ranks(plan, keep) if plan.rank else None)
+        return space.costs.cost_at(plan, keep)
 
     def ok(keep: np.ndarray) -> bool:
         c = cost_at(keep)

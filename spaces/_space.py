@@ -37,6 +37,7 @@ from spaces._policy import fit, uniform_plan
 from spaces._surgery import Surgery
 from spaces._trace import Group, resolve_ignored, trace
 from spaces._verify import verify as _verify
+from spaces.dimensions import dimension
 
 __all__ = ["ModelSpace"]
 
@@ -152,11 +153,12 @@ class ModelSpace:
         A layer whose rank is at or above its break-even rank stays dense (exactly
         the original layer) and is absent (see :meth:`spaces.LayerGeom.factor_ranks`).
         """
-        return self.costs.resolve_ranks(plan, self.keep_counts(plan))
+        keep = self.keep_counts(plan)
+        return dict(dimension("rank").resolve(self.costs, plan, keep) or {})
 
     def validate(self, plan: Plan) -> Plan:
         """Raise :class:`PlanError` if ``plan`` does not fit this space; return it."""
-        self.resolved_ranks(plan)
+        self.costs.resolve(plan, self.keep_counts(plan))
         return plan
 
     def cost(self, plan: Plan) -> Cost:
@@ -170,7 +172,7 @@ class ModelSpace:
         ``model``: another copy of the same architecture (e.g. with other
         weights) to apply the plan to instead; it is copied, not modified.
         """
-        return self._surgery.prune(copy.deepcopy(self.model if model is None else model), plan)
+        return self._surgery.apply(copy.deepcopy(self.model if model is None else model), plan)
 
     def masked_model(self, plan: Plan, *, model: nn.Module | None = None) -> nn.Module:
         """The base model (or a copy of ``model``) with the channels ``plan`` removes set to output zero.

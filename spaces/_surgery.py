@@ -1,13 +1,15 @@
 """Surgery: apply a plan to a copy of the traced model (mechanism only; choosing plans is policy).
 
-:meth:`Surgery.prune` keeps each group's most important channels (the first
-``keep`` of :meth:`ImportanceScores.order`) and removes, in one torch-pruning
-call per (layer, pruning function) pair, the union of the member indices every
-group asks of it — the pruned conv's outputs, the matching BatchNorm entries
-and the next layers' input channels alike. Factorized layers are then replaced
-by their factor chains (:func:`spaces.factorize_layer`) on their pruned shape;
-a layer whose rank is at or above its break-even rank is not in
-:meth:`CostModel.resolve_ranks` and stays exactly as it is.
+:meth:`Surgery.apply` applies each plan dimension (:mod:`spaces.dimensions`)
+in its order, each resolved on the channels the pruning keeps. Pruning comes
+first: :meth:`Surgery.remove_channels` keeps each group's most important
+channels (the first ``keep`` of :meth:`ImportanceScores.order`) and removes, in
+one torch-pruning call per (layer, pruning function) pair, the union of the
+member indices every group asks of it — the pruned conv's outputs, the
+matching BatchNorm entries and the next layers' input channels alike.
+Factorized layers are then replaced by their factor chains
+(:func:`spaces.factorize_layer`) on their pruned shape; a layer whose rank is
+at or above its break-even rank is not factorized and stays exactly as it is.
 :meth:`Surgery.mask` zeroes the same channels instead of removing them (the
 reference the self-check compares with).
 """
@@ -22,9 +24,9 @@ from torch import nn
 
 from spaces._costmodel import CostModel
 from spaces._importance import ImportanceScores
-from spaces._lowrank import factorize_layer
 from spaces._plan import Plan
 from spaces._trace import Item, Trace
+from spaces.dimensions import dimensions
 
 __all__ = ["Surgery"]
 
@@ -33,9 +35,9 @@ class Surgery:
     def __init__(self, trace: Trace, costs: CostModel, scores: ImportanceScores) -> None:
         self.trace, self.costs, self.scores = trace, costs, scores
 
-    def removals(self, plan: Plan, keep: np.ndarray) -> dict[tuple[str, Any], tuple[Item, np.ndarray]]:
-        """Per (member, pruning function): the member indices ``plan`` removes."""
-        orders = self.scores.order(plan.importance or self.costs.importance)
+    def removals(self, criterion: str, keep: np.ndarray) -> dict[tuple[str, Any], tuple[Item, np.ndarray]]:
+        """Per (member, pruning function): the member indices removed when groups keep ``keep`` by ``criterion``."""
+        orders = self.scores.order(criterion)
         todo: dict[tuple[str, Any], tuple[Item, np.ndarray]] = {}
         for group, items, order, k in zip(self.trace.groups, self.trace.items, orders, keep, strict=True):
             if k >= group.channels:
@@ -49,11 +51,18 @@ class Surgery:
                 todo[key] = (it, idx)
         return todo
 
-    def prune(self, model: nn.Module, plan: Plan) -> nn.Module:
-        """Apply ``plan`` in place to ``model`` (a copy of the traced model): prune, then factorize."""
+    def apply(self, model: nn.Module, plan: Plan) -> nn.Module:
+        """Apply ``plan`` in place to ``model`` (a copy of the traced model): each dimension in its order."""
         keep = self.costs.keep_counts(plan)
-        ranks = self.costs.resolve_ranks(plan, keep) if plan.rank else {}
-        for (name, handler), (it, idx) in self.removals(plan, keep).items():
+        for dim in dimensions():
+            part = dim.resolve(self.costs, plan, keep)
+            if part is not None:
+                dim.apply(self, model, part, keep)
+        return model
+
+    def remove_channels(self, model: nn.Module, pruning: tuple[str, np.ndarray]) -> None:
+        """Remove, in place, the channels each group does not keep (``pruning``: criterion, kept counts)."""
+        for (name, handler), (it, idx) in self.removals(*pruning).items():
             idx_list = sorted(int(i) for i in np.unique(idx))
             if it.is_param:
                 parent_name, _, attr = name.rpartition(".")
@@ -61,17 +70,12 @@ class Surgery:
                 setattr(parent, attr, handler(getattr(parent, attr), idx_list))
             else:
                 handler(model.get_submodule(name), idx_list)
-        for name, (method, r) in ranks.items():
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            setattr(parent, attr, factorize_layer(getattr(parent, attr), method, r))
-        return model
 
     @torch.no_grad()
     def mask(self, model: nn.Module, plan: Plan) -> nn.Module:
         """Zero, in place, the channels ``plan`` would remove from ``model`` (ranks are ignored)."""
         keep = self.costs.keep_counts(plan)
-        for (name, _), (it, idx) in self.removals(plan, keep).items():
+        for (name, _), (it, idx) in self.removals(plan.importance or self.costs.importance, keep).items():
             if not it.is_out or len(idx) == 0:
                 continue
             index = torch.as_tensor(idx, dtype=torch.long)

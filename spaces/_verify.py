@@ -77,7 +77,7 @@ class _Checker:
         inputs, vmodel, vbase = self.trace.example_inputs, self.vmodel, self.vbase
         try:
             with torch.no_grad():
-                out = self.surgery.prune(copy.deepcopy(vmodel), plan)(*inputs)
+                out = self.surgery.apply(copy.deepcopy(vmodel), plan)(*inputs)
         except Exception as exc:
             return f"the pruned model fails: {describe(exc)}"
         if not isinstance(out, torch.Tensor) or out.shape != vbase.shape:
@@ -88,7 +88,7 @@ class _Checker:
             sub = Plan({g: r for g, r in plan.prune.items() if g in masked_ids}, plan.importance, plan.round_to)
             with torch.no_grad():
                 if sub != plan:
-                    out = self.surgery.prune(copy.deepcopy(vmodel), sub)(*inputs)
+                    out = self.surgery.apply(copy.deepcopy(vmodel), sub)(*inputs)
                 ref = self.surgery.mask(copy.deepcopy(vmodel), sub)(*inputs)
             # float noise is relative to the outputs; a wrong mapping errs on the
             # scale of the pruning's own effect (masked minus base)
@@ -133,7 +133,7 @@ def verify(trace: Trace, costs: CostModel, scores: ImportanceScores, surgery: Su
         scores.clear()
         costs.rebuild()
         half = Plan({g.id: 0.5 for g in trace.groups if g.channels > 1})
-    got = sum(p.numel() for p in surgery.prune(copy.deepcopy(trace.model), half).parameters())
+    got = sum(p.numel() for p in surgery.apply(copy.deepcopy(trace.model), half).parameters())
     want = costs.cost(half).params
     if got != want:
         raise UnsupportedModelError(

@@ -46,7 +46,8 @@ class ReportExtras:
     """What only the model can tell, as data frames (built by ``search``, which may import torch).
 
     ``structure``: one row per plan and unit — columns ``plan`` (label), ``what``
-    (``"kept channels"`` per group or ``"rank"`` per factorizable layer), ``unit``,
+    (what a plan dimension keeps: ``"kept channels"`` per group, ``"rank"`` per
+    factorizable layer, ...; one panel each, in order of appearance), ``unit``,
     ``kept``, ``total``, ``fraction``. ``filters``: one row per output filter of
     the base model's pruned layers — ``layer``, ``filter``, ``l1``, ``pruned`` —
     for the front member ``filters_of``. ``reproducibility``: label -> value
@@ -154,9 +155,9 @@ def front_figure(df: pd.DataFrame, info: StudyRecord) -> go.Figure:
 
 
 def _structure_figure(structure: pd.DataFrame) -> go.Figure:
-    whats = [w for w in ("kept channels", "rank") if (structure["what"] == w).any()]
+    whats = list(dict.fromkeys(structure["what"]))  # one panel per plan dimension, in the dimensions' order
     titles = [f"{w} (fraction of the base model's)" for w in whats]
-    fig = make_subplots(rows=len(whats), cols=1, subplot_titles=titles, vertical_spacing=0.25)
+    fig = make_subplots(rows=len(whats), cols=1, subplot_titles=titles, vertical_spacing=0.5 / max(len(whats), 1))
     plans = list(dict.fromkeys(structure["plan"]))
     for row, what in enumerate(whats, start=1):
         part = structure[structure["what"] == what]

@@ -23,17 +23,27 @@ FORBIDDEN: dict[str, set[str]] = {
 }
 
 # the layers inside spaces/, lowest first: a module imports (at run time) only from layers below its own
+# (a sub-package's modules are named "package._module"; every __init__ may import its own package)
 SPACES_LAYERS = [
     {"_vocab", "_errors", "_lazy", "_interrupt"},
-    {"_plan", "_cost", "_tp_compat"},
+    {"_cost", "_tp_compat", "factorization._base"},
+    {"factorization.__init__", "factorization._registry", "dimensions._base"},
+    {"dimensions.__init__", "dimensions._registry"},
+    {"_plan"},
     {"_budget", "_lowrank"},
     {"_trace"},
     {"_costmodel", "_importance"},
     {"_surgery"},
     {"_verify", "_policy", "_allocate"},
+    {"dimensions._prune", "dimensions._rank", "factorization._svd", "factorization._tucker2", "factorization._tt"},
     {"_space"},
     {"__init__"},
 ]
+SPACES_SUBPACKAGES = ("dimensions", "factorization")
+
+# where a plan dimension or a factorization method may be named in code (its own modules, and the registries)
+DIMENSION_MODULES = ("spaces/dimensions/", "spaces/factorization/")
+DIMENSION_NAMES = {"prune", "rank", "method", "svd", "tucker2", "tt"}
 
 
 def _sources() -> list[Path]:
@@ -87,18 +97,72 @@ def test_packages_import_only_downward(package: str) -> None:
     assert not bad, "\n".join(bad)
 
 
+def _spaces_module(path: Path) -> str:
+    rel = path.relative_to(ROOT / "spaces")
+    return rel.stem if len(rel.parts) == 1 else f"{rel.parts[0]}.{rel.stem}"
+
+
+def _imported_spaces_module(module: str, layer_of: dict[str, int]) -> str | None:
+    """The SPACES_LAYERS name of an imported ``spaces.x[.y]`` (None: not a module of spaces)."""
+    parts = module.split(".")
+    if parts[0] != "spaces" or len(parts) < 2:
+        return None
+    if parts[1] in SPACES_SUBPACKAGES:
+        sub = f"{parts[1]}.{parts[2]}" if len(parts) > 2 else ""
+        return sub if sub in layer_of else f"{parts[1]}.__init__"
+    return parts[1] if parts[1] in layer_of else None
+
+
 def test_spaces_modules_import_only_lower_layers() -> None:
     layer_of = {name: i for i, names in enumerate(SPACES_LAYERS) for name in names}
-    files = sorted((ROOT / "spaces").glob("*.py"))
-    assert {p.stem for p in files} == set(layer_of), "a new spaces module needs its place in SPACES_LAYERS"
+    files = sorted((ROOT / "spaces").rglob("*.py"))
+    assert {_spaces_module(p) for p in files} == set(layer_of), "a new spaces module needs its place in SPACES_LAYERS"
     bad = []
     for path in files:
+        me = _spaces_module(path)
+        package = me.rpartition(".")[0]
         for line, module in _imports(path, runtime_only=True):
-            parts = module.split(".")
-            if parts[0] != "spaces" or len(parts) < 2 or parts[1] not in layer_of:
+            other = _imported_spaces_module(module, layer_of)
+            if other is None or (me.endswith("__init__") and (not package or other.startswith(package + "."))):
                 continue
-            if layer_of[parts[1]] >= layer_of[path.stem] and path.stem != "__init__":
-                bad.append(f"spaces/{path.name}:{line} imports {module} (same or higher layer)")
+            if layer_of[other] >= layer_of[me]:
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {module} (same or higher layer)")
+    assert not bad, "\n".join(bad)
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                out.add(id(first.value))
+    return out
+
+
+def _dimension_dispatch(path: Path) -> list[str]:
+    """``kind == "rank"``, ``method == "svd"``, ``"prune:..."`` keys: a dimension or method named outside its module."""
+    tree = ast.parse(path.read_text(), str(path))
+    docs = _docstrings(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            named = [c.value for c in (node.left, *node.comparators) if isinstance(c, ast.Constant)]
+            found += [f"{node.lineno}: compares with {v!r}" for v in named if v in DIMENSION_NAMES]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            if any(node.value.startswith(f"{k}:") for k in DIMENSION_NAMES):
+                found.append(f"{node.lineno}: builds the key {node.value!r}")
+    return found
+
+
+def test_no_dimension_or_method_is_dispatched_on_outside_its_module() -> None:
+    """Plan dimensions and factorization methods are iterated through their registries, never switched on."""
+    bad = []
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            rel = str(path.relative_to(ROOT))
+            if not rel.startswith(DIMENSION_MODULES):
+                bad += [f"{rel}:{what}" for what in _dimension_dispatch(path)]
     assert not bad, "\n".join(bad)
 
 

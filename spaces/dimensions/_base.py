@@ -1,0 +1,194 @@
+"""The contract of a plan dimension: one class says everything PruneTune needs to know about it.
+
+A *dimension* is one kind of change a :class:`~spaces.Plan` can ask for:
+channel pruning (``prune``), low-rank factorization (``rank`` with ``method``),
+and next per-layer bit widths. Every part of PruneTune that handles plans
+iterates over the registered dimensions (:mod:`spaces.dimensions._registry`)
+instead of naming them, so a new dimension is one module with one
+:class:`Dimension` subclass plus one :func:`~spaces.dimensions.register_dimension`
+line.
+
+What a dimension implements, and who calls it:
+
+* **Plan keys, validation and JSON** (:class:`~spaces.Plan`, torch-free):
+  :attr:`Dimension.key` and :attr:`Dimension.extra_keys` are the plan's JSON
+  keys it owns, :meth:`Dimension.normalize` validates their values (one-line
+  :class:`~spaces.PlanError` / :class:`~spaces.InputTypeError`) and returns
+  them canonical (defaults dropped), :meth:`Dimension.to_json` says which keys
+  are written. A plan that does not use a dimension writes none of its keys,
+  so adding a dimension never changes the JSON or the hash of an older plan.
+* **Resolution on the pruned shape** (:meth:`Dimension.resolve`): pruning is
+  the first dimension; what every later dimension asks for is resolved on the
+  shapes it leaves (``keep``: the channels each group keeps). ``None`` means
+  "nothing to do for this plan".
+* **Exact cost** (:meth:`Dimension.add_cost`): the cost model starts from the
+  dense model at the kept channels (its polynomial) and lets each dimension,
+  in :attr:`Dimension.order`, change the running :class:`CostState`.
+* **Surgery** (:meth:`Dimension.apply`): the same order, on a copy of the model.
+* **``fit``** (:attr:`Dimension.fit_rule`): ``fit`` moves the pruning onto a
+  budget; every other dimension is *held* (resolved again on each pruned shape
+  the search for the budget visits). A dimension may instead offer a cheaper
+  variant of the plan for ``fit`` to start from (:meth:`Dimension.relax`).
+* **The sampler** (:meth:`Dimension.params`, :meth:`Dimension.from_params`,
+  :meth:`Dimension.to_params`): its parameters, as torch- and Optuna-free
+  :class:`ParamSpec` s keyed by a unit (a group id, a layer name), and the
+  mapping between their values and the plan's entries. ``search`` names each
+  parameter ``"<key>:<unit>"`` and translates the specs to its sampler.
+* **The report** (:meth:`Dimension.structure_rows`): per unit, what a plan
+  keeps of it, as :class:`StructureRow` s (the report's structure panel).
+
+Methods are called on one shared instance per process: implementations keep
+no per-plan state. ``space`` arguments are :class:`~spaces.ModelSpace` s,
+``costs`` their :class:`~spaces.CostModel`, ``surgery`` their surgery; ``keep``
+is a numpy array of kept channels per group, in the space's group order.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from spaces._cost import Cost
+from spaces._errors import InputTypeError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
+
+    from spaces._costmodel import CostModel
+    from spaces._plan import Plan
+    from spaces._space import ModelSpace
+    from spaces._surgery import Surgery
+
+__all__ = ["CostState", "Dimension", "ParamSpec", "StructureRow"]
+
+Entries = dict[str, Mapping[str, Any]]  # plan JSON key -> its (canonical) mapping
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One sampler parameter: a float in ``[low, high]``, on a grid of ``step`` or log-uniform if ``log``."""
+
+    low: float
+    high: float
+    step: float | None = None
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class StructureRow:
+    """What a plan keeps of one unit (a group's channels, a layer's rank, ...): ``kept`` of ``total``."""
+
+    what: str  # the panel's label, e.g. "kept channels"
+    unit: str  # a group id or a layer name
+    kept: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return min(self.kept / self.total, 1.0) if self.total else 1.0
+
+
+@dataclass
+class CostState:
+    """A plan's cost while the dimensions add their terms (see :meth:`Dimension.add_cost`).
+
+    ``weights`` records, for each conv/linear layer an earlier dimension has
+    changed, its weight parameters now (a factorized layer's factor chain), so
+    that a later dimension (bits) costs the layer as it will be built.
+    """
+
+    macs: int
+    params: int
+    bytes: int
+    weights: dict[str, int] = field(default_factory=dict)
+
+    def cost(self) -> Cost:
+        return Cost(macs=self.macs, params=self.params, bytes=self.bytes)
+
+
+class Dimension(ABC):
+    """One kind of change a plan can ask for (see the module docs for the whole contract)."""
+
+    key: ClassVar[str]  # the plan's JSON key, and the dimension's name in the registry
+    extra_keys: ClassVar[tuple[str, ...]] = ()  # further JSON keys it owns (rank: "method")
+    describe: ClassVar[dict[str, str]] = {}  # key -> what its JSON object maps ("group id to ratio")
+    order: ClassVar[int]  # costing and surgery order: prune 0, rank 10, ...
+    always_written: ClassVar[bool] = False  # write ``key`` even when empty (prune: the plan's format)
+    fit_rule: ClassVar[str] = "held"  # "moved" (pruning) or "held": see the module docs
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.key, *self.extra_keys)
+
+    # ------------------------------------------------------------ plan JSON (torch-free)
+    @abstractmethod
+    def normalize(self, values: Entries) -> Entries:
+        """Validate the raw mappings of this dimension's keys (every key present, ``{}`` if absent).
+
+        Returns the canonical mappings (sorted by the plan, defaults dropped);
+        raises one-line :class:`~spaces.PlanError` / :class:`~spaces.InputTypeError`.
+        """
+
+    def check_mapping(self, key: str, value: Any, *, source: str) -> Mapping[str, Any]:
+        """``value`` if it is a mapping, else a one-line :class:`~spaces.InputTypeError` naming ``key``."""
+        if value is None and source == "python":  # an omitted keyword argument
+            return {}
+        if isinstance(value, Mapping):
+            return value
+        what = self.describe.get(key, "names to values")
+        if source == "json":
+            raise InputTypeError(
+                f"plan key {key!r} must be a JSON object mapping {what}, got {type(value).__name__} {value!r}"
+            )
+        raise InputTypeError(f"Plan.{key} must be a mapping of {what}, got {type(value).__name__}")
+
+    def to_json(self, values: Entries) -> dict[str, Any]:
+        """The JSON keys a plan writes for this dimension (only non-empty ones unless ``always_written``)."""
+        return {k: dict(v) for k, v in values.items() if v or (k == self.key and self.always_written)}
+
+    def is_empty(self, values: Entries) -> bool:
+        return not values.get(self.key)
+
+    # ------------------------------------------------------------ against a space
+    @abstractmethod
+    def resolve(self, costs: CostModel, plan: Plan, keep: np.ndarray) -> Any | None:
+        """This dimension's part of ``plan``, validated against the space and resolved on ``keep``; None: nothing."""
+
+    @abstractmethod
+    def add_cost(self, costs: CostModel, resolved: Any, keep: np.ndarray, state: CostState) -> None:
+        """Change ``state`` by what ``resolved`` does to the model (exactly what :meth:`apply` builds)."""
+
+    @abstractmethod
+    def apply(self, surgery: Surgery, model: nn.Module, resolved: Any, keep: np.ndarray) -> None:
+        """Change ``model`` (a copy of the traced model, earlier dimensions applied) in place."""
+
+    def relax(self, space: ModelSpace, plan: Plan) -> Plan:
+        """A plan for ``fit`` to start from when moving ``plan`` onto a budget; by default ``plan`` itself."""
+        return plan
+
+    # ------------------------------------------------------------ the sampler
+    def params(self, space: ModelSpace, options: Mapping[str, Any]) -> dict[str, ParamSpec]:
+        """The sampler's parameters of this dimension, keyed by unit (none by default).
+
+        ``options`` are the study's space options (``max_ratio``, ``rank``,
+        ``method``, ...); a dimension the study does not search returns ``{}``.
+        """
+        return {}
+
+    def from_params(self, space: ModelSpace, values: Mapping[str, float], options: Mapping[str, Any]) -> Entries:
+        """The plan entries for the sampled ``values`` (keyed by unit, as in :meth:`params`)."""
+        return {}
+
+    def to_params(
+        self, space: ModelSpace, plan: Plan, specs: Mapping[str, ParamSpec], options: Mapping[str, Any]
+    ) -> dict[str, float]:
+        """The values of ``specs`` closest to ``plan`` (to tell the sampler about a seed plan)."""
+        return {}
+
+    # ------------------------------------------------------------ the report
+    def structure_rows(self, space: ModelSpace, plan: Plan) -> list[StructureRow]:
+        """Per unit of the space, what ``plan`` keeps of it (none by default)."""
+        return []

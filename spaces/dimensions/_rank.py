@@ -1,0 +1,155 @@
+"""Low-rank factorization as a plan dimension: ``rank = {layer: rank}``, ``method = {layer: method}``.
+
+Ranks are resolved on each layer's pruned shape under the break-even rule
+(:meth:`spaces.LayerGeom.factor_ranks`: a rank at or above break-even keeps the
+layer dense); the cost replaces a factorized layer's dense term by its factor
+chain's; the surgery replaces the layer by the chain
+(:func:`spaces.factorize_layer`). ``fit`` holds the ranks. The sampler's
+parameter per layer is a fraction of its break-even rank on the grid 0.1, ...,
+1.0, where 1.0 means dense.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from spaces._errors import InputTypeError, PlanError
+from spaces._vocab import Method
+from spaces.dimensions._base import CostState, Dimension, Entries, ParamSpec, StructureRow
+from spaces.factorization import method_names
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
+
+    from spaces._costmodel import CostModel
+    from spaces._plan import Plan
+    from spaces._space import ModelSpace
+    from spaces._surgery import Surgery
+
+__all__ = ["RankDimension"]
+
+DEFAULT_METHOD = Method.SVD.value
+_RANK_STEP = 0.1  # the sampler's grid of fractions of the break-even rank
+
+
+def _check_rank(layer: str, rank: Any) -> int | float:
+    if isinstance(rank, bool) or not isinstance(rank, (int, float)):
+        raise InputTypeError(f"rank of layer {layer!r} must be an int or a fraction in (0, 1], got {rank!r}")
+    if isinstance(rank, int):
+        if rank < 1:
+            raise PlanError(f"rank of layer {layer!r} must be >= 1, got {rank}")
+        return rank
+    if not 0.0 < rank <= 1.0:
+        raise PlanError(f"rank fraction of layer {layer!r} must be in (0, 1], got {rank!r}")
+    return float(rank)
+
+
+def method_of(plan: Plan, layer: str) -> str:
+    """The factorization method ``plan`` gives ``layer`` (``"svd"`` unless it says otherwise)."""
+    return str(plan.entries("method").get(layer, DEFAULT_METHOD))
+
+
+def rank_layers(space: ModelSpace, method: str) -> dict[str, int]:
+    """Factorizable layers (for ``method``) with a break-even rank of at least 2, and that rank."""
+    out = {}
+    for g in space.layers:
+        if method in g.methods:
+            mur = g.max_useful_rank(method)
+            if mur >= 2:
+                out[g.name] = mur
+    return out
+
+
+class RankDimension(Dimension):
+    key = "rank"
+    extra_keys = ("method",)
+    describe: ClassVar[dict[str, str]] = {"rank": "layer to rank", "method": "layer to method"}
+    order = 10
+
+    def normalize(self, values: Entries) -> Entries:
+        methods = method_names()
+        rank = {str(k): _check_rank(k, v) for k, v in values["rank"].items()}
+        for layer, m in values["method"].items():
+            if m not in methods:
+                raise PlanError(f"method of layer {layer!r} must be one of {', '.join(methods)}, got {m!r}")
+            if layer not in rank:
+                raise PlanError(f"layer {layer!r} has a method but no rank")
+        return {"rank": rank, "method": {k: v for k, v in values["method"].items() if v != DEFAULT_METHOD}}
+
+    def resolve(self, costs: CostModel, plan: Plan, keep: np.ndarray) -> Any | None:
+        """Per factorized layer: ``(method, ranks)`` on its pruned shape; layers kept dense are absent.
+
+        The break-even rule (:meth:`spaces.LayerGeom.factor_ranks`): a layer whose
+        rank is at or above its (pruned) break-even rank stays dense.
+        """
+        out = {}
+        for name, spec in plan.rank.items():
+            method = method_of(plan, name)
+            costs.check_layer(name, method, spec)
+            ranks = costs.pruned_geom(name, keep).factor_ranks(method, spec)
+            if ranks is not None:
+                out[name] = (method, ranks)
+        return out or None
+
+    def add_cost(self, costs: CostModel, resolved: Any, keep: np.ndarray, state: CostState) -> None:
+        for name, (method, ranks) in resolved.items():
+            geom = costs.pruned_geom(name, keep)
+            dense_macs, dense_params = geom.dense_cost()
+            macs, params = geom.factor_cost(method, ranks)
+            state.macs += macs - dense_macs
+            state.params += params - dense_params
+            state.bytes += (params - dense_params) * costs.element_size(name)
+            state.weights[name] = params
+
+    def apply(self, surgery: Surgery, model: nn.Module, resolved: Any, keep: np.ndarray) -> None:
+        from spaces._lowrank import factorize_layer  # torch
+
+        for name, (method, ranks) in resolved.items():
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            setattr(parent, attr, factorize_layer(getattr(parent, attr), method, ranks))
+
+    # ------------------------------------------------------------ the sampler
+    def params(self, space: ModelSpace, options: Mapping[str, Any]) -> dict[str, ParamSpec]:
+        """With ``options["rank"]``: per layer, a fraction of its break-even rank (1.0: dense)."""
+        if not options.get("rank"):
+            return {}
+        method = str(options.get("method", DEFAULT_METHOD))
+        return {name: ParamSpec(_RANK_STEP, 1.0, step=_RANK_STEP) for name in rank_layers(space, method)}
+
+    def from_params(self, space: ModelSpace, values: Mapping[str, float], options: Mapping[str, Any]) -> Entries:
+        method = str(options.get("method", DEFAULT_METHOD))
+        mur = rank_layers(space, method) if values else {}
+        ranks = {}
+        for name, value in values.items():
+            if value < 1.0 - 1e-9:  # below 1: factorized (break-even or more would be dense)
+                ranks[name] = min(mur[name] - 1, max(1, round(float(value) * mur[name])))
+        return {"rank": ranks, "method": dict.fromkeys(ranks, method)}
+
+    def to_params(
+        self, space: ModelSpace, plan: Plan, specs: Mapping[str, ParamSpec], options: Mapping[str, Any]
+    ) -> dict[str, float]:
+        method = str(options.get("method", DEFAULT_METHOD))
+        mur = rank_layers(space, method)
+        out = {}
+        for name in specs:
+            spec = plan.rank.get(name)
+            if spec is None or method_of(plan, name) != method:
+                out[name] = 1.0
+                continue
+            full = max(space.layer(name).full_ranks(method))
+            r = spec if isinstance(spec, int) else max(1, round(spec * full))
+            frac = round(min(1.0, r / mur[name]) / _RANK_STEP) * _RANK_STEP
+            out[name] = min(1.0 - _RANK_STEP, max(_RANK_STEP, round(frac, 10)))  # factorized: below 1.0 (dense)
+        return out
+
+    # ------------------------------------------------------------ the report
+    def structure_rows(self, space: ModelSpace, plan: Plan) -> list[StructureRow]:
+        ranks = space.resolved_ranks(plan)
+        rows = []
+        for geom in space.layers:
+            method, kept = ranks.get(geom.name, (DEFAULT_METHOD, geom.full_ranks(DEFAULT_METHOD)))
+            rows.append(StructureRow("rank", geom.name, int(sum(kept)), int(sum(geom.full_ranks(method)))))
+        return rows

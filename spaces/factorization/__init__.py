@@ -1,0 +1,8 @@
+"""Low-rank factorization methods: the contract (:class:`FactorMethod`) and its registry (torch-free)."""
+
+from __future__ import annotations
+
+from spaces.factorization._base import FactorMethod
+from spaces.factorization._registry import factor_method, method_names, register_method
+
+__all__ = ["FactorMethod", "factor_method", "method_names", "register_method"]
