@@ -157,7 +157,9 @@ def front_figure(df: pd.DataFrame, info: StudyRecord) -> go.Figure:
 def _structure_figure(structure: pd.DataFrame) -> go.Figure:
     whats = list(dict.fromkeys(structure["what"]))  # one panel per plan dimension, in the dimensions' order
     titles = [f"{w} (fraction of the base model's)" for w in whats]
-    fig = make_subplots(rows=len(whats), cols=1, subplot_titles=titles, vertical_spacing=0.5 / max(len(whats), 1))
+    fig = make_subplots(
+        rows=len(whats), cols=1, subplot_titles=titles, vertical_spacing=min(0.25, 0.5 / max(len(whats), 1))
+    )
     plans = list(dict.fromkeys(structure["plan"]))
     for row, what in enumerate(whats, start=1):
         part = structure[structure["what"] == what]
