@@ -270,7 +270,9 @@ class Search:
             for level in levels:
                 budget = p.budget.scaled(level)
                 if kind == "allocator":
-                    allocation = p.space.allocate(budget, prune=True, rank=self.cfg.space.rank)
+                    allocation = p.space.allocate(
+                        budget, prune=True, rank=self.cfg.space.rank, method=self.cfg.space.method
+                    )
                     kind_at = "allocator" if level == 1.0 else "allocator-floor"
                     out.append((kind_at, p.space.fit(allocation.plan, budget), level))
                 else:

@@ -1,6 +1,9 @@
 """The COBLA-style allocator: which channels and singular values to keep under a budget.
 
-Formulation (a 0-1 integer program, solved with ``scipy.optimize.milp``/HiGHS):
+Formulation (a 0-1 integer program, solved with ``scipy.optimize.milp``/HiGHS).
+Each plan dimension brings its own variables (:meth:`spaces.dimensions.Dimension.allocator_blocks`:
+ordered chains of steps, optionally with an exclusive alternative); the
+program below is what the two built-in dimensions bring:
 
 * **Channel blocks.** Each group's channels, sorted by importance (the space's
   criterion, on the original weights), are cut into at most ``blocks`` blocks
@@ -9,9 +12,11 @@ Formulation (a 0-1 integer program, solved with ``scipy.optimize.milp``/HiGHS):
   block (the smallest allowed count) is always kept. Value of a block: its
   share of the group's total importance, so every group is worth 1 when whole.
 * **Singular values.** Each factorizable layer either stays dense (``d[l] = 1``,
-  value 1) or is factorized by SVD with rank ``R[l, b]`` when its first ``b``
+  value 1) or is factorized by the study's method (SVD by default; any method
+  of :mod:`spaces.factorization`) with rank ``R[l, b]`` when its first ``b``
   rank blocks are kept (``x[l, b]``, in order, ``x[l, 1] + d[l] = 1``). Value of
-  a rank block: its share of the layer's squared singular values (energy).
+  a rank block: its share of the layer's squared singular values (energy; for
+  ``tucker2``/``tt`` the same SVD energy of the reshaped kernel, a proxy).
   Ranks go up to one below the layer's break-even rank (a rank at or above
   it keeps the layer dense: :meth:`spaces.LayerGeom.factor_ranks`), so
   factorizing always saves and every rank is costed as the plan applies it.
@@ -46,17 +51,20 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from spaces._budget import Budget
 from spaces._plan import Plan
+from spaces.dimensions import AllocPoint, Block, Dimension, dimensions
 
 if TYPE_CHECKING:
     from spaces._space import ModelSpace
 
-__all__ = ["Allocation", "AllocatorFallbackWarning", "allocate"]
+__all__ = ["Allocation", "AllocatorFallbackWarning", "allocate", "chain_levels"]
+
+_TIGHTEN = 6  # extra rounds allowed for tightening violated limits
 
 
 class AllocatorFallbackWarning(UserWarning):
@@ -75,9 +83,35 @@ class Allocation:
     messages: list[str] = field(default_factory=list)
 
 
+def chain_levels(allowed: np.ndarray, blocks: int) -> np.ndarray:
+    """At most ``blocks + 1`` of the ``allowed`` values (ascending), evenly spread, both ends included."""
+    idx = np.unique(np.linspace(0, len(allowed) - 1, min(blocks, len(allowed) - 1) + 1).round().astype(int))
+    return allowed[idx]
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Where one block's variables sit in the program: its alternative (if any) and its chain."""
+
+    alt: int | None
+    first: int
+    end: int
+    forced: bool
+
+    def vector(self, x: np.ndarray, state: int) -> None:
+        """Set ``x`` for ``state``: -1 takes the alternative, k >= 0 the first k chain steps."""
+        if state < 0 and self.alt is not None:
+            x[self.alt] = 1.0
+        else:
+            x[self.first : self.first + state] = 1.0
+
+    def choice(self, x: np.ndarray) -> tuple[bool, int]:
+        return self.alt is not None and x[self.alt] > 0.5, round(float(x[self.first : self.end].sum()))
+
+
 @dataclass
 class _Program:
-    """The linear model around one plan."""
+    """The linear model around one point."""
 
     values: np.ndarray  # per variable
     costs: np.ndarray  # [metric, variable]
@@ -108,154 +142,90 @@ def _quiet_stdout() -> Iterator[None]:
         os.close(saved)
 
 
-_TIGHTEN = 6  # extra rounds allowed for tightening violated limits
-
-
-def _levels(allowed: np.ndarray, blocks: int) -> np.ndarray:
-    idx = np.unique(np.linspace(0, len(allowed) - 1, min(blocks, len(allowed) - 1) + 1).round().astype(int))
-    return allowed[idx]
+def _program(blocks: list[Block], at: np.ndarray) -> tuple[_Program, list[_Span]]:
+    """The 0-1 program of ``blocks`` around a point whose exact cost is ``at``."""
+    values: list[float] = []
+    costs: list[np.ndarray] = []
+    lb: list[float] = []
+    order: list[tuple[int, int]] = []
+    onehot: list[tuple[int, int]] = []
+    spans: list[_Span] = []
+    const, const_value = at.copy(), 0.0
+    for b in blocks:
+        if b.base_cost is not None:
+            const += b.base_cost
+        const_value += b.base_value
+        alt = None
+        if b.alternative is not None:
+            alt = len(values)
+            values.append(b.alternative[0])
+            costs.append(b.alternative[1])
+            lb.append(1.0 if b.forced else 0.0)
+        first = len(values)
+        for i, (v, c) in enumerate(zip(b.values, b.costs, strict=True)):
+            values.append(v)
+            costs.append(c)
+            lb.append(0.0)
+            if i > 0:
+                order.append((len(values) - 1, len(values) - 2))
+            elif alt is not None:
+                onehot.append((alt, first))
+        spans.append(_Span(alt, first, len(values), b.forced))
+    prog = _Program(
+        values=np.array(values),
+        costs=np.array(costs).T.reshape(len(at), -1),
+        const=const,
+        const_value=const_value,
+        lb=np.array(lb),
+        ub=np.ones(len(values)),
+        order=order,
+        onehot=onehot,
+    )
+    return prog, spans
 
 
 class _Allocator:
-    def __init__(self, space: ModelSpace, budget: Budget, prune: bool, rank: bool, blocks: int) -> None:
+    """The program's dimensions and budget, the solvers, and the decoding of a solution."""
+
+    def __init__(self, space: ModelSpace, budget: Budget, prune: bool, rank: bool, blocks: int, **options: Any) -> None:
         self.space = space
         self.limits = budget.absolute(space.base_cost)
-        self.metrics = list(self.limits)
-        self.prune, self.rank = prune, rank
-        groups = space.groups
-        self.channels = np.array([g.channels for g in groups], dtype=np.int64)
-        orders = space.scores.order(space.importance)
-        self.levels: list[np.ndarray] = []
-        self.level_value: list[np.ndarray] = []
-        for i, (g, order) in enumerate(zip(groups, orders, strict=True)):
-            scores = space.scores.of(i, space.importance)[order]
-            cum = np.concatenate([[0.0], np.cumsum(scores)])
-            lv = _levels(space.allowed_keeps(g), blocks) if prune else np.array([g.channels])
-            self.levels.append(lv)
-            # a group is worth one unit per layer whose outputs it prunes ("normalised per layer")
-            weight = max(1, len(g.outputs))
-            share = cum[lv] / cum[-1] if cum[-1] > 0 else lv / g.channels
-            self.level_value.append(weight * share)
-        self.layers = [layer.name for layer in space.layers] if rank else []
+        self.metrics = tuple(self.limits)
+        self.options = {"prune": prune, "rank": rank, "blocks": blocks, "method": "svd", **options}
+        self.channels = np.array([g.channels for g in space.groups], dtype=np.int64)
+        self.cache: dict[str, Any] = {}
         self.last_status = "not run"
-        self.energy = {name: space.energy(name) for name in self.layers}
+        self.owners: list[tuple[Dimension, int]] = []  # per program: each dimension and its number of blocks
 
-    # ---------------------------------------------------------------- model
-    def program(self, keep: np.ndarray, factors: dict[str, tuple[str, tuple[int, ...]]]) -> tuple[_Program, list]:
-        space, metrics = self.space, self.metrics
-        values: list[float] = []
-        costs: list[np.ndarray] = []
-        lb: list[float] = []
-        ub: list[float] = []
-        order: list[tuple[int, int]] = []
-        onehot: list[tuple[int, int]] = []
-        layout: list = []
-        const_value = 0.0
+    def start(self) -> AllocPoint:
+        """The unpruned, dense point."""
+        return AllocPoint(self.channels.copy(), {}, self.metrics, self.options, self.cache)
 
-        def vec(c: object) -> np.ndarray:
-            return np.array([getattr(c, m) for m in metrics], dtype=np.float64)
+    def program(self, point: AllocPoint) -> tuple[_Program, list[_Span]]:
+        """Every dimension's blocks around ``point``, as one program."""
+        blocks: list[Block] = []
+        self.owners = []
+        for dim in dimensions():
+            mine = dim.allocator_blocks(self.space, point)
+            self.owners.append((dim, len(mine)))
+            blocks += mine
+        at = point.vector(self.space.costs.cost_resolved(point.keep, point.resolved))
+        return _program(blocks, at)
 
-        at = vec(space.costs.cost_of_keep(keep, factors))
-        const = at.copy()
-        # pruning: one-channel finite differences of the exact cost
-        for g, lv in enumerate(self.levels):
-            step = np.zeros_like(keep)
-            if keep[g] > 1:
-                step[g] = 1
-                grad = at - vec(space.costs.cost_of_keep(keep - step, factors))
-            elif keep[g] < self.channels[g]:
-                step[g] = 1
-                grad = vec(space.costs.cost_of_keep(keep + step, factors)) - at
-            else:
-                grad = np.zeros(len(metrics))
-            const -= grad * keep[g]
-            const += grad * lv[0]
-            vals = self.level_value[g]
-            first = len(values)
-            for b in range(1, len(lv)):
-                values.append(vals[b] - vals[b - 1])
-                costs.append(grad * (lv[b] - lv[b - 1]))
-                lb.append(0.0)
-                ub.append(1.0)
-                if b > 1:
-                    order.append((len(values) - 1, len(values) - 2))
-            layout.append(("group", g, first, len(values)))
-            const_value += vals[0]
-        # ranks: dense or factorized, costs at the current pruned shape
-        for name in self.layers:
-            geom = space.costs.pruned_geom(name, keep)
-            r_max = geom.max_useful_rank("svd") - 1  # at break-even the layer stays dense
-            dm, dp = geom.dense_cost()
-            byte = space.costs.element_size(name)
-            dense = np.array([{"macs": dm, "params": dp, "bytes": dp * byte}[m] for m in metrics], dtype=np.float64)
-            um, up = geom.factor_cost("svd", (1,))
-            unit = np.array([{"macs": um, "params": up, "bytes": up * byte}[m] for m in metrics], dtype=np.float64)
-            if name in factors:
-                const -= unit * factors[name][1][0]
-            else:
-                const -= dense
-            d_idx = len(values)
-            values.append(1.0)
-            costs.append(dense)
-            lb.append(0.0)
-            ub.append(1.0)
-            if r_max < 1:
-                lb[d_idx] = 1.0
-                layout.append(("layer", name, d_idx, d_idx + 1, np.array([0])))
-                continue
-            ranks = _levels(np.arange(1, r_max + 1), 16)
-            energy = self.energy[name]
-            e = energy[np.minimum(ranks, len(energy)) - 1]
-            prev_r, prev_e = 0, 0.0
-            for b, (r, en) in enumerate(zip(ranks, e, strict=True)):
-                values.append(float(en - prev_e))
-                costs.append(unit * (r - prev_r))
-                lb.append(0.0)
-                ub.append(1.0)
-                if b == 0:
-                    onehot.append((d_idx, len(values) - 1))
-                else:
-                    order.append((len(values) - 1, len(values) - 2))
-                prev_r, prev_e = r, en
-            layout.append(("layer", name, d_idx, len(values), ranks))
-        prog = _Program(
-            values=np.array(values),
-            costs=np.array(costs).T.reshape(len(metrics), -1),
-            const=const,
-            const_value=const_value,
-            lb=np.array(lb),
-            ub=np.array(ub),
-            order=order,
-            onehot=onehot,
-        )
-        return prog, layout
+    def decode(self, x: np.ndarray, spans: list[_Span]) -> AllocPoint:
+        """The point the solution ``x`` of the last :meth:`program` stands for."""
+        point = self.start()
+        start = 0
+        for dim, n in self.owners:
+            dim.allocator_decode(self.space, point, [s.choice(x) for s in spans[start : start + n]])
+            start += n
+        return point
 
-    def decode(self, x: np.ndarray, layout: list) -> tuple[np.ndarray, dict[str, tuple[str, tuple[int, ...]]]]:
-        keep = self.channels.copy()
-        factors: dict[str, tuple[str, tuple[int, ...]]] = {}
-        for entry in layout:
-            if entry[0] == "group":
-                _, g, a, b = entry
-                kept = round(float(x[a:b].sum()))
-                keep[g] = self.levels[g][kept]
-            else:
-                _, name, d_idx, end, ranks = entry
-                if x[d_idx] > 0.5:
-                    continue
-                kept = round(float(x[d_idx + 1 : end].sum()))
-                factors[name] = ("svd", (int(ranks[max(kept, 1) - 1]),))
-        return keep, factors
-
-    def applied(
-        self, keep: np.ndarray, factors: dict[str, tuple[str, tuple[int, ...]]]
-    ) -> dict[str, tuple[str, tuple[int, ...]]]:
-        """``factors`` as a plan applies them at ``keep``: a rank at or above break-even leaves the layer dense."""
-        out = {}
-        for name, (method, (r,)) in factors.items():
-            ranks = self.space.costs.pruned_geom(name, keep).factor_ranks(method, r)
-            if ranks is not None:
-                out[name] = (method, ranks)
-        return out
+    def plan(self, point: AllocPoint) -> Plan:
+        entries: dict[str, Any] = {}
+        for dim in dimensions():
+            entries.update(dim.allocator_entries(self.space, point))
+        return Plan(importance=self.space.importance, round_to=self.space.round_to, **entries)
 
     # ---------------------------------------------------------------- solvers
     def solve_milp(self, prog: _Program, limits: np.ndarray, time_limit: float) -> np.ndarray | None:
@@ -291,42 +261,35 @@ class _Allocator:
             return None
         return np.round(res.x)
 
-    def solve_greedy(self, prog: _Program, layout: list, limits: np.ndarray) -> np.ndarray:
-        """Lagrangian greedy: from everything kept and dense, repeatedly make the move that loses
-        the least value per unit of (overshoot-weighted) cost saved, until the linear model fits."""
-        # state per entry: groups -> kept blocks; layers -> -1 dense, else kept rank blocks
-        state = [e[3] - e[2] if e[0] == "group" else -1 for e in layout]
+    def solve_greedy(self, prog: _Program, spans: list[_Span], limits: np.ndarray) -> np.ndarray:
+        """Lagrangian greedy: from everything kept (and every alternative taken), repeatedly make the move
+        that loses the least value per unit of (overshoot-weighted) cost saved, until the linear model fits.
+
+        A block's state: -1 (its alternative), else the chain steps kept; a move takes one step back, or
+        leaves the alternative for the whole chain."""
+        state = [-1 if s.alt is not None else s.end - s.first for s in spans]
 
         def vector(st: list[int]) -> np.ndarray:
             x = np.zeros(len(prog.values))
-            for e, k in zip(layout, st, strict=True):
-                if e[0] == "group":
-                    x[e[2] : e[2] + k] = 1.0
-                elif k < 0:
-                    x[e[2]] = 1.0
-                else:
-                    x[e[2] + 1 : e[2] + 1 + k] = 1.0
+            for span, k in zip(spans, st, strict=True):
+                span.vector(x, k)
             return x
 
+        def move(span: _Span, k: int) -> int | None:
+            if k < 0:
+                return None if span.forced or span.end == span.first else span.end - span.first
+            return k - 1 if k > (1 if span.alt is not None else 0) else None
+
         x = vector(state)
-        for _ in range(sum(e[3] - e[2] + 1 for e in layout) + 1):
+        for _ in range(sum(s.end - (s.first if s.alt is None else s.alt) + 1 for s in spans) + 1):
             over = (prog.costs @ x + prog.const - limits) / np.maximum(limits, 1.0)
             if (over <= 0).all():
                 break
             lam = np.maximum(over, 0.0)
             best: tuple[float, list[int], np.ndarray] | None = None
-            for i, (e, k) in enumerate(zip(layout, state, strict=True)):
-                if e[0] == "group":
-                    if k == 0:
-                        continue
-                    nk = k - 1
-                elif k < 0:
-                    if e[3] - e[2] <= 1 or prog.lb[e[2]] > 0.5:
-                        continue
-                    nk = e[3] - e[2] - 1  # dense -> factorized at the largest rank
-                elif k > 1:
-                    nk = k - 1
-                else:
+            for i, (span, k) in enumerate(zip(spans, state, strict=True)):
+                nk = move(span, k)
+                if nk is None:
                     continue
                 trial = state.copy()
                 trial[i] = nk
@@ -352,24 +315,26 @@ def allocate(
     time_limit: float = 10.0,
     rounds: int = 4,
     blocks: int = 16,
+    method: str = "svd",
+    **more: bool,
 ) -> Allocation:
-    """Solve the allocation program (see the module docs); returns the plan and how it went."""
-    if not (prune or rank):
+    """Solve the allocation program (see the module docs); returns the plan and how it went.
+
+    ``method``: the factorization method of the rank variables; ``more``: other
+    registered dimensions to include by key (``bits=True``).
+    """
+    if not (prune or rank or any(more.values())):
         raise ValueError("allocate needs prune=True, rank=True or both")
     if not isinstance(budget, Budget):
         raise TypeError(f"budget must be a spaces.Budget, got {type(budget).__name__}")
     t0 = time.perf_counter()
-    alloc = _Allocator(space, budget, prune, rank, blocks)
+    alloc = _Allocator(space, budget, prune, rank, blocks, method=method, **more)
     limits = np.array([alloc.limits[m] for m in alloc.metrics], dtype=np.float64)
     target = limits.copy()
-    keep = alloc.channels.copy()
-    factors: dict[str, tuple[str, tuple[int, ...]]] = {}
-    solver = "milp"
-    messages: list[str] = []
-    value = 0.0
-    n_rounds = 0
+    point = alloc.start()
+    solver, messages, value, n_rounds = "milp", [], 0.0, 0
     for n_rounds in range(1, rounds + _TIGHTEN + 1):
-        prog, layout = alloc.program(keep, factors)
+        prog, spans = alloc.program(point)
         x = None
         if solver == "milp":
             left = time_limit - (time.perf_counter() - t0)
@@ -383,35 +348,18 @@ def allocate(
                     stacklevel=2,
                 )
         if x is None:
-            x = alloc.solve_greedy(prog, layout, target)
-        new_keep, new_factors = alloc.decode(x, layout)
-        new_factors = alloc.applied(new_keep, new_factors)
+            x = alloc.solve_greedy(prog, spans, target)
+        new = alloc.decode(x, spans)
         value = float(prog.values @ x) + prog.const_value
-        exact = space.costs.cost_of_keep(new_keep, new_factors)
-        used = np.array([getattr(exact, m) for m in alloc.metrics], dtype=np.float64)
-        converged = np.array_equal(new_keep, keep) and new_factors == factors
-        keep, factors = new_keep, new_factors
+        used = new.vector(space.costs.cost_resolved(new.keep, new.resolved))
+        converged = np.array_equal(new.keep, point.keep) and new.resolved == point.resolved
+        point = new
         feasible = bool((used <= limits).all())
-        if feasible and (converged or n_rounds >= rounds):
-            break
-        if not feasible and (converged or n_rounds >= rounds):
+        if converged or n_rounds >= rounds:
+            if feasible:
+                break
             # the linear model was optimistic here: tighten the violated limits by the exact overshoot
             target = np.where(used > limits, target * limits / used * 0.999, target)
             messages.append(f"round {n_rounds}: tightened {', '.join(np.array(alloc.metrics)[used > limits])}")
-    plan = Plan(
-        prune={
-            g.id: (g.channels - int(k)) / g.channels for g, k in zip(space.groups, keep, strict=True) if k < g.channels
-        },
-        importance=space.importance,
-        round_to=space.round_to,
-        rank={name: r[1][0] for name, r in factors.items()},
-    )
-    plan = space.fit(plan, budget)  # grows a feasible plan to the budget; repairs a rare overshoot
-    return Allocation(
-        plan=plan,
-        solver=solver,
-        seconds=time.perf_counter() - t0,
-        rounds=n_rounds,
-        value=value,
-        messages=messages,
-    )
+    plan = space.fit(alloc.plan(point), budget)  # grows a feasible plan to the budget; repairs a rare overshoot
+    return Allocation(plan, solver, time.perf_counter() - t0, n_rounds, value, messages)

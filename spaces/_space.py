@@ -196,10 +196,17 @@ class ModelSpace:
         return fit(self, plan, budget)
 
     def allocate(
-        self, budget: Budget, *, prune: bool = True, rank: bool = True, time_limit: float = 10.0
+        self,
+        budget: Budget,
+        *,
+        prune: bool = True,
+        rank: bool = True,
+        time_limit: float = 10.0,
+        method: str = "svd",
+        **more: bool,
     ) -> Allocation:
         """The COBLA-style allocator's result (see :func:`spaces.allocate`); its plan is ``.plan``."""
-        return allocate(self, budget, prune=prune, rank=rank, time_limit=time_limit)
+        return allocate(self, budget, prune=prune, rank=rank, time_limit=time_limit, method=method, **more)
 
     def __repr__(self) -> str:
         return (

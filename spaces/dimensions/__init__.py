@@ -8,7 +8,7 @@ Channel pruning (``prune``) and low-rank factorization (``rank`` with
 
 from __future__ import annotations
 
-from spaces.dimensions._base import CostState, Dimension, ParamSpec, StructureRow
+from spaces.dimensions._base import AllocPoint, Block, CostState, Dimension, ParamSpec, StructureRow
 from spaces.dimensions._registry import (
     dimension,
     dimensions,
@@ -18,6 +18,8 @@ from spaces.dimensions._registry import (
 )
 
 __all__ = [
+    "AllocPoint",
+    "Block",
     "CostState",
     "Dimension",
     "ParamSpec",

@@ -34,6 +34,12 @@ What a dimension implements, and who calls it:
   :class:`ParamSpec` s keyed by a unit (a group id, a layer name), and the
   mapping between their values and the plan's entries. ``search`` names each
   parameter ``"<key>:<unit>"`` and translates the specs to its sampler.
+* **The allocator** (:meth:`Dimension.allocator_blocks`,
+  :meth:`Dimension.allocator_decode`, :meth:`Dimension.allocator_entries`):
+  the dimension's binary variables in the COBLA-style 0-1 program
+  (:mod:`spaces._allocate`), as :class:`Block` s linearised around the current
+  :class:`AllocPoint`, what the solver's choices mean, and the plan entries of
+  the final point. A dimension without them takes no part in the program.
 * **The report** (:meth:`Dimension.structure_rows`): per unit, what a plan
   keeps of it, as :class:`StructureRow` s (the report's structure panel).
 
@@ -62,7 +68,7 @@ if TYPE_CHECKING:
     from spaces._space import ModelSpace
     from spaces._surgery import Surgery
 
-__all__ = ["CostState", "Dimension", "ParamSpec", "StructureRow"]
+__all__ = ["AllocPoint", "Block", "CostState", "Dimension", "ParamSpec", "StructureRow"]
 
 Entries = dict[str, Mapping[str, Any]]  # plan JSON key -> its (canonical) mapping
 
@@ -107,6 +113,53 @@ class CostState:
 
     def cost(self) -> Cost:
         return Cost(macs=self.macs, params=self.params, bytes=self.bytes)
+
+
+@dataclass
+class Block:
+    """One unit's variables in the allocator's 0-1 program (a group's channel blocks, a layer's ranks, ...).
+
+    The unit takes an ordered chain of steps (step ``i + 1`` only after step
+    ``i``): ``values[i]`` and ``costs[i]`` (one entry per budget metric, linear
+    around the current point) are what step ``i`` adds. ``base_value`` and
+    ``base_cost`` are what the unit is worth and adds to the current point's
+    cost with no step taken (the cost relative to the point: a unit that is
+    replaced removes its current cost here). With ``alternative`` (a value and
+    a cost) the unit takes exactly one of the alternative or the chain's first
+    step (a layer: dense, or factorized at some rank); ``forced`` leaves only
+    the alternative.
+    """
+
+    unit: str
+    values: list[float] = field(default_factory=list)
+    costs: list[np.ndarray] = field(default_factory=list)
+    base_value: float = 0.0
+    base_cost: np.ndarray | None = None
+    alternative: tuple[float, np.ndarray] | None = None
+    forced: bool = False
+
+
+@dataclass
+class AllocPoint:
+    """Where the allocator's linear model is taken: the kept channels and each dimension's resolved part.
+
+    ``metrics`` are the budget's limited metrics (the order of every cost
+    vector), ``options`` the caller's (``prune``, ``rank``, ``method``,
+    ``blocks``, ...), ``cache`` what a dimension computes once per allocation
+    (keyed by its key).
+    """
+
+    keep: np.ndarray
+    resolved: dict[str, Any]
+    metrics: tuple[str, ...]
+    options: Mapping[str, Any]
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def vector(self, cost: Cost) -> np.ndarray:
+        """``cost`` as a vector over :attr:`metrics`."""
+        import numpy as np
+
+        return np.array([getattr(cost, m) for m in self.metrics], dtype=np.float64)
 
 
 class Dimension(ABC):
@@ -186,6 +239,24 @@ class Dimension(ABC):
         self, space: ModelSpace, plan: Plan, specs: Mapping[str, ParamSpec], options: Mapping[str, Any]
     ) -> dict[str, float]:
         """The values of ``specs`` closest to ``plan`` (to tell the sampler about a seed plan)."""
+        return {}
+
+    # ------------------------------------------------------------ the allocator
+    def allocator_blocks(self, space: ModelSpace, point: AllocPoint) -> list[Block]:
+        """This dimension's variables around ``point`` (none by default: it takes no part)."""
+        return []
+
+    def allocator_decode(self, space: ModelSpace, point: AllocPoint, choices: list[tuple[bool, int]]) -> None:
+        """Move ``point`` to the solver's ``choices`` for this dimension's blocks, in their order.
+
+        A choice is ``(alternative taken, chain steps taken)``. Dimensions
+        decode in :attr:`order`, so ``point.keep`` already holds the kept
+        channels the pruning chose. By default nothing changes (no blocks).
+        """
+        return None
+
+    def allocator_entries(self, space: ModelSpace, point: AllocPoint) -> Entries:
+        """The plan entries of the allocator's final ``point`` (none by default)."""
         return {}
 
     # ------------------------------------------------------------ the report

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from spaces._errors import InputTypeError, PlanError
-from spaces.dimensions._base import CostState, Dimension, Entries, ParamSpec, StructureRow
+from spaces.dimensions._base import AllocPoint, Block, CostState, Dimension, Entries, ParamSpec, StructureRow
 
 if TYPE_CHECKING:
     import numpy as np
@@ -75,6 +75,69 @@ class PruneDimension(Dimension):
         self, space: ModelSpace, plan: Plan, specs: Mapping[str, ParamSpec], options: Mapping[str, Any]
     ) -> dict[str, float]:
         return {gid: min(float(plan.prune.get(gid, 0.0)), spec.high) for gid, spec in specs.items()}
+
+    # ------------------------------------------------------------ the allocator
+    def _levels(self, space: ModelSpace, point: AllocPoint) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per group: the kept counts its blocks end at, and the value of keeping each (computed once)."""
+        if "prune" not in point.cache:
+            import numpy as np
+
+            from spaces._allocate import chain_levels
+
+            levels, values = [], []
+            orders = space.scores.order(space.importance)
+            for i, (g, order) in enumerate(zip(space.groups, orders, strict=True)):
+                scores = space.scores.of(i, space.importance)[order]
+                cum = np.concatenate([[0.0], np.cumsum(scores)])
+                lv = chain_levels(space.allowed_keeps(g), point.options["blocks"]) if point.options["prune"] else None
+                lv = np.array([g.channels]) if lv is None else lv
+                # a group is worth one unit per layer whose outputs it prunes ("normalised per layer")
+                share = cum[lv] / cum[-1] if cum[-1] > 0 else lv / g.channels
+                levels.append(lv)
+                values.append(max(1, len(g.outputs)) * share)
+            point.cache["prune"] = (levels, values)
+        return point.cache["prune"]
+
+    def allocator_blocks(self, space: ModelSpace, point: AllocPoint) -> list[Block]:
+        """Per group: its channels sorted by importance, cut into blocks at the allowed counts.
+
+        Costs are one-channel finite differences of the exact cost around the
+        point; a block's value is its share of the group's importance.
+        """
+        import numpy as np
+
+        levels, values = self._levels(space, point)
+        keep, costs = point.keep, space.costs
+        at = point.vector(costs.cost_resolved(keep, point.resolved))
+        out = []
+        for g, (group, lv, vals) in enumerate(zip(space.groups, levels, values, strict=True)):
+            step = np.zeros_like(keep)
+            step[g] = 1
+            if keep[g] > 1:
+                grad = at - point.vector(costs.cost_resolved(keep - step, point.resolved))
+            elif keep[g] < group.channels:
+                grad = point.vector(costs.cost_resolved(keep + step, point.resolved)) - at
+            else:
+                grad = np.zeros(len(point.metrics))
+            out.append(
+                Block(
+                    unit=group.id,
+                    values=[float(vals[b] - vals[b - 1]) for b in range(1, len(lv))],
+                    costs=[grad * (lv[b] - lv[b - 1]) for b in range(1, len(lv))],
+                    base_value=float(vals[0]),
+                    base_cost=grad * (lv[0] - keep[g]),
+                )
+            )
+        return out
+
+    def allocator_decode(self, space: ModelSpace, point: AllocPoint, choices: list[tuple[bool, int]]) -> None:
+        levels, _ = self._levels(space, point)
+        for g, (_, steps) in enumerate(choices):
+            point.keep[g] = levels[g][steps]
+
+    def allocator_entries(self, space: ModelSpace, point: AllocPoint) -> Entries:
+        groups = zip(space.groups, point.keep, strict=True)
+        return {"prune": {g.id: (g.channels - int(k)) / g.channels for g, k in groups if k < g.channels}}
 
     # ------------------------------------------------------------ the report
     def structure_rows(self, space: ModelSpace, plan: Plan) -> list[StructureRow]:

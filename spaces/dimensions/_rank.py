@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from spaces._errors import InputTypeError, PlanError
 from spaces._vocab import Method
-from spaces.dimensions._base import CostState, Dimension, Entries, ParamSpec, StructureRow
+from spaces.dimensions._base import AllocPoint, Block, CostState, Dimension, Entries, ParamSpec, StructureRow
 from spaces.factorization import method_names
 
 if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
-    from spaces._costmodel import CostModel
+    from spaces._costmodel import CostModel, Ranks
     from spaces._plan import Plan
     from spaces._space import ModelSpace
     from spaces._surgery import Surgery
@@ -59,6 +59,20 @@ def rank_layers(space: ModelSpace, method: str) -> dict[str, int]:
             mur = g.max_useful_rank(method)
             if mur >= 2:
                 out[g.name] = mur
+    return out
+
+
+def factorized_at(costs: CostModel, keep: np.ndarray, chosen: Mapping[str, tuple[str, int]]) -> Ranks:
+    """``chosen`` ({layer: (method, int rank)}) as a plan applies it at ``keep``: ``{layer: (method, ranks)}``.
+
+    A rank at or above the layer's break-even rank on its pruned shape leaves
+    the layer dense (absent).
+    """
+    out = {}
+    for name, (method, r) in chosen.items():
+        ranks = costs.pruned_geom(name, keep).factor_ranks(method, r)
+        if ranks is not None:
+            out[name] = (method, ranks)
     return out
 
 
@@ -144,6 +158,75 @@ class RankDimension(Dimension):
             frac = round(min(1.0, r / mur[name]) / _RANK_STEP) * _RANK_STEP
             out[name] = min(1.0 - _RANK_STEP, max(_RANK_STEP, round(frac, 10)))  # factorized: below 1.0 (dense)
         return out
+
+    # ------------------------------------------------------------ the allocator
+    def allocator_blocks(self, space: ModelSpace, point: AllocPoint) -> list[Block]:
+        """With ``options["rank"]``: per layer, dense (the alternative) or factorized at one of up to 16 ranks.
+
+        Ranks go up to one below the layer's break-even rank at the point's
+        pruned shape; a rank block's value is its share of the layer's squared
+        singular values, its cost the exact change of the factor chain's cost.
+        """
+        if not point.options.get("rank"):
+            return []
+        method = str(point.options.get("method", DEFAULT_METHOD))
+        current = point.resolved.get("rank") or {}
+        return [
+            self._block(space, point, geom.name, method, current) for geom in space.layers if method in geom.methods
+        ]
+
+    def _block(self, space: ModelSpace, point: AllocPoint, name: str, method: str, current: dict) -> Block:
+        import numpy as np
+
+        from spaces._allocate import chain_levels
+
+        geom = space.costs.pruned_geom(name, point.keep)
+        byte = space.costs.element_size(name)
+
+        def vec(macs_params: tuple[int, int]) -> np.ndarray:
+            m, p = macs_params
+            return np.array([{"macs": m, "params": p, "bytes": p * byte}[k] for k in point.metrics], dtype=np.float64)
+
+        dense = vec(geom.dense_cost())
+        now = vec(geom.factor_cost(*current[name])) if name in current else dense
+        r_max = geom.max_useful_rank(method) - 1  # at break-even the layer stays dense
+        if r_max < 1:
+            return Block(unit=name, base_cost=-now, alternative=(1.0, dense), forced=True)
+        ranks = chain_levels(np.arange(1, r_max + 1), 16)
+        energy = space.energy(name)
+        kept = energy[np.minimum(ranks, len(energy)) - 1]
+        chain = [vec(geom.factor_cost(method, geom.resolve(method, int(r)))) for r in ranks]
+        point.cache.setdefault("rank", {})[name] = ranks
+        return Block(
+            unit=name,
+            values=[float(e) for e in np.diff(kept, prepend=0.0)],
+            costs=[c - p for c, p in zip(chain, [np.zeros_like(dense), *chain[:-1]], strict=True)],
+            base_cost=-now,
+            alternative=(1.0, dense),
+        )
+
+    def allocator_decode(self, space: ModelSpace, point: AllocPoint, choices: list[tuple[bool, int]]) -> None:
+        """Factorize at the chosen rank; a rank the new pruning puts at or above break-even leaves it dense."""
+        if not choices:
+            return
+        method = str(point.options.get("method", DEFAULT_METHOD))
+        names = [g.name for g in space.layers if method in g.methods]
+        levels = point.cache.get("rank", {})
+        chosen = {
+            name: (method, int(levels[name][max(steps, 1) - 1]))
+            for name, (dense, steps) in zip(names, choices, strict=True)
+            if not dense and name in levels
+        }
+        out = factorized_at(space.costs, point.keep, chosen)
+        specs = {name: chosen[name][1] for name in out}
+        if out:
+            point.resolved["rank"] = out
+        point.cache["rank_specs"] = specs  # the int ranks of the last decoded point (the final one at the end)
+
+    def allocator_entries(self, space: ModelSpace, point: AllocPoint) -> Entries:
+        specs = point.cache.get("rank_specs", {}) if point.resolved.get("rank") else {}
+        method = str(point.options.get("method", DEFAULT_METHOD))
+        return {"rank": dict(specs), "method": dict.fromkeys(specs, method)}
 
     # ------------------------------------------------------------ the report
     def structure_rows(self, space: ModelSpace, plan: Plan) -> list[StructureRow]:

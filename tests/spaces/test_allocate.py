@@ -87,7 +87,7 @@ def test_greedy_fallback_is_reported_and_meets_the_budget(monkeypatch: pytest.Mo
 def test_greedy_alone_is_close_to_the_milp() -> None:
     space = _space("resnet20")
     alloc = _Allocator(space, Budget(macs="50%"), True, True, 16)
-    prog, layout = alloc.program(alloc.channels.copy(), {})
+    prog, layout = alloc.program(alloc.start())
     limits = np.array([alloc.limits["macs"]])
     x_milp = alloc.solve_milp(prog, limits, 5.0)
     x_greedy = alloc.solve_greedy(prog, layout, limits)
@@ -96,3 +96,14 @@ def test_greedy_alone_is_close_to_the_milp() -> None:
         assert (prog.costs @ x + prog.const <= limits * (1 + 1e-9)).all()
     assert prog.values @ x_milp >= prog.values @ x_greedy - 1e-9  # the program is optimal
     assert prog.values @ x_greedy >= 0.9 * prog.values @ x_milp
+
+
+@pytest.mark.parametrize("method", ["tucker2", "tt"])
+def test_every_registered_method_can_be_allocated(method: str) -> None:
+    space = _space("resnet20")
+    budget = Budget(macs="60%")
+    plan = space.allocate(budget, prune=False, method=method, time_limit=30.0).plan
+    assert plan.rank and set(plan.method.values()) == {method}
+    cost = space.cost(plan)
+    assert budget.is_met(cost, space.base_cost)
+    assert sum(p.numel() for p in space.apply(plan).parameters()) == cost.params

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from spaces import Budget, LayerGeom, ModelSpace, Plan, PlanError, measure_cost
-from spaces._allocate import _Allocator
+from spaces.dimensions._rank import factorized_at
 from tests.spaces.models import ARCHS
 
 METHODS = ("svd", "tucker2", "tt")
@@ -210,8 +210,7 @@ def test_allocator_ranks_are_below_break_even() -> None:
         assert r < space.layer(name).max_useful_rank("svd")
     assert space.cost(plan).params == _n_params(space.apply(plan))
     # a rank the allocator's new pruning puts at break-even leaves the layer dense, in its own costs too
-    alloc = _Allocator(space, budget, True, True, 16)
     keep = space.keep_counts(space.uniform_plan(0.5))
     name = "layer3.1.conv1"  # break-even 57, 28 when pruned to 32 -> 32
-    assert alloc.applied(keep, {name: ("svd", (28,))}) == {}
-    assert alloc.applied(keep, {name: ("svd", (27,))}) == {name: ("svd", (27,))}
+    assert factorized_at(space.costs, keep, {name: ("svd", 28)}) == {}
+    assert factorized_at(space.costs, keep, {name: ("svd", 27)}) == {name: ("svd", (27,))}
