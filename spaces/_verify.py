@@ -15,6 +15,10 @@
    once fails, each group is checked alone and the failing ones are excluded
    from the space with their reason (``ModelSpace.excluded``).
 3. The pruned model's parameter count must equal the cost model's.
+4. Every other plan dimension's probe plan
+   (:meth:`spaces.dimensions.Dimension.verify_probe`, on top of the half-pruned
+   plan) must build a model whose parameter count and bytes equal the cost
+   model's; a dimension that gets a layer wrong refuses the model.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from spaces._importance import ImportanceScores
 from spaces._plan import Plan
 from spaces._surgery import Surgery
 from spaces._trace import Item, Trace, describe
+from spaces.dimensions import dimensions
 
 __all__ = ["scrambled", "verify"]
 
@@ -140,3 +145,24 @@ def verify(trace: Trace, costs: CostModel, scores: ImportanceScores, surgery: Su
             f"the pruned model has {got} parameters, the cost model predicts {want}; "
             "a layer type changes shape in a way the space does not model"
         )
+    _check_dimensions(trace, costs, surgery, half)
+
+
+def _check_dimensions(trace: Trace, costs: CostModel, surgery: Surgery, half: Plan) -> None:
+    """Each dimension's probe plan (on top of ``half``) builds a model whose parameters and bytes are costed exactly."""
+    for dim in dimensions():
+        entries = dim.verify_probe(costs)
+        if not entries:
+            continue
+        plan = half.replace(**entries)
+        model = surgery.apply(copy.deepcopy(trace.model), plan)
+        got = (
+            sum(p.numel() for p in model.parameters()),
+            sum(p.numel() * p.element_size() for p in model.parameters()),
+        )
+        cost = costs.cost(plan)
+        if got != (cost.params, cost.bytes):
+            raise UnsupportedModelError(
+                f"plan dimension {dim.key!r} builds a model with {got[0]} parameters ({got[1]} bytes), "
+                f"its cost model predicts {cost.params} ({cost.bytes} bytes) for {entries}"
+            )

@@ -24,7 +24,9 @@ What a dimension implements, and who calls it:
 * **Exact cost** (:meth:`Dimension.add_cost`): the cost model starts from the
   dense model at the kept channels (its polynomial) and lets each dimension,
   in :attr:`Dimension.order`, change the running :class:`CostState`.
-* **Surgery** (:meth:`Dimension.apply`): the same order, on a copy of the model.
+* **Surgery** (:meth:`Dimension.apply`): the same order, on a copy of the model;
+  :meth:`Dimension.verify_probe` gives the space's self-check a plan to build
+  and compare with the analytic cost.
 * **``fit``** (:attr:`Dimension.fit_rule`): ``fit`` moves the pruning onto a
   budget; every other dimension is *held* (resolved again on each pruned shape
   the search for the budget visits). A dimension may instead offer a cheaper
@@ -217,6 +219,15 @@ class Dimension(ABC):
     @abstractmethod
     def apply(self, surgery: Surgery, model: nn.Module, resolved: Any, keep: np.ndarray) -> None:
         """Change ``model`` (a copy of the traced model, earlier dimensions applied) in place."""
+
+    def verify_probe(self, costs: CostModel) -> Entries:
+        """Plan entries that exercise this dimension, for the space's self-check (none by default).
+
+        When a space is built, the probe (on top of a half-pruned plan) is
+        applied and the model's parameters and bytes compared with the cost
+        model's (:mod:`spaces._verify`).
+        """
+        return {}
 
     def relax(self, space: ModelSpace, plan: Plan) -> Plan:
         """A plan for ``fit`` to start from when moving ``plan`` onto a budget; by default ``plan`` itself."""

@@ -125,6 +125,14 @@ class RankDimension(Dimension):
             parent = model.get_submodule(parent_name)
             setattr(parent, attr, factorize_layer(getattr(parent, attr), method, ranks))
 
+    def verify_probe(self, costs: CostModel) -> Entries:
+        """The first layer that can be factorized at rank 1, by the last registered method that applies to it."""
+        for geom in costs.trace.geoms.values():
+            methods = [m for m in geom.methods if geom.max_useful_rank(m) >= 2]
+            if methods:
+                return {"rank": {geom.name: 1}, "method": {geom.name: methods[-1]}}
+        return {}
+
     # ------------------------------------------------------------ the sampler
     def params(self, space: ModelSpace, options: Mapping[str, Any]) -> dict[str, ParamSpec]:
         """With ``options["rank"]``: per layer, a fraction of its break-even rank (1.0: dense)."""
