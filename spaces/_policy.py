@@ -63,58 +63,79 @@ def fit(space: ModelSpace, plan: Plan, budget: Budget) -> Plan:
     for dim in dimensions():
         plan = dim.relax(space, plan)
     space.validate(plan)
-    base = space.base_cost
-    limits = budget.absolute(base)
-    rt = plan.round_to or space.round_to
-    allowed = [space.allowed_keeps(g, rt) for g in space.groups]
+    fitter = _Fitter(space, plan, budget)
+    fitter.check_feasible()
+    best = fitter.scaled()
+    if best is None:
+        best = fitter.grown(fitter.keep_at(fitter.bisect()))
+    return space.plan_from_keep(best, like=plan)
 
-    def cost_at(keep: np.ndarray) -> Cost:
-        return space.costs.cost_at(plan, keep)
 
-    def ok(keep: np.ndarray) -> bool:
-        c = cost_at(keep)
-        return all(getattr(c, m) <= lim for m, lim in limits.items())
+class _Fitter:
+    """``fit``'s steps for one plan and budget: the kept counts it may use and the exact test of a budget."""
 
-    lo_keep = np.array([a[0] for a in allowed], dtype=np.int64)
-    if not ok(lo_keep):
-        smallest = cost_at(lo_keep)
-        over = ", ".join(f"{m} <= {lim:,.0f}" for m, lim in limits.items() if getattr(smallest, m) > lim)
-        raise InfeasibleBudgetError(
-            f"budget {over} is infeasible: the smallest achievable cost is {_fmt(smallest, base)}"
-        )
-    target = space.keep_counts(plan).astype(np.float64)  # the plan's own kept counts
+    def __init__(self, space: ModelSpace, plan: Plan, budget: Budget) -> None:
+        self.space, self.plan = space, plan
+        self.limits = budget.absolute(space.base_cost)
+        rt = plan.round_to or space.round_to
+        self.allowed = [space.allowed_keeps(g, rt) for g in space.groups]
+        self.target = space.keep_counts(plan).astype(np.float64)  # the plan's own kept counts
+        channels = np.array([g.channels for g in space.groups], dtype=np.float64)
+        self.s_hi = float(np.max(channels / self.target)) if len(self.target) else 1.0
 
-    def keep_at(s: float) -> np.ndarray:
-        out = np.empty(len(allowed), dtype=np.int64)
-        for i, a in enumerate(allowed):
-            j = np.searchsorted(a, target[i] * s, side="right") - 1
+    def cost(self, keep: np.ndarray) -> Cost:
+        return self.space.costs.cost_at(self.plan, keep)
+
+    def ok(self, keep: np.ndarray) -> bool:
+        c = self.cost(keep)
+        return all(getattr(c, m) <= lim for m, lim in self.limits.items())
+
+    def check_feasible(self) -> None:
+        """Raise :class:`InfeasibleBudgetError`, naming the smallest cost, if even the smallest plan is over."""
+        lo_keep = np.array([a[0] for a in self.allowed], dtype=np.int64)
+        if not self.ok(lo_keep):
+            smallest = self.cost(lo_keep)
+            over = ", ".join(f"{m} <= {lim:,.0f}" for m, lim in self.limits.items() if getattr(smallest, m) > lim)
+            raise InfeasibleBudgetError(
+                f"budget {over} is infeasible: the smallest achievable cost is {_fmt(smallest, self.space.base_cost)}"
+            )
+
+    def keep_at(self, s: float) -> np.ndarray:
+        """The plan's kept counts scaled by ``s``, rounded down to allowed counts (at least the smallest)."""
+        out = np.empty(len(self.allowed), dtype=np.int64)
+        for i, a in enumerate(self.allowed):
+            j = np.searchsorted(a, self.target[i] * s, side="right") - 1
             out[i] = a[max(j, 0)]
         return out
 
-    channels = np.array([g.channels for g in space.groups], dtype=np.float64)
-    s_hi = float(np.max(channels / target)) if len(target) else 1.0
-    if ok(keep_at(s_hi)):
-        best = keep_at(s_hi)
-    else:
-        lo, hi = 0.0, s_hi
+    def scaled(self) -> np.ndarray | None:
+        """The largest scaling (every group whole) if it meets the budget, else None."""
+        keep = self.keep_at(self.s_hi)
+        return keep if self.ok(keep) else None
+
+    def bisect(self) -> float:
+        """The largest scale factor that meets every limit (bisection on the exact cost)."""
+        lo, hi = 0.0, self.s_hi
         for _ in range(60):
             mid = (lo + hi) / 2
-            if ok(keep_at(mid)):
+            if self.ok(self.keep_at(mid)):
                 lo = mid
             else:
                 hi = mid
-        best = keep_at(lo)
-        # greedy fill: grow the most shrunk groups while the budget holds
-        index = [{int(v): k for k, v in enumerate(a)} for a in allowed]
+        return lo
+
+    def grown(self, best: np.ndarray) -> np.ndarray:
+        """Greedy fill: grow the most shrunk groups (relative to the plan) one allowed step while the budget holds."""
+        index = [{int(v): k for k, v in enumerate(a)} for a in self.allowed]
         grew = True
         while grew:
             grew = False
-            for i in np.argsort(best / target, kind="stable"):
+            for i in np.argsort(best / self.target, kind="stable"):
                 k = index[i][int(best[i])]
-                if k + 1 < len(allowed[i]):
+                if k + 1 < len(self.allowed[i]):
                     trial = best.copy()
-                    trial[i] = allowed[i][k + 1]
-                    if ok(trial):
+                    trial[i] = self.allowed[i][k + 1]
+                    if self.ok(trial):
                         best = trial
                         grew = True
-    return space.plan_from_keep(best, like=plan)
+        return best
