@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from search import Search, load_config
-from search._finalize import train_final
+from search.operations._finalize import train_final
 from spaces import Budget, Plan, Status, measure_cost
 from storage import CandidateRow
 

@@ -1,5 +1,12 @@
 """Search: Optuna ask/tell studies over compression plans, the run configuration and the ``prunetune`` CLI.
 
+By role: :mod:`search.cli` (the ``prunetune`` command), :mod:`search.drivers`
+(preparing a study, the drivers that schedule candidates, one candidate's
+life), :mod:`search.operations` (after a study: finalize, export, report data)
+and :mod:`search.service` (``prunetune serve``: the app, its API models and
+the worker); the run configuration (:mod:`search._config`) and the map from
+failures to exit codes (:mod:`search._exit_codes`) serve them all.
+
 Imports are lazy (PEP 562): ``import search`` loads none of torch, optuna,
 SQLAlchemy or pydantic; each name's module is imported when the name is first used.
 """
@@ -11,14 +18,14 @@ from typing import TYPE_CHECKING
 from spaces import lazy_exports
 
 if TYPE_CHECKING:
-    from search._candidate import CandidateRunner, Outcome, Timings, worker_id
     from search._config import Config, load_config
-    from search._export import export_candidate, load_exported
-    from search._finalize import Finalized, finalize
-    from search._prepare import Prepared, prepare
-    from search._rungs import promotes, promotion_order
-    from search._samplers import Sampler, make_sampler
-    from search._study import RunResult, Search
+    from search.drivers._candidate import CandidateRunner, Outcome, Timings, worker_id
+    from search.drivers._prepare import Prepared, prepare
+    from search.drivers._rungs import promotes, promotion_order
+    from search.drivers._samplers import Sampler, make_sampler
+    from search.drivers._study import RunResult, Search
+    from search.operations._export import export_candidate, load_exported
+    from search.operations._finalize import Finalized, finalize
 
 __all__ = [
     "CandidateRunner",
@@ -42,24 +49,24 @@ __all__ = [
 ]
 
 _WHERE = {
-    "CandidateRunner": "_candidate",
+    "CandidateRunner": "drivers._candidate",
     "Config": "_config",
-    "Finalized": "_finalize",
-    "Outcome": "_candidate",
-    "Prepared": "_prepare",
-    "RunResult": "_study",
-    "Sampler": "_samplers",
-    "Search": "_study",
-    "Timings": "_candidate",
-    "export_candidate": "_export",
-    "finalize": "_finalize",
+    "Finalized": "operations._finalize",
+    "Outcome": "drivers._candidate",
+    "Prepared": "drivers._prepare",
+    "RunResult": "drivers._study",
+    "Sampler": "drivers._samplers",
+    "Search": "drivers._study",
+    "Timings": "drivers._candidate",
+    "export_candidate": "operations._export",
+    "finalize": "operations._finalize",
     "load_config": "_config",
-    "load_exported": "_export",
-    "make_sampler": "_samplers",
-    "prepare": "_prepare",
-    "promotes": "_rungs",
-    "promotion_order": "_rungs",
-    "worker_id": "_candidate",
+    "load_exported": "operations._export",
+    "make_sampler": "drivers._samplers",
+    "prepare": "drivers._prepare",
+    "promotes": "drivers._rungs",
+    "promotion_order": "drivers._rungs",
+    "worker_id": "drivers._candidate",
 }
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from search._samplers import Sampler
+from search.drivers._samplers import Sampler
 from spaces import Importance, Method, Objective
 
 __all__ = ["Config", "config_flags", "load_config"]

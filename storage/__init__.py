@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from spaces import lazy_exports
 
 if TYPE_CHECKING:
-    from storage._errors import StoreDamagedError, StoreError, StudyFullError, StudyMismatchError
+    from storage._store_errors import StoreDamagedError, StoreError, StudyFullError, StudyMismatchError
     from storage._html import ReportExtras, front_figure, public_url, render_report
     from storage._open import file_sha256, store_error
     from storage._pareto import pareto_front
@@ -57,12 +57,12 @@ _WHERE = {
     "front_figure": "_html",
     "public_url": "_html",
     "render_report": "_html",
-    "StoreDamagedError": "_errors",
-    "StoreError": "_errors",
+    "StoreDamagedError": "_store_errors",
+    "StoreError": "_store_errors",
     "file_sha256": "_open",
     "store_error": "_open",
-    "StudyFullError": "_errors",
-    "StudyMismatchError": "_errors",
+    "StudyFullError": "_store_errors",
+    "StudyMismatchError": "_store_errors",
     "StudyRecord": "_schema",
     "StudyStore": "_store",
     "candidates_frame": "_report",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from storage._errors import StoreError
+from storage._store_errors import StoreError
 from storage._schema import StudyTable, SubmissionRecord, SubmissionTable, now, submission_record
 
 if TYPE_CHECKING:

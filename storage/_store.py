@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from spaces import Objective, PruneTuneError, Status
 from storage._engine import engine_for, missing_sqlite_file, optuna_storage, parse_url
-from storage._errors import StoreError, StudyFullError, StudyMismatchError
+from storage._store_errors import StoreError, StudyFullError, StudyMismatchError
 from storage._open import file_sha256, open_schema, store_error
 from storage._pareto import write_front
 from storage._schema import (

@@ -68,12 +68,12 @@ def test_bad_budget_flag_exits_2() -> None:
 def test_a_bare_type_error_is_a_bug_with_a_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import search.cli
+    from search.cli import _commands
 
     def broken(args: object) -> int:
         raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
 
-    monkeypatch.setattr(search.cli, "_cmd_status", broken)
+    monkeypatch.setattr(_commands, "cmd_status", broken)
     assert main(["status", "--storage", "sqlite:///unused.db"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "TypeError: unsupported operand" in err

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from search._config import Config, config_flags, load_config
-from search.cli import _parser
+from search.cli._main import _parser
 
 
 def _write(tmp_path: Path, text: str) -> Path:

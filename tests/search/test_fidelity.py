@@ -102,7 +102,7 @@ def test_finalize_stores_test_accuracy_and_exports_the_finalized_model(
 
 def test_a_candidate_failing_above_rung_0_keeps_its_last_rung(tmp_path: Path, artifacts: Path) -> None:
     from evaluators import Evaluator, Metrics
-    from search._prepare import default_evaluator
+    from search.drivers._prepare import default_evaluator
 
     class FailsOnRung1(Evaluator):
         def __init__(self, inner: Evaluator) -> None:

@@ -19,8 +19,8 @@ import pytest
 import torch
 from torch import nn
 
-from search._report import structure_frame
-from search._space import distributions, params_from_plan, plan_from_params
+from search.drivers._sampling import distributions, params_from_plan, plan_from_params
+from search.operations._report_data import structure_frame
 from spaces import Budget, ModelSpace, Plan, PlanError, measure_cost
 from spaces.dimensions import (
     CostState,

@@ -1,11 +1,11 @@
-"""The report's model-dependent data frames (search/_report.py), checked against the space's own counts."""
+"""The report's model-dependent data frames (search/operations/_report_data.py), against the space's own counts."""
 
 from __future__ import annotations
 
 import torch
 
 from evaluators import build_model
-from search._report import filters_frame, structure_frame
+from search.operations._report_data import filters_frame, structure_frame
 from spaces import ModelSpace
 
 

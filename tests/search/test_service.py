@@ -32,7 +32,7 @@ def _copy(existing: Path, to: Path) -> Path:
 
 @pytest.fixture
 def served(existing: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    from search._service import create_app
+    from search.service._app import create_app
 
     db = _copy(existing, tmp_path / "served.db")
     with uvicorn_thread(create_app(f"sqlite:///{db}", TOKEN)) as base:

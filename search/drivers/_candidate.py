@@ -1,6 +1,6 @@
 """One candidate's life: reserve → apply → evaluate → record.
 
-Whatever schedules candidates (the local Optuna driver of :mod:`search._study`,
+Whatever schedules candidates (the local Optuna driver of :mod:`search.drivers._study`,
 or a Ray driver) hands a repaired plan to a :class:`CandidateRunner`, which
 
 1. **reserves** it in the store as RUNNING under this worker (``None`` when the
@@ -8,7 +8,7 @@ or a Ray driver) hands a repaired plan to a :class:`CandidateRunner`, which
    study is full), so no plan is evaluated twice, even by two workers;
 2. **applies** it to the base model and **evaluates** the result rung by rung
    (BN recalibration, fine-tune, accuracy, latency if asked; it goes on to the
-   next rung only when :mod:`search._rungs` promotes it) while a heartbeat
+   next rung only when :mod:`search.drivers._rungs` promotes it) while a heartbeat
    thread tells other workers that this one is alive;
 3. saves the fine-tuned weights (atomically) to
    ``artifacts/studies/<study>/<id>.safetensors`` when the candidate completes;
@@ -37,7 +37,7 @@ from spaces import Objective, Status, check_interrupt
 
 if TYPE_CHECKING:
     from evaluators import Context, Metrics
-    from search._prepare import Prepared
+    from search.drivers._prepare import Prepared
     from spaces import Cost, Plan
     from storage import StudyStore
 
@@ -193,11 +193,11 @@ class CandidateRunner:
         return cid
 
     def promoted(self, cid: int, rung: int) -> bool:
-        """Whether candidate ``cid``, just through rung ``rung``, goes on (:mod:`search._rungs`).
+        """Whether candidate ``cid``, just through rung ``rung``, goes on (:mod:`search.drivers._rungs`).
 
         It is ranked among the candidates measured after the same number of fine-tune steps.
         """
-        from search._rungs import promotes
+        from search.drivers._rungs import promotes
 
         p = self.prepared
         steps = p.rungs[rung]

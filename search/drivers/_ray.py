@@ -3,7 +3,7 @@
 A Ray Tune ``Tuner`` runs one trial per candidate on the cluster, with
 ``ray.cpus_per_candidate`` / ``ray.gpus_per_candidate`` each and at most
 ``ray.max_concurrent`` at once. Everything else is the local driver's
-(:class:`search._study.Search`), so a Ray study and a local study are the same
+(:class:`search.drivers._study.Search`), so a Ray study and a local study are the same
 rows in the same store and either may continue the other:
 
 * **sampling, repair, de-duplication** happen in this process, in
@@ -15,8 +15,8 @@ rows in the same store and either may continue the other:
   just the candidate's id, its Optuna trial number and how it was proposed.
 * **one candidate's life** runs in the trial, on whichever node Tune picked:
   :func:`_candidate_trial` hands the stored plan to a
-  :class:`search._candidate.CandidateRunner` (apply, evaluate, record: Optuna is
-  told by a :class:`search._study.Teller` there, then the row and the front are
+  :class:`search.drivers._candidate.CandidateRunner` (apply, evaluate, record: Optuna is
+  told by a :class:`search.drivers._study.Teller` there, then the row and the front are
   written in one transaction), reporting each intermediate accuracy with
   ``tune.report``. The prepared study (base model, space, data, evaluator) is
   shipped once per run through the object store and unpickled once per actor
@@ -54,15 +54,16 @@ from typing import TYPE_CHECKING, Any
 from ray import tune
 from ray.tune.search import Searcher
 
-from search._candidate import CandidateRunner, Timings, worker_id
+from search.drivers._base import Driver
+from search.drivers._candidate import CandidateRunner, Timings, worker_id
 from spaces import Status
 
 if TYPE_CHECKING:
-    from search._prepare import Prepared
-    from search._study import RunResult, Search, Teller
+    from search.drivers._prepare import Prepared
+    from search.drivers._study import RunResult, Search, Teller
     from storage import CandidateRow
 
-__all__ = ["CandidateSearcher", "connect", "run_on_ray"]
+__all__ = ["CandidateSearcher", "RayDriver", "connect", "run_on_ray"]
 
 log = logging.getLogger("prunetune")
 
@@ -159,8 +160,8 @@ class _TrialWorker:
         import torch
 
         from evaluators import resolve_device
-        from search._samplers import make_sampler
-        from search._study import Teller
+        from search.drivers._samplers import make_sampler
+        from search.drivers._study import Teller
 
         cfg = prepared.config
         device = resolve_device(cfg.evaluate.device)  # this node's, not the driver's
@@ -190,7 +191,7 @@ class _TrialWorker:
 
     def live(self, cid: int, trial: int | None, kind: str) -> dict[str, Any]:
         """Evaluate and record candidate ``cid`` (unless it is already finished); its final result for Tune."""
-        from search._space import level_of, params_from_plan
+        from search.drivers._sampling import level_of, params_from_plan
         from spaces import Plan
 
         p = self.prepared
@@ -285,7 +286,7 @@ class CandidateSearcher(Searcher):
 
     def record_failure(self, config: dict[str, Any], reason: str) -> None:
         """Record FAIL for a candidate whose trial never recorded it (its retries were spent)."""
-        from search._space import level_of, params_from_plan
+        from search.drivers._sampling import level_of, params_from_plan
         from spaces import Plan
 
         s = self.search
@@ -354,6 +355,18 @@ class _Progress(tune.Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         raise RuntimeError(_NOT_FROM_SNAPSHOT)
+
+
+class RayDriver(Driver):
+    """``search.backend = "ray"``: connects before the study is prepared, then runs it with Ray Tune."""
+
+    name = "ray"
+
+    def connect(self, search: Search) -> None:
+        connect(search)
+
+    def run(self, search: Search, on_candidate: Callable[[RunResult], None] | None) -> RunResult:
+        return run_on_ray(search, on_candidate)
 
 
 def run_on_ray(search: Search, on_candidate: Callable[[RunResult], None] | None = None) -> RunResult:

@@ -3,7 +3,7 @@
 :class:`Search` holds what every driver shares; ``search.backend`` picks who
 schedules the candidates: this process, one after another (``local``, the loop
 of :meth:`Search.run`; several processes may share one PostgreSQL URL), or a Ray
-cluster (``ray``, :mod:`search._ray`). Per candidate, whoever schedules it:
+cluster (``ray``, :mod:`search.drivers._ray`). Per candidate, whoever schedules it:
 
 1. **propose** (:meth:`Search.propose`): the sampler proposes per-group prune
    ratios (and ranks) and a cost level between ``search.floor`` and the cap, or
@@ -16,7 +16,7 @@ cluster (``ray``, :mod:`search._ray`). Per candidate, whoever schedules it:
 3. **reserve** (:meth:`Search.reserve`): a plan the study already holds is not
    evaluated again (the sampler is told the stored result); a full study ends
    the run;
-4. **live** it (:mod:`search._candidate`): apply + evaluate, then record. Optuna
+4. **live** it (:mod:`search.drivers._candidate`): apply + evaluate, then record. Optuna
    is told each outcome by a :class:`Teller`, with the same mapping of statuses
    as Ray Tune's Optuna searcher, in the process that evaluated it.
 
@@ -34,12 +34,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from search._candidate import CandidateRunner, Recorder, Timings, is_dead, objective_values, worker_id
 from search._config import Config
-from search._prepare import Prepared, prepare
-from search._samplers import make_sampler
-from search._space import level_of, params_from_plan, plan_from_params
-from spaces import Status, UsageError, check_interrupt
+from search.drivers._base import driver
+from search.drivers._candidate import CandidateRunner, Recorder, Timings, is_dead, objective_values, worker_id
+from search.drivers._prepare import Prepared, prepare
+from search.drivers._samplers import make_sampler
+from search.drivers._sampling import level_of, params_from_plan, plan_from_params
+from spaces import Status
 
 if TYPE_CHECKING:
     import optuna
@@ -236,14 +237,7 @@ class Search:
         """Everything before the first candidate, checked before any write (a Ray cluster is connected first)."""
         import torch
 
-        if self.cfg.search.backend == "ray":
-            try:
-                from search._ray import connect
-            except ImportError as exc:
-                raise UsageError(
-                    f"search.backend = 'ray' needs Ray Tune: pip install 'prunetune[ray]' ({exc})"
-                ) from None
-            connect(self)
+        driver(self.cfg.search.backend).connect(self)  # a cluster that cannot be reached fails before any work
         p = prepare(self.cfg, store=self._store, evaluator=self._evaluator, progress=progress)
         self._study = open_optuna_study(self.cfg, p)
         self._teller = Teller(self._study, p, self.worker)
@@ -253,10 +247,9 @@ class Search:
         return self
 
     def _parts(self) -> tuple[Prepared, Teller, CandidateRunner]:
+        """What :meth:`prepare` built; preparing is an explicit call, never a side effect of reading these."""
         if self._prepared is None or self._teller is None or self._runner is None:
-            self.prepare()
-        if self._prepared is None or self._teller is None or self._runner is None:
-            raise RuntimeError("Search.prepare() did not prepare the study")
+            raise RuntimeError("call Search.prepare() first")
         return self._prepared, self._teller, self._runner
 
     # ------------------------------------------------------------------ the shared steps
@@ -302,7 +295,7 @@ class Search:
 
     def propose(self, seeds: list[tuple[str, Plan, float]]) -> Proposal:
         """Sample (or take the next of ``seeds``) and repair onto the sampled cost level: a plan within the budget."""
-        from search._space import LEVEL
+        from search.drivers._sampling import LEVEL
 
         p, teller, _ = self._parts()
         t0 = time.perf_counter()
@@ -398,43 +391,15 @@ class Search:
 
     # ------------------------------------------------------------------ the drivers
     def run(self, on_candidate: Callable[[RunResult], None] | None = None) -> RunResult:
-        """Evaluate candidates until the study holds ``search.candidates`` of them (here, or on Ray)."""
-        if self.cfg.search.backend == "ray":
-            from search._ray import run_on_ray
+        """Evaluate candidates until the study holds ``search.candidates`` of them (by ``search.backend``'s driver).
 
-            self._parts()
-            return run_on_ray(self, on_candidate)
-        return self._run_local(on_candidate)
+        Prepares the study first if :meth:`prepare` was not called.
+        """
+        if self._prepared is None:
+            self.prepare()
+        return driver(self.cfg.search.backend).run(self, on_candidate)
 
-    def _run_local(self, on_candidate: Callable[[RunResult], None] | None) -> RunResult:
-        from storage import StudyFullError
-
-        p, teller, runner = self._parts()
-        target = self.cfg.search.candidates
-        res = self.new_result()
-        seeds = self.seed_plans()
-        first = True
-        while True:
-            check_interrupt()  # a safe point: between two candidates
-            for row in self.claim_stale(res, orphans=first):
-                runner.evaluate(row.id, *self.relive(row))
-            first = False
-            res.total = p.store.count(p.study_id)
-            if res.total >= target:
-                break
-            prop = self.propose(seeds)
-            try:
-                cid = self.reserve(prop, res)
-            except StudyFullError:
-                break
-            if cid is None:
-                if res.stopped:
-                    break
-                continue
-            recorder = teller.recorder(prop.trial_number, prop.params, cid, prop.plan.hash, prop.kind)
-            runner.evaluate(cid, prop.plan, prop.cost, recorder)
-            res.evaluated += 1
-            res.total = p.store.count(p.study_id)
-            if on_candidate is not None:
-                on_candidate(res)
-        return self.conclude(res)
+    @property
+    def runner(self) -> CandidateRunner:
+        """Lives candidates in this process (see :mod:`search.drivers._candidate`)."""
+        return self._parts()[2]

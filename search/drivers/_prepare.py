@@ -5,7 +5,7 @@ the uniform plan onto the budget (an infeasible budget fails here), and opens
 the study in the store. Bad input of any kind raises a one-line
 ``ValueError``/``PruneTuneError`` and leaves an existing study untouched. What
 it builds is one frozen :class:`Prepared`, shared by the drivers and by every
-candidate's life (:mod:`search._candidate`).
+candidate's life (:mod:`search.drivers._candidate`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search._config import Config
-from search._samplers import Sampler
+from search.drivers._samplers import Sampler
 from spaces import Objective, UsageError
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class Prepared:
     space: ModelSpace
     base_cost: Cost
     uniform: Plan  # the uniform plan repaired onto the budget
-    dists: dict[str, BaseDistribution]  # the sampler's parameters (search._space)
+    dists: dict[str, BaseDistribution]  # the sampler's parameters (search.drivers._sampling)
     artifacts: Path  # where the candidates' weights go
     floor: float = 1.0  # the lowest cost level, as a fraction of the budget's cap (1: the cap only)
     rungs: tuple[int, ...] = (100,)  # cumulative fine-tune steps at the end of each rung
@@ -82,7 +82,7 @@ def cost_floor(floor: str | None, space: ModelSpace, budget: Budget) -> float:
     """
     import numpy as np
 
-    from search._space import level_of
+    from search.drivers._sampling import level_of
 
     if floor == "cap":
         return 1.0
@@ -142,7 +142,7 @@ def prepare(
         resolve_device,
         train_baseline,
     )
-    from search._space import distributions
+    from search.drivers._sampling import distributions
     from spaces import Budget, ModelSpace
     from storage import StudyStore
 

@@ -9,7 +9,7 @@ __all__ = ["add_service_commands"]
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from search._service import read_token, serve
+    from search.service._app import read_token, serve
 
     token = read_token(args.token_file)  # never starts without one, on any host
     serve(args.storage, host=args.host, port=args.port, token=token, factories=args.factory, max_body=args.max_body)
@@ -17,7 +17,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from search._worker import run_worker
+    from search.service._worker import run_worker
     from storage import StudyStore
 
     ran = run_worker(

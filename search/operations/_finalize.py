@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from search._config import Config
-    from search._prepare import Prepared
+    from search.drivers._prepare import Prepared
 
 __all__ = ["Finalized", "finalize", "train_final"]
 
@@ -83,8 +83,8 @@ def finalize(
 ) -> list[Finalized]:
     """Finalize ``trials`` (or the whole front) of the config's study; export each to ``out/trial-N`` if given."""
     from evaluators import save_weights
-    from search._export import export_candidate, out_dir
-    from search._prepare import prepare
+    from search.drivers._prepare import prepare
+    from search.operations._export import export_candidate, out_dir
     from spaces import Plan
     from storage import file_sha256
 

@@ -1,0 +1,190 @@
+"""The commands of the ``prunetune`` CLI that run a study or read one (``inspect`` and the service have their own)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from search._config import config_flags, load_config
+from search.cli._tables import front_table, pct
+from search.drivers._candidate import is_dead
+from search.drivers._study import RunResult, Search
+from search.operations._export import export_candidate, out_dir
+from search.operations._finalize import finalize
+from search.operations._report_data import write_study_report
+from spaces import Interrupted, Status, UsageError
+
+if TYPE_CHECKING:
+    from storage import StudyStore
+
+__all__ = ["cmd_export", "cmd_finalize", "cmd_front", "cmd_report", "cmd_run", "cmd_status", "open_study", "overrides"]
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, _help, is_list in config_flags():
+        value = getattr(args, key, None)
+        if value is not None:
+            out[key] = [v.strip() for v in value.split(",") if v.strip()] if is_list else value
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+
+    cfg = load_config(args.config, overrides(args))
+    err = Console(stderr=True)
+    out = Console()
+    search = Search(cfg)
+    with err.status(f"preparing study {cfg.search.study!r} (data, baseline, space, allocator)"):
+        p = search.prepare(progress=False).prepared
+    err.print(
+        f"study {p.study!r} in {p.store.display_url}: base accuracy {p.base_accuracy:.4f}, "
+        f"{len(p.space.groups)} groups, budget {p.budget.to_dict()}"
+    )
+    target = cfg.search.candidates
+    with Progress(
+        TextColumn("[bold]candidates"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=args.quiet,
+    ) as bar:
+        done0 = p.store.count(p.study_id)
+        task = bar.add_task("run", total=target, completed=min(done0, target), info="")
+
+        def update(res: RunResult) -> None:
+            front = p.store.front(p.study_id)
+            best = max(((r.top_rung, r.accuracy) for r in front if r.accuracy is not None), default=(0, None))[1]
+            info = f"best {best:.4f} within budget, front {len(front)}" if best is not None else "no result yet"
+            bar.update(task, completed=min(res.total, target), info=info)
+
+        try:
+            res = search.run(update)
+        except KeyboardInterrupt as exc:  # hand the interrupted candidate to the next run at once
+            by_user = not isinstance(exc, Interrupted) or exc.signum == signal.SIGINT
+            p.store.release(p.study_id, search.worker, "interrupted by the user" if by_user else str(exc))
+            raise
+    for line in res.events:
+        err.print(line)
+    if res.stopped:
+        err.print(f"stopped early: {res.stopped}")
+    title = f"Pareto front of {res.study!r} ({len(res.front)} of {res.total})"
+    out.print(front_table(title, res.front, res.base_cost))
+    t = res.timings.per_candidate()
+    out.print(
+        f"this run: {res.evaluated} evaluated, {res.duplicates} duplicate plans skipped, {res.retried} retried; "
+        "seconds per candidate: " + ", ".join(f"{k} {v:.3f}" for k, v in t.items())
+    )
+    out.print(f"finalize one (long fine-tune, test accuracy) with: prunetune finalize {args.config} --trial N")
+    return 0
+
+
+def cmd_finalize(args: argparse.Namespace) -> int:
+
+    cfg = load_config(args.config, overrides(args))
+    done = finalize(cfg, trials=args.trial or (), front=args.front, steps=args.steps, out=args.out, progress=True)
+    table = Table(title=f"finalized ({done[0].steps} fine-tune steps, distilled)" if done else "finalized")
+    for col in ("trial", "val acc (search)", "val acc (final)", "test acc", "seconds", "export"):
+        table.add_column(col, justify="right")
+    for f in done:
+        table.add_row(
+            str(f.trial),
+            f"{f.search_accuracy:.4f}" if f.search_accuracy is not None else "-",
+            f"{f.val_accuracy:.4f}",
+            f"{f.test_accuracy:.4f}" if f.test_accuracy is not None else "no test split",
+            f"{f.seconds:.0f}",
+            str(f.export or "-"),
+        )
+    Console().print(table)
+    return 0
+
+
+def open_study(args: argparse.Namespace) -> tuple[StudyStore, str]:
+    from storage import StudyStore  # heavy: SQLAlchemy (the commands' --help stays light)
+
+    url, study = args.storage, args.study
+    if args.config is not None:
+        cfg = load_config(args.config)
+        url = url or cfg.storage.url
+        study = study or cfg.search.study
+    store = StudyStore.open_existing(url or "sqlite:///prunetune.db")
+    if study is None:
+        names = store.study_names()
+        if len(names) != 1:
+            raise UsageError(f"name the study with --study; {store.display_url} holds: {', '.join(names) or 'none'}")
+        study = names[0]
+    return store, study
+
+
+def cmd_front(args: argparse.Namespace) -> int:
+
+    store, study = open_study(args)
+    info = store.study(study)
+    rows = store.front(info.id)
+    total = store.count(info.id)
+    title = f"Pareto front of {study!r} ({len(rows)} of {total})"
+    console = Console()
+    console.print(front_table(title, rows, info.base_cost))
+    if args.plans:
+        for r in rows:
+            console.print(f"trial {r.trial_number}: {r.plan}", soft_wrap=True, markup=False, highlight=False)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+
+    store, study = open_study(args)
+    info = store.study(study)
+    rows = store.candidates(info.id)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    done = [r for r in rows if r.status is Status.COMPLETE and r.accuracy is not None]
+    best = max(done, key=lambda r: (r.top_rung, r.accuracy or 0.0), default=None)
+    c = Console()
+    c.print(f"study {study!r}: model {info.model_spec} on {info.data_spec}, budget {info.budget}")
+    base_acc = info.base_accuracy
+    c.print(f"base accuracy {base_acc:.4f}" if base_acc is not None else "base accuracy unknown")
+    c.print(f"candidates: {len(rows)} (" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")")
+    c.print(f"front: {len(store.front(info.id))} candidates")
+    if best is not None:
+        c.print(
+            f"best accuracy within budget: {best.accuracy:.4f} (trial {best.trial_number}, "
+            f"MACs {pct(best.macs, info.base_cost.get('macs'))})"
+        )
+
+    for r in (r for r in rows if r.status is Status.RUNNING):
+        trial = "-" if r.trial_number is None else r.trial_number
+        what = f"candidate {r.id} (trial {trial}), attempt {r.attempts}"
+        if r.worker is None:  # released by its worker (Ctrl-C)
+            c.print(f"interrupted: {what}: {r.error or 'the next run evaluates it again'}")
+        elif is_dead(r.worker):
+            c.print(f"interrupted: {what}: worker {r.worker} is gone; the next run evaluates it again")
+        else:
+            c.print(f"running: {what} on {r.worker}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+
+    store, study = open_study(args)
+    out = export_candidate(store, study, args.out, trial=args.trial)
+    print(f"exported trial {args.trial} of {study!r} to {out} (plan.json, weights.safetensors, model.json)")
+    print("load it with: from search import load_exported; model = load_exported(DIR)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+
+    store, study = open_study(args)
+    config = load_config(args.config) if args.config is not None else None
+    for p in write_study_report(store, study, out_dir(args.out), config=config, filters_trial=args.filters_trial):
+        print(p)
+    return 0

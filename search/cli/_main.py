@@ -1,0 +1,179 @@
+"""The ``prunetune`` command line.
+
+Heavy imports (torch, torch-pruning, fvcore, optuna, SQLAlchemy) happen inside
+the commands, so ``prunetune --help`` answers at once. Bad input (a
+:class:`spaces.PruneTuneError` or one of our ``ValueError``) ends with one line
+on stderr and exit code 2; anything else, a bare ``TypeError`` included, is a
+bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from search._config import config_flags
+from search._exit_codes import EXIT_INTERRUPTED, REPORT_A_BUG, explain
+from search.cli import _commands as commands
+from search.cli._inspect import budget_arg, cmd_inspect, ratios_arg, shape_arg
+from search.cli._service_commands import add_service_commands
+from spaces import Importance, Interrupted, check_interrupt, handle_signals
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump): ``prunetune: error: ...``, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"prunetune: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="the run's TOML config (gives the storage URL and study name)")
+    p.add_argument("--storage", help="storage URL (default: the config's, else sqlite:///prunetune.db)")
+    p.add_argument("--study", help="study name (default: the config's, or the only study in the store)")
+
+
+def _config_flag_args(p: argparse.ArgumentParser) -> None:
+    """One ``--section.key`` flag per config key; the key's description is its help.
+
+    argparse formats help strings with ``%``, so a description that says "40%"
+    must reach it as "40%%".
+    """
+    for key, text, is_list in config_flags():
+        help_text = text.replace("%", "%%") if text else f"overrides [{key.partition('.')[0]}] {key.partition('.')[2]}"
+        p.add_argument(f"--{key}", dest=key, metavar="LIST" if is_list else "VALUE", help=help_text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="prunetune", description="Automated compression search for PyTorch CNNs.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_inspect(sub)
+    _add_run(sub)
+    _add_readers(sub)
+    _add_finalize(sub)
+    _add_report(sub)
+    add_service_commands(sub)
+    return p
+
+
+def _add_inspect(sub: Any) -> None:
+    ins = sub.add_parser("inspect", help="show a model's prunable groups and costs")
+    ins.add_argument("--model", required=True, help="zoo:<name>, torchvision:<name> or package.module:factory")
+    ins.add_argument("--weights", help="a .safetensors file or a weights-only torch file")
+    ins.add_argument(
+        "--input", type=shape_arg, default=(1, 3, 224, 224), help="example input shape (default 1,3,224,224)"
+    )
+    ins.add_argument(
+        "--ratios", type=ratios_arg, default=[0.3, 0.5], help="uniform prune ratios to cost (default 0.3,0.5)"
+    )
+    ins.add_argument("--importance", choices=[i.value for i in Importance], default=Importance.L1.value)
+    ins.add_argument("--round-to", type=int, default=1)
+    ins.add_argument(
+        "--budget",
+        type=budget_arg,
+        help="show the allocator's plan for this budget, e.g. macs=40%%,params=50%%,bytes=8MB",
+    )
+    ins.set_defaults(func=cmd_inspect)
+
+
+def _add_run(sub: Any) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run (or resume) a compression search from a TOML config",
+        description="Every config key can be overridden: --section.key VALUE (lists comma-separated).",
+    )
+    run.add_argument("config", help="the run's TOML config, e.g. examples/digits.toml")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    _config_flag_args(run)
+    run.set_defaults(func=commands.cmd_run)
+
+
+def _add_readers(sub: Any) -> None:
+    """``front``, ``status`` and ``export``: commands that read a study."""
+    front = sub.add_parser("front", help="show a study's Pareto front")
+    _study_args(front)
+    front.add_argument("--plans", action="store_true", help="also print each member's whole plan (JSON)")
+    front.set_defaults(func=commands.cmd_front)
+    status = sub.add_parser("status", help="show a study's progress")
+    _study_args(status)
+    status.set_defaults(func=commands.cmd_status)
+    exp = sub.add_parser("export", help="write a candidate's plan.json, weights.safetensors and model.json")
+    _study_args(exp)
+    exp.add_argument("--trial", type=int, required=True, help="the trial number (see `prunetune front`)")
+    exp.add_argument("--out", required=True, help="output directory")
+    exp.set_defaults(func=commands.cmd_export)
+
+
+def _add_finalize(sub: Any) -> None:
+    fin = sub.add_parser(
+        "finalize",
+        help="re-train chosen candidates with the long recipe, measure test accuracy, store and export them",
+        description="Every config key can be overridden: --section.key VALUE (lists comma-separated).",
+    )
+    fin.add_argument("config", help="the run's TOML config")
+    fin.add_argument("--trial", type=int, action="append", help="a trial number (repeat for several)")
+    fin.add_argument("--front", action="store_true", help="every candidate of the Pareto front")
+    fin.add_argument("--steps", type=int, help="fine-tune steps (default: evaluate.final_steps)")
+    fin.add_argument("--out", help="export each to OUT/trial-N as well")
+    _config_flag_args(fin)
+    fin.set_defaults(func=commands.cmd_finalize)
+
+
+def _add_report(sub: Any) -> None:
+    rep = sub.add_parser("report", help="write CSV, Markdown and HTML (report.html) reports of a study")
+    _study_args(rep)
+    rep.add_argument("--out", required=True, help="output directory")
+    rep.add_argument("--filters-trial", type=int, help="front member whose pruned filters are shown (default: best)")
+    rep.set_defaults(func=commands.cmd_report)
+
+
+def _glue_dash_values(argv: Sequence[str]) -> list[str]:
+    """``--budget.bytes -5MB`` as ``--budget.bytes=-5MB``: argparse would take ``-5MB`` for an option."""
+    out: list[str] = []
+    for tok in argv:
+        prev = out[-1] if out else ""
+        if (
+            prev.startswith("--")
+            and "=" not in prev
+            and tok.startswith("-")
+            and not tok.startswith("--")
+            and tok != "-h"
+        ):
+            out[-1] = f"{prev}={tok}"
+        else:
+            out.append(tok)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; exit codes and messages are those of :mod:`search._exit_codes`."""
+    args = _parser().parse_args(_glue_dash_values(sys.argv[1:] if argv is None else argv))
+    try:
+        with handle_signals():  # SIGINT/SIGTERM stop the command at its next safe point
+            code = int(args.func(args))
+            check_interrupt()  # a signal after the last safe point still ends in 130 / 143
+        return code
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted) and exc.signum != signal.SIGINT:
+            print(f"prunetune: {exc}; rerun the same command to resume", file=sys.stderr)
+            return exc.exit_code
+        print("prunetune: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        known = explain(exc)
+        if known is None:
+            traceback.print_exc()
+            print(REPORT_A_BUG, file=sys.stderr)
+            return 1
+        print(f"prunetune: error: {known[1]}", file=sys.stderr)
+        return known[0]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
