@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 from spaces import lazy_exports
 
 if TYPE_CHECKING:
-    from storage._store_errors import StoreDamagedError, StoreError, StudyFullError, StudyMismatchError
     from storage._html import ReportExtras, front_figure, public_url, render_report
     from storage._open import file_sha256, store_error
-    from storage._pareto import pareto_front
+    from storage._pareto import best_within_cap, dominates, pareto_front
     from storage._queue import Submissions, SubmissionStatus
     from storage._report import candidates_frame, plan_summary, write_report
     from storage._schema import SCHEMA_VERSION, CandidateRow, StudyRecord, SubmissionRecord
     from storage._store import StudyStore
+    from storage._store_errors import StoreDamagedError, StoreError, StudyFullError, StudyMismatchError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -36,7 +36,9 @@ __all__ = [
     "SubmissionRecord",
     "SubmissionStatus",
     "Submissions",
+    "best_within_cap",
     "candidates_frame",
+    "dominates",
     "file_sha256",
     "front_figure",
     "pareto_front",
@@ -66,6 +68,8 @@ _WHERE = {
     "StudyRecord": "_schema",
     "StudyStore": "_store",
     "candidates_frame": "_report",
+    "best_within_cap": "_pareto",
+    "dominates": "_pareto",
     "pareto_front": "_pareto",
     "plan_summary": "_report",
     "write_report": "_report",

@@ -20,14 +20,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, update
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
+    from sqlalchemy.orm import Session
 
-__all__ = ["create_racing", "engine_for", "missing_sqlite_file", "optuna_storage", "parse_url"]
+__all__ = ["create_racing", "engine_for", "missing_sqlite_file", "optuna_storage", "parse_url", "swap"]
 
 T = TypeVar("T")
 
@@ -107,11 +108,32 @@ def engine_for(url: URL, *, read_only: bool = False) -> Engine:
             if read_only:
                 cur.execute("PRAGMA query_only=ON")
             else:
-                cur.execute("PRAGMA journal_mode=WAL")
+                _switch_to_wal(cur)
                 cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
     return engine
+
+
+def _switch_to_wal(cur: Any, *, seconds: float = 30.0) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another process holds the file.
+
+    Switching a new file to WAL while another process does the same may answer
+    ``database is locked`` at once, without waiting for the busy timeout
+    (SQLite's deadlock avoidance): the switch is tried again, backing off, for
+    up to ``seconds`` (the busy timeout's length), as a writer waits for a lock.
+    """
+    deadline = time.monotonic() + seconds
+    pause = 0.01
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
 
 
 def _lost_a_creation_race(exc: Exception) -> bool:
@@ -148,3 +170,13 @@ def optuna_storage(url: URL) -> RDBStorage:
 
     rendered = url.render_as_string(hide_password=False)
     return create_racing(lambda: optuna.storages.RDBStorage(rendered, engine_kwargs=_engine_kwargs(url)))
+
+
+def swap(session: Session, table: Any, *conditions: Any, **values: Any) -> int:
+    """Compare-and-swap: set ``values`` on the rows of ``table`` that still match ``conditions``; how many.
+
+    One UPDATE ... WHERE: of two workers racing for the same row, exactly one
+    sees 1 (it owns the row now); the other sees 0 and leaves it alone.
+    """
+    done = session.execute(update(table).where(*conditions).values(**values))
+    return int(done.rowcount)  # type: ignore[attr-defined]

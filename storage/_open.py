@@ -31,8 +31,8 @@ from sqlalchemy.orm import Session
 
 from spaces import first_line
 from storage._engine import create_racing
-from storage._store_errors import StoreDamagedError, StoreError
 from storage._schema import SCHEMA_VERSION, Base, MetaTable
+from storage._store_errors import StoreDamagedError, StoreError
 
 __all__ = ["file_sha256", "open_schema", "store_error"]
 

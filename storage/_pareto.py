@@ -66,6 +66,17 @@ def rung_front(rows: Sequence[CandidateRow], objectives: Sequence[Objective]) ->
     return keep
 
 
+def best_within_cap(rows: Sequence[CandidateRow]) -> CandidateRow | None:
+    """The best candidate within the budget's cap: the most accurate of those trained longest (highest rung).
+
+    The one rule for "best" everywhere (the CLI's front and status, the run's
+    progress line, the report's filters panel): a 50-step accuracy never beats
+    an 800-step one. ``None`` when no candidate has an accuracy.
+    """
+    scored = [r for r in rows if r.accuracy is not None]
+    return max(scored, key=lambda r: (r.top_rung, r.accuracy or 0.0), default=None)
+
+
 def write_front(s: Session, study_id: int, objectives: Sequence[Objective]) -> None:
     """Rewrite the study's ``prunetune_pareto`` rows from its COMPLETE candidates, in session ``s``."""
     from sqlalchemy import select

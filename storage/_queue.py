@@ -16,11 +16,12 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from storage._store_errors import StoreError
+from storage._engine import swap
 from storage._schema import StudyTable, SubmissionRecord, SubmissionTable, now, submission_record
+from storage._store_errors import StoreError
 
 if TYPE_CHECKING:
     from storage._store import StudyStore
@@ -78,12 +79,8 @@ class Submissions:
                 )
                 if first is None:
                     return None
-                won = s.execute(
-                    update(SubmissionTable)
-                    .where(SubmissionTable.id == first, SubmissionTable.status == SubmissionStatus.QUEUED)
-                    .values(status=SubmissionStatus.RUNNING, worker=worker, updated=now())
-                )
-                if won.rowcount == 1:  # type: ignore[attr-defined]
+                queued = (SubmissionTable.id == first, SubmissionTable.status == SubmissionStatus.QUEUED)
+                if swap(s, SubmissionTable, *queued, status=SubmissionStatus.RUNNING, worker=worker, updated=now()):
                     return submission_record(s.get_one(SubmissionTable, first))
             # another worker took it between the select and the update: try the next one
 
@@ -100,14 +97,11 @@ class Submissions:
             if not is_dead(owner):
                 continue
             with self.store._session() as s:
-                done = s.execute(
-                    update(SubmissionTable)
-                    .where(SubmissionTable.id == sid, SubmissionTable.status == SubmissionStatus.RUNNING,
-                           SubmissionTable.worker == owner)
-                    .values(status=SubmissionStatus.QUEUED, worker=None, error=f"worker {owner} stopped: run again",
-                            updated=now())
-                )  # fmt: skip
-                if done.rowcount == 1:  # type: ignore[attr-defined]
+                running = (SubmissionTable.id == sid, SubmissionTable.status == SubmissionStatus.RUNNING,
+                           SubmissionTable.worker == owner)  # fmt: skip
+                error = f"worker {owner} stopped: run again"
+                if swap(s, SubmissionTable, *running, status=SubmissionStatus.QUEUED, worker=None, error=error,
+                        updated=now()):  # fmt: skip
                     again.append(sid)
         return again
 
@@ -115,14 +109,10 @@ class Submissions:
         """Mark ``worker``'s running submission ``done`` (or ``failed`` with ``error``)."""
         status = SubmissionStatus.FAILED if error is not None else SubmissionStatus.DONE
         with self.store._session() as s:
-            done = s.execute(
-                update(SubmissionTable)
-                .where(
-                    SubmissionTable.id == submission_id,
-                    SubmissionTable.status == SubmissionStatus.RUNNING,
-                    SubmissionTable.worker == worker,
-                )
-                .values(status=status, error=error, updated=now())
+            mine = (
+                SubmissionTable.id == submission_id,
+                SubmissionTable.status == SubmissionStatus.RUNNING,
+                SubmissionTable.worker == worker,
             )
-            if done.rowcount != 1:  # type: ignore[attr-defined]
+            if swap(s, SubmissionTable, *mine, status=status, error=error, updated=now()) != 1:
                 raise StoreError(f"submission {submission_id} is not running under worker {worker}")

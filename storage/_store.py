@@ -32,8 +32,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from spaces import Objective, PruneTuneError, Status
-from storage._engine import engine_for, missing_sqlite_file, optuna_storage, parse_url
-from storage._store_errors import StoreError, StudyFullError, StudyMismatchError
+from storage._engine import engine_for, missing_sqlite_file, optuna_storage, parse_url, swap
 from storage._open import file_sha256, open_schema, store_error
 from storage._pareto import write_front
 from storage._schema import (
@@ -46,6 +45,7 @@ from storage._schema import (
     now,
     study_record,
 )
+from storage._store_errors import StoreError, StudyFullError, StudyMismatchError
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
@@ -260,23 +260,20 @@ class StudyStore:
             if not (is_dead(owner) or beat is None or beat < cutoff):
                 continue
             with self._session() as s:
-                done = s.execute(
-                    update(CandidateTable)
-                    .where(
-                        CandidateTable.id == cid,
-                        CandidateTable.status == Status.RUNNING,
-                        CandidateTable.worker.is_(owner) if owner is None else CandidateTable.worker == owner,
-                    )
-                    .values(
-                        worker=worker,
-                        heartbeat=now(),
-                        attempts=CandidateTable.attempts + 1,
-                        error=f"retried: worker {owner} stopped while evaluating it",
-                        rungs=None,
-                        rung=None,
-                    )
+                won = swap(
+                    s,
+                    CandidateTable,
+                    CandidateTable.id == cid,
+                    CandidateTable.status == Status.RUNNING,
+                    CandidateTable.worker.is_(owner) if owner is None else CandidateTable.worker == owner,
+                    worker=worker,
+                    heartbeat=now(),
+                    attempts=CandidateTable.attempts + 1,
+                    error=f"retried: worker {owner} stopped while evaluating it",
+                    rungs=None,
+                    rung=None,
                 )
-                if done.rowcount == 1:  # type: ignore[attr-defined]
+                if won == 1:
                     claimed.append(cid)
         with self._session() as s:
             return [candidate_row(c) for c in s.scalars(select(CandidateTable).where(CandidateTable.id.in_(claimed)))]
@@ -316,8 +313,7 @@ class StudyStore:
             # the study's row first, as reserve: one writer of its front at a time, and no deadlock
             s.execute(select(StudyTable.id).where(StudyTable.id == sid).with_for_update())
             running = (CandidateTable.id == candidate_id, CandidateTable.status == Status.RUNNING)
-            won = s.execute(update(CandidateTable).where(*running).values(status=Status(status)))
-            if won.rowcount != 1:  # type: ignore[attr-defined]
+            if swap(s, CandidateTable, *running, status=Status(status)) != 1:
                 return False
             c = s.get_one(CandidateTable, candidate_id)
             c.status, c.accuracy, c.seconds, c.error = Status(status), accuracy, seconds, error
@@ -358,26 +354,21 @@ class StudyStore:
         They stay RUNNING, without an owner, with ``reason`` in ``error``; returns how many.
         """
         with self._session() as s:
-            done = s.execute(
-                update(CandidateTable)
-                .where(
-                    CandidateTable.study_id == study_id,
-                    CandidateTable.status == Status.RUNNING,
-                    CandidateTable.worker == worker,
-                )
-                .values(worker=None, error=f"{reason}: the next run evaluates it again")
+            return swap(
+                s,
+                CandidateTable,
+                CandidateTable.study_id == study_id,
+                CandidateTable.status == Status.RUNNING,
+                CandidateTable.worker == worker,
+                worker=None,
+                error=f"{reason}: the next run evaluates it again",
             )
-            return int(done.rowcount)  # type: ignore[attr-defined]
 
     def fail_running(self, study_id: int, reason: str = "left RUNNING by a stopped worker") -> int:
         """Mark the study's RUNNING candidates FAIL (after a crash); returns how many."""
         with self._session() as s:
-            done = s.execute(
-                update(CandidateTable)
-                .where(CandidateTable.study_id == study_id, CandidateTable.status == Status.RUNNING)
-                .values(status=Status.FAIL, error=reason)
-            )
-            return int(done.rowcount)  # type: ignore[attr-defined]
+            running = (CandidateTable.study_id == study_id, CandidateTable.status == Status.RUNNING)
+            return swap(s, CandidateTable, *running, status=Status.FAIL, error=reason)
 
     def record_test_accuracy(
         self, candidate_id: int, accuracy: float | None, *, final: Mapping[str, Any] | None = None

@@ -18,6 +18,7 @@ from search.operations._export import export_candidate, out_dir
 from search.operations._finalize import finalize
 from search.operations._report_data import write_study_report
 from spaces import Interrupted, Status, UsageError
+from storage import best_within_cap
 
 if TYPE_CHECKING:
     from storage import StudyStore
@@ -61,7 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         def update(res: RunResult) -> None:
             front = p.store.front(p.study_id)
-            best = max(((r.top_rung, r.accuracy) for r in front if r.accuracy is not None), default=(0, None))[1]
+            top = best_within_cap(front)
+            best = None if top is None else top.accuracy
             info = f"best {best:.4f} within budget, front {len(front)}" if best is not None else "no result yet"
             bar.update(task, completed=min(res.total, target), info=info)
 
@@ -147,7 +149,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
     done = [r for r in rows if r.status is Status.COMPLETE and r.accuracy is not None]
-    best = max(done, key=lambda r: (r.top_rung, r.accuracy or 0.0), default=None)
+    best = best_within_cap(done)
     c = Console()
     c.print(f"study {study!r}: model {info.model_spec} on {info.data_spec}, budget {info.budget}")
     base_acc = info.base_accuracy

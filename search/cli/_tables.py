@@ -8,22 +8,16 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 from rich.text import Text
 
-from storage import plan_summary
+from storage import best_within_cap, plan_summary
 
 if TYPE_CHECKING:
     from storage import CandidateRow
 
-__all__ = ["at_cap", "front_table", "pct"]
+__all__ = ["front_table", "pct"]
 
 
 def pct(v: float | None, base: float | None) -> str:
     return f"{100 * v / base:.1f}%" if v is not None and base else "-"
-
-
-def at_cap(rows: Sequence[CandidateRow]) -> CandidateRow | None:
-    """The best of ``rows`` within the budget's cap: the most accurate of the longest-trained (``None``: none)."""
-    scored = [r for r in rows if r.accuracy is not None]
-    return max(scored, key=lambda r: (r.top_rung, r.accuracy or 0.0), default=None)
 
 
 def front_table(title: str, rows: Sequence[CandidateRow], base_cost: dict[str, Any]) -> Table:
@@ -34,7 +28,7 @@ def front_table(title: str, rows: Sequence[CandidateRow], base_cost: dict[str, A
     summary is cut with an ellipsis to the width that is left; the whole plan
     is printed by ``prunetune front --plans`` and in the report's CSV.
     """
-    best = at_cap(rows)
+    best = best_within_cap(rows)
     cells = {
         "trial": [f"{r.trial_number} *" if best is not None and r.id == best.id else str(r.trial_number) for r in rows],
         "val acc": [f"{r.accuracy:.4f}" if r.accuracy is not None else "-" for r in rows],

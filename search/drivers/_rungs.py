@@ -29,11 +29,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from storage import dominates
+
 __all__ = ["crowding_distance", "nondominated_ranks", "promotes", "promotion_order"]
-
-
-def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
 
 
 def nondominated_ranks(points: Sequence[Sequence[float]]) -> list[int]:
@@ -43,7 +41,7 @@ def nondominated_ranks(points: Sequence[Sequence[float]]) -> list[int]:
     left = set(range(n))
     rank = 0
     while left:
-        front = {i for i in left if not any(_dominates(points[j], points[i]) for j in left if j != i)}
+        front = {i for i in left if not any(dominates(points[j], points[i]) for j in left if j != i)}
         for i in front:
             ranks[i] = rank
         left -= front

@@ -27,6 +27,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from storage import best_within_cap
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -204,7 +206,7 @@ def report_extras(
                 f"{', '.join(str(r.trial_number) for r in front) or 'none'}"
             )
     elif front:
-        chosen = max(front, key=lambda r: r.accuracy or 0.0)
+        chosen = best_within_cap(front)
     filters = filters_frame(space, Plan.from_json(chosen.plan)) if chosen is not None else None
     if chosen is None:
         notes["filters"] = "no completed candidate yet: the front is empty"
