@@ -69,6 +69,7 @@ if TYPE_CHECKING:
     )
     from spaces._vocab import (
         COST_METRICS as COST_METRICS,
+        CandidateKind as CandidateKind,
         Direction as Direction,
         Importance as Importance,
         Method as Method,
@@ -107,6 +108,7 @@ _WHERE = {
     "ModelSpace": "_space",
     "Group": "_trace",
     "COST_METRICS": "_vocab",
+    "CandidateKind": "_vocab",
     "Direction": "_vocab",
     "Importance": "_vocab",
     "Method": "_vocab",
@@ -122,6 +124,7 @@ __all__ = [
     "Allocation",
     "AllocatorFallbackWarning",
     "Budget",
+    "CandidateKind",
     "Cost",
     "CostModel",
     "Direction",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["COST_METRICS", "Direction", "Importance", "Method", "Objective", "Status"]
+__all__ = ["COST_METRICS", "CandidateKind", "Direction", "Importance", "Method", "Objective", "Status"]
 
 
 class Status(StrEnum):
@@ -24,6 +24,20 @@ class Status(StrEnum):
     @property
     def finished(self) -> bool:
         return self is not Status.RUNNING
+
+
+class CandidateKind(StrEnum):
+    """Where a candidate's plan came from."""
+
+    ALLOCATOR = "allocator"  # the allocator's plan at the budget's cap (a seed)
+    ALLOCATOR_FLOOR = "allocator-floor"  # the allocator's plan at the floor's cost level (a seed)
+    UNIFORM = "uniform"  # the uniform plan repaired onto the cap (a seed)
+    SAMPLED = "sampled"  # proposed by the sampler
+    RETRY = "retry"  # a stopped worker's candidate, evaluated again
+
+    @property
+    def is_seed(self) -> bool:
+        return self in (CandidateKind.ALLOCATOR, CandidateKind.ALLOCATOR_FLOOR, CandidateKind.UNIFORM)
 
 
 class Direction(StrEnum):

@@ -18,25 +18,32 @@ if TYPE_CHECKING:
     from storage._open import file_sha256, store_error
     from storage._pareto import best_within_cap, dominates, pareto_front
     from storage._queue import Submissions, SubmissionStatus
-    from storage._report import candidates_frame, plan_summary, write_report
+    from storage._records import PHASES, FinalResult, PhaseTimes, StudySpec
+    from storage._report import candidates_frame, write_report
     from storage._schema import SCHEMA_VERSION, CandidateRow, StudyRecord, SubmissionRecord
     from storage._store import StudyStore
     from storage._store_errors import StoreDamagedError, StoreError, StudyFullError, StudyMismatchError
+    from storage._view import candidate_view, plan_summary
 
 __all__ = [
+    "PHASES",
     "SCHEMA_VERSION",
     "CandidateRow",
+    "FinalResult",
+    "PhaseTimes",
     "ReportExtras",
     "StoreDamagedError",
     "StoreError",
     "StudyFullError",
     "StudyMismatchError",
     "StudyRecord",
+    "StudySpec",
     "StudyStore",
     "SubmissionRecord",
     "SubmissionStatus",
     "Submissions",
     "best_within_cap",
+    "candidate_view",
     "candidates_frame",
     "dominates",
     "file_sha256",
@@ -50,6 +57,10 @@ __all__ = [
 ]
 
 _WHERE = {
+    "PHASES": "_records",
+    "FinalResult": "_records",
+    "PhaseTimes": "_records",
+    "StudySpec": "_records",
     "SCHEMA_VERSION": "_schema",
     "CandidateRow": "_schema",
     "ReportExtras": "_html",
@@ -71,7 +82,8 @@ _WHERE = {
     "best_within_cap": "_pareto",
     "dominates": "_pareto",
     "pareto_front": "_pareto",
-    "plan_summary": "_report",
+    "candidate_view": "_view",
+    "plan_summary": "_view",
     "write_report": "_report",
 }
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from storage._view import VIEW_COLUMNS, candidate_view
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -12,70 +14,17 @@ if TYPE_CHECKING:
     from storage._html import ReportExtras
     from storage._store import StudyStore
 
-__all__ = ["PHASES", "candidates_frame", "plan_summary", "write_report"]
-
-PHASES = ("apply", "train", "eval", "other")  # seconds of a candidate's life, as the runner records them
-
-
-def plan_summary(plan_json: str, channels: dict[str, int] | None = None, limit: int = 4) -> str:
-    """A short human summary of a plan: how many groups are pruned, the largest ratios, the ranks."""
-    plan = json.loads(plan_json)
-    prune: dict[str, float] = plan.get("prune", {})
-    rank: dict[str, Any] = plan.get("rank", {})
-    parts = []
-    if prune:
-        top = sorted(prune.items(), key=lambda kv: -kv[1])[:limit]
-        shown = ", ".join(f"{g} {r:.0%}" for g, r in top)
-        parts.append(f"{len(prune)} groups pruned ({shown}{', …' if len(prune) > limit else ''})")
-    if rank:
-        method = plan.get("method", {})
-        shown = ", ".join(f"{k} r{v}{'/' + method[k] if k in method else ''}" for k, v in list(rank.items())[:limit])
-        parts.append(f"{len(rank)} layers factorized ({shown}{', …' if len(rank) > limit else ''})")
-    return "; ".join(parts) or "unchanged"
+__all__ = ["candidates_frame", "write_report"]
 
 
 def candidates_frame(store: StudyStore, study: str) -> pd.DataFrame:
-    """All candidates of ``study`` as a DataFrame, with shares of the base cost and a front flag."""
+    """All candidates of ``study`` as a DataFrame (the columns of :func:`storage._view.candidate_view`)."""
     import pandas as pd
 
     info = store.study(study)
-    base = info.base_cost
     front = {r.id for r in store.front(info.id)}
-    rows = []
-    for r in store.candidates(info.id):
-        rows.append(
-            {
-                "trial": r.trial_number,
-                "candidate": r.id,
-                "status": r.status.value,
-                "kind": r.kind,
-                "accuracy": r.accuracy,  # validation, at its top rung: what the search selects on
-                "rung": r.rung,
-                "rung_steps": r.top_steps,
-                "test_accuracy": r.test_accuracy,  # after `prunetune finalize`: reported, never selected on
-                "macs": r.macs,
-                "macs_pct": 100 * r.macs / base["macs"] if r.macs is not None and base.get("macs") else None,
-                "params": r.params,
-                "params_pct": 100 * r.params / base["params"] if r.params is not None and base.get("params") else None,
-                "bytes": r.bytes,
-                "latency_ms": r.latency,
-                "seconds": r.seconds,
-                "on_front": r.id in front,
-                "attempts": r.attempts,
-                "plan_hash": r.plan_hash,
-                "plan": plan_summary(r.plan),
-                "error": r.error,
-                **{f"t_{k}": (r.phases or {}).get(k) for k in PHASES},
-                "history": json.dumps(r.history) if r.history else None,
-            }
-        )
-    columns = [
-        "trial", "candidate", "status", "kind", "accuracy", "rung", "rung_steps", "test_accuracy", "macs", "macs_pct",
-        "params",
-        "params_pct", "bytes", "latency_ms", "seconds", "on_front", "attempts", "plan_hash", "plan", "error",
-        *(f"t_{k}" for k in PHASES), "history",
-    ]  # fmt: skip
-    return pd.DataFrame(rows, columns=columns)
+    rows = [candidate_view(r, info.base_cost, front) for r in store.candidates(info.id)]
+    return pd.DataFrame(rows, columns=list(VIEW_COLUMNS))
 
 
 def write_report(
@@ -110,7 +59,7 @@ def write_report(
         "",
         "`accuracy`: validation (the search selects on it) after `rung_steps` fine-tune steps; `test_accuracy`: the"
         " test split, after `prunetune finalize` (empty: not finalized"
-        + ("" if info.space_options.get("has_test", True) else "; this data has no test split")
+        + ("" if info.spec.has_test else "; this data has no test split")
         + ").",
         "",
         front[shown].to_markdown(index=False, floatfmt=".4g") if len(front) else "(no completed candidate yet)",

@@ -15,7 +15,8 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from spaces import Objective, Status
+from spaces import CandidateKind, Objective, Status
+from storage._records import FinalResult, PhaseTimes, StudySpec
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -132,6 +133,11 @@ class StudyRecord:
     base_accuracy: float | None
     created: datetime
 
+    @property
+    def spec(self) -> StudySpec:
+        """``space_options``, typed: the study's [space] options and its data's shape (see :class:`StudySpec`)."""
+        return StudySpec.from_json(self.space_options)
+
 
 @dataclass(frozen=True, kw_only=True)
 class CandidateRow:
@@ -154,12 +160,12 @@ class CandidateRow:
     weights_sha256: str | None = None
     worker: str | None = None
     attempts: int = 1
-    kind: str | None = None  # allocator, uniform (seed plans), sampled or retry
-    phases: dict[str, Any] | None = None  # seconds per phase: apply, train, eval, other
+    kind: CandidateKind | None = None  # where the plan came from
+    phases: PhaseTimes | None = None  # seconds per phase: apply, train, eval, other
     test_accuracy: float | None = None
     rung: int | None = None  # the highest rung reached (None: stored before rungs existed, i.e. one rung)
     rungs: list[Any] | None = None  # [[steps, accuracy], ...], one entry per rung reached
-    final: dict[str, Any] | None = None  # finalize's steps, validation and test accuracy, weights file and SHA-256
+    final: FinalResult | None = None  # finalize's steps, validation and test accuracy, weights file and SHA-256
 
     def accuracy_at(self, rung: int) -> float | None:
         """Validation accuracy after rung ``rung``'s fine-tune (``None`` when the candidate did not reach it)."""
@@ -224,7 +230,16 @@ def study_record(st: StudyTable) -> StudyRecord:
 
 
 def candidate_row(c: CandidateTable) -> CandidateRow:
-    return CandidateRow(**{**_columns(CandidateRow, c), "status": Status(c.status), "attempts": c.attempts or 1})
+    return CandidateRow(
+        **{
+            **_columns(CandidateRow, c),
+            "status": Status(c.status),
+            "attempts": c.attempts or 1,
+            "kind": CandidateKind(c.kind) if c.kind else None,
+            "phases": PhaseTimes.from_json(c.phases) if c.phases else None,
+            "final": FinalResult.from_json(c.final) if c.final else None,
+        }
+    )
 
 
 def submission_record(t: SubmissionTable) -> SubmissionRecord:

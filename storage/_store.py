@@ -35,6 +35,7 @@ from spaces import Objective, PruneTuneError, Status
 from storage._engine import engine_for, missing_sqlite_file, optuna_storage, parse_url, swap
 from storage._open import file_sha256, open_schema, store_error
 from storage._pareto import write_front
+from storage._records import FinalResult, PhaseTimes, StudySpec
 from storage._schema import (
     CandidateRow,
     CandidateTable,
@@ -134,7 +135,7 @@ class StudyStore:
         model_spec: str,
         data_spec: str,
         budget: Mapping[str, Any],
-        space_options: Mapping[str, Any],
+        space_options: StudySpec | Mapping[str, Any],
         base_cost: Mapping[str, Any],
         base_accuracy: float | None = None,
     ) -> int:
@@ -143,7 +144,7 @@ class StudyStore:
             "model_spec": model_spec,
             "data_spec": data_spec,
             "budget": dict(budget),
-            "space_options": dict(space_options),
+            "space_options": space_options.to_json() if isinstance(space_options, StudySpec) else dict(space_options),
             "base_cost": dict(base_cost),
             "base_accuracy": base_accuracy,
         }
@@ -292,7 +293,7 @@ class StudyStore:
         artifact: str | None = None,
         trial_number: int | None = None,
         objectives: Sequence[Objective | str] = (Objective.ACCURACY, Objective.MACS),
-        phases: Mapping[str, float] | None = None,
+        phases: PhaseTimes | None = None,
         rungs: Sequence[Sequence[float]] | None = None,
     ) -> bool:
         """Record a RUNNING candidate's outcome and, in the same transaction, the study's Pareto front.
@@ -321,7 +322,7 @@ class StudyStore:
                 c.macs, c.params, c.bytes = cost.get("macs"), cost.get("params"), cost.get("bytes")
             c.latency_ms = {str(k): v for k, v in latency_ms.items()} if latency_ms else None
             c.history = [list(h) for h in history] if history else None
-            c.artifact, c.phases = artifact, dict(phases) if phases else None
+            c.artifact, c.phases = artifact, phases.to_json() if phases else None
             c.weights_sha256 = file_sha256(artifact) if artifact else None
             if rungs is not None or status != Status.COMPLETE:
                 c.rungs = [[int(st), float(a)] for st, a in rungs] if rungs else None
@@ -371,14 +372,14 @@ class StudyStore:
             return swap(s, CandidateTable, *running, status=Status.FAIL, error=reason)
 
     def record_test_accuracy(
-        self, candidate_id: int, accuracy: float | None, *, final: Mapping[str, Any] | None = None
+        self, candidate_id: int, accuracy: float | None, *, final: FinalResult | None = None
     ) -> None:
         """A COMPLETE candidate's test accuracy (reported, never selected on) and what finalize measured."""
         with self._session() as s:
             c = s.get(CandidateTable, candidate_id)
             if c is None or c.status != Status.COMPLETE:
                 raise ValueError(f"candidate {candidate_id} is not a COMPLETE candidate of this store")
-            c.test_accuracy, c.final = accuracy, (dict(final) if final is not None else c.final)
+            c.test_accuracy, c.final = accuracy, (final.to_json() if final is not None else c.final)
 
     def delete(self, candidate_id: int) -> None:
         """Remove a candidate (e.g. a failed one, so that its plan may be retried)."""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 from rich.text import Text
 
-from storage import best_within_cap, plan_summary
+from storage import best_within_cap, candidate_view
 
 if TYPE_CHECKING:
     from storage import CandidateRow
@@ -29,14 +29,21 @@ def front_table(title: str, rows: Sequence[CandidateRow], base_cost: dict[str, A
     is printed by ``prunetune front --plans`` and in the report's CSV.
     """
     best = best_within_cap(rows)
+    views = [candidate_view(r, base_cost, ()) for r in rows]
+
+    def num(key: str, fmt: str, unit: str = "") -> list[str]:
+        return ["-" if v[key] is None else format(v[key], fmt) + unit for v in views]
+
     cells = {
-        "trial": [f"{r.trial_number} *" if best is not None and r.id == best.id else str(r.trial_number) for r in rows],
-        "val acc": [f"{r.accuracy:.4f}" if r.accuracy is not None else "-" for r in rows],
-        "rung": ["-" if r.rungs is None else f"{r.rung} ({r.rungs[-1][0]} steps)" for r in rows],
-        "test acc": [f"{r.test_accuracy:.4f}" if r.test_accuracy is not None else "-" for r in rows],
-        "MACs %": [pct(r.macs, base_cost.get("macs")) for r in rows],
-        "params %": [pct(r.params, base_cost.get("params")) for r in rows],
-        "latency ms": [f"{r.latency:.2f}" if r.latency is not None else "-" for r in rows],
+        "trial": [
+            f"{v['trial']} *" if best is not None and v["candidate"] == best.id else str(v["trial"]) for v in views
+        ],
+        "val acc": num("accuracy", ".4f"),
+        "rung": ["-" if v["rung_steps"] is None else f"{v['rung']} ({v['rung_steps']} steps)" for v in views],
+        "test acc": num("test_accuracy", ".4f"),
+        "MACs %": num("macs_pct", ".1f", "%"),
+        "params %": num("params_pct", ".1f", "%"),
+        "latency ms": num("latency_ms", ".2f"),
     }
     shown = {col: values for col, values in cells.items() if col == "trial" or any(v != "-" for v in values)}
     caption = (
@@ -49,7 +56,7 @@ def front_table(title: str, rows: Sequence[CandidateRow], base_cost: dict[str, A
     for col in shown:
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("plan", justify="left", ratio=1, min_width=12)  # the only column that gives way
-    for i, r in enumerate(rows):
-        plan = Text(plan_summary(r.plan), no_wrap=True, overflow="ellipsis")
+    for i, view in enumerate(views):
+        plan = Text(view["plan"], no_wrap=True, overflow="ellipsis")
         table.add_row(*(values[i] for values in shown.values()), plan)
     return table

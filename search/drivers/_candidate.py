@@ -33,7 +33,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from spaces import Objective, Status, check_interrupt
+from spaces import CandidateKind, Objective, Status, check_interrupt
+from storage import PhaseTimes
 
 if TYPE_CHECKING:
     from evaluators import Context, Metrics
@@ -156,10 +157,10 @@ class _Heartbeat:
         self._thread.join()
 
 
-def _phases(apply: float, evaluate: float, metrics: Metrics) -> dict[str, float]:
+def _phases(apply: float, evaluate: float, metrics: Metrics) -> PhaseTimes:
     """Seconds of a candidate's life per phase (what reports draw): surgery, fine-tune, evaluation, the rest."""
     train, evals = metrics.train_seconds, metrics.eval_seconds
-    return {"apply": apply, "train": train, "eval": evals, "other": max(evaluate - train - evals, 0.0)}
+    return PhaseTimes(apply=apply, train=train, eval=evals, other=max(evaluate - train - evals, 0.0))
 
 
 class CandidateRunner:
@@ -173,7 +174,7 @@ class CandidateRunner:
         self.worker = worker
         self.timings = timings
 
-    def reserve(self, plan: Plan, trial_number: int | None = None, *, kind: str | None = None) -> int | None:
+    def reserve(self, plan: Plan, trial_number: int | None = None, *, kind: CandidateKind | None = None) -> int | None:
         """The new RUNNING candidate's id; ``None`` if the study holds this plan; StudyFullError when full.
 
         ``kind``: where the plan came from (``allocator``, ``uniform``, ``sampled``), kept for reports.

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from evaluators import DataBundle, Evaluator
     from spaces import Budget, Cost, ModelSpace, Plan
-    from storage import StudyStore
+    from storage import StudySpec, StudyStore
 
 __all__ = ["Prepared", "default_evaluator", "prepare"]
 
@@ -194,14 +194,14 @@ def prepare(
         model_spec=cfg.model.spec,
         data_spec=data.spec,
         budget=budget.to_dict(),
-        space_options={
-            **cfg.space.model_dump(mode="json"),
-            "input_shape": list(data.input_shape),
-            "in_channels": data.in_channels,
-            "num_classes": data.num_classes,
-            "has_test": data.test is not None,
-            "base_weights": str(base_weights.resolve()),  # what reports read the base model's filters from
-        },
+        space_options=StudySpec(
+            space=cfg.space.model_dump(mode="json"),
+            input_shape=tuple(data.input_shape),
+            in_channels=data.in_channels,
+            num_classes=data.num_classes,
+            has_test=data.test is not None,
+            base_weights=str(base_weights.resolve()),  # what reports read the base model's filters from
+        ),
         base_cost=base_cost.as_dict(),
         base_accuracy=base_accuracy,
     )

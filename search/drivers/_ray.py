@@ -56,7 +56,7 @@ from ray.tune.search import Searcher
 
 from search.drivers._base import Driver
 from search.drivers._candidate import CandidateRunner, Timings, worker_id
-from spaces import Status
+from spaces import CandidateKind, Status
 
 if TYPE_CHECKING:
     from search.drivers._prepare import Prepared
@@ -189,7 +189,7 @@ class _TrialWorker:
             got = cls._cache[shipment.token] = cls(cloudpickle.loads(shipment.payload))
         return got
 
-    def live(self, cid: int, trial: int | None, kind: str) -> dict[str, Any]:
+    def live(self, cid: int, trial: int | None, kind: CandidateKind) -> dict[str, Any]:
         """Evaluate and record candidate ``cid`` (unless it is already finished); its final result for Tune."""
         from search.drivers._sampling import level_of, params_from_plan
         from spaces import Plan
@@ -227,7 +227,9 @@ def _candidate_trial(config: dict[str, Any], shipment: _Shipment) -> None:
     """A Tune trial: one candidate's life (see :meth:`_TrialWorker.live`)."""
     trial = config.get("trial")
     tune.report(
-        _TrialWorker.get(shipment).live(int(config["cid"]), None if trial is None else int(trial), config["kind"])
+        _TrialWorker.get(shipment).live(
+            int(config["cid"]), None if trial is None else int(trial), CandidateKind(config["kind"])
+        )
     )
 
 
@@ -260,7 +262,7 @@ class CandidateSearcher(Searcher):
         self._retries += s.claim_stale(res, orphans=self._first)
         self._first = False
         if self._retries:
-            return self._trial(trial_id, self._retries.pop(0).id, None, "retry")
+            return self._trial(trial_id, self._retries.pop(0).id, None, CandidateKind.RETRY)
         while p.store.count(p.study_id) < s.cfg.search.candidates:
             prop = s.propose(self.seeds)
             try:
@@ -274,7 +276,7 @@ class CandidateSearcher(Searcher):
         self.finished = True
         return _FINISHED
 
-    def _trial(self, trial_id: str, cid: int, number: int | None, kind: str) -> dict[str, Any]:
+    def _trial(self, trial_id: str, cid: int, number: int | None, kind: CandidateKind) -> dict[str, Any]:
         self.trials[trial_id] = config = {"cid": cid, "trial": number, "kind": kind}
         return config
 
@@ -298,7 +300,7 @@ class CandidateSearcher(Searcher):
         number = config["trial"]
         level = level_of(p.space.cost(plan), p.budget, p.base_cost)
         params = params_from_plan(p.space, plan, p.dists, p.space_options, level=level) if number is None else {}
-        got = s.teller.recorder(number, params, row.id, plan.hash, config["kind"])(Status.FAIL, None)
+        got = s.teller.recorder(number, params, row.id, plan.hash, CandidateKind(config["kind"]))(Status.FAIL, None)
         p.store.finish(row.id, Status.FAIL, error=reason, trial_number=got, objectives=p.objectives)
         self.res.events.append(f"candidate {row.id}: {reason}; recorded as FAIL")
 

@@ -40,7 +40,7 @@ from search.drivers._candidate import CandidateRunner, Recorder, Timings, is_dea
 from search.drivers._prepare import Prepared, prepare
 from search.drivers._samplers import make_sampler
 from search.drivers._sampling import level_of, params_from_plan, plan_from_params
-from spaces import Status
+from spaces import CandidateKind, Status
 
 if TYPE_CHECKING:
     import optuna
@@ -84,7 +84,7 @@ class RunResult:
 class Proposal:
     """A repaired plan, ready to be reserved: where it came from, its cost and the sampler's view of it."""
 
-    kind: str  # "allocator", "uniform" (seed plans) or "sampled"
+    kind: CandidateKind  # a seed plan's kind, or sampled
     plan: Plan
     cost: Cost
     params: dict[str, Any]  # the sampler's parameters for the plan
@@ -127,7 +127,9 @@ class Teller:
         else:
             self.tell(trial.number, None, Status.PRUNED if row.status is Status.PRUNED else Status.FAIL)
 
-    def recorder(self, number: int | None, params: dict[str, Any], cid: int, plan_hash: str, kind: str) -> Recorder:
+    def recorder(
+        self, number: int | None, params: dict[str, Any], cid: int, plan_hash: str, kind: CandidateKind
+    ) -> Recorder:
         """Records a candidate's outcome: on its asked trial, or (seed plans, retries) on a trial added for it."""
 
         def record(status: Status, values: list[float] | None) -> int | None:
@@ -139,7 +141,7 @@ class Teller:
         return record
 
     def add_trial(
-        self, params: dict[str, Any], values: list[float] | None, status: Status, cid: int, h: str, kind: str
+        self, params: dict[str, Any], values: list[float] | None, status: Status, cid: int, h: str, kind: CandidateKind
     ) -> int | None:
         import optuna
 
@@ -253,23 +255,20 @@ class Search:
         return self._prepared, self._teller, self._runner
 
     # ------------------------------------------------------------------ the shared steps
-    def seed_plans(self) -> list[tuple[str, Plan, float]]:
+    def seed_plans(self) -> list[tuple[CandidateKind, Plan, float]]:
         """``(kind, plan, level)`` to evaluate first: the allocator's and the uniform plan at the cap, and the
         allocator's at the floor when the study spans a range of costs."""
-        p = self.prepared
-        out = []
-        for kind in self.cfg.search.seed_plans:
-            levels = [1.0, p.floor] if kind == "allocator" and p.floor < 1.0 else [1.0]
-            for level in levels:
+        p, space = self.prepared, self.cfg.space
+        out: list[tuple[CandidateKind, Plan, float]] = []
+        for seed in map(CandidateKind, self.cfg.search.seed_plans):
+            if seed is CandidateKind.UNIFORM:
+                out.append((seed, p.uniform, 1.0))
+                continue
+            levels = [1.0, p.floor] if p.floor < 1.0 else [1.0]
+            for level, kind in zip(levels, (CandidateKind.ALLOCATOR, CandidateKind.ALLOCATOR_FLOOR), strict=False):
                 budget = p.budget.scaled(level)
-                if kind == "allocator":
-                    allocation = p.space.allocate(
-                        budget, prune=True, rank=self.cfg.space.rank, method=self.cfg.space.method
-                    )
-                    kind_at = "allocator" if level == 1.0 else "allocator-floor"
-                    out.append((kind_at, p.space.fit(allocation.plan, budget), level))
-                else:
-                    out.append(("uniform", p.uniform, level))
+                allocation = p.space.allocate(budget, prune=True, rank=space.rank, method=space.method)
+                out.append((kind, p.space.fit(allocation.plan, budget), level))
         return out
 
     def new_result(self) -> RunResult:
@@ -293,7 +292,7 @@ class Search:
         res.total = p.store.count(p.study_id)
         return res
 
-    def propose(self, seeds: list[tuple[str, Plan, float]]) -> Proposal:
+    def propose(self, seeds: list[tuple[CandidateKind, Plan, float]]) -> Proposal:
         """Sample (or take the next of ``seeds``) and repair onto the sampled cost level: a plan within the budget."""
         from search.drivers._sampling import LEVEL
 
@@ -305,7 +304,7 @@ class Search:
             params = params_from_plan(p.space, plan, p.dists, p.space_options, level=level)
             t1 = time.perf_counter()
         else:
-            kind = "sampled"
+            kind = CandidateKind.SAMPLED
             trial = teller.study.ask(p.dists)
             trial.set_user_attr("worker", self.worker)
             params = trial.params
@@ -387,7 +386,7 @@ class Search:
         cost = p.space.cost(plan)
         level = level_of(cost, p.budget, p.base_cost)
         params = params_from_plan(p.space, plan, p.dists, p.space_options, level=level)
-        return plan, cost, teller.recorder(None, params, row.id, plan.hash, "retry")
+        return plan, cost, teller.recorder(None, params, row.id, plan.hash, CandidateKind.RETRY)
 
     # ------------------------------------------------------------------ the drivers
     def run(self, on_candidate: Callable[[RunResult], None] | None = None) -> RunResult:

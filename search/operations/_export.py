@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spaces import Status, UsageError
+from storage import candidate_view
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,7 +52,7 @@ def _weights_of(row: CandidateRow, study: str) -> Path:
     artifact, sha = row.artifact, row.weights_sha256
     if row.final is not None:
         what, host = f"the finalized {what}", ""
-        artifact, sha = row.final.get("artifact"), row.final.get("weights_sha256")
+        artifact, sha = row.final.artifact, row.final.weights_sha256
     if not artifact or not Path(artifact).is_file():
         if host and host != socket.gethostname():
             raise ValueError(
@@ -107,27 +108,24 @@ def export_candidate(
     d = out_dir(out)
     shutil.copyfile(weights, d / "weights.safetensors")
     (d / "plan.json").write_text(row.plan + "\n")
-    opts = info.space_options
+    spec, view = info.spec, candidate_view(row, info.base_cost, ())
     meta = {
         "format": FORMAT,
         "model": info.model_spec,
         "data": info.data_spec,
-        "input_shape": opts.get("input_shape"),
-        "num_classes": opts.get("num_classes"),
-        "in_channels": opts.get("in_channels"),
-        "ignored_layers": opts.get("ignored_layers", []),
+        "input_shape": None if spec.input_shape is None else list(spec.input_shape),
+        "num_classes": spec.num_classes,
+        "in_channels": spec.in_channels,
+        "ignored_layers": spec.ignored_layers,
         "study": study,
-        "trial": row.trial_number,
-        "candidate": row.id,
+        **{k: view[k] for k in ("trial", "candidate")},
         "weights": "finalized" if row.final is not None else "search",  # finalize's long recipe, or the search's
-        "accuracy": row.final["val_accuracy"] if row.final is not None else row.accuracy,  # validation split
-        "search_accuracy": row.accuracy,  # validation, after the search's short fine-tune (its top rung)
-        "rung": row.rung,
-        "test_accuracy": row.test_accuracy,  # the test split: measured by finalize, never selected on
-        "finalized": row.final,
-        "macs": row.macs,
-        "params": row.params,
-        "bytes": row.bytes,
+        "accuracy": row.final.val_accuracy if row.final is not None else row.accuracy,  # validation split
+        "search_accuracy": view["accuracy"],  # validation, after the search's short fine-tune (its top rung)
+        "rung": view["rung"],
+        "test_accuracy": view["test_accuracy"],  # the test split: measured by finalize, never selected on
+        "finalized": row.final.to_json() if row.final is not None else None,
+        **{k: view[k] for k in ("macs", "params", "bytes")},
         "weights_sha256": file_sha256(d / "weights.safetensors"),
     }
     (d / "model.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spaces import PruneTuneError, Status, UsageError, check_interrupt
+from storage import FinalResult
 
 if TYPE_CHECKING:
     from torch import nn
@@ -114,14 +115,14 @@ def finalize(
         model = p.space.apply(Plan.from_json(row.plan)).to(p.device)
         val, test = train_final(p, model, steps=k, progress=progress)
         path = save_weights(model, p.artifacts / f"{row.id}-final.safetensors").resolve()
-        final = {
-            "steps": k,
-            "kd_weight": config.evaluate.final_kd_weight,
-            "val_accuracy": val,
-            "test_accuracy": test,
-            "artifact": str(path),
-            "weights_sha256": file_sha256(path),
-        }
+        final = FinalResult(
+            steps=k,
+            kd_weight=config.evaluate.final_kd_weight,
+            val_accuracy=val,
+            test_accuracy=test,
+            artifact=str(path),
+            weights_sha256=file_sha256(path),
+        )
         p.store.record_test_accuracy(row.id, test, final=final)
         export = None
         if dest is not None:

@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spaces import CandidateKind, UsageError
 from storage import best_within_cap
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["base_weights_path", "report_extras", "versions", "write_study_report"]
 
 _SAFE_KINDS = ("zoo:", "torchvision:")
+_SEEDS_SHOWN = (CandidateKind.ALLOCATOR, CandidateKind.UNIFORM)  # the seed plans the structure panel shows
 _PACKAGES = ("prunetune", "torch", "torch-pruning", "optuna", "sqlalchemy", "pandas", "plotly")
 
 
@@ -56,7 +58,7 @@ def base_weights_path(info: StudyRecord, config: Config | None = None) -> Path |
     """The base model's weights: as the study recorded them, else the config's (or its cached baseline)."""
     from evaluators import Recipe, baseline_key
 
-    recorded = info.space_options.get("base_weights")
+    recorded = info.spec.base_weights
     if recorded and Path(recorded).is_file():
         return Path(recorded)
     if config is not None:
@@ -77,22 +79,24 @@ def _space(info: StudyRecord, weights: Path) -> ModelSpace:
     from evaluators import build_model, load_weights
     from spaces import ModelSpace
 
-    opts = info.space_options
-    model = build_model(info.model_spec, in_channels=opts.get("in_channels"), num_classes=opts.get("num_classes"))
+    spec = info.spec
+    if spec.input_shape is None:
+        raise UsageError(f"study {info.name!r} did not record its input shape: its model cannot be rebuilt here")
+    model = build_model(info.model_spec, in_channels=spec.in_channels, num_classes=spec.num_classes)
     load_weights(model, weights)
-    example = torch.zeros(1, *opts["input_shape"])
+    example = torch.zeros(1, *spec.input_shape)
     return ModelSpace(
         model.eval(),
         example,
-        importance=opts.get("importance", "l1"),
-        round_to=opts.get("round_to", 1),
-        ignored_layers=opts.get("ignored_layers", []),
+        importance=spec.importance,
+        round_to=spec.round_to,
+        ignored_layers=spec.ignored_layers,
         verify=False,
     )
 
 
 def _label(row: CandidateRow) -> str:
-    return f"trial {row.trial_number}" + (f" ({row.kind})" if row.kind in ("allocator", "uniform") else "")
+    return f"trial {row.trial_number}" + (f" ({row.kind})" if row.kind in _SEEDS_SHOWN else "")
 
 
 def _seed_plans(space: ModelSpace, info: StudyRecord, rows: list[CandidateRow], shown: set[int]) -> dict[str, Plan]:
@@ -102,14 +106,15 @@ def _seed_plans(space: ModelSpace, info: StudyRecord, rows: list[CandidateRow], 
 
     budget = Budget.from_dict(info.budget)
     out: dict[str, Plan] = {}
-    for kind in ("allocator", "uniform"):
+    for kind in _SEEDS_SHOWN:
         row = next((r for r in rows if r.kind == kind), None)
         if row is not None:
             if row.id not in shown:
                 out[_label(row)] = Plan.from_json(row.plan)
-        elif kind == "allocator":
-            rank = bool(info.space_options.get("rank", False))
-            out["allocator (not evaluated)"] = space.fit(space.allocate(budget, rank=rank).plan, budget)
+        elif kind is CandidateKind.ALLOCATOR:
+            rank, method = bool(info.spec.space.get("rank", False)), str(info.spec.space.get("method", "svd"))
+            allocation = space.allocate(budget, rank=rank, method=method)
+            out["allocator (not evaluated)"] = space.fit(allocation.plan, budget)
         else:
             out["uniform (not evaluated)"] = space.fit(space.uniform_plan(0.0), budget)
     return out
@@ -154,7 +159,7 @@ def _config_text(info: StudyRecord, config: Config | None) -> str:
     from storage import public_url
 
     if config is None:
-        opts = {k: v for k, v in info.space_options.items() if k != "base_weights"}
+        opts = {k: v for k, v in info.spec.to_json().items() if k != "base_weights"}
         stored = {"model": info.model_spec, "data": info.data_spec, "budget": info.budget, "space": opts}
         return "as the study recorded it (no config given):\n" + json.dumps(stored, indent=2)
     data = config.model_dump(mode="json")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from search._config import Config
+from storage import candidate_view
 
 if TYPE_CHECKING:
     from storage import CandidateRow, StudyRecord, SubmissionRecord
@@ -130,25 +131,8 @@ def study_out(info: StudyRecord, rows: list[CandidateRow], front: int) -> StudyO
 
 
 def candidate_out(r: CandidateRow, front: set[int]) -> CandidateOut:
-    from storage import plan_summary
-
-    return CandidateOut(
-        trial=r.trial_number,
-        candidate=r.id,
-        status=r.status.value,
-        kind=r.kind,
-        accuracy=r.accuracy,
-        rung=r.rung,
-        test_accuracy=r.test_accuracy,
-        macs=r.macs,
-        params=r.params,
-        bytes=r.bytes,
-        latency_ms=r.latency,
-        seconds=r.seconds,
-        on_front=r.id in front,
-        plan_summary=plan_summary(r.plan),
-        error=r.error,
-    )
+    view = candidate_view(r, {}, front)
+    return CandidateOut(plan_summary=view["plan"], **{k: view[k] for k in CandidateOut.model_fields if k in view})
 
 
 def trial_out(r: CandidateRow, front: set[int]) -> TrialOut:
@@ -157,10 +141,10 @@ def trial_out(r: CandidateRow, front: set[int]) -> TrialOut:
         plan=json.loads(r.plan),
         plan_hash=r.plan_hash,
         history=[list(h) for h in r.history] if r.history else None,
-        phases=r.phases,
+        phases=r.phases.to_json() if r.phases else None,
         attempts=r.attempts,
         rungs=r.rungs,
-        final=r.final,
+        final=r.final.to_json() if r.final else None,
     )
 
 

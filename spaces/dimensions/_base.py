@@ -42,8 +42,9 @@ What a dimension implements, and who calls it:
   (:mod:`spaces._allocate`), as :class:`Block` s linearised around the current
   :class:`AllocPoint`, what the solver's choices mean, and the plan entries of
   the final point. A dimension without them takes no part in the program.
-* **The report** (:meth:`Dimension.structure_rows`): per unit, what a plan
-  keeps of it, as :class:`StructureRow` s (the report's structure panel).
+* **The report** (:meth:`Dimension.summary`, :meth:`Dimension.structure_rows`):
+  a short phrase for the tables' plan column, and per unit what a plan keeps
+  of it, as :class:`StructureRow` s (the report's structure panel).
 
 Methods are called on one shared instance per process: implementations keep
 no per-plan state. ``space`` arguments are :class:`~spaces.ModelSpace` s,
@@ -271,6 +272,10 @@ class Dimension(ABC):
         return {}
 
     # ------------------------------------------------------------ the report
+    def summary(self, plan: Plan, limit: int) -> str | None:
+        """A short phrase for tables ("12 groups pruned (conv1 50%, ...)"); None when the plan does not use it."""
+        return None
+
     def structure_rows(self, space: ModelSpace, plan: Plan) -> list[StructureRow]:
         """Per unit of the space, what ``plan`` keeps of it (none by default)."""
         return []

@@ -140,6 +140,13 @@ class PruneDimension(Dimension):
         return {"prune": {g.id: (g.channels - int(k)) / g.channels for g, k in groups if k < g.channels}}
 
     # ------------------------------------------------------------ the report
+    def summary(self, plan: Plan, limit: int) -> str | None:
+        if not plan.prune:
+            return None
+        top = sorted(plan.prune.items(), key=lambda kv: -kv[1])[:limit]
+        shown = ", ".join(f"{g} {r:.0%}" for g, r in top)
+        return f"{len(plan.prune)} groups pruned ({shown}{', …' if len(plan.prune) > limit else ''})"
+
     def structure_rows(self, space: ModelSpace, plan: Plan) -> list[StructureRow]:
         keep = space.keep_counts(plan)
         return [

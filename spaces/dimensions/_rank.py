@@ -237,6 +237,15 @@ class RankDimension(Dimension):
         return {"rank": dict(specs), "method": dict.fromkeys(specs, method)}
 
     # ------------------------------------------------------------ the report
+    def summary(self, plan: Plan, limit: int) -> str | None:
+        if not plan.rank:
+            return None
+        method = plan.method
+        shown = ", ".join(
+            f"{k} r{v}{'/' + method[k] if k in method else ''}" for k, v in list(plan.rank.items())[:limit]
+        )
+        return f"{len(plan.rank)} layers factorized ({shown}{', …' if len(plan.rank) > limit else ''})"
+
     def structure_rows(self, space: ModelSpace, plan: Plan) -> list[StructureRow]:
         ranks = space.resolved_ranks(plan)
         rows = []

@@ -88,7 +88,7 @@ def test_finalize_stores_test_accuracy_and_exports_the_finalized_model(
     s = Search(load_config(config)).prepare()
     p = s.prepared
     row = p.store.candidate(p.study_id, trial_number=0)
-    assert row.final is not None and row.final["steps"] == 5 and row.test_accuracy == row.final["test_accuracy"]
+    assert row.final is not None and row.final.steps == 5 and row.test_accuracy == row.final.test_accuracy
     model = load_exported(tmp_path / "ship" / "trial-0").eval()
     data = load_data("digits")
     assert data.test is not None

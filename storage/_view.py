@@ -1,0 +1,72 @@
+"""One projection of a stored candidate to a row: what the DataFrame, the API, ``model.json`` and the CLI show.
+
+:func:`candidate_view` computes every per-candidate value a reader shows
+(shares of the base cost, the plan's summary, the front flag, seconds per
+phase, ...) once; each reader picks its columns, so a new column is one line
+here and one where it is shown. :func:`plan_summary` asks each plan dimension
+for its phrase (:meth:`spaces.dimensions.Dimension.summary`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any
+
+from spaces import Plan, PruneTuneError, first_line
+from spaces.dimensions import dimensions
+from storage._records import PHASES
+
+if TYPE_CHECKING:
+    from storage._schema import CandidateRow
+
+__all__ = ["VIEW_COLUMNS", "candidate_view", "plan_summary"]
+
+VIEW_COLUMNS = (
+    "trial", "candidate", "status", "kind", "accuracy", "rung", "rung_steps", "test_accuracy", "macs", "macs_pct",
+    "params", "params_pct", "bytes", "latency_ms", "seconds", "on_front", "attempts", "plan_hash", "plan", "error",
+    *(f"t_{k}" for k in PHASES), "history",
+)  # fmt: skip
+
+
+def plan_summary(plan_json: str, limit: int = 4) -> str:
+    """A short human summary of a plan: each dimension's phrase ("12 groups pruned (...)"), or "unchanged"."""
+    try:
+        plan = Plan.from_json(plan_json)
+    except PruneTuneError as exc:  # e.g. a plan with a dimension this version does not know
+        return f"(unreadable here: {first_line(exc)})"
+    parts = [s for dim in dimensions() if (s := dim.summary(plan, limit))]
+    return "; ".join(parts) or "unchanged"
+
+
+def _pct(value: float | None, base: Mapping[str, Any], metric: str) -> float | None:
+    return 100 * value / base[metric] if value is not None and base.get(metric) else None
+
+
+def candidate_view(row: CandidateRow, base_cost: Mapping[str, Any], front: Collection[int]) -> dict[str, Any]:
+    """Every value a reader shows of ``row`` (keys: :data:`VIEW_COLUMNS`; ``plan`` is the plan's summary)."""
+    phases = row.phases.to_json() if row.phases else {}
+    return {
+        "trial": row.trial_number,
+        "candidate": row.id,
+        "status": row.status.value,
+        "kind": row.kind.value if row.kind else None,
+        "accuracy": row.accuracy,  # validation, at its top rung: what the search selects on
+        "rung": row.rung,
+        "rung_steps": row.top_steps,
+        "test_accuracy": row.test_accuracy,  # after `prunetune finalize`: reported, never selected on
+        "macs": row.macs,
+        "macs_pct": _pct(row.macs, base_cost, "macs"),
+        "params": row.params,
+        "params_pct": _pct(row.params, base_cost, "params"),
+        "bytes": row.bytes,
+        "latency_ms": row.latency,
+        "seconds": row.seconds,
+        "on_front": row.id in front,
+        "attempts": row.attempts,
+        "plan_hash": row.plan_hash,
+        "plan": plan_summary(row.plan),
+        "error": row.error,
+        **{f"t_{k}": phases.get(k) for k in PHASES},
+        "history": json.dumps(row.history) if row.history else None,
+    }
