@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -146,63 +148,68 @@ class FineTune(Evaluator):
         if self.kd_weight > 0 and context.teacher is None:
             raise ValueError("FineTune.kd_weight > 0 needs context.teacher (the original model)")
         _prepare(model, context)
-        teacher = context.teacher
-        if teacher is not None and self.kd_weight > 0:
+        teacher = context.teacher if self.kd_weight > 0 else None
+        if teacher is not None:
             _prepare(teacher, context).eval()
         seed_everything(context.seed)
         opt = self._optimizer(model)
         steps = self.steps if context.steps is None else context.steps
         total = max(steps, 1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-        loader = _endless(context.data.train_loader(context.batch_size, context.seed))
-        metrics = Metrics()
-        first_loss: float | None = None
-        t = time.perf_counter()
-        eval_time = 0.0
-        model.train()
+        batches = itertools.islice(_endless(context.data.train_loader(context.batch_size, context.seed)), steps)
+        metrics, t, eval_time = Metrics(), time.perf_counter(), 0.0
+        first: list[float] = []
+
+        def check(step: int, value: float) -> None:
+            if not math.isfinite(value):
+                raise _Stopped(f"loss became {value} at step {step}", step)
+            first[:] = first or [value]  # the first loss: what divergence is measured against
+            if value > self.diverge_factor * max(first[0], 1.0):
+                raise _Stopped(f"loss diverged to {value:.3g} at step {step}", step)
+
+        loss_of = functools.partial(self._loss, teacher=teacher)
         with _progress(context.progress and steps >= 200, steps, "fine-tune") as bar:
-            for step in range(1, steps + 1):
-                check_interrupt()  # a safe point: between two fine-tune steps
-                x, y = next(loader)
-                x, y = _layout(x.to(context.device), context.device), y.to(context.device)
-                with _autocast(context.device):
-                    out = model(x).float()
-                    loss = F.cross_entropy(out, y)
-                    if teacher is not None and self.kd_weight > 0:
-                        with torch.no_grad():
-                            t_out = teacher(x).float()
-                        kd = F.kl_div(
-                            F.log_softmax(out / self.temperature, 1),
-                            F.softmax(t_out / self.temperature, 1),
-                            reduction="batchmean",
-                        ) * (self.temperature**2)
-                        loss = (1 - self.kd_weight) * loss + self.kd_weight * kd
-                value = loss.item()
-                if not math.isfinite(value):
-                    return self._failed(metrics, step, t, f"loss became {value} at step {step}")
-                first_loss = value if first_loss is None else first_loss
-                if value > self.diverge_factor * max(first_loss, 1.0):
-                    return self._failed(metrics, step, t, f"loss diverged to {value:.3g} at step {step}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                metrics.steps = step
-                bar(1)
-                if self.eval_every and step % self.eval_every == 0 and step < steps:
-                    e0 = time.perf_counter()
-                    acc, _ = evaluate_accuracy(model, context)
-                    model.train()
-                    eval_time += time.perf_counter() - e0
-                    metrics.history.append((step, acc))
-                    if context.callback is not None and context.callback(step, acc) is False:
-                        metrics.status, metrics.reason = Status.PRUNED, f"stopped at step {step} (accuracy {acc:.4f})"
-                        break
+            try:
+                for step in training_steps(model, batches, opt, sched, loss_of, context.device, check):
+                    metrics.steps = step
+                    bar(1)
+                    if self.eval_every and step % self.eval_every == 0 and step < steps:
+                        e0 = time.perf_counter()
+                        halt = self._intermediate(model, context, metrics, step)
+                        eval_time += time.perf_counter() - e0
+                        if halt:
+                            break
+            except _Stopped as stop:
+                return self._failed(metrics, stop.step, t, str(stop))
         model.eval()
         metrics.train_seconds = time.perf_counter() - t - eval_time
         metrics.eval_seconds = eval_time
         metrics.loss = None
         return metrics
+
+    @staticmethod
+    def _intermediate(model: nn.Module, context: Context, metrics: Metrics, step: int) -> bool:
+        """The validation accuracy at ``step``, into the history and to the callback; True: stop (PRUNED)."""
+        acc, _ = evaluate_accuracy(model, context)
+        model.train()
+        metrics.history.append((step, acc))
+        if context.callback is not None and context.callback(step, acc) is False:
+            metrics.status, metrics.reason = Status.PRUNED, f"stopped at step {step} (accuracy {acc:.4f})"
+            return True
+        return False
+
+    def _loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, teacher: nn.Module | None) -> torch.Tensor:
+        """Cross-entropy, mixed with the teacher's softened outputs (KL divergence) when distilling."""
+        out = model(x).float()
+        loss = F.cross_entropy(out, y)
+        if teacher is None:
+            return loss
+        with torch.no_grad():
+            t_out = teacher(x).float()
+        kd = F.kl_div(
+            F.log_softmax(out / self.temperature, 1), F.softmax(t_out / self.temperature, 1), reduction="batchmean"
+        ) * (self.temperature**2)
+        return (1 - self.kd_weight) * loss + self.kd_weight * kd
 
     @staticmethod
     def _failed(metrics: Metrics, step: int, t: float, reason: str) -> Metrics:
@@ -211,13 +218,51 @@ class FineTune(Evaluator):
         return metrics
 
 
+class _Stopped(Exception):
+    """A training step's loss was not usable (NaN, diverged): stop before that step's update."""
+
+    def __init__(self, reason: str, step: int) -> None:
+        super().__init__(reason)
+        self.step = step
+
+
+def training_steps(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    loss_of: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    device: torch.device,
+    check: Callable[[int, float], None],
+) -> Iterator[int]:
+    """The one training loop (baseline training and fine-tunes): per batch, yield the step after its update.
+
+    Each step: a safe point for interrupts, the batch moved to ``device``, the
+    loss computed under autocast, ``check(step, loss)`` (which raises to stop
+    before that step's update: a NaN or diverging loss), then the update and
+    the scheduler's step.
+    """
+    model.train()
+    for step, (x, y) in enumerate(batches, start=1):
+        check_interrupt()  # a safe point: between two training steps
+        x, y = _layout(x.to(device), device), y.to(device)
+        with _autocast(device):
+            loss = loss_of(model, x, y)
+        check(step, loss.item())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        yield step
+
+
 @contextlib.contextmanager
 def _progress(enabled: bool, total: int, desc: str) -> Iterator[Callable[[int], object]]:
+    from tqdm.auto import tqdm
+
     if not enabled:
         yield lambda n: None
         return
-    from tqdm.auto import tqdm
-
     with tqdm(total=total, desc=desc, leave=False) as bar:
         yield bar.update
 

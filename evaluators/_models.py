@@ -166,9 +166,10 @@ def save_weights(weights: nn.Module | Mapping[str, torch.Tensor], path: str | Pa
     readers (and a process killed mid-write) only ever see no file, the old
     one or the complete new one. Returns ``path``.
     """
+    from safetensors.torch import save_file
+
     state = weights.state_dict() if isinstance(weights, nn.Module) else weights
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    from safetensors.torch import save_file
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

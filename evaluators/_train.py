@@ -15,9 +15,8 @@ from torch import nn
 
 from evaluators._base import Context, check_model_fits, resolve_device, seed_everything
 from evaluators._data import DataBundle
-from evaluators._evaluators import _autocast, _layout, _prepare, _progress, evaluate_accuracy
+from evaluators._evaluators import _prepare, _progress, evaluate_accuracy, training_steps
 from evaluators._models import build_model, save_weights
-from spaces import check_interrupt
 
 __all__ = ["Baseline", "Recipe", "baseline_key", "train_baseline"]
 
@@ -135,19 +134,16 @@ def _fit(model: nn.Module, data: DataBundle, recipe: Recipe, seed: int, dev: tor
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    model.train()
+
+    def loss_of(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(m(x).float(), y, label_smoothing=recipe.label_smoothing)
+
+    def check(step: int, value: float) -> None:
+        if not math.isfinite(value):
+            raise ValueError(f"baseline training diverged (loss {value}); lower the recipe's lr")
+
+    batches = (batch for _ in range(recipe.epochs) for batch in loader)
     with _progress(progress, total, "baseline") as bar:
-        for _ in range(recipe.epochs):
-            for x, y in loader:
-                check_interrupt()  # a safe point: between two training steps
-                x, y = _layout(x.to(dev), dev), y.to(dev)
-                with _autocast(dev):
-                    loss = F.cross_entropy(model(x).float(), y, label_smoothing=recipe.label_smoothing)
-                if not math.isfinite(loss.item()):
-                    raise ValueError(f"baseline training diverged (loss {loss.item()}); lower the recipe's lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar(1)
+        for _ in training_steps(model, batches, opt, sched, loss_of, dev, check):
+            bar(1)
     model.eval()

@@ -133,10 +133,11 @@ def _init_shape_information(graph: Any) -> None:
 
 def install() -> None:
     """Install the shims (idempotent)."""
+    from torch_pruning.dependency import graph, index_mapping, shape_infer
+
     global _installed
     if _installed:
         return
-    from torch_pruning.dependency import graph, index_mapping, shape_infer
 
     if graph.shape_infer is not shape_infer or not hasattr(shape_infer, "init_shape_information"):
         # graph.py must call shape_infer.init_shape_information for the fix to take effect

@@ -103,14 +103,14 @@ def _is_grouped_conv(m: nn.Module) -> bool:
 
 def trace(model: nn.Module, example_inputs: tuple[Any, ...], ignored: set[str]) -> Trace:
     """Trace ``model`` (in eval mode, not modified) on ``example_inputs``; ``ignored`` names are never pruned."""
-    names = {m: n for n, m in model.named_modules()}
-    order = {n: i for i, n in enumerate(names.values())}
-    spatial, geoms, not_factorizable, base_output = _record_spatial(model, names, example_inputs)
+    import torch_pruning as tp
 
     from spaces import _tp_compat
 
-    _tp_compat.install()
-    import torch_pruning as tp
+    names = {m: n for n, m in model.named_modules()}
+    order = {n: i for i, n in enumerate(names.values())}
+    spatial, geoms, not_factorizable, base_output = _record_spatial(model, names, example_inputs)
+    _tp_compat.install()  # before torch-pruning builds its first graph
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -168,6 +168,14 @@ def _record_spatial(
             h.remove()
     if not isinstance(base_output, torch.Tensor):
         raise UnsupportedModelError(f"the model must return one tensor, got {type(base_output).__name__}")
+    geoms, not_factorizable = _factorizable(model, spatial, shapes)
+    return spatial, geoms, not_factorizable, base_output
+
+
+def _factorizable(
+    model: nn.Module, spatial: dict[str, int], shapes: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]
+) -> tuple[dict[str, LayerGeom], dict[str, str]]:
+    """The geometry of each factorizable layer seen in the forward pass, and why each other one is not."""
     geoms: dict[str, LayerGeom] = {}
     not_factorizable: dict[str, str] = {}
     for name, calls in shapes.items():
@@ -202,7 +210,7 @@ def _record_spatial(
             s_mid=n * ys[2] * xs[3],
             s_out=n * ys[2] * ys[3],
         )
-    return spatial, geoms, not_factorizable, base_output
+    return geoms, not_factorizable
 
 
 def resolve_ignored(model: nn.Module, layers: Iterable[str | nn.Module]) -> set[str]:

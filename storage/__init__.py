@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING
 from spaces import lazy_exports
 
 if TYPE_CHECKING:
-    from storage._html import ReportExtras, front_figure, public_url, render_report
+    from storage._figures import ReportExtras, front_figure, public_url
+    from storage._html import render_report
     from storage._open import file_sha256, store_error
+    from storage._panels import Panel, ReportInput, register_panel
     from storage._pareto import best_within_cap, dominates, pareto_front
     from storage._queue import Submissions, SubmissionStatus
     from storage._records import PHASES, FinalResult, PhaseTimes, StudySpec
@@ -30,8 +32,10 @@ __all__ = [
     "SCHEMA_VERSION",
     "CandidateRow",
     "FinalResult",
+    "Panel",
     "PhaseTimes",
     "ReportExtras",
+    "ReportInput",
     "StoreDamagedError",
     "StoreError",
     "StudyFullError",
@@ -51,6 +55,7 @@ __all__ = [
     "pareto_front",
     "plan_summary",
     "public_url",
+    "register_panel",
     "render_report",
     "store_error",
     "write_report",
@@ -63,12 +68,15 @@ _WHERE = {
     "StudySpec": "_records",
     "SCHEMA_VERSION": "_schema",
     "CandidateRow": "_schema",
-    "ReportExtras": "_html",
+    "Panel": "_panels",
+    "ReportExtras": "_figures",
+    "ReportInput": "_panels",
     "SubmissionRecord": "_schema",
     "SubmissionStatus": "_queue",
     "Submissions": "_queue",
-    "front_figure": "_html",
-    "public_url": "_html",
+    "front_figure": "_figures",
+    "public_url": "_figures",
+    "register_panel": "_panels",
     "render_report": "_html",
     "StoreDamagedError": "_store_errors",
     "StoreError": "_store_errors",

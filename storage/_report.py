@@ -1,4 +1,4 @@
-"""Tables and reports of a study for product teams (pandas): CSV, Markdown and HTML (:mod:`storage._html`)."""
+"""Tables and reports of a study for product teams (pandas): CSV, Markdown, and HTML (:mod:`storage._html`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from storage._view import VIEW_COLUMNS, candidate_view
 if TYPE_CHECKING:
     import pandas as pd
 
-    from storage._html import ReportExtras
+    from storage._figures import ReportExtras
     from storage._store import StudyStore
 
 __all__ = ["candidates_frame", "write_report"]

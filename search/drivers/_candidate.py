@@ -30,13 +30,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from spaces import CandidateKind, Objective, Status, check_interrupt
 from storage import PhaseTimes
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from evaluators import Context, Metrics
     from search.drivers._prepare import Prepared
     from spaces import Cost, Plan
@@ -163,6 +165,31 @@ def _phases(apply: float, evaluate: float, metrics: Metrics) -> PhaseTimes:
     return PhaseTimes(apply=apply, train=train, eval=evals, other=max(evaluate - train - evals, 0.0))
 
 
+@dataclass
+class _Climb:
+    """One candidate's way up the rungs: the last rung's metrics, the rungs reached, the accuracies seen."""
+
+    metrics: Metrics = field(default_factory=lambda: _metrics())
+    reached: list[list[float]] = field(default_factory=list)  # [steps, accuracy] per finished rung
+    history: list[tuple[int, float]] = field(default_factory=list)  # [step, accuracy], steps from rung 0
+    train: float = 0.0
+    evals: float = 0.0
+    lost: bool = False  # another worker claimed the candidate
+
+    def add(self, metrics: Metrics, done: int) -> Metrics:
+        """Take one rung's ``metrics`` (its steps counted after ``done``); returns them."""
+        self.metrics = metrics
+        self.history += [(done + s, a) for s, a in metrics.history]
+        self.train, self.evals = self.train + metrics.train_seconds, self.evals + metrics.eval_seconds
+        return metrics
+
+
+def _metrics() -> Metrics:
+    from evaluators import Metrics
+
+    return Metrics()
+
+
 class CandidateRunner:
     """Lives candidates of one prepared study for one worker (see the module docs for the steps).
 
@@ -248,62 +275,88 @@ class CandidateRunner:
         ``report`` hears every intermediate accuracy (steps counted from the first rung's start).
         The scheduler is told the objectives at rung 0, the fidelity every candidate reaches.
         """
-        from evaluators import Metrics, save_weights
+        from evaluators import save_weights
 
         p = self.prepared
-        cdict = cost.as_dict()
         t0 = time.perf_counter()
-        reached: list[list[float]] = []
-        history: list[tuple[int, float]] = []
-        train = evals = 0.0
         owner = p.store.candidate(p.study_id, id=cid).worker  # this worker, or (Ray) the driver that reserved it
         with _Heartbeat(p.store, cid, min(30.0, p.config.storage.grace_seconds / 4)):
             model = p.space.apply(plan)
             t1 = time.perf_counter()
-            done, kept, lost = 0, None, False  # kept: the last finished rung's metrics and weights
-            for rung, steps in enumerate(p.rungs):
-                check_interrupt()  # a safe point: between two rungs
-                try:
-                    metrics = p.evaluator.evaluate(model, self._rung_context(rung, steps - done, report, done))
-                except (ValueError, RuntimeError) as exc:  # e.g. a shape error the space did not foresee
-                    metrics = Metrics(status=Status.FAIL, reason=f"{type(exc).__name__}: {exc}".splitlines()[0])
-                if metrics.status == Status.COMPLETE and metrics.accuracy is None:
-                    metrics = Metrics(status=Status.FAIL, reason="the evaluator reported no accuracy")
-                history += [(done + s, a) for s, a in metrics.history]
-                train, evals = train + metrics.train_seconds, evals + metrics.eval_seconds
-                if metrics.status != Status.COMPLETE or metrics.accuracy is None:
-                    if kept is not None:  # failed above rung 0: keep what the last rung measured
-                        why = metrics.reason
-                        metrics, state = kept
-                        model.load_state_dict(state)
-                        metrics.reason = f"rung {rung} failed ({why}); kept rung {rung - 1}"
-                    break
-                reached.append([steps, metrics.accuracy])
-                done = steps
-                if rung == len(p.rungs) - 1:
-                    break
-                if not p.store.record_rung(cid, rung, steps, metrics.accuracy, cdict, owner or self.worker):
-                    lost = True  # another worker claimed it (we looked dead): it records the candidate
-                    break
-                if not self.promoted(cid, rung):
-                    break
-                kept = (metrics, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            climb = self._climb(cid, model, cost.as_dict(), report, owner or self.worker)
             t2 = time.perf_counter()
             artifact = None
-            if metrics.status == Status.COMPLETE and not lost:
-                path = save_weights(model, p.artifacts / f"{cid}.safetensors")
-                artifact = str(path.resolve())
-        if lost:
-            self.timings.apply += t1 - t0
-            self.timings.evaluate += t2 - t1
-            return Outcome(Status.FAIL, None, metrics, "taken over by another worker", None, None, recorded=False)
+            if climb.metrics.status == Status.COMPLETE and not climb.lost:
+                artifact = str(save_weights(model, p.artifacts / f"{cid}.safetensors").resolve())
+        self.timings.apply += t1 - t0
+        self.timings.evaluate += t2 - t1
+        if climb.lost:
+            reason = "taken over by another worker"
+            return Outcome(Status.FAIL, None, climb.metrics, reason, None, None, recorded=False)
+        outcome = self._record(cid, climb, cost, record, artifact, (t0, t1, t2))
+        self.timings.store += time.perf_counter() - t2
+        self.timings.candidates += 1
+        return outcome
+
+    def _rung(self, model: nn.Module, rung: int, steps: int, done: int, report: Reporter | None) -> Metrics:
+        """Rung ``rung``'s evaluation (``steps`` more fine-tune steps after ``done``); a failure becomes FAIL."""
+        from evaluators import Metrics
+
+        try:
+            metrics = self.prepared.evaluator.evaluate(model, self._rung_context(rung, steps, report, done))
+        except (ValueError, RuntimeError) as exc:  # e.g. a shape error the space did not foresee
+            return Metrics(status=Status.FAIL, reason=f"{type(exc).__name__}: {exc}".splitlines()[0])
+        if metrics.status == Status.COMPLETE and metrics.accuracy is None:
+            return Metrics(status=Status.FAIL, reason="the evaluator reported no accuracy")
+        return metrics
+
+    def _climb(self, cid: int, model: nn.Module, cost: dict[str, int], report: Reporter | None, owner: str) -> _Climb:
+        """The rungs, while the candidate is promoted; a rung that fails after the first keeps the last one."""
+        p = self.prepared
+        climb, done = _Climb(), 0
+        kept: tuple[Metrics, dict[str, Any]] | None = None  # the last finished rung's metrics and weights
+        for rung, steps in enumerate(p.rungs):
+            check_interrupt()  # a safe point: between two rungs
+            metrics = climb.add(self._rung(model, rung, steps - done, done, report), done)
+            if metrics.status != Status.COMPLETE or metrics.accuracy is None:
+                if kept is not None:  # failed above rung 0: keep what the last rung measured
+                    why = metrics.reason
+                    climb.metrics, state = kept
+                    model.load_state_dict(state)
+                    climb.metrics.reason = f"rung {rung} failed ({why}); kept rung {rung - 1}"
+                break
+            climb.reached.append([steps, metrics.accuracy])
+            done = steps
+            if rung == len(p.rungs) - 1:
+                break
+            if not p.store.record_rung(cid, rung, steps, metrics.accuracy, cost, owner):
+                climb.lost = True  # another worker claimed it (we looked dead): it records the candidate
+                break
+            if not self.promoted(cid, rung):
+                break
+            kept = (metrics, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        return climb
+
+    def _record(
+        self,
+        cid: int,
+        climb: _Climb,
+        cost: Cost,
+        record: Recorder,
+        artifact: str | None,
+        times: tuple[float, float, float],
+    ) -> Outcome:
+        """Tell the scheduler (the objectives at rung 0) and store the outcome and the front in one transaction."""
+        p, metrics, cdict = self.prepared, climb.metrics, cost.as_dict()
         status = Status(metrics.status)
         latency = next(iter(metrics.latency_ms.values()), None) if metrics.latency_ms else None
         values = None
-        if status is Status.COMPLETE and reached:
-            values = objective_values(p.objectives, reached[0][1], cdict, latency)
+        if status is Status.COMPLETE and climb.reached:
+            values = objective_values(p.objectives, climb.reached[0][1], cdict, latency)
         number = record(status, values)
-        metrics.history, metrics.train_seconds, metrics.eval_seconds = history, train, evals
+        history = climb.history
+        metrics.history, metrics.train_seconds, metrics.eval_seconds = history, climb.train, climb.evals
+        t0, t1, t2 = times
         recorded = p.store.finish(
             cid,
             status,
@@ -317,18 +370,6 @@ class CandidateRunner:
             trial_number=number,
             objectives=p.objectives,
             phases=_phases(t1 - t0, t2 - t1, metrics),
-            rungs=reached if status is Status.COMPLETE else None,
+            rungs=climb.reached if status is Status.COMPLETE else None,
         )
-        self.timings.apply += t1 - t0
-        self.timings.evaluate += t2 - t1
-        self.timings.store += time.perf_counter() - t2
-        self.timings.candidates += 1
-        return Outcome(
-            status=status,
-            values=values,
-            metrics=metrics,
-            reason=metrics.reason,
-            artifact=artifact,
-            trial_number=number,
-            recorded=recorded,
-        )
+        return Outcome(status, values, metrics, metrics.reason, artifact, number, recorded=recorded)

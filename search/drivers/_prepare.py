@@ -130,78 +130,32 @@ def prepare(
     progress: bool = False,
 ) -> Prepared:
     """Build the study's :class:`Prepared` (the store and evaluator default to the config's)."""
-    import torch
-
-    from evaluators import (
-        Context,
-        Recipe,
-        build_model,
-        evaluate_accuracy,
-        load_data,
-        load_weights,
-        resolve_device,
-        train_baseline,
-    )
+    from evaluators import load_data, resolve_device
     from search.drivers._sampling import distributions
-    from spaces import Budget, ModelSpace
+    from spaces import ModelSpace
     from storage import StudyStore
 
     cfg = config
-    Sampler.parse(cfg.search.sampler)  # validates the name first
-    name = cfg.search.study
-    if name is None:
-        raise UsageError("search.study names the study: set it (load_config takes the config file's stem)")
-    if cfg.evaluate.threads is not None:
-        torch.set_num_threads(cfg.evaluate.threads)
-    budget = Budget.from_dict(cfg.budget_dict())
+    name, budget = _checked(cfg)
     if store is None:
         store = StudyStore(cfg.storage.url)  # malformed / unreachable URL: fails before any work
     device = resolve_device(cfg.evaluate.device)
     data = load_data(cfg.data.spec, data_dir=cfg.data.data_dir, seed=cfg.data.seed)
-    if cfg.model.weights:
-        model = build_model(cfg.model.spec, in_channels=data.in_channels, num_classes=data.num_classes)
-        load_weights(model, cfg.model.weights)
-        ctx = Context(data=data, device=device, batch_size=cfg.evaluate.batch_size)
-        base_accuracy, _ = evaluate_accuracy(model.to(device), ctx)
-        base_weights = Path(cfg.model.weights)
-    else:
-        recipe = Recipe(epochs=cfg.model.train_epochs, lr=cfg.model.train_lr, batch_size=cfg.model.train_batch_size)
-        base = train_baseline(
-            cfg.model.spec,
-            data,
-            recipe=recipe,
-            seed=cfg.model.train_seed,
-            artifacts_dir=cfg.search.artifacts_dir,
-            device=device,
-            progress=progress,
-        )
-        model, base_accuracy, base_weights = base.model, base.accuracy, base.path
+    model, base_accuracy, base_weights = _base_model(cfg, data, device, progress)
     base_model = model.eval()
-    space = ModelSpace(
-        model.cpu(),
-        data.example_inputs(1),
-        importance=cfg.space.importance,
-        round_to=cfg.space.round_to,
-        ignored_layers=cfg.space.ignored_layers,
-    )
+    space = ModelSpace(model.cpu(), data.example_inputs(1), **_space_options(cfg))
     base_model.to(device)
     base_cost = space.base_cost
     uniform = space.fit(space.uniform_plan(0.0), budget)  # infeasible budget: raises here
     floor = cost_floor(cfg.search.floor, space, budget)
     dists = distributions(space, cfg.space.model_dump(mode="json"), floor=floor)
+    spec = _study_spec(cfg, data, base_weights)
     study_id = store.ensure_study(
         name,
         model_spec=cfg.model.spec,
         data_spec=data.spec,
         budget=budget.to_dict(),
-        space_options=StudySpec(
-            space=cfg.space.model_dump(mode="json"),
-            input_shape=tuple(data.input_shape),
-            in_channels=data.in_channels,
-            num_classes=data.num_classes,
-            has_test=data.test is not None,
-            base_weights=str(base_weights.resolve()),  # what reports read the base model's filters from
-        ),
+        space_options=spec,
         base_cost=base_cost.as_dict(),
         base_accuracy=base_accuracy,
     )
@@ -225,3 +179,61 @@ def prepare(
         floor=floor,
         rungs=cfg.evaluate.rung_steps(),
     )
+
+
+def _base_model(cfg: Config, data: DataBundle, device: torch.device, progress: bool) -> tuple[nn.Module, float, Path]:
+    """The model to compress, its validation accuracy and its weights file: the config's, or a trained baseline."""
+    from evaluators import Context, Recipe, build_model, evaluate_accuracy, load_weights, train_baseline
+
+    if cfg.model.weights:
+        model = build_model(cfg.model.spec, in_channels=data.in_channels, num_classes=data.num_classes)
+        load_weights(model, cfg.model.weights)
+        ctx = Context(data=data, device=device, batch_size=cfg.evaluate.batch_size)
+        accuracy, _ = evaluate_accuracy(model.to(device), ctx)
+        return model, accuracy, Path(cfg.model.weights)
+    recipe = Recipe(epochs=cfg.model.train_epochs, lr=cfg.model.train_lr, batch_size=cfg.model.train_batch_size)
+    base = train_baseline(
+        cfg.model.spec,
+        data,
+        recipe=recipe,
+        seed=cfg.model.train_seed,
+        artifacts_dir=cfg.search.artifacts_dir,
+        device=device,
+        progress=progress,
+    )
+    return base.model, base.accuracy, base.path
+
+
+def _checked(cfg: Config) -> tuple[str, Budget]:
+    """What needs no work to check (the sampler's name, the study's name, the budget: one-line errors); threads."""
+    import torch
+
+    from spaces import Budget
+
+    Sampler.parse(cfg.search.sampler)  # validates the name first
+    if cfg.search.study is None:
+        raise UsageError("search.study names the study: set it (load_config takes the config file's stem)")
+    budget = Budget.from_dict(cfg.budget_dict())
+    if cfg.evaluate.threads is not None:
+        torch.set_num_threads(cfg.evaluate.threads)
+    return cfg.search.study, budget
+
+
+def _study_spec(cfg: Config, data: DataBundle, base_weights: Path) -> StudySpec:
+    """What the store records of the study's space and data (what reports and exports rebuild it from)."""
+    from storage import StudySpec
+
+    return StudySpec(
+        space=cfg.space.model_dump(mode="json"),
+        input_shape=tuple(data.input_shape),
+        in_channels=data.in_channels,
+        num_classes=data.num_classes,
+        has_test=data.test is not None,
+        base_weights=str(base_weights.resolve()),  # what reports read the base model's filters from
+    )
+
+
+def _space_options(cfg: Config) -> dict[str, Any]:
+    """The :class:`spaces.ModelSpace` options of the config's ``[space]``."""
+    space = cfg.space
+    return {"importance": space.importance, "round_to": space.round_to, "ignored_layers": space.ignored_layers}

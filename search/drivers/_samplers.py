@@ -36,8 +36,9 @@ def make_sampler(name: Sampler | str, seed: int, candidates: int) -> BaseSampler
     region. NSGA-II needs several generations of ``population_size`` (here
     ``max(4, candidates // 4)``) before it improves on random search.
     """
-    kind = Sampler.parse(name)
     import optuna
+
+    kind = Sampler.parse(name)
 
     if kind is Sampler.TPE:
         return optuna.samplers.TPESampler(

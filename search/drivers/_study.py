@@ -32,6 +32,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from search._config import Config
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = ["Proposal", "RunResult", "Search", "Teller"]
 
 _MAX_DUPLICATES_IN_A_ROW = 50
+_UNNAMED_GRACE_S = 10.0  # a trial asked this long ago that never named its worker belongs to a killed one
 
 
 def _trial_state(status: Status) -> TrialState:
@@ -287,7 +289,9 @@ class Search:
         )
 
     def conclude(self, res: RunResult) -> RunResult:
+        """The run's front and count; trials orphaned by workers killed since the run began are failed."""
         p = self.prepared
+        self.fail_orphan_trials()
         res.front = p.store.front(p.study_id)
         res.total = p.store.count(p.study_id)
         return res
@@ -372,10 +376,28 @@ class Search:
                     study.tell(row.trial_number, state=TrialState.FAIL)
         res.retried += len(rows)
         if orphans or rows:
-            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if is_dead(t.user_attrs.get("worker")) and t.user_attrs.get("worker"):
-                    study.tell(t.number, state=TrialState.FAIL)
+            self.fail_orphan_trials()
         return rows
+
+    def fail_orphan_trials(self) -> int:
+        """Fail the Optuna trials that dead workers asked for and never reserved; returns how many.
+
+        A trial names its worker right after it is asked; one killed in between
+        leaves a trial with no worker, failed once it is older than
+        :data:`_UNNAMED_GRACE_S` (a live worker names its own within
+        milliseconds, and its later result is told with ``skip_if_finished``).
+        """
+        from optuna.trial import TrialState
+
+        failed = 0
+        now = datetime.now()  # Optuna stamps trials with the local naive time
+        for t in self.teller.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = t.user_attrs.get("worker")
+            unnamed_for = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+            if (owner and is_dead(owner)) or (not owner and unnamed_for > _UNNAMED_GRACE_S):
+                self.teller.study.tell(t.number, state=TrialState.FAIL)
+                failed += 1
+        return failed
 
     def relive(self, row: CandidateRow) -> tuple[Plan, Cost, Recorder]:
         """What :meth:`CandidateRunner.evaluate` needs to evaluate a claimed candidate again."""

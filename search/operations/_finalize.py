@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spaces import PruneTuneError, Status, UsageError, check_interrupt
+from search.drivers._prepare import prepare
+from search.operations._export import export_candidate, out_dir
+from spaces import Plan, PruneTuneError, Status, UsageError, check_interrupt
 from storage import FinalResult
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
     from search._config import Config
     from search.drivers._prepare import Prepared
+    from storage import CandidateRow
 
 __all__ = ["Finalized", "finalize", "train_final"]
 
@@ -83,21 +86,26 @@ def finalize(
     progress: bool = False,
 ) -> list[Finalized]:
     """Finalize ``trials`` (or the whole front) of the config's study; export each to ``out/trial-N`` if given."""
-    from evaluators import save_weights
-    from search.drivers._prepare import prepare
-    from search.operations._export import export_candidate, out_dir
-    from spaces import Plan
-    from storage import file_sha256
+    from storage import StudyStore  # heavy: SQLAlchemy
 
     if front == bool(trials):
         raise UsageError("finalize needs --trial N (one or more) or --front")
     k = steps if steps is not None else config.evaluate.final_steps
     if k < 1:
         raise UsageError(f"--steps must be a positive number of fine-tune steps, got {k}")
-    from storage import StudyStore
-
     StudyStore.open_existing(config.storage.url).study(config.search.study or "")  # exists: else one line, no write
     p = prepare(config)
+    rows = _chosen(p, trials, front)
+    dest = out_dir(out) if out is not None else None
+    done = []
+    for row in rows:
+        check_interrupt()  # a safe point: between two finalized candidates
+        done.append(_finalize_one(p, row, k, dest, progress))
+    return done
+
+
+def _chosen(p: Prepared, trials: Sequence[int], front: bool) -> list[CandidateRow]:
+    """The candidates to finalize: the front's, or the named trials' (each must be COMPLETE)."""
     if front:
         rows = p.store.front(p.study_id)
         if not rows:
@@ -107,37 +115,38 @@ def finalize(
     for row in rows:
         if row.status is not Status.COMPLETE:
             raise UsageError(f"trial {row.trial_number} is {row.status.value}, not COMPLETE: nothing to finalize")
-    dest = out_dir(out) if out is not None else None
-    done = []
-    for row in rows:
-        check_interrupt()  # a safe point: between two finalized candidates
-        t0 = time.perf_counter()
-        model = p.space.apply(Plan.from_json(row.plan)).to(p.device)
-        val, test = train_final(p, model, steps=k, progress=progress)
-        path = save_weights(model, p.artifacts / f"{row.id}-final.safetensors").resolve()
-        final = FinalResult(
-            steps=k,
-            kd_weight=config.evaluate.final_kd_weight,
-            val_accuracy=val,
-            test_accuracy=test,
-            artifact=str(path),
-            weights_sha256=file_sha256(path),
-        )
-        p.store.record_test_accuracy(row.id, test, final=final)
-        export = None
-        if dest is not None:
-            export = export_candidate(p.store, p.study, dest / f"trial-{row.trial_number}", candidate=row.id)
-        done.append(
-            Finalized(
-                trial=row.trial_number,
-                candidate=row.id,
-                steps=k,
-                val_accuracy=val,
-                test_accuracy=test,
-                search_accuracy=row.accuracy,
-                artifact=str(path),
-                seconds=time.perf_counter() - t0,
-                export=export,
-            )
-        )
-    return done
+    return rows
+
+
+def _finalize_one(p: Prepared, row: CandidateRow, steps: int, dest: Path | None, progress: bool) -> Finalized:
+    """Train ``row``'s plan with the long recipe from the base weights, store what it measured, export it."""
+    from evaluators import save_weights
+    from storage import file_sha256  # heavy: SQLAlchemy
+
+    t0 = time.perf_counter()
+    model = p.space.apply(Plan.from_json(row.plan)).to(p.device)
+    val, test = train_final(p, model, steps=steps, progress=progress)
+    path = save_weights(model, p.artifacts / f"{row.id}-final.safetensors").resolve()
+    final = FinalResult(
+        steps=steps,
+        kd_weight=p.config.evaluate.final_kd_weight,
+        val_accuracy=val,
+        test_accuracy=test,
+        artifact=str(path),
+        weights_sha256=file_sha256(path),
+    )
+    p.store.record_test_accuracy(row.id, test, final=final)
+    export = None
+    if dest is not None:
+        export = export_candidate(p.store, p.study, dest / f"trial-{row.trial_number}", candidate=row.id)
+    return Finalized(
+        trial=row.trial_number,
+        candidate=row.id,
+        steps=steps,
+        val_accuracy=val,
+        test_accuracy=test,
+        search_accuracy=row.accuracy,
+        artifact=str(path),
+        seconds=time.perf_counter() - t0,
+        export=export,
+    )

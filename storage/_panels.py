@@ -1,0 +1,150 @@
+"""The report's panels: one section of ``report.html`` each, in a registry the page iterates.
+
+A panel is an id (the page's anchor), a title and a body, both drawn from a
+:class:`ReportInput` (the store, the study, the candidates' DataFrame, and
+:class:`~storage._figures.ReportExtras` computed with the model). The built-in
+panels are ``front``, ``structure``, ``filters``, ``history`` and
+``reproducibility``; a new one is a function to an HTML body and one
+:func:`register_panel` line (``before`` places it). A plan dimension needs no
+panel of its own: its structure rows become a row of the ``structure`` figure.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from spaces import Status
+from storage._figures import (
+    ReportExtras,
+    div,
+    filters_figure,
+    fmt,
+    front_figure,
+    history_figures,
+    note,
+    public_url,
+    structure_figure,
+    table,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from storage._schema import StudyRecord
+    from storage._store import StudyStore
+
+__all__ = ["Panel", "ReportInput", "panels", "register_panel"]
+
+
+@dataclass(frozen=True)
+class ReportInput:
+    """What every panel may draw from."""
+
+    store: StudyStore
+    info: StudyRecord
+    df: pd.DataFrame  # the candidates (storage.candidates_frame)
+    extras: ReportExtras
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One section of the report: its id (the page's anchor), its title and its HTML body."""
+
+    id: str
+    title: Callable[[ReportInput], str]
+    body: Callable[[ReportInput], str]
+
+
+_PANELS: list[Panel] = []
+
+
+def register_panel(panel: Panel, *, before: str | None = None) -> Panel:
+    """Add ``panel`` to the report (at the end, or before the panel with id ``before``); returns it."""
+    if any(p.id == panel.id for p in _PANELS):
+        raise ValueError(f"a report panel with id {panel.id!r} is already registered")
+    at = next((i for i, p in enumerate(_PANELS) if p.id == before), len(_PANELS)) if before else len(_PANELS)
+    _PANELS.insert(at, panel)
+    return panel
+
+
+def unregister_panel(panel_id: str) -> None:
+    _PANELS[:] = [p for p in _PANELS if p.id != panel_id]
+
+
+def panels() -> tuple[Panel, ...]:
+    return tuple(_PANELS)
+
+
+def _front(r: ReportInput) -> str:
+    front = r.df[r.df["on_front"]].sort_values("macs")
+    shown = ["trial", "kind", "accuracy", "rung_steps", "test_accuracy", "macs_pct", "params_pct", "latency_ms", "plan"]
+    return div(front_figure(r.df, r.info), "pt-front") + table(front[shown])
+
+
+def _structure(r: ReportInput) -> str:
+    s = r.extras.structure
+    if s is not None and len(s):
+        return div(structure_figure(s), "pt-structure")
+    return note(r.extras.notes.get("structure", "no plan to show"))
+
+
+def _filters(r: ReportInput) -> str:
+    f = r.extras.filters
+    if f is not None and len(f):
+        return div(filters_figure(f, r.extras.filters_of), "pt-filters")
+    return note(r.extras.notes.get("filters", "no front member yet"))
+
+
+def _history(r: ReportInput) -> str:
+    best, phases, outcomes = history_figures(r.df, r.info.base_accuracy)
+    failed = r.df[r.df["status"].isin([Status.FAIL.value, Status.PRUNED.value])]
+    reasons = (
+        table(failed[["trial", "status", "attempts", "error"]])
+        if len(failed)
+        else note("no candidate failed or was stopped early")
+    )
+    return (
+        "<h3>Best so far</h3>" + div(best, "pt-best") + "<h3>Seconds per candidate, by phase</h3>"
+        + div(phases, "pt-phases") + "<h3>Outcomes, failures and their reasons</h3>"
+        + div(outcomes, "pt-outcomes") + reasons
+    )  # fmt: skip
+
+
+def _reproducibility(r: ReportInput) -> str:
+    info = r.info
+    repro = {
+        "study": info.name, "model": info.model_spec, "data": info.data_spec, "budget": json.dumps(info.budget),
+        "base accuracy (validation)": fmt(info.base_accuracy, ".4f"),
+        "base cost": ", ".join(f"{k} {v:,}" for k, v in info.base_cost.items()),
+        "study created": info.created.isoformat(timespec="seconds"), "store": public_url(r.store.url),
+        "report written": datetime.now(UTC).isoformat(timespec="seconds"), **r.extras.reproducibility,
+    }  # fmt: skip
+    config = repro.pop("config", None)
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in repro.items())
+    body = f'<table class="pt-table pt-repro">{rows}</table>'
+    return body + (
+        f"<details><summary>config</summary><pre>{html.escape(str(config))}</pre></details>" if config else ""
+    )
+
+
+def _front_title(r: ReportInput) -> str:
+    return f"Pareto front ({int(r.df['on_front'].sum())} of {len(r.df)} candidates)"
+
+
+def _filters_title(r: ReportInput) -> str:
+    return f"Filter L1 norms, pruned filters of {r.extras.filters_of or '-'} marked"
+
+
+for _panel in (
+    Panel("front", _front_title, _front),
+    Panel("structure", lambda r: "Per-layer structure of the plans", _structure),
+    Panel("filters", _filters_title, _filters),
+    Panel("history", lambda r: "Search history", _history),
+    Panel("reproducibility", lambda r: "Reproducibility", _reproducibility),
+):
+    register_panel(_panel)
