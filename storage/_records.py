@@ -95,16 +95,17 @@ class FinalResult:
 
 @dataclass(frozen=True)
 class PhaseTimes:
-    """Seconds of a candidate's life per phase: surgery, fine-tune, evaluation, the rest."""
+    """Seconds of a candidate's life per phase: surgery, fine-tune, evaluation, the rest (None: not recorded)."""
 
-    apply: float = 0.0
-    train: float = 0.0
-    eval: float = 0.0
-    other: float = 0.0
+    apply: float | None = None
+    train: float | None = None
+    eval: float | None = None
+    other: float | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PhaseTimes:
         return cls(**{k: float(data[k]) for k in PHASES if data.get(k) is not None})
 
     def to_json(self) -> dict[str, float]:
-        return asdict(self)
+        """The recorded phases only (as the store has always kept them)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}

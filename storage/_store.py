@@ -293,7 +293,7 @@ class StudyStore:
         artifact: str | None = None,
         trial_number: int | None = None,
         objectives: Sequence[Objective | str] = (Objective.ACCURACY, Objective.MACS),
-        phases: PhaseTimes | None = None,
+        phases: PhaseTimes | Mapping[str, float] | None = None,
         rungs: Sequence[Sequence[float]] | None = None,
     ) -> bool:
         """Record a RUNNING candidate's outcome and, in the same transaction, the study's Pareto front.
@@ -322,6 +322,8 @@ class StudyStore:
                 c.macs, c.params, c.bytes = cost.get("macs"), cost.get("params"), cost.get("bytes")
             c.latency_ms = {str(k): v for k, v in latency_ms.items()} if latency_ms else None
             c.history = [list(h) for h in history] if history else None
+            if isinstance(phases, Mapping):
+                phases = PhaseTimes.from_json(phases)
             c.artifact, c.phases = artifact, phases.to_json() if phases else None
             c.weights_sha256 = file_sha256(artifact) if artifact else None
             if rungs is not None or status != Status.COMPLETE:
@@ -372,13 +374,15 @@ class StudyStore:
             return swap(s, CandidateTable, *running, status=Status.FAIL, error=reason)
 
     def record_test_accuracy(
-        self, candidate_id: int, accuracy: float | None, *, final: FinalResult | None = None
+        self, candidate_id: int, accuracy: float | None, *, final: FinalResult | Mapping[str, Any] | None = None
     ) -> None:
         """A COMPLETE candidate's test accuracy (reported, never selected on) and what finalize measured."""
         with self._session() as s:
             c = s.get(CandidateTable, candidate_id)
             if c is None or c.status != Status.COMPLETE:
                 raise ValueError(f"candidate {candidate_id} is not a COMPLETE candidate of this store")
+            if isinstance(final, Mapping):
+                final = FinalResult.from_json(final)
             c.test_accuracy, c.final = accuracy, (final.to_json() if final is not None else c.final)
 
     def delete(self, candidate_id: int) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import SCHEMA_VERSION, StoreDamagedError, StoreError, StudyStore, Submissions, file_sha256
+from storage import SCHEMA_VERSION, PhaseTimes, StoreDamagedError, StoreError, StudyStore, Submissions, file_sha256
 from tests.storage.test_store import _study, url  # noqa: F401  (the SQLite + PostgreSQL fixture)
 
 
@@ -87,7 +87,7 @@ def test_an_older_store_is_upgraded_in_place_by_a_writer_only(tmp_path: Path, ve
     upgraded.record_test_accuracy(cid or 0, 0.4)
     Submissions(upgraded).submit("queued-after-upgrade", {})
     row = StudyStore.open_existing(f"sqlite:///{db}").candidate(sid, id=cid)
-    assert (row.weights_sha256, row.phases, row.test_accuracy) == (file_sha256(weights), {"eval": 1}, 0.4)
+    assert (row.weights_sha256, row.phases, row.test_accuracy) == (file_sha256(weights), PhaseTimes(eval=1.0), 0.4)
     assert (row.rung, row.rungs) == (0, [[5, 0.5]])
 
 
