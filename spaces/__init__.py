@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from spaces._vocab import (
         COST_METRICS as COST_METRICS,
         CandidateKind as CandidateKind,
+        CostMetric as CostMetric,
         Direction as Direction,
         Importance as Importance,
         Method as Method,
@@ -109,6 +110,7 @@ _WHERE = {
     "Group": "_trace",
     "COST_METRICS": "_vocab",
     "CandidateKind": "_vocab",
+    "CostMetric": "_vocab",
     "Direction": "_vocab",
     "Importance": "_vocab",
     "Method": "_vocab",
@@ -126,6 +128,7 @@ __all__ = [
     "Budget",
     "CandidateKind",
     "Cost",
+    "CostMetric",
     "CostModel",
     "Direction",
     "Group",

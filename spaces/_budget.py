@@ -16,10 +16,11 @@ from typing import Any
 
 from spaces._cost import Cost
 from spaces._errors import InputTypeError
+from spaces._vocab import COST_METRICS
 
 __all__ = ["Budget", "Limit"]
 
-METRICS = ("macs", "params", "bytes")
+METRICS = COST_METRICS
 _COUNT_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 _BYTE_UNITS = {
     "B": 1,

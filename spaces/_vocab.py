@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["COST_METRICS", "CandidateKind", "Direction", "Importance", "Method", "Objective", "Status"]
+__all__ = ["COST_METRICS", "CandidateKind", "CostMetric", "Direction", "Importance", "Method", "Objective", "Status"]
 
 
 class Status(StrEnum):
@@ -64,7 +64,15 @@ class Objective(StrEnum):
         return self.value in COST_METRICS
 
 
-COST_METRICS = ("macs", "params", "bytes")  # what a Budget limits and Cost holds, in this order
+class CostMetric(StrEnum):
+    """What a :class:`~spaces.Budget` limits and a :class:`~spaces.Cost` holds, in this order."""
+
+    MACS = "macs"
+    PARAMS = "params"
+    BYTES = "bytes"
+
+
+COST_METRICS = tuple(m.value for m in CostMetric)
 
 
 class Method(StrEnum):
