@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,9 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
             raise ValueError(f"weights file {str(p)!r} is not a valid safetensors file: {exc}") from None
     else:
         try:
-            state = torch.load(p, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": our one-line error says it all
+                warnings.simplefilter("ignore", UserWarning)
+                state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch's own text suggests weights_only=False: never an option here
             raise ValueError(
                 f"weights file {str(p)!r} is not a weights-only torch file ({type(exc).__name__}): it is damaged "

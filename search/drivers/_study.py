@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 __all__ = ["Proposal", "RunResult", "Search", "Teller"]
 
 _MAX_DUPLICATES_IN_A_ROW = 50
-_UNNAMED_GRACE_S = 10.0  # a trial asked this long ago that never named its worker belongs to a killed one
+_UNNAMED_GRACE_S = 3.0  # a trial asked this long ago that never named its worker belongs to a killed one
 
 
 def _trial_state(status: Status) -> TrialState:

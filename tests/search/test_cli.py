@@ -97,3 +97,16 @@ def test_help_is_fast_and_imports_no_torch() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_pickled_weights_file_is_one_line_even_with_warnings_as_errors(tmp_path: Path) -> None:
+    """torch.load's "Detected pickle protocol" UserWarning never reaches the user before our one line."""
+    import pickle
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(pickle.dumps({"conv1.weight": [1.0, 2.0]}, protocol=4))
+    cmd = [sys.executable, "-W", "error::UserWarning", "-m", "search.cli", "inspect", "--model", "zoo:resnet20"]
+    proc = subprocess.run([*cmd, "--weights", str(weights), "--input", "1,3,32,32"], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prunetune: error: ") and "never unpickles code" in lines[0]

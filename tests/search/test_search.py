@@ -123,7 +123,7 @@ def test_rank_and_latency_objectives(make_config: ConfigMaker) -> None:
     assert front == _brute_front(rows, ("accuracy", "macs", "latency"))
 
 
-def _wait_for(path: Path, status: str, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for(path: Path, status: str, n: int, proc: subprocess.Popen, timeout: float = 600) -> None:
     t = time.monotonic()
     while time.monotonic() - t < timeout:
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else "worker exited"
@@ -146,7 +146,7 @@ def _running(db: Path) -> set[int]:
         return {r[0] for r in con.execute("SELECT id FROM prunetune_candidates WHERE status = 'RUNNING'")}
 
 
-def _kill_when_a_candidate_starts(db: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+def _kill_when_a_candidate_starts(db: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
     """SIGKILL right after a new candidate is reserved, so that it dies mid-evaluation (a candidate takes ~1 s)."""
     seen = _running(db)
     t = time.monotonic()
