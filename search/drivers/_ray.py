@@ -49,7 +49,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ray import tune
 from ray.tune.search import Searcher
@@ -69,6 +69,32 @@ log = logging.getLogger("prunetune")
 
 _FINISHED: Any = Searcher.FINISHED  # what suggest returns when the study is full (typed Optional[Dict] by Ray)
 _NOT_FROM_SNAPSHOT = "resume a PruneTune study by running the same command again, not from Ray Tune's snapshot"
+
+
+class TrialConfig(TypedDict):
+    """A Tune trial's config: the reserved candidate, its Optuna trial (None: seed or retry), its kind."""
+
+    cid: int
+    trial: int | None
+    kind: str  # a CandidateKind value (Tune keeps configs as plain JSON)
+
+
+class TrialResult(TypedDict, total=False):
+    """What a trial reports to Tune: intermediate accuracies (``final`` False), then its outcome."""
+
+    cid: int
+    step: int
+    accuracy: float | None
+    final: bool
+    status: str
+    evaluated: int  # 1 when this run of the trial evaluated the candidate, 0 when it was already recorded
+    recorded: int  # 1 when this run recorded it (a retry finds it recorded: 0)
+    worker: str
+    started: float  # wall clock of the trial's node
+    ended: float
+    seconds_apply: float
+    seconds_evaluate: float
+    seconds_store: float
 
 
 # ---------------------------------------------------------------------- connecting
@@ -189,7 +215,7 @@ class _TrialWorker:
             got = cls._cache[shipment.token] = cls(cloudpickle.loads(shipment.payload))
         return got
 
-    def live(self, cid: int, trial: int | None, kind: CandidateKind) -> dict[str, Any]:
+    def live(self, cid: int, trial: int | None, kind: CandidateKind) -> TrialResult:
         """Evaluate and record candidate ``cid`` (unless it is already finished); its final result for Tune."""
         from search.drivers._sampling import level_of, params_from_plan
         from spaces import Plan
@@ -219,11 +245,13 @@ class _TrialWorker:
             "worker": self.worker,
             "started": start,  # wall clock of this node: the driver measures the gap to this slot's previous end
             "ended": time.time(),
-            **{f"seconds_{k}": getattr(self.timings, k) - getattr(before, k) for k in ("apply", "evaluate", "store")},
+            "seconds_apply": self.timings.apply - before.apply,
+            "seconds_evaluate": self.timings.evaluate - before.evaluate,
+            "seconds_store": self.timings.store - before.store,
         }
 
 
-def _candidate_trial(config: dict[str, Any], shipment: _Shipment) -> None:
+def _candidate_trial(config: TrialConfig, shipment: _Shipment) -> None:
     """A Tune trial: one candidate's life (see :meth:`_TrialWorker.live`)."""
     trial = config.get("trial")
     tune.report(
@@ -250,9 +278,9 @@ class CandidateSearcher(Searcher):
         self.finished = False
         self._first = True
         self._retries: list[CandidateRow] = []
-        self.trials: dict[str, dict[str, Any]] = {}  # Tune trial id -> its config
+        self.trials: dict[str, TrialConfig] = {}  # Tune trial id -> its config
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:  # a TrialConfig (Ray types it as a plain dict)
         from storage import StudyFullError
 
         if self.finished:
@@ -262,7 +290,7 @@ class CandidateSearcher(Searcher):
         self._retries += s.claim_stale(res, orphans=self._first)
         self._first = False
         if self._retries:
-            return self._trial(trial_id, self._retries.pop(0).id, None, CandidateKind.RETRY)
+            return dict(self._trial(trial_id, self._retries.pop(0).id, None, CandidateKind.RETRY))
         while p.store.count(p.study_id) < s.cfg.search.candidates:
             prop = s.propose(self.seeds)
             try:
@@ -270,14 +298,15 @@ class CandidateSearcher(Searcher):
             except StudyFullError:
                 break
             if cid is not None:
-                return self._trial(trial_id, cid, prop.trial_number, prop.kind)
+                return dict(self._trial(trial_id, cid, prop.trial_number, prop.kind))
             if res.stopped:
                 break
         self.finished = True
         return _FINISHED
 
-    def _trial(self, trial_id: str, cid: int, number: int | None, kind: CandidateKind) -> dict[str, Any]:
-        self.trials[trial_id] = config = {"cid": cid, "trial": number, "kind": kind}
+    def _trial(self, trial_id: str, cid: int, number: int | None, kind: CandidateKind) -> TrialConfig:
+        config: TrialConfig = {"cid": cid, "trial": number, "kind": kind.value}
+        self.trials[trial_id] = config
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
@@ -286,7 +315,7 @@ class CandidateSearcher(Searcher):
             return  # the trial recorded its candidate
         self.record_failure(config, f"Ray Tune gave up on its trial after {self.search.cfg.ray.max_failures} retries")
 
-    def record_failure(self, config: dict[str, Any], reason: str) -> None:
+    def record_failure(self, config: TrialConfig, reason: str) -> None:
         """Record FAIL for a candidate whose trial never recorded it (its retries were spent)."""
         from search.drivers._sampling import level_of, params_from_plan
         from spaces import Plan
