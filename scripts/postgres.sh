@@ -2,6 +2,7 @@
 # Start (or stop) a throw-away PostgreSQL server on 127.0.0.1 for the store's contract tests.
 #   eval "$(bash scripts/postgres.sh start)"   # prints: export PRUNETUNE_TEST_POSTGRES_URL=...
 #   bash scripts/postgres.sh stop
+#   PRUNETUNE_PG_OPTS="-c max_connections=200" bash scripts/postgres.sh start   # extra server options
 # Installs Debian's postgresql when missing (as root). initdb refuses root, so the
 # server runs as the 'postgres' user in a fresh data directory with trust auth on loopback.
 set -euo pipefail
@@ -21,7 +22,7 @@ case "${1:-start}" in
     [ "$(id -u)" = 0 ] && chown postgres "$DIR"
     as_pg "$BIN/initdb" -D "$DIR" -U postgres --auth=trust -E UTF8 >/dev/null
     as_pg "$BIN/pg_ctl" -D "$DIR" -l "$DIR/server.log" -w \
-      -o "-c listen_addresses=127.0.0.1 -p $PORT -k $DIR -c fsync=off" start >&2
+      -o "-c listen_addresses=127.0.0.1 -p $PORT -k $DIR -c fsync=off ${PRUNETUNE_PG_OPTS:-}" start >&2
     echo "export PRUNETUNE_TEST_POSTGRES_URL=postgresql+psycopg://postgres@127.0.0.1:$PORT/postgres"
     ;;
   stop)
