@@ -12,7 +12,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from search.service._app import read_token, serve
 
     token = read_token(args.token_file)  # never starts without one, on any host
-    serve(args.storage, host=args.host, port=args.port, token=token, factories=args.factory, max_body=args.max_body)
+    serve(
+        args.storage,
+        host=args.host,
+        port=args.port,
+        token=token,
+        factories=args.factory,
+        max_body=args.max_body,
+        max_concurrent=args.max_concurrent,
+        max_waiting=args.max_waiting,
+    )
     return 0
 
 
@@ -45,6 +54,10 @@ def add_service_commands(sub: Any) -> None:
     srv.add_argument("--token-file", help="a file holding the bearer token (default: $PRUNETUNE_TOKEN)")
     srv.add_argument("--factory", action="append", default=[], help=factory)
     srv.add_argument("--max-body", type=int, default=64 * 1024, help="largest request body in bytes (default 64 KiB)")
+    srv.add_argument("--max-concurrent", type=int, default=8, help="requests served at once (default 8)")
+    srv.add_argument(
+        "--max-waiting", type=int, default=64, help="requests queued beyond those; more get 503 (default 64)"
+    )
     srv.set_defaults(func=_cmd_serve)
     wrk = sub.add_parser("worker", help="run the studies submitted to `prunetune serve`, one after another")
     wrk.add_argument("--storage", required=True, help="the study store's URL (the server's)")

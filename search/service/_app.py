@@ -32,10 +32,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from search.service import _routes_api, _routes_pages
+from search.service._admission import Admission
 from search.service._api_models import ErrorOut
 from search.service._security import BodyLimit, authorize, is_loopback, read_token
 from search.service._state import ServiceState
-from spaces import PruneTuneError, first_line
+from spaces import PruneTuneError, UsageError, first_line
 
 __all__ = ["create_app", "is_loopback", "read_token", "serve"]
 
@@ -52,9 +53,16 @@ def create_app(
     *,
     factories: Collection[str] = (),
     max_body: int = 64 * 1024,
+    max_concurrent: int = 8,
+    max_waiting: int = 64,
 ) -> FastAPI:
     """The service on store ``url`` (created if new); ``factories``: the ``package.module:factory`` specs
-    that submitted studies may name."""
+    that submitted studies may name; ``max_concurrent`` requests at once, ``max_waiting`` more queued,
+    then 503 (:mod:`search.service._admission`)."""
+    if max_concurrent < 1 or max_waiting < 0:
+        raise UsageError(
+            f"--max-concurrent must be >= 1 and --max-waiting >= 0, got {max_concurrent} and {max_waiting}"
+        )
     app = FastAPI(
         title="PruneTune",
         summary="Pareto fronts of compression studies, their candidates and exports; submit studies to workers.",
@@ -68,6 +76,7 @@ def create_app(
     app.state.token = token
     app.state.service = ServiceState.open(url, factories)
     app.add_middleware(BodyLimit, limit=max_body)
+    app.add_middleware(Admission, concurrent=max_concurrent, waiting=max_waiting)  # outermost: before any work
     _errors_as_json(app)
     app.include_router(_routes_api.router)
     app.include_router(_routes_pages.router)
@@ -98,13 +107,23 @@ def _errors_as_json(app: FastAPI) -> None:
 
 
 def serve(
-    url: str, *, host: str, port: int, token: str, factories: Collection[str] = (), max_body: int = 64 * 1024
+    url: str,
+    *,
+    host: str,
+    port: int,
+    token: str,
+    factories: Collection[str] = (),
+    max_body: int = 64 * 1024,
+    max_concurrent: int = 8,
+    max_waiting: int = 64,
 ) -> None:
     """Run the service until interrupted (uvicorn)."""
     import uvicorn
 
     if not is_loopback(host):
         print(f"prunetune serve: listening on {host}, beyond this machine: plain HTTP, put TLS in front of it")
-    app = create_app(url, token, factories=factories, max_body=max_body)
+    app = create_app(
+        url, token, factories=factories, max_body=max_body, max_concurrent=max_concurrent, max_waiting=max_waiting
+    )
     print(f"prunetune serve: http://{host}:{port}/ (open /?token=TOKEN once in a browser; API docs at /docs)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -71,8 +71,12 @@ def get_study(name: str, state: State) -> StudyDetailOut:
 def get_front_figure(name: str, state: State) -> FrontFigureOut:
     """The front's plotly figure, as the study's page draws it (the page polls this while a study runs)."""
     info = state.study_or_404(name)
-    df = candidates_frame(state.reader, name)
-    return FrontFigureOut(candidates=len(df), figure=json.loads(front_figure(df, info).to_json()))
+
+    def build() -> FrontFigureOut:
+        df = candidates_frame(state.reader, name)
+        return FrontFigureOut(candidates=len(df), figure=json.loads(front_figure(df, info).to_json()))
+
+    return state.cached(name, "front figure", build)
 
 
 @router.get("/studies/{name}/trials/{n}", response_model=TrialOut, tags=["trials"])

@@ -64,7 +64,7 @@ def study_page(request: Request, name: str, state: State) -> Response:
         df = candidates_frame(state.reader, name)
         return render_report(state.reader, info, df, state.extras_of(name), plotlyjs="/assets/plotly.min.js", live=live)
 
-    return _page(request, html)
+    return _page(request, lambda: state.cached(name, "page", html))
 
 
 @router.get("/assets/{asset}")

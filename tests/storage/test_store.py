@@ -257,3 +257,18 @@ def test_only_the_owner_of_a_running_candidate_records_its_rungs(url: str) -> No
     assert store.finish(cid, "COMPLETE", accuracy=0.7, cost={"macs": 10}, rungs=[[50, 0.7]])
     assert not store.record_rung(cid, 1, 200, 0.9, {"macs": 10}, "host:2")  # finished
     assert store.candidate(sid, id=cid).rungs == [[50, 0.7]]
+
+
+def test_activity_counts_candidates_finished_and_finalized(url: str) -> None:
+    store = StudyStore(url)
+    sid = _study(store)
+    assert store.activity(sid) == (0, 0, 0)
+    a = store.reserve(sid, '{"prune": {"a": 0.1}}', f"act-a-{uuid.uuid4().hex[:8]}")
+    b = store.reserve(sid, '{"prune": {"a": 0.2}}', f"act-b-{uuid.uuid4().hex[:8]}")
+    assert a is not None and b is not None
+    assert store.activity(sid) == (2, 0, 0)
+    store.finish(a, "COMPLETE", accuracy=0.9, cost={"macs": 500, "params": 50, "bytes": 200})
+    assert store.activity(sid) == (2, 1, 0)
+    store.record_test_accuracy(a, 0.88)
+    store.finish(b, "FAIL", error="boom")
+    assert store.activity(sid) == (2, 2, 1)
