@@ -74,13 +74,16 @@ def check_interrupt() -> None:
 
 
 @contextlib.contextmanager
-def handle_signals() -> Iterator[None]:
+def handle_signals(*, keep: bool = False) -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM set the stop flag (see the module docs); nests.
 
     Outside the main thread (where Python cannot install handlers) the block
     runs with the handlers as they are. On exit the previous handlers come
     back and the flag is cleared, so that a process running several commands
-    (a test, the service's worker) starts each one afresh.
+    (a test, the service's worker) starts each one afresh. With ``keep`` (the
+    ``prunetune`` program itself) the handlers stay until the process ends: a
+    signal that arrives after the command's work, while the interpreter shuts
+    down, is then recorded and ignored instead of killing the process.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -94,8 +97,9 @@ def handle_signals() -> Iterator[None]:
     try:
         yield
     finally:
-        _flag.installed -= 1
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if not _flag.installed:
-            _flag.signum = None
+        if not keep:
+            _flag.installed -= 1
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            if not _flag.installed:
+                _flag.signum = None

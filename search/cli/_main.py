@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; exit codes and messages are those of :mod:`search._exit_codes`."""
     args = _parser().parse_args(_glue_dash_values(sys.argv[1:] if argv is None else argv))
     try:
-        with handle_signals():  # SIGINT/SIGTERM stop the command at its next safe point
+        with handle_signals(keep=argv is None):  # SIGINT/SIGTERM stop the command at its next safe point
             code = int(args.func(args))
             check_interrupt()  # a signal after the last safe point still ends in 130 / 143
         return code
