@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from search.drivers import driver_names  # the registry (light: a driver loads when chosen)
 from search.drivers._samplers import Sampler
 from spaces import Importance, Method, Objective
 
@@ -113,9 +114,17 @@ class SearchConfig(_Section):
     seed: int = 0
     worker: int = Field(0, ge=0, description="distinct number per parallel worker (salts the sampler)")
     artifacts_dir: str = Field("artifacts", description="baselines and candidates' weights (shared by every node)")
-    backend: Literal["local", "ray"] = Field(
-        "local", description="who schedules the candidates: this process, or a Ray cluster (see [ray])"
+    backend: str = Field(
+        "local",
+        description="who schedules the candidates: a registered driver, local (this process) or ray (see [ray])",
     )
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        if v not in driver_names():
+            raise ValueError("Input should be " + " or ".join(repr(n) for n in driver_names()))
+        return v
 
     @field_validator("floor")
     @classmethod
