@@ -81,9 +81,11 @@ def handle_signals(*, keep: bool = False) -> Iterator[None]:
     runs with the handlers as they are. On exit the previous handlers come
     back and the flag is cleared, so that a process running several commands
     (a test, the service's worker) starts each one afresh. With ``keep`` (the
-    ``prunetune`` program itself) the handlers stay until the process ends: a
-    signal that arrives after the command's work, while the interpreter shuts
-    down, is then recorded and ignored instead of killing the process.
+    ``prunetune`` program itself) the block's end is the command's: both
+    signals are then ignored while the process exits. (Python's finalization
+    resets a Python-level handler to the default action, so a Ctrl-C during a
+    slow shutdown would otherwise kill the process by signal, after its work
+    and its exit code were already settled; an ignored signal stays ignored.)
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -97,7 +99,10 @@ def handle_signals(*, keep: bool = False) -> Iterator[None]:
     try:
         yield
     finally:
-        if not keep:
+        if keep:  # the work is done and the process is exiting: a late signal changes nothing
+            for s in _SIGNALS:
+                signal.signal(s, signal.SIG_IGN)  # survives finalization, which resets Python handlers to SIG_DFL
+        else:
             _flag.installed -= 1
             for s, handler in previous.items():
                 signal.signal(s, handler)
