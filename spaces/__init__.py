@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         check_interrupt as check_interrupt,
         handle_signals as handle_signals,
         interrupt_requested as interrupt_requested,
+        reinstall_handlers as reinstall_handlers,
     )
     from spaces._lazy import lazy_exports as lazy_exports
     from spaces._lowrank import (
@@ -98,6 +99,7 @@ _WHERE = {
     "check_interrupt": "_interrupt",
     "handle_signals": "_interrupt",
     "interrupt_requested": "_interrupt",
+    "reinstall_handlers": "_interrupt",
     "lazy_exports": "_lazy",
     "LayerGeom": "_lowrank",
     "factorize_layer": "_lowrank",
@@ -155,6 +157,7 @@ __all__ = [
     "interrupt_requested",
     "lazy_exports",
     "measure_cost",
+    "reinstall_handlers",
     "uniform_plan",
 ]
 

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-__all__ = ["Interrupted", "check_interrupt", "handle_signals", "interrupt_requested"]
+__all__ = ["Interrupted", "check_interrupt", "handle_signals", "interrupt_requested", "reinstall_handlers"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -108,3 +108,15 @@ def handle_signals(*, keep: bool = False) -> Iterator[None]:
                 signal.signal(s, handler)
             if not _flag.installed:
                 _flag.signum = None
+
+
+def reinstall_handlers() -> None:
+    """Take SIGINT and SIGTERM back from a library that replaced the handlers (inside :func:`handle_signals`).
+
+    ``ray.init`` installs its own SIGTERM handler in the driver (it exits with
+    code 1 and loses the running candidates); the Ray driver calls this once
+    connected. Outside :func:`handle_signals`, or off the main thread, it does nothing.
+    """
+    if _flag.installed and threading.current_thread() is threading.main_thread():
+        for s in _SIGNALS:
+            signal.signal(s, _on_signal)

@@ -363,6 +363,15 @@ class StudyStore:
             c.macs, c.params, c.bytes = cost.get("macs"), cost.get("params"), cost.get("bytes")
             return True
 
+    def set_trial_number(self, candidate_id: int, trial_number: int) -> None:
+        """Name the Optuna trial that holds finished candidate ``candidate_id``'s outcome.
+
+        The finisher tells Optuna after ``finish`` recorded the candidate (so a plan
+        is told once), then writes here the number of the trial it told or added.
+        """
+        with self._session() as s:
+            s.get_one(CandidateTable, candidate_id).trial_number = trial_number
+
     def release(self, study_id: int, worker: str, reason: str = "interrupted") -> int:
         """Give up ``worker``'s RUNNING candidates (it is stopping): the next worker claims them at once.
 

@@ -10,13 +10,16 @@ or a Ray driver) hands a repaired plan to a :class:`CandidateRunner`, which
    (BN recalibration, fine-tune, accuracy, latency if asked; it goes on to the
    next rung only when :mod:`search.drivers._rungs` promotes it) while a heartbeat
    thread tells other workers that this one is alive;
-3. saves the fine-tuned weights (atomically) to
-   ``artifacts/studies/<study>/<id>.safetensors`` when the candidate completes;
-4. **records** the outcome: the scheduler is told first (its ``record``
-   callback returns the trial number, if it keeps trials), then the candidate
-   row and the Pareto table are written in one transaction. A candidate that
-   is already finished (a scheduler ran it twice) is recorded once, by the
-   first to finish (``StudyStore.finish`` returns ``False`` for the second).
+3. saves the fine-tuned weights (atomically) to a new file
+   ``artifacts/studies/<study>/<id>-<8 hex>.safetensors`` when the candidate
+   completes (the row names it);
+4. **records** the outcome: the candidate row and the Pareto table are
+   written in one transaction, then the scheduler is told (its ``record``
+   callback returns the trial number, if it keeps trials, which the row then
+   names). A candidate that is already finished (a scheduler ran it twice, or a
+   worker thought dead finished what another had claimed) is recorded and told
+   once, by the first to finish (``StudyStore.finish`` returns ``False`` for
+   the second, whose own weights file is removed).
 
 A worker killed in the middle leaves its candidate RUNNING; another worker
 claims it later (``StudyStore.claim_stale``, judged by :func:`is_dead`).
@@ -29,8 +32,10 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spaces import CandidateKind, Objective, Status, check_interrupt
@@ -157,6 +162,11 @@ class _Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _artifact_name(cid: int) -> str:
+    """A new weights file of candidate ``cid``: two evaluations of one candidate never write the same file."""
+    return f"{cid}-{uuid.uuid4().hex[:8]}.safetensors"
 
 
 def _phases(apply: float, evaluate: float, metrics: Metrics) -> PhaseTimes:
@@ -287,7 +297,7 @@ class CandidateRunner:
             t2 = time.perf_counter()
             artifact = None
             if climb.metrics.status == Status.COMPLETE and not climb.lost:
-                artifact = str(save_weights(model, p.artifacts / f"{cid}.safetensors").resolve())
+                artifact = str(save_weights(model, p.artifacts / _artifact_name(cid)).resolve())
         self.timings.apply += t1 - t0
         self.timings.evaluate += t2 - t1
         if climb.lost:
@@ -309,6 +319,13 @@ class CandidateRunner:
         if metrics.status == Status.COMPLETE and metrics.accuracy is None:
             return Metrics(status=Status.FAIL, reason="the evaluator reported no accuracy")
         return metrics
+
+    def _tell(self, cid: int, status: Status, values: list[float] | None, record: Recorder) -> int | None:
+        """Tell the scheduler a recorded outcome; the store keeps the number of the trial that holds it."""
+        number = record(status, values)
+        if number is not None:
+            self.prepared.store.set_trial_number(cid, number)
+        return number
 
     def _climb(self, cid: int, model: nn.Module, cost: dict[str, int], report: Reporter | None, owner: str) -> _Climb:
         """The rungs, while the candidate is promoted; a rung that fails after the first keeps the last one."""
@@ -346,14 +363,17 @@ class CandidateRunner:
         artifact: str | None,
         times: tuple[float, float, float],
     ) -> Outcome:
-        """Tell the scheduler (the objectives at rung 0) and store the outcome and the front in one transaction."""
+        """Store the outcome and the front in one transaction; if that recorded it, tell the scheduler.
+
+        Only the first finisher tells (the objectives at rung 0), so a candidate evaluated twice
+        (a worker thought dead and the one that claimed it) is told once.
+        """
         p, metrics, cdict = self.prepared, climb.metrics, cost.as_dict()
         status = Status(metrics.status)
         latency = next(iter(metrics.latency_ms.values()), None) if metrics.latency_ms else None
         values = None
         if status is Status.COMPLETE and climb.reached:
             values = objective_values(p.objectives, climb.reached[0][1], cdict, latency)
-        number = record(status, values)
         history = climb.history
         metrics.history, metrics.train_seconds, metrics.eval_seconds = history, climb.train, climb.evals
         t0, t1, t2 = times
@@ -367,9 +387,12 @@ class CandidateRunner:
             error=metrics.reason,
             history=history,
             artifact=artifact,
-            trial_number=number,
             objectives=p.objectives,
             phases=_phases(t1 - t0, t2 - t1, metrics),
             rungs=climb.reached if status is Status.COMPLETE else None,
         )
+        number = self._tell(cid, status, values, record) if recorded else None
+        if not recorded and artifact and p.store.candidate(p.study_id, id=cid).artifact != artifact:
+            Path(artifact).unlink(missing_ok=True)  # the first finisher's weights are the candidate's
+            artifact = None
         return Outcome(status, values, metrics, metrics.reason, artifact, number, recorded=recorded)

@@ -15,9 +15,9 @@ rows in the same store and either may continue the other:
   just the candidate's id, its Optuna trial number and how it was proposed.
 * **one candidate's life** runs in the trial, on whichever node Tune picked:
   :func:`_candidate_trial` hands the stored plan to a
-  :class:`search.drivers._candidate.CandidateRunner` (apply, evaluate, record: Optuna is
-  told by a :class:`search.drivers._study.Teller` there, then the row and the front are
-  written in one transaction), reporting each intermediate accuracy with
+  :class:`search.drivers._candidate.CandidateRunner` (apply, evaluate, record: the row
+  and the front are written in one transaction, then Optuna is told by a
+  :class:`search.drivers._study.Teller` there), reporting each intermediate accuracy with
   ``tune.report``. The prepared study (base model, space, data, evaluator) is
   shipped once per run through the object store and unpickled once per actor
   process (trials reuse actors).
@@ -34,9 +34,12 @@ left RUNNING are claimed from the store), and ``StudyStore.finish`` records a
 candidate once however often Tune runs it (``FailureConfig`` retries a trial
 whose node died; a retry finds the row finished and only reports it).
 
-The candidates this driver reserves are owned by it (``host:pid``): Ray ends a
-driver's trials with it, so a dead driver means dead trials, and the trial
-evaluating a candidate renews its heartbeat for workers on other hosts.
+The candidates this driver reserves are owned by it (``host:pid``), and the
+trial evaluating a candidate renews its heartbeat for workers on other hosts.
+Ray ends a dead driver's trials, but not at once: a trial of a SIGKILLed driver
+may still finish its candidate while a rerun has claimed it and evaluates it
+again. Whichever finishes first records it and tells Optuna; the other writes
+nothing (each evaluation has its own weights file).
 """
 
 from __future__ import annotations
@@ -53,10 +56,11 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from ray import tune
 from ray.tune.search import Searcher
+from ray.tune.stopper import Stopper
 
 from search.drivers._base import Driver
 from search.drivers._candidate import CandidateRunner, Timings, worker_id
-from spaces import CandidateKind, Status
+from spaces import CandidateKind, Status, check_interrupt, interrupt_requested, reinstall_handlers
 
 if TYPE_CHECKING:
     from search.drivers._prepare import Prepared
@@ -144,6 +148,7 @@ def connect(search: Search) -> bool:
     except ConnectionError as exc:
         where = f"{source}={address!r}" if address else "a new local Ray"
         raise ValueError(f"cannot connect to the Ray cluster at {where}: {str(exc).splitlines()[0]}") from None
+    reinstall_handlers()  # ray.init replaced our SIGTERM handler with one that exits 1 at once
     return True
 
 
@@ -285,6 +290,8 @@ class CandidateSearcher(Searcher):
 
         if self.finished:
             return _FINISHED
+        if interrupt_requested() is not None:
+            return None  # nothing new: _StopOnSignal ends the run
         s, res = self.search, self.res
         p = s.prepared
         self._retries += s.claim_stale(res, orphans=self._first)
@@ -329,8 +336,11 @@ class CandidateSearcher(Searcher):
         number = config["trial"]
         level = level_of(p.space.cost(plan), p.budget, p.base_cost)
         params = params_from_plan(p.space, plan, p.dists, p.space_options, level=level) if number is None else {}
+        if not p.store.finish(row.id, Status.FAIL, error=reason, objectives=p.objectives):
+            return  # recorded by another worker in the meantime
         got = s.teller.recorder(number, params, row.id, plan.hash, CandidateKind(config["kind"]))(Status.FAIL, None)
-        p.store.finish(row.id, Status.FAIL, error=reason, trial_number=got, objectives=p.objectives)
+        if got is not None:
+            p.store.set_trial_number(row.id, got)
         self.res.events.append(f"candidate {row.id}: {reason}; recorded as FAIL")
 
     def save(self, checkpoint_path: str) -> None:
@@ -388,6 +398,20 @@ class _Progress(tune.Callback):
         raise RuntimeError(_NOT_FROM_SNAPSHOT)
 
 
+class _StopOnSignal(Stopper):
+    """Ends the Tune run, stopping its trials, once SIGINT or SIGTERM set the stop flag.
+
+    Tune's own SIGINT handler is disabled (``TUNE_DISABLE_SIGINT_HANDLER``): it
+    would end the run as if it were finished, and a Ctrl-C would exit 0.
+    """
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return interrupt_requested() is not None
+
+
 class RayDriver(Driver):
     """``search.backend = "ray"``: connects before the study is prepared, then runs it with Ray Tune."""
 
@@ -414,6 +438,7 @@ def run_on_ray(search: Search, on_candidate: Callable[[RunResult], None] | None 
     resources = {"cpu": cfg.ray.cpus_per_candidate, "gpu": cfg.ray.gpus_per_candidate}
     trainable = tune.with_resources(tune.with_parameters(_candidate_trial, shipment=shipment), resources)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the store keeps the results
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours sets the stop flag; _StopOnSignal ends the run
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables on the console
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no result files: ours
     name = f"{p.study}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -432,11 +457,13 @@ def run_on_ray(search: Search, on_candidate: Callable[[RunResult], None] | None 
             storage_path=str(Path(cfg.search.artifacts_dir).resolve() / "ray"),
             failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures),
             callbacks=[_Progress(search, res, on_candidate)],
+            stop=_StopOnSignal(),
             verbose=0,
         ),
     )
     tuner.fit()
-    # Tune stopped before some trials ended (Ctrl-C): hand their candidates to the next run at once
+    check_interrupt()  # stopped by SIGINT/SIGTERM: the command releases the driver's candidates
+    # Tune stopped before some trials ended: hand their candidates to the next run at once
     left = p.store.release(p.study_id, search.worker, "its Ray trial stopped before the end")
     if left:
         res.stopped = f"interrupted: {left} candidates handed back; the same command evaluates them again"

@@ -45,7 +45,7 @@ from spaces import CandidateKind, Status
 
 if TYPE_CHECKING:
     import optuna
-    from optuna.trial import Trial, TrialState
+    from optuna.trial import FrozenTrial, Trial, TrialState
 
     from evaluators import Evaluator
     from spaces import Cost, Plan
@@ -132,15 +132,34 @@ class Teller:
     def recorder(
         self, number: int | None, params: dict[str, Any], cid: int, plan_hash: str, kind: CandidateKind
     ) -> Recorder:
-        """Records a candidate's outcome: on its asked trial, or (seed plans, retries) on a trial added for it."""
+        """Records a candidate's outcome: on its asked trial, or (seed plans, retries) on a trial added for it.
+
+        Called only by the worker whose ``StudyStore.finish`` recorded the candidate,
+        so a plan is told once. An asked trial that is already finished with
+        another outcome (a rerun claimed the candidate of a worker it thought dead
+        and failed its trial, and that worker finished first after all) keeps its
+        state; the outcome goes on a trial added with the same parameters.
+        """
 
         def record(status: Status, values: list[float] | None) -> int | None:
-            if number is not None:
+            if number is None:
+                return self.add_trial(params, values, status, cid, plan_hash, kind)
+            told = self._finished(number)
+            if told is None:
                 self.tell(number, values, status)
                 return number
-            return self.add_trial(params, values, status, cid, plan_hash, kind)
+            if told.state == _trial_state(status) and (status is not Status.COMPLETE or told.values == values):
+                return number  # an earlier attempt of this candidate told it
+            return self.add_trial(dict(told.params), values, status, cid, plan_hash, kind)
 
         return record
+
+    def _finished(self, number: int) -> FrozenTrial | None:
+        """Trial ``number`` of the study, if it is finished."""
+        from optuna.trial import TrialState
+
+        done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        return next((t for t in self.study.get_trials(deepcopy=False, states=done) if t.number == number), None)
 
     def add_trial(
         self, params: dict[str, Any], values: list[float] | None, status: Status, cid: int, h: str, kind: CandidateKind

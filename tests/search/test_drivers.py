@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,48 @@ def test_a_registered_driver_is_chosen_by_the_config_and_runs_the_steps(
 def test_an_unknown_backend_names_the_registered_drivers(registered: None, make_config: ConfigMaker) -> None:
     with pytest.raises(ValueError, match="Input should be 'local' or 'ray' or 'one-at-a-time' .got 'dask'."):
         load_config(make_config(), {"search.backend": "dask"})
+
+
+# ---------------------------------------------------------------------- a claimed candidate finished by both workers
+@pytest.mark.parametrize("first", ["thought dead", "claimer"])
+def test_a_claimed_candidate_finished_by_both_workers_is_recorded_and_told_once(
+    first: str, make_config: ConfigMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker thought dead (a SIGKILLed Ray driver's trial outlives it) finishes the candidate another claimed.
+
+    Whoever finishes first records it and tells Optuna, once, on a trial whose state is the row's;
+    the second writes nothing and leaves no weights file behind.
+    """
+    import optuna
+
+    from search.drivers import _study
+    from spaces import Status
+
+    cfg = load_config(make_config(), {"search.candidates": 4})
+    slow, claimer = Search(cfg).prepare(), Search(cfg)
+    claimer.worker = "elsewhere:1"
+    claimer.prepare()
+    prop = slow.propose([])  # a sampled plan, on an asked trial
+    cid = slow.reserve(prop, slow.new_result())
+    assert cid is not None and prop.trial_number is not None
+    monkeypatch.setattr(_study, "is_dead", lambda owner: owner == slow.worker)
+    (row,) = claimer.claim_stale(claimer.new_result())  # fails the slow worker's asked trial
+    asked = slow.teller.recorder(prop.trial_number, prop.params, cid, prop.plan.hash, prop.kind)
+    finishers = {
+        "thought dead": lambda: slow.runner.evaluate(cid, prop.plan, prop.cost, asked),
+        "claimer": lambda: claimer.runner.evaluate(cid, *claimer.relive(row)),
+    }
+    winner = finishers.pop(first)()
+    loser = next(iter(finishers.values()))()
+    assert (winner.recorded, loser.recorded, winner.status, loser.artifact) == (True, False, Status.COMPLETE, None)
+    stored = slow.prepared.store.candidate(slow.prepared.study_id, id=cid)
+    assert stored.artifact == winner.artifact and stored.trial_number == winner.trial_number
+    assert sorted(p.name for p in Path(winner.artifact).parent.glob(f"{cid}*.safetensors")) == [
+        Path(winner.artifact).name
+    ]
+    trials = optuna.load_study(study_name=cfg.search.study, storage=slow.prepared.store.url).get_trials()
+    told = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs.get("plan_hash") == prop.plan.hash]
+    assert [t.number for t in told] == [stored.trial_number] and stored.trial_number != prop.trial_number
+    assert told[0].values == [stored.accuracy_at(0), stored.macs]
+    assert trials[prop.trial_number].state.name == "FAIL"  # failed by the claim; the outcome went on an added trial
+    assert not [t for t in trials if t.state.name == "RUNNING"]

@@ -291,6 +291,38 @@ def test_driver_sigkill_then_rerun_keeps_every_completed_candidate_once(
     assert all(r.attempts == 2 for r in rows if r.id in running)
 
 
+@needs_ray
+def test_ctrl_c_and_sigterm_stop_a_ray_study_cleanly_and_a_rerun_finishes_it(
+    make_config: ConfigMaker, cluster: dict[str, str], tmp_path: Path
+) -> None:
+    """Tune's own SIGINT handler would end the run as if it were done (exit 0); ours stops it: 130 / 143."""
+    url = f"sqlite:///{tmp_path / 'ray.db'}"
+    cfg = make_config(
+        search__candidates=4,
+        storage__url=url,
+        evaluate__finetune_steps=400,  # long enough to be stopped in the middle of a candidate
+        evaluate__eval_every=100,
+        evaluate__threads=1,
+        ray__max_concurrent=1,
+    )
+    store = StudyStore(url)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        driver = _Driver(cfg, cluster, tmp_path / f"{sig.name}.log")
+        seen = {r.id for r in _candidates(store, "t")}
+        driver.until("a new candidate", lambda seen=seen: any(r.id not in seen for r in _candidates(store, "t")))
+        time.sleep(1.0)  # its trial is fine-tuning
+        driver.proc.send_signal(sig)
+        assert driver.proc.wait(timeout=180) == 128 + sig, driver.output()[-3000:]
+        expected = "interrupted" if sig == signal.SIGINT else f"stopped by {sig.name}"
+        assert driver.output().endswith(f"prunetune: {expected}; rerun the same command to resume"), driver.output()
+        rows = _candidates(store, "t")
+        assert not [r.id for r in rows if r.status == "RUNNING" and r.worker], [(r.id, r.worker) for r in rows]
+    out = _Driver(cfg, cluster, tmp_path / "rerun.log").wait()
+    assert "evaluating it again" in out
+    rows = _check_study(store, url, "t", 4)
+    assert sum(r.attempts for r in rows) >= 6  # the two stopped candidates were evaluated again
+
+
 def _schema(db: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(db) as con:
         return sorted(con.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
