@@ -53,7 +53,12 @@ class BudgetConfig(_Section):
 
 
 class SpaceConfig(_Section):
-    importance: Importance = Importance.L1
+    importance: Importance = Field(
+        Importance.L1,
+        description="which channels a group keeps: l1, l2, bn_scale; torch-pruning's group_l1, group_l2, lamp; "
+        "the data-aware taylor, hessian (computed once on calibration_samples training images, cached)",
+    )
+    calibration_samples: int = Field(256, ge=1, description="training images the data-aware criteria read")
     round_to: int = Field(1, ge=1)
     max_ratio: float = Field(0.8, gt=0, lt=1, description="largest prune ratio the sampler proposes per group")
     rank: bool = Field(False, description="also search per-layer low-rank factorization")

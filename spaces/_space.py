@@ -20,7 +20,7 @@ names here are shortcuts to them.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -51,10 +51,13 @@ class ModelSpace:
             costs are counted for exactly this input (batch included).
         ignored_layers: names (or modules) of layers whose output channels are
             never pruned; the classifier's output layer is always added.
-        importance: ``"l1"`` (default: the summed L1 norm of each channel's
-            filters over the group's producing conv/linear layers), ``"l2"``
-            (the same with squared L2), or ``"bn_scale"`` (summed ``|gamma|`` of
-            the group's BatchNorms; groups without BatchNorm fall back to L1).
+        importance: which channels a group keeps (see :mod:`spaces._importance`):
+            ``"l1"`` (default: the summed L1 norm of each channel's filters over
+            the group's producing conv/linear layers), ``"l2"``, ``"bn_scale"``;
+            torch-pruning's group estimators ``"group_l1"``, ``"group_l2"``,
+            ``"lamp"`` (producers, consumers' input slices and BatchNorm); and
+            the data-aware ``"taylor"`` and ``"hessian"``, usable once
+            :meth:`calibrate_importance` (or :meth:`load_importance`) ran.
         round_to: kept channel counts are rounded to a multiple of this.
         verify: check the space on construction (see :mod:`spaces._verify`).
     """
@@ -185,6 +188,18 @@ class ModelSpace:
     def energy(self, layer: str) -> np.ndarray:
         """Cumulative share of squared singular values of ``layer``'s (unpruned) kernel."""
         return self.scores.energy(layer)
+
+    def calibrate_importance(self, criterion: str, batches: Iterable[Any]) -> dict[str, np.ndarray]:
+        """Compute a data-aware criterion (``"taylor"``, ``"hessian"``) on ``(inputs, labels)`` batches.
+
+        The space's model is unchanged. Returns the scores per group id, to cache
+        and give back to :meth:`load_importance` (see :meth:`ImportanceScores.calibrate`).
+        """
+        return self.scores.calibrate(criterion, batches)
+
+    def load_importance(self, criterion: str, scores: Mapping[str, np.ndarray]) -> None:
+        """Use cached scores of a data-aware criterion (what :meth:`calibrate_importance` returned)."""
+        self.scores.load(criterion, scores)
 
     # ------------------------------------------------------------ policies (shortcuts)
     def uniform_plan(self, ratio: float) -> Plan:

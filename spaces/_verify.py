@@ -105,6 +105,9 @@ class _Checker:
         return None
 
 
+_CHECKED_WITH = "l1"  # which channels go does not change whether they go correctly (data-aware criteria need data)
+
+
 def verify(trace: Trace, costs: CostModel, scores: ImportanceScores, surgery: Surgery) -> None:
     """Check the space (see the module docs); exclude groups that fail, refuse a model that cannot work."""
     measured = measure_cost(trace.model, trace.example_inputs)
@@ -123,13 +126,13 @@ def verify(trace: Trace, costs: CostModel, scores: ImportanceScores, surgery: Su
     checker = _Checker(trace, costs, surgery)
     if not torch.isfinite(checker.vbase).all():
         raise UnsupportedModelError("the model's outputs are not finite on example_inputs with random weights")
-    half = Plan({g.id: 0.5 for g in trace.groups if g.channels > 1})
+    half = Plan({g.id: 0.5 for g in trace.groups if g.channels > 1}, _CHECKED_WITH)
     if checker.check(half) is not None:
         bad: dict[str, str] = {}
         for g in list(trace.groups):
             if g.channels < 2:
                 continue
-            reason = checker.check(Plan({g.id: 0.5}))
+            reason = checker.check(Plan({g.id: 0.5}, _CHECKED_WITH))
             if reason is not None:
                 bad[g.id] = reason
         if not bad:
@@ -137,7 +140,7 @@ def verify(trace: Trace, costs: CostModel, scores: ImportanceScores, surgery: Su
         trace.drop(bad)
         scores.clear()
         costs.rebuild()
-        half = Plan({g.id: 0.5 for g in trace.groups if g.channels > 1})
+        half = Plan({g.id: 0.5 for g in trace.groups if g.channels > 1}, _CHECKED_WITH)
     got = sum(p.numel() for p in surgery.apply(copy.deepcopy(trace.model), half).parameters())
     want = costs.cost(half).params
     if got != want:

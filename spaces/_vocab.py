@@ -84,8 +84,18 @@ class Method(StrEnum):
 
 
 class Importance(StrEnum):
-    """Channel importance criteria (see :class:`spaces.ModelSpace`)."""
+    """Channel importance criteria (see :mod:`spaces._importance`)."""
 
     L1 = "l1"
     L2 = "l2"
     BN_SCALE = "bn_scale"
+    GROUP_L1 = "group_l1"
+    GROUP_L2 = "group_l2"
+    LAMP = "lamp"
+    TAYLOR = "taylor"
+    HESSIAN = "hessian"
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether the criterion reads gradients on calibration batches (``ModelSpace.calibrate_importance``)."""
+        return self in (Importance.TAYLOR, Importance.HESSIAN)

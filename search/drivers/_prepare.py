@@ -10,13 +10,15 @@ candidate's life (:mod:`search.drivers._candidate`).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search._config import Config
 from search.drivers._samplers import Sampler
-from spaces import Objective, UsageError
+from spaces import Importance, Objective, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from spaces import Budget, Cost, ModelSpace, Plan
     from storage import StudySpec, StudyStore
 
-__all__ = ["Prepared", "default_evaluator", "prepare"]
+__all__ = ["Prepared", "default_evaluator", "importance_scores", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,8 @@ def prepare(
     model, base_accuracy, base_weights = _base_model(cfg, data, device, progress)
     base_model = model.eval()
     space = ModelSpace(model.cpu(), data.example_inputs(1), **_space_options(cfg))
+    if Importance(cfg.space.importance).needs_data:
+        importance_scores(cfg, space, data, base_weights)
     base_model.to(device)
     base_cost = space.base_cost
     uniform = space.fit(space.uniform_plan(0.0), budget)  # infeasible budget: raises here
@@ -179,6 +183,49 @@ def prepare(
         floor=floor,
         rungs=cfg.evaluate.rung_steps(),
     )
+
+
+def importance_scores(cfg: Config, space: ModelSpace, data: DataBundle, base_weights: Path) -> Path:
+    """Give ``space`` the scores of the config's data-aware criterion: from the cache, or computed and cached.
+
+    Computed once per base model, data and criterion on ``space.calibration_samples``
+    training images (the data's seeded order), and kept beside the baselines as
+    ``artifacts/baselines/importance-<key>.safetensors``; every later study,
+    worker and ``finalize`` reads them, so a plan keeps the same channels everywhere.
+    """
+    import hashlib
+
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    from storage import file_sha256
+
+    crit, n = str(cfg.space.importance), cfg.space.calibration_samples
+    key = hashlib.sha256(f"{file_sha256(base_weights)}|{data.spec}|{cfg.data.seed}|{crit}|{n}".encode()).hexdigest()
+    path = Path(cfg.search.artifacts_dir) / "baselines" / f"importance-{key[:16]}.safetensors"
+    if path.is_file():
+        try:
+            space.load_importance(crit, {k: v.numpy() for k, v in load_file(path).items()})
+            return path
+        except (SafetensorError, ValueError, OSError):
+            pass  # damaged or from another space: computed again below
+    scores = space.calibrate_importance(crit, _calibration_batches(data, n, cfg.data.seed))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    save_file({k: torch.from_numpy(v.copy()) for k, v in scores.items()}, str(tmp))
+    os.replace(tmp, path)  # atomic: concurrent workers write the same scores
+    return path
+
+
+def _calibration_batches(data: DataBundle, samples: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``samples`` training images (in the seeded order), in batches of up to 64, on the CPU."""
+    left = samples
+    for x, y in data.train_loader(min(64, samples), seed):
+        if left <= 0:
+            return
+        yield x[:left].cpu(), y[:left].cpu()
+        left -= len(x)
 
 
 def _base_model(cfg: Config, data: DataBundle, device: torch.device, progress: bool) -> tuple[nn.Module, float, Path]:

@@ -182,7 +182,7 @@ def load_exported(path: str | Path, *, factories: Mapping[str, Callable[[], nn.M
     import torch
     from safetensors.torch import load_file
 
-    from spaces import ModelSpace, Plan
+    from spaces import Importance, ModelSpace, Plan
     from storage import file_sha256
 
     d = Path(path)
@@ -197,6 +197,10 @@ def load_exported(path: str | Path, *, factories: Mapping[str, Callable[[], nn.M
     base = _base_model(meta, d, factories or {})
     example = torch.zeros(1, *meta["input_shape"])
     space = ModelSpace(base, example, ignored_layers=meta.get("ignored_layers", []), verify=False)
+    if plan.importance is not None and Importance(plan.importance).needs_data:
+        # the base here is freshly initialized and every weight comes from the file: only the shapes matter, and
+        # they do not depend on which channels were kept (a data-aware criterion would need calibration data)
+        plan = plan.replace(importance=Importance.L1.value)
     model = space.apply(plan)
     try:
         model.load_state_dict(load_file(str(weights)), strict=True)

@@ -1,0 +1,155 @@
+"""Which channels to keep: every importance criterion against torch-pruning's own uniform pruner.
+
+    .venv/bin/python bench/bench_importance.py                  # Fashion-MNIST, 50/30/15 %, seeds 0,1,2
+    .venv/bin/python bench/bench_importance.py --budgets 0.15 --seeds 0 --final-steps 100   # a quick look
+
+One ResNet-20 is trained on the Fashion-MNIST **train** split (cached, as
+``bench_search.py`` does). For each MAC budget, PruneTune's uniform plan (one
+prune ratio for every group) is moved onto the budget by ``space.fit``; the
+same plan is then built with each criterion, so the arms differ only in
+*which* channels they keep, not in how many. torch-pruning's
+``MagnitudePruner`` with its group L1 importance (``global_pruning=False``,
+its ratio bisected until the measured MACs meet the budget: it floors kept
+counts, so it lands a little below) is the library's one line. Every model
+gets exactly the same treatment, :func:`search.train_final`: BN
+recalibration, ``--final-steps`` fine-tune steps distilled from the original,
+the seed's data order; and is measured on the **test** split, which nothing
+selects on. ``lamp`` keeps the same channels as ``group_l2`` within a group
+(it only rescales for global ranking), so it is not a separate arm here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from search import Search, load_config
+from search.drivers._prepare import Prepared, _calibration_batches
+from search.operations._finalize import train_final
+from spaces import Budget, Importance, measure_cost
+
+CRITERIA = ("l1", "bn_scale", "group_l1", "group_l2", "taylor", "hessian")
+LIBRARY = "torch-pruning uniform (group L1)"
+
+
+def tp_uniform(base: nn.Module, example: torch.Tensor, macs_limit: float) -> nn.Module:
+    """torch-pruning's uniform pruning (one ratio per layer) at the smallest ratio whose measured MACs meet the limit.
+
+    Call it after building a :class:`spaces.ModelSpace`: tracing one installs the
+    compatibility shim that torch-pruning needs on current PyTorch.
+    """
+    import torch_pruning as tp
+
+    def pruned(ratio: float) -> nn.Module:
+        m = copy.deepcopy(base).cpu().eval()
+        fc = [mod for mod in m.modules() if isinstance(mod, nn.Linear)]
+        pruner = tp.pruner.MagnitudePruner(
+            m,
+            example,
+            importance=tp.importance.GroupMagnitudeImportance(p=1),
+            pruning_ratio=ratio,
+            ignored_layers=fc[-1:],
+        )
+        pruner.step()
+        return m
+
+    lo, hi, best = 0.0, 0.99, None
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        m = pruned(mid)
+        if measure_cost(m, example).macs <= macs_limit:
+            hi, best = mid, m
+        else:
+            lo = mid
+    if best is None:
+        raise RuntimeError("torch-pruning never met the budget")
+    return best
+
+
+def prepared(args: argparse.Namespace, tmp: Path) -> Prepared:
+    overrides = {
+        "model.spec": "zoo:resnet20",
+        "model.train_epochs": args.epochs,
+        "model.train_batch_size": 128,
+        "data.spec": args.data,
+        "evaluate.batch_size": args.batch_size,
+        "evaluate.bn_batches": 10,
+        "evaluate.threads": args.threads,
+        "search.study": "importance",
+        "search.artifacts_dir": "artifacts",
+        "storage.url": f"sqlite:///{tmp / 'bench.db'}",
+    }
+    return Search(load_config(None, overrides)).prepare().prepared
+
+
+def models_at(p: Prepared, budget: float) -> dict[str, nn.Module]:
+    """The arms at one MAC budget: the fitted uniform plan under each criterion, and torch-pruning's."""
+    space, example = p.space, p.data.example_inputs(1)
+    b = Budget(macs=f"{budget:.0%}")
+    plan = space.fit(space.uniform_plan(0.0), b)
+    out: dict[str, nn.Module] = {}
+    for crit in CRITERIA:
+        out[crit] = space.apply(plan.replace(importance=crit))
+    out[LIBRARY] = tp_uniform(p.base_model, example, b.absolute(p.base_cost)["macs"])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--epochs", type=int, default=3, help="baseline epochs on the train split (cached)")
+    ap.add_argument("--budgets", default="0.5,0.3,0.15")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--final-steps", type=int, default=300)
+    ap.add_argument("--samples", type=int, default=256, help="calibration images of taylor and hessian")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, CPU"
+    t_all = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="prunetune-bench-"))
+    p = prepared(args, tmp)
+    example = p.data.example_inputs(1)
+    for crit in CRITERIA:
+        if Importance(crit).needs_data:  # once, on the seeded first training images
+            p.space.calibrate_importance(crit, _calibration_batches(p.data, args.samples, p.config.data.seed))
+    print(f"# {args.data}: ResNet-20 baseline {p.base_accuracy:.4f} on validation; {where}", flush=True)
+    rows: list[list[str]] = []
+    for budget in [float(x) for x in args.budgets.split(",")]:
+        models = models_at(p, budget)
+        accs: dict[str, list[float]] = {name: [] for name in models}
+        for seed in seeds:
+            for name, m in models.items():
+                _, test = train_final(p, copy.deepcopy(m).to(p.device), steps=args.final_steps, seed=seed)
+                accs[name].append(float(test or 0.0))
+            print(f"budget {budget:.0%} seed {seed}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in accs.items()))
+        ref = statistics.mean(accs[LIBRARY])
+        for name, vals in accs.items():
+            macs = measure_cost(models[name], example).macs / p.base_cost.macs
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            rows.append(
+                [f"{budget:.0%}", name, f"{100 * macs:.1f}%", f"{100 * statistics.mean(vals):.2f} ± {100 * sd:.2f}",
+                 f"{100 * (statistics.mean(vals) - ref):+.2f}"]
+            )  # fmt: skip
+    print(
+        f"\ntest accuracy after BN recalibration + {args.final_steps} distilled fine-tune steps, seeds {seeds} "
+        f"(mean ± std, %); {args.samples} calibration images; {where}; {time.perf_counter() - t_all:.0f} s\n"
+    )
+    print("| MAC budget | channels kept by | MACs | test accuracy | vs torch-pruning uniform |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()
