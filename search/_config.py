@@ -115,7 +115,11 @@ class SearchConfig(_Section):
         description="lowest cost level a candidate is repaired onto, a percentage of the base model on the tightest "
         'limit ("10%"), or "cap" (every candidate at the cap); default: a quarter of the tightest limit',
     )
-    seed_plans: list[Literal["allocator", "uniform"]] = ["allocator", "uniform"]
+    seed_plans: list[Literal["allocator", "uniform", "global"]] = Field(
+        ["allocator", "uniform", "global"],
+        description="plans evaluated first: the allocator's (at the cap and the floor), the uniform one, and the "
+        "global-ranking one (every channel ranked across groups, as torch-pruning's global pruning)",
+    )
     seed: int = 0
     worker: int = Field(0, ge=0, description="distinct number per parallel worker (salts the sampler)")
     artifacts_dir: str = Field("artifacts", description="baselines and candidates' weights (shared by every node)")

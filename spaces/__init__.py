@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     )
     from spaces._policy import (
         fit as fit,
+        global_plan as global_plan,
         uniform_plan as uniform_plan,
     )
     from spaces._space import (
@@ -107,6 +108,7 @@ _WHERE = {
     "METHODS": "_plan",
     "Plan": "_plan",
     "fit": "_policy",
+    "global_plan": "_policy",
     "uniform_plan": "_policy",
     "ModelSpace": "_space",
     "Group": "_trace",
@@ -153,6 +155,7 @@ __all__ = [
     "factorize_layer",
     "first_line",
     "fit",
+    "global_plan",
     "handle_signals",
     "interrupt_requested",
     "lazy_exports",

@@ -1,4 +1,4 @@
-"""Choosing plans: uniform plans and repairing a plan onto a budget.
+"""Choosing plans: uniform and global-ranking plans, and repairing a plan onto a budget.
 
 Policy only, over the public interface of :class:`ModelSpace` (groups, its
 :class:`~spaces.CostModel`); the mechanism is in the modules the space is made of.
@@ -19,7 +19,7 @@ from spaces.dimensions import dimensions
 if TYPE_CHECKING:
     from spaces._space import ModelSpace
 
-__all__ = ["fit", "uniform_plan"]
+__all__ = ["fit", "global_plan", "uniform_plan"]
 
 
 def uniform_plan(space: ModelSpace, ratio: float) -> Plan:
@@ -27,6 +27,66 @@ def uniform_plan(space: ModelSpace, ratio: float) -> Plan:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
         raise PlanError(f"uniform prune ratio must be in [0, 1), got {ratio!r}")
     return Plan({g.id: float(ratio) for g in space.groups}, importance=space.importance, round_to=space.round_to)
+
+
+def global_plan(space: ModelSpace, budget: Budget, *, max_ratio: float = 0.95) -> Plan:
+    """Rank every channel of every group together and remove the least important until ``budget`` holds.
+
+    What torch-pruning's global pruning does: each group's importance (the
+    space's criterion) is divided by its mean within the group (``"lamp"`` is
+    already normalized), so that groups of different scales compare; a group
+    keeps at least one channel and loses at most ``max_ratio`` of them. The
+    fewest removals that meet every limit are found by bisection on the exact
+    cost, then :func:`fit` moves the plan onto the budget, as every seed plan.
+    """
+    crit, groups = space.importance, space.groups
+    ranked: list[tuple[float, int]] = []
+    for i in range(len(groups)):
+        score = space.scores.of(i, crit)
+        mean = float(score.mean())
+        norm = score if crit == "lamp" or mean <= 0 else score / mean
+        ranked += [(float(v), i) for v in np.sort(norm)]
+    ranked.sort(key=lambda e: e[0])  # least important first (stable: ties keep group order)
+    caps = np.array([min(g.channels - 1, int(max_ratio * g.channels)) for g in groups], dtype=np.int64)
+    channels = np.array([g.channels for g in groups], dtype=np.int64)
+    allowed = [space.allowed_keeps(g) for g in groups]
+    limits = budget.absolute(space.base_cost)
+    base = space.plan_from_keep(channels)
+
+    def keep_after(n: int) -> np.ndarray:
+        removed = np.zeros(len(groups), dtype=np.int64)
+        for _, i in _first(ranked, caps, n):
+            removed[i] += 1
+        keep = channels - removed
+        return np.array(
+            [a[max(0, np.searchsorted(a, k, side="right") - 1)] for a, k in zip(allowed, keep, strict=True)]
+        )
+
+    def ok(n: int) -> bool:
+        c = space.costs.cost_at(base, keep_after(n))
+        return all(getattr(c, m) <= lim for m, lim in limits.items())
+
+    lo, hi = 0, int(caps.sum())
+    if not ok(hi):
+        return fit(space, space.plan_from_keep(keep_after(hi)), budget)  # even the cap is over: fit goes below
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
+    return fit(space, space.plan_from_keep(keep_after(lo)), budget)
+
+
+def _first(ranked: list[tuple[float, int]], caps: np.ndarray, n: int) -> list[tuple[float, int]]:
+    """The ``n`` least important channels, skipping those of groups already at their cap."""
+    taken = np.zeros(len(caps), dtype=np.int64)
+    out: list[tuple[float, int]] = []
+    for entry in ranked:
+        if len(out) == n:
+            break
+        i = entry[1]
+        if taken[i] < caps[i]:
+            taken[i] += 1
+            out.append(entry)
+    return out
 
 
 def _fmt(cost: Cost, base: Cost) -> str:

@@ -11,10 +11,10 @@ The parts, each in its own module:
 * :mod:`spaces._verify` — the self-check that excludes what the library would
   get wrong, so a wrong index mapping can never produce a wrong model.
 
-Choosing plans is policy, apart from all this: :func:`spaces.uniform_plan` and
-:func:`spaces.fit` (``_policy.py``) and the allocator :func:`spaces.allocate`
-(``_allocate.py``) use only the public interface below; the methods of the same
-names here are shortcuts to them.
+Choosing plans is policy, apart from all this: :func:`spaces.uniform_plan`,
+:func:`spaces.global_plan` and :func:`spaces.fit` (``_policy.py``) and the
+allocator :func:`spaces.allocate` (``_allocate.py``) use only the public
+interface below; the methods of the same names here are shortcuts to them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from spaces._costmodel import CostModel, Ranks
 from spaces._importance import ImportanceScores
 from spaces._lowrank import LayerGeom
 from spaces._plan import IMPORTANCES, Plan
-from spaces._policy import fit, uniform_plan
+from spaces._policy import fit, global_plan, uniform_plan
 from spaces._surgery import Surgery
 from spaces._trace import Group, resolve_ignored, trace
 from spaces._verify import verify as _verify
@@ -205,6 +205,10 @@ class ModelSpace:
     def uniform_plan(self, ratio: float) -> Plan:
         """See :func:`spaces.uniform_plan`."""
         return uniform_plan(self, ratio)
+
+    def global_plan(self, budget: Budget, *, max_ratio: float = 0.95) -> Plan:
+        """See :func:`spaces.global_plan`."""
+        return global_plan(self, budget, max_ratio=max_ratio)
 
     def fit(self, plan: Plan, budget: Budget) -> Plan:
         """See :func:`spaces.fit`."""

@@ -32,12 +32,18 @@ class CandidateKind(StrEnum):
     ALLOCATOR = "allocator"  # the allocator's plan at the budget's cap (a seed)
     ALLOCATOR_FLOOR = "allocator-floor"  # the allocator's plan at the floor's cost level (a seed)
     UNIFORM = "uniform"  # the uniform plan repaired onto the cap (a seed)
+    GLOBAL = "global"  # channels ranked across groups, removed until the cap holds (a seed)
     SAMPLED = "sampled"  # proposed by the sampler
     RETRY = "retry"  # a stopped worker's candidate, evaluated again
 
     @property
     def is_seed(self) -> bool:
-        return self in (CandidateKind.ALLOCATOR, CandidateKind.ALLOCATOR_FLOOR, CandidateKind.UNIFORM)
+        return self in (
+            CandidateKind.ALLOCATOR,
+            CandidateKind.ALLOCATOR_FLOOR,
+            CandidateKind.UNIFORM,
+            CandidateKind.GLOBAL,
+        )
 
 
 class Direction(StrEnum):

@@ -277,13 +277,16 @@ class Search:
 
     # ------------------------------------------------------------------ the shared steps
     def seed_plans(self) -> list[tuple[CandidateKind, Plan, float]]:
-        """``(kind, plan, level)`` to evaluate first: the allocator's and the uniform plan at the cap, and the
-        allocator's at the floor when the study spans a range of costs."""
+        """``(kind, plan, level)`` to evaluate first: the allocator's, the uniform and the global-ranking plan at
+        the cap, and the allocator's at the floor when the study spans a range of costs."""
         p, space = self.prepared, self.cfg.space
         out: list[tuple[CandidateKind, Plan, float]] = []
         for seed in map(CandidateKind, self.cfg.search.seed_plans):
             if seed is CandidateKind.UNIFORM:
                 out.append((seed, p.uniform, 1.0))
+                continue
+            if seed is CandidateKind.GLOBAL:
+                out.append((seed, p.space.global_plan(p.budget), 1.0))
                 continue
             levels = [1.0, p.floor] if p.floor < 1.0 else [1.0]
             for level, kind in zip(levels, (CandidateKind.ALLOCATOR, CandidateKind.ALLOCATOR_FLOOR), strict=False):

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["base_weights_path", "report_extras", "versions", "write_study_report"]
 
 _SAFE_KINDS = ("zoo:", "torchvision:")
-_SEEDS_SHOWN = (CandidateKind.ALLOCATOR, CandidateKind.UNIFORM)  # the seed plans the structure panel shows
+_SEEDS_SHOWN = (CandidateKind.ALLOCATOR, CandidateKind.UNIFORM, CandidateKind.GLOBAL)  # seeds the structure panel shows
 _PACKAGES = ("prunetune", "torch", "torch-pruning", "optuna", "sqlalchemy", "pandas", "plotly")
 
 
@@ -77,7 +77,7 @@ def _space(info: StudyRecord, weights: Path) -> ModelSpace:
     import torch
 
     from evaluators import build_model, load_weights
-    from spaces import ModelSpace
+    from spaces import Importance, ModelSpace
 
     spec = info.spec
     if spec.input_shape is None:
@@ -85,10 +85,12 @@ def _space(info: StudyRecord, weights: Path) -> ModelSpace:
     model = build_model(info.model_spec, in_channels=spec.in_channels, num_classes=spec.num_classes)
     load_weights(model, weights)
     example = torch.zeros(1, *spec.input_shape)
+    # the report reads kept counts, never which channels: a data-aware criterion (no calibration data here) reads as l1
+    importance = "l1" if Importance(spec.importance).needs_data else spec.importance
     return ModelSpace(
         model.eval(),
         example,
-        importance=spec.importance,
+        importance=importance,
         round_to=spec.round_to,
         ignored_layers=spec.ignored_layers,
         verify=False,
@@ -100,9 +102,9 @@ def _label(row: CandidateRow) -> str:
 
 
 def _seed_plans(space: ModelSpace, info: StudyRecord, rows: list[CandidateRow], shown: set[int]) -> dict[str, Plan]:
-    """The allocator's and the uniform plan: the study's seed candidates (unless ``shown`` already), else
-    computed for its budget."""
-    from spaces import Budget, Plan
+    """The allocator's, the uniform and the global-ranking plan: the study's seed candidates (unless ``shown``
+    already), else computed for its budget."""
+    from spaces import Budget, Importance, Plan
 
     budget = Budget.from_dict(info.budget)
     out: dict[str, Plan] = {}
@@ -111,12 +113,16 @@ def _seed_plans(space: ModelSpace, info: StudyRecord, rows: list[CandidateRow], 
         if row is not None:
             if row.id not in shown:
                 out[_label(row)] = Plan.from_json(row.plan)
+        elif Importance(info.spec.importance).needs_data and kind is not CandidateKind.UNIFORM:
+            continue  # the allocator and the global ranking read the importance, which needs calibration data
         elif kind is CandidateKind.ALLOCATOR:
             rank, method = bool(info.spec.space.get("rank", False)), str(info.spec.space.get("method", "svd"))
             allocation = space.allocate(budget, rank=rank, method=method)
             out["allocator (not evaluated)"] = space.fit(allocation.plan, budget)
-        else:
+        elif kind is CandidateKind.UNIFORM:
             out["uniform (not evaluated)"] = space.fit(space.uniform_plan(0.0), budget)
+        else:
+            out["global (not evaluated)"] = space.global_plan(budget)
     return out
 
 

@@ -52,8 +52,8 @@ def test_a_registered_driver_is_chosen_by_the_config_and_runs_the_steps(
         _ = search.teller  # reading it never prepares the study
     res = search.run()  # prepares explicitly, connecting the driver first
     assert OneAtATime.connected == 1
-    assert res.evaluated == 2 and res.total == 2  # the allocator's and the uniform seed plan
-    assert {r.kind for r in res.front} <= {"allocator", "uniform"}
+    assert res.evaluated == 3 and res.total == 3  # the allocator's, the uniform and the global-ranking seed plan
+    assert {r.kind for r in res.front} <= {"allocator", "uniform", "global"}
 
 
 def test_an_unknown_backend_names_the_registered_drivers(registered: None, make_config: ConfigMaker) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from spaces import ModelSpace, Plan, PlanError
+from spaces import Budget, ModelSpace, Plan, PlanError
 from tests.spaces.models import MODELS
 
 
@@ -155,3 +155,22 @@ def test_taylor_and_hessian_follow_their_formulas_and_leave_the_model_as_it_was(
     other = ModelSpace(model, torch.randn(1, 3, 8, 8), importance="taylor")
     other.load_importance("taylor", got)  # scores computed once, read back: the same channels
     torch.testing.assert_close(other.apply(Plan({"0": 0.5}))[0].weight, pruned[0].weight, rtol=0, atol=0)
+
+
+def test_the_global_ranking_prunes_the_group_whose_channels_matter_least_relative_to_its_own() -> None:
+    """Group "0" has four equal channels (each 1.0 of its mean); group "2" has three weak ones (0.1 of its mean)
+    and a strong one. Ranked together, each group divided by its mean, group "2"'s weak channels go first;
+    the uniform plan at the same budget shrinks both groups."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        model[0].weight.copy_(torch.full((4, 3, 3, 3), 10.0 / 27))
+        model[2].weight.copy_(torch.tensor([1.0, 1.0, 1.0, 37.0]).view(4, 1, 1, 1).expand(4, 4, 3, 3) / 36)
+    space = ModelSpace(model, torch.randn(1, 3, 8, 8))
+    limit = space.costs.cost_at(Plan(), np.array([4, 1])).macs  # exactly group "2"'s three weak channels gone
+    plan = space.global_plan(Budget(macs=limit))
+    assert list(space.keep_counts(plan)) == [4, 1]
+    assert list(space.keep_counts(space.fit(space.uniform_plan(0.0), Budget(macs=limit)))) != [4, 1]
