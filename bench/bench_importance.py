@@ -1,4 +1,4 @@
-"""Which channels to keep: every importance criterion against torch-pruning's own uniform pruner.
+"""Which channels to keep, and which one-shot plan to start from, against torch-pruning's own uniform pruner.
 
     .venv/bin/python bench/bench_importance.py                  # Fashion-MNIST, 50/30/15 %, seeds 0,1,2
     .venv/bin/python bench/bench_importance.py --budgets 0.15 --seeds 0 --final-steps 100   # a quick look
@@ -16,6 +16,12 @@ recalibration, ``--final-steps`` fine-tune steps distilled from the original,
 the seed's data order; and is measured on the **test** split, which nothing
 selects on. ``lamp`` keeps the same channels as ``group_l2`` within a group
 (it only rescales for global ranking), so it is not a separate arm here.
+
+The second table, the one-shot plans a study evaluates first (its seed
+plans), with ``--criterion`` choosing their channels, under the same recipe:
+the uniform plan, the global-ranking plan (``space.global_plan``), and the
+allocator's plan valued by importance shares and by measured sensitivity
+(``search.allocator``).
 """
 
 from __future__ import annotations
@@ -33,12 +39,13 @@ import torch
 from torch import nn
 
 from search import Search, load_config
-from search.drivers._prepare import Prepared, _calibration_batches
+from search.drivers._prepare import Prepared, _calibration_batches, allocator_sensitivity
 from search.operations._finalize import train_final
 from spaces import Budget, Importance, measure_cost
 
 CRITERIA = ("l1", "bn_scale", "group_l1", "group_l2", "taylor", "hessian")
 LIBRARY = "torch-pruning uniform (group L1)"
+SEEDS = ("uniform", "global ranking", "allocator (importance)", "allocator (sensitivity)")
 
 
 def tp_uniform(base: nn.Module, example: torch.Tensor, macs_limit: float) -> nn.Module:
@@ -85,6 +92,7 @@ def prepared(args: argparse.Namespace, tmp: Path) -> Prepared:
         "evaluate.bn_batches": 10,
         "evaluate.threads": args.threads,
         "search.study": "importance",
+        "space.importance": args.criterion,
         "search.artifacts_dir": "artifacts",
         "storage.url": f"sqlite:///{tmp / 'bench.db'}",
     }
@@ -103,6 +111,41 @@ def models_at(p: Prepared, budget: float) -> dict[str, nn.Module]:
     return out
 
 
+def seeds_at(p: Prepared, budget: float) -> dict[str, nn.Module]:
+    """The seed plans at one MAC budget, their channels chosen by the space's criterion (``--criterion``)."""
+    space, b = p.space, Budget(macs=f"{budget:.0%}")
+    plans = {
+        "uniform": space.fit(space.uniform_plan(0.0), b),
+        "global ranking": space.global_plan(b),
+        "allocator (importance)": space.fit(space.allocate(b, rank=False).plan, b),
+        "allocator (sensitivity)": space.fit(
+            space.allocate(b, rank=False, sensitivity=allocator_sensitivity(p)).plan, b
+        ),
+    }
+    return {name: space.apply(plan) for name, plan in plans.items()}
+
+
+def table(p: Prepared, models: dict[str, nn.Module], budget: float, seeds: list[int], steps: int) -> list[list[str]]:
+    """Finalize every model with each seed; rows of the README table (test accuracy vs torch-pruning uniform)."""
+    example = p.data.example_inputs(1)
+    accs: dict[str, list[float]] = {name: [] for name in models}
+    for seed in seeds:
+        for name, m in models.items():
+            _, test = train_final(p, copy.deepcopy(m).to(p.device), steps=steps, seed=seed)
+            accs[name].append(float(test or 0.0))
+        print(f"budget {budget:.0%} seed {seed}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in accs.items()), flush=True)
+    ref = statistics.mean(accs[LIBRARY])
+    rows = []
+    for name, vals in accs.items():
+        macs = measure_cost(models[name], example).macs / p.base_cost.macs
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        rows.append(
+            [f"{budget:.0%}", name, f"{100 * macs:.1f}%", f"{100 * statistics.mean(vals):.2f} ± {100 * sd:.2f}",
+             f"{100 * (statistics.mean(vals) - ref):+.2f}"]
+        )  # fmt: skip
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="fashion-mnist")
@@ -113,34 +156,28 @@ def main() -> None:
     ap.add_argument("--final-steps", type=int, default=300)
     ap.add_argument("--samples", type=int, default=256, help="calibration images of taylor and hessian")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--criterion", default="group_l1", help="the criterion of the one-shot plans' channels")
+    ap.add_argument("--skip-criteria", action="store_true", help="only the one-shot plans")
+    ap.add_argument("--skip-seeds", action="store_true", help="only the criteria")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, CPU"
     t_all = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="prunetune-bench-"))
     p = prepared(args, tmp)
-    example = p.data.example_inputs(1)
     for crit in CRITERIA:
         if Importance(crit).needs_data:  # once, on the seeded first training images
             p.space.calibrate_importance(crit, _calibration_batches(p.data, args.samples, p.config.data.seed))
     print(f"# {args.data}: ResNet-20 baseline {p.base_accuracy:.4f} on validation; {where}", flush=True)
     rows: list[list[str]] = []
+    seed_rows: list[list[str]] = []
     for budget in [float(x) for x in args.budgets.split(",")]:
-        models = models_at(p, budget)
-        accs: dict[str, list[float]] = {name: [] for name in models}
-        for seed in seeds:
-            for name, m in models.items():
-                _, test = train_final(p, copy.deepcopy(m).to(p.device), steps=args.final_steps, seed=seed)
-                accs[name].append(float(test or 0.0))
-            print(f"budget {budget:.0%} seed {seed}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in accs.items()))
-        ref = statistics.mean(accs[LIBRARY])
-        for name, vals in accs.items():
-            macs = measure_cost(models[name], example).macs / p.base_cost.macs
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            rows.append(
-                [f"{budget:.0%}", name, f"{100 * macs:.1f}%", f"{100 * statistics.mean(vals):.2f} ± {100 * sd:.2f}",
-                 f"{100 * (statistics.mean(vals) - ref):+.2f}"]
-            )  # fmt: skip
+        library = models_at(p, budget)
+        if not args.skip_criteria:
+            rows += table(p, library, budget, seeds, args.final_steps)
+        if not args.skip_seeds:
+            arms = {**seeds_at(p, budget), LIBRARY: library[LIBRARY]}
+            seed_rows += table(p, arms, budget, seeds, args.final_steps)
     print(
         f"\ntest accuracy after BN recalibration + {args.final_steps} distilled fine-tune steps, seeds {seeds} "
         f"(mean ± std, %); {args.samples} calibration images; {where}; {time.perf_counter() - t_all:.0f} s\n"
@@ -148,6 +185,10 @@ def main() -> None:
     print("| MAC budget | channels kept by | MACs | test accuracy | vs torch-pruning uniform |")
     print("|---|---|---|---|---|")
     for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print(f"\n| MAC budget | one-shot plan ({args.criterion}) | MACs | test accuracy | vs torch-pruning uniform |")
+    print("|---|---|---|---|---|")
+    for r in seed_rows:
         print("| " + " | ".join(r) + " |")
 
 

@@ -120,6 +120,11 @@ class SearchConfig(_Section):
         description="plans evaluated first: the allocator's (at the cap and the floor), the uniform one, and the "
         "global-ranking one (every channel ranked across groups, as torch-pruning's global pruning)",
     )
+    allocator: Literal["sensitivity", "importance"] = Field(
+        "sensitivity",
+        description="what the allocator's seed plans value a group's channels by: the measured loss rise when the "
+        "group alone is pruned (computed once per base model, cached), or the importance shares",
+    )
     seed: int = 0
     worker: int = Field(0, ge=0, description="distinct number per parallel worker (salts the sampler)")
     artifacts_dir: str = Field("artifacts", description="baselines and candidates' weights (shared by every node)")

@@ -63,6 +63,10 @@ if TYPE_CHECKING:
         global_plan as global_plan,
         uniform_plan as uniform_plan,
     )
+    from spaces._sensitivity import (
+        Sensitivity as Sensitivity,
+        measure_sensitivity as measure_sensitivity,
+    )
     from spaces._space import (
         ModelSpace as ModelSpace,
     )
@@ -109,6 +113,8 @@ _WHERE = {
     "Plan": "_plan",
     "fit": "_policy",
     "global_plan": "_policy",
+    "Sensitivity": "_sensitivity",
+    "measure_sensitivity": "_sensitivity",
     "uniform_plan": "_policy",
     "ModelSpace": "_space",
     "Group": "_trace",
@@ -147,6 +153,7 @@ __all__ = [
     "Plan",
     "PlanError",
     "PruneTuneError",
+    "Sensitivity",
     "Status",
     "UnsupportedModelError",
     "UsageError",
@@ -160,6 +167,7 @@ __all__ = [
     "interrupt_requested",
     "lazy_exports",
     "measure_cost",
+    "measure_sensitivity",
     "reinstall_handlers",
     "uniform_plan",
 ]

@@ -10,7 +10,9 @@ program below is what the two built-in dimensions bring:
   at the group's allowed keep counts (``round_to``). ``z[g, b] = 1`` keeps
   block ``b``; blocks are kept in order (``z[g, b+1] <= z[g, b]``); the first
   block (the smallest allowed count) is always kept. Value of a block: its
-  share of the group's total importance, so every group is worth 1 when whole.
+  share of the group's total importance, so every group is worth 1 when whole;
+  or, given a measured :class:`spaces.Sensitivity`, the loss rise it avoids
+  (:mod:`spaces._sensitivity`).
 * **Singular values.** Each factorizable layer either stays dense (``d[l] = 1``,
   value 1) or is factorized by the study's method (SVD by default; any method
   of :mod:`spaces.factorization`) with rank ``R[l, b]`` when its first ``b``
@@ -60,6 +62,7 @@ from spaces._plan import Plan
 from spaces.dimensions import AllocPoint, Block, Dimension, dimensions
 
 if TYPE_CHECKING:
+    from spaces._sensitivity import Sensitivity
     from spaces._space import ModelSpace
 
 __all__ = ["Allocation", "AllocatorFallbackWarning", "allocate", "chain_levels"]
@@ -316,19 +319,22 @@ def allocate(
     rounds: int = 4,
     blocks: int = 16,
     method: str = "svd",
+    sensitivity: Sensitivity | None = None,
     **more: bool,
 ) -> Allocation:
     """Solve the allocation program (see the module docs); returns the plan and how it went.
 
-    ``method``: the factorization method of the rank variables; ``more``: other
-    registered dimensions to include by key (``bits=True``).
+    ``method``: the factorization method of the rank variables; ``sensitivity``:
+    value the channel blocks by measured loss rises instead of importance shares
+    (:func:`spaces.measure_sensitivity`); ``more``: other registered dimensions
+    to include by key (``bits=True``).
     """
     if not (prune or rank or any(more.values())):
         raise ValueError("allocate needs prune=True, rank=True or both")
     if not isinstance(budget, Budget):
         raise TypeError(f"budget must be a spaces.Budget, got {type(budget).__name__}")
     t0 = time.perf_counter()
-    alloc = _Allocator(space, budget, prune, rank, blocks, method=method, **more)
+    alloc = _Allocator(space, budget, prune, rank, blocks, method=method, sensitivity=sensitivity, **more)
     limits = np.array([alloc.limits[m] for m in alloc.metrics], dtype=np.float64)
     target = limits.copy()
     point = alloc.start()

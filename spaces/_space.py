@@ -20,7 +20,7 @@ interface below; the methods of the same names here are shortcuts to them.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ from spaces._importance import ImportanceScores
 from spaces._lowrank import LayerGeom
 from spaces._plan import IMPORTANCES, Plan
 from spaces._policy import fit, global_plan, uniform_plan
+from spaces._sensitivity import RATIOS, Sensitivity, measure_sensitivity
 from spaces._surgery import Surgery
 from spaces._trace import Group, resolve_ignored, trace
 from spaces._verify import verify as _verify
@@ -222,10 +223,17 @@ class ModelSpace:
         rank: bool = True,
         time_limit: float = 10.0,
         method: str = "svd",
+        sensitivity: Sensitivity | None = None,
         **more: bool,
     ) -> Allocation:
         """The COBLA-style allocator's result (see :func:`spaces.allocate`); its plan is ``.plan``."""
-        return allocate(self, budget, prune=prune, rank=rank, time_limit=time_limit, method=method, **more)
+        return allocate(
+            self, budget, prune=prune, rank=rank, time_limit=time_limit, method=method, sensitivity=sensitivity, **more
+        )
+
+    def sensitivity(self, score: Callable[[nn.Module], float], ratios: Sequence[float] = RATIOS) -> Sensitivity:
+        """See :func:`spaces.measure_sensitivity`."""
+        return measure_sensitivity(self, score, ratios)
 
     def __repr__(self) -> str:
         return (

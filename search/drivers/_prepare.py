@@ -11,7 +11,7 @@ candidate's life (:mod:`search.drivers._candidate`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,10 +26,10 @@ if TYPE_CHECKING:
     from torch import nn
 
     from evaluators import DataBundle, Evaluator
-    from spaces import Budget, Cost, ModelSpace, Plan
+    from spaces import Budget, Cost, ModelSpace, Plan, Sensitivity
     from storage import StudySpec, StudyStore
 
-__all__ = ["Prepared", "default_evaluator", "importance_scores", "prepare"]
+__all__ = ["Prepared", "allocator_sensitivity", "default_evaluator", "importance_scores", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class Prepared:
     artifacts: Path  # where the candidates' weights go
     floor: float = 1.0  # the lowest cost level, as a fraction of the budget's cap (1: the cap only)
     rungs: tuple[int, ...] = (100,)  # cumulative fine-tune steps at the end of each rung
+    base_weights: Path | None = None  # the base model's weights file (what cached measurements are keyed by)
 
     @property
     def space_options(self) -> dict[str, Any]:
@@ -182,6 +183,7 @@ def prepare(
         artifacts=Path(cfg.search.artifacts_dir) / "studies" / name,
         floor=floor,
         rungs=cfg.evaluate.rung_steps(),
+        base_weights=base_weights,
     )
 
 
@@ -216,6 +218,62 @@ def importance_scores(cfg: Config, space: ModelSpace, data: DataBundle, base_wei
     save_file({k: torch.from_numpy(v.copy()) for k, v in scores.items()}, str(tmp))
     os.replace(tmp, path)  # atomic: concurrent workers write the same scores
     return path
+
+
+def allocator_sensitivity(p: Prepared) -> Sensitivity:
+    """The measured sensitivity the allocator's seed plans are valued by: from the cache, or measured and cached.
+
+    Each group pruned alone to :data:`spaces._sensitivity.RATIOS` of its channels,
+    BatchNorm recalibrated (5 batches), the loss taken on the first
+    ``space.calibration_samples`` validation images (what the search scores
+    on; the test split is never read). Kept beside the baselines as
+    ``artifacts/baselines/sensitivity-<key>.json``, keyed by the base weights,
+    the data and the space's options, so every later study of the same base
+    model reads it.
+    """
+    import hashlib
+
+    from spaces import Sensitivity
+    from spaces._sensitivity import RATIOS
+    from storage import file_sha256
+
+    cfg, sp = p.config, p.config.space
+    weights = file_sha256(p.base_weights) if p.base_weights is not None else p.study
+    parts = (weights, p.data.spec, cfg.data.seed, sp.importance, sp.round_to, sp.ignored_layers)
+    key = hashlib.sha256(repr((*parts, sp.calibration_samples, RATIOS, cfg.evaluate.batch_size)).encode()).hexdigest()
+    path = Path(cfg.search.artifacts_dir) / "baselines" / f"sensitivity-{key[:16]}.json"
+    if path.is_file():
+        try:
+            return Sensitivity.from_json(path.read_text())
+        except (ValueError, KeyError, TypeError, OSError):
+            pass  # damaged: measured again below
+    table = p.space.sensitivity(_loss_of(p))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(table.to_json())
+    os.replace(tmp, path)  # atomic: concurrent workers write the same table
+    return table
+
+
+def _loss_of(p: Prepared) -> Callable[[nn.Module], float]:
+    """A model's validation loss after BatchNorm recalibration (on ``space.calibration_samples`` images)."""
+    from evaluators import Accuracy, BNRecalibration, Context, Pipeline
+
+    e = p.config.evaluate
+    ctx = Context(
+        data=p.data,
+        device=p.device,
+        seed=e.seed,
+        batch_size=e.batch_size,
+        max_val_samples=p.config.space.calibration_samples,
+    )
+    recipe = Pipeline([BNRecalibration(min(5, e.bn_batches)), Accuracy()])
+
+    def loss(model: nn.Module) -> float:
+        m = recipe.evaluate(model.to(p.device), ctx)
+        return float(m.loss) if m.loss is not None and m.loss == m.loss else float("inf")
+
+    return loss
 
 
 def _calibration_batches(data: DataBundle, samples: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

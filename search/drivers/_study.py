@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from search._config import Config
 from search.drivers._base import driver
 from search.drivers._candidate import CandidateRunner, Recorder, Timings, is_dead, objective_values, worker_id
-from search.drivers._prepare import Prepared, prepare
+from search.drivers._prepare import Prepared, allocator_sensitivity, prepare
 from search.drivers._samplers import make_sampler
 from search.drivers._sampling import level_of, params_from_plan, plan_from_params
 from spaces import CandidateKind, Status
@@ -289,9 +289,10 @@ class Search:
                 out.append((seed, p.space.global_plan(p.budget), 1.0))
                 continue
             levels = [1.0, p.floor] if p.floor < 1.0 else [1.0]
+            sens = allocator_sensitivity(p) if self.cfg.search.allocator == "sensitivity" else None
             for level, kind in zip(levels, (CandidateKind.ALLOCATOR, CandidateKind.ALLOCATOR_FLOOR), strict=False):
                 budget = p.budget.scaled(level)
-                allocation = p.space.allocate(budget, prune=True, rank=space.rank, method=space.method)
+                allocation = p.space.allocate(budget, rank=space.rank, method=space.method, sensitivity=sens)
                 out.append((kind, p.space.fit(allocation.plan, budget), level))
         return out
 

@@ -85,15 +85,19 @@ class PruneDimension(Dimension):
             from spaces._allocate import chain_levels
 
             levels, values = [], []
-            orders = space.scores.order(space.importance)
-            for i, (g, order) in enumerate(zip(space.groups, orders, strict=True)):
-                scores = space.scores.of(i, space.importance)[order]
-                cum = np.concatenate([[0.0], np.cumsum(scores)])
+            sens = point.options.get("sensitivity")  # measured loss rises (spaces._sensitivity), else importance
+            orders = None if sens is not None else space.scores.order(space.importance)
+            for i, g in enumerate(space.groups):
                 lv = chain_levels(space.allowed_keeps(g), point.options["blocks"]) if point.options["prune"] else None
                 lv = np.array([g.channels]) if lv is None else lv
+                levels.append(lv)
+                if sens is not None:
+                    values.append(sens.values(g.id, g.channels, lv) / sens.scale)
+                    continue
+                scores = space.scores.of(i, space.importance)[orders[i]]  # type: ignore[index]
+                cum = np.concatenate([[0.0], np.cumsum(scores)])
                 # a group is worth one unit per layer whose outputs it prunes ("normalised per layer")
                 share = cum[lv] / cum[-1] if cum[-1] > 0 else lv / g.channels
-                levels.append(lv)
                 values.append(max(1, len(g.outputs)) * share)
             point.cache["prune"] = (levels, values)
         return point.cache["prune"]
@@ -102,7 +106,9 @@ class PruneDimension(Dimension):
         """Per group: its channels sorted by importance, cut into blocks at the allowed counts.
 
         Costs are one-channel finite differences of the exact cost around the
-        point; a block's value is its share of the group's importance.
+        point; a block's value is its share of the group's importance, or with
+        a measured :class:`spaces.Sensitivity` (``allocate(sensitivity=...)``)
+        the loss rise it avoids (see :mod:`spaces._sensitivity`).
         """
         import numpy as np
 

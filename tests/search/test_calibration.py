@@ -1,4 +1,5 @@
-"""Data-aware channel importance in a study: computed once on calibration batches, cached, reused everywhere."""
+"""Measurements a study makes once per base model and caches: data-aware channel importance, and the
+allocator's sensitivity table."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from evaluators import Context, evaluate_accuracy, load_data
-from search import load_config, load_exported
+from search import Search, load_config, load_exported
 from search.cli import main
 from search.drivers._prepare import prepare
-from spaces import ModelSpace, Plan
+from spaces import ModelSpace, Plan, Sensitivity
 from storage import StudyStore
 from tests.search.conftest import ConfigMaker
 
@@ -44,3 +45,24 @@ def test_taylor_scores_are_computed_once_and_a_second_study_reads_them(
     model = load_exported(out)  # no calibration data needed: every weight comes from the file
     acc, _ = evaluate_accuracy(model, Context(data=load_data("digits"), batch_size=64))
     assert acc == best.accuracy
+
+
+def test_the_allocator_sensitivity_is_measured_once_and_a_second_study_reads_it(
+    make_config: ConfigMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = make_config(search__candidates=1, space__calibration_samples=64)
+    search = Search(load_config(cfg)).prepare()
+    seeds = search.seed_plans()
+    assert seeds[0][0] == "allocator"
+    (cache,) = (Path(load_config(cfg).search.artifacts_dir) / "baselines").glob("sensitivity-*.json")
+    table = Sensitivity.from_json(cache.read_text())
+    assert set(table.points) == {g.id for g in search.prepared.space.groups}
+    assert all(pts and pts[-1][0] == 1 for pts in table.points.values())  # measured down to one channel
+
+    def refuse(self: ModelSpace, score: object, ratios: object = None) -> None:
+        raise AssertionError("the cached sensitivity was measured again")
+
+    monkeypatch.setattr(ModelSpace, "sensitivity", refuse)
+    other = Search(load_config(cfg, {"search.study": "second", "budget.macs": "40%"})).prepare()
+    again = other.seed_plans()  # another study of the same base model: the table comes from the cache
+    assert again[0][1] != seeds[0][1]  # another budget, another plan, from the same table

@@ -107,3 +107,30 @@ def test_every_registered_method_can_be_allocated(method: str) -> None:
     cost = space.cost(plan)
     assert budget.is_met(cost, space.base_cost)
     assert sum(p.numel() for p in space.apply(plan).parameters()) == cost.params
+
+
+# ---------------------------------------------------------------------- measured sensitivity
+def test_sensitivity_is_measured_per_group_down_to_one_channel_and_steers_the_allocator() -> None:
+    space = _space("resnet20")
+    calls: list[tuple[int, ...]] = []
+
+    def loss(model: torch.nn.Module) -> float:
+        """A stand-in loss: rises only when layer2.0.conv1 (32 channels) loses channels."""
+        calls.append(tuple(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)))
+        kept = model.get_submodule("layer2.0.conv1").out_channels
+        return 1.0 + (32 - kept) / 4
+
+    sens = space.sensitivity(loss)
+    assert len(calls) == 1 + sum(len(v) for v in sens.points.values())  # the base, then one model per point
+    g = space.group("layer2.0.conv1")
+    assert [k for k, _ in sens.points[g.id]] == [24, 16, 8, 3, 1]  # ratios 0.25, 0.5, 0.75, 0.9, and one channel
+    assert sens.points[g.id][-1] == (1, 31 / 4)
+    assert all(r == 0.0 for gid, pts in sens.points.items() if gid != g.id for _, r in pts)
+    levels = np.array([1, 2, 8, 20, 32])
+    np.testing.assert_allclose(sens.values(g.id, 32, levels), [-7.75, -7.5, -6.0, -3.0, 0.0])
+    budget = Budget(macs="40%")
+    guided = allocate(space, budget, rank=False, sensitivity=sens, time_limit=300.0).plan
+    assert space.keep_counts(guided)[space.costs.group_index(g.id)] == 32  # the only group whose loss rises
+    assert max(budget.slack(space.cost(guided), space.base_cost).values()) <= 0
+    again = type(sens).from_json(sens.to_json())
+    assert again == sens

@@ -1,0 +1,96 @@
+"""Measured sensitivity: how much the loss rises when one group alone is pruned (NetAdapt's and AMC's analysis).
+
+:func:`measure_sensitivity` prunes each group of the space by itself to a few
+ratios (the space's criterion chooses the channels) and asks a ``score``
+callback for each model's loss; the caller's callback decides how (the
+search's recalibrates BatchNorm on calibration batches, then takes the
+cross-entropy on them). The :class:`Sensitivity` table is small and JSON, so a
+study computes it once per base model and caches it.
+
+The allocator (:func:`spaces.allocate` with ``sensitivity=``) then values a
+group's kept channels by the loss they avoid: ``-rise(k)``, interpolated
+linearly in the kept count ``k`` between the measured points (from one channel
+to the whole group, where the rise is 0), made non-decreasing in ``k``, and divided by the mean over
+groups of the largest rise measured, so that a group is worth about one unit,
+as the importance shares it replaces. Summing the groups' rises is the
+additive approximation NetAdapt and AMC make; it is what lets one integer
+program trade channels between groups under every budget at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from spaces._plan import Plan
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from spaces._space import ModelSpace
+
+__all__ = ["RATIOS", "Sensitivity", "measure_sensitivity"]
+
+RATIOS = (0.25, 0.5, 0.75, 0.9)
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """Per group id, ``(kept channels, loss rise)`` points; ``base`` is the unpruned model's loss."""
+
+    base: float
+    points: dict[str, list[tuple[int, float]]]
+
+    def values(self, gid: str, channels: int, levels: np.ndarray) -> np.ndarray:
+        """The value of keeping ``levels`` channels of group ``gid``: minus the interpolated rise, non-decreasing."""
+        pts = sorted([*self.points.get(gid, []), (channels, 0.0)])
+        ks = np.array([k for k, _ in pts], dtype=np.float64)
+        rise = np.array([r for _, r in pts], dtype=np.float64)
+        value = -np.interp(levels.astype(np.float64), ks, rise)
+        return np.maximum.accumulate(value)
+
+    @property
+    def scale(self) -> float:
+        """The mean over groups of the largest rise measured (what one unit of value stands for)."""
+        tops = [max((r for _, r in pts), default=0.0) for pts in self.points.values()]
+        mean = float(np.mean(tops)) if tops else 0.0
+        return mean if mean > 0 else 1.0
+
+    def to_json(self) -> str:
+        return json.dumps({"base": self.base, "points": {g: [list(p) for p in v] for g, v in self.points.items()}})
+
+    @classmethod
+    def from_json(cls, text: str) -> Sensitivity:
+        data = json.loads(text)
+        points = {str(g): [(int(k), float(r)) for k, r in v] for g, v in data["points"].items()}
+        return cls(float(data["base"]), points)
+
+
+def measure_sensitivity(
+    space: ModelSpace, score: Callable[[nn.Module], float], ratios: Sequence[float] = RATIOS
+) -> Sensitivity:
+    """Prune each group alone to each of ``ratios`` and measure ``score`` (a loss: lower is better).
+
+    ``score`` gets a fresh model each time (built by :meth:`ModelSpace.apply`).
+    Each group is also measured down to one channel, so the allocator never
+    extrapolates; a ratio that keeps all of a group, or a count already
+    measured, is skipped.
+    """
+    base = float(score(space.apply(Plan())))
+    points: dict[str, list[tuple[int, float]]] = {}
+    for g in space.groups:
+        pts: list[tuple[int, float]] = []
+        for r in (*ratios, (g.channels - 1) / g.channels):  # and the group down to one channel
+            if g.channels - math.floor(r * g.channels + 0.5) < 1:
+                continue
+            plan = Plan({g.id: float(r)})
+            keep = int(space.keep_counts(plan)[space.costs.group_index(g.id)])
+            if keep < g.channels and all(k != keep for k, _ in pts):
+                pts.append((keep, float(score(space.apply(plan))) - base))
+        points[g.id] = pts
+    return Sensitivity(base, points)
