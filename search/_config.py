@@ -84,6 +84,14 @@ class EvaluateConfig(_Section):
     max_val_samples: int | None = Field(
         None, ge=1, description="validation images per score (below the top rung only, when there are rungs)"
     )
+    rescore_top: int = Field(
+        0,
+        ge=0,
+        description="re-score the best N at the top rung with a longer fine-tune, as a rung of its own (0: off)",
+    )
+    rescore_steps: int | None = Field(
+        None, ge=1, description="fine-tune steps in all of the re-scoring rung (default: four times the top rung's)"
+    )
     final_steps: int = Field(2000, ge=1, description="fine-tune steps of `prunetune finalize` (the long recipe)")
     final_kd_weight: float = Field(0.5, ge=0, le=1, description="distillation weight of `prunetune finalize`")
     latency: bool = Field(False, description="measure batch-1 latency of every candidate (on when an objective)")

@@ -363,6 +363,38 @@ class StudyStore:
             c.macs, c.params, c.bytes = cost.get("macs"), cost.get("params"), cost.get("bytes")
             return True
 
+    def add_rung(
+        self,
+        candidate_id: int,
+        rung: int,
+        steps: int,
+        accuracy: float,
+        *,
+        artifact: str,
+        objectives: Sequence[Objective | str] = (Objective.ACCURACY, Objective.MACS),
+    ) -> bool:
+        """Extend a COMPLETE candidate by rung ``rung`` (its ``steps`` and ``accuracy``, its new weights file).
+
+        Compare-and-swap: only if the candidate has exactly ``rung`` rungs, so a
+        rung is added once however many workers try; ``False`` (nothing written)
+        otherwise. The candidate's accuracy, rung and weights become the new
+        rung's, and the Pareto front is rewritten in the same transaction.
+        """
+        with self._session() as s:
+            sid = s.scalar(select(CandidateTable.study_id).where(CandidateTable.id == candidate_id))
+            if sid is None:
+                raise ValueError(f"no candidate with id {candidate_id}")
+            s.execute(select(StudyTable.id).where(StudyTable.id == sid).with_for_update())  # as finish: one writer
+            at = (CandidateTable.id == candidate_id, CandidateTable.status == Status.COMPLETE)
+            if swap(s, CandidateTable, *at, CandidateTable.rung == rung - 1, rung=rung) != 1:
+                return False
+            c = s.get_one(CandidateTable, candidate_id)
+            c.rungs, c.accuracy = [*(c.rungs or [])[:rung], [int(steps), float(accuracy)]], float(accuracy)
+            c.artifact, c.weights_sha256 = artifact, file_sha256(artifact)
+            s.flush()
+            write_front(s, sid, [Objective(o) for o in objectives])
+            return True
+
     def set_trial_number(self, candidate_id: int, trial_number: int) -> None:
         """Name the Optuna trial that holds finished candidate ``candidate_id``'s outcome.
 

@@ -122,3 +122,27 @@ def test_a_candidate_failing_above_rung_0_keeps_its_last_rung(tmp_path: Path, ar
     assert all(r.status is Status.COMPLETE and r.rung == 0 and r.accuracy == r.accuracy_at(0) for r in rows)
     assert rows[0].error == "rung 1 failed (loss became nan at step 1); kept rung 0"  # the first always goes on
     assert p.store.front(p.study_id)
+
+
+def test_the_best_at_the_top_rung_are_rescored_as_a_rung_of_their_own_once(tmp_path: Path, artifacts: Path) -> None:
+    from storage import best_within_cap, file_sha256
+
+    s = _run(tmp_path, artifacts, search__candidates=6, evaluate__rescore_top=2, evaluate__rescore_steps=12)
+    p = s.prepared
+    rows = p.store.candidates(p.study_id)
+    rescored = [r for r in rows if r.rung == 2]
+    at_top = [r for r in rows if (r.rung or 0) >= 1]  # what reached the top rung (6 steps)
+    ranked = sorted(at_top, key=lambda r: (-(r.accuracy_at(1) or 0.0), r.macs or 0.0, r.id))
+    assert {r.id for r in rescored} == {r.id for r in ranked[:2]}  # the two most accurate at the top rung
+    for r in rescored:
+        assert [st for st, _ in r.rungs or []] == [3, 6, 12] and r.accuracy == r.rungs[-1][1]  # type: ignore[index]
+        assert r.artifact and Path(r.artifact).name.startswith(f"{r.id}-12steps-")
+        assert file_sha256(r.artifact) == r.weights_sha256
+    best = best_within_cap(p.store.front(p.study_id))
+    assert best is not None and best.id in {r.id for r in rescored}  # "best" is one trained longest
+    s.run()  # the study is complete: a rerun re-scores nothing again
+    again = p.store.candidates(p.study_id)
+    assert [(r.id, r.rungs, r.artifact) for r in again] == [(r.id, r.rungs, r.artifact) for r in rows]
+    assert sorted(x.name for x in p.artifacts.glob("*steps-*.safetensors")) == sorted(
+        Path(r.artifact).name for r in rescored if r.artifact
+    )  # no other worker's file left behind

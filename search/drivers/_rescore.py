@@ -1,0 +1,94 @@
+"""The last rung: the best few candidates re-scored with a longer fine-tune before "best" is declared.
+
+At the top rung, the best candidates of a study often differ by less than
+their score's noise (a 200-step fine-tune scored on a validation split), so
+picking the most accurate one is close to a coin toss. With
+``evaluate.rescore_top = k`` (``k > 0``), once the study holds its candidates
+and none is running, the ``k`` most accurate candidates at the top rung
+continue from their own weights to ``evaluate.rescore_steps`` fine-tune steps
+in all (default: four times the top rung's), with a fresh cosine schedule, and
+are scored on the whole validation split, as a promoted candidate is. The
+result is stored as a rung of its own (``StudyStore.add_rung``: the rung, the
+candidate's accuracy, its new weights file), so "best within the cap"
+(:func:`storage.best_within_cap`: the most accurate of those trained longest)
+and the Pareto front use it, and the sampler is not told (it hears rung 0).
+
+Idempotent and safe with several workers: a candidate is extended only if its
+rungs are still what the re-scorer read (compare-and-swap in the store), so a
+rerun, or two workers concluding at once, never re-score it twice; the
+loser's weights file is removed. An interrupt between two candidates stops
+cleanly; the same command finishes the rest.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from spaces import Status, check_interrupt
+
+if TYPE_CHECKING:
+    from search.drivers._prepare import Prepared
+    from storage import CandidateRow
+
+__all__ = ["rescore", "rescore_steps"]
+
+
+def rescore_steps(p: Prepared) -> int:
+    """Cumulative fine-tune steps of the re-scoring rung."""
+    e = p.config.evaluate
+    return e.rescore_steps if e.rescore_steps is not None else 4 * p.rungs[-1]
+
+
+def _chosen(p: Prepared) -> list[CandidateRow]:
+    """The top-rung candidates still to re-score: the ``k`` most accurate, less those already re-scored."""
+    rows = p.store.candidates(p.study_id)
+    if any(r.status is Status.RUNNING for r in rows) or len(rows) < p.config.search.candidates:
+        return []  # another worker is still evaluating: the last one to finish re-scores
+    top = len(p.rungs) - 1
+    done = [r for r in rows if r.status is Status.COMPLETE and r.top_rung > top]
+    ready = [r for r in rows if r.status is Status.COMPLETE and r.top_rung == top and r.artifact]
+    ready.sort(key=lambda r: (-(r.accuracy or 0.0), r.macs or 0.0, r.id))
+    return ready[: max(0, p.config.evaluate.rescore_top - len(done))]
+
+
+def rescore(p: Prepared) -> list[str]:
+    """Re-score the best candidates at the top rung (see the module docs); one line per candidate re-scored."""
+    if p.config.evaluate.rescore_top <= 0:
+        return []
+    events = []
+    for row in _chosen(p):
+        check_interrupt()  # a safe point: between two candidates
+        line = _rescore_one(p, row)
+        if line:
+            events.append(line)
+    return events
+
+
+def _rescore_one(p: Prepared, row: CandidateRow) -> str | None:
+    """Continue ``row`` from its weights to the re-scoring rung and store it; ``None`` if another worker did."""
+    from evaluators import Context, load_weights, save_weights
+    from spaces import Plan
+
+    e, steps = p.config.evaluate, rescore_steps(p)
+    done = p.rungs[-1]
+    model = load_weights(p.space.apply(Plan.from_json(row.plan)), str(row.artifact)).to(p.device)
+    ctx = Context(
+        data=p.data,
+        teacher=p.base_model if e.kd_weight > 0 else None,
+        device=p.device,
+        seed=e.seed + len(p.rungs),
+        batch_size=e.batch_size,
+        steps=steps - done,
+    )
+    metrics = p.evaluator.evaluate(model, ctx)
+    if metrics.status is not Status.COMPLETE or metrics.accuracy is None:
+        return f"candidate {row.id}: re-scoring failed ({metrics.reason}); kept its rung {row.top_rung}"
+    name = f"{row.id}-{steps}steps-{uuid.uuid4().hex[:8]}.safetensors"  # never another worker's file
+    path = str(save_weights(model, p.artifacts / name).resolve())
+    added = p.store.add_rung(row.id, len(p.rungs), steps, metrics.accuracy, artifact=path, objectives=p.objectives)
+    if not added:
+        Path(path).unlink(missing_ok=True)
+        return None
+    return f"candidate {row.id}: re-scored with {steps} fine-tune steps: {row.accuracy:.4f} -> {metrics.accuracy:.4f}"
