@@ -91,6 +91,7 @@ def prepared(args: argparse.Namespace, tmp: Path) -> Prepared:
         "evaluate.batch_size": args.batch_size,
         "evaluate.bn_batches": 10,
         "evaluate.threads": args.threads,
+        "budget.macs": "50%",  # the study needs one; each arm is fitted to its own budget
         "search.study": "importance",
         "space.importance": args.criterion,
         "search.artifacts_dir": "artifacts",

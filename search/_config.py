@@ -61,6 +61,10 @@ class SpaceConfig(_Section):
     calibration_samples: int = Field(256, ge=1, description="training images the data-aware criteria read")
     round_to: int = Field(1, ge=1)
     max_ratio: float = Field(0.8, gt=0, lt=1, description="largest prune ratio the sampler proposes per group")
+    sample_by: Literal["groups", "stages"] = Field(
+        "groups",
+        description="the sampler's prune ratios: one per group, or one per stage (the groups at one resolution)",
+    )
     rank: bool = Field(False, description="also search per-layer low-rank factorization")
     method: Method = Method.SVD
     ignored_layers: list[str] = Field(default_factory=list)

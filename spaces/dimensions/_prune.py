@@ -26,7 +26,21 @@ if TYPE_CHECKING:
     from spaces._space import ModelSpace
     from spaces._surgery import Surgery
 
-__all__ = ["PruneDimension"]
+__all__ = ["PruneDimension", "stages"]
+
+
+def stages(space: ModelSpace) -> dict[str, list[str]]:
+    """The groups by the resolution their outputs are computed at, in module order: ``stage1``, ``stage2``, ...
+
+    A group's resolution is the number of positions its first output layer is
+    applied at; a group without a conv/linear output is a stage of its own.
+    """
+    spatial = space.costs.trace.spatial
+    by_positions: dict[object, list[str]] = {}
+    for g in space.groups:
+        key = spatial.get(g.outputs[0]) if g.outputs else g.id
+        by_positions.setdefault(key, []).append(g.id)
+    return {f"stage{i}": ids for i, ids in enumerate(by_positions.values(), start=1)}
 
 
 class PruneDimension(Dimension):
@@ -62,19 +76,34 @@ class PruneDimension(Dimension):
 
     # ------------------------------------------------------------ the sampler
     def params(self, space: ModelSpace, options: Mapping[str, Any]) -> dict[str, ParamSpec]:
-        """Every group's prune ratio, uniform on ``[0, max_ratio]``."""
+        """A prune ratio, uniform on ``[0, max_ratio]``, per group, or per stage (``sample_by = "stages"``).
+
+        A stage is the groups whose outputs are computed at one resolution (the
+        positions of their first output layer): ResNet-20's three, VGG's five.
+        Three to five meaningful ratios (and the cost level) are what thirty
+        candidates can learn; twelve to fifty independent ones are not.
+        """
         high = float(options.get("max_ratio", 0.9))
-        return {g.id: ParamSpec(0.0, high) for g in space.groups}
+        units = stages(space) if options.get("sample_by") == "stages" else {g.id: [g.id] for g in space.groups}
+        return {unit: ParamSpec(0.0, high) for unit in units}
 
     def from_params(self, space: ModelSpace, values: Mapping[str, float], options: Mapping[str, Any]) -> Entries:
         channels = {g.id: g.channels for g in space.groups}
+        units = stages(space) if options.get("sample_by") == "stages" else {g.id: [g.id] for g in space.groups}
+        ratios = {gid: float(v) for unit, v in values.items() for gid in units[unit]}
         # keep at least one channel of small groups
-        return {"prune": {gid: min(float(v), (channels[gid] - 1) / channels[gid]) for gid, v in values.items()}}
+        return {"prune": {gid: min(r, (channels[gid] - 1) / channels[gid]) for gid, r in ratios.items()}}
 
     def to_params(
         self, space: ModelSpace, plan: Plan, specs: Mapping[str, ParamSpec], options: Mapping[str, Any]
     ) -> dict[str, float]:
-        return {gid: min(float(plan.prune.get(gid, 0.0)), spec.high) for gid, spec in specs.items()}
+        """Per unit, the mean ratio of its groups (a plan uniform within each stage maps back exactly)."""
+        units = stages(space) if options.get("sample_by") == "stages" else {g.id: [g.id] for g in space.groups}
+        out = {}
+        for unit, spec in specs.items():
+            ratios = [float(plan.prune.get(gid, 0.0)) for gid in units[unit]]
+            out[unit] = min(sum(ratios) / len(ratios), spec.high)
+        return out
 
     # ------------------------------------------------------------ the allocator
     def _levels(self, space: ModelSpace, point: AllocPoint) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -146,3 +146,17 @@ def test_the_best_at_the_top_rung_are_rescored_as_a_rung_of_their_own_once(tmp_p
     assert sorted(x.name for x in p.artifacts.glob("*steps-*.safetensors")) == sorted(
         Path(r.artifact).name for r in rescored if r.artifact
     )  # no other worker's file left behind
+
+
+def test_scores_are_paired_two_evaluations_of_one_plan_score_the_same(tmp_path: Path, artifacts: Path) -> None:
+    """Every candidate is scored on the same validation subset after the same fine-tune batches (the rung's seed),
+    so two candidates differ by their plans, not by their draws: the same plan twice scores exactly the same."""
+    cfg = load_config(write_config(tmp_path, artifacts, **RUNGS, evaluate__max_val_samples=100))
+    s = Search(cfg).prepare()
+    p = s.prepared
+    plan = p.uniform
+    first, second = (s.runner._rung(p.space.apply(plan), 0, 3, 0, None) for _ in range(2))
+    assert first.status is Status.COMPLETE and first.accuracy is not None and first.loss is not None
+    assert (first.accuracy, first.loss, first.history) == (second.accuracy, second.loss, second.history)
+    other = s.runner._rung(p.space.apply(p.space.global_plan(p.budget)), 0, 3, 0, None)
+    assert other.loss != first.loss  # another plan: another score, on the same images

@@ -10,6 +10,7 @@ from search import promotes, promotion_order
 from search.drivers._rungs import crowding_distance, nondominated_ranks
 from search.drivers._sampling import distributions, params_from_plan, plan_from_params
 from spaces import ModelSpace
+from spaces.dimensions._prune import stages
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,21 @@ def test_params_and_plans_round_trip(space: ModelSpace) -> None:
     assert back[f"rank:{layer}"] == pytest.approx(0.5, abs=0.1)
     assert all(back[k] == 0.25 for k in d if k.startswith("prune:"))
     assert all(back[k] == 1.0 for k in d if k.startswith("rank:") and k != f"rank:{layer}")
+
+
+def test_per_stage_ratios_three_for_resnet20_round_trip(space: ModelSpace) -> None:
+    opts = {"max_ratio": 0.8, "rank": False, "method": "svd", "sample_by": "stages"}
+    d = distributions(space, opts, floor=0.25)
+    assert sorted(d) == ["level", "prune:stage1", "prune:stage2", "prune:stage3"]  # 8x8, 4x4 and 2x2 outputs
+    stage = stages(space)
+    assert sum(len(ids) for ids in stage.values()) == len(space.groups)
+    sizes = {unit: {space.costs.trace.spatial[space.group(g).outputs[0]] for g in ids} for unit, ids in stage.items()}
+    assert list(sizes.values()) == [{64}, {16}, {4}]
+    params = {"level": 0.5, "prune:stage1": 0.1, "prune:stage2": 0.4, "prune:stage3": 0.7}
+    plan = plan_from_params(space, params, opts)
+    assert {gid: plan.prune[gid] for gid in stage["stage2"]} == dict.fromkeys(stage["stage2"], 0.4)
+    assert all(plan.prune[gid] == 0.7 for gid in stage["stage3"])
+    assert params_from_plan(space, plan, d, opts, level=0.5) == params  # a plan uniform per stage maps back exactly
 
 
 def test_the_level_parameter_spans_floor_to_cap_log_uniformly(space: ModelSpace) -> None:
