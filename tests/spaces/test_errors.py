@@ -39,7 +39,7 @@ def test_wrong_example_input_is_one_line_value_error() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "exc", "message"),
     [
-        ({"importance": "taylor"}, ValueError, "importance must be one of"),
+        ({"importance": "gradient"}, ValueError, "importance must be one of"),
         ({"round_to": 0}, ValueError, "round_to must be an integer >= 1"),
         ({"ignored_layers": ["nope"]}, ValueError, "ignored layer 'nope' is not a submodule"),
     ],
