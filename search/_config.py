@@ -88,6 +88,11 @@ class EvaluateConfig(_Section):
     max_val_samples: int | None = Field(
         None, ge=1, description="validation images per score (below the top rung only, when there are rungs)"
     )
+    score: Literal["accuracy", "loss"] = Field(
+        "accuracy",
+        description="what ranks candidates at a rung (promotion, re-scoring): validation accuracy, or the "
+        "validation cross-entropy (finer where accuracies tie)",
+    )
     rescore_top: int = Field(
         0,
         ge=0,

@@ -164,7 +164,7 @@ class CandidateRow:
     phases: PhaseTimes | None = None  # seconds per phase: apply, train, eval, other
     test_accuracy: float | None = None
     rung: int | None = None  # the highest rung reached (None: stored before rungs existed, i.e. one rung)
-    rungs: list[Any] | None = None  # [[steps, accuracy], ...], one entry per rung reached
+    rungs: list[Any] | None = None  # [[steps, accuracy, loss], ...], one per rung reached (older: no loss)
     final: FinalResult | None = None  # finalize's steps, validation and test accuracy, weights file and SHA-256
 
     def accuracy_at(self, rung: int) -> float | None:
@@ -181,7 +181,15 @@ class CandidateRow:
         """
         if self.rungs is None:
             return self.accuracy if steps is None and self.status is Status.COMPLETE else None
-        return next((float(a) for s, a in self.rungs if s == steps), None)
+        return next((float(r[1]) for r in self.rungs if r[0] == steps), None)
+
+    def score_after(self, steps: int | None, score: str = "accuracy") -> float | None:
+        """The rung score after ``steps`` fine-tune steps, higher is better: the accuracy, or (``score="loss"``)
+        minus the validation cross-entropy (``None`` where it was not measured, e.g. before losses were kept)."""
+        if score == "accuracy":
+            return self.accuracy_after(steps)
+        entry = next((r for r in self.rungs or [] if r[0] == steps), None)
+        return -float(entry[2]) if entry is not None and len(entry) > 2 else None
 
     @property
     def top_steps(self) -> int | None:

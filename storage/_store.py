@@ -306,11 +306,12 @@ class StudyStore:
         trial_number: int | None = None,
         objectives: Sequence[Objective | str] = (Objective.ACCURACY, Objective.MACS),
         phases: PhaseTimes | Mapping[str, float] | None = None,
-        rungs: Sequence[Sequence[float]] | None = None,
+        rungs: Sequence[Sequence[float | None]] | None = None,
     ) -> bool:
         """Record a RUNNING candidate's outcome and, in the same transaction, the study's Pareto front.
 
-        ``rungs``: ``[[steps, accuracy], ...]`` of the rungs it reached (``accuracy`` is the last's).
+        ``rungs``: ``[[steps, accuracy, loss], ...]`` of the rungs it reached (``accuracy`` is the last's;
+        the validation loss may be left out).
         ``False`` (nothing written) when it is already finished: a candidate run twice (Ray Tune
         retries, a slow worker's claimed candidate) is recorded once, by the first finisher (CAS).
         """
@@ -339,7 +340,7 @@ class StudyStore:
             c.artifact, c.phases = artifact, phases.to_json() if phases else None
             c.weights_sha256 = file_sha256(artifact) if artifact else None
             if rungs is not None or status != Status.COMPLETE:
-                c.rungs = [[int(st), float(a)] for st, a in rungs] if rungs else None
+                c.rungs = [_rung_entry(r) for r in rungs] if rungs else None
                 c.rung = len(rungs) - 1 if rungs else None
             if trial_number is not None:
                 c.trial_number = trial_number
@@ -348,7 +349,14 @@ class StudyStore:
             return True
 
     def record_rung(
-        self, candidate_id: int, rung: int, steps: int, accuracy: float, cost: Mapping[str, float], worker: str
+        self,
+        candidate_id: int,
+        rung: int,
+        steps: int,
+        accuracy: float,
+        cost: Mapping[str, float],
+        worker: str,
+        loss: float | None = None,
     ) -> bool:
         """``worker``'s RUNNING candidate reached rung ``rung`` (others compare with it to be promoted).
 
@@ -359,7 +367,7 @@ class StudyStore:
             c = s.get_one(CandidateTable, candidate_id)
             if c.status != Status.RUNNING or c.worker != worker or rung > len(c.rungs or []):
                 return False
-            c.rungs, c.rung = [*(c.rungs or [])[:rung], [int(steps), float(accuracy)]], rung
+            c.rungs, c.rung = [*(c.rungs or [])[:rung], _rung_entry((steps, accuracy, loss))], rung
             c.macs, c.params, c.bytes = cost.get("macs"), cost.get("params"), cost.get("bytes")
             return True
 
@@ -371,9 +379,10 @@ class StudyStore:
         accuracy: float,
         *,
         artifact: str,
+        loss: float | None = None,
         objectives: Sequence[Objective | str] = (Objective.ACCURACY, Objective.MACS),
     ) -> bool:
-        """Extend a COMPLETE candidate by rung ``rung`` (its ``steps`` and ``accuracy``, its new weights file).
+        """Extend a COMPLETE candidate by rung ``rung`` (its ``steps``, ``accuracy`` and ``loss``, its new weights).
 
         Compare-and-swap: only if the candidate has exactly ``rung`` rungs, so a
         rung is added once however many workers try; ``False`` (nothing written)
@@ -389,7 +398,7 @@ class StudyStore:
             if swap(s, CandidateTable, *at, CandidateTable.rung == rung - 1, rung=rung) != 1:
                 return False
             c = s.get_one(CandidateTable, candidate_id)
-            c.rungs, c.accuracy = [*(c.rungs or [])[:rung], [int(steps), float(accuracy)]], float(accuracy)
+            c.rungs, c.accuracy = [*(c.rungs or [])[:rung], _rung_entry((steps, accuracy, loss))], float(accuracy)
             c.artifact, c.weights_sha256 = artifact, file_sha256(artifact)
             s.flush()
             write_front(s, sid, [Objective(o) for o in objectives])
@@ -488,3 +497,11 @@ class StudyStore:
                 .order_by(CandidateTable.macs, CandidateTable.id)
             )
             return [candidate_row(c) for c in s.scalars(q)]
+
+
+def _rung_entry(entry: Sequence[Any]) -> list[Any]:
+    """``[steps, accuracy]``, or ``[steps, accuracy, loss]`` when the loss is known."""
+    out: list[Any] = [int(entry[0]), float(entry[1])]
+    if len(entry) > 2 and entry[2] is not None:
+        out.append(float(entry[2]))
+    return out

@@ -180,7 +180,7 @@ class _Climb:
     """One candidate's way up the rungs: the last rung's metrics, the rungs reached, the accuracies seen."""
 
     metrics: Metrics = field(default_factory=lambda: _metrics())
-    reached: list[list[float]] = field(default_factory=list)  # [steps, accuracy] per finished rung
+    reached: list[list[float]] = field(default_factory=list)  # [steps, accuracy, loss] per finished rung
     history: list[tuple[int, float]] = field(default_factory=list)  # [step, accuracy], steps from rung 0
     train: float = 0.0
     evals: float = 0.0
@@ -233,23 +233,24 @@ class CandidateRunner:
     def promoted(self, cid: int, rung: int) -> bool:
         """Whether candidate ``cid``, just through rung ``rung``, goes on (:mod:`search.drivers._rungs`).
 
-        It is ranked among the candidates measured after the same number of fine-tune steps.
+        It is ranked among the candidates measured after the same number of fine-tune steps, by
+        ``evaluate.score`` (accuracy, or minus the validation loss) and the costs.
         """
         from search.drivers._rungs import promotes
 
         p = self.prepared
-        steps = p.rungs[rung]
+        steps, score = p.rungs[rung], p.config.evaluate.score
         costs = [o for o in p.objectives if o.is_cost and o is not Objective.LATENCY]
         points: list[list[float]] = []
         me = -1
         for row in p.store.candidates(p.study_id):
-            acc = row.accuracy_after(steps)
+            value = row.score_after(steps, score)
             values = [row.objective(o) for o in costs]
-            if acc is None or any(v is None for v in values):
+            if value is None or any(v is None for v in values):
                 continue
             if row.id == cid:
                 me = len(points)
-            points.append([-acc, *(float(v) for v in values)])  # type: ignore[arg-type]
+            points.append([-value, *(float(v) for v in values)])  # type: ignore[arg-type]
         return me >= 0 and promotes(points, me, p.config.evaluate.reduction_factor)
 
     def _rung_context(self, rung: int, steps: int, report: Reporter | None, done: int) -> Context:
@@ -342,11 +343,11 @@ class CandidateRunner:
                     model.load_state_dict(state)
                     climb.metrics.reason = f"rung {rung} failed ({why}); kept rung {rung - 1}"
                 break
-            climb.reached.append([steps, metrics.accuracy])
+            climb.reached.append([steps, metrics.accuracy, *([metrics.loss] if metrics.loss is not None else [])])
             done = steps
             if rung == len(p.rungs) - 1:
                 break
-            if not p.store.record_rung(cid, rung, steps, metrics.accuracy, cost, owner):
+            if not p.store.record_rung(cid, rung, steps, metrics.accuracy, cost, owner, loss=metrics.loss):
                 climb.lost = True  # another worker claimed it (we looked dead): it records the candidate
                 break
             if not self.promoted(cid, rung):

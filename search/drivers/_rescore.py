@@ -4,7 +4,8 @@ At the top rung, the best candidates of a study often differ by less than
 their score's noise (a 200-step fine-tune scored on a validation split), so
 picking the most accurate one is close to a coin toss. With
 ``evaluate.rescore_top = k`` (``k > 0``), once the study holds its candidates
-and none is running, the ``k`` most accurate candidates at the top rung
+and none is running, the ``k`` best candidates at the top rung (by
+``evaluate.score``: accuracy, or validation loss)
 continue from their own weights to ``evaluate.rescore_steps`` fine-tune steps
 in all (default: four times the top rung's), with a fresh cosine schedule, and
 are scored on the whole validation split, as a promoted candidate is. The
@@ -49,7 +50,8 @@ def _chosen(p: Prepared) -> list[CandidateRow]:
     top = len(p.rungs) - 1
     done = [r for r in rows if r.status is Status.COMPLETE and r.top_rung > top]
     ready = [r for r in rows if r.status is Status.COMPLETE and r.top_rung == top and r.artifact]
-    ready.sort(key=lambda r: (-(r.accuracy or 0.0), r.macs or 0.0, r.id))
+    score = p.config.evaluate.score
+    ready.sort(key=lambda r: (-(r.score_after(p.rungs[-1], score) or -float("inf")), r.macs or 0.0, r.id))
     return ready[: max(0, p.config.evaluate.rescore_top - len(done))]
 
 
@@ -87,7 +89,9 @@ def _rescore_one(p: Prepared, row: CandidateRow) -> str | None:
         return f"candidate {row.id}: re-scoring failed ({metrics.reason}); kept its rung {row.top_rung}"
     name = f"{row.id}-{steps}steps-{uuid.uuid4().hex[:8]}.safetensors"  # never another worker's file
     path = str(save_weights(model, p.artifacts / name).resolve())
-    added = p.store.add_rung(row.id, len(p.rungs), steps, metrics.accuracy, artifact=path, objectives=p.objectives)
+    added = p.store.add_rung(
+        row.id, len(p.rungs), steps, metrics.accuracy, artifact=path, loss=metrics.loss, objectives=p.objectives
+    )
     if not added:
         Path(path).unlink(missing_ok=True)
         return None

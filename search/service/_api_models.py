@@ -78,7 +78,9 @@ class TrialOut(CandidateOut):
     plan: dict[str, Any] = Field(description="the compression plan (prune ratios, ranks, methods)")
     plan_hash: str
     history: list[list[float]] | None = Field(description="[step, intermediate validation accuracy] pairs")
-    rungs: list[list[float]] | None = Field(description="[fine-tune steps, validation accuracy] per rung reached")
+    rungs: list[list[float]] | None = Field(
+        description="[fine-tune steps, validation accuracy, validation loss] per rung reached (older: no loss)"
+    )
     final: dict[str, Any] | None = Field(description="what `prunetune finalize` measured: steps, accuracies, weights")
     phases: dict[str, float] | None = Field(description="seconds per phase: apply, train, eval, other")
     attempts: int

@@ -38,7 +38,7 @@ def test_candidates_spread_from_floor_to_cap_and_rungs_promote_by_the_rule(tmp_p
     for i, row in enumerate(rows):
         points = [[-(r.accuracy_at(0) or 0.0), r.macs or 0.0] for r in rows[: i + 1]]
         assert (row.rung == 1) == promotes(points, i, reduction_factor=2), row.id
-        assert [st for st, _ in row.rungs or []] == [3, 6][: (row.rung or 0) + 1]
+        assert [r[0] for r in row.rungs or []] == [3, 6][: (row.rung or 0) + 1]
         assert row.accuracy == row.rungs[-1][1]  # type: ignore[index]
 
     # the front, recomputed by brute force: a dominates b only where a was measured at b's top rung
@@ -135,7 +135,7 @@ def test_the_best_at_the_top_rung_are_rescored_as_a_rung_of_their_own_once(tmp_p
     ranked = sorted(at_top, key=lambda r: (-(r.accuracy_at(1) or 0.0), r.macs or 0.0, r.id))
     assert {r.id for r in rescored} == {r.id for r in ranked[:2]}  # the two most accurate at the top rung
     for r in rescored:
-        assert [st for st, _ in r.rungs or []] == [3, 6, 12] and r.accuracy == r.rungs[-1][1]  # type: ignore[index]
+        assert [x[0] for x in r.rungs or []] == [3, 6, 12] and r.accuracy == r.rungs[-1][1]  # type: ignore[index]
         assert r.artifact and Path(r.artifact).name.startswith(f"{r.id}-12steps-")
         assert file_sha256(r.artifact) == r.weights_sha256
     best = best_within_cap(p.store.front(p.study_id))
@@ -160,3 +160,14 @@ def test_scores_are_paired_two_evaluations_of_one_plan_score_the_same(tmp_path: 
     assert (first.accuracy, first.loss, first.history) == (second.accuracy, second.loss, second.history)
     other = s.runner._rung(p.space.apply(p.space.global_plan(p.budget)), 0, 3, 0, None)
     assert other.loss != first.loss  # another plan: another score, on the same images
+
+
+def test_a_loss_scored_study_promotes_by_validation_loss(tmp_path: Path, artifacts: Path) -> None:
+    s = _run(tmp_path, artifacts, search__candidates=6, evaluate__score="loss")
+    rows = s.prepared.store.candidates(s.prepared.study_id)
+    assert all(len(entry) == 3 and entry[2] > 0 for r in rows for entry in r.rungs or [])  # steps, accuracy, loss
+    for i, row in enumerate(rows):  # the promotions, replayed on (minus the loss, MACs) at rung 0
+        points = [[-(r.score_after(3, "loss") or 0.0), r.macs or 0.0] for r in rows[: i + 1]]
+        assert (row.rung == 1) == promotes(points, i, reduction_factor=2), row.id
+    assert rows[0].score_after(3, "loss") == -rows[0].rungs[0][2]  # type: ignore[index]
+    assert rows[0].score_after(3, "accuracy") == rows[0].accuracy_at(0)
