@@ -45,7 +45,6 @@ from spaces import Budget, Importance, measure_cost
 
 CRITERIA = ("l1", "bn_scale", "group_l1", "group_l2", "taylor", "hessian")
 LIBRARY = "torch-pruning uniform (group L1)"
-SEEDS = ("uniform", "global ranking", "allocator (importance)", "allocator (sensitivity)")
 
 
 def tp_uniform(base: nn.Module, example: torch.Tensor, macs_limit: float) -> nn.Module:
@@ -113,32 +112,37 @@ def models_at(p: Prepared, budget: float) -> dict[str, nn.Module]:
 
 
 def seeds_at(p: Prepared, budget: float) -> dict[str, nn.Module]:
-    """The seed plans at one MAC budget, their channels chosen by the space's criterion (``--criterion``)."""
+    """The seed plans at one MAC budget other than the uniform one (a criterion arm already), their channels
+    chosen by the space's criterion (``--criterion``)."""
     space, b = p.space, Budget(macs=f"{budget:.0%}")
+    measured = allocator_sensitivity(p)
     plans = {
-        "uniform": space.fit(space.uniform_plan(0.0), b),
         "global ranking": space.global_plan(b),
         "allocator (importance)": space.fit(space.allocate(b, rank=False).plan, b),
-        "allocator (sensitivity)": space.fit(
-            space.allocate(b, rank=False, sensitivity=allocator_sensitivity(p)).plan, b
-        ),
+        "allocator (sensitivity)": space.fit(space.allocate(b, rank=False, sensitivity=measured).plan, b),
     }
     return {name: space.apply(plan) for name, plan in plans.items()}
 
 
-def table(p: Prepared, models: dict[str, nn.Module], budget: float, seeds: list[int], steps: int) -> list[list[str]]:
-    """Finalize every model with each seed; rows of the README table (test accuracy vs torch-pruning uniform)."""
-    example = p.data.example_inputs(1)
+def finals(p: Prepared, models: dict[str, nn.Module], budget: float, seeds: list[int], steps: int) -> dict[str, list]:
+    """Every model finalized with each seed: its test accuracies."""
     accs: dict[str, list[float]] = {name: [] for name in models}
     for seed in seeds:
         for name, m in models.items():
             _, test = train_final(p, copy.deepcopy(m).to(p.device), steps=steps, seed=seed)
             accs[name].append(float(test or 0.0))
         print(f"budget {budget:.0%} seed {seed}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in accs.items()), flush=True)
+    return accs
+
+
+def rows_of(p: Prepared, models: dict[str, nn.Module], accs: dict[str, list], budget: float) -> list[list[str]]:
+    """README rows: MACs, test accuracy (mean ± std over seeds), difference to torch-pruning uniform."""
+    example = p.data.example_inputs(1)
     ref = statistics.mean(accs[LIBRARY])
     rows = []
-    for name, vals in accs.items():
-        macs = measure_cost(models[name], example).macs / p.base_cost.macs
+    for name, m in models.items():
+        vals = accs[name]
+        macs = measure_cost(m, example).macs / p.base_cost.macs
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
         rows.append(
             [f"{budget:.0%}", name, f"{100 * macs:.1f}%", f"{100 * statistics.mean(vals):.2f} ± {100 * sd:.2f}",
@@ -158,8 +162,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=256, help="calibration images of taylor and hessian")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--criterion", default="group_l1", help="the criterion of the one-shot plans' channels")
-    ap.add_argument("--skip-criteria", action="store_true", help="only the one-shot plans")
-    ap.add_argument("--skip-seeds", action="store_true", help="only the criteria")
+    ap.add_argument("--skip-seeds", action="store_true", help="only the criteria, not the other one-shot plans")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, CPU"
@@ -174,11 +177,12 @@ def main() -> None:
     seed_rows: list[list[str]] = []
     for budget in [float(x) for x in args.budgets.split(",")]:
         library = models_at(p, budget)
-        if not args.skip_criteria:
-            rows += table(p, library, budget, seeds, args.final_steps)
-        if not args.skip_seeds:
-            arms = {**seeds_at(p, budget), LIBRARY: library[LIBRARY]}
-            seed_rows += table(p, arms, budget, seeds, args.final_steps)
+        extra = {} if args.skip_seeds else seeds_at(p, budget)
+        accs = finals(p, {**library, **extra}, budget, seeds, args.final_steps)
+        rows += rows_of(p, library, accs, budget)
+        if extra:
+            arms = {"uniform": library[args.criterion], **extra, LIBRARY: library[LIBRARY]}
+            seed_rows += rows_of(p, arms, {**accs, "uniform": accs[args.criterion]}, budget)
     print(
         f"\ntest accuracy after BN recalibration + {args.final_steps} distilled fine-tune steps, seeds {seeds} "
         f"(mean ± std, %); {args.samples} calibration images; {where}; {time.perf_counter() - t_all:.0f} s\n"

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
         uniform_plan as uniform_plan,
     )
     from spaces._sensitivity import (
+        SENSITIVITY_RATIOS as SENSITIVITY_RATIOS,
         Sensitivity as Sensitivity,
         measure_sensitivity as measure_sensitivity,
     )
@@ -114,6 +115,7 @@ _WHERE = {
     "fit": "_policy",
     "global_plan": "_policy",
     "Sensitivity": "_sensitivity",
+    "SENSITIVITY_RATIOS": "_sensitivity",
     "measure_sensitivity": "_sensitivity",
     "uniform_plan": "_policy",
     "ModelSpace": "_space",
@@ -133,6 +135,7 @@ __all__ = [
     "COUNTED_OPS",
     "IMPORTANCES",
     "METHODS",
+    "SENSITIVITY_RATIOS",
     "Allocation",
     "AllocatorFallbackWarning",
     "Budget",

@@ -34,9 +34,9 @@ if TYPE_CHECKING:
 
     from spaces._space import ModelSpace
 
-__all__ = ["RATIOS", "Sensitivity", "measure_sensitivity"]
+__all__ = ["SENSITIVITY_RATIOS", "Sensitivity", "measure_sensitivity"]
 
-RATIOS = (0.25, 0.5, 0.75, 0.9)
+SENSITIVITY_RATIOS = (0.25, 0.5, 0.75, 0.9)  # each group is also measured down to one channel
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class Sensitivity:
 
 
 def measure_sensitivity(
-    space: ModelSpace, score: Callable[[nn.Module], float], ratios: Sequence[float] = RATIOS
+    space: ModelSpace, score: Callable[[nn.Module], float], ratios: Sequence[float] = SENSITIVITY_RATIOS
 ) -> Sensitivity:
     """Prune each group alone to each of ``ratios`` and measure ``score`` (a loss: lower is better).
 

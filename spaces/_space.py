@@ -34,11 +34,12 @@ from spaces._importance import ImportanceScores
 from spaces._lowrank import LayerGeom
 from spaces._plan import IMPORTANCES, Plan
 from spaces._policy import fit, global_plan, uniform_plan
-from spaces._sensitivity import RATIOS, Sensitivity, measure_sensitivity
+from spaces._sensitivity import SENSITIVITY_RATIOS, Sensitivity, measure_sensitivity
 from spaces._surgery import Surgery
 from spaces._trace import Group, resolve_ignored, trace
 from spaces._verify import verify as _verify
 from spaces.dimensions import dimension
+from spaces.dimensions._prune import stages
 
 __all__ = ["ModelSpace"]
 
@@ -190,6 +191,10 @@ class ModelSpace:
         """Cumulative share of squared singular values of ``layer``'s (unpruned) kernel."""
         return self.scores.energy(layer)
 
+    def stages(self) -> dict[str, list[str]]:
+        """The groups by the resolution their outputs are computed at (``stage1``, ...; see ``sample_by``)."""
+        return stages(self)
+
     def calibrate_importance(self, criterion: str, batches: Iterable[Any]) -> dict[str, np.ndarray]:
         """Compute a data-aware criterion (``"taylor"``, ``"hessian"``) on ``(inputs, labels)`` batches.
 
@@ -231,7 +236,9 @@ class ModelSpace:
             self, budget, prune=prune, rank=rank, time_limit=time_limit, method=method, sensitivity=sensitivity, **more
         )
 
-    def sensitivity(self, score: Callable[[nn.Module], float], ratios: Sequence[float] = RATIOS) -> Sensitivity:
+    def sensitivity(
+        self, score: Callable[[nn.Module], float], ratios: Sequence[float] = SENSITIVITY_RATIOS
+    ) -> Sensitivity:
         """See :func:`spaces.measure_sensitivity`."""
         return measure_sensitivity(self, score, ratios)
 

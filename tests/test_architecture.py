@@ -33,7 +33,7 @@ SPACES_LAYERS = [
     {"_budget", "_lowrank"},
     {"_trace"},
     {"_costmodel", "_importance"},
-    {"_surgery"},
+    {"_surgery", "_sensitivity"},
     {"_verify", "_policy", "_allocate"},
     {"dimensions._prune", "dimensions._rank", "factorization._svd", "factorization._tucker2", "factorization._tt"},
     {"_space"},

@@ -223,7 +223,7 @@ def importance_scores(cfg: Config, space: ModelSpace, data: DataBundle, base_wei
 def allocator_sensitivity(p: Prepared) -> Sensitivity:
     """The measured sensitivity the allocator's seed plans are valued by: from the cache, or measured and cached.
 
-    Each group pruned alone to :data:`spaces._sensitivity.RATIOS` of its channels,
+    Each group pruned alone to :data:`spaces.SENSITIVITY_RATIOS` of its channels and to one,
     BatchNorm recalibrated (5 batches), the loss taken on the first
     ``space.calibration_samples`` validation images (what the search scores
     on; the test split is never read). Kept beside the baselines as
@@ -233,14 +233,15 @@ def allocator_sensitivity(p: Prepared) -> Sensitivity:
     """
     import hashlib
 
-    from spaces import Sensitivity
-    from spaces._sensitivity import RATIOS
+    from spaces import SENSITIVITY_RATIOS, Sensitivity
     from storage import file_sha256
 
     cfg, sp = p.config, p.config.space
     weights = file_sha256(p.base_weights) if p.base_weights is not None else p.study
     parts = (weights, p.data.spec, cfg.data.seed, sp.importance, sp.round_to, sp.ignored_layers)
-    key = hashlib.sha256(repr((*parts, sp.calibration_samples, RATIOS, cfg.evaluate.batch_size)).encode()).hexdigest()
+    key = hashlib.sha256(
+        repr((*parts, sp.calibration_samples, SENSITIVITY_RATIOS, cfg.evaluate.batch_size)).encode()
+    ).hexdigest()
     path = Path(cfg.search.artifacts_dir) / "baselines" / f"sensitivity-{key[:16]}.json"
     if path.is_file():
         try:

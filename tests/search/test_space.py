@@ -10,7 +10,6 @@ from search import promotes, promotion_order
 from search.drivers._rungs import crowding_distance, nondominated_ranks
 from search.drivers._sampling import distributions, params_from_plan, plan_from_params
 from spaces import ModelSpace
-from spaces.dimensions._prune import stages
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +45,7 @@ def test_per_stage_ratios_three_for_resnet20_round_trip(space: ModelSpace) -> No
     opts = {"max_ratio": 0.8, "rank": False, "method": "svd", "sample_by": "stages"}
     d = distributions(space, opts, floor=0.25)
     assert sorted(d) == ["level", "prune:stage1", "prune:stage2", "prune:stage3"]  # 8x8, 4x4 and 2x2 outputs
-    stage = stages(space)
+    stage = space.stages()
     assert sum(len(ids) for ids in stage.values()) == len(space.groups)
     sizes = {unit: {space.costs.trace.spatial[space.group(g).outputs[0]] for g in ids} for unit, ids in stage.items()}
     assert list(sizes.values()) == [{64}, {16}, {4}]
