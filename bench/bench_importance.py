@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from _shared import parser, study_overrides, torch_pruning_at  # bench/, beside this script
 from torch import nn
 
 from search import Search, load_config
@@ -47,55 +48,8 @@ CRITERIA = ("l1", "bn_scale", "group_l1", "group_l2", "taylor", "hessian")
 LIBRARY = "torch-pruning uniform (group L1)"
 
 
-def tp_uniform(base: nn.Module, example: torch.Tensor, macs_limit: float) -> nn.Module:
-    """torch-pruning's uniform pruning (one ratio per layer) at the smallest ratio whose measured MACs meet the limit.
-
-    Call it after building a :class:`spaces.ModelSpace`: tracing one installs the
-    compatibility shim that torch-pruning needs on current PyTorch.
-    """
-    import torch_pruning as tp
-
-    def pruned(ratio: float) -> nn.Module:
-        m = copy.deepcopy(base).cpu().eval()
-        fc = [mod for mod in m.modules() if isinstance(mod, nn.Linear)]
-        pruner = tp.pruner.MagnitudePruner(
-            m,
-            example,
-            importance=tp.importance.GroupMagnitudeImportance(p=1),
-            pruning_ratio=ratio,
-            ignored_layers=fc[-1:],
-        )
-        pruner.step()
-        return m
-
-    lo, hi, best = 0.0, 0.99, None
-    for _ in range(14):
-        mid = (lo + hi) / 2
-        m = pruned(mid)
-        if measure_cost(m, example).macs <= macs_limit:
-            hi, best = mid, m
-        else:
-            lo = mid
-    if best is None:
-        raise RuntimeError("torch-pruning never met the budget")
-    return best
-
-
 def prepared(args: argparse.Namespace, tmp: Path) -> Prepared:
-    overrides = {
-        "model.spec": "zoo:resnet20",
-        "model.train_epochs": args.epochs,
-        "model.train_batch_size": 128,
-        "data.spec": args.data,
-        "evaluate.batch_size": args.batch_size,
-        "evaluate.bn_batches": 10,
-        "evaluate.threads": args.threads,
-        "budget.macs": "50%",  # the study needs one; each arm is fitted to its own budget
-        "search.study": "importance",
-        "space.importance": args.criterion,
-        "search.artifacts_dir": "artifacts",
-        "storage.url": f"sqlite:///{tmp / 'bench.db'}",
-    }
+    overrides = {**study_overrides(args, tmp, "importance"), "space.importance": args.criterion}
     return Search(load_config(None, overrides)).prepare().prepared
 
 
@@ -107,7 +61,7 @@ def models_at(p: Prepared, budget: float) -> dict[str, nn.Module]:
     out: dict[str, nn.Module] = {}
     for crit in CRITERIA:
         out[crit] = space.apply(plan.replace(importance=crit))
-    out[LIBRARY] = tp_uniform(p.base_model, example, b.absolute(p.base_cost)["macs"])
+    out[LIBRARY] = torch_pruning_at(p.base_model, example, b.absolute(p.base_cost)["macs"], global_pruning=False)
     return out
 
 
@@ -152,15 +106,9 @@ def rows_of(p: Prepared, models: dict[str, nn.Module], accs: dict[str, list], bu
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="fashion-mnist")
-    ap.add_argument("--epochs", type=int, default=3, help="baseline epochs on the train split (cached)")
-    ap.add_argument("--budgets", default="0.5,0.3,0.15")
+    ap = parser(__doc__, budgets="0.5,0.3,0.15")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--final-steps", type=int, default=300)
     ap.add_argument("--samples", type=int, default=256, help="calibration images of taylor and hessian")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--criterion", default="group_l1", help="the criterion of the one-shot plans' channels")
     ap.add_argument("--skip-seeds", action="store_true", help="only the criteria, not the other one-shot plans")
     args = ap.parse_args()

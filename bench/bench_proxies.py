@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from _shared import parser, study_overrides  # bench/, beside this script
 from scipy.stats import spearmanr
 
 from search import Search, load_config
@@ -38,20 +39,9 @@ from spaces import Budget, Plan
 
 def _search(args: argparse.Namespace, tmp: Path) -> Search:
     overrides = {
-        "model.spec": "zoo:resnet20",
-        "model.train_epochs": args.epochs,
-        "model.train_batch_size": 128,
-        "data.spec": args.data,
-        "budget.macs": "50%",
+        **study_overrides(args, tmp, "proxies"),
         "evaluate.rungs": args.rungs,
         "evaluate.max_val_samples": args.max_val,
-        "evaluate.batch_size": args.batch_size,
-        "evaluate.bn_batches": 10,
-        "evaluate.eval_every": 0,
-        "evaluate.threads": args.threads,
-        "search.study": "proxies",
-        "search.artifacts_dir": "artifacts",
-        "storage.url": f"sqlite:///{tmp / 'bench.db'}",
     }
     return Search(load_config(None, overrides)).prepare()
 
@@ -81,16 +71,10 @@ def _scores(s: Search, plan: Plan) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="fashion-mnist")
-    ap.add_argument("--epochs", type=int, default=3, help="baseline epochs on the train split (cached)")
-    ap.add_argument("--budgets", default="0.5,0.15")
+    ap = parser(__doc__, budgets="0.5,0.15")
     ap.add_argument("--plans", type=int, default=20)
     ap.add_argument("--rungs", default="50,200", help="fine-tune steps per rung")
     ap.add_argument("--max-val", type=int, default=1000, help="validation images below the top rung")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--final-steps", type=int, default=300)
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     args.rungs = [int(x) for x in args.rungs.split(",")]
     where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, CPU"

@@ -13,11 +13,12 @@ data order — and are measured on the **test** split, which nothing selects on:
     (``space.fit`` of the empty plan onto the budget);
 (b) **torch-pruning global magnitude**: ``tp.pruner.MagnitudePruner`` with
     ``global_pruning=True``, its ratio bisected until the measured MACs meet the budget;
-(c) **allocator**: ``space.allocate`` (pruning only), repaired with ``fit``;
+(c) **allocator**: ``space.allocate`` (pruning only, valued by the measured sensitivity the
+    studies' allocator seed uses), repaired with ``fit``;
 (d) **random search, best of N**: a ``prunetune`` study with the random sampler and
     no seed plans;
 (e) **the search, best of N**: a ``prunetune`` study with the defaults (TPE, the
-    allocator's and the uniform plan first).
+    allocator's, the uniform and the global-ranking plan first).
 
 Both studies use ``search.floor = "cap"`` (the question is the best model at the
 budget) and the same successive-halving rungs (``--rungs``: fine-tune steps,
@@ -33,7 +34,6 @@ over the cost range costs at the cap.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import statistics
@@ -42,48 +42,13 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
+from _shared import parser, study_overrides, torch_pruning_at  # bench/, beside this script
 
 from search import Search, load_config
+from search.drivers._prepare import allocator_sensitivity
 from search.operations._finalize import train_final
 from spaces import Budget, Plan, Status, measure_cost
 from storage import CandidateRow
-
-
-def tp_global_magnitude(base: nn.Module, example: torch.Tensor, macs_limit: float) -> nn.Module:
-    """torch-pruning's global magnitude pruning at the largest ratio whose measured MACs meet the limit.
-
-    Call it after building a :class:`spaces.ModelSpace`: tracing one installs the
-    compatibility shim that torch-pruning needs on current PyTorch.
-    """
-    import torch_pruning as tp
-
-    def pruned(ratio: float) -> nn.Module:
-        m = copy.deepcopy(base).cpu().eval()
-        fc = [mod for mod in m.modules() if isinstance(mod, nn.Linear)]
-        pruner = tp.pruner.MagnitudePruner(
-            m,
-            example,
-            importance=tp.importance.MagnitudeImportance(p=1),
-            global_pruning=True,
-            pruning_ratio=ratio,
-            max_pruning_ratio=0.95,
-            ignored_layers=fc[-1:],
-        )
-        pruner.step()
-        return m
-
-    lo, hi, best = 0.0, 0.95, None
-    for _ in range(14):
-        mid = (lo + hi) / 2
-        m = pruned(mid)
-        if measure_cost(m, example).macs <= macs_limit:
-            hi, best = mid, m
-        else:
-            lo = mid
-    if best is None:
-        raise RuntimeError("torch-pruning never met the budget")
-    return best
 
 
 def best_of(rows: list[CandidateRow]) -> CandidateRow:
@@ -110,24 +75,14 @@ def to_within(rows: list[CandidateRow], points: float = 0.003) -> int:
 def study(args: argparse.Namespace, tmp: Path, budget: float, seed: int, arm: str) -> Search:
     floor = "cap" if arm != "curve" else None
     overrides = {
-        "model.spec": "zoo:resnet20",
-        "model.train_epochs": args.epochs,
-        "model.train_batch_size": 128,
-        "data.spec": args.data,
+        **study_overrides(args, tmp, f"{arm}-{budget}-{seed}"),
         "budget.macs": f"{budget:.0%}",
         "evaluate.rungs": args.rungs,
         "evaluate.max_val_samples": args.max_val,
-        "evaluate.batch_size": args.batch_size,
-        "evaluate.bn_batches": 10,
-        "evaluate.eval_every": 0,
-        "evaluate.threads": args.threads,
-        "search.study": f"{arm}-{budget}-{seed}",
         "search.candidates": args.candidates,
         "search.seed": seed,
         "search.sampler": "random" if arm == "random" else "tpe",
-        "search.seed_plans": [] if arm == "random" else ["allocator", "uniform"],
-        "search.artifacts_dir": "artifacts",
-        "storage.url": f"sqlite:///{tmp / 'bench.db'}",
+        "search.seed_plans": [] if arm == "random" else ["allocator", "uniform", "global"],
     }
     if floor is not None:
         overrides["search.floor"] = floor
@@ -135,17 +90,11 @@ def study(args: argparse.Namespace, tmp: Path, budget: float, seed: int, arm: st
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="fashion-mnist")
-    ap.add_argument("--epochs", type=int, default=3, help="baseline epochs on the train split (cached)")
-    ap.add_argument("--budgets", default="0.5,0.3,0.15")
+    ap = parser(__doc__, budgets="0.5,0.3,0.15")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--candidates", type=int, default=30)
     ap.add_argument("--rungs", default="20,80", help="fine-tune steps per rung of the searches")
     ap.add_argument("--max-val", type=int, default=1000, help="validation images below the top rung")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--final-steps", type=int, default=300)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (1: leave a core to other work)")
     ap.add_argument("--curve", action="store_true", help="also the default floor, to price the curve at the cap")
     ap.add_argument("--searches", default="random,search", help="which studies to run (random, search)")
     args = ap.parse_args()
@@ -174,12 +123,17 @@ def main() -> None:
                 if seed == seeds[0] and b == float(args.budgets.split(",")[0]):
                     print(f"# {args.data}: ResNet-20 baseline {p.base_accuracy:.4f} on validation; {where}", flush=True)
                 space, example = p.space, p.data.example_inputs(1)
+                sens = allocator_sensitivity(p)  # what the studies' allocator seeds are valued by
                 budget = Budget(macs=f"{b:.0%}")
                 limit = budget.absolute(p.base_cost)["macs"]
                 models = {
                     "(a) uniform L1": space.apply(space.fit(space.uniform_plan(0.0), budget)),
-                    "(b) torch-pruning global magnitude": tp_global_magnitude(p.base_model, example, limit),
-                    "(c) allocator": space.apply(space.fit(space.allocate(budget, rank=False).plan, budget)),
+                    "(b) torch-pruning global magnitude": torch_pruning_at(
+                        p.base_model, example, limit, global_pruning=True
+                    ),
+                    "(c) allocator": space.apply(
+                        space.fit(space.allocate(budget, rank=False, sensitivity=sens).plan, budget)
+                    ),
                 }
                 for arm, name in (("random", "(d) random search"), ("search", "(e) search"), ("curve", "(e') curve")):
                     if arm in runs:

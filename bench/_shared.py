@@ -1,0 +1,80 @@
+"""What the Fashion-MNIST benchmarks share: the study they prepare, and torch-pruning's one line at a budget."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spaces import measure_cost
+
+
+def parser(doc: str, *, budgets: str) -> argparse.ArgumentParser:
+    """The arguments every Fashion-MNIST benchmark takes (its own are added after)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--epochs", type=int, default=3, help="baseline epochs on the train split (cached)")
+    ap.add_argument("--budgets", default=budgets, help="MAC budgets, fractions of the base model")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--final-steps", type=int, default=300, help="distilled fine-tune steps of the final recipe")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1: leave a core to other work)")
+    return ap
+
+
+def study_overrides(args: argparse.Namespace, tmp: Path, study: str) -> dict[str, Any]:
+    """The config of a benchmark's study: the cached ResNet-20 baseline of ``args.data``, a SQLite store in ``tmp``."""
+    return {
+        "model.spec": "zoo:resnet20",
+        "model.train_epochs": args.epochs,
+        "model.train_batch_size": 128,
+        "data.spec": args.data,
+        "budget.macs": "50%",
+        "evaluate.batch_size": args.batch_size,
+        "evaluate.bn_batches": 10,
+        "evaluate.eval_every": 0,
+        "evaluate.threads": args.threads,
+        "search.study": study,
+        "search.artifacts_dir": "artifacts",
+        "storage.url": f"sqlite:///{tmp / 'bench.db'}",
+    }
+
+
+def torch_pruning_at(base: nn.Module, example: torch.Tensor, macs_limit: float, *, global_pruning: bool) -> nn.Module:
+    """torch-pruning's ``MagnitudePruner`` (group L1 importance), uniform or global, at the smallest ratio whose
+    measured MACs meet the limit (bisection; it floors kept counts, so it lands a little below).
+
+    Call it after building a :class:`spaces.ModelSpace`: tracing one installs the
+    compatibility shim that torch-pruning needs on current PyTorch.
+    """
+    import torch_pruning as tp
+
+    def pruned(ratio: float) -> nn.Module:
+        m = copy.deepcopy(base).cpu().eval()
+        fc = [mod for mod in m.modules() if isinstance(mod, nn.Linear)]
+        pruner = tp.pruner.MagnitudePruner(
+            m,
+            example,
+            importance=tp.importance.GroupMagnitudeImportance(p=1),
+            global_pruning=global_pruning,
+            pruning_ratio=ratio,
+            max_pruning_ratio=0.95,
+            ignored_layers=fc[-1:],
+        )
+        pruner.step()
+        return m
+
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        m = pruned(mid)
+        if measure_cost(m, example).macs <= macs_limit:
+            hi, best = mid, m
+        else:
+            lo = mid
+    if best is None:
+        raise RuntimeError("torch-pruning never met the budget")
+    return best
