@@ -54,9 +54,10 @@ class BudgetConfig(_Section):
 
 class SpaceConfig(_Section):
     importance: Importance = Field(
-        Importance.L1,
-        description="which channels a group keeps: l1, l2, bn_scale; torch-pruning's group_l1, group_l2, lamp; "
-        "the data-aware taylor, hessian (computed once on calibration_samples training images, cached)",
+        Importance.GROUP_L2,
+        description="which channels a group keeps: torch-pruning's group_l2 (default: best in bench_importance.py), "
+        "group_l1, lamp; l1, l2, bn_scale (producers only); the data-aware taylor, hessian (computed once on "
+        "calibration_samples training images, cached)",
     )
     calibration_samples: int = Field(256, ge=1, description="training images the data-aware criteria read")
     round_to: int = Field(1, ge=1)

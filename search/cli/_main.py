@@ -72,7 +72,7 @@ def _add_inspect(sub: Any) -> None:
     ins.add_argument(
         "--ratios", type=ratios_arg, default=[0.3, 0.5], help="uniform prune ratios to cost (default 0.3,0.5)"
     )
-    ins.add_argument("--importance", choices=[i.value for i in Importance], default=Importance.L1.value)
+    ins.add_argument("--importance", choices=[i.value for i in Importance], default=Importance.GROUP_L2.value)
     ins.add_argument("--round-to", type=int, default=1)
     ins.add_argument(
         "--budget",
