@@ -141,7 +141,8 @@ class SearchConfig(_Section):
     allocator: Literal["sensitivity", "importance"] = Field(
         "sensitivity",
         description="what the allocator's seed plans value a group's channels by: the measured loss rise when the "
-        "group alone is pruned (computed once per base model, cached), or the importance shares",
+        "group alone is pruned (computed once per base model, cached), or the importance shares (always with "
+        "space.rank, whose ranks are valued by energy shares)",
     )
     seed: int = 0
     worker: int = Field(0, ge=0, description="distinct number per parallel worker (salts the sampler)")

@@ -289,7 +289,9 @@ class Search:
                 out.append((seed, p.space.global_plan(p.budget), 1.0))
                 continue
             levels = [1.0, p.floor] if p.floor < 1.0 else [1.0]
-            sens = allocator_sensitivity(p) if self.cfg.search.allocator == "sensitivity" else None
+            # ranks have no measured sensitivity: a joint allocation keeps the importance and energy shares
+            measured = self.cfg.search.allocator == "sensitivity" and not space.rank
+            sens = allocator_sensitivity(p) if measured else None
             for level, kind in zip(levels, (CandidateKind.ALLOCATOR, CandidateKind.ALLOCATOR_FLOOR), strict=False):
                 budget = p.budget.scaled(level)
                 allocation = p.space.allocate(budget, rank=space.rank, method=space.method, sensitivity=sens)

@@ -112,11 +112,12 @@ def test_rank_and_latency_objectives(make_config: ConfigMaker) -> None:
         search__candidates=3,
         search__objectives=["accuracy", "macs", "latency"],
         space__rank=True,
+        search__seed_plans=["allocator", "uniform"],  # the third candidate is sampled: ratios and ranks
         evaluate__latency=True,
     )
     assert main(["run", str(cfg), "--quiet"]) == 0
     store, info, rows = _rows(cfg)
-    assert any(Plan.from_json(r.plan).rank for r in rows)  # the joint allocator factorizes some layers
+    assert any(Plan.from_json(r.plan).rank for r in rows)  # the joint space factorizes some layers
     done = [r for r in rows if r.status == "COMPLETE"]
     assert done and all(r.latency is not None and r.latency > 0 for r in done)
     front = {r.id for r in store.front(info.id)}
