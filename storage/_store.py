@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any
@@ -500,8 +501,8 @@ class StudyStore:
 
 
 def _rung_entry(entry: Sequence[Any]) -> list[Any]:
-    """``[steps, accuracy]``, or ``[steps, accuracy, loss]`` when the loss is known."""
+    """``[steps, accuracy]``, or ``[steps, accuracy, loss]`` when the loss is known and finite (JSON has no NaN)."""
     out: list[Any] = [int(entry[0]), float(entry[1])]
-    if len(entry) > 2 and entry[2] is not None:
+    if len(entry) > 2 and entry[2] is not None and math.isfinite(float(entry[2])):
         out.append(float(entry[2]))
     return out

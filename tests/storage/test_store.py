@@ -259,6 +259,21 @@ def test_only_the_owner_of_a_running_candidate_records_its_rungs(url: str) -> No
     assert store.candidate(sid, id=cid).rungs == [[50, 0.7]]
 
 
+def test_rungs_keep_the_loss_when_it_is_finite(url: str) -> None:
+    store = StudyStore(url)
+    sid = _study(store)
+    cid = store.reserve(sid, "{}", "h-loss", worker="host:1")
+    assert cid is not None
+    assert store.record_rung(cid, 0, 50, 0.8, {"macs": 10}, "host:1", loss=0.61)
+    assert store.candidate(sid, id=cid).rungs == [[50, 0.8, 0.61]]
+    assert store.finish(
+        cid, "COMPLETE", accuracy=0.1, cost={"macs": 10}, rungs=[[50, 0.8, 0.61], [200, 0.1, float("nan")]]
+    )
+    row = store.candidate(sid, id=cid)
+    assert row.rungs == [[50, 0.8, 0.61], [200, 0.1]]  # a diverged rung's NaN is not stored (JSON has none)
+    assert (row.score_after(50, "loss"), row.score_after(200, "loss"), row.score_after(200)) == (-0.61, None, 0.1)
+
+
 def test_activity_counts_candidates_finished_and_finalized(url: str) -> None:
     store = StudyStore(url)
     sid = _study(store)
