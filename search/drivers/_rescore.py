@@ -14,6 +14,9 @@ candidate's accuracy, its new weights file), so "best within the cap"
 (:func:`storage.best_within_cap`: the most accurate of those trained longest)
 and the Pareto front use it, and the sampler is not told (it hears rung 0).
 
+A candidate whose weights file this machine cannot read (a Ray node without a
+shared ``search.artifacts_dir``) is skipped with a line saying so.
+
 Idempotent and safe with several workers: a candidate is extended only if its
 rungs are still what the re-scorer read (compare-and-swap in the store), so a
 rerun, or two workers concluding at once, never re-score it twice; the
@@ -75,6 +78,8 @@ def _rescore_one(p: Prepared, row: CandidateRow) -> str | None:
 
     e, steps = p.config.evaluate, rescore_steps(p)
     done = p.rungs[-1]
+    if not Path(str(row.artifact)).is_file():  # a Ray node wrote it where this machine cannot read
+        return f"candidate {row.id}: its weights file is not on this machine ({row.artifact}); not re-scored"
     model = load_weights(p.space.apply(Plan.from_json(row.plan)), str(row.artifact)).to(p.device)
     ctx = Context(
         data=p.data,
