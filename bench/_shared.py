@@ -78,3 +78,11 @@ def torch_pruning_at(base: nn.Module, example: torch.Tensor, macs_limit: float, 
     if best is None:
         raise RuntimeError("torch-pruning never met the budget")
     return best
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """A Markdown table, as the README holds it."""
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")

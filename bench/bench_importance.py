@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import torch
-from _shared import parser, study_overrides, torch_pruning_at  # bench/, beside this script
+from _shared import parser, print_table, study_overrides, torch_pruning_at  # bench/, beside this script
 from torch import nn
 
 from search import Search, load_config
@@ -135,14 +135,12 @@ def main() -> None:
         f"\ntest accuracy after BN recalibration + {args.final_steps} distilled fine-tune steps, seeds {seeds} "
         f"(mean ± std, %); {args.samples} calibration images; {where}; {time.perf_counter() - t_all:.0f} s\n"
     )
-    print("| MAC budget | channels kept by | MACs | test accuracy | vs torch-pruning uniform |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
-    print(f"\n| MAC budget | one-shot plan ({args.criterion}) | MACs | test accuracy | vs torch-pruning uniform |")
-    print("|---|---|---|---|---|")
-    for r in seed_rows:
-        print("| " + " | ".join(r) + " |")
+    print_table(["MAC budget", "channels kept by", "MACs", "test accuracy", "vs torch-pruning uniform"], rows)
+    print()
+    print_table(
+        ["MAC budget", f"one-shot plan ({args.criterion})", "MACs", "test accuracy", "vs torch-pruning uniform"],
+        seed_rows,
+    )
 
 
 if __name__ == "__main__":

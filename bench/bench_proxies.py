@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from _shared import parser, study_overrides  # bench/, beside this script
+from _shared import parser, print_table, study_overrides  # bench/, beside this script
 from scipy.stats import spearmanr
 
 from search import Search, load_config
@@ -102,10 +102,9 @@ def main() -> None:
         f"rungs {args.rungs}, {args.max_val} validation images below the top rung; {where}; "
         f"{time.perf_counter() - t_all:.0f} s\n"
     )
-    print("| MAC budget | score | Spearman vs finalized test accuracy | plans | test accuracy spread (points) |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    print_table(
+        ["MAC budget", "score", "Spearman vs finalized test accuracy", "plans", "test accuracy spread (points)"], rows
+    )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 import torch
-from _shared import parser, study_overrides, torch_pruning_at  # bench/, beside this script
+from _shared import parser, print_table, study_overrides, torch_pruning_at  # bench/, beside this script
 
 from search import Search, load_config
 from search.drivers._prepare import allocator_sensitivity
@@ -167,14 +167,11 @@ def main() -> None:
         f"(mean ± std, %); searches: {args.candidates} candidates, rungs {args.rungs}, "
         f"{args.max_val} validation images below the top rung; {where}; {time.perf_counter() - t_all:.0f} s\n"
     )
-    print("| MAC budget | method | MACs | test accuracy | vs better of (a), (b) |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
-    print("\n| MAC budget | sampler | candidates to within 0.3 points of its best (per seed) | s per search |")
-    print("|---|---|---|---|")
-    for r in speed:
-        print("| " + " | ".join(r) + " |")
+    print_table(["MAC budget", "method", "MACs", "test accuracy", "vs better of (a), (b)"], rows)
+    print()
+    print_table(
+        ["MAC budget", "sampler", "candidates to within 0.3 points of its best (per seed)", "s per search"], speed
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
@@ -115,11 +116,14 @@ def _library_function(handler: Any) -> Any:
 
     if not isinstance(handler, types.MethodType):
         return handler
-    key = (type(handler.__self__), handler.__func__.__name__)
-    for fn in vars(tp.pruner.function).values():
-        if isinstance(fn, types.MethodType) and (type(fn.__self__), fn.__func__.__name__) == key:
-            return fn
-    return handler
+    return _library_functions(tp.pruner.function).get((type(handler.__self__), handler.__func__.__name__), handler)
+
+
+@functools.cache
+def _library_functions(module: types.ModuleType) -> dict[tuple[type, str], Any]:
+    """torch-pruning's pruning functions by (pruner class, method name), read once."""
+    fns = [fn for fn in vars(module).values() if isinstance(fn, types.MethodType)]
+    return {(type(fn.__self__), fn.__func__.__name__): fn for fn in fns}
 
 
 def _library_group(model: nn.Module, items: list[Item]) -> _LibraryGroup:
