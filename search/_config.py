@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from search.drivers import driver_names  # the registry (light: a driver loads when chosen)
 from search.drivers._samplers import Sampler
@@ -68,7 +68,21 @@ class SpaceConfig(_Section):
     )
     rank: bool = Field(False, description="also search per-layer low-rank factorization")
     method: Method = Method.SVD
+    quantize: Literal["none", "weights", "weights+activations"] = Field(
+        "none",
+        description="also search weight bit widths (every conv/linear layer at 8 or 4 bits: one knob, the share at "
+        "4 bits), and with weights+activations quantize their inputs to 8 bits",
+    )
     ignored_layers: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _rank_or_bits(self) -> SpaceConfig:
+        if self.rank and self.quantize != "none":
+            raise ValueError(
+                f"space.rank = true and space.quantize = {self.quantize!r} cannot be searched together yet "
+                "(a factorized layer is not quantized): choose one"
+            )
+        return self
 
 
 class EvaluateConfig(_Section):

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
         COUNTED_OPS as COUNTED_OPS,
         Cost as Cost,
         measure_cost as measure_cost,
+        parameter_bytes as parameter_bytes,
+        quantized_bytes as quantized_bytes,
     )
     from spaces._costmodel import (
         CostModel as CostModel,
@@ -93,6 +95,8 @@ _WHERE = {
     "COUNTED_OPS": "_cost",
     "Cost": "_cost",
     "measure_cost": "_cost",
+    "parameter_bytes": "_cost",
+    "quantized_bytes": "_cost",
     "CostModel": "_costmodel",
     "InfeasibleBudgetError": "_errors",
     "InputTypeError": "_errors",
@@ -171,6 +175,8 @@ __all__ = [
     "lazy_exports",
     "measure_cost",
     "measure_sensitivity",
+    "parameter_bytes",
+    "quantized_bytes",
     "reinstall_handlers",
     "uniform_plan",
 ]

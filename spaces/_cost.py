@@ -11,7 +11,12 @@ What is counted, exactly:
   fvcore saw and skipped are listed in :attr:`Cost.skipped_ops`.
 * **params**: the number of elements of ``model.parameters()`` (buffers such as
   BatchNorm running statistics are not parameters).
-* **bytes**: the parameters' storage, ``numel * element_size`` summed.
+* **bytes**: the parameters' storage, ``numel * element_size`` summed; a
+  quantized layer's weight (a layer with a ``weight_bits`` attribute, see
+  :mod:`spaces._quant`) counts ``ceil(numel * bits / 8)`` bytes (4-bit values
+  packed two to a byte) plus, per output channel, a float32 scale and a one-byte
+  zero point (:func:`quantized_bytes`). Activation quantization parameters and
+  buffers are not counted.
 """
 
 from __future__ import annotations
@@ -21,14 +26,32 @@ import warnings
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
-__all__ = ["COUNTED_OPS", "Cost", "measure_cost"]
+__all__ = ["COUNTED_OPS", "Cost", "measure_cost", "parameter_bytes", "quantized_bytes"]
 
 COUNTED_OPS = ("aten::_convolution", "aten::linear", "aten::addmm")
+CHANNEL_QPARAM_BYTES = 4 + 1  # per output channel of a quantized weight: a float32 scale, a one-byte zero point
+
+
+def quantized_bytes(numel: int, out_channels: int, bits: int) -> int:
+    """Storage of a weight of ``numel`` elements at ``bits`` per element with per-output-channel scales."""
+    return -(-numel * bits // 8) + out_channels * CHANNEL_QPARAM_BYTES
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    """The bytes of ``model``'s parameters, a quantized layer's weight at its bit width (see the module docs)."""
+    quantized = {}
+    for mod in model.modules():
+        bits = getattr(mod, "weight_bits", None)
+        if bits:
+            w = cast("torch.Tensor", mod.weight)
+            quantized[id(w)] = quantized_bytes(w.numel(), w.shape[0], int(bits))
+    return sum(quantized.get(id(p), p.numel() * p.element_size()) for p in model.parameters())
 
 
 @dataclass(frozen=True)
@@ -93,5 +116,4 @@ def measure_cost(model: nn.Module, example_inputs: Any) -> Cost:
     finally:
         model.train(was_training)
     params = sum(p.numel() for p in model.parameters())
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    return Cost(macs=macs, params=params, bytes=nbytes, skipped_ops=dict(skipped))
+    return Cost(macs=macs, params=params, bytes=parameter_bytes(model), skipped_ops=dict(skipped))

@@ -229,6 +229,15 @@ class CostModel:
         cout, cin = self._base_dims[rows] - self._m[rows] @ (self.channels - keep)
         return self.trace.geoms[name].with_channels(cout, cin)
 
+    def weight_shape(self, name: str, keep: np.ndarray) -> tuple[int, ...] | None:
+        """The shape of layer ``name``'s weight when groups keep ``keep`` channels (``None``: no such weight)."""
+        i = self._param_index.get(f"{name}.weight")
+        if i is None:
+            return None
+        ndim = self.trace.model.get_parameter(f"{name}.weight").dim()
+        rows = slice(i * self._ndim, i * self._ndim + ndim)
+        return tuple(int(d) for d in self._base_dims[rows] - self._m[rows] @ (self.channels - keep))
+
     def layer(self, name: str) -> LayerGeom:
         """The unpruned geometry of factorizable layer ``name`` (PlanError naming why if it is not one)."""
         if name not in self.trace.geoms:

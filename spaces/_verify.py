@@ -29,7 +29,7 @@ import math
 import torch
 from torch import nn
 
-from spaces._cost import measure_cost
+from spaces._cost import measure_cost, parameter_bytes
 from spaces._costmodel import CostModel
 from spaces._errors import UnsupportedModelError
 from spaces._importance import ImportanceScores
@@ -161,7 +161,7 @@ def _check_dimensions(trace: Trace, costs: CostModel, surgery: Surgery, half: Pl
         model = surgery.apply(copy.deepcopy(trace.model), plan)
         got = (
             sum(p.numel() for p in model.parameters()),
-            sum(p.numel() * p.element_size() for p in model.parameters()),
+            parameter_bytes(model),
         )
         cost = costs.cost(plan)
         if got != (cost.params, cost.bytes):

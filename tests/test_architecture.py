@@ -26,7 +26,7 @@ FORBIDDEN: dict[str, set[str]] = {
 # (a sub-package's modules are named "package._module"; every __init__ may import its own package)
 SPACES_LAYERS = [
     {"_vocab", "_errors", "_lazy", "_interrupt"},
-    {"_cost", "_tp_compat", "factorization._base"},
+    {"_cost", "_tp_compat", "_quant", "factorization._base"},
     {"factorization.__init__", "factorization._registry", "dimensions._base"},
     {"dimensions.__init__", "dimensions._registry"},
     {"_plan"},
@@ -35,7 +35,8 @@ SPACES_LAYERS = [
     {"_costmodel", "_importance"},
     {"_surgery", "_sensitivity"},
     {"_verify", "_policy", "_allocate"},
-    {"dimensions._prune", "dimensions._rank", "factorization._svd", "factorization._tucker2", "factorization._tt"},
+    {"dimensions._prune", "dimensions._rank", "dimensions._bits"},
+    {"factorization._svd", "factorization._tucker2", "factorization._tt"},
     {"_space"},
     {"__init__"},
 ]
@@ -43,7 +44,7 @@ SPACES_SUBPACKAGES = ("dimensions", "factorization")
 
 # where a plan dimension or a factorization method may be named in code (its own modules, and the registries)
 DIMENSION_MODULES = ("spaces/dimensions/", "spaces/factorization/")
-DIMENSION_NAMES = {"prune", "rank", "method", "svd", "tucker2", "tt"}
+DIMENSION_NAMES = {"prune", "rank", "method", "bits", "act_bits", "svd", "tucker2", "tt"}
 
 
 def _sources() -> list[Path]:

@@ -42,6 +42,7 @@ from search.drivers._prepare import Prepared, allocator_sensitivity, prepare
 from search.drivers._samplers import make_sampler
 from search.drivers._sampling import level_of, params_from_plan, plan_from_params
 from spaces import CandidateKind, Status
+from spaces.dimensions import dimensions
 
 if TYPE_CHECKING:
     import optuna
@@ -281,12 +282,11 @@ class Search:
         the cap, and the allocator's at the floor when the study spans a range of costs."""
         p, space = self.prepared, self.cfg.space
         out: list[tuple[CandidateKind, Plan, float]] = []
+        extra = {k: v for dim in dimensions() for k, v in dim.seed_entries(p.space, p.space_options).items()}
         for seed in map(CandidateKind, self.cfg.search.seed_plans):
-            if seed is CandidateKind.UNIFORM:
-                out.append((seed, p.uniform, 1.0))
-                continue
-            if seed is CandidateKind.GLOBAL:
-                out.append((seed, p.space.global_plan(p.budget), 1.0))
+            if seed in (CandidateKind.UNIFORM, CandidateKind.GLOBAL):
+                plan = p.uniform if seed is CandidateKind.UNIFORM else p.space.global_plan(p.budget)
+                out.append((seed, p.space.fit(plan.replace(**extra), p.budget) if extra else plan, 1.0))
                 continue
             levels = [1.0, p.floor] if p.floor < 1.0 else [1.0]
             # ranks have no measured sensitivity: a joint allocation keeps the importance and energy shares
@@ -295,7 +295,7 @@ class Search:
             for level, kind in zip(levels, (CandidateKind.ALLOCATOR, CandidateKind.ALLOCATOR_FLOOR), strict=False):
                 budget = p.budget.scaled(level)
                 allocation = p.space.allocate(budget, rank=space.rank, method=space.method, sensitivity=sens)
-                out.append((kind, p.space.fit(allocation.plan, budget), level))
+                out.append((kind, p.space.fit(allocation.plan.replace(**extra), budget), level))
         return out
 
     def new_result(self) -> RunResult:

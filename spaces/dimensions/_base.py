@@ -253,6 +253,15 @@ class Dimension(ABC):
         """The values of ``specs`` closest to ``plan`` (to tell the sampler about a seed plan)."""
         return {}
 
+    def seed_entries(self, space: ModelSpace, options: Mapping[str, Any]) -> Entries:
+        """What the study's one-shot seed plans (uniform, global ranking) get of this dimension (none by default).
+
+        A dimension the study searches may give its safest setting here (bits:
+        every layer at 8 bits), so that the seeds use it before ``fit`` prunes
+        them onto the budget.
+        """
+        return {}
+
     # ------------------------------------------------------------ the allocator
     def allocator_blocks(self, space: ModelSpace, point: AllocPoint) -> list[Block]:
         """This dimension's variables around ``point`` (none by default: it takes no part)."""

@@ -19,6 +19,7 @@ __all__ = ["dimension", "dimensions", "plan_keys", "register_dimension", "unregi
 _BUILTIN = {
     "prune": "spaces.dimensions._prune:PruneDimension",
     "rank": "spaces.dimensions._rank:RankDimension",
+    "bits": "spaces.dimensions._bits:BitsDimension",
 }
 _entries: dict[str, Dimension | str] = dict(_BUILTIN)
 _sorted: list[tuple[Dimension, ...]] = []  # a cache of dimensions(), emptied by every registration

@@ -56,6 +56,26 @@ def test_per_stage_ratios_three_for_resnet20_round_trip(space: ModelSpace) -> No
     assert params_from_plan(space, plan, d, opts, level=0.5) == params  # a plan uniform per stage maps back exactly
 
 
+@pytest.mark.parametrize("mode", ["weights", "weights+activations"])
+def test_one_bits_knob_the_share_at_four_bits_round_trips(space: ModelSpace, mode: str) -> None:
+    opts = {"max_ratio": 0.8, "rank": False, "method": "svd", "quantize": mode}
+    d = distributions(space, opts)
+    assert (d["bits:share4"].low, d["bits:share4"].high, d["bits:share4"].step) == (0.0, 1.0, 0.125)
+    assert "bits:share4" not in distributions(space, {**opts, "quantize": "none"})
+    prune = {f"prune:{g.id}": 0.25 for g in space.groups}
+    layers = list(space.costs.trace.spatial)  # every conv and the classifier, in forward order
+    for share in (0.0, 0.5, 1.0):
+        plan = plan_from_params(space, {**prune, "bits:share4": share}, opts)
+        assert set(plan.bits) == set(layers)
+        assert plan.bits[layers[0]] == plan.bits[layers[-1]] == 8  # the input conv and the classifier stay at 8
+        assert (plan.act_bits == dict.fromkeys(layers, 8)) == (mode == "weights+activations")
+        back = params_from_plan(space, plan, d, opts)
+        assert back["bits:share4"] == pytest.approx(share, abs=0.125 if 0 < share < 1 else 0)
+    four = [n for n, b in plan_from_params(space, {**prune, "bits:share4": 0.5}, opts).bits.items() if b == 4]
+    sizes = {n: space.costs.trace.model.get_submodule(n).weight.numel() for n in layers}
+    assert min(sizes[n] for n in four) >= max(sizes[n] for n in layers[1:-1] if n not in four)  # largest first
+
+
 def test_the_level_parameter_spans_floor_to_cap_log_uniformly(space: ModelSpace) -> None:
     d = distributions(space, max_ratio=0.8, rank=False, method="svd", floor=0.25)
     assert (d["level"].low, d["level"].high, d["level"].log) == (0.25, 1.0, True)

@@ -9,6 +9,7 @@ import torch
 
 from spaces import ModelSpace, Plan, measure_cost
 from spaces._verify import scrambled
+from spaces.dimensions._bits import quantizable_layers
 from tests.spaces.models import ARCHS
 
 _CACHE: dict[str, tuple[torch.nn.Module, torch.Tensor, ModelSpace]] = {}
@@ -73,6 +74,31 @@ def test_factorized_and_joint_plans_cost_equals_measured(name: str) -> None:
     assert y.shape == (2, 10) and torch.isfinite(y).all()
     assert space.cost(plan) == measure_cost(pruned, x)
     assert space.cost(plan).macs < space.cost(Plan(prune=plan.prune)).macs
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_random_bit_plans_cost_equals_measured(name: str) -> None:
+    """Bits on random layers (some with 8-bit inputs), beside pruning and ranks on others: bytes exact, MACs kept."""
+    _, x, space = _space(name)
+    rng = random.Random(name + "bits")
+    layers = list(quantizable_layers(space.costs))
+    bits = {n: rng.choice((4, 8)) for n in layers if rng.random() < 0.6}
+    ranked = [g for g in space.layers if g.name not in bits][:2]
+    plan = Plan(
+        prune={g.id: rng.uniform(0.0, 0.7) for g in space.groups if rng.random() < 0.5},
+        rank={g.name: 0.5 for g in ranked},
+        bits=bits,
+        act_bits={n: 8 for n in bits if rng.random() < 0.5},
+    )
+    model = space.apply(plan).train()
+    with torch.no_grad():
+        model(x)  # calibrates the input ranges
+        y = model.eval()(x)
+    assert y.shape == (2, 10) and torch.isfinite(y).all()
+    cost = space.cost(plan)
+    assert cost == measure_cost(model, x)
+    without = space.cost(plan.replace(bits={}, act_bits={}))
+    assert (cost.macs, cost.params) == (without.macs, without.params) and cost.bytes < without.bytes
 
 
 @pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2", "densenet121", "googlenet", "efficientnet_b0"])

@@ -1,0 +1,196 @@
+"""Per-layer weight bit widths as a plan dimension: ``bits = {layer: 8 | 4}``, ``act_bits = {layer: 8}``.
+
+A layer named in ``bits`` (a plain ``Conv2d`` or ``Linear`` the forward pass
+calls) computes with its weights quantized symmetrically per output channel
+at that width (absent: float32), and with ``act_bits`` its input quantized to
+8 bits per tensor (:mod:`spaces._quant`, the simulated quantizer candidates are
+fine-tuned through). Bits are resolved on the pruned shape: a quantized weight
+costs ``ceil(numel * bits / 8)`` bytes plus a float32 scale and a one-byte zero
+point per output channel (:func:`spaces.quantized_bytes`); MACs and the
+parameter count do not change. Quantization applies to dense layers: a layer
+with both a rank and bits is a one-line error.
+
+``fit`` holds the bits and moves the pruning: a bytes budget that the bits
+alone do not meet is met by pruning more (the allocator, which trades bits,
+channels and ranks in one program, is the way to let bits go first).
+
+The sampler gets one parameter, not one per layer (Optuna's TPE learns a few
+meaningful knobs from 30 candidates, not hundreds): ``bits:share4``, the
+share of the eligible layers' weights at 4 bits on the grid 0, 1/8, ..., 1;
+every other quantizable layer is at 8 bits. The layers that go to 4 bits
+first are the largest (the most bytes saved per layer), never the first and
+the last layer (the input convolution and the classifier, which the
+literature and every int8 runtime keep at 8 bits or more). With
+``space.quantize = "weights+activations"`` every quantized layer also gets
+8-bit inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from spaces._cost import quantized_bytes
+from spaces._errors import InputTypeError, PlanError
+from spaces.dimensions._base import CostState, Dimension, Entries, ParamSpec, StructureRow
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
+
+    from spaces._costmodel import CostModel
+    from spaces._plan import Plan
+    from spaces._space import ModelSpace
+    from spaces._surgery import Surgery
+
+__all__ = ["WEIGHT_BITS", "BitsDimension", "quantizable_layers"]
+
+WEIGHT_BITS = (4, 8)  # the widths a plan may give a layer's weights (absent: float32)
+ACT_BITS = (8,)
+QUANTIZE_MODES = ("none", "weights", "weights+activations")
+_SHARE_STEP = 0.125
+
+
+def _check_bits(key: str, layer: Any, bits: Any, offered: tuple[int, ...]) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise InputTypeError(f"{key} of layer {layer!r} must be an int, one of {offered}, got {bits!r}")
+    if bits not in offered:
+        raise PlanError(f"{key} of layer {layer!r} must be one of {offered} (absent: float32), got {bits}")
+    return bits
+
+
+def quantizable_layers(costs: CostModel) -> dict[str, int]:
+    """The plain ``Conv2d`` / ``Linear`` layers the forward pass calls, in its order, with their weight's size."""
+    from spaces._quant import is_quantizable  # torch
+
+    model = costs.trace.model
+    out = {}
+    for name in costs.trace.spatial:
+        mod = model.get_submodule(name) if name else model
+        if is_quantizable(mod) and hasattr(mod, "weight"):
+            out[name] = sum(p.numel() for n, p in mod.named_parameters(recurse=False) if n == "weight")
+    return out
+
+
+def _four_bit_order(costs: CostModel) -> list[str]:
+    """The layers that take 4 bits first: the largest, never the first or the last layer of the forward pass."""
+    layers = quantizable_layers(costs)
+    names = list(layers)[1:-1]
+    return sorted(names, key=lambda n: (-layers[n], names.index(n)))
+
+
+class BitsDimension(Dimension):
+    key = "bits"
+    extra_keys = ("act_bits",)
+    describe: ClassVar[dict[str, str]] = {"bits": "layer to weight bits", "act_bits": "layer to input bits"}
+    order = 20  # after pruning and factorization: it quantizes the layers they leave
+
+    def normalize(self, values: Entries) -> Entries:
+        bits = {str(k): _check_bits("bits", k, v, WEIGHT_BITS) for k, v in values["bits"].items()}
+        act = {str(k): _check_bits("act_bits", k, v, ACT_BITS) for k, v in values["act_bits"].items()}
+        for layer in act:
+            if layer not in bits:
+                raise PlanError(f"layer {layer!r} has act_bits but no bits (quantized inputs need quantized weights)")
+        return {"bits": bits, "act_bits": act}
+
+    def resolve(self, costs: CostModel, plan: Plan, keep: np.ndarray) -> Any | None:
+        """Per quantized layer: ``(weight bits, input bits or None)``, after checking it can be quantized."""
+        bits = plan.entries("bits")
+        if not bits:
+            return None
+        layers = quantizable_layers(costs)
+        ranks = plan.entries("rank")
+        act = plan.entries("act_bits")
+        for name in bits:
+            if name not in layers:
+                raise PlanError(_not_quantizable(costs, name, layers))
+            if name in ranks:
+                raise PlanError(f"layer {name!r} has both a rank and bits: only a dense layer can be quantized")
+        return {name: (int(b), act.get(name)) for name, b in bits.items()}
+
+    def add_cost(self, costs: CostModel, resolved: Any, keep: np.ndarray, state: CostState) -> None:
+        for name, (bits, _) in resolved.items():
+            shape = costs.weight_shape(name, keep)
+            assert shape is not None  # resolve checked the layer
+            numel = math.prod(shape)
+            state.bytes += quantized_bytes(numel, shape[0], bits) - numel * costs.element_size(name)
+
+    def apply(self, surgery: Surgery, model: nn.Module, resolved: Any, keep: np.ndarray) -> None:
+        from spaces._quant import quantize_layer  # torch
+
+        for name, (bits, act) in resolved.items():
+            quantize_layer(model.get_submodule(name), bits, act)
+
+    def verify_probe(self, costs: CostModel) -> Entries:
+        """The first quantizable layer at 4 bits with 8-bit inputs, the last at 8 bits."""
+        layers = list(quantizable_layers(costs))
+        if not layers:
+            return {}
+        return {"bits": {layers[0]: 4, layers[-1]: 8}, "act_bits": {layers[0]: 8}}
+
+    # ------------------------------------------------------------ the sampler
+    def params(self, space: ModelSpace, options: Mapping[str, Any]) -> dict[str, ParamSpec]:
+        """With ``options["quantize"]`` other than ``"none"``: the share of the eligible weights at 4 bits."""
+        mode = str(options.get("quantize", "none"))
+        if mode not in QUANTIZE_MODES:
+            raise PlanError(f"space.quantize must be one of {', '.join(QUANTIZE_MODES)}, got {mode!r}")
+        if mode == "none" or not quantizable_layers(space.costs):
+            return {}
+        return {"share4": ParamSpec(0.0, 1.0, step=_SHARE_STEP)}
+
+    def from_params(self, space: ModelSpace, values: Mapping[str, float], options: Mapping[str, Any]) -> Entries:
+        if "share4" not in values:
+            return {}
+        layers = quantizable_layers(space.costs)
+        order = _four_bit_order(space.costs)
+        target = float(values["share4"]) * sum(layers[n] for n in order)
+        bits, done = dict.fromkeys(layers, 8), 0
+        for name in order:
+            if done >= target - 0.5:
+                break
+            bits[name], done = 4, done + layers[name]
+        act = dict.fromkeys(layers, 8) if options.get("quantize") == "weights+activations" else {}
+        return {"bits": bits, "act_bits": act}
+
+    def to_params(
+        self, space: ModelSpace, plan: Plan, specs: Mapping[str, ParamSpec], options: Mapping[str, Any]
+    ) -> dict[str, float]:
+        if "share4" not in specs:
+            return {}
+        layers = quantizable_layers(space.costs)
+        order = _four_bit_order(space.costs)
+        total = sum(layers[n] for n in order)
+        four = sum(layers[n] for n in order if plan.entries("bits").get(n) == 4)
+        return {"share4": round(round(four / total / _SHARE_STEP) * _SHARE_STEP, 10) if total else 0.0}
+
+    def seed_entries(self, space: ModelSpace, options: Mapping[str, Any]) -> Entries:
+        """With ``options["quantize"]`` on: every quantizable layer at 8 bits (the share at 4 bits is 0)."""
+        if not self.params(space, options):
+            return {}
+        return self.from_params(space, {"share4": 0.0}, options)
+
+    # ------------------------------------------------------------ the report
+    def summary(self, plan: Plan, limit: int) -> str | None:
+        bits = plan.entries("bits")
+        if not bits:
+            return None
+        counts = {b: sum(1 for v in bits.values() if v == b) for b in sorted(set(bits.values()), reverse=True)}
+        text = ", ".join(f"{n} at {b} bits" for b, n in counts.items())
+        return f"{text}{', 8-bit inputs' if plan.entries('act_bits') else ''}"
+
+    def structure_rows(self, space: ModelSpace, plan: Plan) -> list[StructureRow]:
+        bits = plan.entries("bits")
+        if not bits:
+            return []
+        layers = quantizable_layers(space.costs)
+        return [StructureRow("weight bits", name, int(bits.get(name, 32)), 32) for name in layers]
+
+
+def _not_quantizable(costs: CostModel, name: str, layers: Mapping[str, int]) -> str:
+    """Why ``name`` cannot be quantized, in one line."""
+    if name in costs.trace.spatial:
+        kind = type(costs.trace.model.get_submodule(name)).__name__
+        return f"layer {name!r} cannot be quantized: {kind} is not a plain Conv2d or Linear"
+    example = next(iter(layers), "")
+    return f"unknown layer {name!r}; quantizable layers are Conv2d/Linear names like {example!r}"
