@@ -69,15 +69,14 @@ class ActQuant(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             self._observe(x.detach())
-        if not bool(self.seen):
-            return x  # never calibrated: nothing to quantize against
         levels = 2**self.bits - 1
         lo, hi = torch.clamp(self.lo, max=0.0), torch.clamp(self.hi, min=0.0)
         scale = ((hi - lo) / levels).clamp_min(1e-12)
         zero = torch.round(-lo / scale)
         q = (torch.clamp(torch.round(x / scale) + zero, 0, levels) - zero) * scale
-        clipped = torch.minimum(torch.maximum(x, lo), hi)  # no gradient where clipped
-        return clipped + (q - clipped).detach()
+        clipped = torch.clamp(x, lo, hi)  # no gradient where clipped
+        # never calibrated: nothing to quantize against (a select, not a branch: the graph exports as it is)
+        return torch.where(self.seen, clipped + (q - clipped).detach(), x)
 
     def _observe(self, x: torch.Tensor) -> None:
         lo, hi = x.min(), x.max()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import signal
+from importlib.util import find_spec
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -176,11 +178,41 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
 
+    if args.int8 and args.format != "onnx":
+        raise UsageError("--int8 writes an ONNX model: add --format onnx")
+    if args.format == "onnx" and args.config is None:
+        raise UsageError("--format onnx checks the model on the study's data: give the study's CONFIG")
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if args.format == "onnx" and find_spec(m) is None]
+    if missing:
+        raise UsageError(f"--format onnx needs {', '.join(missing)}: pip install 'prunetune[onnx]'")
     store, study = open_study(args)
     out = export_candidate(store, study, args.out, trial=args.trial)
     print(f"exported trial {args.trial} of {study!r} to {out} (plan.json, weights.safetensors, model.json)")
     print("load it with: from search import load_exported; model = load_exported(DIR)")
+    if args.format == "onnx":
+        _export_onnx(args, out)
     return 0
+
+
+def _export_onnx(args: argparse.Namespace, out: Path) -> None:
+    """``model.onnx`` (and ``model.int8.onnx``) beside the export, and one line per check."""
+    from evaluators import load_data
+    from search.operations._onnx import AGREEMENT_TARGET, export_onnx
+
+    cfg = load_config(args.config)
+    data = load_data(cfg.data.spec, data_dir=cfg.data.data_dir, seed=cfg.data.seed)
+    checks = export_onnx(out, data=data, int8=args.int8, threads=cfg.evaluate.threads or 1)
+    onnx = checks["model.onnx"]
+    print(f"model.onnx: {onnx['bytes']} bytes, outputs within {onnx['parity_max_abs']:.1e} of torch's")
+    if args.int8:
+        lat = checks["latency_batch1"]
+        agree = checks["top1_agreement"]
+        print(
+            f"model.int8.onnx: {checks['model.int8.onnx']['bytes']} bytes (analytic {checks['analytic_bytes']}), "
+            f"top-1 agreement with the simulated model {100 * agree:.2f}% on {checks['agreement_images']} "
+            f"validation images{'' if agree >= AGREEMENT_TARGET else ' (below the 99% target)'}"
+        )
+        print("batch-1 latency (median ms): " + ", ".join(f"{k} {v['median_ms']:.3f}" for k, v in lat.items()))
 
 
 def cmd_report(args: argparse.Namespace) -> int:

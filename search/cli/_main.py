@@ -107,6 +107,18 @@ def _add_readers(sub: Any) -> None:
     _study_args(exp)
     exp.add_argument("--trial", type=int, required=True, help="the trial number (see `prunetune front`)")
     exp.add_argument("--out", required=True, help="output directory")
+    exp.add_argument(
+        "--format",
+        choices=("safetensors", "onnx"),
+        default="safetensors",
+        help="onnx: also model.onnx (torch's exporter, checked against torch within 1e-4); needs CONFIG for data",
+    )
+    exp.add_argument(
+        "--int8",
+        action="store_true",
+        help="with --format onnx: also model.int8.onnx (ONNX Runtime static QDQ quantization, calibrated on "
+        "training images) and its checks in onnx.json: bytes, top-1 agreement on validation, batch-1 latency",
+    )
     exp.set_defaults(func=commands.cmd_export)
 
 

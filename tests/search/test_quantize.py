@@ -3,8 +3,10 @@ and an exported quantized candidate is rebuilt exactly (its input ranges travel 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from evaluators import Context, evaluate_accuracy, load_data
@@ -57,3 +59,22 @@ def test_a_bytes_budget_is_met_with_bits_and_the_export_is_rebuilt_exactly(
     model = load_exported(out)
     acc, _ = evaluate_accuracy(model, Context(data=load_data("digits"), batch_size=64))
     assert acc == best.accuracy
+    # a real int8 model out: ONNX Runtime runs it, and it agrees with the simulated model
+    args = ["export", str(cfg), "--trial", str(best.trial_number), "--out", str(tmp_path / "onnx")]
+    assert main([*args, "--format", "onnx", "--int8"]) == 0
+    checks = json.loads((tmp_path / "onnx" / "onnx.json").read_text())
+    assert checks["model.onnx"]["parity_max_abs"] <= 1e-4
+    assert checks["top1_agreement"] >= 0.99 and checks["agreement_images"] == len(load_data("digits").val)
+    int8 = checks["model.int8.onnx"]
+    assert int8["bytes"] < 0.5 * checks["model.onnx"]["bytes"] and checks["analytic_bytes"] == best.bytes
+    assert abs(int8["tensor_bytes"] / best.bytes - 1) < 0.05  # BatchNorm folded into int32 biases, 4 bits packed
+    assert set(checks["latency_batch1"]) == {"torch", "onnxruntime fp32", "onnxruntime int8"}
+    assert json.loads((tmp_path / "onnx" / "model.json").read_text())["onnx"] == checks
+
+
+def test_onnx_export_needs_its_config_and_int8_needs_onnx(existing: Path, capsys: pytest.CaptureFixture) -> None:
+    db = f"sqlite:///{existing.parent / 'study.db'}"
+    assert main(["export", "--storage", db, "--study", "t", "--trial", "0", "--out", "x", "--int8"]) == 2
+    assert "--int8 writes an ONNX model: add --format onnx" in capsys.readouterr().err
+    assert main(["export", "--storage", db, "--study", "t", "--trial", "0", "--out", "x", "--format", "onnx"]) == 2
+    assert "give the study's CONFIG" in capsys.readouterr().err
