@@ -65,6 +65,9 @@ if TYPE_CHECKING:
         global_plan as global_plan,
         uniform_plan as uniform_plan,
     )
+    from spaces._quant import (
+        dequantized as dequantized,
+    )
     from spaces._sensitivity import (
         SENSITIVITY_RATIOS as SENSITIVITY_RATIOS,
         Sensitivity as Sensitivity,
@@ -118,6 +121,7 @@ _WHERE = {
     "Plan": "_plan",
     "fit": "_policy",
     "global_plan": "_policy",
+    "dequantized": "_quant",
     "Sensitivity": "_sensitivity",
     "SENSITIVITY_RATIOS": "_sensitivity",
     "measure_sensitivity": "_sensitivity",
@@ -166,6 +170,7 @@ __all__ = [
     "UsageError",
     "allocate",
     "check_interrupt",
+    "dequantized",
     "factorize_layer",
     "first_line",
     "fit",

@@ -38,7 +38,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ActQuant", "QuantConv2d", "QuantLinear", "fake_quant_weight", "is_quantizable", "quantize_layer"]
+__all__ = [
+    "ActQuant",
+    "QuantConv2d",
+    "QuantLinear",
+    "dequantized",
+    "fake_quant_weight",
+    "is_quantizable",
+    "quantize_layer",
+]
 
 ACT_MOMENTUM = 0.1
 
@@ -137,3 +145,25 @@ def quantize_layer(layer: nn.Module, bits: int, act_bits: int | None = None) -> 
     setattr(layer, "weight_bits", int(bits))  # noqa: B010 (the attribute is the quantized class's)
     setattr(layer, "act", ActQuant(act_bits).to(weight.device) if act_bits else None)  # noqa: B010
     return layer
+
+
+def dequantized(model: nn.Module) -> tuple[nn.Module, dict[str, tuple[int, tuple[float, float] | None]]]:
+    """A float copy of ``model`` whose quantized layers are plain layers holding their quantized weights (on their
+    grid), and per such layer its weight bits and its observed input range (``None`` where inputs are not quantized
+    or never calibrated): what an int8 runtime is handed (``prunetune export --format onnx --int8``)."""
+    import copy
+
+    out = copy.deepcopy(model).eval()
+    layers: dict[str, tuple[int, tuple[float, float] | None]] = {}
+    for name, mod in out.named_modules():
+        if not isinstance(mod, QuantConv2d | QuantLinear):
+            continue
+        act = mod.act
+        rng = (min(float(act.lo), 0.0), max(float(act.hi), 0.0)) if act is not None and bool(act.seen) else None
+        layers[name] = (mod.weight_bits, rng)
+        with torch.no_grad():
+            mod.weight.copy_(fake_quant_weight(mod.weight, mod.weight_bits))
+        plain: type[nn.Module] = nn.Conv2d if isinstance(mod, QuantConv2d) else nn.Linear
+        mod.__class__ = plain  # type: ignore[assignment]
+        del mod.act, mod.weight_bits
+    return out, layers

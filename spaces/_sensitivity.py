@@ -15,19 +15,27 @@ groups of the largest rise measured, so that a group is worth about one unit,
 as the importance shares it replaces. Summing the groups' rises is the
 additive approximation NetAdapt and AMC make; it is what lets one integer
 program trade channels between groups under every budget at once.
+
+Other plan dimensions take part through their
+:meth:`spaces.dimensions.Dimension.sensitivity_plans`: each unit (a layer) is
+given alone each choice the dimension names (the bits dimension: 8 and 4
+bits), and the rise is kept as ``dims[key][unit][choice]``, so the allocator
+values those choices in the same unit as the channels and one program trades
+them all.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from spaces._plan import Plan
+from spaces.dimensions import dimensions
 
 if TYPE_CHECKING:
     from torch import nn
@@ -45,6 +53,7 @@ class Sensitivity:
 
     base: float
     points: dict[str, list[tuple[int, float]]]
+    dims: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # key -> unit -> choice -> rise
 
     def values(self, gid: str, channels: int, levels: np.ndarray) -> np.ndarray:
         """The value of keeping ``levels`` channels of group ``gid``: minus the interpolated rise, non-decreasing."""
@@ -61,27 +70,61 @@ class Sensitivity:
         mean = float(np.mean(tops)) if tops else 0.0
         return mean if mean > 0 else 1.0
 
+    def rises(self, key: str, unit: str) -> dict[str, float]:
+        """The rises measured for dimension ``key``'s ``unit``, by choice (``{}`` if none were)."""
+        return self.dims.get(key, {}).get(unit, {})
+
     def to_json(self) -> str:
-        return json.dumps({"base": self.base, "points": {g: [list(p) for p in v] for g, v in self.points.items()}})
+        data: dict[str, Any] = {"base": self.base, "points": {g: [list(p) for p in v] for g, v in self.points.items()}}
+        if self.dims:
+            data["dims"] = self.dims
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> Sensitivity:
         data = json.loads(text)
         points = {str(g): [(int(k), float(r)) for k, r in v] for g, v in data["points"].items()}
-        return cls(float(data["base"]), points)
+        dims = {
+            str(key): {str(u): {str(c): float(r) for c, r in ch.items()} for u, ch in units.items()}
+            for key, units in data.get("dims", {}).items()
+        }
+        return cls(float(data["base"]), points, dims)
 
 
 def measure_sensitivity(
-    space: ModelSpace, score: Callable[[nn.Module], float], ratios: Sequence[float] = SENSITIVITY_RATIOS
+    space: ModelSpace,
+    score: Callable[[nn.Module], float],
+    ratios: Sequence[float] = SENSITIVITY_RATIOS,
+    options: Mapping[str, Any] | None = None,
 ) -> Sensitivity:
     """Prune each group alone to each of ``ratios`` and measure ``score`` (a loss: lower is better).
 
     ``score`` gets a fresh model each time (built by :meth:`ModelSpace.apply`).
     Each group is also measured down to one channel, so the allocator never
     extrapolates; a ratio that keeps all of a group, or a count already
-    measured, is skipped.
+    measured, is skipped. ``options`` (the allocator's: ``bits=True``, ...)
+    turn on the other dimensions' choices (see the module docs); a score of a
+    quantized model must calibrate its input quantizers (a forward pass in
+    training mode, as BatchNorm recalibration is).
     """
     base = float(score(space.apply(Plan())))
+    dims: dict[str, dict[str, dict[str, float]]] = {}
+    for dim in dimensions():
+        for unit, choices in dim.sensitivity_plans(space, options or {}).items():
+            rises = {c: float(score(space.apply(_plan(entries)))) - base for c, entries in choices.items()}
+            dims.setdefault(dim.key, {})[unit] = rises
+    return Sensitivity(base, _group_points(space, score, ratios, base), dims)
+
+
+def _plan(entries: Mapping[str, Any]) -> Plan:
+    kwargs: dict[str, Any] = dict(entries)
+    return Plan(**kwargs)
+
+
+def _group_points(
+    space: ModelSpace, score: Callable[[nn.Module], float], ratios: Sequence[float], base: float
+) -> dict[str, list[tuple[int, float]]]:
+    """Per group, ``(kept channels, loss rise)`` with that group alone pruned to each ratio and to one channel."""
     points: dict[str, list[tuple[int, float]]] = {}
     for g in space.groups:
         pts: list[tuple[int, float]] = []
@@ -93,4 +136,4 @@ def measure_sensitivity(
             if keep < g.channels and all(k != keep for k, _ in pts):
                 pts.append((keep, float(score(space.apply(plan))) - base))
         points[g.id] = pts
-    return Sensitivity(base, points)
+    return points

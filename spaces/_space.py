@@ -237,10 +237,13 @@ class ModelSpace:
         )
 
     def sensitivity(
-        self, score: Callable[[nn.Module], float], ratios: Sequence[float] = SENSITIVITY_RATIOS
+        self,
+        score: Callable[[nn.Module], float],
+        ratios: Sequence[float] = SENSITIVITY_RATIOS,
+        options: Mapping[str, Any] | None = None,
     ) -> Sensitivity:
         """See :func:`spaces.measure_sensitivity`."""
-        return measure_sensitivity(self, score, ratios)
+        return measure_sensitivity(self, score, ratios, options)
 
     def __repr__(self) -> str:
         return (

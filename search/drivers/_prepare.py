@@ -11,7 +11,7 @@ candidate's life (:mod:`search.drivers._candidate`).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -220,7 +220,7 @@ def importance_scores(cfg: Config, space: ModelSpace, data: DataBundle, base_wei
     return path
 
 
-def allocator_sensitivity(p: Prepared) -> Sensitivity:
+def allocator_sensitivity(p: Prepared, options: Mapping[str, Any] | None = None) -> Sensitivity:
     """The measured sensitivity the allocator's seed plans are valued by: from the cache, or measured and cached.
 
     Each group pruned alone to :data:`spaces.SENSITIVITY_RATIOS` of its channels and to one,
@@ -229,7 +229,9 @@ def allocator_sensitivity(p: Prepared) -> Sensitivity:
     on; the test split is never read). Kept beside the baselines as
     ``artifacts/baselines/sensitivity-<key>.json``, keyed by the base weights,
     the data and the space's options, so every later study of the same base
-    model reads it.
+    model reads it. ``options`` (the allocator's, from the plan dimensions'
+    ``allocator_options``) add the other dimensions' choices (each layer alone
+    at 8 and at 4 bits, ...) to the table and to its key.
     """
     import hashlib
 
@@ -238,7 +240,9 @@ def allocator_sensitivity(p: Prepared) -> Sensitivity:
 
     cfg, sp = p.config, p.config.space
     weights = file_sha256(p.base_weights) if p.base_weights is not None else p.study
-    parts = (weights, p.data.spec, cfg.data.seed, sp.importance, sp.round_to, sp.ignored_layers)
+    parts: tuple[Any, ...] = (weights, p.data.spec, cfg.data.seed, sp.importance, sp.round_to, sp.ignored_layers)
+    if options:
+        parts += (sorted(options.items()),)  # absent without options: older tables keep their key
     key = hashlib.sha256(
         repr((*parts, sp.calibration_samples, SENSITIVITY_RATIOS, cfg.evaluate.batch_size)).encode()
     ).hexdigest()
@@ -248,7 +252,7 @@ def allocator_sensitivity(p: Prepared) -> Sensitivity:
             return Sensitivity.from_json(path.read_text())
         except (ValueError, KeyError, TypeError, OSError):
             pass  # damaged: measured again below
-    table = p.space.sensitivity(_loss_of(p))
+    table = p.space.sensitivity(_loss_of(p), options=options)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(table.to_json())

@@ -280,7 +280,7 @@ class Search:
     def seed_plans(self) -> list[tuple[CandidateKind, Plan, float]]:
         """``(kind, plan, level)`` to evaluate first: the allocator's, the uniform and the global-ranking plan at
         the cap, and the allocator's at the floor when the study spans a range of costs."""
-        p, space = self.prepared, self.cfg.space
+        p = self.prepared
         out: list[tuple[CandidateKind, Plan, float]] = []
         extra = {k: v for dim in dimensions() for k, v in dim.seed_entries(p.space, p.space_options).items()}
         for seed in map(CandidateKind, self.cfg.search.seed_plans):
@@ -288,14 +288,24 @@ class Search:
                 plan = p.uniform if seed is CandidateKind.UNIFORM else p.space.global_plan(p.budget)
                 out.append((seed, p.space.fit(plan.replace(**extra), p.budget) if extra else plan, 1.0))
                 continue
-            levels = [1.0, p.floor] if p.floor < 1.0 else [1.0]
-            # ranks have no measured sensitivity: a joint allocation keeps the importance and energy shares
-            measured = self.cfg.search.allocator == "sensitivity" and not space.rank
-            sens = allocator_sensitivity(p) if measured else None
-            for level, kind in zip(levels, (CandidateKind.ALLOCATOR, CandidateKind.ALLOCATOR_FLOOR), strict=False):
-                budget = p.budget.scaled(level)
-                allocation = p.space.allocate(budget, rank=space.rank, method=space.method, sensitivity=sens)
-                out.append((kind, p.space.fit(allocation.plan.replace(**extra), budget), level))
+            out += self._allocator_seeds(extra)
+        return out
+
+    def _allocator_seeds(self, extra: dict[str, Any]) -> list[tuple[CandidateKind, Plan, float]]:
+        """The allocator's plans at the cap (and the floor): every dimension the study searches that the allocator
+        takes part in (``allocator_options``), valued by measured sensitivity unless ranks are searched."""
+        p, space = self.prepared, self.cfg.space
+        levels = [1.0, p.floor] if p.floor < 1.0 else [1.0]
+        more = {k: v for dim in dimensions() for k, v in dim.allocator_options(p.space_options).items()}
+        # ranks have no measured sensitivity: a joint allocation keeps the importance and energy shares
+        measured = self.cfg.search.allocator == "sensitivity" and not space.rank
+        sens = allocator_sensitivity(p, more) if measured else None
+        out = []
+        for level, kind in zip(levels, (CandidateKind.ALLOCATOR, CandidateKind.ALLOCATOR_FLOOR), strict=False):
+            budget = p.budget.scaled(level)
+            plan = p.space.allocate(budget, rank=space.rank, method=space.method, sensitivity=sens, **more).plan
+            missing = {k: v for k, v in extra.items() if not plan.entries(k)}  # what the allocator did not choose
+            out.append((kind, p.space.fit(plan.replace(**missing), budget) if missing else plan, level))
         return out
 
     def new_result(self) -> RunResult:

@@ -36,7 +36,6 @@ torch, ONNX Runtime float32 and ONNX Runtime int8.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import statistics
@@ -100,30 +99,6 @@ def _session(path: Path, threads: int) -> Any:
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def _dequantized(model: nn.Module) -> tuple[nn.Module, dict[str, tuple[int, tuple[float, float] | None]]]:
-    """A float copy of ``model`` whose quantized layers hold their quantized weights, and those layers' bits and
-    observed input ranges (``{layer: (bits, (lo, hi) or None)}``)."""
-    import torch
-    from torch import nn
-
-    from spaces._quant import QuantConv2d, fake_quant_weight
-
-    out = copy.deepcopy(model).eval()
-    layers: dict[str, tuple[int, tuple[float, float] | None]] = {}
-    for name, mod in out.named_modules():
-        bits = getattr(mod, "weight_bits", None)
-        if not bits:
-            continue
-        act = mod.act
-        seen = act is not None and bool(act.seen)
-        layers[name] = (int(bits), (min(float(act.lo), 0.0), max(float(act.hi), 0.0)) if seen else None)
-        with torch.no_grad():
-            mod.weight.copy_(fake_quant_weight(mod.weight, int(bits)))
-        mod.__class__ = nn.Conv2d if isinstance(mod, QuantConv2d) else nn.Linear
-        del mod.act, mod.weight_bits
-    return out, layers
 
 
 def _tensor_bytes(path: Path) -> int:
@@ -273,7 +248,7 @@ def export_onnx(
     import torch
 
     from search.operations._export import load_exported
-    from spaces import Plan
+    from spaces import Plan, dequantized
 
     torch.set_num_threads(threads)
     model = load_exported(d)
@@ -281,7 +256,7 @@ def export_onnx(
     meta = json.loads((d / "model.json").read_text())
     x, _ = next(iter(data.val_loader(64)))
     path = d / "model.onnx"
-    float_model, layers = _dequantized(model)
+    float_model, layers = dequantized(model)
     _write_onnx(float_model, x[:1], path)
     with torch.no_grad():
         diff = float((_outputs(_session(path, threads), x) - float_model(x)).abs().max())

@@ -42,6 +42,9 @@ What a dimension implements, and who calls it:
   (:mod:`spaces._allocate`), as :class:`Block` s linearised around the current
   :class:`AllocPoint`, what the solver's choices mean, and the plan entries of
   the final point. A dimension without them takes no part in the program.
+  Its :meth:`Dimension.sensitivity_plans` name the plans that measure its
+  choices' loss rises (:func:`spaces.measure_sensitivity`), which its blocks
+  then read from the :class:`~spaces.Sensitivity` table.
 * **The report** (:meth:`Dimension.summary`, :meth:`Dimension.structure_rows`):
   a short phrase for the tables' plan column, and per unit what a plan keeps
   of it, as :class:`StructureRow` s (the report's structure panel).
@@ -278,6 +281,21 @@ class Dimension(ABC):
 
     def allocator_entries(self, space: ModelSpace, point: AllocPoint) -> Entries:
         """The plan entries of the allocator's final ``point`` (none by default)."""
+        return {}
+
+    def allocator_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The :func:`spaces.allocate` options (``bits=True``, ...) that a study's ``[space]`` options ask for.
+
+        The study passes them to the allocator and to the sensitivity
+        measurement, so it never names a dimension; none by default.
+        """
+        return {}
+
+    def sensitivity_plans(self, space: ModelSpace, options: Mapping[str, Any]) -> dict[str, dict[str, Entries]]:
+        """Per unit and choice, the plan entries whose loss rise :func:`spaces.measure_sensitivity` measures.
+
+        ``options`` are the allocator's (``bits=True``, ...); none by default.
+        """
         return {}
 
     # ------------------------------------------------------------ the report

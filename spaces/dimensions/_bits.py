@@ -11,8 +11,19 @@ parameter count do not change. Quantization applies to dense layers: a layer
 with both a rank and bits is a one-line error.
 
 ``fit`` holds the bits and moves the pruning: a bytes budget that the bits
-alone do not meet is met by pruning more (the allocator, which trades bits,
-channels and ranks in one program, is the way to let bits go first).
+alone do not meet is met by pruning more (the allocator, which trades bits
+and channels in one program, is the way to let bits go first).
+
+In the allocator (``allocate(..., bits=True)``, ``act_bits=True`` for 8-bit
+inputs) every quantizable layer is at 4 bits and may take one step to 8: a
+chain of one variable whose cost is the bytes the step adds at the point's
+pruned shape, and whose value is the loss rise it avoids, measured with the
+layer alone at 4 and at 8 bits (:meth:`BitsDimension.sensitivity_plans`,
+in the sensitivity table's unit, so channels and bits trade one for one). With
+no measured table the value is the drop in the layer's relative weight error
+(``|W - Q(W)|² / |W|²``): the share of the layer's weight energy that 4-bit
+noise takes and 8 bits give back, read in the unit of a group's importance
+shares (the share of its squared magnitude a pruned block takes).
 
 The sampler gets one parameter, not one per layer (Optuna's TPE learns a few
 meaningful knobs from 30 candidates, not hundreds): ``bits:share4``, the
@@ -33,7 +44,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from spaces._cost import quantized_bytes
 from spaces._errors import InputTypeError, PlanError
-from spaces.dimensions._base import CostState, Dimension, Entries, ParamSpec, StructureRow
+from spaces.dimensions._base import AllocPoint, Block, CostState, Dimension, Entries, ParamSpec, StructureRow
 
 if TYPE_CHECKING:
     import numpy as np
@@ -170,6 +181,77 @@ class BitsDimension(Dimension):
             return {}
         return self.from_params(space, {"share4": 0.0}, options)
 
+    # ------------------------------------------------------------ the allocator
+    def allocator_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``space.quantize``: weights (``bits=True``), and with weights+activations ``act_bits=True``."""
+        mode = str(options.get("quantize", "none"))
+        return {} if mode == "none" else {"bits": True, "act_bits": mode == "weights+activations"}
+
+    def sensitivity_plans(self, space: ModelSpace, options: Mapping[str, Any]) -> dict[str, dict[str, Entries]]:
+        """With ``options["bits"]``: each quantizable layer alone at 4 and at 8 bits (inputs too with act_bits)."""
+        if not options.get("bits"):
+            return {}
+        act = options.get("act_bits")
+        return {
+            name: {str(b): {"bits": {name: b}, "act_bits": {name: 8} if act else {}} for b in WEIGHT_BITS}
+            for name in quantizable_layers(space.costs)
+        }
+
+    def allocator_blocks(self, space: ModelSpace, point: AllocPoint) -> list[Block]:
+        """With ``options["bits"]``: per quantizable layer, 4 bits, and one step to 8 (see the module docs)."""
+        import numpy as np
+
+        if not point.options.get("bits"):
+            return []
+        if point.options.get("rank"):
+            raise PlanError("allocate: bits and rank together are not offered (a layer is quantized or factorized)")
+        now = point.resolved.get(self.key) or {}
+        values = self._step_values(space, point)
+        bytes_at = np.array([m == "bytes" for m in point.metrics], dtype=np.float64)  # bits move bytes only
+        blocks = []
+        for name in quantizable_layers(space.costs):
+            shape = space.costs.weight_shape(name, point.keep)
+            assert shape is not None
+            numel, out = math.prod(shape), shape[0]
+            four, eight = quantized_bytes(numel, out, 4), quantized_bytes(numel, out, 8)
+            current = (
+                quantized_bytes(numel, out, now[name][0]) if name in now else numel * space.costs.element_size(name)
+            )
+            step = Block(
+                unit=name,
+                values=[values[name]],
+                costs=[(eight - four) * bytes_at],
+                base_cost=(four - current) * bytes_at,
+            )
+            blocks.append(step)
+        return blocks
+
+    def _step_values(self, space: ModelSpace, point: AllocPoint) -> dict[str, float]:
+        """What 8 bits over 4 are worth per layer: measured rises, else the relative weight error they remove."""
+        if "bits_values" in point.cache:
+            return point.cache["bits_values"]
+        sens = point.options.get("sensitivity")
+        layers = quantizable_layers(space.costs)
+        rises = {n: sens.rises(self.key, n) for n in layers} if sens is not None else {}
+        if sens is not None and rises and all(rises.values()):
+            out = {n: max(r["4"] - r["8"], 0.0) / sens.scale for n, r in rises.items()}
+        else:
+            out = _weight_error_gain(space, layers)
+        point.cache["bits_values"] = out
+        return out
+
+    def allocator_decode(self, space: ModelSpace, point: AllocPoint, choices: list[tuple[bool, int]]) -> None:
+        if not choices:
+            return
+        act = 8 if point.options.get("act_bits") else None
+        layers = quantizable_layers(space.costs)
+        point.resolved[self.key] = {n: (8 if steps else 4, act) for n, (_, steps) in zip(layers, choices, strict=True)}
+
+    def allocator_entries(self, space: ModelSpace, point: AllocPoint) -> Entries:
+        resolved = point.resolved.get(self.key) or {}
+        act = {n: a for n, (_, a) in resolved.items() if a}
+        return {"bits": {n: b for n, (b, _) in resolved.items()}, "act_bits": act} if resolved else {}
+
     # ------------------------------------------------------------ the report
     def summary(self, plan: Plan, limit: int) -> str | None:
         bits = plan.entries("bits")
@@ -185,6 +267,23 @@ class BitsDimension(Dimension):
             return []
         layers = quantizable_layers(space.costs)
         return [StructureRow("weight bits", name, int(bits.get(name, 32)), 32) for name in layers]
+
+
+def _weight_error_gain(space: ModelSpace, layers: Mapping[str, int]) -> dict[str, float]:
+    """Per layer, the relative weight error (|W - Q(W)|² / |W|²) that 8 bits remove against 4."""
+    import torch
+
+    from spaces._quant import fake_quant_weight  # torch
+
+    gain = {}
+    with torch.no_grad():
+        for name in layers:
+            w = space.model.get_submodule(name).weight
+            assert isinstance(w, torch.Tensor)
+            norm = float(w.pow(2).sum()) or 1.0
+            err = {b: float((w - fake_quant_weight(w, b)).pow(2).sum()) / norm for b in WEIGHT_BITS}
+            gain[name] = max(err[4] - err[8], 0.0)
+    return gain
 
 
 def _not_quantizable(costs: CostModel, name: str, layers: Mapping[str, int]) -> str:

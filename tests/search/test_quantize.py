@@ -53,6 +53,10 @@ def test_a_bytes_budget_is_met_with_bits_and_the_export_is_rebuilt_exactly(
         assert r.bytes is not None and r.bytes <= limit
     uniform = next(Plan.from_json(r.plan) for r in rows if r.kind == "uniform")
     assert set(uniform.bits.values()) == {8}  # the seeds are at 8 bits, pruned onto the rest of the budget
+    allocated = next(Plan.from_json(r.plan) for r in rows if r.kind == "allocator")
+    assert 4 in allocated.bits.values() and set(allocated.act_bits) == set(allocated.bits)  # the allocator chose bits
+    (table,) = (Path(config.search.artifacts_dir) / "baselines").glob("sensitivity-*.json")
+    assert set(json.loads(table.read_text())["dims"]["bits"]) == set(allocated.bits)  # each layer at 8 and 4, measured
     best = max(rows, key=lambda r: r.accuracy or 0.0)
     out = tmp_path / "export"
     assert main(["export", str(cfg), "--trial", str(best.trial_number), "--out", str(out)]) == 0

@@ -8,8 +8,19 @@ import pytest
 import torch
 from torch import nn
 
-from spaces import InputTypeError, ModelSpace, Plan, PlanError, measure_cost, quantized_bytes
+from spaces import (
+    Budget,
+    InputTypeError,
+    ModelSpace,
+    Plan,
+    PlanError,
+    Sensitivity,
+    allocate,
+    measure_cost,
+    quantized_bytes,
+)
 from spaces._quant import QuantConv2d, QuantLinear, fake_quant_weight, quantize_layer
+from spaces.dimensions._bits import quantizable_layers
 from tests.spaces.models import MODELS
 
 
@@ -123,3 +134,53 @@ def test_weights_file_of_a_quantized_model_loads_into_the_rebuilt_one(space: Mod
     assert bool(b.layer1[0].conv1.act.seen)
     torch.testing.assert_close(a(x), b(x))
     assert math.isclose(float(b.layer1[0].conv1.act.hi), float(a.layer1[0].conv1.act.hi))
+
+
+# ---------------------------------------------------------------------- bits in the allocator
+def test_the_allocator_meets_a_bytes_budget_with_bits_before_channels(space: ModelSpace) -> None:
+    base = space.base_cost
+    layers = quantizable_layers(space.costs)
+    int8 = space.cost(Plan(bits=dict.fromkeys(layers, 8))).bytes / base.bytes
+    assert 0.25 < int8 < 0.26  # a quarter, plus a float32 scale and a zero point per output channel
+    shares = {}
+    for limit in ("25%", "10%"):
+        budget = Budget(bytes=limit)
+        joint = allocate(space, budget, rank=False, bits=True, act_bits=True).plan
+        cost = space.cost(joint)
+        assert (
+            cost.bytes <= budget.absolute(base)["bytes"]
+            and measure_cost(space.apply(joint), space.example_inputs) == cost
+        )
+        assert set(joint.bits) == set(layers) and set(joint.act_bits) == set(layers)
+        channels_only = space.cost(allocate(space, budget, rank=False).plan)
+        assert cost.macs > 1.4 * channels_only.macs  # bits take the bytes that pruning alone pays for in MACs
+        shares[limit] = sum(layers[n] for n, b in joint.bits.items() if b == 4) / sum(layers.values())
+    assert joint.prune and 0 < shares["25%"] < shares["10%"]  # a tighter budget: more weights at 4 bits, and pruning
+    assert not allocate(space, Budget(bytes="25%"), rank=False, bits=True).plan.prune  # bits alone meet 25 %
+    with pytest.raises(PlanError, match="bits and rank together are not offered"):
+        allocate(space, Budget(bytes="25%"), rank=True, bits=True)
+
+
+def test_measured_bit_sensitivity_keeps_the_sensitive_layers_at_8_bits(space: ModelSpace) -> None:
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = space.model.eval()(x)
+
+    def output_error(model: nn.Module) -> float:  # a loss: the squared output error on fixed inputs
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = 0.0  # the forward pass in training mode below must not move the statistics
+        model.train()(x)  # it calibrates the input quantizers, as BatchNorm recalibration does
+        with torch.no_grad():
+            return float((model.eval()(x) - ref).pow(2).mean())
+
+    sens = space.sensitivity(output_error, ratios=(0.5,), options={"bits": True})
+    layers = quantizable_layers(space.costs)
+    assert set(sens.dims["bits"]) == set(layers)
+    assert all(r["4"] > r["8"] for r in sens.dims["bits"].values())  # 4 bits always hurt more than 8
+    assert Sensitivity.from_json(sens.to_json()) == sens
+    plan = allocate(space, Budget(bytes="20%"), rank=False, bits=True, sensitivity=sens).plan
+    gain = {n: r["4"] - r["8"] for n, r in sens.dims["bits"].items()}
+    eight = [gain[n] for n, b in plan.bits.items() if b == 8]
+    four = [gain[n] for n, b in plan.bits.items() if b == 4]
+    assert eight and four and sum(eight) / len(eight) > sum(four) / len(four)
