@@ -3,7 +3,7 @@
 Formulation (a 0-1 integer program, solved with ``scipy.optimize.milp``/HiGHS).
 Each plan dimension brings its own variables (:meth:`spaces.dimensions.Dimension.allocator_blocks`:
 ordered chains of steps, optionally with an exclusive alternative); the
-program below is what the two built-in dimensions bring:
+program below is what the built-in dimensions bring:
 
 * **Channel blocks.** Each group's channels, sorted by importance (the space's
   criterion, on the original weights), are cut into at most ``blocks`` blocks
@@ -22,6 +22,11 @@ program below is what the two built-in dimensions bring:
   Ranks go up to one below the layer's break-even rank (a rank at or above
   it keeps the layer dense: :meth:`spaces.LayerGeom.factor_ranks`), so
   factorizing always saves and every rank is costed as the plan applies it.
+* **Bits** (``allocate(..., bits=True)``, :mod:`spaces.dimensions._bits`):
+  each quantizable layer is at 4 bits and may step to 8; the step costs the
+  bytes it adds at the current pruned shape and is worth the loss rise it
+  avoids (measured with the layer alone at 4 and at 8 bits), or the relative
+  weight error it removes. Bits and ranks are not offered together.
 * **Constraints.** Every budget limit (MACs, params, bytes) at once.
 
 Pruning and factorization interact: a conv's cost is ``C_in * C_out`` (a

@@ -82,7 +82,10 @@ def panels() -> tuple[Panel, ...]:
 
 def _front(r: ReportInput) -> str:
     front = r.df[r.df["on_front"]].sort_values("macs")
-    shown = ["trial", "kind", "accuracy", "rung_steps", "test_accuracy", "macs_pct", "params_pct", "latency_ms", "plan"]
+    shown = [
+        "trial", "kind", "accuracy", "rung_steps", "test_accuracy", "macs_pct", "params_pct", "bytes_pct", "latency_ms",
+        "plan",
+    ]  # fmt: skip
     return div(front_figure(r.df, r.info), "pt-front") + table(front[shown])
 
 

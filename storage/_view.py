@@ -24,8 +24,8 @@ __all__ = ["VIEW_COLUMNS", "candidate_view", "plan_summary"]
 
 VIEW_COLUMNS = (
     "trial", "candidate", "status", "kind", "accuracy", "rung", "rung_steps", "test_accuracy", "macs", "macs_pct",
-    "params", "params_pct", "bytes", "latency_ms", "seconds", "on_front", "attempts", "plan_hash", "plan", "error",
-    *(f"t_{k}" for k in PHASES), "history",
+    "params", "params_pct", "bytes", "bytes_pct", "latency_ms", "seconds", "on_front", "attempts", "plan_hash", "plan",
+    "error", *(f"t_{k}" for k in PHASES), "history",
 )  # fmt: skip
 
 
@@ -59,7 +59,8 @@ def candidate_view(row: CandidateRow, base_cost: Mapping[str, Any], front: Colle
         "macs_pct": _pct(row.macs, base_cost, "macs"),
         "params": row.params,
         "params_pct": _pct(row.params, base_cost, "params"),
-        "bytes": row.bytes,
+        "bytes": row.bytes,  # weights at their bit widths (quantized layers: packed, plus scales and zero points)
+        "bytes_pct": _pct(row.bytes, base_cost, "bytes"),
         "latency_ms": row.latency,
         "seconds": row.seconds,
         "on_front": row.id in front,

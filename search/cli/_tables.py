@@ -24,9 +24,10 @@ def front_table(title: str, rows: Sequence[CandidateRow], base_cost: dict[str, A
     """The front as a table that fits the terminal: one line per candidate.
 
     Columns with no value in any row (``test acc`` before ``finalize``,
-    ``latency ms`` when nothing was measured) are left out, and the plan
-    summary is cut with an ellipsis to the width that is left; the whole plan
-    is printed by ``prunetune front --plans`` and in the report's CSV.
+    ``latency ms`` when nothing was measured) are left out, as is ``bytes %``
+    when it equals ``params %`` (no quantized weights). The plan summary is
+    cut with an ellipsis to the width that is left; the whole plan is printed
+    by ``prunetune front --plans`` and in the report's CSV.
     """
     best = best_within_cap(rows)
     views = [candidate_view(r, base_cost, ()) for r in rows]
@@ -43,8 +44,11 @@ def front_table(title: str, rows: Sequence[CandidateRow], base_cost: dict[str, A
         "test acc": num("test_accuracy", ".4f"),
         "MACs %": num("macs_pct", ".1f", "%"),
         "params %": num("params_pct", ".1f", "%"),
+        "bytes %": num("bytes_pct", ".1f", "%"),
         "latency ms": num("latency_ms", ".2f"),
     }
+    if cells["bytes %"] == cells["params %"]:
+        del cells["bytes %"]  # every weight in float32: the bytes say what the parameters say
     shown = {col: values for col, values in cells.items() if col == "trial" or any(v != "-" for v in values)}
     caption = (
         "val: validation accuracy (selected on); test: after `prunetune finalize`; "

@@ -29,7 +29,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spaces import Status, UsageError
+from spaces import Plan, Status, UsageError
+from spaces.dimensions import dimensions
 from storage import candidate_view
 
 if TYPE_CHECKING:
@@ -128,6 +129,10 @@ def export_candidate(
         **{k: view[k] for k in ("macs", "params", "bytes")},
         "weights_sha256": file_sha256(d / "weights.safetensors"),
     }
+    plan = Plan.from_json(row.plan)
+    notes = {dim.key: n for dim in dimensions() if (n := dim.export_notes(plan)) is not None}
+    if notes:
+        meta["compression"] = notes  # what each plan dimension changed, and how (bits: the quantization scheme)
     (d / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     return d
 

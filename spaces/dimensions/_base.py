@@ -303,6 +303,10 @@ class Dimension(ABC):
         """A short phrase for tables ("12 groups pruned (conv1 50%, ...)"); None when the plan does not use it."""
         return None
 
+    def export_notes(self, plan: Plan) -> dict[str, Any] | None:
+        """What an export's ``model.json`` says about this dimension's part of ``plan`` (None: not used)."""
+        return None
+
     def structure_rows(self, space: ModelSpace, plan: Plan) -> list[StructureRow]:
         """Per unit of the space, what ``plan`` keeps of it (none by default)."""
         return []

@@ -261,6 +261,25 @@ class BitsDimension(Dimension):
         text = ", ".join(f"{n} at {b} bits" for b, n in counts.items())
         return f"{text}{', 8-bit inputs' if plan.entries('act_bits') else ''}"
 
+    def export_notes(self, plan: Plan) -> dict[str, Any] | None:
+        """The quantized layers, their widths, and the scheme (what ``model.json`` says was quantized and how)."""
+        bits = plan.entries("bits")
+        if not bits:
+            return None
+        act = plan.entries("act_bits")
+        return {
+            "weights": "symmetric per output channel: scale max|W_c| / (2^(bits-1) - 1), zero point 0",
+            "weight_bits": dict(bits),
+            "inputs": "unsigned 8-bit affine per tensor, range observed in training mode (buffers act.lo, act.hi)"
+            if act
+            else "float32",
+            "input_bits": dict(act),
+            "float32_layers": "every conv and linear layer not in weight_bits",
+            "weights_file": "float32 weights; the layers quantize them in the forward pass (prunetune export "
+            "--format onnx --int8 writes them as int8 / packed int4)",
+            "4_bit_speed": "memory only: no fast 4-bit convolution kernel on CPU runtimes",
+        }
+
     def structure_rows(self, space: ModelSpace, plan: Plan) -> list[StructureRow]:
         bits = plan.entries("bits")
         if not bits:

@@ -76,3 +76,12 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_the_example_configs_are_valid_and_search_a_range_with_rungs(example: str, floor: str) -> None:
     cfg = load_config(Path(__file__).parents[2] / "examples" / example)
     assert cfg.evaluate.rung_steps() == (50, 200) and cfg.search.floor == floor and cfg.budget.macs == "50%"
+
+
+def test_the_quantization_example_searches_bits_under_a_bytes_budget_over_a_25x_range() -> None:
+    cfg = load_config(Path(__file__).parents[2] / "examples" / "digits_quant.toml")
+    assert (cfg.budget.bytes, cfg.budget.macs, cfg.search.floor) == ("25%", None, "1%")
+    assert cfg.space.quantize == "weights+activations" and [o.value for o in cfg.search.objectives] == [
+        "accuracy",
+        "bytes",
+    ]

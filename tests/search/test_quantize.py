@@ -35,12 +35,13 @@ def test_eight_bit_weights_move_the_digits_baseline_by_less_than_a_point(make_co
 
 
 def test_a_bytes_budget_is_met_with_bits_and_the_export_is_rebuilt_exactly(
-    make_config: ConfigMaker, tmp_path: Path
+    make_config: ConfigMaker, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     cfg = make_config(
         budget__macs=None, budget__bytes="15%", space__quantize="weights+activations", search__candidates=4
     )
     assert main(["run", str(cfg), "--quiet"]) == 0
+    assert "bytes %" in capsys.readouterr().out  # the front shows the quantized bytes beside the parameters
     config = load_config(cfg)
     store = StudyStore(config.storage.url)
     rows = [r for r in store.candidates(store.study("t").id) if r.status == "COMPLETE"]
@@ -61,6 +62,11 @@ def test_a_bytes_budget_is_met_with_bits_and_the_export_is_rebuilt_exactly(
     out = tmp_path / "export"
     assert main(["export", str(cfg), "--trial", str(best.trial_number), "--out", str(out)]) == 0
     model = load_exported(out)
+    notes = json.loads((out / "model.json").read_text())["compression"]["bits"]  # what was quantized, and how
+    assert (
+        notes["weight_bits"] == Plan.from_json(best.plan).bits
+        and notes["input_bits"] == Plan.from_json(best.plan).act_bits
+    )
     acc, _ = evaluate_accuracy(model, Context(data=load_data("digits"), batch_size=64))
     assert acc == best.accuracy
     # a real int8 model out: ONNX Runtime runs it, and it agrees with the simulated model
