@@ -25,6 +25,35 @@ def parser(doc: str, *, budgets: str) -> argparse.ArgumentParser:
     return ap
 
 
+def add_search_args(ap: argparse.ArgumentParser) -> None:
+    """The arguments of a benchmark that runs studies: seeds, candidates, rungs, scoring images, re-scoring."""
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--candidates", type=int, default=30)
+    ap.add_argument("--rungs", default="50,200", help="fine-tune steps per rung of the searches")
+    ap.add_argument("--max-val", type=int, default=2000, help="validation images below the top rung")
+    ap.add_argument("--rescore-top", type=int, default=3, help="the best N re-scored at 4x the top rung's steps")
+
+
+def parse_search_args(ap: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[int]]:
+    """Parse (rungs as ints), set torch's threads; the arguments and the seeds."""
+    import torch
+
+    args = ap.parse_args()
+    args.rungs = [int(s) for s in args.rungs.split(",")]
+    torch.set_num_threads(args.threads)
+    return args, [int(s) for s in args.seeds.split(",")]
+
+
+def machine() -> str:
+    """This machine, as the tables' headers say it."""
+    import os
+    import platform
+
+    import torch
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, CPU"
+
+
 def study_overrides(args: argparse.Namespace, tmp: Path, study: str) -> dict[str, Any]:
     """The config of a benchmark's study: the cached ResNet-20 baseline of ``args.data``, a SQLite store in ``tmp``."""
     return {

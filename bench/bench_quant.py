@@ -36,8 +36,6 @@ count toward memory only.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -45,7 +43,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _shared import parser, print_table, study_overrides  # bench/, beside this script
+from _shared import (  # bench/, beside this script
+    add_search_args,
+    machine,
+    parse_search_args,
+    parser,
+    print_table,
+    study_overrides,
+)
 from torch import nn
 
 from search import Search, load_config
@@ -155,17 +160,10 @@ def table_rows(b: float, log: dict[str, Any]) -> list[list[str]]:
 
 def main() -> None:
     ap = parser(__doc__, budgets="0.25,0.1")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--candidates", type=int, default=30)
-    ap.add_argument("--rungs", default="50,200", help="fine-tune steps per rung of the searches")
-    ap.add_argument("--max-val", type=int, default=2000, help="validation images below the top rung")
-    ap.add_argument("--rescore-top", type=int, default=3, help="the best N re-scored at 4x the top rung's steps")
+    add_search_args(ap)
     ap.add_argument("--runs", type=int, default=50, help="timed batch-1 runs per runtime (0: no latency table)")
-    args = ap.parse_args()
-    args.rungs = [int(s) for s in args.rungs.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    torch.set_num_threads(args.threads)
-    where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, CPU"
+    args, seeds = parse_search_args(ap)
+    where = machine()
     rows: list[list[str]] = []
     lat: list[list[str]] = []
     t_all = time.perf_counter()

@@ -39,16 +39,21 @@ measure what spreading the candidates over the cost range costs at the cap.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from _shared import parser, print_table, study_overrides, torch_pruning_at  # bench/, beside this script
+from _shared import (  # bench/, beside this script
+    add_search_args,
+    machine,
+    parse_search_args,
+    parser,
+    print_table,
+    study_overrides,
+    torch_pruning_at,
+)
 from torch import nn
 
 from search import Search, load_config
@@ -153,17 +158,10 @@ def run_seed(args: argparse.Namespace, b: float, seed: int, log: dict[str, Any])
 
 def main() -> None:
     ap = parser(__doc__, budgets="0.15,0.3,0.5")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--candidates", type=int, default=30)
-    ap.add_argument("--rungs", default="50,200", help="fine-tune steps per rung of the searches")
-    ap.add_argument("--max-val", type=int, default=2000, help="validation images below the top rung")
-    ap.add_argument("--rescore-top", type=int, default=3, help="the best N re-scored at 4x the top rung's steps")
+    add_search_args(ap)
     ap.add_argument("--searches", default="random,search", help=f"which studies to run, of {', '.join(STUDIES)}")
-    args = ap.parse_args()
-    args.rungs = [int(s) for s in args.rungs.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    torch.set_num_threads(args.threads)
-    where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, CPU"
+    args, seeds = parse_search_args(ap)
+    where = machine()
     rows: list[list[str]] = []
     speed: list[list[str]] = []
     t_all = time.perf_counter()
