@@ -182,8 +182,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError("--int8 writes an ONNX model: add --format onnx")
     if args.format == "onnx" and args.config is None:
         raise UsageError("--format onnx checks the model on the study's data: give the study's CONFIG")
-    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if args.format == "onnx" and find_spec(m) is None]
-    if missing:
+    if args.format == "onnx" and (missing := [m for m in ("onnx", "onnxscript", "onnxruntime") if not find_spec(m)]):
         raise UsageError(f"--format onnx needs {', '.join(missing)}: pip install 'prunetune[onnx]'")
     store, study = open_study(args)
     out = export_candidate(store, study, args.out, trial=args.trial)
