@@ -149,8 +149,15 @@ class SearchConfig(_Section):
     )
     seed_plans: list[Literal["allocator", "uniform", "global"]] = Field(
         ["allocator", "uniform", "global"],
-        description="plans evaluated first: the allocator's (at the cap and the floor), the uniform one, and the "
-        "global-ranking one (every channel ranked across groups, as torch-pruning's global pruning)",
+        description="plans evaluated first: the allocator's, the uniform one, and the global-ranking one (every "
+        "channel ranked across groups, as torch-pruning's global pruning), each at every seed level",
+    )
+    seed_levels: int = Field(
+        3,
+        ge=1,
+        description="cost levels the seed plans are placed at, log-spaced from the cap down to the floor (1: the "
+        'cap only; a study with floor = "cap" has one), so the front starts from the strong one-shot plans at '
+        "every level",
     )
     allocator: Literal["sensitivity", "importance"] = Field(
         "sensitivity",

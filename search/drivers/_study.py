@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial, Trial, TrialState
 
     from evaluators import Evaluator
-    from spaces import Cost, Plan
+    from spaces import Budget, Cost, Plan, Sensitivity
     from storage import CandidateRow, StudyStore
 
 __all__ = ["Proposal", "RunResult", "Search", "Teller"]
@@ -278,35 +278,56 @@ class Search:
 
     # ------------------------------------------------------------------ the shared steps
     def seed_plans(self) -> list[tuple[CandidateKind, Plan, float]]:
-        """``(kind, plan, level)`` to evaluate first: the allocator's, the uniform and the global-ranking plan at
-        the cap, and the allocator's at the floor when the study spans a range of costs."""
+        """``(kind, plan, level)`` to evaluate first: the configured seed plans (the allocator's, the uniform and
+        the global-ranking plan) at the cap, then at each lower seed level (:meth:`seed_levels`) down to the floor.
+        """
         p = self.prepared
-        out: list[tuple[CandidateKind, Plan, float]] = []
         extra = {k: v for dim in dimensions() for k, v in dim.seed_entries(p.space, p.space_options).items()}
-        for seed in map(CandidateKind, self.cfg.search.seed_plans):
-            if seed in (CandidateKind.UNIFORM, CandidateKind.GLOBAL):
-                plan = p.uniform if seed is CandidateKind.UNIFORM else p.space.global_plan(p.budget)
-                out.append((seed, p.space.fit(plan.replace(**extra), p.budget) if extra else plan, 1.0))
-                continue
-            out += self._allocator_seeds(extra)
+        kinds = [CandidateKind(k) for k in self.cfg.search.seed_plans]
+        sens = self._allocator_sensitivity() if CandidateKind.ALLOCATOR in kinds else None
+        out: list[tuple[CandidateKind, Plan, float]] = []
+        for level in self.seed_levels():
+            budget = p.budget.scaled(level)
+            for kind in kinds:
+                if kind is CandidateKind.ALLOCATOR:
+                    below = CandidateKind.ALLOCATOR_FLOOR if level < 1.0 else kind
+                    out.append((below, self._allocated(budget, sens, extra), level))
+                    continue
+                if kind is CandidateKind.UNIFORM:
+                    plan = p.space.fit(p.space.uniform_plan(0.0), budget)
+                else:
+                    plan = p.space.global_plan(budget)
+                out.append((kind, p.space.fit(plan.replace(**extra), budget) if extra else plan, level))
         return out
 
-    def _allocator_seeds(self, extra: dict[str, Any]) -> list[tuple[CandidateKind, Plan, float]]:
-        """The allocator's plans at the cap (and the floor): every dimension the study searches that the allocator
-        takes part in (``allocator_options``), valued by measured sensitivity unless ranks are searched."""
+    def seed_levels(self) -> list[float]:
+        """The cost levels of the seed plans, fractions of the cap: ``search.seed_levels`` of them, log-spaced from
+        the cap (1.0) down to the floor; the cap alone when the study has no range (``floor = "cap"``)."""
+        floor, n = self.prepared.floor, self.cfg.search.seed_levels
+        if floor >= 1.0 or n == 1:
+            return [1.0]
+        return [floor ** (i / (n - 1)) for i in range(n)]
+
+    def _allocator_sensitivity(self) -> Sensitivity | None:
+        """What the allocator's seeds are valued by: the measured sensitivity (cached per base model) for every
+        dimension that takes part in the allocation, unless ranks are searched (they keep the importance and
+        energy shares) or ``search.allocator = "importance"``."""
+        p = self.prepared
+        if self.cfg.search.allocator != "sensitivity" or self.cfg.space.rank:
+            return None
+        return allocator_sensitivity(p, self._allocator_options())
+
+    def _allocator_options(self) -> dict[str, Any]:
+        return {k: v for dim in dimensions() for k, v in dim.allocator_options(self.prepared.space_options).items()}
+
+    def _allocated(self, budget: Budget, sens: Sensitivity | None, extra: dict[str, Any]) -> Plan:
+        """The allocator's plan at ``budget``, with the seed entries (``extra``) of the dimensions it did not
+        choose, fitted onto the budget."""
         p, space = self.prepared, self.cfg.space
-        levels = [1.0, p.floor] if p.floor < 1.0 else [1.0]
-        more = {k: v for dim in dimensions() for k, v in dim.allocator_options(p.space_options).items()}
-        # ranks have no measured sensitivity: a joint allocation keeps the importance and energy shares
-        measured = self.cfg.search.allocator == "sensitivity" and not space.rank
-        sens = allocator_sensitivity(p, more) if measured else None
-        out = []
-        for level, kind in zip(levels, (CandidateKind.ALLOCATOR, CandidateKind.ALLOCATOR_FLOOR), strict=False):
-            budget = p.budget.scaled(level)
-            plan = p.space.allocate(budget, rank=space.rank, method=space.method, sensitivity=sens, **more).plan
-            missing = {k: v for k, v in extra.items() if not plan.entries(k)}  # what the allocator did not choose
-            out.append((kind, p.space.fit(plan.replace(**missing), budget) if missing else plan, level))
-        return out
+        more = self._allocator_options()
+        plan = p.space.allocate(budget, rank=space.rank, method=space.method, sensitivity=sens, **more).plan
+        missing = {k: v for k, v in extra.items() if not plan.entries(k)}  # what the allocator did not choose
+        return p.space.fit(plan.replace(**missing), budget) if missing else plan
 
     def new_result(self) -> RunResult:
         p = self.prepared

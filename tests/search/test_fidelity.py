@@ -31,9 +31,11 @@ def test_candidates_spread_from_floor_to_cap_and_rungs_promote_by_the_rule(tmp_p
     shares = [(r.macs or 0.0) / base for r in rows]
     assert max(shares) <= 0.5 and min(shares) >= 0.125 * 0.97  # every candidate meets the cap, none below the floor
     assert max(shares) / min(shares) >= 3.0  # a curve, not a point
-    kinds = [r.kind for r in rows[:3]]
-    assert kinds == ["allocator", "allocator-floor", "uniform"]  # the allocator at the cap and at the floor
-    assert shares[1] == pytest.approx(0.125, rel=0.05)
+    assert s.seed_levels() == pytest.approx([1.0, 0.5, 0.25])  # fractions of the cap: 50 %, 25 %, 12.5 % of the MACs
+    # every seed plan at the cap, at the geometric middle and at the floor (search.seed_levels = 3), cap first
+    assert [r.kind for r in rows] == ["allocator", "uniform", "global"] + ["allocator-floor", "uniform", "global"] * 2
+    for i, level in enumerate((0.5, 0.25, 0.125)):
+        assert shares[3 * i : 3 * i + 3] == pytest.approx([level] * 3, rel=0.05), (level, shares)
     # one worker finishes rung 0 of the candidates in id order: replay the promotion rule on the stored rung-0 points
     for i, row in enumerate(rows):
         points = [[-(r.accuracy_at(0) or 0.0), r.macs or 0.0] for r in rows[: i + 1]]
