@@ -22,6 +22,9 @@ def parser(doc: str, *, budgets: str) -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--final-steps", type=int, default=300, help="distilled fine-tune steps of the final recipe")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1: leave a core to other work)")
+    ap.add_argument(
+        "--score", choices=("accuracy", "loss"), help="the studies' evaluate.score (default: the config's default)"
+    )
     return ap
 
 
@@ -69,6 +72,7 @@ def study_overrides(args: argparse.Namespace, tmp: Path, study: str) -> dict[str
         "search.study": study,
         "search.artifacts_dir": "artifacts",
         "storage.url": f"sqlite:///{tmp / 'bench.db'}",
+        **({"evaluate.score": args.score} if getattr(args, "score", None) else {}),
     }
 
 

@@ -80,7 +80,7 @@ def _seed(args: argparse.Namespace, cap: float, seed: int, res: dict[str, dict[s
         example = p.data.example_inputs(1)
         for level, share in LEVELS.items():
             limit = share * cap * p.base_cost.macs
-            pick = best_within_cap([r for r in front if (r.macs or 0.0) <= limit * (1 + 1e-9)])
+            pick = best_within_cap([r for r in front if (r.macs or 0.0) <= limit * (1 + 1e-9)], s.cfg.evaluate.score)
             if pick is None:
                 print(f"seed {seed}: the front has no member within {level}", flush=True)
                 continue

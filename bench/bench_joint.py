@@ -79,7 +79,7 @@ def main() -> None:
                 pts = [((r.macs or 0.0) / base, r.accuracy or 0.0) for r in res.front]
                 hv.append(hypervolume(pts, 0.5))
                 size.append(len(res.front))
-                best = best_within_cap(res.front)
+                best = best_within_cap(res.front, s.cfg.evaluate.score)
                 cap_acc.append(best.accuracy if best is not None and best.accuracy is not None else float("nan"))
         rows.append([arm, f"{statistics.mean(hv):.4f} ({', '.join(f'{v:.4f}' for v in hv)})",
                      f"{statistics.mean(size):.1f}", f"{100 * statistics.mean(cap_acc):.2f}",

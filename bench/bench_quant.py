@@ -102,7 +102,7 @@ def run_seed(args: argparse.Namespace, b: float, seed: int, log: dict[str, Any])
             s.run()
             p = s.prepared
             rows = [r for r in p.store.candidates(p.study_id) if r.status is Status.COMPLETE]
-            best = best_within_cap(rows)
+            best = best_within_cap(rows, s.cfg.evaluate.score)
             if best is None:
                 raise RuntimeError(f"{name}: the study finished no candidate")
             picks[name] = p.space.apply(Plan.from_json(best.plan))

@@ -63,9 +63,9 @@ from spaces import Budget, Plan, Status, measure_cost
 from storage import CandidateRow, best_within_cap
 
 
-def best_of(rows: list[CandidateRow]) -> CandidateRow:
-    """The study's pick: the most accurate on validation among the candidates trained longest."""
-    best = best_within_cap([r for r in rows if r.status is Status.COMPLETE])
+def best_of(rows: list[CandidateRow], score: str) -> CandidateRow:
+    """The study's pick: the best-scored on validation (``evaluate.score``) among the candidates trained longest."""
+    best = best_within_cap([r for r in rows if r.status is Status.COMPLETE], score)
     if best is None:
         raise RuntimeError("the study finished no candidate")
     return best
@@ -142,7 +142,8 @@ def run_seed(args: argparse.Namespace, b: float, seed: int, log: dict[str, Any])
         top = args.rungs[-1]
         cands = {arm: s.prepared.store.candidates(s.prepared.study_id) for arm, s in runs.items()}
         for arm, rows in cands.items():
-            models[f"{STUDIES[arm][0]}, best of {args.candidates}"] = p.space.apply(Plan.from_json(best_of(rows).plan))
+            pick = best_of(rows, runs[arm].cfg.evaluate.score)
+            models[f"{STUDIES[arm][0]}, best of {args.candidates}"] = p.space.apply(Plan.from_json(pick.plan))
             log["within"].setdefault(arm, []).append(to_reach(rows, top, final_best(rows, top) - 0.003))
         if "random" in cands and "search" in cands:
             log["reach"].append(to_reach(cands["search"], top, final_best(cands["random"], top)))

@@ -105,8 +105,8 @@ class EvaluateConfig(_Section):
     )
     score: Literal["accuracy", "loss"] = Field(
         "accuracy",
-        description="what ranks candidates at a rung (promotion, re-scoring): validation accuracy, or the "
-        "validation cross-entropy (finer where accuracies tie)",
+        description="what ranks candidates at a rung (promotion, re-scoring) and picks the best within the cap: "
+        "validation accuracy, or the validation cross-entropy (finer where accuracies tie)",
     )
     rescore_top: int = Field(
         0,

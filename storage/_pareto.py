@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -66,15 +67,23 @@ def rung_front(rows: Sequence[CandidateRow], objectives: Sequence[Objective]) ->
     return keep
 
 
-def best_within_cap(rows: Sequence[CandidateRow]) -> CandidateRow | None:
-    """The best candidate within the budget's cap: the most accurate of those trained longest (highest rung).
+def best_within_cap(rows: Sequence[CandidateRow], score: str = "accuracy") -> CandidateRow | None:
+    """The best candidate within the budget's cap: the best-scored of those trained longest (highest rung).
 
     The one rule for "best" everywhere (the CLI's front and status, the run's
-    progress line, the report's filters panel): a 50-step accuracy never beats
-    an 800-step one. ``None`` when no candidate has an accuracy.
+    progress line, the report's filters panel): a 50-step score never beats
+    an 800-step one. ``score`` is the study's ``evaluate.score`` (``StudySpec.score``):
+    the validation accuracy, or (``"loss"``) the lowest validation loss, ties and
+    rows stored without a loss broken by accuracy. ``None`` when no candidate
+    has an accuracy.
     """
     scored = [r for r in rows if r.accuracy is not None]
-    return max(scored, key=lambda r: (r.top_rung, r.accuracy or 0.0), default=None)
+
+    def key(r: CandidateRow) -> tuple[int, float, float]:
+        s = r.score_after(r.top_steps, score) if score != "accuracy" else r.accuracy
+        return r.top_rung, -math.inf if s is None else s, r.accuracy or 0.0
+
+    return max(scored, key=key, default=None)
 
 
 def write_front(s: Session, study_id: int, objectives: Sequence[Objective]) -> None:

@@ -34,8 +34,9 @@ class StudySpec:
     num_classes: int | None = None
     has_test: bool = True
     base_weights: str | None = None  # the base model's weights file (what reports read its filters from)
+    score: str = "accuracy"  # the config's evaluate.score: what ranks candidates at a rung and picks "best"
 
-    _OWN = ("input_shape", "in_channels", "num_classes", "has_test", "base_weights")
+    _OWN = ("input_shape", "in_channels", "num_classes", "has_test", "base_weights", "score")
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StudySpec:
@@ -52,6 +53,7 @@ class StudySpec:
             "num_classes": self.num_classes,
             "has_test": self.has_test,
             "base_weights": self.base_weights,
+            "score": self.score,
         }
 
     @property

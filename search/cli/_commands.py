@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         def update(res: RunResult) -> None:
             front = p.store.front(p.study_id)
-            top = best_within_cap(front)
+            top = best_within_cap(front, p.config.evaluate.score)
             best = None if top is None else top.accuracy
             info = f"best {best:.4f} within budget, front {len(front)}" if best is not None else "no result yet"
             bar.update(task, completed=min(res.total, target), info=info)
@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if res.stopped:
         err.print(f"stopped early: {res.stopped}")
     title = f"Pareto front of {res.study!r} ({len(res.front)} of {res.total})"
-    out.print(front_table(title, res.front, res.base_cost))
+    out.print(front_table(title, res.front, res.base_cost, p.config.evaluate.score))
     t = res.timings.per_candidate()
     out.print(
         f"this run: {res.evaluated} evaluated, {res.duplicates} duplicate plans skipped, {res.retried} retried; "
@@ -135,7 +135,7 @@ def cmd_front(args: argparse.Namespace) -> int:
     total = store.count(info.id)
     title = f"Pareto front of {study!r} ({len(rows)} of {total})"
     console = Console()
-    console.print(front_table(title, rows, info.base_cost))
+    console.print(front_table(title, rows, info.base_cost, info.spec.score))
     if args.plans:
         for r in rows:
             console.print(f"trial {r.trial_number}: {r.plan}", soft_wrap=True, markup=False, highlight=False)
@@ -151,7 +151,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
     done = [r for r in rows if r.status is Status.COMPLETE and r.accuracy is not None]
-    best = best_within_cap(done)
+    best = best_within_cap(done, info.spec.score)
     c = Console()
     c.print(f"study {study!r}: model {info.model_spec} on {info.data_spec}, budget {info.budget}")
     base_acc = info.base_accuracy

@@ -20,7 +20,7 @@ def pct(v: float | None, base: float | None) -> str:
     return f"{100 * v / base:.1f}%" if v is not None and base else "-"
 
 
-def front_table(title: str, rows: Sequence[CandidateRow], base_cost: dict[str, Any]) -> Table:
+def front_table(title: str, rows: Sequence[CandidateRow], base_cost: dict[str, Any], score: str = "accuracy") -> Table:
     """The front as a table that fits the terminal: one line per candidate.
 
     Columns with no value in any row (``test acc`` before ``finalize``,
@@ -29,7 +29,7 @@ def front_table(title: str, rows: Sequence[CandidateRow], base_cost: dict[str, A
     cut with an ellipsis to the width that is left; the whole plan is printed
     by ``prunetune front --plans`` and in the report's CSV.
     """
-    best = best_within_cap(rows)
+    best = best_within_cap(rows, score)  # starred: the study's pick (its evaluate.score)
     views = [candidate_view(r, base_cost, ()) for r in rows]
 
     def num(key: str, fmt: str, unit: str = "") -> list[str]:

@@ -340,6 +340,7 @@ def _study_spec(cfg: Config, data: DataBundle, base_weights: Path) -> StudySpec:
         num_classes=data.num_classes,
         has_test=data.test is not None,
         base_weights=str(base_weights.resolve()),  # what reports read the base model's filters from
+        score=cfg.evaluate.score,
     )
 
 

@@ -11,7 +11,7 @@ in all (default: four times the top rung's), with a fresh cosine schedule, and
 are scored on the whole validation split, as a promoted candidate is. The
 result is stored as a rung of its own (``StudyStore.add_rung``: the rung, the
 candidate's accuracy, its new weights file), so "best within the cap"
-(:func:`storage.best_within_cap`: the most accurate of those trained longest)
+(:func:`storage.best_within_cap`: the best-scored of those trained longest)
 and the Pareto front use it, and the sampler is not told (it hears rung 0).
 
 A candidate whose weights file this machine cannot read (a Ray node without a

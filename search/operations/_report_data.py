@@ -217,7 +217,7 @@ def report_extras(
                 f"{', '.join(str(r.trial_number) for r in front) or 'none'}"
             )
     elif front:
-        chosen = best_within_cap(front)
+        chosen = best_within_cap(front, info.spec.score)
     filters = filters_frame(space, Plan.from_json(chosen.plan)) if chosen is not None else None
     if chosen is None:
         notes["filters"] = "no completed candidate yet: the front is empty"

@@ -173,3 +173,9 @@ def test_a_loss_scored_study_promotes_by_validation_loss(tmp_path: Path, artifac
         assert (row.rung == 1) == promotes(points, i, reduction_factor=2), row.id
     assert rows[0].score_after(3, "loss") == -rows[0].rungs[0][2]  # type: ignore[index]
     assert rows[0].score_after(3, "accuracy") == rows[0].accuracy_at(0)
+    from storage import best_within_cap
+
+    assert s.prepared.store.study(s.prepared.study).spec.score == "loss"  # what the CLI's front and status pick by
+    best = best_within_cap(rows, "loss")
+    top = [r for r in rows if best is not None and r.top_rung == best.top_rung]
+    assert best is not None and best.id == min(top, key=lambda r: r.rungs[-1][2]).id  # type: ignore[index]

@@ -274,6 +274,23 @@ def test_rungs_keep_the_loss_when_it_is_finite(url: str) -> None:
     assert (row.score_after(50, "loss"), row.score_after(200, "loss"), row.score_after(200)) == (-0.61, None, 0.1)
 
 
+def test_best_within_cap_ranks_the_longest_trained_by_the_studys_score(url: str) -> None:
+    from storage import best_within_cap
+
+    store = StudyStore(url)
+    sid = _study(store)
+    rungs = {"a": [[50, 0.80, 0.70]], "b": [[50, 0.79, 0.50]], "c": [[50, 0.70, 0.90], [200, 0.75, 0.80]]}
+    for name, r in rungs.items():
+        cid = store.reserve(sid, "{}", f"h-{name}", worker="host:1")
+        assert cid is not None and store.finish(cid, "COMPLETE", accuracy=r[-1][1], cost={"macs": 10}, rungs=r)
+    rows = store.candidates(sid)
+    assert best_within_cap(rows).plan_hash == best_within_cap(rows, "loss").plan_hash == "h-c"  # 200 steps
+    below = [r for r in rows if r.plan_hash != "h-c"]
+    assert best_within_cap(below).plan_hash == "h-a"  # the most accurate
+    assert best_within_cap(below, "loss").plan_hash == "h-b"  # the lowest validation loss
+    assert best_within_cap([]) is None
+
+
 def test_activity_counts_candidates_finished_and_finalized(url: str) -> None:
     store = StudyStore(url)
     sid = _study(store)
