@@ -45,11 +45,16 @@ class DataConfig(_Section):
 
 
 class BudgetConfig(_Section):
-    """Limits relative to the base model ("40%") or absolute ("300M", "8MB"); at least one."""
+    """Limits relative to the base model ("40%") or absolute ("300M", "8MB", "3ms"); at least one."""
 
     macs: str | float | None = None
     params: str | float | None = None
     bytes: str | float | None = None
+    latency: str | float | None = Field(
+        None,
+        description='predicted batch-1 latency on this machine, "60%" of the base model or "3ms" (a device '
+        "profile is measured once and stored: `prunetune profile`; pruning plans only)",
+    )
 
 
 class SpaceConfig(_Section):
@@ -60,7 +65,25 @@ class SpaceConfig(_Section):
         "calibration_samples training images, cached)",
     )
     calibration_samples: int = Field(256, ge=1, description="training images the data-aware criteria read")
-    round_to: int = Field(1, ge=1)
+    round_to: int | Literal["auto"] = Field(
+        1,
+        description='kept channel counts are rounded to multiples of this; "auto": the multiple beyond which '
+        "this machine gains no speed, found by the device profile",
+    )
+
+    @field_validator("round_to", mode="before")
+    @classmethod
+    def _round_to(cls, v: Any) -> int | str:
+        if v == "auto":
+            return v
+        try:
+            n = int(v) if isinstance(v, (int, str)) and not isinstance(v, bool) else 0
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError('round_to must be an integer >= 1 or "auto"')
+        return n
+
     max_ratio: float = Field(0.8, gt=0, lt=1, description="largest prune ratio the sampler proposes per group")
     sample_by: Literal["groups", "stages"] = Field(
         "groups",

@@ -50,6 +50,10 @@ if TYPE_CHECKING:
         interrupt_requested as interrupt_requested,
         reinstall_handlers as reinstall_handlers,
     )
+    from spaces._latency import (
+        DeviceProfile as DeviceProfile,
+        profile_space as profile_space,
+    )
     from spaces._lazy import lazy_exports as lazy_exports
     from spaces._lowrank import (
         LayerGeom as LayerGeom,
@@ -119,6 +123,8 @@ _WHERE = {
     "IMPORTANCES": "_plan",
     "METHODS": "_plan",
     "Plan": "_plan",
+    "DeviceProfile": "_latency",
+    "profile_space": "_latency",
     "fit": "_policy",
     "global_plan": "_policy",
     "dequantized": "_quant",
@@ -151,6 +157,7 @@ __all__ = [
     "Cost",
     "CostMetric",
     "CostModel",
+    "DeviceProfile",
     "Direction",
     "Group",
     "Importance",
@@ -181,6 +188,7 @@ __all__ = [
     "measure_cost",
     "measure_sensitivity",
     "parameter_bytes",
+    "profile_space",
     "quantized_bytes",
     "reinstall_handlers",
     "uniform_plan",

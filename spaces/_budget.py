@@ -1,9 +1,12 @@
-"""``Budget``: limits on MACs, parameters and bytes.
+"""``Budget``: limits on MACs, parameters, bytes and predicted latency.
 
 A limit is an absolute number (``params=2_000_000``), a string with a unit
-(``macs="300M"``, ``bytes="8MB"``, ``bytes="8MiB"``) or a percentage of the base
-model (``macs="40%"``). A bare numeric string such as ``"40"`` is refused: it
-could mean 40 or 40 %.
+(``macs="300M"``, ``bytes="8MB"``, ``bytes="8MiB"``, ``latency="3ms"``) or a
+percentage of the base model (``macs="40%"``, ``latency="60%"``). A bare
+numeric string such as ``"40"`` is refused: it could mean 40 or 40 %. A
+latency limit is in milliseconds (a number is milliseconds; units ``us``,
+``ms``, ``s``) and is met by the *predicted* latency of a plan
+(:attr:`spaces.Cost.latency`, from a device profile: :mod:`spaces._latency`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from spaces._vocab import COST_METRICS
 
 __all__ = ["Budget", "Limit"]
 
-METRICS = COST_METRICS
+METRICS = (*COST_METRICS, "latency")  # what a budget may limit: the analytic costs and the predicted latency
+_TIME_UNITS: dict[str, float] = {"US": 1e-3, "MS": 1.0, "S": 1e3}  # to milliseconds
 _COUNT_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 _BYTE_UNITS = {
     "B": 1,
@@ -49,9 +53,8 @@ class Limit:
 
 
 def _parse(metric: str, value: Any) -> Limit:
-    rule = f'budget {metric} must be a positive number, a percentage of the base model like "40%"' + (
-        ', or a size like "8MB"' if metric == "bytes" else ', or a count like "300M"'
-    )
+    example = {"bytes": 'a size like "8MB"', "latency": 'a time like "3ms"'}.get(metric, 'a count like "300M"')
+    rule = f'budget {metric} must be a positive number, a percentage of the base model like "40%", or {example}'
     if isinstance(value, Limit):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -75,7 +78,9 @@ def _parse(metric: str, value: Any) -> Limit:
         return Limit(number / 100.0, relative=True)
     if unit == "":
         raise ValueError(f'{rule}; got {value!r}, which has no unit (write "{value.strip()}%" for a percentage)')
-    units = _BYTE_UNITS if metric == "bytes" else _COUNT_UNITS
+    units: Mapping[str, float] = (
+        _TIME_UNITS if metric == "latency" else _BYTE_UNITS if metric == "bytes" else _COUNT_UNITS
+    )
     if unit not in units:
         raise ValueError(
             f"{rule}; got {value!r} with unknown unit {m.group(2)!r} (known: {', '.join(k for k in units if k)})"
@@ -84,20 +89,20 @@ def _parse(metric: str, value: Any) -> Limit:
 
 
 class Budget:
-    """Limits on ``macs``, ``params`` and ``bytes``; ``None`` means unlimited.
+    """Limits on ``macs``, ``params``, ``bytes`` and ``latency`` (ms, predicted); ``None`` means unlimited.
 
     ``slack(cost, base)`` returns, per limited metric, ``(value - limit) / limit``:
     ``<= 0`` when the limit is met (Optuna's constraint convention). ``base`` is
     needed only for percentage limits.
     """
 
-    def __init__(self, macs: Any = None, params: Any = None, bytes: Any = None) -> None:  # noqa: A002
+    def __init__(self, macs: Any = None, params: Any = None, bytes: Any = None, latency: Any = None) -> None:  # noqa: A002
         self.limits: dict[str, Limit] = {}
-        for metric, value in (("macs", macs), ("params", params), ("bytes", bytes)):
+        for metric, value in (("macs", macs), ("params", params), ("bytes", bytes), ("latency", latency)):
             if value is not None:
                 self.limits[metric] = _parse(metric, value)
         if not self.limits:
-            raise ValueError("a budget needs at least one limit: macs, params or bytes")
+            raise ValueError("a budget needs at least one limit: macs, params, bytes or latency")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Budget:
@@ -112,13 +117,13 @@ class Budget:
             if limit.relative:
                 if base is None:
                     raise ValueError(f"budget {metric}={limit} is relative: pass the base model's cost")
-                out[metric] = limit.resolve(getattr(base, metric))
+                out[metric] = limit.resolve(_value(base, metric))
             else:
                 out[metric] = limit.value
         return out
 
     def slack(self, cost: Cost, base: Cost | None = None) -> dict[str, float]:
-        return {m: (getattr(cost, m) - lim) / lim for m, lim in self.absolute(base).items()}
+        return {m: (_value(cost, m) - lim) / lim for m, lim in self.absolute(base).items()}
 
     def is_met(self, cost: Cost, base: Cost | None = None) -> bool:
         return all(v <= 0 for v in self.slack(cost, base).values())
@@ -136,10 +141,21 @@ class Budget:
 
     def tightest(self, base: Cost) -> float:
         """The smallest fraction of the base model's cost that a limit allows (0.3: the tightest limit is 30 %)."""
-        return min(limit / getattr(base, m) for m, limit in self.absolute(base).items())
+        return min(limit / _value(base, m) for m, limit in self.absolute(base).items())
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Budget) and self.limits == other.limits
 
     def __repr__(self) -> str:
         return "Budget(" + ", ".join(f"{m}={lim}" for m, lim in self.limits.items()) + ")"
+
+
+def _value(cost: Cost, metric: str) -> float:
+    """``cost``'s figure for ``metric``; a latency limit without a predicted latency is a one-line error."""
+    v = getattr(cost, metric)
+    if v is None:
+        raise ValueError(
+            f"budget {metric} needs a predicted latency: attach a device profile (`prunetune profile`) and use "
+            "pruning plans only"
+        )
+    return float(v)

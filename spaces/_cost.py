@@ -62,6 +62,8 @@ class Cost:
     params: int
     bytes: int
     skipped_ops: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+    # predicted batch latency in ms, from the space's device profile (None: no profile, or not predictable)
+    latency: float | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, int]:
         return {"macs": self.macs, "params": self.params, "bytes": self.bytes}

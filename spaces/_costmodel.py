@@ -22,8 +22,9 @@ dimension's resolution of a plan (:meth:`resolve`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,8 @@ class CostModel:
         self.importance = importance
         self.round_to = round_to
         self._param_dims: dict[tuple[str, Any], list[tuple[str, int]]] = {}
+        # the predicted latency (ms) of a pruning plan's kept counts (ModelSpace.attach_profile); None: none
+        self.latency_of: Callable[[np.ndarray], float] | None = None
         self.rebuild()
 
     # ------------------------------------------------------------ the polynomial
@@ -127,7 +130,11 @@ class CostModel:
             part = resolved.get(dim.key)
             if part is not None:
                 dim.add_cost(self, part, keep, state)
-        return state.cost()
+        cost = state.cost()
+        held = any(resolved.get(d.key) is not None for d in dimensions() if d.fit_rule == "held")
+        if self.latency_of is not None and not held:  # a pruning plan: its latency is predictable
+            cost = dataclasses.replace(cost, latency=self.latency_of(keep))
+        return cost
 
     def resolve(self, plan: Plan, keep: np.ndarray) -> dict[str, Any]:
         """Every dimension's part of ``plan``, resolved on ``keep`` (dimensions with nothing to do are absent)."""

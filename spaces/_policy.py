@@ -91,7 +91,14 @@ def _first(ranked: list[tuple[float, int]], caps: np.ndarray, n: int) -> list[tu
 
 def _fmt(cost: Cost, base: Cost) -> str:
     r = cost.ratio(base)
-    return ", ".join(f"{m}={v:,} ({r[m]:.1%} of base)" for m, v in cost.as_dict().items())
+    out = [f"{m}={v:,} ({r[m]:.1%} of base)" for m, v in cost.as_dict().items()]
+    if cost.latency is not None and base.latency:
+        out.append(f"latency={cost.latency:.3g} ms ({cost.latency / base.latency:.1%} of base, predicted)")
+    return ", ".join(out)
+
+
+def _limit(metric: str, limit: float) -> str:
+    return f"{metric} <= {limit:.3g} ms" if metric == "latency" else f"{metric} <= {limit:,.0f}"
 
 
 def fit(space: ModelSpace, plan: Plan, budget: Budget) -> Plan:
@@ -155,7 +162,7 @@ class _Fitter:
         lo_keep = np.array([a[0] for a in self.allowed], dtype=np.int64)
         if not self.ok(lo_keep):
             smallest = self.cost(lo_keep)
-            over = ", ".join(f"{m} <= {lim:,.0f}" for m, lim in self.limits.items() if getattr(smallest, m) > lim)
+            over = ", ".join(_limit(m, lim) for m, lim in self.limits.items() if getattr(smallest, m) > lim)
             raise InfeasibleBudgetError(
                 f"budget {over} is infeasible: the smallest achievable cost is {_fmt(smallest, self.space.base_cost)}"
             )

@@ -31,6 +31,7 @@ from spaces._budget import Budget
 from spaces._cost import Cost, as_tuple, measure_cost
 from spaces._costmodel import CostModel, Ranks
 from spaces._importance import ImportanceScores
+from spaces._latency import DeviceProfile
 from spaces._lowrank import LayerGeom
 from spaces._plan import IMPORTANCES, Plan
 from spaces._policy import fit, global_plan, uniform_plan
@@ -83,6 +84,7 @@ class ModelSpace:
         self.example_inputs = as_tuple(example_inputs)
         self.importance = importance
         self.round_to = round_to
+        self.profile: DeviceProfile | None = None  # the device profile latency is predicted from (attach_profile)
         ignored = resolve_ignored(model, ignored_layers)
         self._trace = trace(copy.deepcopy(model).eval(), self.example_inputs, ignored)
         self.costs = CostModel(self._trace, importance=importance, round_to=round_to)
@@ -167,8 +169,23 @@ class ModelSpace:
         return plan
 
     def cost(self, plan: Plan) -> Cost:
-        """The analytic cost of ``apply(plan)``: no model is built."""
+        """The analytic cost of ``apply(plan)``: no model is built (``latency``: with a device profile)."""
         return self.costs.cost(plan)
+
+    def attach_profile(self, profile: DeviceProfile) -> None:
+        """Predict latency from ``profile`` from now on: :meth:`cost` (and ``fit``, the allocator) then give
+        every pruning plan's :attr:`Cost.latency`, so a budget may limit it (see :mod:`spaces._latency`)."""
+        from spaces._latency import LatencyPredictor
+
+        self.profile = profile
+        self.costs.latency_of = LatencyPredictor(self, profile)
+        self.costs.base_cost = self.costs.cost_resolved(self.costs.channels, {})
+
+    def set_round_to(self, round_to: int) -> None:
+        """Round kept counts to multiples of ``round_to`` from now on (``round_to = "auto"``: the profile's)."""
+        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+            raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}")
+        self.round_to = self.costs.round_to = round_to
 
     # ------------------------------------------------------------ surgery
     def apply(self, plan: Plan, *, model: nn.Module | None = None) -> nn.Module:

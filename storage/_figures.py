@@ -99,7 +99,8 @@ def front_figure(df: pd.DataFrame, info: StudyRecord) -> go.Figure:
     costs = [(k, t) for k, t in _COSTS if k != "latency_ms" or df["latency_ms"].notna().any()]
     fig = make_subplots(rows=1, cols=len(costs), shared_yaxes=True, subplot_titles=[t for _, t in costs])
     base = info.base_cost
-    caps = Budget.from_dict(info.budget).absolute(Cost(**{k: base.get(k, 0) for k in ("macs", "params", "bytes")}))
+    analytic = {k: v for k, v in info.budget.items() if k in ("macs", "params", "bytes")}  # latency: predicted
+    caps = Budget.from_dict(analytic).absolute(Cost(**{k: base.get(k, 0) for k in analytic})) if analytic else {}
     scored = df[df["accuracy"].notna() & df["status"].isin([Status.COMPLETE.value, Status.PRUNED.value])]
     groups = [
         ("Pareto front (validation)", (scored["status"] == Status.COMPLETE) & scored["on_front"], _BLUE, "circle", 10),

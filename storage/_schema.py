@@ -105,6 +105,20 @@ class ParetoTable(Base):
     )
 
 
+class ProfileTable(Base):
+    """Device profiles (``spaces.DeviceProfile``): per-layer latency tables, keyed by model, device, runtime,
+    threads and batch size (``DeviceProfile.key``), measured once and read by every worker and study."""
+
+    __tablename__ = "prunetune_profiles"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device: Mapped[str] = mapped_column(String(256))
+    runtime: Mapped[str] = mapped_column(String(32))
+    threads: Mapped[int] = mapped_column(Integer)
+    batch: Mapped[int] = mapped_column(Integer)
+    profile: Mapped[str] = mapped_column(Text)  # the profile's JSON
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
 class SubmissionTable(Base):
     """Studies submitted to the service (``prunetune serve``), waiting for or run by a worker."""
 

@@ -41,6 +41,7 @@ from storage._schema import (
     CandidateRow,
     CandidateTable,
     ParetoTable,
+    ProfileTable,
     StudyRecord,
     StudyTable,
     candidate_row,
@@ -498,6 +499,35 @@ class StudyStore:
                 .order_by(CandidateTable.macs, CandidateTable.id)
             )
             return [candidate_row(c) for c in s.scalars(q)]
+
+    # ---------------------------------------------------------------- device profiles
+    def profile(self, key: str) -> str | None:
+        """The JSON of the device profile stored under ``key`` (``spaces.DeviceProfile.key``); ``None``: none yet."""
+        with self._session() as s:
+            row = s.get(ProfileTable, key)
+            return None if row is None else row.profile
+
+    def save_profile(self, key: str, profile_json: str, *, device: str, runtime: str, threads: int, batch: int) -> str:
+        """Store a measured profile under ``key`` unless one is there already; the stored one's JSON either way
+        (two workers that measured at once keep the first, so every study reads the same tables)."""
+        try:
+            with self._session() as s:
+                if s.get(ProfileTable, key) is None:
+                    s.add(
+                        ProfileTable(
+                            key=key, device=device, runtime=runtime, threads=threads, batch=batch, profile=profile_json
+                        )
+                    )
+        except IntegrityError:  # another worker stored it at the same moment
+            pass
+        stored = self.profile(key)
+        assert stored is not None
+        return stored
+
+    def delete_profile(self, key: str) -> None:
+        """Forget the profile stored under ``key`` (``prunetune profile --force`` measures it again)."""
+        with self._session() as s:
+            s.query(ProfileTable).filter(ProfileTable.key == key).delete()
 
 
 def _rung_entry(entry: Sequence[Any]) -> list[Any]:

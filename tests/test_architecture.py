@@ -32,7 +32,7 @@ SPACES_LAYERS = [
     {"_plan"},
     {"_budget", "_lowrank"},
     {"_trace"},
-    {"_costmodel", "_importance"},
+    {"_costmodel", "_importance", "_latency"},
     {"_surgery", "_sensitivity"},
     {"_verify", "_policy", "_allocate"},
     {"dimensions._prune", "dimensions._rank", "dimensions._bits"},

@@ -20,6 +20,7 @@ from search._config import config_flags
 from search._exit_codes import EXIT_INTERRUPTED, REPORT_A_BUG, explain
 from search.cli import _commands as commands
 from search.cli._inspect import budget_arg, cmd_inspect, ratios_arg, shape_arg
+from search.cli._profile_command import add_profile_command
 from search.cli._service_commands import add_service_commands
 from spaces import Importance, Interrupted, check_interrupt, handle_signals
 
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_readers(sub)
     _add_finalize(sub)
     _add_report(sub)
+    add_profile_command(sub)
     add_service_commands(sub)
     return p
 

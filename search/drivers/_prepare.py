@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search._config import Config
+from search.drivers._profile import device_profile, needs_profile
 from search.drivers._samplers import Sampler
 from spaces import Importance, Objective, UsageError
 
@@ -145,12 +146,12 @@ def prepare(
     device = resolve_device(cfg.evaluate.device)
     data = load_data(cfg.data.spec, data_dir=cfg.data.data_dir, seed=cfg.data.seed)
     model, base_accuracy, base_weights = _base_model(cfg, data, device, progress)
-    base_model = model.eval()
-    space = ModelSpace(model.cpu(), data.example_inputs(1), **_space_options(cfg))
+    base_model = model.eval()  # the distillation teacher (on ``device`` below); the space copies it
+    space = ModelSpace(model.cpu(), data.example_inputs(1), **space_options(cfg))
+    cfg = _with_profile(cfg, space, store, device)  # a latency budget, round_to = "auto": the device profile
     if Importance(cfg.space.importance).needs_data:
         importance_scores(cfg, space, data, base_weights)
     base_model.to(device)
-    base_cost = space.base_cost
     uniform = space.fit(space.uniform_plan(0.0), budget)  # infeasible budget: raises here
     floor = cost_floor(cfg.search.floor, space, budget)
     dists = distributions(space, cfg.space.model_dump(mode="json"), floor=floor)
@@ -161,7 +162,7 @@ def prepare(
         data_spec=data.spec,
         budget=budget.to_dict(),
         space_options=spec,
-        base_cost=base_cost.as_dict(),
+        base_cost=space.base_cost.as_dict(),
         base_accuracy=base_accuracy,
     )
     return Prepared(
@@ -177,7 +178,7 @@ def prepare(
         base_model=base_model,
         base_accuracy=base_accuracy,
         space=space,
-        base_cost=base_cost,
+        base_cost=space.base_cost,
         uniform=uniform,
         dists=dists,
         artifacts=Path(cfg.search.artifacts_dir) / "studies" / name,
@@ -344,7 +345,29 @@ def _study_spec(cfg: Config, data: DataBundle, base_weights: Path) -> StudySpec:
     )
 
 
-def _space_options(cfg: Config) -> dict[str, Any]:
-    """The :class:`spaces.ModelSpace` options of the config's ``[space]``."""
+def space_options(cfg: Config) -> dict[str, Any]:
+    """The :class:`spaces.ModelSpace` options of the config's ``[space]`` (``round_to = "auto"`` starts at 1)."""
     space = cfg.space
-    return {"importance": space.importance, "round_to": space.round_to, "ignored_layers": space.ignored_layers}
+    round_to = space.round_to if isinstance(space.round_to, int) else 1
+    return {"importance": space.importance, "round_to": round_to, "ignored_layers": space.ignored_layers}
+
+
+def _with_profile(cfg: Config, space: ModelSpace, store: StudyStore, device: torch.device) -> Config:
+    """Attach the study's device profile to ``space`` (measured once, then read from the store) and resolve
+    ``space.round_to = "auto"`` to the profile's channel multiple (the config returned says which); ``cfg``
+    itself when the study needs no profile."""
+    import torch
+
+    if not needs_profile(cfg):
+        return cfg
+    if cfg.budget.latency is not None and (cfg.space.rank or cfg.space.quantize != "none"):
+        raise UsageError(
+            "budget.latency is predicted for pruning plans only: set space.rank = false and space.quantize = "
+            '"none", or limit macs or bytes instead'
+        )
+    profile, _ = device_profile(space, store, device=device, threads=torch.get_num_threads())
+    space.attach_profile(profile)
+    if cfg.space.round_to != "auto":
+        return cfg
+    space.set_round_to(profile.multiple)
+    return cfg.model_copy(update={"space": cfg.space.model_copy(update={"round_to": profile.multiple})})

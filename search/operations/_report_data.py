@@ -115,6 +115,8 @@ def _seed_plans(space: ModelSpace, info: StudyRecord, rows: list[CandidateRow], 
                 out[_label(row)] = Plan.from_json(row.plan)
         elif Importance(info.spec.importance).needs_data and kind is not CandidateKind.UNIFORM:
             continue  # the allocator and the global ranking read the importance, which needs calibration data
+        elif "latency" in info.budget:
+            continue  # met on the device profile's prediction, which the report does not measure
         elif kind is CandidateKind.ALLOCATOR:
             rank, method = bool(info.spec.space.get("rank", False)), str(info.spec.space.get("method", "svd"))
             allocation = space.allocate(budget, rank=rank, method=method)

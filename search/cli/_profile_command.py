@@ -1,0 +1,65 @@
+"""``prunetune profile CONFIG``: measure (or show) the study's device profile on this machine."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["add_profile_command", "cmd_profile"]
+
+
+def add_profile_command(sub: Any) -> None:
+    prof = sub.add_parser(
+        "profile",
+        help="measure this machine's per-layer latency tables for a study's model (stored, reused by every study)",
+        description="Times every conv and linear layer of the config's model over the channel counts plans can "
+        "give it, the rest of the model at four uniform plans, and the channel multiple beyond which this machine "
+        "gains no speed; stores the profile in the config's store, keyed by model, device, runtime, threads and "
+        'batch size. A study with a budget.latency limit or space.round_to = "auto" reads it (or measures it).',
+    )
+    prof.add_argument("config", help="the run's TOML config (model, data, storage, evaluate.threads/device)")
+    prof.add_argument("--runs", type=int, default=7, help="timed calls per point, the median kept (default 7)")
+    prof.add_argument("--batch", type=int, default=1, help="batch size to profile (default 1)")
+    prof.add_argument("--force", action="store_true", help="measure again even if the store holds a profile")
+    prof.set_defaults(func=cmd_profile)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    import torch
+
+    from evaluators import resolve_device
+    from search._config import load_config
+    from search.drivers._profile import device_profile, structure_space
+    from spaces import UsageError
+    from storage import StudyStore
+
+    if args.runs < 1 or args.batch < 1:
+        raise UsageError(f"--runs and --batch must be at least 1, got {args.runs} and {args.batch}")
+    cfg = load_config(args.config)
+    store = StudyStore(cfg.storage.url)
+    if cfg.evaluate.threads is not None:
+        torch.set_num_threads(cfg.evaluate.threads)
+    space = structure_space(cfg)
+    device = resolve_device(cfg.evaluate.device)
+    prof, measured = device_profile(
+        space, store, device=device, threads=torch.get_num_threads(), batch=args.batch, runs=args.runs, force=args.force
+    )
+    c = Console()
+    how = "measured now and stored" if measured else "read from the store (measured before; --force measures again)"
+    c.print(f"device profile of {cfg.model.spec} on {prof.device}, {prof.runtime}, {prof.threads} threads, "
+            f"batch {prof.batch}: {how} in {store.display_url}")  # fmt: skip
+    c.print(
+        f"{len(prof.layers)} layer tables; base model {prof.base_ms:.3f} ms measured; rest {prof.rest[0]:.3f} ms "
+        f'+ {prof.rest[1]:.3f} ms x activations kept; channel multiple {prof.multiple} (round_to = "auto"); '
+        f"largest non-monotone step removed {100 * prof.noise:.0f} %"
+    )
+    table = Table(title="calibration: the whole model at uniform plans")
+    for col in ("prune ratio", "measured ms", "predicted ms", "error"):
+        table.add_column(col, justify="right")
+    for ratio, meas, pred in prof.calibration:
+        table.add_row(f"{ratio:.2f}", f"{meas:.3f}", f"{pred:.3f}", f"{100 * (pred - meas) / meas:+.1f} %")
+    c.print(table)
+    return 0

@@ -1,0 +1,71 @@
+"""``prunetune profile``: the study's device profile, measured once on this machine and kept in the store.
+
+A device profile (:mod:`spaces._latency`) holds, for one model structure,
+device, runtime, thread count and batch size, the latency of every conv and
+linear layer over the channel counts plans can give it, the time of everything
+else, and the channel multiple beyond which the device gains no speed. It is
+stored in the study store (``prunetune_profiles``) under its key, so every
+worker and every later study of the same model on the same kind of machine
+reads it instead of measuring again. A study needs one when its budget limits
+``latency`` or its ``space.round_to`` is ``"auto"``; :func:`device_profile`
+is what its preparation calls, and ``prunetune profile CONFIG`` measures (or
+shows) it ahead of time.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from search._config import Config
+    from spaces import DeviceProfile, ModelSpace
+    from storage import StudyStore
+
+__all__ = ["PROFILE_RUNS", "device_profile", "needs_profile", "structure_space"]
+
+PROFILE_RUNS = 7  # timed calls per point of a layer's table (the median is kept)
+
+
+def needs_profile(cfg: Config) -> bool:
+    """Whether a study of ``cfg`` predicts latency: a latency budget, or ``space.round_to = "auto"``."""
+    return cfg.budget.latency is not None or cfg.space.round_to == "auto"
+
+
+def device_profile(
+    space: ModelSpace,
+    store: StudyStore,
+    *,
+    device: torch.device,
+    threads: int,
+    batch: int = 1,
+    runs: int = PROFILE_RUNS,
+    force: bool = False,
+) -> tuple[DeviceProfile, bool]:
+    """The profile of ``space`` on ``device`` from ``store``, measured and stored first if it has none (or
+    ``force``); and whether it was measured now."""
+    from spaces import DeviceProfile, profile_space
+
+    key = DeviceProfile.key_for(space, device, threads=threads, batch=batch)
+    stored = None if force else store.profile(key)
+    if stored is not None:
+        return DeviceProfile.from_json(stored), False
+    prof = profile_space(space, device=device, threads=threads, batch=batch, runs=runs)
+    if force:
+        store.delete_profile(key)
+    text = store.save_profile(
+        prof.key, prof.to_json(), device=prof.device, runtime=prof.runtime, threads=threads, batch=batch
+    )
+    return DeviceProfile.from_json(text), True
+
+
+def structure_space(cfg: Config) -> ModelSpace:
+    """The study's space built on the model's structure alone (fresh weights: latency does not read them)."""
+    from evaluators import build_model, load_data
+    from search.drivers._prepare import space_options  # import cycle: _prepare imports this module
+    from spaces import ModelSpace
+
+    data = load_data(cfg.data.spec, data_dir=cfg.data.data_dir, seed=cfg.data.seed)
+    model = build_model(cfg.model.spec, in_channels=data.in_channels, num_classes=data.num_classes)
+    return ModelSpace(model.eval(), data.example_inputs(1), **space_options(cfg))

@@ -1,0 +1,465 @@
+"""Device profiles: per-layer latency tables measured on the machine that will run the model.
+
+MACs do not predict speed: on a 2-core CPU a ResNet-20 at 1/3.9 of its MACs ran
+only about twice as fast. NetAdapt's answer (Yang et al., 2018) is a lookup
+table per layer, measured on the device; this module builds one for a
+:class:`~spaces.ModelSpace` and predicts the latency of any pruning plan from
+it, analytically, so ``fit`` can meet a latency cap as it meets a MAC cap.
+
+:func:`profile_space` measures, at batch size and threads given, in torch's
+eager runtime (``runtime = "torch"``) on a CPU or CUDA device:
+
+* **the layer tables.** Every conv and linear layer is rebuilt alone with each
+  pair of (input, output) channel counts of a grid (eight fractions of its
+  channels, 1/8 to 8/8, on the axes that pruning can change; the layer's
+  kernel, stride, padding, dilation and input size as traced; a depthwise
+  convolution has one axis, its groups follow its channels) and timed on a
+  random input: the median of ``runs`` calls after ``warmup``. Each table is
+  then made monotone (a cumulative maximum along both axes), so that fewer
+  channels never predict more time and ``fit``'s bisection is sound; the
+  noise this removes is reported as :attr:`DeviceProfile.noise`.
+* **the rest.** Everything else a forward pass does (BatchNorm, activations,
+  additions, pooling, Python dispatch) is not in the tables. The whole model is
+  timed at four uniform plans (0, 25, 50 and 75 % of every group pruned), and
+  ``measured - sum(tables)`` is fitted by least squares as ``a + b * x``, with
+  ``x`` the conv/linear output elements kept, as a fraction of the base
+  model's: a fixed overhead and a part that follows the activations (``b >= 0``,
+  so the prediction stays monotone; a negative slope is replaced by the mean).
+* **the channel multiple** (:attr:`DeviceProfile.multiple`, what
+  ``round_to = "auto"`` uses): on the conv layer with the most MACs, the output
+  channels are swept over 32 consecutive counts; the largest ``m`` in
+  (32, 16, 8, 4, 2) for which no count is clearly faster (by more than
+  :data:`FREE_SPEEDUP`, in the median) than the next multiple of ``m`` above it
+  is the multiple beyond which this device gains no speed: rounding kept
+  counts up to it costs no time. ``1`` when every count matters.
+
+A prediction (:meth:`DeviceProfile.predict`) interpolates each layer's table
+bilinearly at the plan's kept counts, adds the rest, and is in milliseconds.
+It covers pruning plans; a plan with ranks or bits is refused with a one-line
+error (factor chains and quantized kernels are not profiled). A profile is
+keyed (:meth:`DeviceProfile.key`) by the model's structure, the device, the
+runtime, threads and batch size, and travels as JSON, so a store can cache it
+and every worker reuse it.
+
+Written here rather than taken from a library: torch's ``torch.utils.benchmark``
+times one callable (used for nothing more than that would be), and no library
+builds per-layer tables over pruned channel counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from spaces._errors import PlanError
+from spaces._trace import CONV, LINEAR
+
+if TYPE_CHECKING:
+    from spaces._plan import Plan
+    from spaces._space import ModelSpace
+
+__all__ = [
+    "FRACTIONS",
+    "FREE_SPEEDUP",
+    "DeviceProfile",
+    "LatencyPredictor",
+    "LayerTable",
+    "device_name",
+    "multiple_from",
+    "profile_space",
+]
+
+FRACTIONS = tuple(i / 8 for i in range(1, 9))  # the grid of kept fractions on each axis a plan can change
+FREE_SPEEDUP = 0.03  # a count this much faster (median) than the multiple above it is a real speed-up
+MULTIPLES = (32, 16, 8, 4, 2)
+CALIBRATION_RATIOS = (0.0, 0.25, 0.5, 0.75)
+
+
+@dataclass
+class LayerTable:
+    """One layer's measured latency (ms) over a grid of (input, output) channel counts."""
+
+    ins: list[int]  # input channel counts (one entry: the axis does not change)
+    outs: list[int]  # output channel counts
+    ms: list[list[float]]  # ms[i][j]: ins[i] inputs, outs[j] outputs, monotone in both
+    depthwise: bool = False  # groups follow the channels (``ins`` holds the unpruned count only)
+    calls: int = 1  # calls per forward pass (the prediction counts each)
+
+    def at(self, cin: float, cout: float) -> float:
+        """Bilinear interpolation (clamped to the grid) at ``cin`` inputs, ``cout`` outputs."""
+        if self.depthwise:
+            cin = cout
+        i0, i1, u = _bracket(self.ins, cin)
+        j0, j1, v = _bracket(self.outs, cout)
+        m = self.ms
+        return (1 - u) * ((1 - v) * m[i0][j0] + v * m[i0][j1]) + u * ((1 - v) * m[i1][j0] + v * m[i1][j1])
+
+
+def _bracket(grid: Sequence[int], x: float) -> tuple[int, int, float]:
+    """Indices around ``x`` in ascending ``grid`` and the weight of the upper one."""
+    if x <= grid[0] or len(grid) == 1:
+        return 0, 0, 0.0
+    if x >= grid[-1]:
+        return len(grid) - 1, len(grid) - 1, 0.0
+    hi = int(np.searchsorted(grid, x, side="left"))
+    lo = hi - 1
+    return lo, hi, (x - grid[lo]) / (grid[hi] - grid[lo])
+
+
+@dataclass
+class DeviceProfile:
+    """A model's per-layer latency tables on one device (see the module docs)."""
+
+    model: str  # the model's structure fingerprint (:func:`structure_key`)
+    device: str  # e.g. "cpu: x86_64, 2 cores" or "cuda: NVIDIA H200"
+    runtime: str  # "torch" (eager)
+    threads: int
+    batch: int
+    layers: dict[str, LayerTable]
+    rest: tuple[float, float]  # other ops: a + b * (kept output elements / base)
+    base_ms: float  # the base model, measured end to end (median)
+    multiple: int  # the channel multiple beyond which the device gains no speed
+    noise: float = 0.0  # the largest relative drop the monotone tables removed
+    calibration: list[tuple[float, float, float]] = field(default_factory=list)  # ratio, measured, predicted
+
+    @property
+    def key(self) -> str:
+        """What the profile is valid for: model structure, device, runtime, threads, batch (a sha256 hex)."""
+        return profile_key(self.model, self.device, self.runtime, self.threads, self.batch)
+
+    @staticmethod
+    def key_for(space: ModelSpace, device: torch.device, *, threads: int, batch: int, runtime: str = "torch") -> str:
+        """The key a profile of ``space`` measured on ``device`` would have (to look it up before measuring)."""
+        return profile_key(structure_key(space), device_name(device), runtime, threads, batch)
+
+    def predict(self, space: ModelSpace, plan: Plan) -> float:
+        """The predicted latency (ms) of ``space.apply(plan)`` on this device (pruning plans only)."""
+        from spaces.dimensions import dimensions
+
+        held = [k for d in dimensions() if d.fit_rule == "held" for k in d.keys if plan.entries(k)]
+        if held:
+            raise PlanError(f"latency is predicted for pruning plans; this plan also has {', '.join(held)}")
+        return self.predict_keep(space, space.keep_counts(plan))
+
+    def predict_keep(self, space: ModelSpace, keep: np.ndarray) -> float:
+        """The predicted latency (ms) when group ``i`` keeps ``keep[i]`` channels and every layer is dense."""
+        total, kept = 0.0, 0.0
+        for name, table in self.layers.items():
+            cout, cin = _channels(space, name, keep)
+            total += table.calls * table.at(cin, cout)
+            kept += cout * space._trace.spatial.get(name, 0)
+        a, b = self.rest
+        return total + a + b * kept / _base_elements(space)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | Mapping[str, Any]) -> DeviceProfile:
+        d = dict(json.loads(text) if isinstance(text, str) else text)
+        d["layers"] = {k: LayerTable(**v) for k, v in d["layers"].items()}
+        d["rest"] = tuple(d["rest"])
+        d["calibration"] = [tuple(c) for c in d.get("calibration", [])]
+        return cls(**d)
+
+
+class LatencyPredictor:
+    """``profile.predict_keep`` bound to a space: what the cost model calls (picklable, unlike a lambda)."""
+
+    def __init__(self, space: ModelSpace, profile: DeviceProfile) -> None:
+        self.space, self.profile = space, profile
+
+    def __call__(self, keep: np.ndarray) -> float:
+        return self.profile.predict_keep(self.space, keep)
+
+
+def profile_key(model: str, device: str, runtime: str, threads: int, batch: int) -> str:
+    return hashlib.sha256(json.dumps([model, device, runtime, threads, batch]).encode()).hexdigest()
+
+
+def structure_key(space: ModelSpace) -> str:
+    """The model's structure as latency sees it: each conv/linear layer's shape and input, and the groups."""
+    parts = [
+        (name, str(space.model.get_submodule(name)), list(shape), calls)
+        for name, (shape, calls) in _input_shapes(space).items()
+    ]
+    parts.append([(g.id, g.channels) for g in space.groups])  # type: ignore[arg-type]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:32]
+
+
+def device_name(device: torch.device) -> str:
+    """The device as a profile names it: the CPU's architecture and core count, or the CUDA device's name."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def profile_space(
+    space: ModelSpace,
+    *,
+    model: str | None = None,
+    device: torch.device | str = "cpu",
+    threads: int | None = None,
+    batch: int = 1,
+    runs: int = 7,
+    warmup: int = 2,
+) -> DeviceProfile:
+    """Measure ``space``'s device profile (see the module docs): tables, the rest, the channel multiple.
+
+    ``model`` names the structure in the key (default: :func:`structure_key`); ``threads`` sets torch's
+    CPU threads while measuring (default: torch's current number); ``runs`` timed calls per point.
+    """
+    if batch < 1 or runs < 1 or warmup < 0:
+        raise ValueError(f"batch and runs must be >= 1 and warmup >= 0, got {batch}, {runs}, {warmup}")
+    dev = torch.device(device)
+    old = torch.get_num_threads()
+    n = threads or old
+    torch.set_num_threads(n)
+    try:
+        timer = _Timer(dev, runs, warmup)
+        shapes = _input_shapes(space)
+        layers = {name: _table(space, name, call, batch, timer) for name, call in shapes.items()}
+        noise = max((_make_monotone(t) for t in layers.values()), default=0.0)
+        prof = DeviceProfile(
+            model=model or structure_key(space),
+            device=device_name(dev),
+            runtime="torch",
+            threads=n,
+            batch=batch,
+            layers=layers,
+            rest=(0.0, 0.0),
+            base_ms=0.0,
+            multiple=_multiple(space, shapes, batch, timer),
+            noise=noise,
+        )
+        _calibrate(space, prof, batch, timer)
+        return prof
+    finally:
+        torch.set_num_threads(old)
+
+
+class _Timer:
+    """The median time (ms) of a callable on one device: ``warmup`` calls, then ``runs`` timed ones."""
+
+    def __init__(self, device: torch.device, runs: int, warmup: int) -> None:
+        self.device, self.runs, self.warmup = device, runs, warmup
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self, fn: Callable[[], Any]) -> float:
+        with torch.inference_mode():
+            for _ in range(self.warmup):
+                fn()
+            times = []
+            for _ in range(self.runs):
+                self.sync()
+                t = time.perf_counter()
+                fn()
+                self.sync()
+                times.append(time.perf_counter() - t)
+        return 1000.0 * statistics.median(times)
+
+
+def _input_shapes(space: ModelSpace) -> dict[str, tuple[tuple[int, ...], int]]:
+    """Every conv/linear layer with a table: its input shape at its first call, and its calls per forward pass."""
+    shapes: dict[str, tuple[tuple[int, ...], int]] = {}
+    names = {m: n for n, m in space.model.named_modules()}
+
+    def hook(mod: nn.Module, inputs: tuple[Any, ...], _: Any) -> None:
+        name = names[mod]
+        first, calls = shapes.get(name, (tuple(inputs[0].shape), 0))
+        shapes[name] = (first, calls + 1)
+
+    handles = [m.register_forward_hook(hook) for m in space.model.modules() if _profiled(m)]
+    try:
+        with torch.no_grad():
+            space.model(*space.example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def _profiled(m: nn.Module) -> bool:
+    """Layers with a table: Conv1d/2d/3d and Linear (transposed convs are left to the rest)."""
+    return isinstance(m, CONV[:3] + LINEAR) and not isinstance(m, CONV[3:])
+
+
+def _channels(space: ModelSpace, name: str, keep: np.ndarray) -> tuple[int, int]:
+    """Layer ``name``'s (output, input) channels when groups keep ``keep``."""
+    shape = space.costs.weight_shape(name, keep)
+    mod = space.model.get_submodule(name)
+    assert shape is not None
+    if isinstance(mod, nn.Linear):
+        return shape[0], shape[1]
+    assert isinstance(mod, nn.modules.conv._ConvNd)
+    if _is_depthwise(mod):
+        return shape[0], shape[0]
+    return shape[0], shape[1] * mod.groups
+
+
+def _is_depthwise(mod: nn.modules.conv._ConvNd) -> bool:
+    return mod.groups > 1 and mod.groups == mod.in_channels
+
+
+def _base_elements(space: ModelSpace) -> float:
+    """Output elements of the profiled layers of the base model (what the rest's activation share divides)."""
+    total = 0
+    for name, s in space._trace.spatial.items():
+        mod = space.model.get_submodule(name)
+        if _profiled(mod):
+            total += int(mod.weight.shape[0]) * s  # type: ignore[index]
+    return float(total) or 1.0
+
+
+def _axis(count: int, changes: bool) -> list[int]:
+    return sorted({max(1, round(count * f)) for f in FRACTIONS}) if changes else [count]
+
+
+def _table(space: ModelSpace, name: str, call: tuple[tuple[int, ...], int], batch: int, timer: _Timer) -> LayerTable:
+    """Layer ``name`` timed alone over its grid of channel counts (``call``: its input shape, calls per forward)."""
+    mod = space.model.get_submodule(name)
+    shape, calls = call
+    full = space.costs.channels
+    cout0, cin0 = _channels(space, name, full)
+    lo_out, lo_in = _channels(space, name, np.ones_like(full))
+    dw = not isinstance(mod, nn.Linear) and _is_depthwise(mod)  # type: ignore[arg-type]
+    outs = _axis(cout0, lo_out != cout0)
+    if dw:  # one axis: the groups follow the channels
+        ms = [[_time_layer(mod, co, co, shape, batch, timer) for co in outs]]
+        return LayerTable(ins=[cin0], outs=outs, ms=ms, depthwise=True, calls=calls)
+    ins = _axis(cin0, lo_in != cin0)
+    ms = [[_time_layer(mod, ci, co, shape, batch, timer) for co in outs] for ci in ins]
+    return LayerTable(ins=ins, outs=outs, ms=ms, calls=calls)
+
+
+def _time_layer(mod: nn.Module, cin: int, cout: int, shape: tuple[int, ...], batch: int, timer: _Timer) -> float:
+    """``mod``'s kind of layer with ``cin`` inputs and ``cout`` outputs, timed on a random input of ``shape``."""
+    layer = _rebuilt(mod, cin, cout).to(timer.device).eval()
+    x = torch.randn(
+        _scaled(shape, cin, batch, channel_dim=-1 if isinstance(mod, nn.Linear) else 1), device=timer.device
+    )
+    return timer(lambda: layer(x))
+
+
+def _rebuilt(mod: nn.Module, cin: int, cout: int) -> nn.Module:
+    if isinstance(mod, nn.Linear):
+        return nn.Linear(cin, cout, bias=mod.bias is not None)
+    assert isinstance(mod, nn.modules.conv._ConvNd)
+    groups = cout if _is_depthwise(mod) else mod.groups
+    return type(mod)(  # type: ignore[call-arg]
+        cin,
+        cout,
+        mod.kernel_size,
+        stride=mod.stride,
+        padding=mod.padding,
+        dilation=mod.dilation,
+        groups=groups,
+        bias=mod.bias is not None,
+        padding_mode=mod.padding_mode,
+    )
+
+
+def _scaled(shape: tuple[int, ...], channels: int, batch: int, *, channel_dim: int) -> list[int]:
+    out = list(shape)
+    out[channel_dim] = channels
+    out[0] *= batch
+    return out
+
+
+def _make_monotone(t: LayerTable) -> float:
+    """Make ``t.ms`` non-decreasing along both axes (cumulative max); the largest relative change it made."""
+    raw = np.array(t.ms, dtype=np.float64)
+    mono = np.maximum.accumulate(np.maximum.accumulate(raw, axis=0), axis=1)
+    t.ms = mono.tolist()
+    return float(np.max((mono - raw) / mono)) if mono.size else 0.0
+
+
+def _multiple(space: ModelSpace, shapes: Mapping[str, tuple[tuple[int, ...], int]], batch: int, timer: _Timer) -> int:
+    """The channel multiple beyond which this device gains no speed, swept on the conv with the most MACs."""
+    full = space.costs.channels
+    best, best_macs = None, -1
+    for name in shapes:
+        mod = space.model.get_submodule(name)
+        cout, cin = _channels(space, name, full)
+        changes = _channels(space, name, np.ones_like(full))[0] != cout
+        if isinstance(mod, nn.Linear) or _is_depthwise(mod) or not changes or cout < 64:  # type: ignore[arg-type]
+            continue
+        macs = space._trace.spatial[name] * int(mod.weight.numel())  # type: ignore[operator]
+        if macs > best_macs:
+            best, best_macs = name, macs
+    if best is None:
+        return 1
+    mod = space.model.get_submodule(best)
+    _, cin = _channels(space, best, full)
+    hi = (_channels(space, best, full)[0] // 32) * 32
+    counts = list(range(hi - 31, hi + 1))
+    rounds: dict[int, list[float]] = {k: [] for k in counts}
+    for _ in range(3):  # interleaved rounds: a slow moment of the machine spreads over every count
+        for k in counts:
+            rounds[k].append(_time_layer(mod, cin, k, shapes[best][0], batch, timer))
+    return multiple_from({k: statistics.median(v) for k, v in rounds.items()})
+
+
+def multiple_from(times: Mapping[int, float]) -> int:
+    """The largest ``m`` in :data:`MULTIPLES` for which counts are not faster than the next multiple of ``m``.
+
+    ``times`` maps consecutive channel counts to their latency; for each ``m``, the relative speed-up of every
+    count that is not a multiple of ``m`` over the multiple of ``m`` above it (when swept) is taken; ``m`` is
+    free when the median speed-up is at most :data:`FREE_SPEEDUP`. ``1`` when no ``m`` is.
+    """
+    for m in MULTIPLES:
+        gains = [
+            (times[up] - t) / times[up]
+            for k, t in times.items()
+            if k % m and (up := math.ceil(k / m) * m) in times and times[up] > 0
+        ]
+        if gains and statistics.median(gains) <= FREE_SPEEDUP:
+            return m
+    return 1
+
+
+def _fit_rest(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """``(a, b)`` of the least-squares line ``a + b * x`` through the points, with ``b >= 0`` (a rest that fell
+    as channels were added would make the prediction non-monotone: then the mean, flat)."""
+    a_mat = np.array([[1.0, x] for x in xs])
+    a, b = np.linalg.lstsq(a_mat, np.array(ys, dtype=np.float64), rcond=None)[0]
+    return (float(a), float(b)) if b >= 0 else (float(np.mean(ys)), 0.0)
+
+
+def _calibrate(space: ModelSpace, prof: DeviceProfile, batch: int, timer: _Timer) -> None:
+    """Time the whole model at uniform plans and fit the rest (``a + b * x``) by least squares (see the module docs)."""
+    from spaces._cost import as_tuple
+
+    inputs = tuple(
+        x.repeat(batch, *([1] * (x.dim() - 1))).to(timer.device) if isinstance(x, torch.Tensor) else x
+        for x in as_tuple(space.example_inputs)
+    )
+    base = _base_elements(space)
+    points = []
+    for ratio in CALIBRATION_RATIOS:
+        plan = space.uniform_plan(ratio)
+        keep = space.keep_counts(plan)
+        model = space.apply(plan).to(timer.device).eval()
+        measured = timer(lambda m=model: m(*inputs))  # type: ignore[misc]
+        tables = sum(t.calls * t.at(*_channels(space, n, keep)[::-1]) for n, t in prof.layers.items())
+        kept = sum(_channels(space, n, keep)[0] * space._trace.spatial.get(n, 0) for n in prof.layers)
+        points.append((ratio, measured, tables, kept / base))
+    prof.rest = _fit_rest([x for *_, x in points], [m - t for _, m, t, _ in points])
+    prof.base_ms = points[0][1]
+    prof.calibration = [(r, m, t + prof.rest[0] + prof.rest[1] * x) for r, m, t, x in points]

@@ -1,0 +1,155 @@
+"""Device profiles: per-layer latency tables, their prediction, the channel multiple, latency budgets.
+
+No test here asserts a wall-clock time: timings are benchmark figures (bench/bench_latency.py). These
+tests check what must hold whatever the machine measured: the tables' grids and keys, monotone
+predictions, budgets met in predicted latency, and one-line errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from spaces import Budget, DeviceProfile, ModelSpace, PlanError, profile_space
+from spaces._latency import FRACTIONS, LayerTable, multiple_from
+
+
+def _net() -> nn.Module:
+    def block(cin: int, cout: int, groups: int = 1) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return nn.Sequential(
+        *block(3, 16), *block(16, 32), *block(32, 32, groups=32), *block(32, 24),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def space() -> ModelSpace:
+    torch.manual_seed(0)
+    return ModelSpace(_net().eval(), torch.randn(1, 3, 16, 16))
+
+
+@pytest.fixture(scope="module")
+def profile(space: ModelSpace) -> DeviceProfile:
+    return profile_space(space, threads=1, runs=2, warmup=1)
+
+
+def _synthetic(space: ModelSpace) -> DeviceProfile:
+    """A profile whose tables are MACs-like (``cin * cout`` µs), and a rest of 0.1 + 0.2 x ms."""
+    prof = profile_space(space, threads=1, runs=1, warmup=0)
+    for t in prof.layers.values():
+        t.ms = [[1e-3 * (co if t.depthwise else ci * co) for co in t.outs] for ci in t.ins]
+    prof.rest = (0.1, 0.2)
+    return prof
+
+
+def test_every_conv_and_linear_has_a_table_over_the_channels_plans_can_give_it(
+    space: ModelSpace, profile: DeviceProfile
+) -> None:
+    t = profile.layers
+    assert list(t) == ["0", "3", "6", "9", "14"]
+    assert t["0"].ins == [3] and t["0"].outs == [2, 4, 6, 8, 10, 12, 14, 16]  # the image's channels do not change
+    assert t["3"].ins == [round(16 * f) for f in FRACTIONS] and t["3"].outs == [round(32 * f) for f in FRACTIONS]
+    assert t["6"].depthwise and t["6"].ins == [32] and len(t["6"].ms) == 1  # one axis: groups follow channels
+    assert t["14"].outs == [10]  # the classifier keeps its outputs
+    for table in t.values():
+        ms = np.array(table.ms)
+        assert ms.shape == (len(table.ins), len(table.outs)) and (ms > 0).all()
+        assert (np.diff(ms, axis=0) >= 0).all() and (np.diff(ms, axis=1) >= 0).all()  # made monotone
+    assert profile.base_ms > 0 and [c[0] for c in profile.calibration] == [0.0, 0.25, 0.5, 0.75]
+    assert profile.rest[1] >= 0
+
+
+def test_the_prediction_interpolates_the_tables_and_is_monotone_in_kept_channels(space: ModelSpace) -> None:
+    prof = _synthetic(space)
+    full = space.costs.channels
+    # the dense model: every table at its full counts, plus the whole rest
+    dense = sum(t.ms[-1][-1] for t in prof.layers.values()) + 0.1 + 0.2
+    assert prof.predict_keep(space, full) == pytest.approx(dense)
+    table = LayerTable(ins=[4, 8], outs=[2, 6], ms=[[1.0, 3.0], [2.0, 4.0]])
+    assert table.at(6, 4) == pytest.approx(2.5) and table.at(100, 0) == pytest.approx(2.0)  # bilinear, clamped
+    preds = [prof.predict(space, space.uniform_plan(r)) for r in np.linspace(0, 0.9, 10)]
+    assert all(a >= b for a, b in itertools.pairwise(preds)) and preds[-1] < preds[0] / 3
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # one more channel in any group never predicts less time
+        keep = np.array([rng.integers(1, c + 1) for c in full])
+        i = int(rng.integers(len(full)))
+        more = keep.copy()
+        more[i] = min(full[i], keep[i] + 1)
+        assert prof.predict_keep(space, more) >= prof.predict_keep(space, keep)
+
+
+def test_a_latency_budget_is_met_by_fit_and_the_allocator_in_predicted_latency(space: ModelSpace) -> None:
+    sp = ModelSpace(_net().eval(), torch.randn(1, 3, 16, 16))
+    sp.attach_profile(_synthetic(sp))
+    base = sp.base_cost.latency
+    assert base is not None and sp.cost(sp.uniform_plan(0.0)).latency == pytest.approx(base)
+    for budget in (Budget(latency="50%"), Budget(latency=f"{0.4 * base:.4f}ms"), Budget(macs="60%", latency="45%")):
+        limit = min(budget.absolute(sp.base_cost).get("latency", np.inf), base)
+        plan = sp.fit(sp.uniform_plan(0.0), budget)
+        cost = sp.cost(plan)
+        assert cost.latency is not None and cost.latency <= limit and budget.is_met(cost, sp.base_cost)
+        assert cost.latency >= 0.85 * limit  # the budget is used, not wasted
+        alloc = sp.allocate(budget, rank=False).plan
+        assert budget.is_met(sp.cost(alloc), sp.base_cost)
+    assert sp.costs.cost_of_keep(sp.costs.channels, {"3": ("svd", (4,))}).latency is None  # ranks: not predicted
+
+
+def test_a_rank_plan_is_refused_by_the_prediction_and_by_a_latency_budget(space: ModelSpace) -> None:
+    prof = _synthetic(space)
+    from spaces import Plan
+
+    with pytest.raises(PlanError, match="latency is predicted for pruning plans; this plan also has rank"):
+        prof.predict(space, Plan(rank={"3": 0.5}))
+    with pytest.raises(ValueError, match="^budget latency needs a predicted latency"):
+        Budget(latency="50%").slack(space.base_cost, space.base_cost)  # the space has no profile attached
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("-3ms", "got '-3ms'"),
+        ("0%", "got '0%'"),
+        ("3 parsecs", "unknown unit 'parsecs'"),
+        ("3", "which has no unit"),
+        (True, "got True"),
+    ],
+)
+def test_bad_latency_budgets_are_one_line_errors(value: object, message: str) -> None:
+    with pytest.raises((ValueError, TypeError)) as err:  # InputTypeError (a TypeError) for a wrong type
+        Budget(latency=value)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("budget latency must be a positive number") and message in text
+
+
+def test_latency_budgets_read_milliseconds_and_percentages() -> None:
+    assert Budget(latency="3ms").absolute() == {"latency": 3.0}
+    assert Budget(latency="800us").absolute() == {"latency": pytest.approx(0.8)}
+    assert Budget(latency="0.5s").absolute() == {"latency": 500.0}
+    assert Budget(latency=2.5).absolute() == {"latency": 2.5}
+    assert Budget.from_dict({"latency": "60%"}).to_dict() == {"latency": "60%"}
+
+
+def test_the_channel_multiple_is_where_a_staircase_stops_paying() -> None:
+    counts = range(33, 65)
+    for step in (4, 8, 16, 32):
+        stairs = {k: 1.0 + -(-k // step) for k in counts}  # time jumps only at multiples of ``step``
+        assert multiple_from(stairs) == step
+    linear = {k: 0.01 * k for k in counts}  # every channel costs: only a tiny multiple is free
+    assert multiple_from(linear) <= 2
+    steep = {k: 1e-3 * k**3 for k in counts}
+    assert multiple_from(steep) == 1
+
+
+def test_a_profile_round_trips_through_json_and_is_keyed_by_device_threads_and_batch(
+    profile: DeviceProfile,
+) -> None:
+    again = DeviceProfile.from_json(profile.to_json())
+    assert again == profile and again.key == profile.key
+    other = DeviceProfile.from_json({**__import__("json").loads(profile.to_json()), "threads": profile.threads + 1})
+    assert other.key != profile.key
