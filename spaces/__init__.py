@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     )
     from spaces._latency import (
         DeviceProfile as DeviceProfile,
+        measure_latency as measure_latency,
         profile_space as profile_space,
     )
     from spaces._lazy import lazy_exports as lazy_exports
@@ -125,6 +126,7 @@ _WHERE = {
     "Plan": "_plan",
     "DeviceProfile": "_latency",
     "profile_space": "_latency",
+    "measure_latency": "_latency",
     "fit": "_policy",
     "global_plan": "_policy",
     "dequantized": "_quant",
@@ -186,6 +188,7 @@ __all__ = [
     "interrupt_requested",
     "lazy_exports",
     "measure_cost",
+    "measure_latency",
     "measure_sensitivity",
     "parameter_bytes",
     "profile_space",

@@ -31,7 +31,9 @@ eager runtime (``runtime = "torch"``) on a CPU or CUDA device:
   (32, 16, 8, 4, 2) for which no count is clearly faster (by more than
   :data:`FREE_SPEEDUP`, in the median) than the next multiple of ``m`` above it
   is the multiple beyond which this device gains no speed: rounding kept
-  counts up to it costs no time. ``1`` when every count matters.
+  counts up to it costs no time. ``1`` when every count matters. It is capped
+  at a quarter of the narrowest group's channels (a power of two), so every
+  group keeps at least four choices of width.
 
 A prediction (:meth:`DeviceProfile.predict`) interpolates each layer's table
 bilinearly at the plan's kept counts, adds the rest, and is in milliseconds.
@@ -77,6 +79,7 @@ __all__ = [
     "LatencyPredictor",
     "LayerTable",
     "device_name",
+    "measure_latency",
     "multiple_from",
     "profile_space",
 ]
@@ -261,7 +264,8 @@ class _Timer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def __call__(self, fn: Callable[[], Any]) -> float:
+    def times(self, fn: Callable[[], Any]) -> list[float]:
+        """The ``runs`` timed calls (ms), after ``warmup`` calls that are not timed."""
         with torch.inference_mode():
             for _ in range(self.warmup):
                 fn()
@@ -271,8 +275,27 @@ class _Timer:
                 t = time.perf_counter()
                 fn()
                 self.sync()
-                times.append(time.perf_counter() - t)
-        return 1000.0 * statistics.median(times)
+                times.append(1000.0 * (time.perf_counter() - t))
+        return times
+
+    def __call__(self, fn: Callable[[], Any]) -> float:
+        return statistics.median(self.times(fn))
+
+
+def measure_latency(
+    model: nn.Module, example_inputs: Any, *, device: torch.device | str = "cpu", runs: int = 25, warmup: int = 5
+) -> dict[str, float]:
+    """``model``'s end-to-end latency on ``example_inputs``: the median, 10th and 90th percentile (ms) of
+    ``runs`` calls after ``warmup`` untimed ones, in inference mode (what a front member's prediction is
+    checked against)."""
+    from spaces._cost import as_tuple
+
+    dev = torch.device(device)
+    inputs = tuple(x.to(dev) if isinstance(x, torch.Tensor) else x for x in as_tuple(example_inputs))
+    model = model.to(dev).eval()
+    times = sorted(_Timer(dev, runs, warmup).times(lambda: model(*inputs)))
+    q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
+    return {"measured_ms": statistics.median(times), "p10_ms": q[0], "p90_ms": q[-1], "runs": float(runs)}
 
 
 def _input_shapes(space: ModelSpace) -> dict[str, tuple[tuple[int, ...], int]]:
@@ -413,7 +436,9 @@ def _multiple(space: ModelSpace, shapes: Mapping[str, tuple[tuple[int, ...], int
     for _ in range(3):  # interleaved rounds: a slow moment of the machine spreads over every count
         for k in counts:
             rounds[k].append(_time_layer(mod, cin, k, shapes[best][0], batch, timer))
-    return multiple_from({k: statistics.median(v) for k, v in rounds.items()})
+    found = multiple_from({k: statistics.median(v) for k, v in rounds.items()})
+    narrowest = min(g.channels for g in space.groups)
+    return min(found, max(1, 2 ** int(math.log2(max(1, narrowest // 4)))))  # every group keeps >= 4 choices
 
 
 def multiple_from(times: Mapping[int, float]) -> int:

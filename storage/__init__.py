@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from storage._schema import SCHEMA_VERSION, CandidateRow, StudyRecord, SubmissionRecord
     from storage._store import StudyStore
     from storage._store_errors import StoreDamagedError, StoreError, StudyFullError, StudyMismatchError
-    from storage._view import candidate_view, plan_summary
+    from storage._view import candidate_view, latency_check, plan_summary
 
 __all__ = [
     "PHASES",
@@ -52,6 +52,7 @@ __all__ = [
     "dominates",
     "file_sha256",
     "front_figure",
+    "latency_check",
     "pareto_front",
     "plan_summary",
     "public_url",
@@ -91,6 +92,7 @@ _WHERE = {
     "dominates": "_pareto",
     "pareto_front": "_pareto",
     "candidate_view": "_view",
+    "latency_check": "_view",
     "plan_summary": "_view",
     "write_report": "_report",
 }

@@ -100,7 +100,8 @@ def front_figure(df: pd.DataFrame, info: StudyRecord) -> go.Figure:
     fig = make_subplots(rows=1, cols=len(costs), shared_yaxes=True, subplot_titles=[t for _, t in costs])
     base = info.base_cost
     analytic = {k: v for k, v in info.budget.items() if k in ("macs", "params", "bytes")}  # latency: predicted
-    caps = Budget.from_dict(analytic).absolute(Cost(**{k: base.get(k, 0) for k in analytic})) if analytic else {}
+    base_cost = Cost(**{k: base.get(k, 0) for k in ("macs", "params", "bytes")})
+    caps = Budget.from_dict(analytic).absolute(base_cost) if analytic else {}
     scored = df[df["accuracy"].notna() & df["status"].isin([Status.COMPLETE.value, Status.PRUNED.value])]
     groups = [
         ("Pareto front (validation)", (scored["status"] == Status.COMPLETE) & scored["on_front"], _BLUE, "circle", 10),

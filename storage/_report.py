@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from storage._view import VIEW_COLUMNS, candidate_view
+from storage._view import VIEW_COLUMNS, candidate_view, latency_check
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,6 +46,9 @@ def write_report(
     counts = df["status"].value_counts().to_dict()
     base_acc = info.base_accuracy
     shown = ["trial", "accuracy", "rung_steps", "test_accuracy", "macs_pct", "params_pct", "latency_ms", "plan"]
+    if front["measured_ms"].notna().any():  # a device profile's predictions, checked end to end after the run
+        shown.insert(shown.index("latency_ms") + 1, "measured_ms")
+    check = latency_check(store.front(info.id))
     lines = [
         f"# PruneTune study `{study}`",
         "",
@@ -64,6 +67,7 @@ def write_report(
         "",
         front[shown].to_markdown(index=False, floatfmt=".4g") if len(front) else "(no completed candidate yet)",
         "",
+        *([f"{check}.", ""] if check else []),
         "## All candidates",
         "",
         df[["trial", "status", "accuracy", "macs_pct", "params_pct", "seconds", "plan"]].to_markdown(

@@ -35,7 +35,8 @@ __all__ = [
     "submission_record",
 ]
 
-SCHEMA_VERSION = 4  # 2: weights_sha256; 3: kind, phases, test_accuracy, submissions; 4: rung, rungs, final
+SCHEMA_VERSION = 5  # 2: weights_sha256; 3: kind, phases, test_accuracy, submissions; 4: rung, rungs, final;
+# 5: device_latency, profiles
 
 
 def now() -> datetime:
@@ -90,6 +91,8 @@ class CandidateTable(Base):
     rung: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the highest rung reached (0: the first)
     rungs: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # [[steps, accuracy], ...] per rung
     final: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # what `prunetune finalize` measured
+    # the device profile's prediction and, for front members, the end-to-end measurement (DeviceLatency keys)
+    device_latency: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     heartbeat: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
@@ -180,6 +183,8 @@ class CandidateRow:
     rung: int | None = None  # the highest rung reached (None: stored before rungs existed, i.e. one rung)
     rungs: list[Any] | None = None  # [[steps, accuracy, loss], ...], one per rung reached (older: no loss)
     final: FinalResult | None = None  # finalize's steps, validation and test accuracy, weights file and SHA-256
+    # {"predicted_ms": the profile's prediction; front members also "measured_ms", "p10_ms", "p90_ms", "runs"}
+    device_latency: dict[str, Any] | None = None
 
     def accuracy_at(self, rung: int) -> float | None:
         """Validation accuracy after rung ``rung``'s fine-tune (``None`` when the candidate did not reach it)."""
@@ -219,8 +224,20 @@ class CandidateRow:
 
     @property
     def latency(self) -> float | None:
-        """Latency in ms at the first measured batch size (the ``latency`` objective)."""
+        """Latency in ms, the ``latency`` objective: the device profile's prediction where the study has one,
+        else the latency measured at the first batch size (``evaluate.latency``)."""
+        predicted = (self.device_latency or {}).get("predicted_ms")
+        if predicted is not None:
+            return float(predicted)
         return next(iter(self.latency_ms.values())) if self.latency_ms else None
+
+    @property
+    def prediction_error(self) -> float | None:
+        """``|predicted - measured| / measured`` of the end-to-end latency (front members after a run)."""
+        d = self.device_latency or {}
+        if d.get("predicted_ms") is None or not d.get("measured_ms"):
+            return None
+        return abs(float(d["predicted_ms"]) - float(d["measured_ms"])) / float(d["measured_ms"])
 
     def objective(self, name: Objective | str) -> float | None:
         """This candidate's value of objective ``name`` (``None`` when not measured)."""

@@ -335,6 +335,8 @@ class StudyStore:
             c.status, c.accuracy, c.seconds, c.error = Status(status), accuracy, seconds, error
             if cost is not None:
                 c.macs, c.params, c.bytes = cost.get("macs"), cost.get("params"), cost.get("bytes")
+                predicted = cost.get("latency")  # the device profile's prediction, when the study has one
+                c.device_latency = None if predicted is None else {"predicted_ms": float(predicted)}
             c.latency_ms = {str(k): v for k, v in latency_ms.items()} if latency_ms else None
             c.history = [list(h) for h in history] if history else None
             if isinstance(phases, Mapping):
@@ -523,6 +525,18 @@ class StudyStore:
         stored = self.profile(key)
         assert stored is not None
         return stored
+
+    def record_measured_latency(self, candidate_id: int, measured: Mapping[str, float]) -> bool:
+        """Add an end-to-end latency measurement (``measured_ms``, ``p10_ms``, ``p90_ms``, ``runs``) beside a
+        candidate's prediction; ``False`` (nothing written) when it was measured already."""
+        with self._session() as s:
+            c = s.get(CandidateTable, candidate_id)
+            if c is None:
+                raise ValueError(f"no candidate with id {candidate_id}")
+            if (c.device_latency or {}).get("measured_ms") is not None:
+                return False
+            c.device_latency = {**(c.device_latency or {}), **{k: float(v) for k, v in measured.items()}}
+            return True
 
     def delete_profile(self, key: str) -> None:
         """Forget the profile stored under ``key`` (``prunetune profile --force`` measures it again)."""

@@ -10,7 +10,8 @@ for its phrase (:meth:`spaces.dimensions.Dimension.summary`).
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+import statistics
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from spaces import Plan, PruneTuneError, first_line
@@ -20,12 +21,12 @@ from storage._records import PHASES
 if TYPE_CHECKING:
     from storage._schema import CandidateRow
 
-__all__ = ["VIEW_COLUMNS", "candidate_view", "plan_summary"]
+__all__ = ["ERROR_WARNING", "VIEW_COLUMNS", "candidate_view", "latency_check", "plan_summary"]
 
 VIEW_COLUMNS = (
     "trial", "candidate", "status", "kind", "accuracy", "rung", "rung_steps", "test_accuracy", "macs", "macs_pct",
-    "params", "params_pct", "bytes", "bytes_pct", "latency_ms", "seconds", "on_front", "attempts", "plan_hash", "plan",
-    "error", *(f"t_{k}" for k in PHASES), "history",
+    "params", "params_pct", "bytes", "bytes_pct", "latency_ms", "measured_ms", "seconds", "on_front", "attempts",
+    "plan_hash", "plan", "error", *(f"t_{k}" for k in PHASES), "history",
 )  # fmt: skip
 
 
@@ -61,7 +62,8 @@ def candidate_view(row: CandidateRow, base_cost: Mapping[str, Any], front: Colle
         "params_pct": _pct(row.params, base_cost, "params"),
         "bytes": row.bytes,  # weights at their bit widths (quantized layers: packed, plus scales and zero points)
         "bytes_pct": _pct(row.bytes, base_cost, "bytes"),
-        "latency_ms": row.latency,
+        "latency_ms": row.latency,  # the device profile's prediction where the study has one, else measured
+        "measured_ms": (row.device_latency or {}).get("measured_ms"),  # front members, end to end, after a run
         "seconds": row.seconds,
         "on_front": row.id in front,
         "attempts": row.attempts,
@@ -71,3 +73,21 @@ def candidate_view(row: CandidateRow, base_cost: Mapping[str, Any], front: Colle
         **{f"t_{k}": phases.get(k) for k in PHASES},
         "history": json.dumps(row.history) if row.history else None,
     }
+
+
+ERROR_WARNING = 0.15  # a study whose median latency prediction error over the front exceeds this says so
+
+
+def latency_check(rows: Sequence[CandidateRow]) -> str | None:
+    """One line on the profile's error over ``rows`` (the front) where they were measured; ``None``: none."""
+    errors = [e for e in (r.prediction_error for r in rows) if e is not None]
+    if not errors:
+        return None
+    med = statistics.median(errors)
+    line = (
+        f"latency: predicted vs measured on {len(errors)} front members, median error {100 * med:.1f} %, "
+        f"max {100 * max(errors):.1f} %"
+    )
+    if med > ERROR_WARNING:
+        line += f" (above {100 * ERROR_WARNING:.0f} %: trust the measured column, and profile again)"
+    return line

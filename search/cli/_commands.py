@@ -20,7 +20,7 @@ from search.operations._export import export_candidate, out_dir
 from search.operations._finalize import finalize
 from search.operations._report_data import write_study_report
 from spaces import Interrupted, Status, UsageError
-from storage import best_within_cap
+from storage import best_within_cap, latency_check
 
 if TYPE_CHECKING:
     from storage import StudyStore
@@ -81,6 +81,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         err.print(f"stopped early: {res.stopped}")
     title = f"Pareto front of {res.study!r} ({len(res.front)} of {res.total})"
     out.print(front_table(title, res.front, res.base_cost, p.config.evaluate.score))
+    summary = latency_check(res.front)
+    if summary:
+        out.print(summary)
     t = res.timings.per_candidate()
     out.print(
         f"this run: {res.evaluated} evaluated, {res.duplicates} duplicate plans skipped, {res.retried} retried; "
@@ -136,6 +139,9 @@ def cmd_front(args: argparse.Namespace) -> int:
     title = f"Pareto front of {study!r} ({len(rows)} of {total})"
     console = Console()
     console.print(front_table(title, rows, info.base_cost, info.spec.score))
+    summary = latency_check(rows)
+    if summary:
+        console.print(summary)
     if args.plans:
         for r in rows:
             console.print(f"trial {r.trial_number}: {r.plan}", soft_wrap=True, markup=False, highlight=False)

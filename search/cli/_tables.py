@@ -46,6 +46,7 @@ def front_table(title: str, rows: Sequence[CandidateRow], base_cost: dict[str, A
         "params %": num("params_pct", ".1f", "%"),
         "bytes %": num("bytes_pct", ".1f", "%"),
         "latency ms": num("latency_ms", ".2f"),
+        "measured ms": num("measured_ms", ".2f"),
     }
     if cells["bytes %"] == cells["params %"]:
         del cells["bytes %"]  # every weight in float32: the bytes say what the parameters say
@@ -54,6 +55,8 @@ def front_table(title: str, rows: Sequence[CandidateRow], base_cost: dict[str, A
         "val: validation accuracy (selected on); test: after `prunetune finalize`; "
         "whole plans: `prunetune front --plans`"
     )
+    if any(v["measured_ms"] is not None for v in views):
+        caption += "; latency: the device profile's prediction, measured: end to end after the run"
     if best is not None:
         caption = f"* the best within the budget's cap (at the highest rung); {caption}"
     table = Table(title=title, caption=caption)

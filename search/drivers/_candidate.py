@@ -95,13 +95,15 @@ def is_dead(owner: str | None) -> bool:
 def objective_values(
     objectives: Sequence[Objective], accuracy: float, cost: Mapping[str, float], latency: float | None
 ) -> list[float]:
-    """The values of ``objectives`` (in order) for a completed candidate; NaN for an unmeasured latency."""
+    """The values of ``objectives`` (in order) for a completed candidate: latency is the device profile's
+    prediction (``cost["latency"]``) where the study has one, else the measured ``latency``; NaN for neither."""
     out = []
     for obj in objectives:
         if obj is Objective.ACCURACY:
             out.append(accuracy)
         elif obj is Objective.LATENCY:
-            out.append(float(latency) if latency is not None else float("nan"))
+            value = cost.get("latency", latency)
+            out.append(float(value) if value is not None else float("nan"))
         else:
             out.append(float(cost[obj.value]))
     return out
@@ -369,7 +371,8 @@ class CandidateRunner:
         Only the first finisher tells (the objectives at rung 0), so a candidate evaluated twice
         (a worker thought dead and the one that claimed it) is told once.
         """
-        p, metrics, cdict = self.prepared, climb.metrics, cost.as_dict()
+        p, metrics = self.prepared, climb.metrics
+        cdict: dict[str, float] = {**cost.as_dict(), **({} if cost.latency is None else {"latency": cost.latency})}
         status = Status(metrics.status)
         latency = next(iter(metrics.latency_ms.values()), None) if metrics.latency_ms else None
         values = None

@@ -29,8 +29,12 @@ PROFILE_RUNS = 7  # timed calls per point of a layer's table (the median is kept
 
 
 def needs_profile(cfg: Config) -> bool:
-    """Whether a study of ``cfg`` predicts latency: a latency budget, or ``space.round_to = "auto"``."""
-    return cfg.budget.latency is not None or cfg.space.round_to == "auto"
+    """Whether a study of ``cfg`` uses a device profile: a latency budget, ``space.round_to = "auto"``, or the
+    latency objective unless every candidate is measured (``evaluate.latency = true``)."""
+    from spaces import Objective
+
+    objective = Objective.LATENCY in cfg.search.objectives and not cfg.evaluate.latency
+    return cfg.budget.latency is not None or cfg.space.round_to == "auto" or objective
 
 
 def device_profile(

@@ -347,10 +347,12 @@ class Search:
     def conclude(self, res: RunResult) -> RunResult:
         """The run's front and count, after the re-scoring rung (:mod:`search.drivers._rescore`) if asked;
         trials orphaned by workers killed since the run began are failed."""
+        from search.drivers._remeasure import remeasure_front
         from search.drivers._rescore import rescore
 
         p = self.prepared
         res.events += rescore(p)
+        res.events += remeasure_front(p)
         self.fail_orphan_trials()
         res.front = p.store.front(p.study_id)
         res.total = p.store.count(p.study_id)

@@ -135,15 +135,20 @@ class PruneDimension(Dimension):
         """Per group: its channels sorted by importance, cut into blocks at the allowed counts.
 
         Costs are one-channel finite differences of the exact cost around the
-        point; a block's value is its share of the group's importance, or with
-        a measured :class:`spaces.Sensitivity` (``allocate(sensitivity=...)``)
-        the loss rise it avoids (see :mod:`spaces._sensitivity`).
+        point (MACs, params and bytes are linear in one group's count); the
+        predicted latency, read from measured tables with flat steps, takes the
+        chord from the point down to the group's smallest count instead, so a
+        flat step at the point does not hide what pruning saves. A block's
+        value is its share of the group's importance, or with a measured
+        :class:`spaces.Sensitivity` (``allocate(sensitivity=...)``) the loss
+        rise it avoids (see :mod:`spaces._sensitivity`).
         """
         import numpy as np
 
         levels, values = self._levels(space, point)
         keep, costs = point.keep, space.costs
         at = point.vector(costs.cost_resolved(keep, point.resolved))
+        chord = [i for i, m in enumerate(point.metrics) if m == "latency"]
         out = []
         for g, (group, lv, vals) in enumerate(zip(space.groups, levels, values, strict=True)):
             step = np.zeros_like(keep)
@@ -154,6 +159,10 @@ class PruneDimension(Dimension):
                 grad = point.vector(costs.cost_resolved(keep + step, point.resolved)) - at
             else:
                 grad = np.zeros(len(point.metrics))
+            if chord and keep[g] > lv[0]:  # predicted latency: the slope over the group's whole range
+                low = keep.copy()
+                low[g] = lv[0]
+                grad[chord] = ((at - point.vector(costs.cost_resolved(low, point.resolved))) / (keep[g] - lv[0]))[chord]
             out.append(
                 Block(
                     unit=group.id,

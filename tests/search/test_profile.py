@@ -3,9 +3,11 @@ and ``round_to = "auto"`` in a real study (digits ResNet-20, SQLite store)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from search import Search, load_config
+from search import Config, Search, load_config
 from search.cli import main
 from spaces import DeviceProfile, ModelSpace, Plan
 from tests.search.conftest import ConfigMaker
@@ -14,26 +16,43 @@ from tests.search.conftest import ConfigMaker
 def test_a_latency_budget_study_profiles_once_and_a_second_study_reads_the_store(
     make_config: ConfigMaker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = make_config(budget__macs=None, budget__latency="85%", search__candidates=2)
+    share = _reachable_share(load_config(make_config()))  # halfway between the fastest plan and the model
+    cfg = make_config(budget__macs=None, budget__latency=f"{100 * share:.2f}%", search__candidates=2)
     s = Search(load_config(cfg)).prepare()
     p = s.prepared
     prof = p.space.profile
     assert prof is not None and p.store.profile(prof.key) is not None  # stored under its key
     assert p.base_cost.latency == pytest.approx(prof.predict(p.space, Plan()))
-    limit = 0.85 * p.base_cost.latency
+    limit = round(100 * share, 2) / 100 * p.base_cost.latency
     assert p.space.cost(p.uniform).latency <= limit  # the uniform seed is fitted onto the predicted latency
 
     def refuse(*args: object, **kwargs: object) -> DeviceProfile:
         raise AssertionError("the stored profile was measured again")
 
     monkeypatch.setattr("spaces.profile_space", refuse)
-    other = Search(load_config(cfg, {"search.study": "second", "budget.latency": "90%"})).prepare().prepared
+    other = Search(load_config(cfg, {"search.study": "second", "budget.latency": "99%"})).prepare().prepared
     assert other.space.profile == prof  # same model, device, threads, batch: read from the store
     s.run()
     rows = p.store.candidates(p.study_id)
     assert len(rows) == 2
     for r in rows:  # every candidate meets the cap in predicted latency
         assert p.space.cost(Plan.from_json(r.plan)).latency <= limit * (1 + 1e-9)
+
+
+def _reachable_share(cfg: Config) -> float:
+    """Profile the config's model into its store (as a study would) and return a latency share, of the base
+    model's, that its fastest plan meets: the budget of a test that holds on any machine."""
+    import numpy as np
+    import torch
+
+    from search.drivers._profile import device_profile, structure_space
+    from storage import StudyStore
+
+    space = structure_space(cfg)
+    prof, measured = device_profile(space, StudyStore(cfg.storage.url), device=torch.device("cpu"), threads=2)
+    assert measured
+    fastest = prof.predict_keep(space, np.ones(len(space.groups), dtype=np.int64))
+    return (1 + fastest / prof.predict(space, Plan())) / 2
 
 
 def test_round_to_auto_uses_the_multiple_the_profile_found(make_config: ConfigMaker) -> None:
@@ -87,3 +106,31 @@ def test_a_profile_is_never_shared_across_structures(make_config: ConfigMaker) -
     key = DeviceProfile.key_for(a, cpu, threads=1, batch=1)
     assert key != DeviceProfile.key_for(b, cpu, threads=1, batch=1)
     assert key != DeviceProfile.key_for(a, cpu, threads=2, batch=1) != DeviceProfile.key_for(a, cpu, threads=1, batch=4)
+
+
+def test_the_latency_objective_is_predicted_and_front_members_are_measured_beside_it(
+    make_config: ConfigMaker, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from storage import StudyStore
+
+    cfg = make_config(search__objectives=["accuracy", "macs", "latency"], search__candidates=3)
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    c = load_config(cfg)
+    store = StudyStore(c.storage.url)
+    info = store.study(str(c.search.study))
+    rows, front = store.candidates(info.id), {r.id for r in store.front(info.id)}
+    assert len(rows) == 3 and front
+    for r in rows:
+        d = r.device_latency or {}
+        assert d["predicted_ms"] > 0 and r.latency == d["predicted_ms"]  # the objective is the prediction
+        assert not r.latency_ms  # nothing measured per candidate
+        if r.id in front:  # measured end to end after the run, beside the prediction
+            assert d["runs"] == 25 and d["p10_ms"] <= d["measured_ms"] <= d["p90_ms"]
+            assert r.prediction_error == pytest.approx(abs(d["predicted_ms"] - d["measured_ms"]) / d["measured_ms"])
+        else:
+            assert "measured_ms" not in d
+    assert f"latency: predicted vs measured on {len(front)} front members, median error" in out
+    assert main(["report", str(cfg), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "measured_ms" in md and "latency: predicted vs measured on" in md
