@@ -65,7 +65,10 @@ def _plans(space: ModelSpace, budget: float, multiple: int, runs: int) -> dict[s
     return plans
 
 
-def _row(args: argparse.Namespace, what: tuple[str, float, str, float], space: ModelSpace, plan: Plan, p: Any) -> list[str]:
+Row = tuple[str, float, str, float]  # model, MAC budget, arm, the dense model's measured ms
+
+
+def _row(args: argparse.Namespace, what: Row, space: ModelSpace, plan: Plan, p: Any) -> list[str]:
     """One table row: ``what`` is (model, budget, arm, the dense model's measured ms)."""
     name, b, arm, dense = what
     model = space.apply(plan)
@@ -100,8 +103,10 @@ def main() -> None:
             space.attach_profile(prof)
             err = max(abs(pr - m) / m for _, m, pr in prof.calibration)
             dense = measure_latency(space.model, space.example_inputs, runs=args.runs)["measured_ms"]
-            notes.append(f"{name}: profile {time.perf_counter() - t:.0f} s, {len(prof.layers)} layers, dense "
-                         f"{dense:.2f} ms, multiple {prof.multiple}, calibration error <= {100 * err:.1f} %")  # fmt: skip
+            notes.append(
+                f"{name}: profile {time.perf_counter() - t:.0f} s, {len(prof.layers)} layers, dense {dense:.2f} ms, "
+                f"multiple {prof.multiple}, calibration error <= {100 * err:.1f} %"
+            )
             print(notes[-1], flush=True)
             for b in (float(x) for x in args.budgets.split(",")):
                 for arm, plan in _plans(space, b, prof.multiple, args.runs).items():
