@@ -89,7 +89,8 @@ def _hover(r: pd.Series, base: dict[str, Any]) -> str:
         f"bytes {fmt(r['bytes'])}{pct('bytes')}",
     ]
     if pd.notna(r["latency_ms"]):
-        lines.append(f"latency {r['latency_ms']:.2f} ms")
+        measured = f", measured {r['measured_ms']:.2f} ms" if pd.notna(r.get("measured_ms")) else ""
+        lines.append(f"latency {r['latency_ms']:.2f} ms{measured}")
     lines.append(html.escape(str(r["plan"])))
     return "<br>".join(lines)
 

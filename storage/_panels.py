@@ -31,6 +31,7 @@ from storage._figures import (
     structure_figure,
     table,
 )
+from storage._view import latency_check
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -84,9 +85,12 @@ def _front(r: ReportInput) -> str:
     front = r.df[r.df["on_front"]].sort_values("macs")
     shown = [
         "trial", "kind", "accuracy", "rung_steps", "test_accuracy", "macs_pct", "params_pct", "bytes_pct", "latency_ms",
-        "plan",
+        "measured_ms", "plan",
     ]  # fmt: skip
-    return div(front_figure(r.df, r.info), "pt-front") + table(front[shown])
+    check = latency_check(front.to_dict("records"))
+    if check is None:
+        shown.remove("measured_ms")  # no device profile: nothing was predicted, nothing re-measured
+    return div(front_figure(r.df, r.info), "pt-front") + table(front[shown]) + (note(check) if check else "")
 
 
 def _structure(r: ReportInput) -> str:

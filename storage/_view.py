@@ -78,9 +78,10 @@ def candidate_view(row: CandidateRow, base_cost: Mapping[str, Any], front: Colle
 ERROR_WARNING = 0.15  # a study whose median latency prediction error over the front exceeds this says so
 
 
-def latency_check(rows: Sequence[CandidateRow]) -> str | None:
-    """One line on the profile's error over ``rows`` (the front) where they were measured; ``None``: none."""
-    errors = [e for e in (r.prediction_error for r in rows) if e is not None]
+def latency_check(rows: Sequence[CandidateRow] | Sequence[Mapping[str, Any]]) -> str | None:
+    """One line on the profile's error over ``rows`` (the front: candidates, or their :func:`candidate_view`
+    rows) where they were measured; ``None``: none."""
+    errors = [e for e in map(_prediction_error, rows) if e is not None]
     if not errors:
         return None
     med = statistics.median(errors)
@@ -88,6 +89,15 @@ def latency_check(rows: Sequence[CandidateRow]) -> str | None:
         f"latency: predicted vs measured on {len(errors)} front members, median error {100 * med:.1f} %, "
         f"max {100 * max(errors):.1f} %"
     )
-    if med > ERROR_WARNING:
+    if med > ERROR_WARNING:  # the prediction is what the study ranked and limited by: say it is off
         line += f" (above {100 * ERROR_WARNING:.0f} %: trust the measured column, and profile again)"
     return line
+
+
+def _prediction_error(row: CandidateRow | Mapping[str, Any]) -> float | None:
+    if not isinstance(row, Mapping):
+        return row.prediction_error
+    predicted, measured = row.get("latency_ms"), row.get("measured_ms")
+    if predicted is None or not measured or predicted != predicted or measured != measured:  # None or NaN
+        return None
+    return abs(float(predicted) - float(measured)) / float(measured)

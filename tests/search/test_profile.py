@@ -134,3 +134,5 @@ def test_the_latency_objective_is_predicted_and_front_members_are_measured_besid
     assert main(["report", str(cfg), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "measured_ms" in md and "latency: predicted vs measured on" in md
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "measured_ms" in html and "latency: predicted vs measured on" in html
