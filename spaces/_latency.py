@@ -36,7 +36,11 @@ eager runtime (``runtime = "torch"``) on a CPU or CUDA device:
   group keeps at least four choices of width.
 
 A prediction (:meth:`DeviceProfile.predict`) interpolates each layer's table
-bilinearly at the plan's kept counts, adds the rest, and is in milliseconds.
+bilinearly at the plan's kept counts, each first rounded up to the channel
+multiple (a count between multiples runs at the multiple above it: on this
+CPU a ResNet-50 pruned at counts that are not multiples of 16 ran 18 % slower
+than the interpolation between multiples said), adds the rest, and is in
+milliseconds.
 It covers pruning plans; a plan with ranks or bits is refused with a one-line
 error (factor chains and quantized kernels are not profiled). A profile is
 keyed (:meth:`DeviceProfile.key`) by the model's structure, the device, the
@@ -110,6 +114,11 @@ class LayerTable:
         return (1 - u) * ((1 - v) * m[i0][j0] + v * m[i0][j1]) + u * ((1 - v) * m[i1][j0] + v * m[i1][j1])
 
 
+def _up(count: int, multiple: int, full: int) -> int:
+    """``count`` rounded up to a multiple of ``multiple``, never above the layer's ``full`` count."""
+    return min(full, -(-count // multiple) * multiple)
+
+
 def _bracket(grid: Sequence[int], x: float) -> tuple[int, int, float]:
     """Indices around ``x`` in ascending ``grid`` and the weight of the upper one."""
     if x <= grid[0] or len(grid) == 1:
@@ -161,7 +170,9 @@ class DeviceProfile:
         total, kept = 0.0, 0.0
         for name, table in self.layers.items():
             cout, cin = _channels(space, name, keep)
-            total += table.calls * table.at(cin, cout)
+            # a count between multiples runs at the multiple above it (the device's kernels: see the multiple)
+            up_in, up_out = _up(cin, self.multiple, table.ins[-1]), _up(cout, self.multiple, table.outs[-1])
+            total += table.calls * table.at(up_in, up_out)
             kept += cout * space._trace.spatial.get(name, 0)
         a, b = self.rest
         return total + a + b * kept / _base_elements(space)
