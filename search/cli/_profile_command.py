@@ -18,7 +18,8 @@ def add_profile_command(sub: Any) -> None:
         description="Times every conv and linear layer of the config's model over the channel counts plans can "
         "give it, the rest of the model at four uniform plans, and the channel multiple beyond which this machine "
         "gains no speed; stores the profile in the config's store, keyed by model, device, runtime, threads and "
-        'batch size. A study with a budget.latency limit or space.round_to = "auto" reads it (or measures it).',
+        'batch size. A study with a budget.latency limit, the latency objective or space.round_to = "auto" reads '
+        "it (or measures it).",
     )
     prof.add_argument("config", help="the run's TOML config (model, data, storage, evaluate.threads/device)")
     prof.add_argument("--runs", type=int, default=7, help="timed calls per point, the median kept (default 7)")
