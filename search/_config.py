@@ -141,7 +141,11 @@ class EvaluateConfig(_Section):
     )
     final_steps: int = Field(2000, ge=1, description="fine-tune steps of `prunetune finalize` (the long recipe)")
     final_kd_weight: float = Field(0.5, ge=0, le=1, description="distillation weight of `prunetune finalize`")
-    latency: bool = Field(False, description="measure batch-1 latency of every candidate (on when an objective)")
+    latency: bool = Field(
+        False,
+        description="measure batch-1 latency of every candidate (else the latency objective is the device "
+        "profile's prediction)",
+    )
     device: str = "auto"
     threads: int | None = Field(
         None, ge=1, description="CPU threads per worker (default: torch's; 1 when workers share a machine)"

@@ -54,6 +54,7 @@ builds per-layer tables over pruned channel counts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -63,6 +64,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -200,8 +202,12 @@ class LatencyPredictor:
         return self.profile.predict_keep(self.space, keep)
 
 
+PROFILE_FORMAT = 2  # part of the key: a profile measured by an older version is measured again
+
+
 def profile_key(model: str, device: str, runtime: str, threads: int, batch: int) -> str:
-    return hashlib.sha256(json.dumps([model, device, runtime, threads, batch]).encode()).hexdigest()
+    parts = [PROFILE_FORMAT, model, device, runtime, threads, batch]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def structure_key(space: ModelSpace) -> str:
@@ -215,10 +221,15 @@ def structure_key(space: ModelSpace) -> str:
 
 
 def device_name(device: torch.device) -> str:
-    """The device as a profile names it: the CPU's architecture and core count, or the CUDA device's name."""
+    """The device as a profile names it: the CPU's model (``/proc/cpuinfo``, else the architecture) and core
+    count, or the CUDA device's name."""
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), model)
+    return f"cpu: {model}, {os.cpu_count()} cores"
 
 
 def profile_space(
@@ -493,7 +504,7 @@ def _calibrate(space: ModelSpace, prof: DeviceProfile, batch: int, timer: _Timer
         keep = space.keep_counts(plan)
         model = space.apply(plan).to(timer.device).eval()
         measured = timer(lambda m=model: m(*inputs))  # type: ignore[misc]
-        tables = sum(t.calls * t.at(*_channels(space, n, keep)[::-1]) for n, t in prof.layers.items())
+        tables = prof.predict_keep(space, keep)  # the tables as a prediction reads them (rest still 0, 0)
         kept = sum(_channels(space, n, keep)[0] * space._trace.spatial.get(n, 0) for n in prof.layers)
         points.append((ratio, measured, tables, kept / base))
     prof.rest = _fit_rest([x for *_, x in points], [m - t for _, m, t, _ in points])

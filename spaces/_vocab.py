@@ -30,9 +30,9 @@ class CandidateKind(StrEnum):
     """Where a candidate's plan came from."""
 
     ALLOCATOR = "allocator"  # the allocator's plan at the budget's cap (a seed)
-    ALLOCATOR_FLOOR = "allocator-floor"  # the allocator's plan at the floor's cost level (a seed)
-    UNIFORM = "uniform"  # the uniform plan repaired onto the cap (a seed)
-    GLOBAL = "global"  # channels ranked across groups, removed until the cap holds (a seed)
+    ALLOCATOR_FLOOR = "allocator-floor"  # the allocator's plan at a seed level below the cap (a seed)
+    UNIFORM = "uniform"  # the uniform plan repaired onto a seed level (a seed)
+    GLOBAL = "global"  # channels ranked across groups, removed until a seed level holds (a seed)
     SAMPLED = "sampled"  # proposed by the sampler
     RETRY = "retry"  # a stopped worker's candidate, evaluated again
 

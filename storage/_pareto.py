@@ -73,9 +73,9 @@ def best_within_cap(rows: Sequence[CandidateRow], score: str = "accuracy") -> Ca
     The one rule for "best" everywhere (the CLI's front and status, the run's
     progress line, the report's filters panel): a 50-step score never beats
     an 800-step one. ``score`` is the study's ``evaluate.score`` (``StudySpec.score``):
-    the validation accuracy, or (``"loss"``) the lowest validation loss, ties and
-    rows stored without a loss broken by accuracy. ``None`` when no candidate
-    has an accuracy.
+    the validation accuracy, or (``"loss"``) the lowest validation loss, ties
+    broken by accuracy (a row stored without a loss ranks below every row with
+    one at its rung). ``None`` when no candidate has an accuracy.
     """
     scored = [r for r in rows if r.accuracy is not None]
 

@@ -224,12 +224,12 @@ class CandidateRow:
 
     @property
     def latency(self) -> float | None:
-        """Latency in ms, the ``latency`` objective: the device profile's prediction where the study has one,
-        else the latency measured at the first batch size (``evaluate.latency``)."""
+        """Latency in ms, the ``latency`` objective: measured at the first batch size where every candidate is
+        (``evaluate.latency``), else the device profile's prediction (a study that limits or ranks by it)."""
+        if self.latency_ms:
+            return float(next(iter(self.latency_ms.values())))
         predicted = (self.device_latency or {}).get("predicted_ms")
-        if predicted is not None:
-            return float(predicted)
-        return next(iter(self.latency_ms.values())) if self.latency_ms else None
+        return None if predicted is None else float(predicted)
 
     @property
     def prediction_error(self) -> float | None:

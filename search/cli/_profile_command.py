@@ -23,7 +23,9 @@ def add_profile_command(sub: Any) -> None:
     )
     prof.add_argument("config", help="the run's TOML config (model, data, storage, evaluate.threads/device)")
     prof.add_argument("--runs", type=int, default=7, help="timed calls per point, the median kept (default 7)")
-    prof.add_argument("--batch", type=int, default=1, help="batch size to profile (default 1)")
+    prof.add_argument(
+        "--batch", type=int, default=1, help="batch size to profile (default 1, what studies read; others: for a look)"
+    )
     prof.add_argument("--force", action="store_true", help="measure again even if the store holds a profile")
     prof.set_defaults(func=cmd_profile)
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from search.drivers._profile import predicts_latency
 from spaces import CandidateKind, Objective, Status, check_interrupt
 from storage import PhaseTimes
 
@@ -95,14 +96,15 @@ def is_dead(owner: str | None) -> bool:
 def objective_values(
     objectives: Sequence[Objective], accuracy: float, cost: Mapping[str, float], latency: float | None
 ) -> list[float]:
-    """The values of ``objectives`` (in order) for a completed candidate: latency is the device profile's
-    prediction (``cost["latency"]``) where the study has one, else the measured ``latency``; NaN for neither."""
+    """The values of ``objectives`` (in order) for a completed candidate: latency is the measured ``latency``
+    where every candidate is measured, else the device profile's prediction (``cost["latency"]``); NaN for
+    neither (as :attr:`storage.CandidateRow.latency` reads them back)."""
     out = []
     for obj in objectives:
         if obj is Objective.ACCURACY:
             out.append(accuracy)
         elif obj is Objective.LATENCY:
-            value = cost.get("latency", latency)
+            value = latency if latency is not None else cost.get("latency")
             out.append(float(value) if value is not None else float("nan"))
         else:
             out.append(float(cost[obj.value]))
@@ -372,7 +374,9 @@ class CandidateRunner:
         (a worker thought dead and the one that claimed it) is told once.
         """
         p, metrics = self.prepared, climb.metrics
-        cdict: dict[str, float] = {**cost.as_dict(), **({} if cost.latency is None else {"latency": cost.latency})}
+        cdict: dict[str, float] = dict(cost.as_dict())
+        if cost.latency is not None and predicts_latency(p.config):  # what the study limits or ranks by
+            cdict["latency"] = cost.latency
         status = Status(metrics.status)
         latency = next(iter(metrics.latency_ms.values()), None) if metrics.latency_ms else None
         values = None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search._config import Config
-from search.drivers._profile import device_profile, needs_profile
+from search.drivers._profile import device_profile, needs_profile, predicts_latency
 from search.drivers._samplers import Sampler
 from spaces import Importance, Objective, UsageError
 
@@ -121,7 +121,7 @@ def default_evaluator(config: Config) -> Evaluator:
         FineTune(steps=e.finetune_steps, lr=e.lr, kd_weight=e.kd_weight, eval_every=e.eval_every),
         Accuracy(),
     ]
-    if e.latency or (Objective.LATENCY in config.search.objectives and not needs_profile(config)):
+    if e.latency or (Objective.LATENCY in config.search.objectives and not predicts_latency(config)):
         steps.append(Latency(batch_sizes=(1,), runs=20, warmup=5))
     return Pipeline(steps)
 
@@ -360,12 +360,10 @@ def _with_profile(cfg: Config, space: ModelSpace, store: StudyStore, device: tor
 
     if not needs_profile(cfg):
         return cfg
-    predicted = cfg.budget.latency is not None or Objective.LATENCY in cfg.search.objectives
-    if predicted and (cfg.space.rank or cfg.space.quantize != "none"):
-        what = "budget.latency" if cfg.budget.latency is not None else "the latency objective"
+    if predicts_latency(cfg) and (cfg.space.rank or cfg.space.quantize != "none"):
         raise UsageError(
-            f"{what} is predicted for pruning plans only: set space.rank = false and space.quantize = "
-            '"none", or measure every candidate instead (evaluate.latency = true, objective only)'
+            'budget.latency is predicted for pruning plans only: set space.rank = false and space.quantize = "none", '
+            "or limit macs or bytes (the latency objective alone is measured per candidate with ranks or bits)"
         )
     profile, _ = device_profile(space, store, device=device, threads=torch.get_num_threads())
     space.attach_profile(profile)

@@ -7,7 +7,8 @@ else, and the channel multiple beyond which the device gains no speed. It is
 stored in the study store (``prunetune_profiles``) under its key, so every
 worker and every later study of the same model on the same kind of machine
 reads it instead of measuring again. A study needs one when its budget limits
-``latency`` or its ``space.round_to`` is ``"auto"``; :func:`device_profile`
+``latency``, its objectives rank by latency without ``evaluate.latency``
+(measured per candidate), or its ``space.round_to`` is ``"auto"``; :func:`device_profile`
 is what its preparation calls, and ``prunetune profile CONFIG`` measures (or
 shows) it ahead of time.
 """
@@ -23,18 +24,26 @@ if TYPE_CHECKING:
     from spaces import DeviceProfile, ModelSpace
     from storage import StudyStore
 
-__all__ = ["PROFILE_RUNS", "device_profile", "needs_profile", "structure_space"]
+__all__ = ["PROFILE_RUNS", "device_profile", "needs_profile", "predicts_latency", "structure_space"]
 
 PROFILE_RUNS = 7  # timed calls per point of a layer's table (the median is kept)
+
+
+def predicts_latency(cfg: Config) -> bool:
+    """Whether a study of ``cfg`` limits or ranks by *predicted* latency: a latency budget, or the latency
+    objective unless every candidate is measured (``evaluate.latency = true``, and always with ranks or
+    bits, which the profile does not predict)."""
+    from spaces import Objective
+
+    pruning_only = not cfg.space.rank and cfg.space.quantize == "none"
+    objective = Objective.LATENCY in cfg.search.objectives and not cfg.evaluate.latency and pruning_only
+    return cfg.budget.latency is not None or objective
 
 
 def needs_profile(cfg: Config) -> bool:
     """Whether a study of ``cfg`` uses a device profile: a latency budget, ``space.round_to = "auto"``, or the
     latency objective unless every candidate is measured (``evaluate.latency = true``)."""
-    from spaces import Objective
-
-    objective = Objective.LATENCY in cfg.search.objectives and not cfg.evaluate.latency
-    return cfg.budget.latency is not None or cfg.space.round_to == "auto" or objective
+    return predicts_latency(cfg) or cfg.space.round_to == "auto"
 
 
 def device_profile(

@@ -67,7 +67,9 @@ class CandidateOut(_Out):
     macs: float | None
     params: float | None
     bytes: float | None
-    latency_ms: float | None = Field(description="measured batch-1 latency, when measured")
+    latency_ms: float | None = Field(
+        description="batch-1 latency: measured (evaluate.latency), else the device profile's prediction"
+    )
     seconds: float | None = Field(description="seconds the candidate's evaluation took")
     on_front: bool
     plan_summary: str
