@@ -159,10 +159,11 @@ class PruneDimension(Dimension):
                 grad = point.vector(costs.cost_resolved(keep + step, point.resolved)) - at
             else:
                 grad = np.zeros(len(point.metrics))
-            if chord and keep[g] > lv[0]:  # predicted latency: the slope over the group's whole range
-                low = keep.copy()
-                low[g] = lv[0]
-                grad[chord] = ((at - point.vector(costs.cost_resolved(low, point.resolved))) / (keep[g] - lv[0]))[chord]
+            if chord and lv[-1] > lv[0]:  # predicted latency: the chord down to the smallest count (or up)
+                other = keep.copy()
+                other[g] = lv[0] if keep[g] > lv[0] else lv[-1]
+                rise = at - point.vector(costs.cost_resolved(other, point.resolved))
+                grad[chord] = (rise / (keep[g] - other[g]))[chord]
             out.append(
                 Block(
                     unit=group.id,
