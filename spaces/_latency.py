@@ -169,15 +169,22 @@ class DeviceProfile:
 
     def predict_keep(self, space: ModelSpace, keep: np.ndarray) -> float:
         """The predicted latency (ms) when group ``i`` keeps ``keep[i]`` channels and every layer is dense."""
-        total, kept = 0.0, 0.0
+        tables, share = self.tables_at(space, keep)
+        a, b = self.rest
+        return tables + a + b * share
+
+    def tables_at(self, space: ModelSpace, keep: np.ndarray) -> tuple[float, float]:
+        """The layer tables' time (ms) at ``keep``, and the share of the base model's conv/linear output
+        elements kept (what the rest's slope multiplies): one pass over the layers, as every prediction reads."""
+        total, kept, base = 0.0, 0.0, 0.0
         for name, table in self.layers.items():
             cout, cin = _channels(space, name, keep)
             # a count between multiples runs at the multiple above it (the device's kernels: see the multiple)
             up_in, up_out = _up(cin, self.multiple, table.ins[-1]), _up(cout, self.multiple, table.outs[-1])
             total += table.calls * table.at(up_in, up_out)
-            kept += cout * space._trace.spatial.get(name, 0)
-        a, b = self.rest
-        return total + a + b * kept / _base_elements(space)
+            positions = space._trace.spatial.get(name, 0)
+            kept, base = kept + cout * positions, base + table.outs[-1] * positions
+        return total, kept / (base or 1.0)
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -362,16 +369,6 @@ def _is_depthwise(mod: nn.modules.conv._ConvNd) -> bool:
     return mod.groups > 1 and mod.groups == mod.in_channels
 
 
-def _base_elements(space: ModelSpace) -> float:
-    """Output elements of the profiled layers of the base model (what the rest's activation share divides)."""
-    total = 0
-    for name, s in space._trace.spatial.items():
-        mod = space.model.get_submodule(name)
-        if _profiled(mod):
-            total += int(mod.weight.shape[0]) * s  # type: ignore[index]
-    return float(total) or 1.0
-
-
 def _axis(count: int, changes: bool) -> list[int]:
     return sorted({max(1, round(count * f)) for f in FRACTIONS}) if changes else [count]
 
@@ -497,16 +494,14 @@ def _calibrate(space: ModelSpace, prof: DeviceProfile, batch: int, timer: _Timer
         x.repeat(batch, *([1] * (x.dim() - 1))).to(timer.device) if isinstance(x, torch.Tensor) else x
         for x in as_tuple(space.example_inputs)
     )
-    base = _base_elements(space)
     points = []
     for ratio in CALIBRATION_RATIOS:
         plan = space.uniform_plan(ratio)
         keep = space.keep_counts(plan)
         model = space.apply(plan).to(timer.device).eval()
         measured = timer(lambda m=model: m(*inputs))  # type: ignore[misc]
-        tables = prof.predict_keep(space, keep)  # the tables as a prediction reads them (rest still 0, 0)
-        kept = sum(_channels(space, n, keep)[0] * space._trace.spatial.get(n, 0) for n in prof.layers)
-        points.append((ratio, measured, tables, kept / base))
+        tables, share = prof.tables_at(space, keep)  # as a prediction reads them
+        points.append((ratio, measured, tables, share))
     prof.rest = _fit_rest([x for *_, x in points], [m - t for _, m, t, _ in points])
     prof.base_ms = points[0][1]
     prof.calibration = [(r, m, t + prof.rest[0] + prof.rest[1] * x) for r, m, t, x in points]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from spaces import Status, check_interrupt
+from spaces import check_interrupt
 
 if TYPE_CHECKING:
     from search.drivers._prepare import Prepared
@@ -30,12 +30,12 @@ WARMUP = 5
 
 def remeasure_front(p: Prepared) -> list[str]:
     """Measure the front members that have a prediction and no measurement; one line per member measured."""
+    from search.drivers._rescore import settled
     from spaces import Plan, measure_latency
 
     if p.space.profile is None:
         return []
-    rows = p.store.candidates(p.study_id)
-    if len(rows) < p.config.search.candidates or any(r.status is Status.RUNNING for r in rows):
+    if not settled(p, p.store.candidates(p.study_id)):
         return []  # another worker is still evaluating: the last one to finish measures
     events = []
     for row in p.store.front(p.study_id):

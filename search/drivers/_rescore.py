@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from search.drivers._prepare import Prepared
     from storage import CandidateRow
 
-__all__ = ["rescore", "rescore_steps"]
+__all__ = ["rescore", "rescore_steps", "settled"]
 
 
 def rescore_steps(p: Prepared) -> int:
@@ -45,10 +45,16 @@ def rescore_steps(p: Prepared) -> int:
     return e.rescore_steps if e.rescore_steps is not None else 4 * p.rungs[-1]
 
 
+def settled(p: Prepared, rows: list[CandidateRow]) -> bool:
+    """Whether the study holds its candidates and none runs: the last worker to finish does the closing work
+    (re-scoring here, the front's latency measurement in :mod:`search.drivers._remeasure`)."""
+    return len(rows) >= p.config.search.candidates and not any(r.status is Status.RUNNING for r in rows)
+
+
 def _chosen(p: Prepared) -> list[CandidateRow]:
     """The top-rung candidates still to re-score: the ``k`` most accurate, less those already re-scored."""
     rows = p.store.candidates(p.study_id)
-    if any(r.status is Status.RUNNING for r in rows) or len(rows) < p.config.search.candidates:
+    if not settled(p, rows):
         return []  # another worker is still evaluating: the last one to finish re-scores
     top = len(p.rungs) - 1
     done = [r for r in rows if r.status is Status.COMPLETE and r.top_rung > top]
