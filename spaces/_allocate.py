@@ -18,7 +18,8 @@ program below is what the built-in dimensions bring:
   of :mod:`spaces.factorization`) with rank ``R[l, b]`` when its first ``b``
   rank blocks are kept (``x[l, b]``, in order, ``x[l, 1] + d[l] = 1``). Value of
   a rank block: its share of the layer's squared singular values (energy; for
-  ``tucker2``/``tt`` the same SVD energy of the reshaped kernel, a proxy).
+  ``tucker2``/``tt`` the same SVD energy of the reshaped kernel, a proxy; versatile
+  filters value the share their reconstruction keeps).
   Ranks go up to one below the layer's break-even rank (a rank at or above
   it keeps the layer dense: :meth:`spaces.LayerGeom.factor_ranks`), so
   factorizing always saves and every rank is costed as the plan applies it.

@@ -26,7 +26,9 @@
 * :meth:`ImportanceScores.order` — per group, root channels from most to least
   important (stable): pruning keeps a prefix of it (never "the first n").
 * :meth:`ImportanceScores.energy` — the cumulative share of a layer's squared
-  singular values (Eckart–Young: what a rank-``r`` SVD keeps).
+  singular values (Eckart–Young: what a rank-``r`` SVD keeps);
+  :meth:`ImportanceScores.kept` — what a method keeps at given ranks (its own
+  reconstruction's share where it computes one).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from torch import nn
 
 from spaces._errors import PlanError
 from spaces._trace import CONV, LINEAR, Item, Trace
+from spaces.factorization import factor_method
 
 __all__ = ["DATA_CRITERIA", "ImportanceScores"]
 
@@ -144,6 +147,7 @@ class ImportanceScores:
         self.trace = trace
         self._orders: dict[str, list[np.ndarray]] = {}
         self._energy: dict[str, np.ndarray] = {}
+        self._kept: dict[str, float] = {}  # "layer|method|ranks" -> kept share (see kept())
         self._given: dict[str, dict[str, np.ndarray]] = {}  # data-aware criteria: group id -> scores
 
     def clear(self) -> None:
@@ -259,6 +263,30 @@ class ImportanceScores:
             total = s2.sum()
             self._energy[layer] = np.cumsum(s2) / total if total > 0 else np.linspace(1 / len(s2), 1.0, len(s2))
         return self._energy[layer]
+
+    def kept(self, layer: str, method: str, ranks: Iterable[int]) -> np.ndarray:
+        """The share of ``layer``'s (unpruned) kernel a factorization by ``method`` keeps at each int rank.
+
+        The method's own :meth:`~spaces.factorization.FactorMethod.kept_share` of its
+        reconstruction where it has one (versatile filters), else the cumulative
+        share of squared singular values at that rank (:meth:`energy`; for
+        ``tucker2``/``tt`` a proxy).
+        """
+        geom = self.trace.geoms[layer]
+        fm = factor_method(method)
+        w = None
+        out = []
+        for r in ranks:
+            resolved = geom.resolve(method, int(r))
+            key = f"{layer}|{method}|{resolved}"
+            if key not in self._kept:
+                if w is None:
+                    w = self.trace.model.get_parameter(f"{layer}.weight").detach().double().cpu().numpy()
+                share = fm.kept_share(w, geom, resolved)
+                energy = self.energy(layer)
+                self._kept[key] = energy[min(int(r), len(energy)) - 1] if share is None else share
+            out.append(self._kept[key])
+        return np.asarray(out, dtype=np.float64)
 
 
 def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

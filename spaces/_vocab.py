@@ -82,11 +82,14 @@ COST_METRICS = tuple(m.value for m in CostMetric)
 
 
 class Method(StrEnum):
-    """Low-rank factorization methods (see :mod:`spaces._lowrank`)."""
+    """Low-rank factorization methods (see :mod:`spaces._lowrank`) and versatile filters (a layer's filters cut
+    from fewer primary filters: :mod:`spaces.factorization._versatile`)."""
 
     SVD = "svd"
     TUCKER2 = "tucker2"
     TT = "tt"
+    VERSATILE = "versatile"
+    VERSATILE_CH = "versatile_ch"
 
 
 class Importance(StrEnum):

@@ -36,7 +36,8 @@ SPACES_LAYERS = [
     {"_surgery", "_sensitivity"},
     {"_verify", "_policy", "_allocate"},
     {"dimensions._prune", "dimensions._rank", "dimensions._bits"},
-    {"factorization._svd", "factorization._tucker2", "factorization._tt"},
+    {"factorization._versatile_conv"},
+    {"factorization._svd", "factorization._tucker2", "factorization._tt", "factorization._versatile"},
     {"_space"},
     {"__init__"},
 ]
@@ -44,7 +45,7 @@ SPACES_SUBPACKAGES = ("dimensions", "factorization")
 
 # where a plan dimension or a factorization method may be named in code (its own modules, and the registries)
 DIMENSION_MODULES = ("spaces/dimensions/", "spaces/factorization/")
-DIMENSION_NAMES = {"prune", "rank", "method", "bits", "act_bits", "svd", "tucker2", "tt"}
+DIMENSION_NAMES = {"prune", "rank", "method", "bits", "act_bits", "svd", "tucker2", "tt", "versatile", "versatile_ch"}
 
 
 def _sources() -> list[Path]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from spaces._errors import InputTypeError, PlanError
 from spaces._vocab import Method
 from spaces.dimensions._base import AllocPoint, Block, CostState, Dimension, Entries, ParamSpec, StructureRow
-from spaces.factorization import method_names
+from spaces.factorization import factor_method, method_names
 
 if TYPE_CHECKING:
     import numpy as np
@@ -173,7 +173,8 @@ class RankDimension(Dimension):
 
         Ranks go up to one below the layer's break-even rank at the point's
         pruned shape; a rank block's value is its share of the layer's squared
-        singular values, its cost the exact change of the factor chain's cost.
+        singular values (or the method's own kept share: versatile filters), its cost the exact change of the
+        factor chain's cost.
         """
         if not point.options.get("rank"):
             return []
@@ -201,8 +202,7 @@ class RankDimension(Dimension):
         if r_max < 1:
             return Block(unit=name, base_cost=-now, alternative=(1.0, dense), forced=True)
         ranks = chain_levels(np.arange(1, r_max + 1), 16)
-        energy = space.energy(name)
-        kept = energy[np.minimum(ranks, len(energy)) - 1]
+        kept = space.kept_energy(name, method, ranks)
         chain = [vec(geom.factor_cost(method, geom.resolve(method, int(r)))) for r in ranks]
         point.cache.setdefault("rank", {})[name] = ranks
         return Block(
@@ -251,5 +251,6 @@ class RankDimension(Dimension):
         rows = []
         for geom in space.layers:
             method, kept = ranks.get(geom.name, (DEFAULT_METHOD, geom.full_ranks(DEFAULT_METHOD)))
-            rows.append(StructureRow("rank", geom.name, int(sum(kept)), int(sum(geom.full_ranks(method)))))
+            fm = factor_method(method)
+            rows.append(StructureRow(fm.kept_label, geom.name, *(int(v) for v in fm.kept_units(geom, kept))))
         return rows

@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import nn
 
     from spaces._lowrank import LayerGeom
@@ -28,6 +29,7 @@ class FactorMethod(ABC):
     """One factorization method; one shared instance per process, no per-layer state."""
 
     name: ClassVar[str]
+    kept_label: ClassVar[str] = "rank"  # what the report's structure panel calls what a plan keeps of a layer
 
     @abstractmethod
     def applies(self, geom: LayerGeom) -> bool:
@@ -48,3 +50,14 @@ class FactorMethod(ABC):
     @abstractmethod
     def factorize(self, layer: nn.Conv2d | nn.Linear, geom: LayerGeom, ranks: tuple[int, ...]) -> nn.Sequential:
         """The factor chain replacing ``layer`` at (normalized) ``ranks``, on the layer's dtype and device."""
+
+    def kept_units(self, geom: LayerGeom, ranks: tuple[int, ...]) -> tuple[int, int]:
+        """(kept, total) of what the report's structure panel shows for a layer factorized at ``ranks``: the
+        summed ranks of every mode and their full values, by default."""
+        return sum(ranks), sum(self.full_ranks(geom))
+
+    def kept_share(self, weight: np.ndarray, geom: LayerGeom, ranks: tuple[int, ...]) -> float | None:
+        """The share of ``weight``'s squared norm the factorization at ``ranks`` keeps, which the allocator
+        values a rank by; ``None`` (the default) reads it off the kernel's singular values (what a rank-``r``
+        SVD keeps), a method whose reconstruction is not a truncated spectrum computes its own."""
+        return None

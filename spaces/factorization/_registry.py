@@ -17,6 +17,8 @@ _entries: dict[str, FactorMethod | str] = {
     "svd": "spaces.factorization._svd:SVD",
     "tucker2": "spaces.factorization._tucker2:Tucker2",
     "tt": "spaces.factorization._tt:TensorTrain",
+    "versatile": "spaces.factorization._versatile:Versatile",
+    "versatile_ch": "spaces.factorization._versatile:VersatileChannel",
 }
 
 

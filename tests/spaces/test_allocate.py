@@ -98,7 +98,7 @@ def test_greedy_alone_is_close_to_the_milp() -> None:
     assert prog.values @ x_greedy >= 0.9 * prog.values @ x_milp
 
 
-@pytest.mark.parametrize("method", ["tucker2", "tt"])
+@pytest.mark.parametrize("method", ["tucker2", "tt", "versatile", "versatile_ch"])
 def test_every_registered_method_can_be_allocated(method: str) -> None:
     space = _space("resnet20")
     budget = Budget(macs="60%")

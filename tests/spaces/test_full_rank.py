@@ -19,7 +19,7 @@ from spaces import Budget, LayerGeom, ModelSpace, Plan, PlanError, measure_cost
 from spaces.dimensions._rank import factorized_at
 from tests.spaces.models import ARCHS
 
-METHODS = ("svd", "tucker2", "tt")
+METHODS = ("svd", "tucker2", "tt", "versatile", "versatile_ch")
 _CACHE: dict[str, tuple[nn.Module, torch.Tensor, ModelSpace]] = {}
 
 
