@@ -9,6 +9,7 @@ share one contract (:class:`Evaluator`): ``evaluate(model, context) -> Metrics``
 """
 
 from evaluators._base import COMPLETE, FAIL, PRUNED, Context, Evaluator, Metrics, resolve_device, seed_everything
+from evaluators._blockwise import BlockwiseTraining, block_error, changed_blocks
 from evaluators._data import DEFAULT_FASHION_MNIST_DIR, DataBundle, fashion_mnist_split, load_data, read_idx
 from evaluators._evaluators import (
     Accuracy,
@@ -32,6 +33,7 @@ __all__ = [
     "Accuracy",
     "BNRecalibration",
     "Baseline",
+    "BlockwiseTraining",
     "Context",
     "DataBundle",
     "Evaluator",
@@ -41,7 +43,9 @@ __all__ = [
     "Pipeline",
     "Recipe",
     "baseline_key",
+    "block_error",
     "build_model",
+    "changed_blocks",
     "default_evaluator",
     "evaluate_accuracy",
     "fashion_mnist_split",

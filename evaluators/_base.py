@@ -98,6 +98,9 @@ class Context:
     and returns ``False`` to stop the candidate (its Metrics then say PRUNED).
     ``max_val_samples`` subsamples validation for quick scores (the test
     split, ``evaluate_accuracy(..., split="test")``, is always evaluated whole).
+    ``resumed`` says the model continues an earlier evaluation's training (a
+    promoted candidate's next rung): steps that prepare a model fresh from its
+    plan (block-wise training) are skipped.
     """
 
     data: DataBundle
@@ -109,6 +112,7 @@ class Context:
     callback: Callable[[int, float], bool] | None = None
     progress: bool = False
     steps: int | None = None
+    resumed: bool = False  # the model continues an earlier evaluation's training: one-time steps are skipped
 
 
 class Evaluator(abc.ABC):

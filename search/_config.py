@@ -139,6 +139,13 @@ class EvaluateConfig(_Section):
     rescore_steps: int | None = Field(
         None, ge=1, description="fine-tune steps in all of the re-scoring rung (default: four times the top rung's)"
     )
+    recipe: Literal["finetune", "blockwise"] = Field(
+        "finetune",
+        description="how a compressed model is trained, for candidates and by finalize: BN recalibration then the "
+        "fine-tune, or 'blockwise': BN recalibration, each changed block taught to reproduce the original block's "
+        "output (tensor-train's sequential training), then the fine-tune",
+    )
+    blockwise_steps: int = Field(100, ge=1, description="Adam steps per changed block of the blockwise recipe")
     final_steps: int = Field(2000, ge=1, description="fine-tune steps of `prunetune finalize` (the long recipe)")
     final_kd_weight: float = Field(0.5, ge=0, le=1, description="distillation weight of `prunetune finalize`")
     latency: bool = Field(
@@ -151,6 +158,10 @@ class EvaluateConfig(_Section):
         None, ge=1, description="CPU threads per worker (default: torch's; 1 when workers share a machine)"
     )
     seed: int = 0
+
+    def needs_teacher(self, kd_weight: float) -> bool:
+        """Whether an evaluation distilling with ``kd_weight`` needs the original model (block-wise training does)."""
+        return kd_weight > 0 or self.recipe == "blockwise"
 
     @field_validator("rungs")
     @classmethod

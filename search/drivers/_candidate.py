@@ -273,13 +273,14 @@ class CandidateRunner:
 
         return Context(
             data=p.data,
-            teacher=p.base_model if e.kd_weight > 0 else None,
+            teacher=p.base_model if e.needs_teacher(e.kd_weight) else None,
             device=p.device,
             seed=e.seed + rung,
             batch_size=e.batch_size,
             max_val_samples=None if last and len(p.rungs) > 1 else e.max_val_samples,
             callback=callback,
             steps=steps,
+            resumed=done > 0,
         )
 
     def evaluate(

@@ -111,13 +111,24 @@ def cost_floor(floor: str | None, space: ModelSpace, budget: Budget) -> float:
     return min(1.0, level)
 
 
+def preparation(config: Config) -> list[Evaluator]:
+    """What ``evaluate.recipe`` does before the fine-tune: BN recalibration, and block-wise training."""
+    from evaluators import BlockwiseTraining, BNRecalibration
+
+    e = config.evaluate
+    steps: list[Evaluator] = [BNRecalibration(e.bn_batches)]
+    if e.recipe == "blockwise":
+        steps.append(BlockwiseTraining(steps=e.blockwise_steps))
+    return steps
+
+
 def default_evaluator(config: Config) -> Evaluator:
     """BN recalibration, quick fine-tune (KD optional), accuracy, and latency when asked or an objective."""
-    from evaluators import Accuracy, BNRecalibration, FineTune, Latency, Pipeline
+    from evaluators import Accuracy, FineTune, Latency, Pipeline
 
     e = config.evaluate
     steps: list[Evaluator] = [
-        BNRecalibration(e.bn_batches),
+        *preparation(config),
         FineTune(steps=e.finetune_steps, lr=e.lr, kd_weight=e.kd_weight, eval_every=e.eval_every),
         Accuracy(),
     ]

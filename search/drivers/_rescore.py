@@ -89,11 +89,12 @@ def _rescore_one(p: Prepared, row: CandidateRow) -> str | None:
     model = load_weights(p.space.apply(Plan.from_json(row.plan)), str(row.artifact)).to(p.device)
     ctx = Context(
         data=p.data,
-        teacher=p.base_model if e.kd_weight > 0 else None,
+        teacher=p.base_model if e.needs_teacher(e.kd_weight) else None,
         device=p.device,
         seed=e.seed + len(p.rungs),
         batch_size=e.batch_size,
         steps=steps - done,
+        resumed=True,
     )
     metrics = p.evaluator.evaluate(model, ctx)
     if metrics.status is not Status.COMPLETE or metrics.accuracy is None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from search.drivers._prepare import prepare
+from search.drivers._prepare import preparation, prepare
 from search.operations._export import export_candidate, out_dir
 from spaces import Plan, PruneTuneError, Status, UsageError, check_interrupt
 from storage import FinalResult
@@ -54,21 +54,22 @@ class Finalized:
 def train_final(
     p: Prepared, model: nn.Module, *, steps: int, seed: int | None = None, progress: bool = False
 ) -> tuple[float, float | None]:
-    """BN recalibration, ``steps`` fine-tune steps distilled from the base model, then (validation, test)
-    accuracy on the whole splits; ``model`` is trained in place. A failed fine-tune is a PruneTuneError."""
-    from evaluators import Accuracy, BNRecalibration, Context, FineTune, Pipeline, evaluate_accuracy
+    """BN recalibration (and with ``evaluate.recipe = "blockwise"`` block-wise training), ``steps`` fine-tune
+    steps distilled from the base model, then (validation, test) accuracy on the whole splits; ``model`` is
+    trained in place. A failed fine-tune is a PruneTuneError."""
+    from evaluators import Accuracy, Context, FineTune, Pipeline, evaluate_accuracy
 
     e = p.config.evaluate
     kd = e.final_kd_weight
     ctx = Context(
         data=p.data,
-        teacher=p.base_model if kd > 0 else None,
+        teacher=p.base_model if e.needs_teacher(kd) else None,
         device=p.device,
         seed=e.seed if seed is None else seed,
         batch_size=e.batch_size,
         progress=progress,
     )
-    recipe = Pipeline([BNRecalibration(e.bn_batches), FineTune(steps=steps, lr=e.lr, kd_weight=kd), Accuracy()])
+    recipe = Pipeline([*preparation(p.config), FineTune(steps=steps, lr=e.lr, kd_weight=kd), Accuracy()])
     metrics = recipe.evaluate(model, ctx)
     if metrics.status is not Status.COMPLETE or metrics.accuracy is None:
         raise PruneTuneError(f"the long fine-tune failed: {metrics.reason}")

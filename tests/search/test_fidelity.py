@@ -179,3 +179,32 @@ def test_a_loss_scored_study_promotes_by_validation_loss(tmp_path: Path, artifac
     best = best_within_cap(rows, "loss")
     top = [r for r in rows if best is not None and r.top_rung == best.top_rung]
     assert best is not None and best.id == min(top, key=lambda r: r.rungs[-1][2]).id  # type: ignore[index]
+
+
+def test_versatile_filters_with_block_wise_training_search_promote_and_finalize(tmp_path: Path, artifacts: Path) -> None:
+    """The joint space with versatile filters, trained block-wise once per candidate, promoted, then finalized."""
+    from evaluators import BlockwiseTraining
+    from search.operations._report_data import structure_frame
+    from spaces import Plan
+
+    calls: list[bool] = []
+    original = BlockwiseTraining.evaluate
+
+    def spy(self: BlockwiseTraining, model, context):  # type: ignore[no-untyped-def]
+        calls.append(context.resumed)
+        return original(self, model, context)
+
+    overrides = {**RUNGS, "space__rank": True, "space__method": "versatile", "search__candidates": 4}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(BlockwiseTraining, "evaluate", spy)
+        s = _run(tmp_path, artifacts, evaluate__recipe="blockwise", evaluate__blockwise_steps=2, **overrides)
+        p = s.prepared
+        rows = [r for r in p.store.candidates(p.study_id) if r.status is Status.COMPLETE]
+        plans = [Plan.from_json(r.plan) for r in rows]
+        assert any(set(plan.method.values()) == {"versatile"} for plan in plans)  # the allocator's seed, at least
+        promoted = sum(1 for r in rows if r.rung == 1)
+        assert promoted >= 1 and calls.count(False) == len(rows) and calls.count(True) == promoted
+        done = finalize(s.cfg, trials=[rows[0].trial_number], steps=3)
+    assert done[0].test_accuracy is not None and calls[-1] is False  # finalize trains its fresh model block-wise
+    frame = structure_frame(p.space, {"pick": next(plan for plan in plans if plan.method)})
+    assert "primary filters" in set(frame["what"])
