@@ -181,7 +181,9 @@ def test_a_loss_scored_study_promotes_by_validation_loss(tmp_path: Path, artifac
     assert best is not None and best.id == min(top, key=lambda r: r.rungs[-1][2]).id  # type: ignore[index]
 
 
-def test_versatile_filters_with_block_wise_training_search_promote_and_finalize(tmp_path: Path, artifacts: Path) -> None:
+def test_versatile_filters_trained_block_wise_are_searched_promoted_and_finalized(
+    tmp_path: Path, artifacts: Path
+) -> None:
     """The joint space with versatile filters, trained block-wise once per candidate, promoted, then finalized."""
     from evaluators import BlockwiseTraining
     from search.operations._report_data import structure_frame
