@@ -89,8 +89,18 @@ class SpaceConfig(_Section):
         "groups",
         description="the sampler's prune ratios: one per group, or one per stage (the groups at one resolution)",
     )
-    rank: bool = Field(False, description="also search per-layer low-rank factorization")
-    method: Method = Method.SVD
+    rank: bool = Field(
+        False, description="also search per-layer factorization (low-rank methods, versatile filters: `method`)"
+    )
+    method: Method = Field(
+        Method.SVD,
+        description="how a layer is factorized: svd, tucker2, tt (low rank) or versatile, versatile_ch (versatile "
+        "filters); the allocator's seed plans use this one",
+    )
+    methods: list[Method] = Field(
+        default_factory=list,
+        description="with two or more, the sampler also chooses each layer's method among these (every method on)",
+    )
     quantize: Literal["none", "weights", "weights+activations"] = Field(
         "none",
         description="also search weight bit widths (every conv/linear layer at 8 or 4 bits: one knob, the share at "

@@ -6,7 +6,10 @@ layer dense); the cost replaces a factorized layer's dense term by its factor
 chain's; the surgery replaces the layer by the chain
 (:func:`spaces.factorize_layer`). ``fit`` holds the ranks. The sampler's
 parameter per layer is a fraction of its break-even rank on the grid 0.1, ...,
-1.0, where 1.0 means dense.
+1.0, where 1.0 means dense; with ``options["methods"]`` (two or more methods),
+a second parameter per layer, ``<layer>@method``, picks the layer's method among
+those of them that apply to it (an index on the grid 0, 1, ...), and the
+fraction is of that method's break-even rank.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = ["RankDimension"]
 
 DEFAULT_METHOD = Method.SVD.value
 _RANK_STEP = 0.1  # the sampler's grid of fractions of the break-even rank
+_METHOD_PARAM = "@method"  # suffix of a layer's method parameter (options["methods"])
 
 
 def _check_rank(layer: str, rank: Any) -> int | float:
@@ -59,6 +63,17 @@ def rank_layers(space: ModelSpace, method: str) -> dict[str, int]:
             mur = g.max_useful_rank(method)
             if mur >= 2:
                 out[g.name] = mur
+    return out
+
+
+def layer_methods(space: ModelSpace, options: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Per layer the sampler can factorize, the methods it may choose from (``options["methods"]``, else
+    ``options["method"]``) that apply to it with a break-even rank of at least 2."""
+    methods = [str(m) for m in options.get("methods") or [options.get("method", DEFAULT_METHOD)]]
+    out: dict[str, tuple[str, ...]] = {}
+    for method in methods:
+        for name in rank_layers(space, method):
+            out[name] = (*out.get(name, ()), method)
     return out
 
 
@@ -138,32 +153,41 @@ class RankDimension(Dimension):
         """With ``options["rank"]``: per layer, a fraction of its break-even rank (1.0: dense)."""
         if not options.get("rank"):
             return {}
-        method = str(options.get("method", DEFAULT_METHOD))
-        return {name: ParamSpec(_RANK_STEP, 1.0, step=_RANK_STEP) for name in rank_layers(space, method)}
+        out = {}
+        for name, methods in layer_methods(space, options).items():
+            out[name] = ParamSpec(_RANK_STEP, 1.0, step=_RANK_STEP)
+            if len(methods) > 1:
+                out[name + _METHOD_PARAM] = ParamSpec(0.0, float(len(methods) - 1), step=1.0)
+        return out
 
     def from_params(self, space: ModelSpace, values: Mapping[str, float], options: Mapping[str, Any]) -> Entries:
-        method = str(options.get("method", DEFAULT_METHOD))
-        mur = rank_layers(space, method) if values else {}
-        ranks = {}
+        choices = layer_methods(space, options) if values else {}
+        ranks, methods = {}, {}
         for name, value in values.items():
-            if value < 1.0 - 1e-9:  # below 1: factorized (break-even or more would be dense)
-                ranks[name] = min(mur[name] - 1, max(1, round(float(value) * mur[name])))
-        return {"rank": ranks, "method": dict.fromkeys(ranks, method)}
+            if name.endswith(_METHOD_PARAM) or value >= 1.0 - 1e-9:  # 1: dense (break-even or more)
+                continue
+            method = choices[name][int(round(values.get(name + _METHOD_PARAM, 0.0)))]
+            mur = space.layer(name).max_useful_rank(method)
+            ranks[name], methods[name] = min(mur - 1, max(1, round(float(value) * mur))), method
+        return {"rank": ranks, "method": methods}
 
     def to_params(
         self, space: ModelSpace, plan: Plan, specs: Mapping[str, ParamSpec], options: Mapping[str, Any]
     ) -> dict[str, float]:
-        method = str(options.get("method", DEFAULT_METHOD))
-        mur = rank_layers(space, method)
-        out = {}
+        choices = layer_methods(space, options)
+        out: dict[str, float] = {}
         for name in specs:
-            spec = plan.rank.get(name)
-            if spec is None or method_of(plan, name) != method:
+            if name.endswith(_METHOD_PARAM):
+                continue
+            spec, method = plan.rank.get(name), method_of(plan, name)
+            if len(choices[name]) > 1:
+                out[name + _METHOD_PARAM] = float(choices[name].index(method) if method in choices[name] else 0)
+            if spec is None or method not in choices[name]:
                 out[name] = 1.0
                 continue
             full = max(space.layer(name).full_ranks(method))
             r = spec if isinstance(spec, int) else max(1, round(spec * full))
-            frac = round(min(1.0, r / mur[name]) / _RANK_STEP) * _RANK_STEP
+            frac = round(min(1.0, r / space.layer(name).max_useful_rank(method)) / _RANK_STEP) * _RANK_STEP
             out[name] = min(1.0 - _RANK_STEP, max(_RANK_STEP, round(frac, 10)))  # factorized: below 1.0 (dense)
         return out
 

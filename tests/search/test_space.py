@@ -41,6 +41,24 @@ def test_params_and_plans_round_trip(space: ModelSpace) -> None:
     assert all(back[k] == 1.0 for k in d if k.startswith("rank:") and k != f"rank:{layer}")
 
 
+def test_every_method_on_a_method_per_layer_round_trips(space: ModelSpace) -> None:
+    opts = {"max_ratio": 0.8, "rank": True, "method": "svd", "methods": ["svd", "tt", "versatile"]}
+    d = distributions(space, opts)
+    # a method index per layer where two or more apply: every 3x3 conv (svd, tt, versatile); fc takes svd only
+    assert d["rank:layer1.0.conv1@method"].low == 0 and d["rank:layer1.0.conv1@method"].high == 2
+    assert d["rank:layer1.0.conv1@method"].step == 1 and "rank:fc@method" not in d
+    params = {k: (0.0 if k.startswith("prune:") else 1.0) for k in d}
+    params.update({"rank:layer1.0.conv1": 0.5, "rank:layer1.0.conv1@method": 2, "rank:layer2.0.conv2": 0.3})
+    params["rank:layer2.0.conv2@method"] = 1
+    plan = plan_from_params(space, params, opts)
+    assert dict(plan.method) == {"layer1.0.conv1": "versatile", "layer2.0.conv2": "tt"}
+    mur = space.layer("layer1.0.conv1").max_useful_rank("versatile")
+    assert plan.rank["layer1.0.conv1"] == round(0.5 * mur)  # the fraction is of the chosen method's break-even rank
+    back = params_from_plan(space, plan, d, opts)
+    assert plan_from_params(space, back, opts) == plan
+    assert back["rank:layer1.0.conv1@method"] == 2 and back["rank:layer3.0.conv1"] == 1.0
+
+
 def test_per_stage_ratios_three_for_resnet20_round_trip(space: ModelSpace) -> None:
     opts = {"max_ratio": 0.8, "rank": False, "method": "svd", "sample_by": "stages"}
     d = distributions(space, opts, floor=0.25)
