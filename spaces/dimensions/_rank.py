@@ -166,7 +166,7 @@ class RankDimension(Dimension):
         for name, value in values.items():
             if name.endswith(_METHOD_PARAM) or value >= 1.0 - 1e-9:  # 1: dense (break-even or more)
                 continue
-            method = choices[name][int(round(values.get(name + _METHOD_PARAM, 0.0)))]
+            method = choices[name][round(float(values.get(name + _METHOD_PARAM, 0.0)))]
             mur = space.layer(name).max_useful_rank(method)
             ranks[name], methods[name] = min(mur - 1, max(1, round(float(value) * mur))), method
         return {"rank": ranks, "method": methods}
