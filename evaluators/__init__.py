@@ -3,7 +3,7 @@
 Data (:func:`load_data`): ``digits``, ``fashion-mnist``, ``synthetic``,
 ``imagefolder:/path``, ``package.module:factory``, each with train, validation
 (what the search selects on) and test (reported numbers only) splits. Models
-(:func:`build_model`): ``zoo:<name>``, ``torchvision:<name>``,
+(:func:`build_model`): ``zoo:<name>``, ``torchvision:<name>``, ``timm:<name>``,
 ``package.module:factory``. Evaluators
 share one contract (:class:`Evaluator`): ``evaluate(model, context) -> Metrics``.
 """

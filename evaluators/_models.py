@@ -5,11 +5,18 @@ Specs:
 * ``zoo:<name>`` — the project's zoo (:mod:`evaluators._zoo`);
 * ``torchvision:<name>`` — a torchvision classification model, built with
   ``weights=None`` (nothing is downloaded);
+* ``timm:<name>`` — a timm model (the ``timm`` extra; timm pinned in
+  ``constraints.txt``), built with ``pretrained=False`` (nothing is
+  downloaded: trained weights come from ``model.weights``, a safetensors
+  file), the data's input channels (``in_chans``) and classes; keyword
+  arguments of timm's ``create_model`` follow the name, comma-separated:
+  ``timm:vit_tiny_patch16_224,img_size=32,patch_size=4``;
 * ``package.module:factory`` — any importable callable returning an ``nn.Module``.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import tempfile
@@ -82,11 +89,61 @@ def _torchvision(name: str, num_classes: int | None) -> nn.Module:
     return torchvision.models.get_model(name, **kwargs)
 
 
+# create_model arguments that download or load files (timm's checkpoint loader unpickles): never taken
+_TIMM_FILES = {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir"}
+
+
+def _timm_kwargs(spec: str, items: list[str]) -> dict[str, Any]:
+    """``key=value`` items of a ``timm:`` spec, values read as int, float, bool or left as text."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise ValueError(f"model spec {spec!r}: {item!r} is not a key=value argument of timm's create_model")
+        value: Any = text.strip()
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        out[key.strip()] = {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
+    banned = sorted(set(out) & _TIMM_FILES)
+    if banned:
+        raise ValueError(
+            f"model spec {spec!r}: {banned[0]} is not taken (nothing is downloaded or unpickled): trained weights "
+            "come from model.weights, a safetensors file"
+        )
+    return out
+
+
+def _timm(spec: str, in_channels: int | None, num_classes: int | None) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ValueError(f"model spec {spec!r} needs timm: pip install -e '.[timm]'") from None
+    name, *items = spec.partition(":")[2].split(",")
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else " (timm.list_models() lists them)"
+        raise ValueError(f"unknown timm model {name!r} in timm {timm.__version__}{hint}")
+    kwargs: dict[str, Any] = {**_timm_kwargs(spec, items), "pretrained": False}
+    if in_channels is not None:
+        kwargs["in_chans"] = in_channels
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    try:
+        return timm.create_model(name, **kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        raise UnsupportedModelError(f"timm could not build {spec!r}: {first_line(exc, type(exc).__name__)}") from None
+
+
 def build_model(spec: str, *, in_channels: int | None = None, num_classes: int | None = None) -> nn.Module:
     """Build the model named by ``spec`` (see the module docs)."""
     if not isinstance(spec, str) or ":" not in spec:
         raise ValueError(
-            f"model spec must be 'zoo:<name>', 'torchvision:<name>' or 'package.module:factory', got {spec!r}"
+            "model spec must be 'zoo:<name>', 'torchvision:<name>', 'timm:<name>' or 'package.module:factory', "
+            f"got {spec!r}"
         )
     kind, _, name = spec.partition(":")
     if kind == "zoo":
@@ -104,6 +161,8 @@ def build_model(spec: str, *, in_channels: int | None = None, num_classes: int |
         model = _torchvision(name, num_classes)
         if in_channels is not None and in_channels != 3:
             model = _adapt_stem(model, in_channels)
+    elif kind == "timm":
+        model = _timm(spec, in_channels, num_classes)
     else:
         factory = import_factory(spec, "model")
         try:

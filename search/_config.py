@@ -30,7 +30,9 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """The model to compress and, when no weights are given, how to train its baseline."""
 
-    spec: str = Field(description="zoo:<name>, torchvision:<name> or package.module:factory")
+    spec: str = Field(
+        description="zoo:<name>, torchvision:<name>, timm:<name>[,key=value...] or package.module:factory"
+    )
     weights: str | None = Field(None, description="trained weights (.safetensors or weights-only torch file)")
     train_epochs: int = Field(30, ge=1, description="baseline training epochs when no weights are given")
     train_lr: float = Field(0.1, gt=0)

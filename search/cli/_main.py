@@ -66,7 +66,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_inspect(sub: Any) -> None:
     ins = sub.add_parser("inspect", help="show a model's prunable groups and costs")
-    ins.add_argument("--model", required=True, help="zoo:<name>, torchvision:<name> or package.module:factory")
+    ins.add_argument(
+        "--model", required=True, help="zoo:<name>, torchvision:<name>, timm:<name> or package.module:factory"
+    )
     ins.add_argument("--weights", help="a .safetensors file or a weights-only torch file")
     ins.add_argument(
         "--input", type=shape_arg, default=(1, 3, 224, 224), help="example input shape (default 1,3,224,224)"

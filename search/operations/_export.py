@@ -15,7 +15,7 @@ are then loaded) and loads the weights strictly, so a stale or foreign weights
 file fails loudly instead of loading partially.
 
 An export is a file people pass around, so loading one never imports or calls
-code that it names: only ``zoo:`` and ``torchvision:`` model specs are built
+code that it names: only ``zoo:``, ``torchvision:`` and ``timm:`` model specs are built
 from the file; a model from a ``package.module:factory`` spec is built only by
 a factory the caller passes (``factories={spec: callable}``).
 """
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["export_candidate", "load_exported"]
 
 FORMAT = 1
-_SAFE_KINDS = ("zoo:", "torchvision:")
+_SAFE_KINDS = ("zoo:", "torchvision:", "timm:")
 
 
 def _weights_of(row: CandidateRow, study: str) -> Path:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["base_weights_path", "report_extras", "versions", "write_study_report"]
 
-_SAFE_KINDS = ("zoo:", "torchvision:")
+_SAFE_KINDS = ("zoo:", "torchvision:", "timm:")
 _SEEDS_SHOWN = (CandidateKind.ALLOCATOR, CandidateKind.UNIFORM, CandidateKind.GLOBAL)  # seeds the structure panel shows
 _PACKAGES = ("prunetune", "torch", "torch-pruning", "optuna", "sqlalchemy", "pandas", "plotly")
 

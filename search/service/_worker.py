@@ -5,7 +5,7 @@ A submitted config comes from the network, so it is checked against what the
 validated by the same pydantic schema as a TOML config (:class:`search.Config`),
 and it may name only
 
-* models from the zoo (``zoo:``) or torchvision (``torchvision:``), data from
+* models from the zoo (``zoo:``), torchvision (``torchvision:``) or timm (``timm:``), data from
   the built-in specs (``digits``, ``fashion-mnist``, ``synthetic``), and
 * ``package.module:factory`` specs that the server lists itself (``--factory``),
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["BUILTIN_DATA", "SubmissionError", "check_submission", "run_submission", "run_worker"]
 
 BUILTIN_DATA = ("digits", "fashion-mnist", "synthetic")
-_SAFE_MODELS = ("zoo:", "torchvision:")
+_SAFE_MODELS = ("zoo:", "torchvision:", "timm:")  # library registries: no code named by the config
 log = logging.getLogger("prunetune")
 
 
@@ -54,7 +54,7 @@ def check_submission(raw: Mapping[str, Any], factories: Collection[str] = ()) ->
     if not cfg.search.study:
         raise SubmissionError("submitted config: search.study must name the new study")
     allowed = sorted(factories)
-    known = f"zoo:<name>, torchvision:<name>{', ' if allowed else ''}{', '.join(allowed)}"
+    known = f"zoo:<name>, torchvision:<name>, timm:<name>{', ' if allowed else ''}{', '.join(allowed)}"
     if not cfg.model.spec.startswith(_SAFE_MODELS) and cfg.model.spec not in factories:
         raise SubmissionError(
             f"submitted config: model.spec {cfg.model.spec!r} is not registered on this server; it takes {known}"

@@ -72,3 +72,31 @@ def test_save_weights_is_atomic_and_loads_back(tmp_path: Path, monkeypatch: pyte
         save_weights({"w": torch.ones(2)}, path)
     assert path.read_bytes() == before  # the old file, whole; no temporary file left behind
     assert sorted(p.name for p in path.parent.iterdir()) == ["m.safetensors"]
+
+
+def test_timm_specs_build_offline_and_load_weights_from_a_file(tmp_path: Path) -> None:
+    src = build_model("timm:resnet10t", in_channels=1, num_classes=7).eval()
+    x = torch.randn(2, 1, 32, 32)
+    assert src(x).shape == (2, 7)
+    save_file(src.state_dict(), str(tmp_path / "w.safetensors"))
+    dst = load_weights(build_model("timm:resnet10t", in_channels=1, num_classes=7).eval(), tmp_path / "w.safetensors")
+    torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+    vit = build_model("timm:vit_tiny_patch16_224,img_size=32,patch_size=8,depth=2", num_classes=4).eval()
+    assert vit(torch.randn(1, 3, 32, 32)).shape == (1, 4) and len(vit.blocks) == 2
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("timm:resnet_18", r"unknown timm model 'resnet_18' in timm 1\.\d+\.\d+; did you mean resnet18"),
+        ("timm:qwertyuiop", r"unknown timm model 'qwertyuiop' .*\(timm.list_models\(\) lists them\)"),
+        ("timm:resnet18,depth", r"'depth' is not a key=value argument"),
+        ("timm:resnet18,pretrained=true", "pretrained is not taken .* come from model.weights"),
+        ("timm:resnet18,checkpoint_path=/tmp/x.pth", "checkpoint_path is not taken"),
+        ("timm:resnet18,no_such_argument=3", "timm could not build 'timm:resnet18,no_such_argument=3': "),
+    ],
+)
+def test_bad_timm_specs_are_one_line_errors(spec: str, message: str) -> None:
+    with pytest.raises((ValueError, UnsupportedModelError), match=message) as err:
+        build_model(spec)
+    assert "\n" not in str(err.value)
