@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from spaces._budget import Budget
+from spaces._errors import PlanError
 from spaces._plan import Plan
 from spaces.dimensions import AllocPoint, Block, Dimension, dimensions
 
@@ -339,6 +340,11 @@ def allocate(
         raise ValueError("allocate needs prune=True, rank=True or both")
     if not isinstance(budget, Budget):
         raise TypeError(f"budget must be a spaces.Budget, got {type(budget).__name__}")
+    if "latency" in budget.limits and (rank or any(more.values())):
+        raise PlanError(
+            "budget latency is predicted for pruning plans only: allocate it with rank=False and no other "
+            "dimension, or use a MACs or params budget"
+        )
     t0 = time.perf_counter()
     alloc = _Allocator(space, budget, prune, rank, blocks, method=method, sensitivity=sensitivity, **more)
     limits = np.array([alloc.limits[m] for m in alloc.metrics], dtype=np.float64)

@@ -144,6 +144,11 @@ class _Fitter:
     def __init__(self, space: ModelSpace, plan: Plan, budget: Budget) -> None:
         self.space, self.plan = space, plan
         self.limits = budget.absolute(space.base_cost)
+        if "latency" in self.limits and space.profile is not None and space.cost(plan).latency is None:
+            raise PlanError(
+                "budget latency is predicted for pruning plans only; this plan also factorizes or quantizes "
+                "layers: use a MACs or params budget, or measure such candidates (evaluate.latency = true)"
+            )
         rt = plan.round_to or space.round_to
         self.allowed = [space.allowed_keeps(g, rt) for g in space.groups]
         self.target = space.keep_counts(plan).astype(np.float64)  # the plan's own kept counts

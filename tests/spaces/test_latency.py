@@ -113,6 +113,21 @@ def test_a_rank_plan_is_refused_by_the_prediction_and_by_a_latency_budget(space:
         Budget(latency="50%").slack(space.base_cost, space.base_cost)  # the space has no profile attached
 
 
+def test_a_latency_budget_on_a_rank_plan_is_a_one_line_error_in_fit_and_the_allocator() -> None:
+    torch.manual_seed(0)
+    sp = ModelSpace(_net().eval(), torch.randn(1, 3, 16, 16))
+    sp.attach_profile(_synthetic(sp))
+    from spaces import Plan
+
+    budget = Budget(latency="60%")
+    with pytest.raises(PlanError, match="^budget latency is predicted for pruning plans only; this plan also") as e:
+        sp.fit(Plan(rank={"3": 0.5}), budget)
+    assert "\n" not in str(e.value)
+    with pytest.raises(PlanError, match="allocate it with rank=False"):
+        sp.allocate(budget, rank=True)
+    assert sp.fit(Plan(rank={"3": 1.0}), budget).prune  # a rank that keeps the layer dense is a pruning plan
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
