@@ -6,7 +6,6 @@ import contextlib
 import functools
 import itertools
 import math
-import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from torch import nn
 
 from evaluators._base import Context, Evaluator, Metrics, check_model_fits, seed_everything
 from evaluators._data import _endless
-from spaces import Status, check_interrupt
+from spaces import Status, check_interrupt, measure_latency
 
 __all__ = ["Accuracy", "BNRecalibration", "FineTune", "Latency", "Pipeline", "default_evaluator", "evaluate_accuracy"]
 
@@ -291,27 +290,13 @@ class Latency(Evaluator):
         t0 = time.perf_counter()
         out: dict[int, float] = {}
         try:
-            with torch.inference_mode():
-                for bs in self.batch_sizes:
-                    x = _layout(context.data.example_inputs(bs).to(context.device), context.device)
-                    for _ in range(self.warmup):
-                        model(x)
-                    times = []
-                    for _ in range(self.runs):
-                        _sync(context.device)
-                        t = time.perf_counter()
-                        model(x)
-                        _sync(context.device)
-                        times.append(time.perf_counter() - t)
-                    out[int(bs)] = statistics.median(times) * 1e3
+            for bs in self.batch_sizes:  # the timing loop is the device profile's (one way to time, everywhere)
+                x = _layout(context.data.example_inputs(bs).to(context.device), context.device)
+                timed = measure_latency(model, x, device=context.device, runs=self.runs, warmup=self.warmup)
+                out[int(bs)] = timed["measured_ms"]
         finally:
             torch.set_num_threads(old_threads)
         return Metrics(latency_ms=out, eval_seconds=time.perf_counter() - t0)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass
