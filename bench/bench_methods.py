@@ -15,9 +15,9 @@ the **test** split, which nothing selects on:
   the studies' allocator seed uses), pruning alone, repaired with ``fit``;
 * **SVD**, **tensor-train**, **versatile (spatial)**, **versatile (spatial +
   channel)**: the allocator's plan with that method alone (its 0-1 program
-  chooses each layer's rank or primary filters; where the method alone cannot
-  reach the budget, spatial versatile filters at 15 %, the allocator's fallback
-  prunes the rest), repaired with ``fit`` (ranks held). The allocator's joint
+  chooses each layer's rank or primary filters), repaired with ``fit`` (ranks
+  held, so where the method alone cannot reach the budget — spatial versatile
+  filters at 15 % — ``fit`` prunes the rest). The allocator's joint
   plan (pruning and a method in one program) is not used: valued by measured
   sensitivity for channels and by kept energy for ranks, it chooses pruning
   almost everywhere, which would make every arm the pruning arm;
@@ -90,9 +90,8 @@ def prepare(args: argparse.Namespace, tmp: Path, budget: str, seed: int, *, join
 def one_shot(p: Any, budget: Budget, arm: str) -> nn.Module:
     """The allocator's plan for ``arm`` at ``budget`` (pruning, and the arm's method when it has one)."""
     space, method = p.space, ARMS[arm][1]
-    sens = allocator_sensitivity(p)
     if method is None:
-        plan = space.allocate(budget, rank=False, sensitivity=sens).plan
+        plan = space.allocate(budget, rank=False, sensitivity=allocator_sensitivity(p)).plan
     else:
         plan = space.allocate(budget, rank=True, prune=False, method=method).plan
     return space.apply(space.fit(plan, budget))

@@ -11,15 +11,15 @@ pruned layers — given the original model as ``context.teacher``.
 **A block** is found by comparing the two models module by module (their
 module names correspond: pruning keeps names, a factorized layer becomes a
 module at the same name): a *changed* module is one whose class or parameter
-shapes differ from the original's; its block is the smallest module containing
-it (itself included, the root excluded) whose output has the original's shape
-and that runs exactly once per forward in both models; nested blocks are merged
-into the outermost. Where a pruned residual stage makes every output of the
-stage narrower, its blocks are the layers that consume it and keep their own
-output (taught to reproduce it from fewer input channels, as channel-pruning
-reconstruction does); a change with no module around it that keeps the
-original output has no block, and the end-to-end fine-tune alone trains it.
-Blocks are trained in the order the original model runs them.
+shapes differ from the original's (the outermost such module: a factorized
+layer's chain counts once); it is a block when its output has the original's
+shape and it runs exactly once per forward in both models. So a factorized or
+versatile layer is a block, and where pruning narrows a layer's output, the
+layers that consume it and keep their own output are (taught to reproduce it
+from fewer input channels, as channel-pruning reconstruction does); the pruned
+layer itself has no block, and the end-to-end fine-tune trains it. Blocks are
+trained in the order the original model runs them, on the arguments (keywords
+included) the compressed model calls them with.
 
 During this phase the models are in eval mode (BatchNorm statistics as the
 preceding recalibration left them; its affine parameters train), and only the
@@ -48,8 +48,9 @@ from spaces import Status, check_interrupt
 __all__ = ["BlockwiseTraining", "block_error", "changed_blocks"]
 
 
-class _Reached(Exception):
-    """Raised by a hook to end a forward pass once the wanted activation is captured."""
+class _Reached(BaseException):
+    """Raised by a hook to end a forward pass once the wanted activation is captured (a BaseException, so that
+    model code catching ``Exception`` does not swallow it)."""
 
 
 def _signature(module: nn.Module) -> tuple[Any, ...]:
@@ -80,10 +81,13 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, list[tuple[int,
                 order.append(name)
 
             hooks.append(mod.register_forward_hook(hook))
+    was = model.training
+    model.eval()  # BatchNorm statistics are left as they are
     try:
         with torch.no_grad():
             model(x)
     finally:
+        model.train(was)
         for h in hooks:
             h.remove()
     return shapes, order
@@ -94,34 +98,31 @@ def changed_blocks(student: nn.Module, teacher: nn.Module, x: torch.Tensor) -> l
     """The blocks (module names) :class:`BlockwiseTraining` trains, in the order the original runs them."""
     s_shapes, _ = _trace(student, x)
     t_shapes, order = _trace(teacher, x)
-    blocks: set[str] = set()
+    blocks = set()
     for name in _changed(student, teacher):
-        parts = name.split(".")
-        for k in range(len(parts), 0, -1):
-            candidate = ".".join(parts[:k])
-            s, t = s_shapes.get(candidate, []), t_shapes.get(candidate, [])
-            if len(s) == 1 and s == t and s[0] != ():
-                blocks.add(candidate)
-                break
-    outer = {b for b in blocks if not any(b.startswith(o + ".") for o in blocks)}
-    return [name for name in dict.fromkeys(order) if name in outer]
+        s, t = s_shapes.get(name, []), t_shapes.get(name, [])
+        if len(s) == 1 and s == t and s[0] != ():
+            blocks.add(name)
+    return [name for name in dict.fromkeys(order) if name in blocks]
 
 
 def _capture(model: nn.Module, x: torch.Tensor, name: str, what: str) -> Any:
-    """The input args (``what="input"``) or the output of module ``name`` when ``model`` runs on ``x``."""
+    """The ``(args, kwargs)`` (``what="input"``) or the output of module ``name`` when ``model`` runs on ``x``."""
     seen: list[Any] = []
     mod = model.get_submodule(name)
 
-    def pre(_m: nn.Module, args: Any) -> None:
-        if what == "input":
-            seen.append(args)
-            raise _Reached
+    def pre(_m: nn.Module, args: Any, kwargs: Any) -> None:
+        seen.append((args, kwargs))
+        raise _Reached
 
     def post(_m: nn.Module, _i: Any, out: Any) -> None:
         seen.append(out)
         raise _Reached
 
-    handle = mod.register_forward_pre_hook(pre) if what == "input" else mod.register_forward_hook(post)
+    if what == "input":
+        handle = mod.register_forward_pre_hook(pre, with_kwargs=True)
+    else:
+        handle = mod.register_forward_hook(post)
     try:
         with torch.no_grad():
             model(x)
@@ -150,15 +151,17 @@ def _only_trains(model: nn.Module, block: nn.Module) -> Iterator[list[nn.Paramet
 
 def block_error(model: nn.Module, teacher: nn.Module, name: str, x: torch.Tensor) -> float:
     """MSE between block ``name``'s output in ``model`` (on ``model``'s own input to it) and in ``teacher``."""
-    was = model.training
+    was = model.training, teacher.training
     model.eval()
+    teacher.eval()
     try:
-        inputs = _capture(model, x, name, "input")
+        args, kwargs = _capture(model, x, name, "input")
         with torch.no_grad():
-            out = model.get_submodule(name)(*inputs)
+            out = model.get_submodule(name)(*args, **kwargs)
         return float(F.mse_loss(out.float(), _capture(teacher, x, name, "output").float()))
     finally:
-        model.train(was)
+        model.train(was[0])
+        teacher.train(was[1])
 
 
 @dataclass
@@ -208,9 +211,9 @@ class BlockwiseTraining(Evaluator):
             for step, (x, _y) in enumerate(itertools.islice(batches, self.steps), start=1):
                 check_interrupt()  # a safe point: between two block-wise steps
                 x = _layout(x.to(device), device)
-                inputs, target = _capture(model, x, name, "input"), _capture(teacher, x, name, "output")
+                (args, kwargs), target = _capture(model, x, name, "input"), _capture(teacher, x, name, "output")
                 with _autocast(device):
-                    loss = F.mse_loss(block(*inputs).float(), target.float())
+                    loss = F.mse_loss(block(*args, **kwargs).float(), target.float())
                 if not math.isfinite(loss.item()):
                     return f"block-wise loss of {name!r} became {loss.item()} at step {step}"
                 opt.zero_grad(set_to_none=True)

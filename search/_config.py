@@ -110,6 +110,21 @@ class SpaceConfig(_Section):
     )
     ignored_layers: list[str] = Field(default_factory=list)
 
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[Method]) -> list[Method]:
+        if v and (len(v) < 2 or len(set(v)) != len(v)):
+            raise ValueError(f"methods must list two or more different methods (one: use space.method), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _method_among_methods(self) -> SpaceConfig:
+        if self.methods and self.method not in self.methods:
+            raise ValueError(
+                f"space.method {self.method.value!r} must be one of space.methods (the allocator's seeds use it)"
+            )
+        return self
+
     @model_validator(mode="after")
     def _rank_or_bits(self) -> SpaceConfig:
         if self.rank and self.quantize != "none":

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from spaces._errors import PlanError
+from spaces._lowrank import LayerGeom
 from spaces._trace import CONV, LINEAR, Item, Trace
 from spaces.factorization import factor_method
 
@@ -264,29 +265,37 @@ class ImportanceScores:
             self._energy[layer] = np.cumsum(s2) / total if total > 0 else np.linspace(1 / len(s2), 1.0, len(s2))
         return self._energy[layer]
 
-    def kept(self, layer: str, method: str, ranks: Iterable[int]) -> np.ndarray:
-        """The share of ``layer``'s (unpruned) kernel a factorization by ``method`` keeps at each int rank.
+    def kept(self, layer: str, method: str, ranks: Iterable[int], geom: LayerGeom | None = None) -> np.ndarray:
+        """The share of ``layer``'s kernel a factorization by ``method`` keeps at each int rank, made
+        non-decreasing in the rank.
 
-        The method's own :meth:`~spaces.factorization.FactorMethod.kept_share` of its
-        reconstruction where it has one (versatile filters), else the cumulative
-        share of squared singular values at that rank (:meth:`energy`; for
+        The ranks are read on ``geom`` (the layer's pruned shape; default: unpruned).
+        Where the method computes its own :meth:`~spaces.factorization.FactorMethod.kept_share`
+        (versatile filters), it is that of the *unpruned* kernel at the same fraction of
+        each full rank (the same compression: the pruned kernel is not built); else the
+        cumulative share of squared singular values at the int rank (:meth:`energy`; for
         ``tucker2``/``tt`` a proxy).
         """
-        geom = self.trace.geoms[layer]
-        fm = factor_method(method)
-        w = None
+        base = self.trace.geoms[layer]
+        at, fm = geom or base, factor_method(method)
         out = []
         for r in ranks:
-            resolved = geom.resolve(method, int(r))
-            key = f"{layer}|{method}|{resolved}"
+            resolved = at.resolve(method, int(r))
+            full, now = base.full_ranks(method), at.full_ranks(method)
+            scaled = base.normalize(
+                method, tuple(max(1, round(v * f / n)) for v, f, n in zip(resolved, full, now, strict=True))
+            )
+            key = f"{layer}|{method}|{scaled}"
             if key not in self._kept:
-                if w is None:
-                    w = self.trace.model.get_parameter(f"{layer}.weight").detach().double().cpu().numpy()
-                share = fm.kept_share(w, geom, resolved)
+                w = self.trace.model.get_parameter(f"{layer}.weight").detach().double().cpu().numpy()
+                share = fm.kept_share(w, base, scaled)
+                self._kept[key] = float("nan") if share is None else share
+            share = self._kept[key]
+            if np.isnan(share):  # read off the spectrum at the int rank
                 energy = self.energy(layer)
-                self._kept[key] = energy[min(int(r), len(energy)) - 1] if share is None else share
-            out.append(self._kept[key])
-        return np.asarray(out, dtype=np.float64)
+                share = float(energy[min(int(r), len(energy)) - 1])
+            out.append(share)
+        return np.maximum.accumulate(np.asarray(out, dtype=np.float64)) if out else np.zeros(0)
 
 
 def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

@@ -1,12 +1,14 @@
 """Low-rank factorization of conv and linear layers: surgery and exact costs.
 
-Methods (all executed as chains of ordinary layers, never reconstructed into a
-full kernel, so the MACs really fall) sit behind a registry
-(:mod:`spaces.factorization`): ``svd`` (truncated SVD of the kernel reshaped to
-``[C_out, C_in*k_h*k_w]``; a Linear becomes two Linears), ``tucker2``
-(tensorly's partial Tucker over the channel modes; convolutions only) and
-``tt`` (a tensor-train of the kernel, TTP-style, as four convolutions;
-kernels larger than 1x1 only). Each method's module documents its chain.
+Methods (never reconstructed into a full kernel, so the MACs really fall) sit
+behind a registry (:mod:`spaces.factorization`): ``svd`` (truncated SVD of the
+kernel reshaped to ``[C_out, C_in*k_h*k_w]``; a Linear becomes two Linears),
+``tucker2`` (tensorly's partial Tucker over the channel modes; convolutions
+only) and ``tt`` (a tensor-train of the kernel, TTP-style, as four
+convolutions; kernels larger than 1x1 only), each a chain of ordinary layers;
+``versatile`` / ``versatile_ch`` (versatile filters; kernels of at least 3x3)
+a module of its own that runs one convolution per slot of secondary filters.
+Each method's module documents what it builds.
 
 Ranks in a plan are an ``int`` (applied to every mode, each capped at that
 mode's full rank) or a ``float`` in ``(0, 1]``, a fraction of each mode's full
@@ -198,6 +200,6 @@ def factorize_layer(layer: nn.Module, method: str, ranks: tuple[int, ...]) -> nn
     else:
         geom = LayerGeom("", "conv", w.shape[0], w.shape[1], w.shape[2], w.shape[3])
     if method not in geom.methods:
-        needs = "a convolution" if geom.kind == "linear" else "a kernel larger than 1x1"
-        raise ValueError(f"method {method!r} needs {needs}; this layer takes {', '.join(geom.methods)}")
+        what = "a Linear" if geom.kind == "linear" else f"a {geom.kh}x{geom.kw} convolution"
+        raise ValueError(f"method {method!r} does not apply to {what}; it takes {', '.join(geom.methods)}")
     return factor_method(method).factorize(layer, geom, geom.normalize(method, tuple(int(r) for r in ranks)))

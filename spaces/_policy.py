@@ -147,7 +147,7 @@ class _Fitter:
         if "latency" in self.limits and space.profile is not None and space.cost(plan).latency is None:
             raise PlanError(
                 "budget latency is predicted for pruning plans only; this plan also factorizes or quantizes "
-                "layers: use a MACs or params budget, or measure such candidates (evaluate.latency = true)"
+                "layers: use a MACs or params budget for it"
             )
         rt = plan.round_to or space.round_to
         self.allowed = [space.allowed_keeps(g, rt) for g in space.groups]

@@ -208,9 +208,10 @@ class ModelSpace:
         """Cumulative share of squared singular values of ``layer``'s (unpruned) kernel."""
         return self.scores.energy(layer)
 
-    def kept_energy(self, layer: str, method: str, ranks: Iterable[int]) -> np.ndarray:
-        """The share of ``layer``'s kernel ``method`` keeps at each int rank (see :meth:`ImportanceScores.kept`)."""
-        return self.scores.kept(layer, method, ranks)
+    def kept_energy(self, layer: str, method: str, ranks: Iterable[int], geom: LayerGeom | None = None) -> np.ndarray:
+        """The share of ``layer``'s kernel ``method`` keeps at each int rank on ``geom`` (its pruned shape;
+        default: unpruned) (see :meth:`ImportanceScores.kept`)."""
+        return self.scores.kept(layer, method, ranks, geom)
 
     def stages(self) -> dict[str, list[str]]:
         """The groups by the resolution their outputs are computed at (``stage1``, ...; see ``sample_by``)."""

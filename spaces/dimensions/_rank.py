@@ -69,7 +69,8 @@ def rank_layers(space: ModelSpace, method: str) -> dict[str, int]:
 def layer_methods(space: ModelSpace, options: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
     """Per layer the sampler can factorize, the methods it may choose from (``options["methods"]``, else
     ``options["method"]``) that apply to it with a break-even rank of at least 2."""
-    methods = [str(m) for m in options.get("methods") or [options.get("method", DEFAULT_METHOD)]]
+    listed = [str(m) for m in options.get("methods") or []]
+    methods = listed if len(listed) > 1 else [str(options.get("method", DEFAULT_METHOD))]
     out: dict[str, tuple[str, ...]] = {}
     for method in methods:
         for name in rank_layers(space, method):
@@ -141,12 +142,15 @@ class RankDimension(Dimension):
             setattr(parent, attr, factorize_layer(getattr(parent, attr), method, ranks))
 
     def verify_probe(self, costs: CostModel) -> Entries:
-        """The first layer that can be factorized at rank 1, by the last registered method that applies to it."""
-        for geom in costs.trace.geoms.values():
-            methods = [m for m in geom.methods if geom.max_useful_rank(m) >= 2]
-            if methods:
-                return {"rank": {geom.name: 1}, "method": {geom.name: methods[-1]}}
-        return {}
+        """Every registered method at rank 1, each on the first layer not yet probed that it can factorize."""
+        rank: dict[str, int] = {}
+        method: dict[str, str] = {}
+        for m in method_names():
+            for geom in costs.trace.geoms.values():
+                if geom.name not in rank and m in geom.methods and geom.max_useful_rank(m) >= 2:
+                    rank[geom.name], method[geom.name] = 1, m
+                    break
+        return {"rank": rank, "method": method} if rank else {}
 
     # ------------------------------------------------------------ the sampler
     def params(self, space: ModelSpace, options: Mapping[str, Any]) -> dict[str, ParamSpec]:
@@ -226,7 +230,7 @@ class RankDimension(Dimension):
         if r_max < 1:
             return Block(unit=name, base_cost=-now, alternative=(1.0, dense), forced=True)
         ranks = chain_levels(np.arange(1, r_max + 1), 16)
-        kept = space.kept_energy(name, method, ranks)
+        kept = space.kept_energy(name, method, ranks, geom)
         chain = [vec(geom.factor_cost(method, geom.resolve(method, int(r)))) for r in ranks]
         point.cache.setdefault("rank", {})[name] = ranks
         return Block(

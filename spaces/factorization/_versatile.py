@@ -9,19 +9,21 @@ filter cut from one primary:
   filter; a 5x5 one 5x5, 3x3 and 1x1), applied at the layer's stride and
   dilation with its padding reduced by ``i * dilation`` (the input is cropped
   where that padding would be negative), so it produces the same positions;
-* **channel** (``versatile_ch`` only): a primary covers ``c_hat`` of the ``C_in``
-  input channels and is applied to two windows of them, channels
-  ``[0, c_hat)`` and ``[C_in - c_hat, C_in)`` (the paper's ``1..c-g`` and
-  ``g+1..c`` with ``g = C_in - c_hat``); ``c_hat = C_in`` is one window.
+* **channel** (``versatile_ch`` only, where the rings alone cannot give every
+  output from ``p`` primaries, ``p * rings < C_out``): a primary covers
+  ``c_hat = C_in - floor(C_in / 4)`` of the ``C_in`` input channels and is
+  applied to two windows of them, channels ``[0, c_hat)`` and ``[C_in - c_hat,
+  C_in)`` (the paper's ``1..c-g`` and ``g+1..c`` with ``g = floor(C_in / 4)``:
+  the windows overlap on half the channels); otherwise it is ``versatile``.
 
-Ranks: ``(p,)`` for ``versatile``, ``(p, c_hat)`` for ``versatile_ch``. Full
-ranks ``(C_out,)`` / ``(C_out, C_in)``: at ``p = C_out`` (one window) every output
-is its own full primary, the original layer exactly (the paper's ``s = 1``).
-The paper's factor ``s`` is ``C_out / p`` (at most the number of rings times the
-windows: ``p`` is never normalized below ``ceil(C_out / (rings * windows))``).
+Ranks: ``(p,)``, full rank ``(C_out,)``: at ``p = C_out`` every output is its own
+full primary, the original layer exactly (the paper's ``s = 1``). The paper's
+factor ``s`` is ``C_out / p``: at most the number of rings (two for 3x3), times
+two with the channel windows; ``p`` is never normalized below
+``ceil(C_out / (rings * windows))``.
 
-Outputs fill *slots* ring-major — (ring 0, window 0), (ring 0, window 1), (ring
-1, window 0), ... — ``p`` outputs per slot, the last slot partly, so the cost is
+Outputs fill *slots* window-major — (window 0, ring 0), (window 0, ring 1), ...,
+(window 1, ring 0), ... — ``p`` outputs per slot, the last slot partly, so the cost is
 exact: ``MACs = positions * sum(slot outputs * c_hat * slot kernel area)``,
 weight parameters ``p * c_hat * k_h * k_w`` (the bias stays one per output).
 Each secondary is computed by its own convolution (the paper's sharing of the
@@ -66,10 +68,10 @@ def rings_of(kh: int, kw: int) -> int:
 
 
 def slot_counts(cout: int, p: int, rings: int, windows: int) -> list[tuple[int, int, int]]:
-    """``(ring, window, outputs)`` per non-empty slot, filled ring-major with ``p`` outputs per slot."""
+    """``(ring, window, outputs)`` per non-empty slot, filled window-major with ``p`` outputs per slot."""
     out, left = [], cout
-    for ring in range(rings):
-        for window in range(windows):
+    for window in range(windows):
+        for ring in range(rings):
             if left > 0:
                 out.append((ring, window, min(p, left)))
                 left -= min(p, left)
@@ -87,19 +89,22 @@ class Versatile(FactorMethod):
         return geom.kind == "conv" and min(geom.kh, geom.kw) >= 3
 
     def full_ranks(self, geom: LayerGeom) -> tuple[int, ...]:
-        return (geom.cout, geom.cin) if self.channel else (geom.cout,)
+        return (geom.cout,)
+
+    def c_hat(self, geom: LayerGeom, p: int) -> int:
+        """The input channels a primary covers: all of them, unless the channel windows are needed."""
+        window = geom.cin - geom.cin // 4
+        return window if self.channel and p * rings_of(geom.kh, geom.kw) < geom.cout else geom.cin
 
     def normalize(self, geom: LayerGeom, ranks: tuple[int, ...]) -> tuple[int, ...]:
-        c_hat = max((geom.cin + 1) // 2, min(ranks[1], geom.cin)) if self.channel else geom.cin
-        windows = 1 if c_hat == geom.cin else 2
+        windows = 2 if self.channel and geom.cin - geom.cin // 4 < geom.cin else 1
         least = -(-geom.cout // (rings_of(geom.kh, geom.kw) * windows))
-        p = max(least, min(ranks[0], geom.cout))
-        return (p, c_hat) if self.channel else (p,)
+        return (max(least, min(ranks[0], geom.cout)),)
 
     def factor_cost(self, geom: LayerGeom, ranks: tuple[int, ...]) -> tuple[int, int]:
-        p, c_hat = ranks[0], ranks[1] if self.channel else geom.cin
-        windows = 1 if c_hat == geom.cin else 2
-        slots = slot_counts(geom.cout, p, rings_of(geom.kh, geom.kw), windows)
+        p = ranks[0]
+        c_hat = self.c_hat(geom, p)
+        slots = slot_counts(geom.cout, p, rings_of(geom.kh, geom.kw), 1 if c_hat == geom.cin else 2)
         per_position = sum(n * c_hat * (geom.kh - 2 * ring) * (geom.kw - 2 * ring) for ring, _, n in slots)
         return geom.s_out * per_position, p * c_hat * geom.kh * geom.kw
 
@@ -109,22 +114,20 @@ class Versatile(FactorMethod):
         from spaces.factorization._versatile_conv import VersatileConv2d
 
         assert isinstance(layer, nn.Conv2d)  # applies() admits convolutions only
-        c_hat = ranks[1] if self.channel else geom.cin
-        fit = fit_versatile(layer.weight.detach().double().cpu().numpy(), ranks[0], c_hat)
+        fit = fit_versatile(layer.weight.detach().double().cpu().numpy(), ranks[0], self.c_hat(geom, ranks[0]))
         return nn.Sequential(VersatileConv2d.from_fit(layer, fit))
 
     def kept_units(self, geom: LayerGeom, ranks: tuple[int, ...]) -> tuple[int, int]:
         return ranks[0], geom.cout  # primary filters of the output filters
 
     def kept_share(self, weight: np.ndarray, geom: LayerGeom, ranks: tuple[int, ...]) -> float:
-        c_hat = ranks[1] if self.channel else geom.cin
-        fit = fit_versatile(weight, ranks[0], c_hat)
+        fit = fit_versatile(weight, ranks[0], self.c_hat(geom, ranks[0]))
         total = float(np.square(weight).sum())
         return 1.0 - float(np.square(weight - fit.expanded()).sum()) / total if total > 0 else 1.0
 
 
 class VersatileChannel(Versatile):
-    """Spatial and channel versatile filters: ranks ``(p, c_hat)``."""
+    """Spatial and, where the rings do not suffice, channel versatile filters: ranks ``(p,)``."""
 
     name = "versatile_ch"
     channel = True

@@ -34,12 +34,15 @@ def space(teacher: nn.Module, data: DataBundle) -> ModelSpace:
     return ModelSpace(teacher, data.example_inputs(2))
 
 
-def test_changed_blocks_are_the_smallest_modules_that_keep_the_original_output(
+def test_changed_blocks_are_the_changed_modules_that_keep_the_original_output(
     space: ModelSpace, teacher: nn.Module, data: DataBundle
 ) -> None:
     x = data.example_inputs(2)
     student = space.apply(PLAN)
-    assert changed_blocks(student, teacher, x) == ["layer1.2.conv1", "layer2.1", "layer3.0.conv2", "layer3.2.conv1"]
+    # layer2.1.conv1 is pruned: the block is its consumer, layer2.1.conv2, which keeps its output
+    assert changed_blocks(student, teacher, x) == [
+        "layer1.2.conv1", "layer2.1.conv2", "layer3.0.conv2", "layer3.2.conv1"
+    ]  # fmt: skip
     assert changed_blocks(copy.deepcopy(teacher), teacher, x) == []
     # a pruned residual stage: every output of the stage is narrower, so the blocks are its consumers that keep
     # their output (taught to reproduce it from fewer input channels, as channel-pruning reconstruction does)
@@ -71,3 +74,48 @@ def test_blockwise_training_needs_the_original_and_sane_settings(space: ModelSpa
         BlockwiseTraining(steps=-1)
     with pytest.raises(ValueError, match="lr must be > 0, got 0"):
         BlockwiseTraining(lr=0)
+
+
+class _Full(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(16, 64) / 8)
+
+    def forward(self, x: torch.Tensor, *, scale: torch.Tensor) -> torch.Tensor:
+        return scale * (x @ self.w.T)
+
+
+class _LowRank(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Parameter(torch.randn(4, 64) / 8), nn.Parameter(torch.randn(16, 4) / 2)
+
+    def forward(self, x: torch.Tensor, *, scale: torch.Tensor) -> torch.Tensor:
+        return scale * (x @ self.a.T @ self.b.T)
+
+
+class _Net(nn.Module):
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block, self.head = block, nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        return self.head(self.block(flat, scale=flat.abs().mean(1, keepdim=True)))
+
+
+def test_a_block_called_with_keywords_is_trained_with_them_and_a_resumed_model_is_left_alone(
+    data: DataBundle,
+) -> None:
+    torch.manual_seed(0)
+    teacher, student = _Net(_Full()).eval(), _Net(_LowRank()).eval()
+    x = next(iter(data.val_loader(64)))[0]
+    assert changed_blocks(student, teacher, x) == ["block"]
+    ctx = Context(data=data, teacher=teacher, device=torch.device("cpu"), batch_size=32, resumed=True)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    BlockwiseTraining(steps=20, lr=1e-2).evaluate(student, ctx)
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())  # trained when it was fresh
+    error = block_error(student, teacher, "block", x)
+    ctx.resumed = False
+    BlockwiseTraining(steps=60, lr=1e-2).evaluate(student, ctx)
+    assert block_error(student, teacher, "block", x) < 0.5 * error

@@ -150,6 +150,8 @@ CASES: list[tuple[str, list[str], Setup | None, int, str]] = [
     ("importance", [*RUN, "--space.importance", "l3"], None, BAD, "space.importance"),
     ("method", [*RUN, "--space.method", "cp"], None, BAD, "space.method"),
     ("methods", [*RUN, "--space.methods", "svd,versatile3"], None, BAD, "space.methods"),
+    ("methods-one", [*RUN, "--space.methods", "svd"], None, BAD, "two or more different methods"),
+    ("methods-no-method", [*RUN, "--space.methods", "tt,versatile"], None, BAD, "must be one of space.methods"),
     ("recipe", [*RUN, "--evaluate.recipe", "layerwise"], None, BAD, "Input should be 'finetune' or 'blockwise'"),
     ("blockwise-steps", [*RUN, "--evaluate.blockwise_steps", "0"], None, BAD, "evaluate.blockwise_steps"),
     ("max-ratio", [*RUN, "--space.max_ratio", "1.5"], None, BAD, "space.max_ratio"),

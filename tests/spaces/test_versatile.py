@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,10 +28,6 @@ CONVS = [
 METHODS = ("versatile", "versatile_ch")
 
 
-def _ranks(conv: nn.Conv2d, method: str, p: int) -> tuple[int, ...]:
-    return (p, conv.in_channels // 2 + 1) if method == "versatile_ch" else (p,)
-
-
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     before = torch.get_num_threads()
@@ -46,7 +43,7 @@ def test_outputs_equal_a_plain_convolution_with_the_expanded_filter_bank(conv: n
     conv = copy.deepcopy(conv).double()  # CONVS are shared by the tests
     x = torch.randn(2, conv.in_channels, 19, 17, dtype=torch.double)
     for p in (1, conv.out_channels // 3, conv.out_channels - 1):
-        (layer,) = factorize_layer(conv, method, _ranks(conv, method, max(p, 1)))
+        (layer,) = factorize_layer(conv, method, (max(p, 1),))
         dense = F.conv2d(x, layer.expanded_weight(), layer.bias, conv.stride, conv.padding, conv.dilation)
         torch.testing.assert_close(layer(x), dense, atol=1e-12, rtol=0)
         c_hat = layer.weight.shape[1]
@@ -61,8 +58,7 @@ def test_one_primary_per_output_is_the_original_layer(conv: nn.Conv2d, method: s
     """The paper's s = 1: p = C_out primaries over every input channel."""
     torch.manual_seed(0)
     x = torch.randn(2, conv.in_channels, 13, 11)
-    full = (conv.out_channels, conv.in_channels) if method == "versatile_ch" else (conv.out_channels,)
-    (layer,) = factorize_layer(conv, method, full)
+    (layer,) = factorize_layer(conv, method, (conv.out_channels,))
     assert layer.weight.shape == conv.weight.shape
     torch.testing.assert_close(layer(x), conv(x), atol=1e-6, rtol=0)
 
@@ -80,6 +76,42 @@ def test_the_papers_structure_is_recovered_exactly_from_a_shuffled_bank() -> Non
     assert factor_method("versatile").kept_share(bank, geom, (6,)) == pytest.approx(1.0)
 
 
+def test_a_conv_whose_bank_is_versatile_is_rebuilt_exactly_channel_order_included() -> None:
+    """The module (not only the fit) reproduces a conv made of shuffled primaries and centres: a wrong output
+    permutation would show here."""
+    rng = np.random.default_rng(0)
+    primaries = rng.standard_normal((6, 4, 3, 3))
+    centres = np.zeros_like(primaries)
+    centres[:, :, 1, 1] = primaries[:, :, 1, 1]
+    conv = nn.Conv2d(4, 12, 3, stride=2, padding=1).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.as_tensor(np.concatenate([primaries, centres])[rng.permutation(12)]))
+    (layer,) = factorize_layer(conv, "versatile", (6,))
+    x = torch.randn(2, 4, 11, 9, dtype=torch.double)
+    torch.testing.assert_close(layer(x), conv(x), atol=1e-10, rtol=0)
+
+
+def test_a_versatile_model_is_rebuilt_from_base_plan_and_weights(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    space = ModelSpace(MODELS["resnet20"]().eval(), x, verify=False)
+    plan = Plan(
+        rank={"layer2.0.conv2": 0.3, "layer1.1.conv1": 0.5},
+        method=dict.fromkeys(["layer2.0.conv2", "layer1.1.conv1"], "versatile_ch"),
+    )
+    trained = space.apply(plan).eval()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # as a fine-tune would move them
+    save_file(trained.state_dict(), str(tmp_path / "w.safetensors"))
+    rebuilt = space.apply(plan).eval()
+    rebuilt.load_state_dict(load_file(str(tmp_path / "w.safetensors")), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), trained(x), atol=0, rtol=0)
+
+
 def test_the_fit_keeps_more_with_more_primaries_and_costs_are_the_papers() -> None:
     rng = np.random.default_rng(1)
     bank = rng.standard_normal((32, 16, 3, 3))
@@ -91,9 +123,12 @@ def test_the_fit_keeps_more_with_more_primaries_and_costs_are_the_papers() -> No
     # s = 2: 16 primaries (half the parameters), 16 outputs 3x3 and 16 outputs 1x1
     assert vf.factor_cost(geom, (16,)) == (100 * 16 * 16 * (9 + 1), 16 * 16 * 9)
     ch = factor_method("versatile_ch")
-    assert ch.normalize(geom, (1, 1)) == (8, 8)  # two windows of half the channels, two rings: s = 4
-    # 8 primaries of 12 channels: windows [0, 12) and [4, 16), 8 outputs per (ring, window) slot
-    assert ch.factor_cost(geom, (8, 12)) == (100 * 12 * (16 * 9 + 16 * 1), 8 * 12 * 9)
+    assert ch.normalize(geom, (1,)) == (8,)  # two windows, two rings: s = 4
+    # 8 primaries of 12 channels: windows [0, 12) and [4, 16), 8 outputs per (window, ring) slot
+    assert ch.factor_cost(geom, (8,)) == (100 * 12 * (16 * 9 + 16 * 1), 8 * 12 * 9)
+    assert ch.factor_cost(geom, (16,)) == vf.factor_cost(geom, (16,))  # the rings suffice: spatial only
+    # 12 primaries: slots (window 0, ring 0) 12, (window 0, ring 1) 12, (window 1, ring 0) the last 8
+    assert ch.factor_cost(geom, (12,)) == (100 * 12 * (12 * 9 + 12 * 1 + 8 * 9), 12 * 12 * 9)
     assert geom.max_useful_rank("versatile") == 31  # p = C_out - 1 saves; p = C_out is the original
 
 
@@ -122,14 +157,14 @@ def test_joint_plan_prunes_then_cuts_the_pruned_layer_into_versatile_filters() -
     space = ModelSpace(MODELS["resnet20"]().eval(), x)
     plan = Plan(
         prune={"layer3.0.conv1": 0.5},
-        rank={"layer3.0.conv1": 0.5, "layer2.1.conv1": 0.5},
+        rank={"layer3.0.conv1": 0.5, "layer2.1.conv1": 0.3},
         method={"layer3.0.conv1": "versatile", "layer2.1.conv1": "versatile_ch"},
     )
     model = space.apply(plan)
     (first,) = model.layer3[0].conv1
     assert first.out_channels == 32 and first.weight.shape == (16, 32, 3, 3)  # 32 pruned outputs, 16 primaries
     (second,) = model.layer2[1].conv1
-    assert second.weight.shape == (16, 16, 3, 3)  # 32 outputs: 16 primaries, each on two windows of 16 channels
+    assert second.weight.shape == (10, 24, 3, 3)  # 10 primaries x 2 rings < 32 outputs: two windows of 24 channels
     assert space.cost(plan) == measure_cost(model, x)
     assert Plan.from_json(plan.to_json()) == plan
 
