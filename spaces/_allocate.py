@@ -316,6 +316,20 @@ class _Allocator:
         return x
 
 
+def _check_arguments(budget: Budget, prune: bool, held: bool) -> None:
+    """Something to allocate, a real budget, and no latency limit beside ranks or bits (latency is predicted
+    for pruning plans only)."""
+    if not (prune or held):
+        raise ValueError("allocate needs prune=True, rank=True or both")
+    if not isinstance(budget, Budget):
+        raise TypeError(f"budget must be a spaces.Budget, got {type(budget).__name__}")
+    if "latency" in budget.limits and held:
+        raise PlanError(
+            "budget latency is predicted for pruning plans only: allocate it with rank=False and no other "
+            "dimension, or use a MACs or params budget"
+        )
+
+
 def allocate(
     space: ModelSpace,
     budget: Budget,
@@ -336,15 +350,7 @@ def allocate(
     (:func:`spaces.measure_sensitivity`); ``more``: other registered dimensions
     to include by key (``bits=True``).
     """
-    if not (prune or rank or any(more.values())):
-        raise ValueError("allocate needs prune=True, rank=True or both")
-    if not isinstance(budget, Budget):
-        raise TypeError(f"budget must be a spaces.Budget, got {type(budget).__name__}")
-    if "latency" in budget.limits and (rank or any(more.values())):
-        raise PlanError(
-            "budget latency is predicted for pruning plans only: allocate it with rank=False and no other "
-            "dimension, or use a MACs or params budget"
-        )
+    _check_arguments(budget, prune, rank or any(more.values()))
     t0 = time.perf_counter()
     alloc = _Allocator(space, budget, prune, rank, blocks, method=method, sensitivity=sensitivity, **more)
     limits = np.array([alloc.limits[m] for m in alloc.metrics], dtype=np.float64)
