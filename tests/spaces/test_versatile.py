@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from spaces import LayerGeom, ModelSpace, Plan, PlanError, factorize_layer, meas
 from spaces.factorization import factor_method
 from spaces.factorization._versatile import fit_versatile
 from tests.spaces.models import ARCHS, MODELS, torchvision_model
+from tests.spaces.test_full_rank import _one_thread  # noqa: F401  (autouse: batch-1 inputs on one thread)
 
 CONVS = [
     nn.Conv2d(6, 8, 3, padding=1),
@@ -26,14 +26,6 @@ CONVS = [
     nn.Conv2d(5, 9, 7, padding=3, dilation=2),
 ]
 METHODS = ("versatile", "versatile_ch")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("method", METHODS)
