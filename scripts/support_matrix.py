@@ -64,6 +64,13 @@ def _check(space: ModelSpace, plan: Plan, x: torch.Tensor) -> str:
     )
 
 
+def _outcome(exc: Exception) -> str:
+    """A refusal (PruneTune declining what it cannot do exactly) or an error (a bug to fix), in one line."""
+    if isinstance(exc, PruneTuneError):
+        return f"refused: {first_line(exc, '')}"
+    return f"error: {type(exc).__name__}: {first_line(exc, '')}"
+
+
 def row(family: str, spec: str, size: int) -> list[str]:
     """The matrix's row of one family: build time, groups, the two plans' outcomes."""
     torch.manual_seed(0)
@@ -73,20 +80,16 @@ def row(family: str, spec: str, size: int) -> list[str]:
         t = time.perf_counter()
         space = ModelSpace(model, x)
         build = f"{time.perf_counter() - t:.1f}"
-    except PruneTuneError as exc:
-        return [family, f"`{spec}` @{size}", "", "", f"refused: {first_line(exc, '')}", ""]
-    except Exception as exc:  # a bug of ours or the library's: reported, the matrix goes on
-        return [family, f"`{spec}` @{size}", "", "", f"error: {type(exc).__name__}: {first_line(exc, '')}", ""]
+    except Exception as exc:  # reported, the matrix goes on
+        return [family, f"`{spec}` @{size}", "", "", _outcome(exc), ""]
     prune = Plan(prune={g.id: 0.3 for g in space.groups})
     joint = Plan(prune=prune.prune, rank={g.name: 0.5 for g in space.layers})
     outcomes = []
     for plan in (prune, joint):
         try:
             outcomes.append(_check(space, plan, x))
-        except PruneTuneError as exc:
-            outcomes.append(f"refused: {first_line(exc, '')}")
         except Exception as exc:
-            outcomes.append(f"error: {type(exc).__name__}: {first_line(exc, '')}")
+            outcomes.append(_outcome(exc))
     return [family, f"`{spec}` @{size}", build, str(len(space.groups)), *outcomes]
 
 

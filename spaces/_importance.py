@@ -278,6 +278,7 @@ class ImportanceScores:
         """
         base = self.trace.geoms[layer]
         at, fm = geom or base, factor_method(method)
+        w: np.ndarray | None = None  # the kernel, read once when a share is first computed
         out = []
         for r in ranks:
             resolved = at.resolve(method, int(r))
@@ -287,7 +288,8 @@ class ImportanceScores:
             )
             key = f"{layer}|{method}|{scaled}"
             if key not in self._kept:
-                w = self.trace.model.get_parameter(f"{layer}.weight").detach().double().cpu().numpy()
+                if w is None:
+                    w = self.trace.model.get_parameter(f"{layer}.weight").detach().double().cpu().numpy()
                 share = fm.kept_share(w, base, scaled)
                 self._kept[key] = float("nan") if share is None else share
             share = self._kept[key]
