@@ -6,8 +6,13 @@ What is counted, exactly:
   linear layers (``aten::linear``, ``aten::addmm``), counted by fvcore on one
   forward pass of ``example_inputs`` (the whole batch as given). A convolution
   costs ``N * H_out * W_out * C_out * C_in / groups * k_h * k_w``, a linear
-  layer ``prod(input.shape[:-1]) * in_features * out_features``. Every other op
-  (BatchNorm, pooling, activations, additions, ...) is *not* counted; the ops
+  layer ``prod(input.shape[:-1]) * in_features * out_features``; products
+  between activations (``aten::matmul``, ``aten::bmm``, ``aten::baddbmm``,
+  ``aten::scaled_dot_product_attention`` and PyTorch's fused
+  ``aten::_native_multi_head_attention``) by the formulas of
+  :func:`spaces._attention.product_macs` (an attention's ``Q @ K^T`` and
+  weighted sum of ``V`` included). Every other op (BatchNorm, pooling,
+  activations, additions, softmax, ``einsum``, ...) is *not* counted; the ops
   fvcore saw and skipped are listed in :attr:`Cost.skipped_ops`.
 * **params**: the number of elements of ``model.parameters()`` (buffers such as
   BatchNorm running statistics are not parameters).
@@ -34,7 +39,16 @@ if TYPE_CHECKING:
 
 __all__ = ["COUNTED_OPS", "Cost", "measure_cost", "parameter_bytes", "quantized_bytes"]
 
-COUNTED_OPS = ("aten::_convolution", "aten::linear", "aten::addmm")
+COUNTED_OPS = (
+    "aten::_convolution",
+    "aten::linear",
+    "aten::addmm",
+    "aten::matmul",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::scaled_dot_product_attention",
+    "aten::_native_multi_head_attention",
+)
 CHANNEL_QPARAM_BYTES = 4 + 1  # per output channel of a quantized weight: a float32 scale, a one-byte zero point
 
 
@@ -86,6 +100,28 @@ def as_tuple(example_inputs: Any) -> tuple[Any, ...]:
     raise TypeError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
 
 
+def _product_handles() -> dict[str, Any]:
+    """fvcore handles for the products between activations (see the module docs)."""
+    from fvcore.nn.jit_handles import get_shape
+
+    from spaces._attention import product_macs
+
+    def handle(op: str, operands: tuple[int, ...], **extra: Any) -> Any:
+        def count(inputs: list[Any], outputs: list[Any]) -> int:
+            shapes = [get_shape(inputs[i]) for i in operands]
+            return product_macs(op, shapes, get_shape(outputs[0]), extra)
+
+        return count
+
+    return {
+        "aten::matmul": handle("matmul", (0, 1)),
+        "aten::bmm": handle("bmm", (0, 1)),
+        "aten::baddbmm": handle("baddbmm", (0, 1, 2)),
+        "aten::scaled_dot_product_attention": handle("sdpa", (0, 1, 2)),
+        "aten::_native_multi_head_attention": handle("mha", (0, 1, 5, 7), batch_first=True),
+    }
+
+
 def measure_cost(model: nn.Module, example_inputs: Any) -> Cost:
     """Measure ``model``'s cost with fvcore (MACs) and parameter counting."""
     import torch
@@ -101,7 +137,8 @@ def measure_cost(model: nn.Module, example_inputs: Any) -> Cost:
     try:
         # Count exactly conv + linear; everything else is reported as skipped.
         analysis = JitModelAnalysis(model, inputs).set_op_handle(
-            **{"aten::_convolution": conv_flop_jit, "aten::linear": linear_flop_jit, "aten::addmm": addmm_flop_jit}
+            **{"aten::_convolution": conv_flop_jit, "aten::linear": linear_flop_jit, "aten::addmm": addmm_flop_jit},
+            **_product_handles(),
         )
         analysis.unsupported_ops_warnings(False)
         analysis.uncalled_modules_warnings(False)

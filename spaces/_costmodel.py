@@ -4,7 +4,9 @@ For every (member, pruning function) pair of a group, a one-channel probe on a
 copy of that layer tells which parameter dimensions the function shrinks
 (:meth:`CostModel.param_dims`). With the positions each conv/linear layer is
 applied at (from the trace), the cost of a plan is a polynomial in the channels
-each group keeps: ``MACs = sum(S_layer * numel(weight))``,
+each group keeps: ``MACs = sum(S_layer * numel(weight))`` plus an attention's
+products (a multiple of its heads' total width) and the constant MACs of the
+products outside head-prunable attentions (:mod:`spaces._attention`),
 ``params = sum(numel(p))``, ``bytes = sum(numel(p) * element_size)``, evaluated
 with numpy in microseconds (:meth:`CostModel.dense_state`). Every other plan
 dimension (:mod:`spaces.dimensions`) is resolved on the kept channels and
@@ -102,6 +104,11 @@ class CostModel:
             wname = f"{name}.weight" if name else "weight"
             if wname in self._param_index:
                 mac_w[self._param_index[wname]] = s
+        for pname, s in tr.param_macs.items():
+            mac_w[self._param_index[pname]] = s
+        dim_w = np.zeros(len(params) * ndim, dtype=np.int64)  # MACs per unit of a dimension (attention products)
+        for (pname, d), s in tr.dim_macs.items():
+            dim_w[self._param_index[pname] * ndim + d] = s
         # m[i*ndim + d, g]: elements of dim d of parameter i removed per channel removed from group g
         m = np.zeros((len(params) * ndim, len(self.groups)), dtype=np.int64)
         for g, (group, items) in enumerate(zip(self.groups, tr.items, strict=True)):
@@ -112,16 +119,19 @@ class CostModel:
         self._base_dims = base.reshape(-1)
         self._m = m
         self._mac_w = mac_w
+        self._dim_w = dim_w
         self._byte_w = byte_w
         self.base_cost = self.dense_state(self.channels).cost()
         touched = m.reshape(len(params), ndim, -1).any(axis=1)  # [param, group]
-        self._group_macs = (mac_w * base.prod(axis=1)) @ touched  # MACs of the layers each group touches
+        layer_macs = mac_w * base.prod(axis=1) + (dim_w.reshape(len(params), ndim) * base).sum(axis=1)
+        self._group_macs = layer_macs @ touched  # MACs of the layers each group touches
 
     def dense_state(self, keep: np.ndarray) -> CostState:
         """The cost when group ``i`` keeps ``keep[i]`` channels and every layer is dense: the polynomial."""
-        dims = (self._base_dims - self._m @ (self.channels - keep)).reshape(-1, self._ndim)
-        numel = dims.prod(axis=1)
-        return CostState(macs=int(self._mac_w @ numel), params=int(numel.sum()), bytes=int(self._byte_w @ numel))
+        flat = self._base_dims - self._m @ (self.channels - keep)
+        numel = flat.reshape(-1, self._ndim).prod(axis=1)
+        macs = int(self._mac_w @ numel) + int(self._dim_w @ flat) + self.trace.functional_macs
+        return CostState(macs=macs, params=int(numel.sum()), bytes=int(self._byte_w @ numel))
 
     def cost_resolved(self, keep: np.ndarray, resolved: Mapping[str, Any]) -> Cost:
         """The cost at ``keep`` with each dimension's resolved part (``{key: resolved}``; absent: nothing)."""

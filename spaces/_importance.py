@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spaces._attention import HeadPrunableAttention
 from spaces._errors import PlanError
 from spaces._lowrank import LayerGeom
 from spaces._trace import CONV, LINEAR, Item, Trace
@@ -196,12 +197,16 @@ class ImportanceScores:
             if it.is_param or not it.is_out:
                 continue
             mod = model.get_submodule(it.target)
-            if not isinstance(mod, CONV + LINEAR):
+            if isinstance(mod, HeadPrunableAttention):  # a head's q, k and v rows
+                w = mod.in_proj_weight.detach().double()
+            elif isinstance(mod, CONV + LINEAR):
+                w = mod.weight.detach().double()
+            else:
                 continue
-            w = mod.weight.detach().double()
             if isinstance(mod, CONV) and mod.transposed:
                 w = w.transpose(0, 1)
-            norms = w.flatten(1).abs().pow(p).sum(1).numpy()[it.idxs]
+            norms = w.flatten(1).abs()
+            norms = (norms if p == 1 else norms.pow(p)).sum(1).numpy()[it.idxs]
             np.add.at(scores, it.root_idxs, norms)
         return scores
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spaces._attention import convert
 from spaces._costmodel import CostModel
 from spaces._importance import ImportanceScores
 from spaces._plan import Plan
@@ -54,6 +55,7 @@ class Surgery:
     def apply(self, model: nn.Module, plan: Plan) -> nn.Module:
         """Apply ``plan`` in place to ``model`` (a copy of the traced model): each dimension in its order."""
         keep = self.costs.keep_counts(plan)
+        convert(model, self.trace.attentions)  # a copy of the user's model: its attentions as the trace has them
         for dim in dimensions():
             part = dim.resolve(self.costs, plan, keep)
             if part is not None:
@@ -75,6 +77,7 @@ class Surgery:
     def mask(self, model: nn.Module, plan: Plan) -> nn.Module:
         """Zero, in place, the channels ``plan`` would remove from ``model`` (ranks are ignored)."""
         keep = self.costs.keep_counts(plan)
+        convert(model, self.trace.attentions)
         for (name, _), (it, idx) in self.removals(plan.importance or self.costs.importance, keep).items():
             if not it.is_out or len(idx) == 0:
                 continue

@@ -12,6 +12,12 @@ installed). It returns a :class:`Trace`:
   the name of their first output-pruned layer.
 * **spatial**: per conv/linear layer, the positions it is applied at (the MAC
   multiplier of its weight), and **geoms**: the factorizable layers' shapes.
+* **heads**: every eligible ``nn.MultiheadAttention`` called once as
+  self-attention is switched to :class:`spaces._attention.HeadPrunableAttention`
+  (``attentions``) and gets a head group of its own (:func:`_head_group`); its
+  projection and attention-product MACs are terms of the polynomial
+  (``param_macs``, ``dim_macs``), and the products the forward pass makes
+  elsewhere are one constant, ``functional_macs``.
 * **excluded**: groups torch-pruning gets wrong by construction (they touch a
   grouped, non-depthwise convolution, or their index mapping is not uniform),
   with the reason; the classifier's output layer (found by walking back from
@@ -24,12 +30,13 @@ import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from spaces._attention import convert, counting_products, drop_heads, head_kind, prune_heads, revert
 from spaces._errors import UnsupportedModelError, first_line
 from spaces._lowrank import LayerGeom
 
@@ -80,6 +87,11 @@ class Trace:
     not_factorizable: dict[str, str]
     base_output: torch.Tensor
     ignored_layers: tuple[str, ...]
+    attentions: tuple[str, ...] = ()  # switched to HeadPrunableAttention (see spaces._attention)
+    heads: tuple[str, ...] = ()  # every head-prunable attention (torch's, switched, and timm-style)
+    param_macs: dict[str, int] = field(default_factory=dict)  # parameter -> MACs per element
+    dim_macs: dict[tuple[str, int], int] = field(default_factory=dict)  # (parameter, dim) -> MACs per unit of size
+    functional_macs: int = 0  # products between activations outside head-prunable attentions
     groups: list[Group] = field(default_factory=list)
     items: list[list[Item]] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
@@ -109,15 +121,19 @@ def trace(model: nn.Module, example_inputs: tuple[Any, ...], ignored: set[str]) 
 
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
-    spatial, geoms, not_factorizable, base_output = _record_spatial(model, names, example_inputs)
+    heads, rec = _attentions(model, names, example_inputs)
+    attentions = [n for n, kind in heads.items() if kind == "torch"]
     _tp_compat.install()  # before torch-pruning builds its first graph
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        revert(model, attentions)  # torch-pruning traces torch's own attention (it cannot map our head split)
         try:
             dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
         except Exception as exc:  # the library's tracing failed on this model
             raise UnsupportedModelError(f"torch-pruning cannot trace the model: {describe(exc)}") from exc
+        finally:
+            convert(model, attentions)
         ignored = ignored | _classifier_layers(dg, names)
         raw_groups = list(
             dg.get_all_groups(
@@ -125,22 +141,56 @@ def trace(model: nn.Module, example_inputs: tuple[Any, ...], ignored: set[str]) 
             )
         )
     ignored_layers = tuple(sorted(ignored, key=lambda n: order.get(n, 0)))
-    out = Trace(model, example_inputs, order, spatial, geoms, not_factorizable, base_output, ignored_layers)
+    out = Trace(model, example_inputs, order, rec.spatial, rec.geoms, rec.not_factorizable, rec.output, ignored_layers)
+    out.attentions, out.heads = tuple(attentions), tuple(heads)
+    out.functional_macs = rec.functional_macs
     for g in raw_groups:
         _add_group(out, dg, names, g)
+    for name, kind in heads.items():
+        _add_attention(out, name, kind, rec.attention_calls[name][0], ignored)
     position = sorted(range(len(out.groups)), key=lambda i: order.get(out.groups[i].id, 1 << 30))
     out.groups = [out.groups[i] for i in position]  # in module order, so tables read top-down
     out.items = [out.items[i] for i in position]
     return out
 
 
-def _record_spatial(
+@dataclass
+class _Record:
+    """What one forward pass showed (see :func:`_record_spatial`)."""
+
+    spatial: dict[str, int]
+    geoms: dict[str, LayerGeom]
+    not_factorizable: dict[str, str]
+    output: torch.Tensor
+    functional_macs: int
+    attention_calls: dict[str, list[tuple[int, int, int]]]  # attention -> (sequences, queries, keys) per call
+
+
+def _attentions(
     model: nn.Module, names: dict[nn.Module, str], example_inputs: tuple[Any, ...]
-) -> tuple[dict[str, int], dict[str, LayerGeom], dict[str, str], torch.Tensor]:
-    """One forward pass: per conv/linear layer, the positions it is applied at, and the factorizable layers."""
+) -> tuple[dict[str, str], _Record]:
+    """The head-prunable attentions (name -> kind) called once as self-attention, and the forward pass's record.
+
+    torch's attentions are switched first (their cost terms need the switched
+    forward); one called otherwise is switched back and the pass made again.
+    """
+    kinds = {n: k for m, n in names.items() if (k := head_kind(m)) is not None}
+    convert(model, [n for n, k in kinds.items() if k == "torch"])
+    rec = _record_spatial(model, names, example_inputs, kinds)
+    once = {n: k for n, k in kinds.items() if [c[1] == c[2] for c in rec.attention_calls.get(n, [])] == [True]}
+    if once != kinds:  # called more than once, never, or with other keys: left as it is, counted as a product
+        revert(model, [n for n in kinds if n not in once])
+        rec = _record_spatial(model, names, example_inputs, once)
+    return once, rec
+
+
+def _record_spatial(
+    model: nn.Module, names: dict[nn.Module, str], example_inputs: tuple[Any, ...], heads: dict[str, str]
+) -> _Record:
+    """One forward pass: each conv/linear layer's positions, each attention's calls, the other products' MACs."""
     spatial: dict[str, int] = {}
     shapes: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
-    hooks = []
+    calls: dict[str, list[tuple[int, int, int]]] = {}
 
     def hook(mod: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         name = names[mod]
@@ -154,22 +204,44 @@ def _record_spatial(
         spatial[name] = spatial.get(name, 0) + int(s)
         shapes.setdefault(name, []).append((tuple(x.shape), tuple(output.shape)))
 
-    for m in model.modules():
-        if isinstance(m, CONV + LINEAR):
-            hooks.append(m.register_forward_hook(hook))
+    def attention_hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        calls.setdefault(names[mod], []).append(_attention_call(mod, args, kwargs))
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, CONV + LINEAR)]
+    hooks += [model.get_submodule(n).register_forward_hook(attention_hook, with_kwargs=True) for n in heads]
     try:
-        with torch.no_grad():
-            base_output = model(*example_inputs)
-    except Exception as exc:
-        shapes_txt = ", ".join(str(tuple(x.shape)) for x in example_inputs if isinstance(x, torch.Tensor))
-        raise ValueError(f"example_inputs of shape {shapes_txt} do not fit the model: {describe(exc)}") from None
+        base_output, functional = _forward(model, example_inputs, heads)
     finally:
         for h in hooks:
             h.remove()
     if not isinstance(base_output, torch.Tensor):
         raise UnsupportedModelError(f"the model must return one tensor, got {type(base_output).__name__}")
     geoms, not_factorizable = _factorizable(model, spatial, shapes)
-    return spatial, geoms, not_factorizable, base_output
+    for name in (n for n, kind in heads.items() if kind == "torch"):
+        not_factorizable[f"{name}.in_proj"] = "an attention's fused q/k/v projection is not factorizable"
+    return _Record(spatial, geoms, not_factorizable, base_output, functional, calls)
+
+
+def _attention_call(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int, int]:
+    """(sequences, queries, keys) of one call of a head-prunable attention; keys -1: not a self-attention."""
+    if not isinstance(mod, nn.MultiheadAttention):  # timm-style: x of shape (N, L, C)
+        x = args[0] if args else kwargs["x"]
+        return (int(x.shape[0]), int(x.shape[1]), int(x.shape[1])) if x.dim() == 3 else (0, 0, -1)
+    q, k, v = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")[len(args) :]])[:3]
+    n, length = (1, q.shape[0]) if q.dim() == 2 else (q.shape[0], q.shape[1])
+    if q.dim() == 3 and not mod.batch_first:
+        n, length = length, n
+    return int(n), int(length), int(length) if q.shape == k.shape == v.shape else -1
+
+
+def _forward(model: nn.Module, example_inputs: tuple[Any, ...], heads: Iterable[str]) -> tuple[Any, int]:
+    """The model's output on ``example_inputs`` and the MACs of its products outside head-prunable attentions."""
+    try:
+        with torch.no_grad(), counting_products(model, heads) as products:
+            return model(*example_inputs), products.macs
+    except Exception as exc:
+        shapes_txt = ", ".join(str(tuple(x.shape)) for x in example_inputs if isinstance(x, torch.Tensor))
+        raise ValueError(f"example_inputs of shape {shapes_txt} do not fit the model: {describe(exc)}") from None
 
 
 def _factorizable(
@@ -289,4 +361,37 @@ def _add_group(out: Trace, dg: Any, names: dict[nn.Module, str], g: Any) -> None
     layers = tuple(dict.fromkeys(sorted((it.target for it in items), key=by_order)))
     outputs = tuple(n for n in producers if n in out.spatial)
     out.groups.append(Group(id=gid, layers=layers, channels=channels, outputs=outputs))
+    out.items.append(items)
+
+
+def _add_attention(out: Trace, name: str, kind: str, call: tuple[int, int, int], ignored: set[str]) -> None:
+    """Cost terms of head-prunable attention ``name`` (one self-attention ``call``) and its head group."""
+    import torch_pruning as tp
+
+    mod = out.model.get_submodule(name)
+    n, length, _ = call
+    torch_kind = kind == "torch"
+    inner, outer = (f"{name}.in_proj_weight", f"{name}.out_proj") if torch_kind else (f"{name}.qkv", f"{name}.proj")
+    if torch_kind:
+        out.param_macs[inner] = n * length  # q, k and v of every token
+    out.dim_macs[(f"{outer}.weight", 1)] = 2 * n * length * length  # Q @ K^T and A @ V, per unit of H*d
+    out.excluded.pop(inner, None)  # torch-pruning's own try at the q/k/v outputs: the head group replaces it
+    keep = [i for i, g in enumerate(out.groups) if g.id != inner]
+    out.groups, out.items = [out.groups[i] for i in keep], [out.items[i] for i in keep]
+    heads, d = int(cast(int, mod.num_heads)), int(cast(int, mod.head_dim))
+    if heads < 2 or ignored & {name, inner, outer}:
+        return
+    rows = np.arange(3 * heads * d, dtype=np.int64)
+    cols = np.arange(heads * d, dtype=np.int64)
+    of_row, of_col = (rows % (heads * d)) // d, cols // d
+    items = [
+        Item(name, False, prune_heads, True, rows, of_row)
+        if torch_kind
+        else Item(inner, False, tp.prune_linear_out_channels, True, rows, of_row),
+        Item(outer, False, tp.prune_linear_in_channels, False, cols, of_col),
+    ]
+    if not torch_kind:
+        every = np.arange(heads, dtype=np.int64)
+        items.append(Item(name, False, drop_heads, False, every, every))
+    out.groups.append(Group(id=name, layers=(name, outer) if torch_kind else (inner, outer), channels=heads))
     out.items.append(items)

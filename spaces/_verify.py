@@ -2,19 +2,25 @@
 
 :func:`verify` runs when a space is built (``verify=True``):
 
-1. The base MACs measured by fvcore must equal the analytic ones (layers called
-   through ``F.linear``/``F.conv2d`` outside modules would be missed, so such a
-   model is refused with :class:`~spaces.UnsupportedModelError`), and so must
-   the parameter count.
+1. The base MACs measured by fvcore (attention and other products between
+   activations included) must equal the analytic ones (layers called through
+   ``F.linear``/``F.conv2d`` outside modules would be missed, so such a model
+   is refused with :class:`~spaces.UnsupportedModelError`), and so must the
+   parameter count.
 2. *Masked equivalence*: on a copy with well-scaled random weights
    (:func:`scrambled`: an untrained model, or a trained one with dead units,
    could hide a wrong mapping behind outputs that ignore most channels), a
    half-pruned model must compute exactly what the original computes with the
    pruned channels zeroed. Groups with channel-mixing normalisation
    (LayerNorm/GroupNorm) are checked for shapes only. If pruning every group at
-   once fails, each group is checked alone and the failing ones are excluded
-   from the space with their reason (``ModelSpace.excluded``).
-3. The pruned model's parameter count must equal the cost model's.
+   once fails, the groups that fail alone are found by bisection and excluded
+   from the space with their reason (``ModelSpace.excluded``); if the rest
+   still fails together, the model is refused.
+3. The MACs of the products between activations outside head-prunable
+   attentions (a constant of the cost model, see :mod:`spaces._attention`)
+   must not change when the half-pruned model is built; groups that change
+   them are excluded. The pruned model's parameter count must equal the cost
+   model's.
 4. Every other plan dimension's probe plan
    (:meth:`spaces.dimensions.Dimension.verify_probe`, on top of the half-pruned
    plan) must build a model whose parameter count and bytes equal the cost
@@ -29,6 +35,7 @@ import math
 import torch
 from torch import nn
 
+from spaces._attention import functional_macs
 from spaces._cost import measure_cost, parameter_bytes
 from spaces._costmodel import CostModel
 from spaces._errors import UnsupportedModelError
@@ -115,7 +122,7 @@ def verify(trace: Trace, costs: CostModel, scores: ImportanceScores, surgery: Su
     if measured.macs != base.macs:
         ops = ", ".join(sorted(measured.skipped_ops)) or "none"
         raise UnsupportedModelError(
-            f"the model computes {measured.macs} conv/linear MACs but its conv/linear modules account for "
+            f"the model computes {measured.macs} MACs but its conv/linear modules and products account for "
             f"{base.macs}: some convolutions or linear maps run outside modules "
             f"(e.g. F.linear on a module's weight); ops seen: {ops}"
         )
@@ -128,19 +135,15 @@ def verify(trace: Trace, costs: CostModel, scores: ImportanceScores, surgery: Su
         raise UnsupportedModelError("the model's outputs are not finite on example_inputs with random weights")
     half = Plan({g.id: 0.5 for g in trace.groups if g.channels > 1}, _CHECKED_WITH)
     if checker.check(half) is not None:
-        bad: dict[str, str] = {}
-        for g in list(trace.groups):
-            if g.channels < 2:
-                continue
-            reason = checker.check(Plan({g.id: 0.5}, _CHECKED_WITH))
-            if reason is not None:
-                bad[g.id] = reason
-        if not bad:
+        bad = _failing(checker, [g.id for g in trace.groups if g.channels > 1])
+        if bad:
+            trace.drop(bad)
+            scores.clear()
+            costs.rebuild()
+            half = Plan({g.id: 0.5 for g in trace.groups if g.channels > 1}, _CHECKED_WITH)
+        if not bad or checker.check(half) is not None:
             raise UnsupportedModelError("pruning all groups together fails although each group alone works")
-        trace.drop(bad)
-        scores.clear()
-        costs.rebuild()
-        half = Plan({g.id: 0.5 for g in trace.groups if g.channels > 1}, _CHECKED_WITH)
+    half = _check_products(trace, costs, scores, surgery, half)
     got = sum(p.numel() for p in surgery.apply(copy.deepcopy(trace.model), half).parameters())
     want = costs.cost(half).params
     if got != want:
@@ -149,6 +152,44 @@ def verify(trace: Trace, costs: CostModel, scores: ImportanceScores, surgery: Su
             "a layer type changes shape in a way the space does not model"
         )
     _check_dimensions(trace, costs, surgery, half)
+
+
+def _failing(checker: _Checker, ids: list[str]) -> dict[str, str]:
+    """The groups of ``ids`` (which fail together) that fail alone, with their reasons, found by bisection.
+
+    A half that passes holds no group failing alone (each failing group is
+    found in about ``2 * log2(len(ids))`` checks instead of ``len(ids)``); the
+    caller re-checks what is left, so groups that fail only together still
+    refuse the model.
+    """
+    if len(ids) == 1:
+        reason = checker.check(Plan({ids[0]: 0.5}, _CHECKED_WITH))
+        return {} if reason is None else {ids[0]: reason}
+    bad: dict[str, str] = {}
+    for part in (ids[: len(ids) // 2], ids[len(ids) // 2 :]):
+        if len(part) == 1 or checker.check(Plan(dict.fromkeys(part, 0.5), _CHECKED_WITH)) is not None:
+            bad.update(_failing(checker, part))
+    return bad
+
+
+def _products_after(trace: Trace, surgery: Surgery, plan: Plan) -> int:
+    return functional_macs(surgery.apply(copy.deepcopy(trace.model), plan), trace.example_inputs, trace.heads)
+
+
+def _check_products(trace: Trace, costs: CostModel, scores: ImportanceScores, surgery: Surgery, half: Plan) -> Plan:
+    """Exclude the groups whose pruning changes the products outside head-prunable attentions (a constant cost)."""
+    if not trace.functional_macs or _products_after(trace, surgery, half) == trace.functional_macs:
+        return half
+    bad = {
+        g.id: "pruning it changes the width of a product between activations outside modules, "
+        "whose cost the space does not model"
+        for g in trace.groups
+        if g.channels > 1 and _products_after(trace, surgery, Plan({g.id: 0.5}, _CHECKED_WITH)) != trace.functional_macs
+    }
+    trace.drop(bad)
+    scores.clear()
+    costs.rebuild()
+    return Plan({g.id: 0.5 for g in trace.groups if g.channels > 1}, _CHECKED_WITH)
 
 
 def _check_dimensions(trace: Trace, costs: CostModel, surgery: Surgery, half: Plan) -> None:

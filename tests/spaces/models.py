@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 import torchvision
 from torch import Tensor, nn
+from torchvision.models.vision_transformer import VisionTransformer
 
-__all__ = ["ARCHS", "MODELS", "torchvision_model"]
+__all__ = ["ARCHS", "MODELS", "torchvision_model", "vit_tiny"]
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1, k: int = 3) -> list[nn.Module]:
@@ -106,6 +107,13 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def vit_tiny() -> nn.Module:
+    """torchvision's VisionTransformer at a test size: 2 layers, 4 heads of 16, MLP 128, 8x8 patches of 32x32."""
+    return VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=10
+    )
+
+
 def torchvision_model(name: str) -> nn.Module:
     """An untrained torchvision model with 10 classes (googlenet without its auxiliary heads)."""
     extra = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
@@ -122,6 +130,7 @@ ARCHS: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "vgg11_bn": (lambda: MODELS["vgg11_bn"](width=0.25), 32),
     "vgg16_bn": (lambda: MODELS["vgg16_bn"](width=0.25), 32),
     "resnet20": (ResNet20, 32),
+    "vit_tiny": (vit_tiny, 32),
     **{
         name: (_tv(name), 64 if name == "squeezenet1_1" else 32)
         for name in (
