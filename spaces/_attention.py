@@ -34,7 +34,7 @@ and it can be factorized). The switch is the mechanism
 ``N*L*E*3*H*d`` (q, k, v projections) + ``2*N*H*L*L*d`` (``Q @ K^T`` and the
 weighted sum of ``V``) + ``N*L*H*d*E`` (output projection) MACs. Products
 between two activations elsewhere (``scaled_dot_product_attention``,
-``matmul``/``@``, ``bmm``, ``baddbmm`` and an attention the space does not
+``matmul``/``@``, ``bmm``, ``baddbmm``, ``einsum`` and an attention the space does not
 switch) are counted by :func:`product_macs` with the same formulas, both when
 measuring (fvcore handles) and analytically (:func:`functional_macs`: the
 products a forward pass makes outside head-prunable attentions, a constant the
@@ -245,8 +245,31 @@ def _mha_macs(query: Sequence[int], key: Sequence[int], embed: int, inner: int, 
     return n * (length + 2 * source) * e_in * inner + 2 * n * length * source * inner + n * length * inner * embed
 
 
+def _einsum_macs(equation: str, shapes: Sequence[Sequence[int]]) -> int:
+    """``einsum`` contracted left to right: each step costs the product of the sizes of every index it touches."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    expanded = []
+    for term, shape in zip(terms, shapes, strict=True):  # "..." as one private index per broadcast dimension
+        extra = len(shape) - len(term.replace("...", ""))
+        expanded.append(term.replace("...", "".join(chr(0x100 + i) for i in range(extra - 1, -1, -1))))
+    sizes = {c: int(n) for term, shape in zip(expanded, shapes, strict=True) for c, n in zip(term, shape, strict=True)}
+    if not arrow:
+        rhs = "".join(sorted(c for c in sizes if lhs.count(c) == 1))
+    macs, current = 0, set(expanded[0])
+    for i, term in enumerate(expanded[1:], start=1):
+        touched = current | set(term)
+        macs += math.prod(sizes[c] for c in touched)
+        later = set(rhs) | {c for c in sizes if c >= chr(0x100)} | set("".join(expanded[i + 1 :]))
+        current = touched & later
+    return macs
+
+
 def product_macs(op: str, shapes: Sequence[Sequence[int]], out: Sequence[int], extra: dict[str, Any]) -> int:
     """MACs of product ``op`` from its operand shapes (``shapes``), its output shape and its other arguments."""
+    if op == "einsum":
+        return _einsum_macs(extra["equation"], shapes)
     if op in ("matmul", "bmm"):
         return _numel(out) * int(shapes[0][-1])
     if op == "baddbmm":
@@ -267,25 +290,40 @@ _TORCH_PRODUCTS: dict[Callable[..., Any], str] = {
     torch.baddbmm: "baddbmm",
     torch.Tensor.baddbmm: "baddbmm",
     F.scaled_dot_product_attention: "sdpa",
+    torch.einsum: "einsum",
 }
 
 
 class _Products(TorchFunctionMode):
-    """Counts the products a forward pass makes while ``depth`` is 0 (outside head-prunable attentions)."""
+    """Counts the products a forward pass makes while ``depth`` is 0 (outside head-prunable attentions).
 
-    def __init__(self) -> None:
+    Also records, per linear layer, the positions its weight is applied at by
+    ``F.linear`` calls outside the layer's own forward (``linear_uses``; e.g.
+    torchvision's Swin calls ``F.linear(x, self.qkv.weight)``), which module
+    hooks cannot see.
+    """
+
+    def __init__(self, weights: dict[int, str]) -> None:
         super().__init__()
         self.depth, self.macs = 0, 0
+        self.weights, self.active = weights, set[str]()
+        self.linear_uses: dict[str, int] = {}
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         op = _TORCH_PRODUCTS.get(func)
         if op is not None and self.depth == 0:
-            shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
-            self.macs += product_macs(op, shapes, tuple(out.shape), {})
+            operands = args[1] if op == "einsum" and len(args) == 2 and isinstance(args[1], (list, tuple)) else args
+            shapes = [tuple(a.shape) for a in operands if isinstance(a, torch.Tensor)]
+            self.macs += product_macs(op, shapes, tuple(out.shape), {"equation": args[0]} if op == "einsum" else {})
         elif func is F.multi_head_attention_forward and self.depth == 0:
             self.macs += _functional_mha(args, kwargs)
+        elif func is F.linear:
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            name = self.weights.get(id(weight))
+            if name is not None and name not in self.active:
+                self.linear_uses[name] = self.linear_uses.get(name, 0) + args[0].numel() // weight.shape[1]
         return out
 
 
@@ -299,7 +337,8 @@ def _functional_mha(args: Any, kwargs: dict[str, Any]) -> int:
 @contextlib.contextmanager
 def counting_products(model: nn.Module, skip: Iterable[str] = ()) -> Iterator[_Products]:
     """Within the block, count the products ``model``'s forward passes make outside its modules named ``skip``."""
-    mode = _Products()
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    mode = _Products({id(m.weight): n for n, m in linears.items()})
 
     def enter(mod: nn.Module, *_: Any) -> None:
         mode.depth += 1
@@ -307,8 +346,14 @@ def counting_products(model: nn.Module, skip: Iterable[str] = ()) -> Iterator[_P
     def leave(mod: nn.Module, *_: Any) -> None:
         mode.depth -= 1
 
+    def calling(name: str) -> tuple[Callable[..., None], Callable[..., None]]:
+        return (lambda *_: mode.active.add(name)), (lambda *_: mode.active.discard(name))
+
     mods = [model.get_submodule(n) for n in skip]
     hooks = [h for m in mods for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    for name, m in linears.items():
+        pre, post = calling(name)
+        hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
     try:
         with mode:
             yield mode

@@ -8,11 +8,11 @@ What is counted, exactly:
   costs ``N * H_out * W_out * C_out * C_in / groups * k_h * k_w``, a linear
   layer ``prod(input.shape[:-1]) * in_features * out_features``; products
   between activations (``aten::matmul``, ``aten::bmm``, ``aten::baddbmm``,
-  ``aten::scaled_dot_product_attention`` and PyTorch's fused
+  ``aten::einsum``, ``aten::scaled_dot_product_attention`` and PyTorch's fused
   ``aten::_native_multi_head_attention``) by the formulas of
   :func:`spaces._attention.product_macs` (an attention's ``Q @ K^T`` and
   weighted sum of ``V`` included). Every other op (BatchNorm, pooling,
-  activations, additions, softmax, ``einsum``, ...) is *not* counted; the ops
+  activations, additions, softmax, ...) is *not* counted; the ops
   fvcore saw and skipped are listed in :attr:`Cost.skipped_ops`.
 * **params**: the number of elements of ``model.parameters()`` (buffers such as
   BatchNorm running statistics are not parameters).
@@ -48,6 +48,7 @@ COUNTED_OPS = (
     "aten::baddbmm",
     "aten::scaled_dot_product_attention",
     "aten::_native_multi_head_attention",
+    "aten::einsum",
 )
 CHANNEL_QPARAM_BYTES = 4 + 1  # per output channel of a quantized weight: a float32 scale, a one-byte zero point
 
@@ -113,12 +114,17 @@ def _product_handles() -> dict[str, Any]:
 
         return count
 
+    def einsum(inputs: list[Any], outputs: list[Any]) -> int:
+        operands = [get_shape(v) for v in inputs[1].node().inputs()]
+        return product_macs("einsum", operands, get_shape(outputs[0]), {"equation": inputs[0].toIValue()})
+
     return {
         "aten::matmul": handle("matmul", (0, 1)),
         "aten::bmm": handle("bmm", (0, 1)),
         "aten::baddbmm": handle("baddbmm", (0, 1, 2)),
         "aten::scaled_dot_product_attention": handle("sdpa", (0, 1, 2)),
         "aten::_native_multi_head_attention": handle("mha", (0, 1, 5, 7), batch_first=True),
+        "aten::einsum": einsum,
     }
 
 

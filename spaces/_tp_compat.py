@@ -9,7 +9,9 @@ divides by a channel count of zero on ShuffleNet's channel shuffle
 :func:`install` replaces ``torch_pruning.dependency.index_mapping.
 update_reshape_index_mapping`` with :func:`_update_reshape_index_mapping`, the
 same algorithm reading whichever attribute exists and refusing a mapping with a
-zero channel count. It is idempotent. ``shape_infer.init_shape_information`` gets the same fix for
+zero channel count, and leaving the mapping alone where the library's channel
+inference fails (an ``IndexError`` on MaxViT's splits). It is idempotent.
+``shape_infer.init_shape_information`` gets the same fix for
 ``SplitBackward`` (``torch.chunk``), whose split sizes it otherwise infers
 recursively and gets wrong on ShuffleNet (``IndexError`` in the split mapping).
 
@@ -17,6 +19,9 @@ Whatever the library maps, :class:`spaces.ModelSpace` verifies every group by
 masked-channel equivalence (see ``_verify.py``) and excludes groups whose
 pruning would change the kept channels' outputs, so a wrong mapping can never
 produce a wrong model.
+
+:func:`all_groups` lists the groups root by root, so that one root whose
+index mapping raises is excluded alone instead of failing the whole model.
 
 One more library limit is handled in ``_trace.py`` rather than patched: grouped
 (non-depthwise) convolutions, whose input pruning in
@@ -38,6 +43,14 @@ def _self_sizes(grad_fn: Any) -> tuple[int, ...] | None:
     return None
 
 
+def _inferred(infer: Any, graph: Any, node: Any, depth: list[int]) -> int | None:
+    """A channel count torch-pruning infers; None where its inference fails (a split's outputs it did not size)."""
+    try:
+        return infer(graph, node, depth)
+    except IndexError:  # MaxViT: a split along another dimension than channels has more outputs than split_sizes
+        return None
+
+
 def _update_reshape_index_mapping(graph: Any, reshape_node: Any) -> None:
     from torch_pruning.dependency import shape_infer
     from torch_pruning.dependency.constants import MAX_RECURSION_DEPTH
@@ -53,7 +66,7 @@ def _update_reshape_index_mapping(graph: Any, reshape_node: Any) -> None:
     out_channels = None
     for n in reshape_node.outputs:
         depth = [0]
-        out_channels = shape_infer.infer_in_channels_recursively(graph, n, depth)
+        out_channels = _inferred(shape_infer.infer_in_channels_recursively, graph, n, depth)
         if depth[0] > MAX_RECURSION_DEPTH:
             return
         if out_channels is not None:
@@ -61,7 +74,7 @@ def _update_reshape_index_mapping(graph: Any, reshape_node: Any) -> None:
     in_channels = None
     for n in reshape_node.inputs:
         depth = [0]
-        in_channels = shape_infer.infer_out_channels_recursively(graph, n, depth)
+        in_channels = _inferred(shape_infer.infer_out_channels_recursively, graph, n, depth)
         if depth[0] > MAX_RECURSION_DEPTH:
             return
         if in_channels is not None:
@@ -129,6 +142,33 @@ def _init_shape_information(graph: Any) -> None:
             offsets.append(offsets[-1] + ch)
         node.module.split_sizes = chs
         node.module.offsets = offsets
+
+
+def all_groups(dg: Any, ignored_layers: list[Any], root_module_types: tuple[type, ...]) -> list[tuple[Any, Any]]:
+    """``DependencyGraph.get_all_groups``, one root at a time: ``(root module, group or the exception it raised)``.
+
+    The library's generator stops at the first root whose index mapping
+    raises (MaxViT: an ``IndexError`` in a split's mapping), losing every
+    group; here that root alone fails, and the caller excludes it with the
+    reason.
+    """
+    visited: set[int] = set()
+    ignored = list(ignored_layers) + list(dg.IGNORED_LAYERS_IN_TRACING)
+    out: list[tuple[Any, Any]] = []
+    for m in list(dg.module2node):
+        pruner = dg.get_pruner_of_module(m) if isinstance(m, root_module_types) and m not in ignored else None
+        if pruner is None or pruner.get_out_channels(m) is None or id(m) in visited:
+            continue
+        try:
+            group = dg.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+        except (IndexError, ValueError, RuntimeError) as exc:
+            out.append((m, exc))
+            continue
+        roots = [dep.target.module for dep, _ in group if dg.is_out_channel_pruning_fn(dep.handler)]
+        visited.update(id(r) for r in roots)
+        if not any(r in ignored for r in roots):
+            out.append((m, group))
+    return out
 
 
 def install() -> None:

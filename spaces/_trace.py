@@ -135,17 +135,16 @@ def trace(model: nn.Module, example_inputs: tuple[Any, ...], ignored: set[str]) 
         finally:
             convert(model, attentions)
         ignored = ignored | _classifier_layers(dg, names)
-        raw_groups = list(
-            dg.get_all_groups(
-                ignored_layers=[model.get_submodule(n) for n in sorted(ignored)], root_module_types=CONV + LINEAR
-            )
-        )
+        raw_groups = _tp_compat.all_groups(dg, [model.get_submodule(n) for n in sorted(ignored)], CONV + LINEAR)
     ignored_layers = tuple(sorted(ignored, key=lambda n: order.get(n, 0)))
     out = Trace(model, example_inputs, order, rec.spatial, rec.geoms, rec.not_factorizable, rec.output, ignored_layers)
     out.attentions, out.heads = tuple(attentions), tuple(heads)
     out.functional_macs = rec.functional_macs
-    for g in raw_groups:
-        _add_group(out, dg, names, g)
+    for root, g in raw_groups:
+        if isinstance(g, Exception):
+            out.excluded[names[root]] = f"torch-pruning cannot map its channels: {describe(g)}"
+        else:
+            _add_group(out, dg, names, g)
     for name, kind in heads.items():
         _add_attention(out, name, kind, rec.attention_calls[name][0], ignored)
     position = sorted(range(len(out.groups)), key=lambda i: order.get(out.groups[i].id, 1 << 30))
@@ -210,16 +209,21 @@ def _record_spatial(
     hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, CONV + LINEAR)]
     hooks += [model.get_submodule(n).register_forward_hook(attention_hook, with_kwargs=True) for n in heads]
     try:
-        base_output, functional = _forward(model, example_inputs, heads)
+        base_output, products = _forward(model, example_inputs, heads)
     finally:
         for h in hooks:
             h.remove()
     if not isinstance(base_output, torch.Tensor):
         raise UnsupportedModelError(f"the model must return one tensor, got {type(base_output).__name__}")
+    for name, positions in products.linear_uses.items():  # a weight applied outside its layer: costed
+        spatial[name] = spatial.get(name, 0) + positions
     geoms, not_factorizable = _factorizable(model, spatial, shapes)
+    for name in products.linear_uses:  # ... but never replaced: the code that reads the weight would not see it
+        geoms.pop(name, None)
+        not_factorizable[name] = "its weight is applied outside its forward (F.linear(x, layer.weight))"
     for name in (n for n, kind in heads.items() if kind == "torch"):
         not_factorizable[f"{name}.in_proj"] = "an attention's fused q/k/v projection is not factorizable"
-    return _Record(spatial, geoms, not_factorizable, base_output, functional, calls)
+    return _Record(spatial, geoms, not_factorizable, base_output, products.macs, calls)
 
 
 def _attention_call(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int, int]:
@@ -234,11 +238,11 @@ def _attention_call(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
     return int(n), int(length), int(length) if q.shape == k.shape == v.shape else -1
 
 
-def _forward(model: nn.Module, example_inputs: tuple[Any, ...], heads: Iterable[str]) -> tuple[Any, int]:
-    """The model's output on ``example_inputs`` and the MACs of its products outside head-prunable attentions."""
+def _forward(model: nn.Module, example_inputs: tuple[Any, ...], heads: Iterable[str]) -> tuple[Any, Any]:
+    """The model's output on ``example_inputs`` and what it computed outside modules (see ``counting_products``)."""
     try:
         with torch.no_grad(), counting_products(model, heads) as products:
-            return model(*example_inputs), products.macs
+            return model(*example_inputs), products
     except Exception as exc:
         shapes_txt = ", ".join(str(tuple(x.shape)) for x in example_inputs if isinstance(x, torch.Tensor))
         raise ValueError(f"example_inputs of shape {shapes_txt} do not fit the model: {describe(exc)}") from None

@@ -178,6 +178,47 @@ def test_timm_vit_heads_are_pruned_with_its_own_attention_class() -> None:
     assert space.cost(Plan()).macs - space.cost(Plan({"blocks.0.attn": 0.34})).macs == attention // 3
 
 
+@pytest.mark.parametrize(("name", "size"), [("swin_t", 64), ("maxvit_t", 224)])
+def test_torchvision_swin_and_maxvit_plans_cost_exactly_what_they_build(name: str, size: int) -> None:
+    """Swin applies its layers' weights with F.linear, MaxViT's attention is einsum: both costed, both exact."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
+    x = torch.randn(1, 3, size, size)
+    space = ModelSpace(model, x)  # refused if its analytic cost were not the measured one
+    rng = random.Random(name)
+    plan = Plan(
+        prune={g.id: rng.choice((0.25, 0.5)) for g in space.groups if rng.random() < 0.7},
+        rank={layer.name: 0.3 for layer in rng.sample(space.layers, 3)},
+    )
+    assert plan.prune and space.cost(plan) == measure_cost(space.apply(plan), x)
+    if name == "swin_t":
+        assert "F.linear" in space.not_factorizable["features.1.0.attn.qkv"]
+
+
+class _Functional(nn.Module):
+    """A layer whose weight is also applied with F.linear, and an einsum between activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(12, 8), nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 5, 12)
+        h = self.a(x) + torch.nn.functional.linear(x.flip(1), self.a.weight)  # a's weight applied twice
+        mixed = torch.einsum("n i c, n j c -> n i j", h, h).softmax(-1) @ h  # (N, 5, 5) then (N, 5, 8)
+        return self.b(mixed.mean(1))
+
+
+def test_weights_applied_outside_their_layer_and_einsums_are_costed() -> None:
+    torch.manual_seed(0)
+    model, x = _Functional().eval(), torch.randn(3, 5, 12)
+    space = ModelSpace(model, x)
+    n, tokens = 3, 5
+    layers = 2 * n * tokens * 12 * 8 + n * 8 * 10
+    products = n * tokens * tokens * 8 * 2  # the einsum, then the weighted sum
+    assert space.base_cost.macs == measure_cost(model, x).macs == layers + products
+    assert "F.linear" in space.not_factorizable["a"]  # costed, never replaced
+
+
 class _Energy(nn.Module):
     """A conv's features meet in a product between activations (detached: torch-pruning's trace cannot see it)."""
 
