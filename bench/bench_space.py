@@ -1,23 +1,33 @@
-"""Time the channel-pruning space: build, analytic cost, apply + measure, fit.
+"""Time the channel-pruning space: build, analytic cost, apply + measure, fit; or sweep every torchvision model.
 
     .venv/bin/python bench/bench_space.py [--size 224] [--models resnet50,mobilenet_v2]
+    .venv/bin/python bench/bench_space.py --sweep [--size 64]
 
 Prints a Markdown table. The analytic ``cost`` must be >= 100x faster than
 ``apply`` + ``measure_cost`` (the issue's bar); the last column says by how much.
+
+``--sweep`` builds every classification model torchvision lists (untrained,
+10 classes) at ``--size`` (ViTs at four patches a side, MaxViT at 224, the
+smallest it takes) and reports the space's build time, its groups and
+excluded groups, and whether a random prune plan and a random prune + rank
+plan cost exactly what the built models measure ("exact"), or the refusal or
+error, with a summary line (median build time, models over 3 s).
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+import torchvision
 
 from evaluators import build_model
-from spaces import Budget, ModelSpace, measure_cost
+from spaces import Budget, ModelSpace, Plan, measure_cost
 
 
 def _time(fn: Callable[[], object], repeat: int) -> float:
@@ -50,11 +60,71 @@ def _row(name: str, size: int) -> str:
     )
 
 
+def _sweep_model(name: str, size: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    extra: dict[str, object] = {}
+    if name.startswith("vit_"):
+        patch = int(name.rsplit("_", 1)[1])
+        extra["image_size"] = size = 4 * patch
+    if name == "maxvit_t":
+        size = 224
+    if name in ("googlenet", "inception_v3"):
+        extra = {"aux_logits": False, "init_weights": True}
+        size = max(size, 96)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10, **extra).eval()
+    return model, torch.randn(1, 3, size, size)
+
+
+def _outcome(space: ModelSpace, x: torch.Tensor, plan: Plan) -> str:
+    try:
+        pruned = space.apply(plan)
+        return "exact" if space.cost(plan) == measure_cost(pruned, x) else "**differs**"
+    except Exception as exc:  # a bench reports every failure as a row
+        return f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
+
+
+def _sweep_row(name: str, size: int) -> tuple[str, float | None]:
+    torch.manual_seed(0)
+    model, x = _sweep_model(name, size)
+    t = time.perf_counter()
+    try:
+        space = ModelSpace(model, x)
+    except Exception as exc:  # refused (UnsupportedModelError) or failed: the row says which
+        return f"| {name} | {x.shape[-1]} | | | | {type(exc).__name__}: {str(exc)[:80]} | |", None
+    build = time.perf_counter() - t
+    rng = random.Random(name)
+    prune = {g.id: rng.uniform(0.25, 0.6) for g in space.groups if rng.random() < 0.7}
+    ranked = rng.sample(space.layers, min(3, len(space.layers)))
+    joint = Plan(prune=prune, rank={layer.name: 0.3 for layer in ranked})
+    row = (
+        f"| {name} | {x.shape[-1]} | {build:.1f} | {len(space.groups)} | {len(space.excluded)} "
+        f"| {_outcome(space, x, Plan(prune))} | {_outcome(space, x, joint)} |"
+    )
+    return row, build
+
+
+def sweep(size: int) -> None:
+    print("| model | input | build s | groups | excluded | prune plan | prune + rank plan |")
+    print("|---|---|---|---|---|---|---|")
+    builds = []
+    for name in torchvision.models.list_models(module=torchvision.models):
+        row, build = _sweep_row(name, size)
+        print(row, flush=True)
+        if build is not None:
+            builds.append(build)
+    over = sum(b > 3.0 for b in builds)
+    print(f"\n{len(builds)} spaces built; build time median {statistics.median(builds):.1f} s, {over} over 3 s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--models", default="resnet50,mobilenet_v2")
+    ap.add_argument("--sweep", action="store_true", help="every torchvision classification model (see the docs)")
     args = ap.parse_args()
+    if args.sweep:
+        print(f"torchvision {torchvision.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+        sweep(args.size)
+        return
     torch.manual_seed(0)
     cpu = platform.processor() or platform.machine()
     print(f"machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}")
