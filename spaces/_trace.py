@@ -12,12 +12,15 @@ installed). It returns a :class:`Trace`:
   the name of their first output-pruned layer.
 * **spatial**: per conv/linear layer, the positions it is applied at (the MAC
   multiplier of its weight), and **geoms**: the factorizable layers' shapes.
-* **heads**: every eligible ``nn.MultiheadAttention`` called once as
-  self-attention is switched to :class:`spaces._attention.HeadPrunableAttention`
-  (``attentions``) and gets a head group of its own (:func:`_head_group`); its
-  projection and attention-product MACs are terms of the polynomial
-  (``param_macs``, ``dim_macs``), and the products the forward pass makes
-  elsewhere are one constant, ``functional_macs``.
+* **heads**: every head-prunable attention called once as self-attention
+  (:func:`spaces._attention.head_kind`: torch's ``nn.MultiheadAttention``,
+  switched to :class:`spaces._attention.HeadPrunableAttention` and listed in
+  ``attentions``, and timm-style ones) gets a head group of its own
+  (:func:`_add_attention`); its projection and attention-product MACs are
+  terms of the polynomial (``param_macs``, ``dim_macs``), and the products the
+  forward pass makes elsewhere are one constant, ``functional_macs``. A linear
+  layer whose weight is also applied with ``F.linear`` outside its forward is
+  costed where it is applied and is not factorizable.
 * **excluded**: groups torch-pruning gets wrong by construction (they touch a
   grouped, non-depthwise convolution, or their index mapping is not uniform),
   with the reason; the classifier's output layer (found by walking back from
