@@ -33,12 +33,18 @@ def stages(space: ModelSpace) -> dict[str, list[str]]:
     """The groups by the resolution their outputs are computed at, in module order: ``stage1``, ``stage2``, ...
 
     A group's resolution is the number of positions its first output layer is
-    applied at; a group without a conv/linear output is a stage of its own.
+    applied at; attention head groups make stages of their own, one per
+    number of tokens (their projections' positions); any other group without
+    a conv/linear output is a stage of its own.
     """
-    spatial = space.costs.trace.spatial
+    trace = space.costs.trace
+    spatial, heads = trace.spatial, set(trace.heads)
     by_positions: dict[object, list[str]] = {}
     for g in space.groups:
-        key = spatial.get(g.outputs[0]) if g.outputs else g.id
+        if g.id in heads:
+            key: object = ("heads", next((spatial[n] for n in g.layers if n in spatial), g.id))
+        else:
+            key = spatial.get(g.outputs[0]) if g.outputs else g.id
         by_positions.setdefault(key, []).append(g.id)
     return {f"stage{i}": ids for i, ids in enumerate(by_positions.values(), start=1)}
 

@@ -111,6 +111,15 @@ def test_heads_are_groups_and_pruning_them_sets_num_heads(vit: _Vit) -> None:
         assert space.cost(plan) == measure_cost(pruned, x)
 
 
+def test_heads_and_mlps_are_two_stages(vit: _Vit) -> None:
+    _model, _x, space = vit
+    layers = [f"encoder.layers.encoder_layer_{i}" for i in range(2)]
+    assert space.stages() == {
+        "stage1": [f"{layers[0]}.self_attention", f"{layers[1]}.self_attention"],
+        "stage2": [f"{layers[0]}.mlp.0", f"{layers[1]}.mlp.0"],
+    }
+
+
 def test_a_dead_head_goes_first_and_the_outputs_stay(vit: _Vit) -> None:
     model, x, _ = vit
     model = copy.deepcopy(model)
