@@ -75,6 +75,7 @@ class _Checker:
     def __init__(self, trace: Trace, costs: CostModel, surgery: Surgery) -> None:
         self.trace, self.costs, self.surgery = trace, costs, surgery
         self.vmodel = scrambled(trace.model)
+        self.last: tuple[Plan, nn.Module] | None = None  # the last plan checked and its pruned model
         with torch.no_grad():
             self.vbase = self.vmodel(*trace.example_inputs)
 
@@ -97,7 +98,9 @@ class _Checker:
         inputs, vmodel, vbase = self.trace.example_inputs, self.vmodel, self.vbase
         try:
             with torch.no_grad():
-                out = self.surgery.apply(copy.deepcopy(vmodel), plan)(*inputs)
+                pruned = self.surgery.apply(copy.deepcopy(vmodel), plan)
+                self.last = (plan, pruned)
+                out = pruned(*inputs)
         except Exception as exc:
             return f"the pruned model fails: {describe(exc)}"
         if not isinstance(out, torch.Tensor) or out.shape != vbase.shape:
@@ -131,8 +134,8 @@ def verify(trace: Trace, costs: CostModel, scores: ImportanceScores, surgery: Su
         ops = ", ".join(sorted(measured.skipped_ops)) or "none"
         raise UnsupportedModelError(
             f"the model computes {measured.macs} MACs but its conv/linear modules and products account for "
-            f"{base.macs}: some convolutions or linear maps run outside modules "
-            f"(e.g. F.linear on a module's weight); ops seen: {ops}"
+            f"{base.macs}: some convolutions or products run where the space cannot see them "
+            f"(e.g. F.conv2d on a module's weight); ops seen: {ops}"
         )
     if measured.params != base.params:
         raise UnsupportedModelError(f"parameter count {measured.params} differs from the traced {base.params}")
@@ -152,7 +155,9 @@ def verify(trace: Trace, costs: CostModel, scores: ImportanceScores, surgery: Su
         if not bad or checker.check(half) is not None:
             raise UnsupportedModelError("pruning all groups together fails although each group alone works")
     half = _check_products(trace, costs, scores, surgery, half)
-    got = sum(p.numel() for p in surgery.apply(copy.deepcopy(trace.model), half).parameters())
+    built = checker.last[1] if checker.last and checker.last[0] == half else None  # the same structure: reused
+    built = built or surgery.apply(copy.deepcopy(trace.model), half)
+    got = sum(p.numel() for p in built.parameters())
     want = costs.cost(half).params
     if got != want:
         raise UnsupportedModelError(

@@ -11,23 +11,23 @@ from spaces import ModelSpace, UnsupportedModelError
 from tests.spaces.models import MODELS
 
 
-class HiddenLinear(nn.Module):
-    """Calls a layer's weight through F.linear, like torchvision's Swin: hooks miss it."""
+class HiddenConv(nn.Module):
+    """Calls a layer's weight through F.conv2d outside the module: hooks miss it, and the space does not follow it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3)
-        self.proj = nn.Linear(8, 8)
+        self.proj = nn.Conv2d(8, 8, 1)
         self.head = nn.Linear(8, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x).mean((2, 3))
-        return self.head(F.linear(x, self.proj.weight, self.proj.bias))
+        x = F.conv2d(self.conv(x), self.proj.weight, self.proj.bias)
+        return self.head(x.mean((2, 3)))
 
 
 def test_ops_outside_modules_are_refused() -> None:
-    with pytest.raises(UnsupportedModelError, match="outside modules"):
-        ModelSpace(HiddenLinear(), torch.randn(1, 3, 8, 8))
+    with pytest.raises(UnsupportedModelError, match="where the space cannot see them"):
+        ModelSpace(HiddenConv(), torch.randn(1, 3, 8, 8))
 
 
 def test_wrong_example_input_is_one_line_value_error() -> None:
