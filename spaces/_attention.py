@@ -44,6 +44,7 @@ self-check requires no pruning group to change).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -52,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+from spaces._errors import UnsupportedModelError
 
 __all__ = [
     "HeadPrunableAttention",
@@ -83,25 +86,26 @@ class HeadPrunableAttention(nn.MultiheadAttention):
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if is_causal and attn_mask is None:  # as torch's: is_causal is a hint about attn_mask
+            raise RuntimeError("Need attn_mask if specifying the is_causal hint.")
         unbatched = query.dim() == 2
+        same = query is key and key is value
         q, k, v = (t.unsqueeze(1 if not self.batch_first else 0) if unbatched else t for t in (query, key, value))
         if not self.batch_first:
             q, k, v = (t.transpose(0, 1) for t in (q, k, v))
         n, length, _ = q.shape
-        q, k, v = self._project(q, k, v)
-        mask = _merged_mask(attn_mask, key_padding_mask, n, self.num_heads, length, k.shape[-2], q.dtype)
+        q, k, v = self._project(q, q if same else k, q if same else v)
+        mask = _merged_mask(attn_mask, key_padding_mask, (n, self.num_heads, length, k.shape[-2]), q)
         dropout = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
             if mask is not None:
                 scores = scores + mask
-            elif is_causal:
-                scores = scores + _causal(length, k.shape[-2], q.dtype)
             weights = F.dropout(scores.softmax(-1), dropout, self.training)
             out = weights @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, mask, dropout, is_causal=is_causal and mask is None)
+            out = F.scaled_dot_product_attention(q, k, v, mask, dropout)
         out = self.out_proj(out.transpose(1, 2).reshape(n, length, self.num_heads * self.head_dim))
         if not self.batch_first:
             out = out.transpose(0, 1)
@@ -123,30 +127,26 @@ class HeadPrunableAttention(nn.MultiheadAttention):
         return tuple(p.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for p in parts)
 
 
-def _causal(length: int, source: int, dtype: torch.dtype) -> torch.Tensor:
-    return torch.full((length, source), float("-inf"), dtype=dtype).triu(1)
-
-
 def _merged_mask(
     attn_mask: torch.Tensor | None,
     key_padding_mask: torch.Tensor | None,
-    n: int,
-    heads: int,
-    length: int,
-    source: int,
-    dtype: torch.dtype,
+    shape: tuple[int, int, int, int],
+    like: torch.Tensor,
 ) -> torch.Tensor | None:
     """PyTorch's two masks (boolean True = not attended, or additive floats) as one additive ``(N, H, L, S)`` mask."""
+    n, heads, length, source = shape
 
     def additive(m: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(m.shape, dtype=dtype).masked_fill(m, float("-inf")) if m.dtype == torch.bool else m
+        if m.dtype != torch.bool:
+            return m.to(like.dtype)
+        return torch.zeros(m.shape, dtype=like.dtype, device=like.device).masked_fill(m, float("-inf"))
 
     mask = None
     if attn_mask is not None:
         mask = additive(attn_mask)
-        mask = mask.view(n, heads, length, source) if mask.dim() == 3 else mask.view(1, 1, length, source)
+        mask = mask.reshape(n, heads, length, source) if mask.dim() == 3 else mask.reshape(1, 1, length, source)
     if key_padding_mask is not None:
-        pad = additive(key_padding_mask).view(n, 1, 1, source)
+        pad = additive(key_padding_mask).reshape(n, 1, 1, source)
         mask = pad if mask is None else mask + pad
     return mask
 
@@ -189,6 +189,8 @@ def ineligible(mod: nn.Module) -> str | None:
         return "keys or values have their own width (kdim/vdim)"
     if mod.bias_k is not None or mod.add_zero_attn:
         return "add_bias_kv / add_zero_attn are not supported"
+    if mod.num_heads * mod.head_dim != mod.embed_dim:
+        return "its heads were pruned already (num_heads * head_dim != embed_dim)"
     return None
 
 
@@ -237,8 +239,9 @@ def _attention_macs(q: Sequence[int], k: Sequence[int], v: Sequence[int]) -> int
 
 def _mha_macs(query: Sequence[int], key: Sequence[int], embed: int, inner: int, batch_first: bool) -> int:
     """A whole multi-head attention: projections, attention products, output projection (see the module docs)."""
-    if len(query) == 2:
-        query, key = (1, *query), (1, *key)
+    if len(query) == 2:  # unbatched: one sequence
+        at = 0 if batch_first else 1
+        query, key = (*query[:at], 1, *query[at:]), (*key[:at], 1, *key[at:])
     n, length = (query[0], query[1]) if batch_first else (query[1], query[0])
     source = key[1] if batch_first else key[0]
     e_in = int(query[-1])
@@ -254,7 +257,10 @@ def _einsum_macs(equation: str, shapes: Sequence[Sequence[int]]) -> int:
     for term, shape in zip(terms, shapes, strict=True):  # "..." as one private index per broadcast dimension
         extra = len(shape) - len(term.replace("...", ""))
         expanded.append(term.replace("...", "".join(chr(0x100 + i) for i in range(extra - 1, -1, -1))))
-    sizes = {c: int(n) for term, shape in zip(expanded, shapes, strict=True) for c, n in zip(term, shape, strict=True)}
+    sizes: dict[str, int] = {}
+    for term, shape in zip(expanded, shapes, strict=True):
+        for c, n in zip(term, shape, strict=True):
+            sizes[c] = max(sizes.get(c, 1), int(n))  # a broadcast index of size 1 takes the other operand's size
     if not arrow:
         rhs = "".join(sorted(c for c in sizes if lhs.count(c) == 1))
     macs, current = 0, set(expanded[0])
@@ -303,42 +309,78 @@ class _Products(TorchFunctionMode):
     hooks cannot see.
     """
 
-    def __init__(self, weights: dict[int, str]) -> None:
+    def __init__(self, weights: dict[int, str], uses: dict[str, int]) -> None:
         super().__init__()
         self.depth, self.macs = 0, 0
         self.weights, self.active = weights, set[str]()
-        self.linear_uses: dict[str, int] = {}
+        self.linear_uses, self.functional = uses, set[str]()  # positions (in call order), and the layers seen
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        try:
+            self._count(func, args, kwargs, out)
+        except Exception as exc:  # an op called in a way the counting does not know: refuse, never miscount
+            name = getattr(func, "__name__", repr(func))
+            raise UnsupportedModelError(f"cannot count the MACs of {name}: {type(exc).__name__}: {exc}") from None
+        return out
+
+    def _count(self, func: Any, args: Any, kwargs: dict[str, Any], out: Any) -> None:
         op = _TORCH_PRODUCTS.get(func)
         if op is not None and self.depth == 0:
-            operands = args[1] if op == "einsum" and len(args) == 2 and isinstance(args[1], (list, tuple)) else args
+            if op == "einsum":
+                equation, *operands = args
+                operands = operands[0] if len(operands) == 1 and isinstance(operands[0], (list, tuple)) else operands
+                extra = {"equation": equation}
+            else:
+                operands, extra = list(args) + [kwargs[n] for n in _OPERANDS[op][len(args) :] if n in kwargs], {}
             shapes = [tuple(a.shape) for a in operands if isinstance(a, torch.Tensor)]
-            self.macs += product_macs(op, shapes, tuple(out.shape), {"equation": args[0]} if op == "einsum" else {})
+            self.macs += product_macs(op, shapes, tuple(out.shape), extra)
         elif func is F.multi_head_attention_forward and self.depth == 0:
             self.macs += _functional_mha(args, kwargs)
         elif func is F.linear:
+            x = args[0] if args else kwargs["input"]
             weight = args[1] if len(args) > 1 else kwargs["weight"]
             name = self.weights.get(id(weight))
             if name is not None and name not in self.active:
-                self.linear_uses[name] = self.linear_uses.get(name, 0) + args[0].numel() // weight.shape[1]
-        return out
+                self.linear_uses[name] = self.linear_uses.get(name, 0) + x.numel() // weight.shape[1]
+                self.functional.add(name)
+
+
+_OPERANDS = {
+    "matmul": ("input", "other"),
+    "bmm": ("input", "mat2"),
+    "baddbmm": ("input", "batch1", "batch2"),
+    "sdpa": ("query", "key", "value"),
+}
 
 
 def _functional_mha(args: Any, kwargs: dict[str, Any]) -> int:
-    """``F.multi_head_attention_forward(query, key, value, embed_dim, heads, in_proj_weight, ...)`` (sequence-first)."""
-    query, key, in_w = args[0], args[1], args[5]
-    out_w = args[11] if len(args) > 11 else kwargs["out_proj_weight"]
-    return product_macs("mha", [query.shape, key.shape, in_w.shape, out_w.shape], (), {"batch_first": False})
+    """``F.multi_head_attention_forward`` (sequence-first; packed or separate q/k/v projection weights)."""
+    bound = inspect.signature(F.multi_head_attention_forward).bind(*args, **kwargs).arguments
+    query, key, out_w = bound["query"], bound["key"], bound["out_proj_weight"]
+    n = query.shape[1] if query.dim() == 3 else 1
+    length, source = query.shape[0], key.shape[0]
+    if bound.get("use_separate_proj_weight"):
+        wq, wk, wv = bound["q_proj_weight"], bound["k_proj_weight"], bound["v_proj_weight"]
+        inner = wq.shape[0]
+        projections = n * length * wq.numel() + n * source * (wk.numel() + wv.numel())
+        return projections + 2 * n * length * source * inner + n * length * out_w.numel()
+    shapes = [query.shape, key.shape, bound["in_proj_weight"].shape, out_w.shape]
+    return product_macs("mha", shapes, (), {"batch_first": False})
 
 
 @contextlib.contextmanager
-def counting_products(model: nn.Module, skip: Iterable[str] = ()) -> Iterator[_Products]:
-    """Within the block, count the products ``model``'s forward passes make outside its modules named ``skip``."""
+def counting_products(
+    model: nn.Module, skip: Iterable[str] = (), uses: dict[str, int] | None = None
+) -> Iterator[_Products]:
+    """Within the block, count the products ``model``'s forward passes make outside its modules named ``skip``.
+
+    ``uses`` (default: a new dict) receives, in call order, the positions of
+    linear layers' weights applied outside their forward (see :class:`_Products`).
+    """
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    mode = _Products({id(m.weight): n for n, m in linears.items()})
+    mode = _Products({id(m.weight): n for n, m in linears.items()}, {} if uses is None else uses)
 
     def enter(mod: nn.Module, *_: Any) -> None:
         mode.depth += 1

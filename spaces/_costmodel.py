@@ -191,7 +191,7 @@ class CostModel:
 
     def allowed_keeps(self, group: Group, round_to: int | None = None) -> np.ndarray:
         """The channel counts a group may keep under ``round_to`` (ascending)."""
-        rt = round_to or self.round_to
+        rt = 1 if group.id in self.trace.heads else round_to or self.round_to  # heads are not kernel channels
         c = group.channels
         if rt <= 1:
             return np.arange(1, c + 1)
@@ -220,7 +220,7 @@ class CostModel:
                     f"prune ratio {ratio} leaves group {gid!r} ({c} channels) empty; "
                     f"ratios must keep at least one channel (< {largest + 0.5 / c:.4g})"
                 )
-            if rt > 1 and c > rt:
+            if rt > 1 and c > rt and gid not in self.trace.heads:
                 k = min(c, max(rt, rt * math.floor(k / rt + 0.5)))
             keep[i] = k
         return keep

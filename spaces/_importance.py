@@ -132,14 +132,26 @@ def _library_functions(module: types.ModuleType) -> dict[tuple[type, str], Any]:
 
 
 def _library_group(model: nn.Module, items: list[Item]) -> _LibraryGroup:
+    import torch_pruning as tp
+
     members = []
     for it in items:
         if it.is_param:
             continue  # a bare parameter: torch-pruning's estimators skip it too
         pairs = sorted(zip(it.idxs.tolist(), it.root_idxs.tolist(), strict=True))
-        dep = _Dep(model.get_submodule(it.target), _library_function(it.handler))
-        members.append(_Member(dep, [a for a, _ in pairs], [b for _, b in pairs]))
+        module, handler = model.get_submodule(it.target), _library_function(it.handler)
+        if isinstance(module, HeadPrunableAttention):  # its q/k/v rows, as the linear layer they are
+            module, handler = _in_projection(module), tp.prune_linear_out_channels
+        members.append(_Member(_Dep(module, handler), [a for a, _ in pairs], [b for _, b in pairs]))
     return _LibraryGroup(members)
+
+
+def _in_projection(attn: HeadPrunableAttention) -> nn.Linear:
+    """A linear layer sharing ``attn``'s packed q/k/v weight and bias (gradients included), for the estimators."""
+    proxy = nn.Linear(attn.in_proj_weight.shape[1], attn.in_proj_weight.shape[0], bias=False, device="meta")
+    proxy.weight = attn.in_proj_weight
+    proxy.bias = attn.in_proj_bias
+    return proxy
 
 
 class ImportanceScores:
@@ -172,10 +184,17 @@ class ImportanceScores:
     def _library(self, index: int, estimator: Any) -> np.ndarray:
         """torch-pruning's ``estimator`` on group ``index`` (zeros where it finds no layer it scores)."""
         group = _library_group(self.trace.model, self.trace.items[index])
+        group_id = self.trace.groups[index].id
         scores = estimator(group)
+        channels = self.trace.groups[index].channels
         if scores is None:
-            return np.zeros(self.trace.groups[index].channels, dtype=np.float64)
-        return scores.detach().double().cpu().numpy()
+            return np.zeros(channels, dtype=np.float64)
+        values = scores.detach().double().cpu().numpy()
+        # torch-pruning sizes its result by the first member it scores and adds every member at the root
+        # indices: a group whose root channel spans several indices (an attention head) is its first entries
+        if len(values) != channels and not (len(values) > channels and not values[channels:].any()):
+            raise PlanError(f"importance estimator gave {len(values)} scores for group {group_id!r} of {channels}")
+        return values[:channels]
 
     @torch.no_grad()
     def _ours(self, index: int, criterion: str) -> np.ndarray:

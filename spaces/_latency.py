@@ -456,7 +456,7 @@ def _multiple(space: ModelSpace, shapes: Mapping[str, tuple[tuple[int, ...], int
         for k in counts:
             rounds[k].append(_time_layer(mod, cin, k, shapes[best][0], batch, timer))
     found = multiple_from({k: statistics.median(v) for k, v in rounds.items()})
-    narrowest = min(g.channels for g in space.groups)
+    narrowest = min((g.channels for g in space.groups if g.id not in space._trace.heads), default=1)
     return min(found, max(1, 2 ** int(math.log2(max(1, narrowest // 4)))))  # every group keeps >= 4 choices
 
 

@@ -39,7 +39,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from spaces._attention import convert, counting_products, drop_heads, head_kind, prune_heads, revert
+from spaces._attention import (
+    HeadPrunableAttention,
+    convert,
+    counting_products,
+    drop_heads,
+    head_kind,
+    ineligible,
+    prune_heads,
+    revert,
+)
 from spaces._errors import UnsupportedModelError, first_line
 from spaces._lowrank import LayerGeom
 
@@ -95,6 +104,7 @@ class Trace:
     param_macs: dict[str, int] = field(default_factory=dict)  # parameter -> MACs per element
     dim_macs: dict[tuple[str, int], int] = field(default_factory=dict)  # (parameter, dim) -> MACs per unit of size
     functional_macs: int = 0  # products between activations outside head-prunable attentions
+    functional_layers: tuple[str, ...] = ()  # linear layers whose weight is applied outside their forward
     groups: list[Group] = field(default_factory=list)
     items: list[list[Item]] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
@@ -142,7 +152,7 @@ def trace(model: nn.Module, example_inputs: tuple[Any, ...], ignored: set[str]) 
     ignored_layers = tuple(sorted(ignored, key=lambda n: order.get(n, 0)))
     out = Trace(model, example_inputs, order, rec.spatial, rec.geoms, rec.not_factorizable, rec.output, ignored_layers)
     out.attentions, out.heads = tuple(attentions), tuple(heads)
-    out.functional_macs = rec.functional_macs
+    out.functional_macs, out.functional_layers = rec.functional_macs, rec.functional_layers
     for root, g in raw_groups:
         if isinstance(g, Exception):
             out.excluded[names[root]] = f"torch-pruning cannot map its channels: {describe(g)}"
@@ -166,6 +176,7 @@ class _Record:
     output: torch.Tensor
     functional_macs: int
     attention_calls: dict[str, list[tuple[int, int, int]]]  # attention -> (sequences, queries, keys) per call
+    functional_layers: tuple[str, ...]  # linear layers whose weight is applied outside their forward
 
 
 def _attentions(
@@ -176,7 +187,15 @@ def _attentions(
     torch's attentions are switched first (their cost terms need the switched
     forward); one called otherwise is switched back and the pass made again.
     """
-    kinds = {n: k for m, n in names.items() if (k := head_kind(m)) is not None}
+    for m, n in names.items():
+        if isinstance(m, HeadPrunableAttention) and ineligible(m):
+            raise UnsupportedModelError(f"attention {n!r}: {ineligible(m)}; build the space from the unpruned model")
+    fused = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)  # their fast path bypasses the attention
+    kinds = {
+        n: k
+        for m, n in names.items()
+        if (k := head_kind(m)) is not None and not (n and isinstance(model.get_submodule(n.rpartition(".")[0]), fused))
+    }
     convert(model, [n for n, k in kinds.items() if k == "torch"])
     rec = _record_spatial(model, names, example_inputs, kinds)
     once = {n: k for n, k in kinds.items() if [c[1] == c[2] for c in rec.attention_calls.get(n, [])] == [True]}
@@ -211,22 +230,20 @@ def _record_spatial(
 
     hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, CONV + LINEAR)]
     hooks += [model.get_submodule(n).register_forward_hook(attention_hook, with_kwargs=True) for n in heads]
-    try:
-        base_output, products = _forward(model, example_inputs, heads)
+    try:  # a weight applied outside its layer is costed where it is applied (into spatial, in call order)
+        base_output, products = _forward(model, example_inputs, heads, spatial)
     finally:
         for h in hooks:
             h.remove()
     if not isinstance(base_output, torch.Tensor):
         raise UnsupportedModelError(f"the model must return one tensor, got {type(base_output).__name__}")
-    for name, positions in products.linear_uses.items():  # a weight applied outside its layer: costed
-        spatial[name] = spatial.get(name, 0) + positions
     geoms, not_factorizable = _factorizable(model, spatial, shapes)
-    for name in products.linear_uses:  # ... but never replaced: the code that reads the weight would not see it
+    for name in products.functional:  # ... but never replaced: the code that reads the weight would not see it
         geoms.pop(name, None)
         not_factorizable[name] = "its weight is applied outside its forward (F.linear(x, layer.weight))"
     for name in (n for n, kind in heads.items() if kind == "torch"):
         not_factorizable[f"{name}.in_proj"] = "an attention's fused q/k/v projection is not factorizable"
-    return _Record(spatial, geoms, not_factorizable, base_output, products.macs, calls)
+    return _Record(spatial, geoms, not_factorizable, base_output, products.macs, calls, tuple(products.functional))
 
 
 def _attention_call(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int, int]:
@@ -241,11 +258,15 @@ def _attention_call(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
     return int(n), int(length), int(length) if q.shape == k.shape == v.shape else -1
 
 
-def _forward(model: nn.Module, example_inputs: tuple[Any, ...], heads: Iterable[str]) -> tuple[Any, Any]:
+def _forward(
+    model: nn.Module, example_inputs: tuple[Any, ...], heads: Iterable[str], spatial: dict[str, int]
+) -> tuple[Any, Any]:
     """The model's output on ``example_inputs`` and what it computed outside modules (see ``counting_products``)."""
     try:
-        with torch.no_grad(), counting_products(model, heads) as products:
+        with torch.no_grad(), counting_products(model, heads, spatial) as products:
             return model(*example_inputs), products
+    except UnsupportedModelError:
+        raise
     except Exception as exc:
         shapes_txt = ", ".join(str(tuple(x.shape)) for x in example_inputs if isinstance(x, torch.Tensor))
         raise ValueError(f"example_inputs of shape {shapes_txt} do not fit the model: {describe(exc)}") from None

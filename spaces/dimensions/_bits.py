@@ -72,14 +72,18 @@ def _check_bits(key: str, layer: Any, bits: Any, offered: tuple[int, ...]) -> in
 
 
 def quantizable_layers(costs: CostModel) -> dict[str, int]:
-    """The plain ``Conv2d`` / ``Linear`` layers the forward pass calls, in its order, with their weight's size."""
+    """The plain ``Conv2d`` / ``Linear`` layers the forward pass calls, in its order, with their weight's size.
+
+    A layer whose weight is also applied outside its forward (``F.linear(x, layer.weight)``) is not one: its
+    quantized forward would not run there.
+    """
     from spaces._quant import is_quantizable  # torch
 
     model = costs.trace.model
     out = {}
     for name in costs.trace.spatial:
         mod = model.get_submodule(name) if name else model
-        if is_quantizable(mod) and hasattr(mod, "weight"):
+        if is_quantizable(mod) and hasattr(mod, "weight") and name not in costs.trace.functional_layers:
             out[name] = sum(p.numel() for n, p in mod.named_parameters(recurse=False) if n == "weight")
     return out
 
@@ -307,6 +311,8 @@ def _weight_error_gain(space: ModelSpace, layers: Mapping[str, int]) -> dict[str
 
 def _not_quantizable(costs: CostModel, name: str, layers: Mapping[str, int]) -> str:
     """Why ``name`` cannot be quantized, in one line."""
+    if name in costs.trace.functional_layers:
+        return f"layer {name!r} cannot be quantized: its weight is applied outside its forward (F.linear)"
     if name in costs.trace.spatial:
         kind = type(costs.trace.model.get_submodule(name)).__name__
         return f"layer {name!r} cannot be quantized: {kind} is not a plain Conv2d or Linear"

@@ -10,8 +10,9 @@ import torch
 import torchvision
 from torch import nn
 
-from spaces import ModelSpace, Plan, factorize_layer, measure_cost
-from spaces._attention import HeadPrunableAttention, convert
+from spaces import ModelSpace, Plan, PlanError, UnsupportedModelError, factorize_layer, measure_cost
+from spaces._attention import HeadPrunableAttention, convert, functional_macs, product_macs
+from spaces.dimensions._bits import quantizable_layers
 from tests.spaces.models import vit_tiny
 
 E, H = 32, 4
@@ -226,6 +227,89 @@ def test_weights_applied_outside_their_layer_and_einsums_are_costed() -> None:
     products = n * tokens * tokens * 8 * 2  # the einsum, then the weighted sum
     assert space.base_cost.macs == measure_cost(model, x).macs == layers + products
     assert "F.linear" in space.not_factorizable["a"]  # costed, never replaced
+
+
+def test_head_scores_from_the_library_estimators_and_data_criteria(vit: _Vit) -> None:
+    model, x, _ = vit
+    model = copy.deepcopy(model)
+    attn = model.encoder.layers[0].self_attention
+    with torch.no_grad():  # head 1 of layer 0 much weaker than the others, in q/k/v and in the output projection
+        for block in range(3):
+            attn.in_proj_weight[block * 64 + 16 : block * 64 + 32] *= 0.01
+        attn.out_proj.weight[:, 16:32] *= 0.01
+    gid = "encoder.layers.encoder_layer_0.self_attention"
+    for importance in ("l1", "group_l2", "lamp"):
+        space = ModelSpace(model, x, importance=importance)
+        assert space.scores.of(space.costs.group_index(gid), importance).shape == (4,)
+        assert int(space.scores.order(importance)[space.costs.group_index(gid)][-1]) == 1, importance
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 10, (4,), generator=gen))]
+    scores = ModelSpace(model, x).calibrate_importance("taylor", batches)
+    assert scores[gid].shape == (4,) and (scores[gid] >= 0).all()
+
+
+def test_attention_inside_torchs_fused_encoder_layer_keeps_its_heads() -> None:
+    """TransformerEncoderLayer's fast path reads its attention's weights directly: its heads are not a group."""
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(8, 24)
+            layer = nn.TransformerEncoderLayer(24, 6, 48, dropout=0.0, batch_first=True)
+            self.enc, self.fc = nn.TransformerEncoder(layer, 2), nn.Linear(24, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.enc(self.embed(x)).mean(1))
+
+    torch.manual_seed(0)
+    model, x = Encoder().eval(), torch.randn(2, 5, 8)
+    space = ModelSpace(model, x, ignored_layers=["embed"])
+    assert [g.id for g in space.groups] == ["enc.layers.0.linear1", "enc.layers.1.linear1"]
+    assert type(space.model.enc.layers[0].self_attn) is nn.MultiheadAttention
+    plan = Plan({"enc.layers.0.linear1": 0.5})
+    with torch.no_grad():  # eval + no grad: the fused fast path
+        assert space.apply(plan)(x).shape == (2, 3)
+    assert space.cost(plan) == measure_cost(space.apply(plan), x)
+
+
+def test_a_head_pruned_model_is_refused_with_the_reason(vit: _Vit) -> None:
+    _model, x, space = vit
+    pruned = space.apply(Plan({"encoder.layers.encoder_layer_0.self_attention": 0.5}))
+    with pytest.raises(UnsupportedModelError, match="heads were pruned already"):
+        ModelSpace(pruned, x)
+
+
+def test_masks_follow_the_inputs_device() -> None:
+    ours = convert(nn.MultiheadAttention(E, H, batch_first=True), [""]).to("meta")
+    q = torch.randn(2, 5, E, device="meta")
+    mask = torch.zeros(5, 5, dtype=torch.bool, device="meta")
+    padding = torch.zeros(2, 5, dtype=torch.bool, device="meta")
+    for need_weights in (True, False):
+        out, _ = ours(q, q, q, attn_mask=mask, key_padding_mask=padding, need_weights=need_weights)
+        assert out.device.type == "meta" and out.shape == (2, 5, E)
+
+
+def test_unbatched_attention_and_broadcast_einsum_are_counted_exactly() -> None:
+    class Unbatched(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(E, H)  # sequence-first, fed one sequence (L, E)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    x, length = torch.randn(6, E), 6
+    want = length * E * 3 * E + 2 * length * length * E + length * E * E
+    assert functional_macs(Unbatched().eval(), (x,)) == want == measure_cost(Unbatched().eval(), x).macs
+    assert product_macs("einsum", [(8, 4, 5), (1, 5, 6)], (8, 4, 6), {"equation": "...ij,...jk->...ik"}) == 960
+
+
+def test_weights_applied_outside_their_layer_are_not_quantized() -> None:
+    torch.manual_seed(0)
+    space = ModelSpace(_Functional().eval(), torch.randn(3, 5, 12))
+    assert "a" not in quantizable_layers(space.costs) and "b" in quantizable_layers(space.costs)
+    with pytest.raises(PlanError, match="applied outside its forward"):
+        space.cost(Plan(bits={"a": 4}))
 
 
 class _Energy(nn.Module):
