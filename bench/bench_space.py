@@ -102,11 +102,14 @@ def _sweep_row(name: str, size: int) -> tuple[str, float | None]:
     return row, build
 
 
-def sweep(size: int) -> None:
+def sweep(size: int, exclude: set[str]) -> None:
     print("| model | input | build s | groups | excluded | prune plan | prune + rank plan |")
     print("|---|---|---|---|---|---|---|")
     builds = []
     for name in torchvision.models.list_models(module=torchvision.models):
+        if name in exclude:
+            print(f"| {name} | | | | | not run (--exclude) | |")
+            continue
         row, build = _sweep_row(name, size)
         print(row, flush=True)
         if build is not None:
@@ -120,10 +123,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--models", default="resnet50,mobilenet_v2")
     ap.add_argument("--sweep", action="store_true", help="every torchvision classification model (see the docs)")
+    ap.add_argument("--exclude", default="", help="models the sweep skips (comma-separated)")
     args = ap.parse_args()
     if args.sweep:
         print(f"torchvision {torchvision.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-        sweep(args.size)
+        sweep(args.size, set(filter(None, args.exclude.split(","))))
         return
     torch.manual_seed(0)
     cpu = platform.processor() or platform.machine()
