@@ -20,6 +20,11 @@ masked-channel equivalence (see ``_verify.py``) and excludes groups whose
 pruning would change the kept channels' outputs, so a wrong mapping can never
 produce a wrong model.
 
+``update_concat_index_mapping`` is wrapped so that a concatenation with an
+input whose channel count the library cannot infer gets no mapping (the
+library sums the sizes before it checks for an unknown one: a ``TypeError``
+on torchvision's swin_s and swin_b at 64×64).
+
 :func:`all_groups` lists the groups root by root, so that one root whose
 index mapping raises is excluded alone instead of failing the whole model.
 
@@ -171,6 +176,19 @@ def all_groups(dg: Any, ignored_layers: list[Any], root_module_types: tuple[type
     return out
 
 
+def _unknown_concat_size(graph: Any, cat_node: Any) -> bool:
+    """Whether a concatenation has an input whose channel count torch-pruning cannot infer (its sizes cached)."""
+    from torch_pruning import ops
+    from torch_pruning.dependency import shape_infer
+
+    if cat_node.type != ops.OPTYPE.CONCAT:
+        return False
+    if cat_node.module.concat_sizes is None:
+        sizes = [shape_infer.infer_channels_between(graph, n, cat_node) for n in cat_node.inputs]
+        cat_node.module.concat_sizes = sizes
+    return None in cat_node.module.concat_sizes
+
+
 def install() -> None:
     """Install the shims (idempotent)."""
     from torch_pruning.dependency import graph, index_mapping, shape_infer
@@ -183,5 +201,13 @@ def install() -> None:
         # graph.py must call shape_infer.init_shape_information for the fix to take effect
         raise ImportError("this torch-pruning version is not the layout spaces._tp_compat patches (1.5-1.6)")
     index_mapping.update_reshape_index_mapping = _update_reshape_index_mapping
+    original_concat = index_mapping.update_concat_index_mapping
+
+    def update_concat_index_mapping(graph: Any, cat_node: Any) -> None:
+        if _unknown_concat_size(graph, cat_node):
+            return  # no mapping: the library would sum a None size (swin_s/swin_b at small inputs)
+        original_concat(graph, cat_node)
+
+    index_mapping.update_concat_index_mapping = update_concat_index_mapping
     shape_infer.init_shape_information = _init_shape_information
     _installed = True

@@ -87,11 +87,14 @@ class _Checker:
 
     def _masked(self, plan: Plan) -> torch.Tensor:
         """The scrambled model's output with ``plan``'s channels zeroed (in place, then restored: no deep copy)."""
-        saved = {k: v.clone() for k, v in self.vmodel.state_dict().items()}
+        state = self.vmodel.state_dict(keep_vars=True)  # the tensors themselves: masking fills them in place
+        saved = {k: v.detach().clone() for k, v in state.items()}
         try:
             return self.surgery.mask(self.vmodel, plan)(*self.trace.example_inputs)
         finally:
-            self.vmodel.load_state_dict(saved)
+            with torch.no_grad():  # copied back in place (load_state_dict would run modules' own loading hooks)
+                for k, v in state.items():
+                    v.copy_(saved[k])
 
     def check(self, plan: Plan) -> str | None:
         """None if ``plan`` prunes the scrambled copy correctly, else the reason."""

@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+import torchvision
 
 from spaces import ModelSpace, Plan, measure_cost
 from spaces._verify import scrambled
@@ -132,3 +133,14 @@ def test_classifier_is_never_pruned() -> None:
     assert all("fc" not in g.layers or g.layers[-1] == "fc" for g in space.groups)
     _, _, sq = _space("squeezenet1_1")
     assert sq.ignored_layers == ("classifier.1",)  # a 1x1 conv classifier
+
+
+def test_a_model_with_its_own_state_dict_loading_hook_is_verified() -> None:
+    """MNASNet's _load_from_state_dict demands a version: the self-check restores masked weights in place."""
+    torch.manual_seed(0)
+    model = torchvision.models.mnasnet0_5(weights=None, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    space = ModelSpace(model, x)
+    assert len(space.groups) == 25 and not space.excluded
+    plan = space.uniform_plan(0.5)
+    assert space.cost(plan) == measure_cost(space.apply(plan), x)
