@@ -141,7 +141,7 @@ def measure_cost(model: nn.Module, example_inputs: Any) -> Cost:
     was_training = model.training
     model.eval()
     try:
-        # Count exactly conv + linear; everything else is reported as skipped.
+        # Count exactly conv, linear and the products between activations; everything else is reported as skipped.
         analysis = JitModelAnalysis(model, inputs).set_op_handle(
             **{"aten::_convolution": conv_flop_jit, "aten::linear": linear_flop_jit, "aten::addmm": addmm_flop_jit},
             **_product_handles(),

@@ -188,8 +188,9 @@ def _attentions(
     forward); one called otherwise is switched back and the pass made again.
     """
     for m, n in names.items():
-        if isinstance(m, HeadPrunableAttention) and ineligible(m):
-            raise UnsupportedModelError(f"attention {n!r}: {ineligible(m)}; build the space from the unpruned model")
+        why = ineligible(m) if isinstance(m, HeadPrunableAttention) else None
+        if why:
+            raise UnsupportedModelError(f"attention {n!r}: {why}; build the space from the unpruned model")
     fused = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)  # their fast path bypasses the attention
     kinds = {
         n: k
