@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from spaces._cost import Cost
@@ -40,6 +41,18 @@ from spaces._trace import Group, Item, Trace
 from spaces.dimensions import CostState, dimensions
 
 __all__ = ["CostModel", "Ranks"]
+
+
+def _meta_parameter(p: nn.Parameter) -> nn.Parameter:
+    return nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
+
+
+def _meta_copy(mod: nn.Module) -> nn.Module:
+    """A copy of ``mod`` whose parameters and buffers are shapes only (meta tensors): a probe copies no data."""
+    memo: dict[int, object] = {id(p): _meta_parameter(p) for p in mod.parameters()}
+    memo.update((id(b), torch.empty_like(b, device="meta")) for b in mod.buffers())
+    return copy.deepcopy(mod, memo)
+
 
 Ranks = dict[str, tuple[str, tuple[int, ...]]]  # factorized layer -> (method, ranks); dense layers are absent
 
@@ -70,13 +83,20 @@ class CostModel:
         out: list[tuple[str, int]] = []
         if it.is_param:
             p = model.get_parameter(it.target)
-            new = it.handler(nn.Parameter(p.detach().clone()), [0])
+            try:
+                new = it.handler(_meta_parameter(p), [0])
+            except Exception:  # a handler that reads values: probed on a real copy
+                new = it.handler(nn.Parameter(p.detach().clone()), [0])
             out = [(it.target, d) for d, (a, b) in enumerate(zip(p.shape, new.shape, strict=False)) if a != b]
         else:
             mod = model.get_submodule(it.target)
             before = {n: tuple(p.shape) for n, p in mod.named_parameters(recurse=False)}
-            probe = copy.deepcopy(mod)
-            it.handler(probe, [0])
+            try:
+                probe = _meta_copy(mod)
+                it.handler(probe, [0])
+            except Exception:  # as above
+                probe = copy.deepcopy(mod)
+                it.handler(probe, [0])
             for n, p in probe.named_parameters(recurse=False):
                 full = f"{it.target}.{n}" if it.target else n
                 for d, (a, b) in enumerate(zip(before[n], p.shape, strict=False)):

@@ -32,6 +32,10 @@ from spaces.dimensions import dimensions
 __all__ = ["Surgery"]
 
 
+def _same_entries(keys: tuple[str, ...], a: Plan, b: Plan) -> bool:
+    return all(a.entries(k) == b.entries(k) for k in keys)
+
+
 class Surgery:
     def __init__(self, trace: Trace, costs: CostModel, scores: ImportanceScores) -> None:
         self.trace, self.costs, self.scores = trace, costs, scores
@@ -52,11 +56,23 @@ class Surgery:
                 todo[key] = (it, idx)
         return todo
 
-    def apply(self, model: nn.Module, plan: Plan) -> nn.Module:
-        """Apply ``plan`` in place to ``model`` (a copy of the traced model): each dimension in its order."""
+    def apply(self, model: nn.Module, plan: Plan, *, done: Plan | None = None) -> nn.Module:
+        """Apply ``plan`` in place to ``model`` (a copy of the traced model): each dimension in its order.
+
+        With ``done``, ``model`` is a copy of the model ``done`` built, and only
+        the dimensions whose entries ``plan`` adds are applied (``done``'s
+        others must equal ``plan``'s, or ``ValueError``): the self-check
+        probes each dimension on top of one half-pruned model.
+        """
+        if done is not None and (done.importance, done.round_to) != (plan.importance, plan.round_to):
+            raise ValueError("the applied plan ranks or rounds channels otherwise: apply the plan whole")
         keep = self.costs.keep_counts(plan)
         convert(model, self.trace.attentions)  # a copy of the user's model: its attentions as the trace has them
         for dim in dimensions():
+            if done is not None and _same_entries(dim.keys, done, plan):
+                continue
+            if done is not None and not all(done.entries(k) == {} for k in dim.keys):
+                raise ValueError(f"plan dimension {dim.key!r} differs from the applied plan's: apply it whole")
             part = dim.resolve(self.costs, plan, keep)
             if part is not None:
                 dim.apply(self, model, part, keep)
@@ -74,18 +90,31 @@ class Surgery:
                 handler(model.get_submodule(name), idx_list)
 
     @torch.no_grad()
-    def mask(self, model: nn.Module, plan: Plan) -> nn.Module:
-        """Zero, in place, the channels ``plan`` would remove from ``model`` (ranks are ignored)."""
+    def mask(
+        self, model: nn.Module, plan: Plan, *, saved: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+    ) -> nn.Module:
+        """Zero, in place, the channels ``plan`` would remove from ``model`` (ranks are ignored).
+
+        With ``saved``, each tensor is recorded there (by id: the tensor and a
+        copy of its values) before it is first written, so the caller can put
+        the values back without copying the whole model.
+        """
         keep = self.costs.keep_counts(plan)
         convert(model, self.trace.attentions)
+
+        def zero(t: torch.Tensor, dim: int, index: torch.Tensor) -> None:
+            if saved is not None and id(t) not in saved:
+                saved[id(t)] = (t, t.detach().clone())
+            t.index_fill_(dim, index, 0.0)
+
         for (name, _), (it, idx) in self.removals(plan.importance or self.costs.importance, keep).items():
             if not it.is_out or len(idx) == 0:
                 continue
             index = torch.as_tensor(idx, dtype=torch.long)
             for pname, d in self.costs.param_dims(it):
-                model.get_parameter(pname).index_fill_(d, index, 0.0)
+                zero(model.get_parameter(pname), d, index)
             if not it.is_param:
                 mod = model.get_submodule(name)
                 if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.running_mean is not None:
-                    mod.running_mean.index_fill_(0, index, 0.0)
+                    zero(mod.running_mean, 0, index)
         return model

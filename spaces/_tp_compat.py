@@ -39,6 +39,7 @@ from __future__ import annotations
 from typing import Any
 
 _installed = False
+_mapped: set[int] = set()  # ids of the graphs whose index mappings all_groups computed (see install)
 
 
 def _self_sizes(grad_fn: Any) -> tuple[int, ...] | None:
@@ -149,6 +150,29 @@ def _init_shape_information(graph: Any) -> None:
         node.module.offsets = offsets
 
 
+def _has_pruning_op(self: Any, dep: Any, idxs: Any) -> bool:
+    """``Group.has_pruning_op`` through an index by (target, handler) instead of a scan of the whole group.
+
+    The library's scan, once per dependency added, is quadratic in the group's
+    size (12 of swin_b's 23 s to build a space). The index holds positions and
+    is extended with the items appended since the last call; the indices are
+    read from the group itself, so an item merged in place is compared as it
+    is now. Same answer as the library's.
+    """
+    items = self._group
+    index = self.__dict__.get("_prunetune_index")
+    if index is None or index[0] is not items or index[1] > len(items):
+        index = self._prunetune_index = [items, 0, {}]
+    for pos in range(index[1], len(items)):
+        index[2].setdefault((items[pos][0].target, items[pos][0].handler), []).append(pos)
+    index[1] = len(items)
+    key = (dep.target, dep.handler)
+    return any(
+        items[p][0].target == dep.target and items[p][0].handler == dep.handler and items[p][1] == idxs
+        for p in index[2].get(key, ())
+    )
+
+
 def all_groups(dg: Any, ignored_layers: list[Any], root_module_types: tuple[type, ...]) -> list[tuple[Any, Any]]:
     """``DependencyGraph.get_all_groups``, one root at a time: ``(root module, group or the exception it raised)``.
 
@@ -157,9 +181,26 @@ def all_groups(dg: Any, ignored_layers: list[Any], root_module_types: tuple[type
     group; here that root alone fails, and the caller excludes it with the
     reason.
     """
+    from torch_pruning.dependency import index_mapping
+
     visited: set[int] = set()
     ignored = list(ignored_layers) + list(dg.IGNORED_LAYERS_IN_TRACING)
     out: list[tuple[Any, Any]] = []
+    try:
+        index_mapping.update_index_mapping(dg)
+        _mapped.add(id(dg))  # the library recomputes every mapping per root: once is enough (the graph is fixed)
+    except (IndexError, ValueError, RuntimeError):
+        pass  # each root raises it below, as without this shortcut
+    try:
+        _group_roots(dg, ignored, root_module_types, visited, out)
+    finally:
+        _mapped.discard(id(dg))
+    return out
+
+
+def _group_roots(
+    dg: Any, ignored: list[Any], root_module_types: tuple[type, ...], visited: set[int], out: list[Any]
+) -> None:
     for m in list(dg.module2node):
         pruner = dg.get_pruner_of_module(m) if isinstance(m, root_module_types) and m not in ignored else None
         if pruner is None or pruner.get_out_channels(m) is None or id(m) in visited:
@@ -173,7 +214,6 @@ def all_groups(dg: Any, ignored_layers: list[Any], root_module_types: tuple[type
         visited.update(id(r) for r in roots)
         if not any(r in ignored for r in roots):
             out.append((m, group))
-    return out
 
 
 def _unknown_concat_size(graph: Any, cat_node: Any) -> bool:
@@ -191,7 +231,7 @@ def _unknown_concat_size(graph: Any, cat_node: Any) -> bool:
 
 def install() -> None:
     """Install the shims (idempotent)."""
-    from torch_pruning.dependency import graph, index_mapping, shape_infer
+    from torch_pruning.dependency import graph, group, index_mapping, shape_infer
 
     global _installed
     if _installed:
@@ -209,5 +249,13 @@ def install() -> None:
         original_concat(graph, cat_node)
 
     index_mapping.update_concat_index_mapping = update_concat_index_mapping
+    original_update = index_mapping.update_index_mapping
+
+    def update_index_mapping(graph: Any) -> None:
+        if id(graph) not in _mapped:  # all_groups computed this graph's mappings, and nothing changes it meanwhile
+            original_update(graph)
+
+    index_mapping.update_index_mapping = update_index_mapping
+    group.Group.has_pruning_op = _has_pruning_op
     shape_infer.init_shape_information = _init_shape_information
     _installed = True

@@ -31,6 +31,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,25 +53,83 @@ __all__ = ["scrambled", "verify"]
 _CHANNEL_MIXING_NORMS = (nn.LayerNorm, nn.GroupNorm)
 
 
+def shared_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s modules that shares its parameters and buffers (no tensor is copied).
+
+    Each module is a new object with its own attribute dicts (parameters,
+    buffers, children, hooks) and lists, holding the same tensors and other
+    values; a submodule used twice is copied once. Surgery never writes a
+    tensor in place: pruning and factorizing assign new parameters to the
+    copy's modules, so the original keeps its own. Use it inside
+    :func:`untouched`, which fails if that ever stops being true. (A
+    ``copy.deepcopy`` that shares the tensors did the same in about five
+    times the time: the self-check makes dozens of copies.)
+    """
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        memo: dict[int, object] = {id(t): t for t in model.parameters()}
+        memo.update((id(t), t) for t in model.buffers())
+        return copy.deepcopy(model, memo)
+    copies: dict[int, nn.Module] = {}
+
+    def copy_module(module: nn.Module) -> nn.Module:
+        if id(module) in copies:
+            return copies[id(module)]
+        new = copies[id(module)] = object.__new__(type(module))
+        state = dict(module.__dict__)
+        for key, value in state.items():
+            if key == "_modules":
+                state[key] = type(value)((n, None if c is None else copy_module(c)) for n, c in value.items())
+            elif isinstance(value, (dict, list, set)):
+                state[key] = value.copy()  # OrderedDict.copy() is an OrderedDict
+        new.__dict__.update(state)
+        return new
+
+    return copy_module(model)
+
+
+@contextmanager
+def untouched(model: nn.Module) -> Iterator[None]:
+    """Raise if the block writes in place into any of ``model``'s parameters or buffers (their version counters)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    versions = [t._version for t in tensors]
+    yield
+    changed = [i for i, (t, v) in enumerate(zip(tensors, versions, strict=True)) if t._version != v]
+    if changed:
+        raise RuntimeError(
+            f"the self-check's surgery wrote in place into {len(changed)} tensors of the model it copied "
+            "(shared_copy assumes new tensors are assigned): a bug in a plan dimension's apply"
+        )
+
+
 @torch.no_grad()
 def scrambled(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with well-scaled random weights (seeded), so that every channel matters."""
     gen = torch.Generator().manual_seed(0)
-    model = copy.deepcopy(model)
+    # fresh parameters (filled below) instead of copies of the old ones: half the memory traffic
+    memo: dict[int, object] = {id(p): nn.Parameter(torch.empty_like(p), p.requires_grad) for p in model.parameters()}
+    model = copy.deepcopy(model, memo)
     for name, p in model.named_parameters():
         if p.dim() >= 2:
-            fan_in = p[0].numel()
-            p.copy_(torch.randn(p.shape, generator=gen) * math.sqrt(2.0 / max(fan_in, 1)))
+            p.normal_(0.0, math.sqrt(2.0 / max(p[0].numel(), 1)), generator=gen)  # He: fan-in p[0].numel()
         elif name.endswith("weight"):
-            p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            p.uniform_(0.5, 1.5, generator=gen)
         else:
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            p.normal_(0.0, 0.1, generator=gen)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+            m.running_mean.normal_(0.0, 0.1, generator=gen)
             if m.running_var is not None:
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+                m.running_var.uniform_(0.5, 1.5, generator=gen)
     return model
+
+
+def pruned_copy(surgery: Surgery, model: nn.Module, plan: Plan, *, done: Plan | None = None) -> nn.Module:
+    """``plan`` applied to a :func:`shared_copy` of ``model``; ``model`` itself is left as it was (checked).
+
+    ``done``: ``model`` was built by that plan already (see :meth:`Surgery.apply`).
+    """
+    with untouched(model):
+        return surgery.apply(shared_copy(model), plan, done=done)
 
 
 class _Checker:
@@ -76,6 +137,7 @@ class _Checker:
         self.trace, self.costs, self.surgery = trace, costs, surgery
         self.vmodel = scrambled(trace.model)
         self.last: tuple[Plan, nn.Module] | None = None  # the last plan checked and its pruned model
+        self.out: Any = None  # and that model's output
         with torch.no_grad():
             self.vbase = self.vmodel(*trace.example_inputs)
 
@@ -86,35 +148,43 @@ class _Checker:
         )
 
     def _masked(self, plan: Plan) -> torch.Tensor:
-        """The scrambled model's output with ``plan``'s channels zeroed (in place, then restored: no deep copy)."""
-        state = self.vmodel.state_dict(keep_vars=True)  # the tensors themselves: masking fills them in place
-        saved = {k: v.detach().clone() for k, v in state.items()}
+        """The scrambled model's output with ``plan``'s channels zeroed (in place, then restored: no copy)."""
+        saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         try:
-            return self.surgery.mask(self.vmodel, plan)(*self.trace.example_inputs)
+            return self.surgery.mask(self.vmodel, plan, saved=saved)(*self.trace.example_inputs)
         finally:
             with torch.no_grad():  # copied back in place (load_state_dict would run modules' own loading hooks)
-                for k, v in state.items():
-                    v.copy_(saved[k])
+                for tensor, values in saved.values():
+                    tensor.copy_(values)
 
-    def check(self, plan: Plan) -> str | None:
-        """None if ``plan`` prunes the scrambled copy correctly, else the reason."""
-        inputs, vmodel, vbase = self.trace.example_inputs, self.vmodel, self.vbase
+    def runs(self, plan: Plan) -> str | None:
+        """None if the scrambled copy pruned by ``plan`` runs and keeps its output shape, else the reason."""
         try:
             with torch.no_grad():
-                pruned = self.surgery.apply(copy.deepcopy(vmodel), plan)
+                pruned = pruned_copy(self.surgery, self.vmodel, plan)
                 self.last = (plan, pruned)
-                out = pruned(*inputs)
+                self.out = pruned(*self.trace.example_inputs)
         except Exception as exc:
             return f"the pruned model fails: {describe(exc)}"
-        if not isinstance(out, torch.Tensor) or out.shape != vbase.shape:
+        out = self.out
+        if not isinstance(out, torch.Tensor) or out.shape != self.vbase.shape:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             return f"pruning changes the output shape to {shape}"
+        return None
+
+    def check(self, plan: Plan) -> str | None:
+        """None if ``plan`` prunes the scrambled copy correctly (it runs, and computes what masking does), else why."""
+        inputs, vmodel, vbase = self.trace.example_inputs, self.vmodel, self.vbase
+        reason = self.runs(plan)
+        if reason is not None:
+            return reason
+        out = self.out
         masked_ids = {g for g in plan.prune if self._maskable(self.trace.items[self.costs.group_index(g)])}
         if masked_ids:
             sub = Plan({g: r for g, r in plan.prune.items() if g in masked_ids}, plan.importance, plan.round_to)
             with torch.no_grad():
                 if sub != plan:
-                    out = self.surgery.apply(copy.deepcopy(vmodel), sub)(*inputs)
+                    out = pruned_copy(self.surgery, vmodel, sub)(*inputs)
                 ref = self._masked(sub)
             # float noise is relative to the outputs; a wrong mapping errs on the
             # scale of the pruning's own effect (masked minus base)
@@ -147,19 +217,12 @@ def verify(trace: Trace, costs: CostModel, scores: ImportanceScores, surgery: Su
     checker = _Checker(trace, costs, surgery)
     if not torch.isfinite(checker.vbase).all():
         raise UnsupportedModelError("the model's outputs are not finite on example_inputs with random weights")
-    half = Plan({g.id: 0.5 for g in trace.groups if g.channels > 1}, _CHECKED_WITH)
+    half = _half(trace)
     if checker.check(half) is not None:
-        bad = _failing(checker, [g.id for g in trace.groups if g.channels > 1])
-        if bad:
-            trace.drop(bad)
-            scores.clear()
-            costs.rebuild()
-            half = Plan({g.id: 0.5 for g in trace.groups if g.channels > 1}, _CHECKED_WITH)
-        if not bad or checker.check(half) is not None:
-            raise UnsupportedModelError("pruning all groups together fails although each group alone works")
+        half = _exclude_failing(trace, costs, scores, checker)
     half = _check_products(trace, costs, scores, surgery, half)
     built = checker.last[1] if checker.last and checker.last[0] == half else None  # the same structure: reused
-    built = built or surgery.apply(copy.deepcopy(trace.model), half)
+    built = built or pruned_copy(surgery, trace.model, half)
     got = sum(p.numel() for p in built.parameters())
     want = costs.cost(half).params
     if got != want:
@@ -167,29 +230,63 @@ def verify(trace: Trace, costs: CostModel, scores: ImportanceScores, surgery: Su
             f"the pruned model has {got} parameters, the cost model predicts {want}; "
             "a layer type changes shape in a way the space does not model"
         )
-    _check_dimensions(trace, costs, surgery, half)
+    _check_dimensions(costs, surgery, half, built)
 
 
-def _failing(checker: _Checker, ids: list[str]) -> dict[str, str]:
-    """The groups of ``ids`` (which fail together) that fail alone, with their reasons, found by bisection.
+def _half(trace: Trace) -> Plan:
+    return Plan({g.id: 0.5 for g in trace.groups if g.channels > 1}, _CHECKED_WITH)
 
-    A half that passes holds no group failing alone (each failing group is
-    found in about ``2 * log2(len(ids))`` checks instead of ``len(ids)``); the
-    caller re-checks what is left, so groups that fail only together still
-    refuse the model.
+
+def _exclude_failing(trace: Trace, costs: CostModel, scores: ImportanceScores, checker: _Checker) -> Plan:
+    """Exclude the groups that fail alone; refuse the model if the rest still fails together.
+
+    The groups whose pruned model does not run (or changes the output shape)
+    are found first, with cheap checks that build no masked reference; then,
+    if what is left still fails, those that compute wrongly, with full checks.
+    Returns the half-pruned plan of the groups left, checked whole.
+    """
+    together = UnsupportedModelError("pruning all groups together fails although each group alone works")
+    dropped = False
+    for check in (checker.runs, checker.check):
+        half, dropped = _half(trace), False
+        if check(half) is None:
+            continue
+        bad = _failing(check, list(half.prune))
+        if not bad:
+            raise together
+        trace.drop(bad)
+        scores.clear()
+        costs.rebuild()
+        dropped = True
+    half = _half(trace)
+    if dropped and checker.check(half) is not None:  # what the full checks left, checked whole
+        raise together
+    return half
+
+
+def _failing(check: Callable[[Plan], str | None], ids: list[str]) -> dict[str, str]:
+    """The groups of ``ids`` (which fail ``check`` together) that fail alone, with their reasons, by bisection.
+
+    A half that passes holds no group failing alone, so when the first half
+    passes the second is searched without checking it whole (one check per
+    level for a single failing group: about ``log2(len(ids))`` checks instead
+    of ``len(ids)``). The caller re-checks what is left, so groups that fail
+    only together still refuse the model.
     """
     if len(ids) == 1:
-        reason = checker.check(Plan({ids[0]: 0.5}, _CHECKED_WITH))
+        reason = check(Plan({ids[0]: 0.5}, _CHECKED_WITH))
         return {} if reason is None else {ids[0]: reason}
-    bad: dict[str, str] = {}
-    for part in (ids[: len(ids) // 2], ids[len(ids) // 2 :]):
-        if len(part) == 1 or checker.check(Plan(dict.fromkeys(part, 0.5), _CHECKED_WITH)) is not None:
-            bad.update(_failing(checker, part))
+    first, second = ids[: len(ids) // 2], ids[len(ids) // 2 :]
+    if len(first) > 1 and check(Plan(dict.fromkeys(first, 0.5), _CHECKED_WITH)) is None:
+        return _failing(check, second)  # the failure is in the second half (or only in the whole)
+    bad = _failing(check, first)
+    if len(second) == 1 or check(Plan(dict.fromkeys(second, 0.5), _CHECKED_WITH)) is not None:
+        bad.update(_failing(check, second))
     return bad
 
 
 def _products_after(trace: Trace, surgery: Surgery, plan: Plan) -> int:
-    return functional_macs(surgery.apply(copy.deepcopy(trace.model), plan), trace.example_inputs, trace.heads)
+    return functional_macs(pruned_copy(surgery, trace.model, plan), trace.example_inputs, trace.heads)
 
 
 def _check_products(trace: Trace, costs: CostModel, scores: ImportanceScores, surgery: Surgery, half: Plan) -> Plan:
@@ -208,14 +305,14 @@ def _check_products(trace: Trace, costs: CostModel, scores: ImportanceScores, su
     return Plan({g.id: 0.5 for g in trace.groups if g.channels > 1}, _CHECKED_WITH)
 
 
-def _check_dimensions(trace: Trace, costs: CostModel, surgery: Surgery, half: Plan) -> None:
-    """Each dimension's probe plan (on top of ``half``) builds a model whose parameters and bytes are costed exactly."""
+def _check_dimensions(costs: CostModel, surgery: Surgery, half: Plan, built: nn.Module) -> None:
+    """Each dimension's probe plan (on top of ``half``, which built ``built``) builds a model costed exactly."""
     for dim in dimensions():
         entries = dim.verify_probe(costs)
         if not entries:
             continue
         plan = half.replace(**entries)
-        model = surgery.apply(copy.deepcopy(trace.model), plan)
+        model = pruned_copy(surgery, built, plan, done=half)
         got = (
             sum(p.numel() for p in model.parameters()),
             parameter_bytes(model),

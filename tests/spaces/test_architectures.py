@@ -144,3 +144,72 @@ def test_a_model_with_its_own_state_dict_loading_hook_is_verified() -> None:
     assert len(space.groups) == 25 and not space.excluded
     plan = space.uniform_plan(0.5)
     assert space.cost(plan) == measure_cost(space.apply(plan), x)
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_the_self_check_leaves_the_spaces_model_as_the_users(name: str) -> None:
+    """The self-check prunes copies that share the space's tensors (no data copied): none was written."""
+    model, _x, space = _space(name)
+    mine = space.model.state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.equal(mine[k], v), k
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vit_tiny", "mobilenet_v2", "densenet121", "convnext_tiny"])
+def test_shape_only_probes_find_the_dimensions_a_real_copy_does(name: str) -> None:
+    """CostModel.param_dims probes a pruning function on a meta-tensor copy: the same (parameter, dim) pairs."""
+    import copy
+
+    _model, _x, space = _space(name)
+    model = space.model
+    for items in space.costs.trace.items:
+        for it in items:
+            if it.is_param:
+                p = model.get_parameter(it.target)
+                new = it.handler(torch.nn.Parameter(p.detach().clone()), [0])
+                real = [(it.target, d) for d, (a, b) in enumerate(zip(p.shape, new.shape, strict=False)) if a != b]
+            else:
+                mod = model.get_submodule(it.target)
+                before = {n: tuple(p.shape) for n, p in mod.named_parameters(recurse=False)}
+                probe = copy.deepcopy(mod)
+                it.handler(probe, [0])
+                real = [
+                    (f"{it.target}.{n}" if it.target else n, d)
+                    for n, p in probe.named_parameters(recurse=False)
+                    for d, (a, b) in enumerate(zip(before[n], p.shape, strict=False))
+                    if a != b
+                ]
+            assert space.costs.param_dims(it) == real, (it.target, it.handler)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit_tiny"])
+def test_a_probe_on_a_pruned_copy_builds_what_the_whole_plan_builds(name: str) -> None:
+    """Surgery.apply(done=): the self-check applies each dimension's probe on top of one half-pruned model."""
+    from spaces._verify import shared_copy
+    from spaces.dimensions import dimensions
+
+    _model, x, space = _space(name)
+    half = space.uniform_plan(0.5)
+    entries = {k: v for dim in dimensions() for k, v in dim.verify_probe(space.costs).items()}
+    assert entries.get("rank") and entries.get("bits")
+    probe = half.replace(rank=entries["rank"], method=entries["method"])
+    whole = space.apply(probe)
+    on_top = space._surgery.apply(shared_copy(space.apply(half)), probe, done=half)
+    assert [(n, p.shape) for n, p in on_top.named_parameters()] == [(n, p.shape) for n, p in whole.named_parameters()]
+    with torch.no_grad():
+        torch.testing.assert_close(on_top(x), whole(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="'rank' differs"):
+        space._surgery.apply(shared_copy(whole), half.replace(rank={}, method={}), done=probe)
+
+
+def test_a_surgery_writing_in_place_into_a_shared_copy_is_caught() -> None:
+    from spaces._verify import shared_copy, untouched
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    with pytest.raises(RuntimeError, match="wrote in place into 2 tensors"), torch.no_grad(), untouched(model):
+        twin = shared_copy(model)
+        assert twin is not model and twin[0].weight is model[0].weight
+        twin[0].weight.mul_(2)
+        twin[1].running_mean.add_(1)
+    with untouched(model):  # assigning new tensors to the copy is what surgery does: allowed
+        shared_copy(model)[0].weight = torch.nn.Parameter(torch.zeros(2, 3))

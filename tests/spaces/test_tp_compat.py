@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch_pruning as tp
 import torchvision
+from torch_pruning._helpers import _HybridIndex as _Index
 
 from spaces import _tp_compat
 
@@ -40,3 +41,44 @@ def test_the_library_hessian_accumulation_keeps_only_the_last_sample() -> None:
         imp.accumulate_grad(layer)
     assert torch.equal(imp._accu_grad[layer.weight], grads[1].pow(2))  # not grads[0]^2 + grads[1]^2
     assert imp._counter[layer.weight] == 1
+
+
+def _members(group: object) -> list[tuple[str, str, tuple[int, ...]]]:
+    return sorted((dep.target.name, dep.handler.__name__, tuple(int(i) for i in idxs)) for dep, idxs in group)
+
+
+def test_all_groups_are_the_librarys_groups_with_mappings_computed_once() -> None:
+    """all_groups computes the graph's index mappings once (the library recomputes them for every root) and
+    finds duplicate operations through an index: the groups are the library's, member for member."""
+    _tp_compat.install()
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()  # concatenations, splits, a shuffle
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 32, 32), verbose=False)
+    roots = (torch.nn.Conv2d, torch.nn.Linear)
+    ours = _tp_compat.all_groups(dg, [model.fc], roots)
+    theirs = list(dg.get_all_groups(ignored_layers=[model.fc], root_module_types=roots))
+    assert len(ours) == len(theirs) > 20
+    assert [_members(g) for _, g in ours] == [_members(g) for g in theirs]
+    assert not _tp_compat._mapped  # the library's own calls recompute the mappings again
+
+
+def test_the_indexed_duplicate_check_answers_as_the_librarys_scan() -> None:
+    _tp_compat.install()
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 32, 32), verbose=False)
+    group = dg.get_pruning_group(model.conv1, tp.prune_conv_out_channels, list(range(64)))
+    other = dg.get_pruning_group(model.layer4[0].conv1, tp.prune_conv_out_channels, [0, 1])
+
+    def scan(dep: object, idxs: object) -> bool:  # torch-pruning 1.6's Group.has_pruning_op
+        return any(d.target == dep.target and d.handler == dep.handler and i == idxs for d, i in group._group)
+
+    probes = [(dep, idxs) for dep, idxs in group] + [(dep, idxs[:-1]) for dep, idxs in group]
+    probes += [(dep, idxs) for dep, idxs in other]
+    answers = [group.has_pruning_op(dep, idxs) for dep, idxs in probes]
+    assert answers == [scan(dep, idxs) for dep, idxs in probes]
+    assert sum(answers) == len(group) and not any(answers[len(group) :])
+    fresh, dep = tp.dependency.Group(), group[0].dep
+    fresh.add_dep(dep, [_Index(0, 0)])
+    assert fresh.has_pruning_op(dep, [_Index(0, 0)])
+    fresh.add_and_merge(dep, [_Index(1, 1)])  # merged in place: the index reads the group as it is now
+    assert not fresh.has_pruning_op(dep, [_Index(0, 0)])
+    assert fresh.has_pruning_op(dep, [_Index(0, 0), _Index(1, 1)])
