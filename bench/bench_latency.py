@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/bench_latency.py                               # the three models, 50 % and 30 %
     .venv/bin/python bench/bench_latency.py --models resnet20 --budgets 0.5
+    .venv/bin/python bench/bench_latency.py --runtime onnxruntime --models resnet50,mobilenet_v2
 
 For each model (torchvision ``resnet50`` and ``mobilenet_v2`` at 1×3×224×224 with
 fresh weights — latency does not read them —, and the Fashion-MNIST ResNet-20 of
 ``bench_search.py``), a device profile is measured on this machine
-(:func:`spaces.profile_space`, batch 1, ``--threads``), and at each MAC budget
+(:func:`spaces.profile_space`, batch 1, ``--threads``, in ``--runtime``: torch's
+eager runtime or ONNX Runtime, every model exported), and at each MAC budget
 three plans are built the way the studies' strongest seed is (the global
 ranking, :meth:`spaces.ModelSpace.global_plan`):
 
@@ -53,9 +55,15 @@ def _space(args: argparse.Namespace, name: str, tmp: Path) -> tuple[ModelSpace, 
     return ModelSpace(model, torch.randn(1, 3, 224, 224), importance="group_l2"), None
 
 
-def _plans(space: ModelSpace, budget: float, multiple: int, runs: int) -> dict[str, Plan]:
+def _ms(args: argparse.Namespace, model: torch.nn.Module, space: ModelSpace) -> float:
+    """``model``'s measured batch-1 latency in the bench's runtime (median of ``--runs`` calls)."""
+    timed = measure_latency(model, space.example_inputs, runs=args.runs, runtime=args.runtime, threads=args.threads)
+    return timed["measured_ms"]
+
+
+def _plans(args: argparse.Namespace, space: ModelSpace, budget: float, multiple: int) -> dict[str, Plan]:
     plans = {ARMS[0]: space.global_plan(Budget(macs=f"{budget:.0%}"))}
-    a_ms = measure_latency(space.apply(plans[ARMS[0]]), space.example_inputs, runs=runs)["measured_ms"]
+    a_ms = _ms(args, space.apply(plans[ARMS[0]]), space)
     space.set_round_to(multiple)
     try:
         plans[ARMS[1]] = space.global_plan(Budget(macs=f"{budget:.0%}"))
@@ -73,7 +81,7 @@ def _row(args: argparse.Namespace, what: Row, space: ModelSpace, plan: Plan, p: 
     name, b, arm, dense = what
     model = space.apply(plan)
     cost = space.cost(plan)
-    measured = measure_latency(model, space.example_inputs, runs=args.runs)["measured_ms"]
+    measured = _ms(args, model, space)
     speedup, reduction = dense / measured, space.base_cost.macs / cost.macs
     acc = "—"
     if p is not None:
@@ -91,6 +99,7 @@ def main() -> None:
     ap = parser(__doc__, budgets="0.5,0.3")
     ap.add_argument("--models", default="resnet50,mobilenet_v2,resnet20")
     ap.add_argument("--runs", type=int, default=25, help="timed end-to-end calls per model (median kept)")
+    ap.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"), help="where latency is measured")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows, notes = [], []
@@ -99,20 +108,20 @@ def main() -> None:
         for name in args.models.split(","):
             space, p = _space(args, name, Path(td))
             t = time.perf_counter()
-            prof = profile_space(space, threads=args.threads)
+            prof = profile_space(space, threads=args.threads, runtime=args.runtime)
             space.attach_profile(prof)
             err = max(abs(pr - m) / m for _, m, pr in prof.calibration)
-            dense = measure_latency(space.model, space.example_inputs, runs=args.runs)["measured_ms"]
+            dense = _ms(args, space.model, space)
             notes.append(
                 f"{name}: profile {time.perf_counter() - t:.0f} s, {len(prof.layers)} layers, dense {dense:.2f} ms, "
                 f"multiple {prof.multiple}, calibration error <= {100 * err:.1f} %"
             )
             print(notes[-1], flush=True)
             for b in (float(x) for x in args.budgets.split(",")):
-                for arm, plan in _plans(space, b, prof.multiple, args.runs).items():
+                for arm, plan in _plans(args, space, b, prof.multiple).items():
                     rows.append(_row(args, (name, b, arm, dense), space, plan, p))
                     print(" | ".join(rows[-1]), flush=True)
-    print(f"\n# batch 1, {args.threads} threads; {machine()}; {time.perf_counter() - t_all:.0f} s")
+    print(f"\n# {args.runtime}, batch 1, {args.threads} threads; {machine()}; {time.perf_counter() - t_all:.0f} s")
     for n in notes:
         print(f"# {n}")
     print_table(["model", "MAC budget", "plan", "MACs", "measured ms", "speed-up", "MAC reduction",

@@ -269,12 +269,14 @@ def _progress(enabled: bool, total: int, desc: str) -> Iterator[Callable[[int], 
 @dataclass
 class Latency(Evaluator):
     """Median wall time per batch over ``runs`` timed runs after ``warmup`` runs, for each batch
-    size, in inference mode with ``threads`` CPU threads, on the context's device."""
+    size, in inference mode with ``threads`` CPU threads, on the context's device, in ``runtime``
+    (``"torch"``, or ``"onnxruntime"``: the model exported first, see :func:`spaces.measure_latency`)."""
 
     batch_sizes: Sequence[int] = (1,)
     runs: int = 20
     warmup: int = 5
     threads: int | None = None
+    runtime: str = "torch"
 
     def evaluate(self, model: nn.Module, context: Context) -> Metrics:
         if self.runs < 1 or self.warmup < 0 or not self.batch_sizes or min(self.batch_sizes) < 1:
@@ -290,9 +292,12 @@ class Latency(Evaluator):
         t0 = time.perf_counter()
         out: dict[int, float] = {}
         try:
+            device = torch.device("cpu") if self.runtime == "onnxruntime" else context.device  # its CPU provider
             for bs in self.batch_sizes:  # the timing loop is the device profile's (one way to time, everywhere)
-                x = _layout(context.data.example_inputs(bs).to(context.device), context.device)
-                timed = measure_latency(model, x, device=context.device, runs=self.runs, warmup=self.warmup)
+                x = _layout(context.data.example_inputs(bs).to(device), device)
+                timed = measure_latency(
+                    model, x, device=device, runs=self.runs, warmup=self.warmup, runtime=self.runtime
+                )
                 out[int(bs)] = timed["measured_ms"]
         finally:
             torch.set_num_threads(old_threads)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import tomllib
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal
 
@@ -180,11 +181,28 @@ class EvaluateConfig(_Section):
         description="measure batch-1 latency of every candidate (else the latency objective is the device "
         "profile's prediction)",
     )
+    runtime: Literal["torch", "onnxruntime"] = Field(
+        "torch",
+        description="the runtime latency is profiled and measured in: torch (eager) or onnxruntime (the model "
+        "exported by torch's exporter, CPU; the [onnx] extra)",
+    )
     device: str = "auto"
     threads: int | None = Field(
         None, ge=1, description="CPU threads per worker (default: torch's; 1 when workers share a machine)"
     )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _runtime_on_cpu(self) -> EvaluateConfig:
+        if self.runtime != "onnxruntime":
+            return self
+        if self.device not in ("auto", "cpu"):
+            raise ValueError(f"evaluate.runtime 'onnxruntime' times the CPU, got evaluate.device {self.device!r}")
+        if missing := [m for m in ("onnx", "onnxscript", "onnxruntime") if find_spec(m) is None]:
+            raise ValueError(
+                f"evaluate.runtime 'onnxruntime' needs {', '.join(missing)}: pip install 'prunetune[onnx]'"
+            )
+        return self
 
     def needs_teacher(self, kd_weight: float) -> bool:
         """Whether an evaluation distilling with ``kd_weight`` needs the original model (block-wise training does)."""

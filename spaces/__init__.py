@@ -60,6 +60,11 @@ if TYPE_CHECKING:
         LayerGeom as LayerGeom,
         factorize_layer as factorize_layer,
     )
+    from spaces._ort import (
+        RUNTIMES as RUNTIMES,
+        ort_session as ort_session,
+        write_onnx as write_onnx,
+    )
     from spaces._plan import (
         IMPORTANCES as IMPORTANCES,
         METHODS as METHODS,
@@ -127,6 +132,9 @@ _WHERE = {
     "DeviceProfile": "_latency",
     "profile_space": "_latency",
     "measure_latency": "_latency",
+    "RUNTIMES": "_ort",
+    "ort_session": "_ort",
+    "write_onnx": "_ort",
     "fit": "_policy",
     "global_plan": "_policy",
     "dequantized": "_quant",
@@ -151,6 +159,7 @@ __all__ = [
     "COUNTED_OPS",
     "IMPORTANCES",
     "METHODS",
+    "RUNTIMES",
     "SENSITIVITY_RATIOS",
     "Allocation",
     "AllocatorFallbackWarning",
@@ -190,11 +199,13 @@ __all__ = [
     "measure_cost",
     "measure_latency",
     "measure_sensitivity",
+    "ort_session",
     "parameter_bytes",
     "profile_space",
     "quantized_bytes",
     "reinstall_handlers",
     "uniform_plan",
+    "write_onnx",
 ]
 
 

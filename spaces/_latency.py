@@ -6,8 +6,11 @@ table per layer, measured on the device; this module builds one for a
 :class:`~spaces.ModelSpace` and predicts the latency of any pruning plan from
 it, analytically, so ``fit`` can meet a latency cap as it meets a MAC cap.
 
-:func:`profile_space` measures, at batch size and threads given, in torch's
-eager runtime (``runtime = "torch"``) on a CPU or CUDA device:
+:func:`profile_space` measures, at batch size and threads given, in the runtime
+that will serve the model: torch's eager runtime (``runtime = "torch"``) on a
+CPU or CUDA device, or ONNX Runtime on the CPU (``runtime = "onnxruntime"``:
+each layer as a one-node ONNX graph, the whole model exported by torch's
+exporter; see :mod:`spaces._ort`):
 
 * **the layer tables.** Every conv and linear layer is rebuilt alone with each
   pair of (input, output) channel counts of a grid (eight fractions of its
@@ -72,6 +75,7 @@ import torch
 from torch import nn
 
 from spaces._errors import PlanError
+from spaces._ort import check_runtime, layer_runner, model_runner
 from spaces._trace import CONV, LINEAR
 
 if TYPE_CHECKING:
@@ -138,7 +142,7 @@ class DeviceProfile:
 
     model: str  # the model's structure fingerprint (:func:`structure_key`)
     device: str  # e.g. "cpu: x86_64, 2 cores" or "cuda: NVIDIA H200"
-    runtime: str  # "torch" (eager)
+    runtime: str  # "torch" (eager) or "onnxruntime" (spaces._ort)
     threads: int
     batch: int
     layers: dict[str, LayerTable]
@@ -248,27 +252,30 @@ def profile_space(
     batch: int = 1,
     runs: int = 7,
     warmup: int = 2,
+    runtime: str = "torch",
 ) -> DeviceProfile:
     """Measure ``space``'s device profile (see the module docs): tables, the rest, the channel multiple.
 
     ``model`` names the structure in the key (default: :func:`structure_key`); ``threads`` sets torch's
-    CPU threads while measuring (default: torch's current number); ``runs`` timed calls per point.
+    CPU threads while measuring (default: torch's current number), and ONNX Runtime's; ``runs`` timed calls
+    per point; ``runtime``: ``"torch"`` (eager) or ``"onnxruntime"`` (see :mod:`spaces._ort`).
     """
     if batch < 1 or runs < 1 or warmup < 0:
         raise ValueError(f"batch and runs must be >= 1 and warmup >= 0, got {batch}, {runs}, {warmup}")
+    check_runtime(runtime, device)
     dev = torch.device(device)
     old = torch.get_num_threads()
     n = threads or old
     torch.set_num_threads(n)
     try:
-        timer = _Timer(dev, runs, warmup)
+        timer = _Timer(dev, runs, warmup, runtime=runtime, threads=n)
         shapes = _input_shapes(space)
         layers = {name: _table(space, name, call, batch, timer) for name, call in shapes.items()}
         noise = max((_make_monotone(t) for t in layers.values()), default=0.0)
         prof = DeviceProfile(
             model=model or structure_key(space),
             device=device_name(dev),
-            runtime="torch",
+            runtime=runtime,
             threads=n,
             batch=batch,
             layers=layers,
@@ -284,10 +291,25 @@ def profile_space(
 
 
 class _Timer:
-    """The median time (ms) of a callable on one device: ``warmup`` calls, then ``runs`` timed ones."""
+    """The median time (ms) of a callable on one device and runtime: ``warmup`` calls, then ``runs`` timed ones."""
 
-    def __init__(self, device: torch.device, runs: int, warmup: int) -> None:
+    def __init__(
+        self, device: torch.device, runs: int, warmup: int, *, runtime: str = "torch", threads: int = 1
+    ) -> None:
         self.device, self.runs, self.warmup = device, runs, warmup
+        self.runtime, self.threads = runtime, threads
+
+    def model_call(self, model: nn.Module, inputs: tuple[Any, ...]) -> Callable[[], Any]:
+        """A call of ``model`` on ``inputs`` in this timer's runtime."""
+        if self.runtime == "torch":
+            return lambda: model(*inputs)
+        if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
+            raise PlanError(f"runtime {self.runtime!r} times models of one input tensor, got {len(inputs)} inputs")
+        return model_runner(model, inputs[0], self.threads)
+
+    def layer_call(self, layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+        """A call of the conv or linear ``layer`` on ``x`` in this timer's runtime."""
+        return (lambda: layer(x)) if self.runtime == "torch" else layer_runner(layer, x, self.threads)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -312,17 +334,27 @@ class _Timer:
 
 
 def measure_latency(
-    model: nn.Module, example_inputs: Any, *, device: torch.device | str = "cpu", runs: int = 25, warmup: int = 5
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    device: torch.device | str = "cpu",
+    runs: int = 25,
+    warmup: int = 5,
+    runtime: str = "torch",
+    threads: int | None = None,
 ) -> dict[str, float]:
     """``model``'s end-to-end latency on ``example_inputs``: the median, 10th and 90th percentile (ms) of
     ``runs`` calls after ``warmup`` untimed ones, in inference mode (what a front member's prediction is
-    checked against)."""
+    checked against), in ``runtime`` (``"onnxruntime"``: exported first, with ``threads`` threads, default
+    torch's)."""
     from spaces._cost import as_tuple
 
+    check_runtime(runtime, device)
     dev = torch.device(device)
     inputs = tuple(x.to(dev) if isinstance(x, torch.Tensor) else x for x in as_tuple(example_inputs))
     model = model.to(dev).eval()
-    times = sorted(_Timer(dev, runs, warmup).times(lambda: model(*inputs)))
+    timer = _Timer(dev, runs, warmup, runtime=runtime, threads=threads or torch.get_num_threads())
+    times = sorted(timer.times(timer.model_call(model, inputs)))
     q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
     return {"measured_ms": statistics.median(times), "p10_ms": q[0], "p90_ms": q[-1], "runs": float(runs)}
 
@@ -396,7 +428,7 @@ def _time_layer(mod: nn.Module, cin: int, cout: int, shape: tuple[int, ...], bat
     x = torch.randn(
         _scaled(shape, cin, batch, channel_dim=-1 if isinstance(mod, nn.Linear) else 1), device=timer.device
     )
-    return timer(lambda: layer(x))
+    return timer(timer.layer_call(layer, x))
 
 
 def _rebuilt(mod: nn.Module, cin: int, cout: int) -> nn.Module:
@@ -499,7 +531,7 @@ def _calibrate(space: ModelSpace, prof: DeviceProfile, batch: int, timer: _Timer
         plan = space.uniform_plan(ratio)
         keep = space.keep_counts(plan)
         model = space.apply(plan).to(timer.device).eval()
-        measured = timer(lambda m=model: m(*inputs))  # type: ignore[misc]
+        measured = timer(timer.model_call(model, inputs))
         tables, share = prof.tables_at(space, keep)  # as a prediction reads them
         points.append((ratio, measured, tables, share))
     prof.rest = _fit_rest([x for *_, x in points], [m - t for _, m, t, _ in points])

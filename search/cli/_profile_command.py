@@ -17,11 +17,12 @@ def add_profile_command(sub: Any) -> None:
         help="measure this machine's per-layer latency tables for a study's model (stored, reused by every study)",
         description="Times every conv and linear layer of the config's model over the channel counts plans can "
         "give it, the rest of the model at four uniform plans, and the channel multiple beyond which this machine "
-        "gains no speed; stores the profile in the config's store, keyed by model, device, runtime, threads and "
+        "gains no speed, in the config's evaluate.runtime (torch eager, or onnxruntime: the model exported); "
+        "stores the profile in the config's store, keyed by model, device, runtime, threads and "
         'batch size. A study with a budget.latency limit, the latency objective or space.round_to = "auto" reads '
         "it (or measures it).",
     )
-    prof.add_argument("config", help="the run's TOML config (model, data, storage, evaluate.threads/device)")
+    prof.add_argument("config", help="the run's TOML config (model, data, storage, evaluate.threads/device/runtime)")
     prof.add_argument("--runs", type=int, default=7, help="timed calls per point, the median kept (default 7)")
     prof.add_argument(
         "--batch", type=int, default=1, help="batch size to profile (default 1, what studies read; others: for a look)"
@@ -48,7 +49,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
     space = structure_space(cfg)
     device = resolve_device(cfg.evaluate.device)
     prof, measured = device_profile(
-        space, store, device=device, threads=torch.get_num_threads(), batch=args.batch, runs=args.runs, force=args.force
+        space,
+        store,
+        device=device,
+        threads=torch.get_num_threads(),
+        batch=args.batch,
+        runs=args.runs,
+        force=args.force,
+        runtime=cfg.evaluate.runtime,
     )
     c = Console()
     how = "measured now and stored" if measured else "read from the store (measured before; --force measures again)"

@@ -133,7 +133,7 @@ def default_evaluator(config: Config) -> Evaluator:
         Accuracy(),
     ]
     if e.latency or (Objective.LATENCY in config.search.objectives and not predicts_latency(config)):
-        steps.append(Latency(batch_sizes=(1,), runs=20, warmup=5))
+        steps.append(Latency(batch_sizes=(1,), runs=20, warmup=5, runtime=config.evaluate.runtime))
     return Pipeline(steps)
 
 
@@ -376,7 +376,9 @@ def _with_profile(cfg: Config, space: ModelSpace, store: StudyStore, device: tor
             'budget.latency is predicted for pruning plans only: set space.rank = false and space.quantize = "none", '
             "or limit macs or bytes (the latency objective alone is measured per candidate with ranks or bits)"
         )
-    profile, _ = device_profile(space, store, device=device, threads=torch.get_num_threads())
+    profile, _ = device_profile(
+        space, store, device=device, threads=torch.get_num_threads(), runtime=cfg.evaluate.runtime
+    )
     space.attach_profile(profile)
     if cfg.space.round_to != "auto":
         return cfg

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from spaces import DeviceProfile, ModelSpace
     from storage import StudyStore
 
-__all__ = ["PROFILE_RUNS", "device_profile", "needs_profile", "predicts_latency", "structure_space"]
+__all__ = ["PROFILE_RUNS", "device_profile", "latency_device", "needs_profile", "predicts_latency", "structure_space"]
 
 PROFILE_RUNS = 7  # timed calls per point of a layer's table (the median is kept)
 
@@ -55,22 +55,31 @@ def device_profile(
     batch: int = 1,
     runs: int = PROFILE_RUNS,
     force: bool = False,
+    runtime: str = "torch",
 ) -> tuple[DeviceProfile, bool]:
-    """The profile of ``space`` on ``device`` from ``store``, measured and stored first if it has none (or
-    ``force``); and whether it was measured now."""
+    """The profile of ``space`` on ``device`` in ``runtime`` from ``store``, measured and stored first if it has
+    none (or ``force``); and whether it was measured now."""
     from spaces import DeviceProfile, profile_space
 
-    key = DeviceProfile.key_for(space, device, threads=threads, batch=batch)
+    device = latency_device(runtime, device)
+    key = DeviceProfile.key_for(space, device, threads=threads, batch=batch, runtime=runtime)
     stored = None if force else store.profile(key)
     if stored is not None:
         return DeviceProfile.from_json(stored), False
-    prof = profile_space(space, device=device, threads=threads, batch=batch, runs=runs)
+    prof = profile_space(space, device=device, threads=threads, batch=batch, runs=runs, runtime=runtime)
     if force:
         store.delete_profile(key)
     text = store.save_profile(
         prof.key, prof.to_json(), device=prof.device, runtime=prof.runtime, threads=threads, batch=batch
     )
     return DeviceProfile.from_json(text), True
+
+
+def latency_device(runtime: str, device: torch.device) -> torch.device:
+    """Where latency is measured: the evaluation device, or the CPU for ONNX Runtime (its CPU provider)."""
+    import torch
+
+    return torch.device("cpu") if runtime == "onnxruntime" else device
 
 
 def structure_space(cfg: Config) -> ModelSpace:

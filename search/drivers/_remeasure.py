@@ -30,6 +30,7 @@ WARMUP = 5
 
 def remeasure_front(p: Prepared) -> list[str]:
     """Measure the front members that have a prediction and no measurement; one line per member measured."""
+    from search.drivers._profile import latency_device
     from search.drivers._rescore import settled
     from spaces import Plan, measure_latency
 
@@ -44,7 +45,11 @@ def remeasure_front(p: Prepared) -> list[str]:
             continue
         check_interrupt()  # a safe point: between two members
         model = p.space.apply(Plan.from_json(row.plan))
-        measured = measure_latency(model, p.data.example_inputs(1), device=p.device, runs=RUNS, warmup=WARMUP)
+        runtime = p.space.profile.runtime
+        device = latency_device(runtime, p.device)
+        measured = measure_latency(
+            model, p.data.example_inputs(1), device=device, runs=RUNS, warmup=WARMUP, runtime=runtime
+        )
         if p.store.record_measured_latency(row.id, measured):
             events.append(
                 f"candidate {row.id}: latency predicted {d['predicted_ms']:.3f} ms, measured "

@@ -53,52 +53,20 @@ if TYPE_CHECKING:
 
 __all__ = ["export_onnx"]
 
-OPSET = 21
 PARITY_ATOL = 1e-4
 AGREEMENT_TARGET = 0.99
 
 
 def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """torch's exporter, quietly, with a dynamic batch."""
-    import torch
+    from spaces import write_onnx  # torch's exporter, quietly, with a dynamic batch (see spaces._ort)
 
-    batch = torch.export.Dim("batch")
-    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
-    with warnings.catch_warnings(), quiet[0], quiet[1]:
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            model.eval(),
-            (example,),
-            dynamo=True,
-            opset_version=OPSET,
-            input_names=["x"],
-            dynamic_shapes=({0: batch},),
-            verbose=False,
-        )
-        assert program is not None
-        program.save(str(path))
-    _strip(path)
-
-
-def _strip(path: Path) -> None:
-    """Drop the exporter's per-node metadata (source locations, module names): a third of a small model's file."""
-    import onnx
-
-    model = onnx.load(str(path))
-    for node in model.graph.node:
-        del node.metadata_props[:]
-        node.doc_string = ""
-    onnx.save(model, str(path))
+    write_onnx(model, example, path)
 
 
 def _session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
+    from spaces import ort_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort_session(path, threads)
 
 
 def _tensor_bytes(path: Path) -> int:

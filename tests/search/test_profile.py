@@ -85,6 +85,8 @@ def test_the_profile_command_measures_then_reads_the_store(
         ({"budget__latency": "3 parsecs"}, "unknown unit 'parsecs'"),
         ({"budget__latency": "50%", "space__rank": True}, "budget.latency is predicted for pruning plans only"),
         ({"space__round_to": "fast"}, 'round_to must be an integer >= 1 or "auto"'),
+        ({"evaluate__runtime": "tvm"}, "evaluate.runtime"),
+        ({"evaluate__runtime": "onnxruntime", "evaluate__device": "cuda"}, "'onnxruntime' times the CPU, got evaluate"),
     ],
 )
 def test_bad_latency_settings_are_one_line_errors(
@@ -136,3 +138,35 @@ def test_the_latency_objective_is_predicted_and_front_members_are_measured_besid
     assert "measured_ms" in md and "latency: predicted vs measured on" in md
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "measured_ms" in html and "latency: predicted vs measured on" in html
+
+
+def test_a_study_in_onnxruntime_profiles_and_measures_its_front_there(
+    make_config: ConfigMaker, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``evaluate.runtime = "onnxruntime"``: the profile is ONNX Runtime's (its own key in the store) and the
+    front members are exported and timed in ONNX Runtime beside their predictions."""
+    import spaces._ort
+    from storage import StudyStore
+
+    exported: list[str] = []
+    runner = spaces._ort.model_runner
+
+    def spy(model: object, example: object, threads: int) -> object:
+        exported.append(type(model).__name__)
+        return runner(model, example, threads)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(spaces._ort, "model_runner", spy)
+    monkeypatch.setattr("spaces._latency.model_runner", spy)
+    cfg = make_config(
+        search__objectives=["accuracy", "macs", "latency"], search__candidates=2, evaluate__runtime="onnxruntime"
+    )
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    c = load_config(cfg)
+    store = StudyStore(c.storage.url)
+    info = store.study(str(c.search.study))
+    front = store.front(info.id)
+    assert front and all((r.device_latency or {}).get("measured_ms", 0) > 0 for r in front)
+    assert len(exported) == 4 + len(front)  # the profile's four calibration plans, then each front member
+    monkeypatch.setattr("spaces.profile_space", None)  # a second study reads the stored profile: none measured
+    again = Search(load_config(cfg, {"search.study": "second"})).prepare().prepared.space.profile
+    assert again is not None and again.runtime == "onnxruntime" and store.profile(again.key) is not None

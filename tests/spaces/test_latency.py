@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from spaces import AllocatorFallbackWarning, Budget, DeviceProfile, ModelSpace, PlanError, profile_space
+from spaces import AllocatorFallbackWarning, Budget, DeviceProfile, ModelSpace, Plan, PlanError, profile_space
 from spaces._latency import FRACTIONS, LayerTable, multiple_from
 
 
@@ -171,3 +171,60 @@ def test_a_profile_round_trips_through_json_and_is_keyed_by_device_threads_and_b
     assert again == profile and again.key == profile.key
     other = DeviceProfile.from_json({**__import__("json").loads(profile.to_json()), "threads": profile.threads + 1})
     assert other.key != profile.key
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape"),
+    [
+        (nn.Conv2d(4, 6, 3, stride=2, padding=1), (1, 4, 9, 9)),
+        (nn.Conv2d(4, 8, 3, padding=2, dilation=2, groups=2, bias=False), (2, 4, 8, 8)),
+        (nn.Conv2d(6, 6, 4, padding="same", groups=6), (1, 6, 7, 7)),  # depthwise, even kernel, "same"
+        (nn.Conv1d(3, 5, 3, padding="valid"), (2, 3, 10)),
+        (nn.Linear(7, 5), (2, 4, 7)),  # tokens: MatMul + Add on inputs of any rank
+        (nn.Linear(7, 5, bias=False), (3, 7)),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_a_layers_one_node_onnx_graph_computes_what_the_layer_does(layer: nn.Module, shape: tuple[int, ...]) -> None:
+    from spaces._ort import layer_runner
+
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    (y,) = layer_runner(layer.eval(), x, threads=1)()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(y), layer(x), atol=1e-5, rtol=1e-5)
+
+
+def test_an_onnxruntime_profile_has_the_same_grids_under_its_own_key(space: ModelSpace, profile: DeviceProfile) -> None:
+    ort = profile_space(space, threads=1, runs=2, warmup=1, runtime="onnxruntime")
+    cpu = torch.device("cpu")
+    assert ort.runtime == "onnxruntime" and ort.key != profile.key
+    assert ort.key == DeviceProfile.key_for(space, cpu, threads=1, batch=1, runtime="onnxruntime")
+    assert {n: (t.ins, t.outs) for n, t in ort.layers.items()} == {
+        n: (t.ins, t.outs) for n, t in profile.layers.items()
+    }
+    assert len(ort.calibration) == 4 and all(m > 0 for _, m, _ in ort.calibration)  # the exported model, timed
+    full, half = ort.predict(space, Plan()), ort.predict(space, space.uniform_plan(0.5))
+    assert full >= half > 0
+
+
+def test_the_exported_model_onnxruntime_times_is_the_model() -> None:
+    from spaces import measure_latency
+    from spaces._ort import model_runner
+
+    torch.manual_seed(0)
+    model, x = _net().eval(), torch.randn(1, 3, 16, 16)
+    (y,) = model_runner(model, x, threads=1)()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(y), model(x), atol=1e-4, rtol=1e-4)
+    timed = measure_latency(model, x, runs=3, warmup=1, runtime="onnxruntime", threads=1)
+    assert timed["runs"] == 3 and timed["p10_ms"] <= timed["measured_ms"] <= timed["p90_ms"]
+
+
+def test_bad_runtimes_are_one_line_errors(space: ModelSpace) -> None:
+    from spaces import measure_latency
+
+    with pytest.raises(ValueError, match="runtime must be one of torch, onnxruntime, got 'tvm'"):
+        profile_space(space, runtime="tvm")
+    with pytest.raises(ValueError, match="runtime 'onnxruntime' times the CPU, got device 'cuda'"):
+        measure_latency(nn.Linear(2, 2), torch.randn(1, 2), device="cuda", runtime="onnxruntime")
