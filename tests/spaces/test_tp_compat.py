@@ -82,3 +82,28 @@ def test_the_indexed_duplicate_check_answers_as_the_librarys_scan() -> None:
     fresh.add_and_merge(dep, [_Index(1, 1)])  # merged in place: the index reads the group as it is now
     assert not fresh.has_pruning_op(dep, [_Index(0, 0)])
     assert fresh.has_pruning_op(dep, [_Index(0, 0), _Index(1, 1)])
+
+
+def test_the_indexed_merge_merges_as_the_librarys_scan() -> None:
+    """``Group.add_and_merge`` finds the first item of the same target and handler through the index."""
+    _tp_compat.install()
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 32, 32), verbose=False)
+    deps = [dep for dep, _ in dg.get_pruning_group(model.conv1, tp.prune_conv_out_channels, [0])]
+    ours, theirs = tp.dependency.Group(), []  # theirs: torch-pruning 1.6's add_and_merge on a plain list
+    for step, dep in enumerate(deps * 3):
+        idxs = [_Index(step % 5, step % 5), _Index(step % 3, step % 3)]
+        ours.add_and_merge(dep, idxs)
+        for i, (d, old) in enumerate(theirs):
+            if d.target == dep.target and d.handler == dep.handler:
+                merged, seen = [], set()
+                for j in old + idxs:
+                    if j.idx not in seen:
+                        merged.append(j)
+                        seen.add(j.idx)
+                theirs[i] = (d, merged)
+                break
+        else:
+            theirs.append((dep, idxs))
+    assert [(dep, list(idxs)) for dep, idxs in ours] == theirs
+    assert len(ours) == len(deps)
