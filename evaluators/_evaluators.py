@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import itertools
 import math
@@ -293,6 +294,8 @@ class Latency(Evaluator):
         out: dict[int, float] = {}
         try:
             device = torch.device("cpu") if self.runtime == "onnxruntime" else context.device  # its CPU provider
+            if device != context.device:  # exported from a CPU copy: the model the next steps see stays where it is
+                model = copy.deepcopy(model).to(device)
             for bs in self.batch_sizes:  # the timing loop is the device profile's (one way to time, everywhere)
                 x = _layout(context.data.example_inputs(bs).to(device), device)
                 timed = measure_latency(

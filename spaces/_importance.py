@@ -156,7 +156,7 @@ def _row_norms(w: torch.Tensor, p: int) -> np.ndarray:
     if p == 1:  # |w| is exact in w's own type; the sums run in float64
         sums = [c.abs().sum(1, dtype=torch.float64) for c in w.split(rows)]
     else:
-        sums = [c.double().pow(p).sum(1) for c in w.split(rows)]
+        sums = [c.double().abs().pow(p).sum(1) for c in w.split(rows)]
     return torch.cat(sums).numpy() if sums else np.zeros(0)
 
 

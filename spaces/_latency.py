@@ -263,6 +263,9 @@ def profile_space(
     if batch < 1 or runs < 1 or warmup < 0:
         raise ValueError(f"batch and runs must be >= 1 and warmup >= 0, got {batch}, {runs}, {warmup}")
     check_runtime(runtime, device)
+    inputs = space.example_inputs
+    if runtime != "torch" and (len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor)):
+        raise ValueError(f"runtime {runtime!r} profiles models of one input tensor, got {len(inputs)} inputs")
     dev = torch.device(device)
     old = torch.get_num_threads()
     n = threads or old
@@ -304,7 +307,10 @@ class _Timer:
         if self.runtime == "torch":
             return lambda: model(*inputs)
         if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
-            raise PlanError(f"runtime {self.runtime!r} times models of one input tensor, got {len(inputs)} inputs")
+            raise PlanError(
+                f"runtime {self.runtime!r} times models of one input tensor, got {len(inputs)} inputs of "
+                f"types {', '.join(type(x).__name__ for x in inputs)}"
+            )
         return model_runner(model, inputs[0], self.threads)
 
     def layer_call(self, layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:

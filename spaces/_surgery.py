@@ -68,11 +68,15 @@ class Surgery:
             raise ValueError("the applied plan ranks or rounds channels otherwise: apply the plan whole")
         keep = self.costs.keep_counts(plan)
         convert(model, self.trace.attentions)  # a copy of the user's model: its attentions as the trace has them
+        applied = False
         for dim in dimensions():
             if done is not None and _same_entries(dim.keys, done, plan):
+                if applied and not all(done.entries(k) == {} for k in dim.keys):
+                    raise ValueError(f"plan dimension {dim.key!r} applied before ones the plan adds: apply it whole")
                 continue
             if done is not None and not all(done.entries(k) == {} for k in dim.keys):
                 raise ValueError(f"plan dimension {dim.key!r} differs from the applied plan's: apply it whole")
+            applied = True
             part = dim.resolve(self.costs, plan, keep)
             if part is not None:
                 dim.apply(self, model, part, keep)

@@ -29,7 +29,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,9 +50,17 @@ from spaces._surgery import Surgery
 from spaces._trace import Item, Trace, describe
 from spaces.dimensions import dimensions
 
-__all__ = ["scrambled", "verify"]
+__all__ = ["SharedTensorWritten", "pruned_copy", "scrambled", "shared_copy", "untouched", "verify"]
 
 _CHANNEL_MIXING_NORMS = (nn.LayerNorm, nn.GroupNorm)
+
+
+class SharedTensorWritten(RuntimeError):
+    """The self-check's surgery or forward wrote into a tensor it shares with the model it copied (a bug)."""
+
+
+class _NotPlain(Exception):
+    """A module refers to a module outside its children (a bound-method hook, a module attribute)."""
 
 
 def shared_copy(model: nn.Module) -> nn.Module:
@@ -61,14 +71,36 @@ def shared_copy(model: nn.Module) -> nn.Module:
     values; a submodule used twice is copied once. Surgery never writes a
     tensor in place: pruning and factorizing assign new parameters to the
     copy's modules, so the original keeps its own. Use it inside
-    :func:`untouched`, which fails if that ever stops being true. (A
-    ``copy.deepcopy`` that shares the tensors did the same in about five
-    times the time: the self-check makes dozens of copies.)
+    :func:`untouched`, which fails if that ever stops being true.
+
+    A model whose modules refer to modules other than through their children
+    (a hook that is a bound method of a module, a module kept in an attribute
+    or a list) is copied by ``copy.deepcopy`` instead (tensors still shared),
+    which points those references at the copies, as :meth:`ModelSpace.apply`'s
+    deep copy does; so does a TorchScript module. The plain copy is about five
+    times faster, and the self-check makes dozens of copies.
     """
-    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
-        memo: dict[int, object] = {id(t): t for t in model.parameters()}
-        memo.update((id(t), t) for t in model.buffers())
-        return copy.deepcopy(model, memo)
+    if not any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        with contextlib.suppress(_NotPlain):
+            return _plain_copy(model)
+    memo: dict[int, object] = {id(t): t for t in model.parameters()}
+    memo.update((id(t), t) for t in model.buffers())
+    return copy.deepcopy(model, memo)
+
+
+def _refers_to_module(value: object) -> bool:
+    if isinstance(value, nn.Module) or isinstance(getattr(value, "__self__", None), nn.Module):
+        return True
+    if isinstance(value, functools.partial):
+        return any(_refers_to_module(v) for v in (*value.args, *value.keywords.values()))
+    if isinstance(value, dict):
+        return any(_refers_to_module(v) for v in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_refers_to_module(v) for v in value)
+    return False
+
+
+def _plain_copy(model: nn.Module) -> nn.Module:
     copies: dict[int, nn.Module] = {}
 
     def copy_module(module: nn.Module) -> nn.Module:
@@ -79,6 +111,10 @@ def shared_copy(model: nn.Module) -> nn.Module:
         for key, value in state.items():
             if key == "_modules":
                 state[key] = type(value)((n, None if c is None else copy_module(c)) for n, c in value.items())
+            elif key in ("_parameters", "_buffers"):
+                state[key] = value.copy()
+            elif _refers_to_module(value):
+                raise _NotPlain(key)
             elif isinstance(value, (dict, list, set)):
                 state[key] = value.copy()  # OrderedDict.copy() is an OrderedDict
         new.__dict__.update(state)
@@ -89,15 +125,21 @@ def shared_copy(model: nn.Module) -> nn.Module:
 
 @contextmanager
 def untouched(model: nn.Module) -> Iterator[None]:
-    """Raise if the block writes in place into any of ``model``'s parameters or buffers (their version counters)."""
+    """Raise :class:`SharedTensorWritten` if the block writes into any of ``model``'s parameters or buffers.
+
+    A write in place shows in a tensor's version counter, an assignment to a
+    shared parameter's ``.data`` in its data pointer. (A write through
+    ``.data`` bumps neither: no surgery of this package does one.)
+    """
     tensors = [*model.parameters(), *model.buffers()]
-    versions = [t._version for t in tensors]
+    before = [(t._version, t.data_ptr()) for t in tensors]
     yield
-    changed = [i for i, (t, v) in enumerate(zip(tensors, versions, strict=True)) if t._version != v]
+    after = [(t._version, t.data_ptr()) for t in tensors]
+    changed = sum(a != b for a, b in zip(before, after, strict=True))
     if changed:
-        raise RuntimeError(
-            f"the self-check's surgery wrote in place into {len(changed)} tensors of the model it copied "
-            "(shared_copy assumes new tensors are assigned): a bug in a plan dimension's apply"
+        raise SharedTensorWritten(
+            f"the self-check wrote into {changed} tensors of the model it copied (shared_copy assumes surgery "
+            "assigns new tensors and forwards write none): a bug in a plan dimension's apply"
         )
 
 
@@ -105,22 +147,39 @@ def untouched(model: nn.Module) -> Iterator[None]:
 def scrambled(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with well-scaled random weights (seeded), so that every channel matters."""
     gen = torch.Generator().manual_seed(0)
-    # fresh parameters (filled below) instead of copies of the old ones: half the memory traffic
-    memo: dict[int, object] = {id(p): nn.Parameter(torch.empty_like(p), p.requires_grad) for p in model.parameters()}
+    # fresh float CPU parameters are filled in place (half the memory traffic of copying, then overwriting);
+    # any other parameter is deep-copied and overwritten as before
+    memo: dict[int, object] = {
+        id(p): nn.Parameter(torch.empty_like(p), p.requires_grad)
+        for p in model.parameters()
+        if type(p) is nn.Parameter and p.is_floating_point() and p.device.type == "cpu"
+    }
     model = copy.deepcopy(model, memo)
     for name, p in model.named_parameters():
         if p.dim() >= 2:
-            p.normal_(0.0, math.sqrt(2.0 / max(p[0].numel(), 1)), generator=gen)  # He: fan-in p[0].numel()
+            _fill(p, "normal", math.sqrt(2.0 / max(p[0].numel(), 1)), gen)  # He: fan-in p[0].numel()
         elif name.endswith("weight"):
-            p.uniform_(0.5, 1.5, generator=gen)
+            _fill(p, "uniform", 0.5, gen)
         else:
-            p.normal_(0.0, 0.1, generator=gen)
+            _fill(p, "normal", 0.1, gen)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-            m.running_mean.normal_(0.0, 0.1, generator=gen)
+            _fill(m.running_mean, "normal", 0.1, gen)
             if m.running_var is not None:
-                m.running_var.uniform_(0.5, 1.5, generator=gen)
+                _fill(m.running_var, "uniform", 0.5, gen)
     return model
+
+
+def _fill(t: torch.Tensor, kind: str, scale: float, gen: torch.Generator) -> None:
+    """``normal``: N(0, scale²); ``uniform``: U(1 - scale, 1 + scale); in place on float CPU tensors."""
+    if t.is_floating_point() and t.device.type == "cpu":
+        if kind == "normal":
+            t.normal_(0.0, scale, generator=gen)
+        else:
+            t.uniform_(1.0 - scale, 1.0 + scale, generator=gen)
+        return
+    values = torch.randn(t.shape, generator=gen) * scale if kind == "normal" else torch.rand(t.shape, generator=gen)
+    t.copy_(values if kind == "normal" else 1.0 - scale + 2 * scale * values)
 
 
 def pruned_copy(surgery: Surgery, model: nn.Module, plan: Plan, *, done: Plan | None = None) -> nn.Module:
@@ -160,10 +219,12 @@ class _Checker:
     def runs(self, plan: Plan) -> str | None:
         """None if the scrambled copy pruned by ``plan`` runs and keeps its output shape, else the reason."""
         try:
-            with torch.no_grad():
+            with torch.no_grad(), untouched(self.vmodel):  # the forward too: the pruned copy shares its tensors
                 pruned = pruned_copy(self.surgery, self.vmodel, plan)
                 self.last = (plan, pruned)
                 self.out = pruned(*self.trace.example_inputs)
+        except SharedTensorWritten:
+            raise  # a bug, not a failing group: the scrambled model may be changed
         except Exception as exc:
             return f"the pruned model fails: {describe(exc)}"
         out = self.out
@@ -242,8 +303,10 @@ def _exclude_failing(trace: Trace, costs: CostModel, scores: ImportanceScores, c
 
     The groups whose pruned model does not run (or changes the output shape)
     are found first, with cheap checks that build no masked reference; then,
-    if what is left still fails, those that compute wrongly, with full checks.
-    Returns the half-pruned plan of the groups left, checked whole.
+    if what is left still fails, those that compute wrongly, with full checks
+    (also when no group fails to run alone: one that computes wrongly alone
+    may be what breaks the run together). Returns the half-pruned plan of the
+    groups left, checked whole.
     """
     together = UnsupportedModelError("pruning all groups together fails although each group alone works")
     dropped = False
@@ -252,6 +315,8 @@ def _exclude_failing(trace: Trace, costs: CostModel, scores: ImportanceScores, c
         if check(half) is None:
             continue
         bad = _failing(check, list(half.prune))
+        if not bad and check is checker.runs:
+            continue
         if not bad:
             raise together
         trace.drop(bad)
@@ -268,9 +333,9 @@ def _failing(check: Callable[[Plan], str | None], ids: list[str]) -> dict[str, s
     """The groups of ``ids`` (which fail ``check`` together) that fail alone, with their reasons, by bisection.
 
     A half that passes holds no group failing alone, so when the first half
-    passes the second is searched without checking it whole (one check per
-    level for a single failing group: about ``log2(len(ids))`` checks instead
-    of ``len(ids)``). The caller re-checks what is left, so groups that fail
+    passes the second is searched without checking it whole (a single failing
+    group costs one or two checks per level: between ``log2(len(ids))`` and
+    twice that, instead of ``len(ids)``). The caller re-checks what is left, so groups that fail
     only together still refuse the model.
     """
     if len(ids) == 1:
@@ -286,7 +351,8 @@ def _failing(check: Callable[[Plan], str | None], ids: list[str]) -> dict[str, s
 
 
 def _products_after(trace: Trace, surgery: Surgery, plan: Plan) -> int:
-    return functional_macs(pruned_copy(surgery, trace.model, plan), trace.example_inputs, trace.heads)
+    with untouched(trace.model):
+        return functional_macs(pruned_copy(surgery, trace.model, plan), trace.example_inputs, trace.heads)
 
 
 def _check_products(trace: Trace, costs: CostModel, scores: ImportanceScores, surgery: Surgery, half: Plan) -> Plan:

@@ -26,7 +26,7 @@ FORBIDDEN: dict[str, set[str]] = {
 # (a sub-package's modules are named "package._module"; every __init__ may import its own package)
 SPACES_LAYERS = [
     {"_vocab", "_errors", "_lazy", "_interrupt"},
-    {"_attention"},
+    {"_attention", "_ort"},
     {"_cost", "_tp_compat", "_quant", "factorization._base"},
     {"factorization.__init__", "factorization._registry", "dimensions._base"},
     {"dimensions.__init__", "dimensions._registry"},

@@ -4,6 +4,7 @@ and ``round_to = "auto"`` in a real study (digits ResNet-20, SQLite store)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,32 +142,30 @@ def test_the_latency_objective_is_predicted_and_front_members_are_measured_besid
 
 
 def test_a_study_in_onnxruntime_profiles_and_measures_its_front_there(
-    make_config: ConfigMaker, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    make_config: ConfigMaker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``evaluate.runtime = "onnxruntime"``: the profile is ONNX Runtime's (its own key in the store) and the
     front members are exported and timed in ONNX Runtime beside their predictions."""
-    import spaces._ort
+    import spaces
     from storage import StudyStore
 
-    exported: list[str] = []
-    runner = spaces._ort.model_runner
+    runtimes: list[str] = []
+    measure = spaces.measure_latency
 
-    def spy(model: object, example: object, threads: int) -> object:
-        exported.append(type(model).__name__)
-        return runner(model, example, threads)  # type: ignore[arg-type]
+    def spy(*args: Any, **kwargs: Any) -> dict[str, float]:
+        runtimes.append(kwargs.get("runtime", "torch"))
+        return measure(*args, **kwargs)
 
-    monkeypatch.setattr(spaces._ort, "model_runner", spy)
-    monkeypatch.setattr("spaces._latency.model_runner", spy)
+    monkeypatch.setattr("spaces.measure_latency", spy)
     cfg = make_config(
         search__objectives=["accuracy", "macs", "latency"], search__candidates=2, evaluate__runtime="onnxruntime"
     )
     assert main(["run", str(cfg), "--quiet"]) == 0
     c = load_config(cfg)
     store = StudyStore(c.storage.url)
-    info = store.study(str(c.search.study))
-    front = store.front(info.id)
+    front = store.front(store.study(str(c.search.study)).id)
     assert front and all((r.device_latency or {}).get("measured_ms", 0) > 0 for r in front)
-    assert len(exported) == 4 + len(front)  # the profile's four calibration plans, then each front member
+    assert runtimes == ["onnxruntime"] * len(front)  # each front member measured once, in ONNX Runtime
     monkeypatch.setattr("spaces.profile_space", None)  # a second study reads the stored profile: none measured
     again = Search(load_config(cfg, {"search.study": "second"})).prepare().prepared.space.profile
     assert again is not None and again.runtime == "onnxruntime" and store.profile(again.key) is not None

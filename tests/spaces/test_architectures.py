@@ -203,13 +203,46 @@ def test_a_probe_on_a_pruned_copy_builds_what_the_whole_plan_builds(name: str) -
 
 
 def test_a_surgery_writing_in_place_into_a_shared_copy_is_caught() -> None:
-    from spaces._verify import shared_copy, untouched
+    from spaces._verify import SharedTensorWritten, shared_copy, untouched
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    with pytest.raises(RuntimeError, match="wrote in place into 2 tensors"), torch.no_grad(), untouched(model):
+    with pytest.raises(SharedTensorWritten, match="wrote into 2 tensors"), torch.no_grad(), untouched(model):
         twin = shared_copy(model)
         assert twin is not model and twin[0].weight is model[0].weight
         twin[0].weight.mul_(2)
         twin[1].running_mean.add_(1)
+    with pytest.raises(SharedTensorWritten, match="wrote into 1 tensors"), untouched(model):
+        shared_copy(model)[0].weight.data = torch.zeros(2, 3)  # the shared parameter's storage replaced
     with untouched(model):  # assigning new tensors to the copy is what surgery does: allowed
         shared_copy(model)[0].weight = torch.nn.Parameter(torch.zeros(2, 3))
+
+
+class _HookScaled(torch.nn.Module):
+    """A block whose forward hook, a bound method, reads its own conv's width: pruning that conv changes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+        self.conv2 = torch.nn.Conv2d(8, 4, 3, padding=1)
+        self.register_forward_hook(self._scale)
+
+    def _scale(self, module: torch.nn.Module, inputs: object, out: torch.Tensor) -> torch.Tensor:
+        return out * 8 / self.conv.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.bn(self.conv(x))))
+
+
+def test_a_hook_bound_to_a_module_is_checked_on_the_copy_the_space_returns() -> None:
+    """The self-check's copies re-bind a bound-method hook to the copy, as ModelSpace.apply's deep copy does, so
+    the group whose pruning the hook sees is checked as it will run (and excluded), not passed on the original."""
+    from spaces._verify import shared_copy
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(_HookScaled(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    twin = shared_copy(model)
+    (hook,) = twin[0]._forward_hooks.values()
+    assert hook.__self__ is twin[0] and twin[0].conv.weight is model[0].conv.weight
+    space = ModelSpace(model.eval(), torch.randn(2, 3, 8, 8))
+    assert "not the ones removed" in space.excluded["0.conv"]
+    assert [g.id for g in space.groups] == ["0.conv2"]

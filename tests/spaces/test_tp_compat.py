@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch_pruning as tp
 import torchvision
@@ -44,21 +45,31 @@ def test_the_library_hessian_accumulation_keeps_only_the_last_sample() -> None:
 
 
 def _members(group: object) -> list[tuple[str, str, tuple[int, ...]]]:
-    return sorted((dep.target.name, dep.handler.__name__, tuple(int(i) for i in idxs)) for dep, idxs in group)
+    return [(dep.target.name, dep.handler.__name__, tuple(int(i) for i in idxs)) for dep, idxs in group]
 
 
-def test_all_groups_are_the_librarys_groups_with_mappings_computed_once() -> None:
+def _library(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch-pruning's own functions back in place, for a reference run (undone at the test's end)."""
+    from torch_pruning.dependency import group, index_mapping
+
+    monkeypatch.setattr(index_mapping, "update_index_mapping", _tp_compat.LIBRARY["update_index_mapping"])
+    monkeypatch.setattr(group.Group, "has_pruning_op", _tp_compat.LIBRARY["has_pruning_op"])
+    monkeypatch.setattr(group.Group, "add_and_merge", _tp_compat.LIBRARY["add_and_merge"])
+
+
+def test_all_groups_are_the_librarys_groups_with_mappings_computed_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """all_groups computes the graph's index mappings once (the library recomputes them for every root) and
-    finds duplicate operations through an index: the groups are the library's, member for member."""
+    finds items through an index: the groups are the unpatched library's, member for member, in order."""
     _tp_compat.install()
     model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()  # concatenations, splits, a shuffle
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 32, 32), verbose=False)
     roots = (torch.nn.Conv2d, torch.nn.Linear)
-    ours = _tp_compat.all_groups(dg, [model.fc], roots)
-    theirs = list(dg.get_all_groups(ignored_layers=[model.fc], root_module_types=roots))
-    assert len(ours) == len(theirs) > 20
-    assert [_members(g) for _, g in ours] == [_members(g) for g in theirs]
+    ours = [_members(g) for _, g in _tp_compat.all_groups(dg, [model.fc], roots)]
     assert not _tp_compat._mapped  # the library's own calls recompute the mappings again
+    _library(monkeypatch)
+    theirs = [_members(g) for g in dg.get_all_groups(ignored_layers=[model.fc], root_module_types=roots)]
+    assert len(ours) == len(theirs) > 20
+    assert ours == theirs
 
 
 def test_the_indexed_duplicate_check_answers_as_the_librarys_scan() -> None:
@@ -67,14 +78,11 @@ def test_the_indexed_duplicate_check_answers_as_the_librarys_scan() -> None:
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 32, 32), verbose=False)
     group = dg.get_pruning_group(model.conv1, tp.prune_conv_out_channels, list(range(64)))
     other = dg.get_pruning_group(model.layer4[0].conv1, tp.prune_conv_out_channels, [0, 1])
-
-    def scan(dep: object, idxs: object) -> bool:  # torch-pruning 1.6's Group.has_pruning_op
-        return any(d.target == dep.target and d.handler == dep.handler and i == idxs for d, i in group._group)
-
+    scan = _tp_compat.LIBRARY["has_pruning_op"]
     probes = [(dep, idxs) for dep, idxs in group] + [(dep, idxs[:-1]) for dep, idxs in group]
     probes += [(dep, idxs) for dep, idxs in other]
     answers = [group.has_pruning_op(dep, idxs) for dep, idxs in probes]
-    assert answers == [scan(dep, idxs) for dep, idxs in probes]
+    assert answers == [scan(group, dep, idxs) for dep, idxs in probes]
     assert sum(answers) == len(group) and not any(answers[len(group) :])
     fresh, dep = tp.dependency.Group(), group[0].dep
     fresh.add_dep(dep, [_Index(0, 0)])
@@ -90,20 +98,10 @@ def test_the_indexed_merge_merges_as_the_librarys_scan() -> None:
     model = torchvision.models.resnet18(num_classes=10).eval()
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 32, 32), verbose=False)
     deps = [dep for dep, _ in dg.get_pruning_group(model.conv1, tp.prune_conv_out_channels, [0])]
-    ours, theirs = tp.dependency.Group(), []  # theirs: torch-pruning 1.6's add_and_merge on a plain list
+    ours, theirs = tp.dependency.Group(), tp.dependency.Group()
     for step, dep in enumerate(deps * 3):
         idxs = [_Index(step % 5, step % 5), _Index(step % 3, step % 3)]
         ours.add_and_merge(dep, idxs)
-        for i, (d, old) in enumerate(theirs):
-            if d.target == dep.target and d.handler == dep.handler:
-                merged, seen = [], set()
-                for j in old + idxs:
-                    if j.idx not in seen:
-                        merged.append(j)
-                        seen.add(j.idx)
-                theirs[i] = (d, merged)
-                break
-        else:
-            theirs.append((dep, idxs))
-    assert [(dep, list(idxs)) for dep, idxs in ours] == theirs
+        _tp_compat.LIBRARY["add_and_merge"](theirs, dep, idxs)
+    assert [(dep, list(idxs)) for dep, idxs in ours] == [(dep, list(idxs)) for dep, idxs in theirs]
     assert len(ours) == len(deps)
