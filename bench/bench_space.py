@@ -1,7 +1,7 @@
 """Time the channel-pruning space: build, analytic cost, apply + measure, fit; or sweep every torchvision model.
 
     .venv/bin/python bench/bench_space.py [--size 224] [--models resnet50,mobilenet_v2]
-    .venv/bin/python bench/bench_space.py --sweep [--size 64]
+    .venv/bin/python bench/bench_space.py --sweep [--size 64] [--exclude vit_h_14] [--only swin_t,swin_b]
 
 Prints a Markdown table. The analytic ``cost`` must be >= 100x faster than
 ``apply`` + ``measure_cost`` (the issue's bar); the last column says by how much.
@@ -102,11 +102,13 @@ def _sweep_row(name: str, size: int) -> tuple[str, float | None]:
     return row, build
 
 
-def sweep(size: int, exclude: set[str]) -> None:
+def sweep(size: int, exclude: set[str], only: set[str]) -> None:
     print("| model | input | build s | groups | excluded | prune plan | prune + rank plan |")
     print("|---|---|---|---|---|---|---|")
     builds = []
     for name in torchvision.models.list_models(module=torchvision.models):
+        if only and name not in only:
+            continue
         if name in exclude:
             print(f"| {name} | | | | | not run (--exclude) | |")
             continue
@@ -124,10 +126,11 @@ def main() -> None:
     ap.add_argument("--models", default="resnet50,mobilenet_v2")
     ap.add_argument("--sweep", action="store_true", help="every torchvision classification model (see the docs)")
     ap.add_argument("--exclude", default="", help="models the sweep skips (comma-separated)")
+    ap.add_argument("--only", default="", help="the models the sweep runs (comma-separated; default: every one)")
     args = ap.parse_args()
     if args.sweep:
         print(f"torchvision {torchvision.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-        sweep(args.size, set(filter(None, args.exclude.split(","))))
+        sweep(args.size, set(filter(None, args.exclude.split(","))), set(filter(None, args.only.split(","))))
         return
     torch.manual_seed(0)
     cpu = platform.processor() or platform.machine()
