@@ -245,7 +245,8 @@ class _Checker:
             sub = Plan({g: r for g, r in plan.prune.items() if g in masked_ids}, plan.importance, plan.round_to)
             with torch.no_grad():
                 if sub != plan:
-                    out = pruned_copy(self.surgery, vmodel, sub)(*inputs)
+                    with untouched(vmodel):
+                        out = pruned_copy(self.surgery, vmodel, sub)(*inputs)
                 ref = self._masked(sub)
             # float noise is relative to the outputs; a wrong mapping errs on the
             # scale of the pruning's own effect (masked minus base)
@@ -335,8 +336,8 @@ def _failing(check: Callable[[Plan], str | None], ids: list[str]) -> dict[str, s
     A half that passes holds no group failing alone, so when the first half
     passes the second is searched without checking it whole (a single failing
     group costs one or two checks per level: between ``log2(len(ids))`` and
-    twice that, instead of ``len(ids)``). The caller re-checks what is left, so groups that fail
-    only together still refuse the model.
+    twice that, instead of ``len(ids)``). The caller re-checks what is left,
+    so groups that fail only together still refuse the model.
     """
     if len(ids) == 1:
         reason = check(Plan({ids[0]: 0.5}, _CHECKED_WITH))
