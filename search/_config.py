@@ -28,6 +28,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def missing_onnx() -> list[str]:
+    """The modules of the ``[onnx]`` extra (torch's exporter, ONNX Runtime) that are not installed."""
+    return [m for m in ("onnx", "onnxscript", "onnxruntime") if find_spec(m) is None]
+
+
 class ModelConfig(_Section):
     """The model to compress and, when no weights are given, how to train its baseline."""
 
@@ -198,7 +203,7 @@ class EvaluateConfig(_Section):
             return self
         if self.device not in ("auto", "cpu"):
             raise ValueError(f"evaluate.runtime 'onnxruntime' times the CPU, got evaluate.device {self.device!r}")
-        if missing := [m for m in ("onnx", "onnxscript", "onnxruntime") if find_spec(m) is None]:
+        if missing := missing_onnx():
             raise ValueError(
                 f"evaluate.runtime 'onnxruntime' needs {', '.join(missing)}: pip install 'prunetune[onnx]'"
             )

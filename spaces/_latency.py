@@ -263,9 +263,7 @@ def profile_space(
     if batch < 1 or runs < 1 or warmup < 0:
         raise ValueError(f"batch and runs must be >= 1 and warmup >= 0, got {batch}, {runs}, {warmup}")
     check_runtime(runtime, device)
-    inputs = space.example_inputs
-    if runtime != "torch" and (len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor)):
-        raise ValueError(f"runtime {runtime!r} profiles models of one input tensor, got {len(inputs)} inputs")
+    _one_input(runtime, space.example_inputs)  # before any table is measured
     dev = torch.device(device)
     old = torch.get_num_threads()
     n = threads or old
@@ -306,11 +304,7 @@ class _Timer:
         """A call of ``model`` on ``inputs`` in this timer's runtime."""
         if self.runtime == "torch":
             return lambda: model(*inputs)
-        if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
-            raise PlanError(
-                f"runtime {self.runtime!r} times models of one input tensor, got {len(inputs)} inputs of "
-                f"types {', '.join(type(x).__name__ for x in inputs)}"
-            )
+        _one_input(self.runtime, inputs)
         return model_runner(model, inputs[0], self.threads)
 
     def layer_call(self, layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
@@ -337,6 +331,13 @@ class _Timer:
 
     def __call__(self, fn: Callable[[], Any]) -> float:
         return statistics.median(self.times(fn))
+
+
+def _one_input(runtime: str, inputs: tuple[Any, ...]) -> None:
+    """A one-line error unless ``inputs`` are one tensor, what an exported runtime times (not torch)."""
+    if runtime != "torch" and (len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor)):
+        kinds = ", ".join(type(x).__name__ for x in inputs)
+        raise ValueError(f"runtime {runtime!r} times models of one input tensor, got {len(inputs)} inputs ({kinds})")
 
 
 def measure_latency(

@@ -369,7 +369,7 @@ def _check_products(trace: Trace, costs: CostModel, scores: ImportanceScores, su
     trace.drop(bad)
     scores.clear()
     costs.rebuild()
-    return Plan({g.id: 0.5 for g in trace.groups if g.channels > 1}, _CHECKED_WITH)
+    return _half(trace)
 
 
 def _check_dimensions(costs: CostModel, surgery: Surgery, half: Plan, built: nn.Module) -> None:

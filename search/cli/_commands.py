@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from search._config import config_flags, load_config
+from search._config import config_flags, load_config, missing_onnx
 from search.cli._tables import front_table, pct
 from search.drivers._candidate import is_dead
 from search.drivers._study import RunResult, Search
@@ -188,7 +187,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError("--int8 writes an ONNX model: add --format onnx")
     if args.format == "onnx" and args.config is None:
         raise UsageError("--format onnx checks the model on the study's data: give the study's CONFIG")
-    if args.format == "onnx" and (missing := [m for m in ("onnx", "onnxscript", "onnxruntime") if not find_spec(m)]):
+    if args.format == "onnx" and (missing := missing_onnx()):
         raise UsageError(f"--format onnx needs {', '.join(missing)}: pip install 'prunetune[onnx]'")
     store, study = open_study(args)
     out = export_candidate(store, study, args.out, trial=args.trial)

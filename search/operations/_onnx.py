@@ -57,18 +57,6 @@ PARITY_ATOL = 1e-4
 AGREEMENT_TARGET = 0.99
 
 
-def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    from spaces import write_onnx  # torch's exporter, quietly, with a dynamic batch (see spaces._ort)
-
-    write_onnx(model, example, path)
-
-
-def _session(path: Path, threads: int) -> Any:
-    from spaces import ort_session
-
-    return ort_session(path, threads)
-
-
 def _tensor_bytes(path: Path) -> int:
     """The bytes of a model file's initializers (weights, scales, zero points, biases), as stored."""
     import onnx
@@ -216,7 +204,7 @@ def export_onnx(
     import torch
 
     from search.operations._export import load_exported
-    from spaces import Plan, dequantized
+    from spaces import Plan, dequantized, ort_session, write_onnx
 
     torch.set_num_threads(threads)
     model = load_exported(d)
@@ -225,9 +213,9 @@ def export_onnx(
     x, _ = next(iter(data.val_loader(64)))
     path = d / "model.onnx"
     float_model, layers = dequantized(model)
-    _write_onnx(float_model, x[:1], path)
+    write_onnx(float_model, x[:1], path)
     with torch.no_grad():
-        diff = float((_outputs(_session(path, threads), x) - float_model(x)).abs().max())
+        diff = float((_outputs(ort_session(path, threads), x) - float_model(x)).abs().max())
     if diff > PARITY_ATOL:
         path.unlink()
         raise ValueError(f"the ONNX model's outputs differ from torch's by {diff:.2e} (> {PARITY_ATOL}): not written")
@@ -257,10 +245,12 @@ def _int8(
     """``model.int8.onnx`` and its checks: bytes, agreement with ``model`` on validation, latency against fp32."""
     import torch
 
+    from spaces import ort_session
+
     example = torch.zeros(1, *data.input_shape)
     out = d / "model.int8.onnx"
     _quantize(d / "model.onnx", out, plan, layers, data, batches)
-    fp32, int8 = _session(d / "model.onnx", threads), _session(out, threads)
+    fp32, int8 = ort_session(d / "model.onnx", threads), ort_session(out, threads)
     agree, n = _agreement(model, int8, data, max_samples)
     latency = {
         "torch": _latency(torch.no_grad()(model), example, runs),
