@@ -20,8 +20,8 @@ data order — and are measured on the **test** split, which nothing selects on:
 (e) **random search, best of N**: a ``prunetune`` study with the random sampler and
     no seed plans;
 (f) **the search, best of N**: a ``prunetune`` study with the defaults (TPE, the
-    allocator's, the uniform and the global-ranking plan first); ``stages`` also runs
-    it with ``space.sample_by = "stages"``.
+    allocator's, the uniform and the global-ranking plan first); ``stages`` and ``blend``
+    also run it with ``space.sample_by = "stages"`` and ``"blend"``.
 
 Both studies use ``search.floor = "cap"`` (the question is the best model at the
 budget), the same successive-halving rungs (``--rungs``: fine-tune steps, the
@@ -31,9 +31,10 @@ top rung on the whole validation split) and the same re-scoring of the best
 :func:`storage.best_within_cap`: the most accurate on validation among those
 trained longest. The second table gives, per study, how many candidates it
 needed to come within 0.3 points (of validation accuracy at the top rung) of
-its final best, and how many the search needed to reach random search's final
-best. ``--curve`` also runs the default study (floor a quarter of the cap) to
-measure what spreading the candidates over the cost range costs at the cap.
+its final best, and how many the search (and every other study beside random
+search) needed to reach random search's final best. ``--curve`` also runs the
+default study (floor a quarter of the cap) to measure what spreading the
+candidates over the cost range costs at the cap.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ STUDIES = {
     "random": ("(e) random search", {"search.sampler": "random", "search.seed_plans": []}),
     "search": ("(f) search", {}),
     "stages": ("(f) search, sample_by = stages", {"space.sample_by": "stages"}),
+    "blend": ("(f) search, sample_by = blend", {"space.sample_by": "blend"}),
     "curve": ("(f) search with the default floor", {}),
 }
 
@@ -145,8 +147,8 @@ def run_seed(args: argparse.Namespace, b: float, seed: int, log: dict[str, Any])
             pick = best_of(rows, runs[arm].cfg.evaluate.score)
             models[f"{STUDIES[arm][0]}, best of {args.candidates}"] = p.space.apply(Plan.from_json(pick.plan))
             log["within"].setdefault(arm, []).append(to_reach(rows, top, final_best(rows, top) - 0.003))
-        if "random" in cands and "search" in cands:
-            log["reach"].append(to_reach(cands["search"], top, final_best(cands["random"], top)))
+        for arm in (a for a in cands if a != "random" and "random" in cands):
+            log["reach"].setdefault(arm, []).append(to_reach(cands[arm], top, final_best(cands["random"], top)))
         example = p.data.example_inputs(1)
         for name, m in models.items():
             _, test = train_final(p, m.to(p.device), steps=args.final_steps, seed=seed)
@@ -167,12 +169,12 @@ def main() -> None:
     speed: list[list[str]] = []
     t_all = time.perf_counter()
     for b in [float(x) for x in args.budgets.split(",")]:
-        log: dict[str, Any] = {"accs": {}, "cost": {}, "within": {}, "reach": [], "walls": {}}
+        log: dict[str, Any] = {"accs": {}, "cost": {}, "within": {}, "reach": {}, "walls": {}}
         for seed in seeds:
             run_seed(args, b, seed, log)
         rows += table_rows(b, log)
         for arm, n in log["within"].items():
-            reach = ", ".join(map(str, log["reach"])) if arm == "search" and log["reach"] else ""
+            reach = ", ".join(map(str, log["reach"].get(arm, [])))
             speed.append([f"{b:.0%}", arm, ", ".join(map(str, n)), reach, f"{statistics.mean(log['walls'][arm]):.0f}"])
     print(
         f"\n# {args.data} ResNet-20; test accuracy after BN recalibration + {args.final_steps} distilled fine-tune "

@@ -93,9 +93,11 @@ class SpaceConfig(_Section):
         return n
 
     max_ratio: float = Field(0.8, gt=0, lt=1, description="largest prune ratio the sampler proposes per group")
-    sample_by: Literal["groups", "stages"] = Field(
+    sample_by: Literal["groups", "stages", "blend"] = Field(
         "groups",
-        description="the sampler's prune ratios: one per group, or one per stage (the groups at one resolution)",
+        description="the sampler's prune ratios: one per group, one per stage (the groups at one resolution), or "
+        "a blend (a weight per one-shot plan, the uniform, the global-ranking and the allocator's, and a tilt per "
+        "stage)",
     )
     rank: bool = Field(
         False, description="also search per-layer factorization (low-rank methods, versatile filters: `method`)"

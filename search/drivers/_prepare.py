@@ -56,11 +56,14 @@ class Prepared:
     floor: float = 1.0  # the lowest cost level, as a fraction of the budget's cap (1: the cap only)
     rungs: tuple[int, ...] = (100,)  # cumulative fine-tune steps at the end of each rung
     base_weights: Path | None = None  # the base model's weights file (what cached measurements are keyed by)
+    anchors: dict[str, dict[str, float]] | None = None  # sample_by = "blend": the one-shot plans' prune ratios
 
     @property
     def space_options(self) -> dict[str, Any]:
-        """The config's ``[space]`` options, as the plan dimensions read them (sampler parameters and mapping)."""
-        return self.config.space.model_dump(mode="json")
+        """The config's ``[space]`` options, as the plan dimensions read them (sampler parameters and mapping),
+        with the blend's anchor plans (``anchors``) once the search has computed them."""
+        options = self.config.space.model_dump(mode="json")
+        return options if self.anchors is None else {**options, "anchors": self.anchors}
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (a Ray driver ships it to its trials once): the plan travels as JSON, the store as its URL."""

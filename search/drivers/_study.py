@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -262,7 +262,9 @@ class Search:
         import torch
 
         driver(self.cfg.search.backend).connect(self)  # a cluster that cannot be reached fails before any work
-        p = prepare(self.cfg, store=self._store, evaluator=self._evaluator, progress=progress)
+        p = self._prepared = prepare(self.cfg, store=self._store, evaluator=self._evaluator, progress=progress)
+        if self.cfg.space.sample_by == "blend":
+            p = self._prepared = replace(p, anchors=self.anchors())
         self._study = open_optuna_study(self.cfg, p)
         self._teller = Teller(self._study, p, self.worker)
         self._runner = CandidateRunner(p, self.worker, self.timings)
@@ -287,18 +289,28 @@ class Search:
         sens = self._allocator_sensitivity() if CandidateKind.ALLOCATOR in kinds else None
         out: list[tuple[CandidateKind, Plan, float]] = []
         for level in self.seed_levels():
-            budget = p.budget.scaled(level)
             for kind in kinds:
-                if kind is CandidateKind.ALLOCATOR:
-                    below = CandidateKind.ALLOCATOR_FLOOR if level < 1.0 else kind
-                    out.append((below, self._allocated(budget, sens, extra), level))
-                    continue
-                if kind is CandidateKind.UNIFORM:
-                    plan = p.space.fit(p.space.uniform_plan(0.0), budget)
-                else:
-                    plan = p.space.global_plan(budget)
-                out.append((kind, p.space.fit(plan.replace(**extra), budget) if extra else plan, level))
+                below = CandidateKind.ALLOCATOR_FLOOR if kind is CandidateKind.ALLOCATOR and level < 1.0 else kind
+                out.append((below, self._one_shot(kind, p.budget.scaled(level), sens, extra), level))
         return out
+
+    def anchors(self) -> dict[str, dict[str, float]]:
+        """The prune ratios of the uniform, the global-ranking and the allocator's plan at the cap: what the sampler
+        blends with ``space.sample_by = "blend"`` (:func:`spaces.dimensions._prune.blend`)."""
+        p = self.prepared
+        sens = self._allocator_sensitivity()
+        kinds = (CandidateKind.UNIFORM, CandidateKind.GLOBAL, CandidateKind.ALLOCATOR)
+        return {kind.value: dict(self._one_shot(kind, p.budget, sens, {}).prune) for kind in kinds}
+
+    def _one_shot(self, kind: CandidateKind, budget: Budget, sens: Sensitivity | None, extra: dict[str, Any]) -> Plan:
+        """The seed plan of ``kind`` at ``budget``, with the seed entries (``extra``) of the other dimensions."""
+        space = self.prepared.space
+        if kind is CandidateKind.ALLOCATOR:
+            return self._allocated(budget, sens, extra)
+        plan = (
+            space.fit(space.uniform_plan(0.0), budget) if kind is CandidateKind.UNIFORM else space.global_plan(budget)
+        )
+        return space.fit(plan.replace(**extra), budget) if extra else plan
 
     def seed_levels(self) -> list[float]:
         """The cost levels of the seed plans, fractions of the cap: ``search.seed_levels`` of them, log-spaced from

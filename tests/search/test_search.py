@@ -124,6 +124,27 @@ def test_rank_and_latency_objectives(make_config: ConfigMaker) -> None:
     assert front == _brute_front(rows, ("accuracy", "macs", "latency"))
 
 
+def test_a_blend_study_samples_mixtures_of_its_seed_plans(make_config: ConfigMaker) -> None:
+    from search import Search
+    from search.drivers._sampling import plan_from_params
+
+    cfg = make_config(search__candidates=5, space__sample_by="blend")
+    search = Search(load_config(cfg)).prepare()
+    p = search.prepared
+    anchors = p.anchors
+    assert anchors is not None and sorted(anchors) == ["allocator", "global", "uniform"]
+    seeds = {kind.value: dict(plan.prune) for kind, plan, _ in search.seed_plans()}
+    assert anchors == seeds  # the blend's anchors are the seed plans at the cap
+    assert sorted(k for k in p.dists if not k.startswith("prune:stage")) == sorted(f"prune:{a}" for a in anchors)
+    search.run()
+    _, info, rows = _rows(cfg)
+    sampled = [r for r in rows if r.kind == "sampled"]
+    assert len(rows) == 5 and len(sampled) == 2 and all(r.macs <= 0.5 * info.base_cost["macs"] for r in rows)
+    trial = search.teller.study.trials[-1]  # the last sampled plan, rebuilt from its parameters and fitted
+    again = p.space.fit(plan_from_params(p.space, trial.params, p.space_options), p.budget)
+    assert again.hash == trial.user_attrs["plan_hash"]
+
+
 def _wait_for(path: Path, status: str, n: int, proc: subprocess.Popen, timeout: float = 600) -> None:
     t = time.monotonic()
     while time.monotonic() - t < timeout:

@@ -74,6 +74,60 @@ def test_per_stage_ratios_three_for_resnet20_round_trip(space: ModelSpace) -> No
     assert params_from_plan(space, plan, d, opts, level=0.5) == params  # a plan uniform per stage maps back exactly
 
 
+def _anchors(space: ModelSpace) -> dict[str, dict[str, float]]:
+    """Three distinct one-shot plans at about half the MACs (their ratios are what a blend mixes)."""
+    from spaces import Budget
+
+    budget = Budget(macs="50%")
+    uniform = space.fit(space.uniform_plan(0.0), budget)
+    glob = space.global_plan(budget)
+    first = space.groups[0].id  # a hand-made third: the first group spared, the rest cut harder
+    third = space.fit(space.uniform_plan(0.5).replace(prune={g.id: 0.5 for g in space.groups[1:]}), budget)
+    assert first not in third.prune
+    return {"uniform": dict(uniform.prune), "global": dict(glob.prune), "allocator": dict(third.prune)}
+
+
+def test_the_blend_mixes_the_anchors_kept_fractions_tilted_per_stage(space: ModelSpace) -> None:
+    anchors = _anchors(space)
+    opts = {"max_ratio": 0.8, "rank": False, "method": "svd", "sample_by": "blend", "anchors": anchors}
+    d = distributions(space, opts, floor=0.25)
+    stages = [f"prune:stage{i}" for i in (1, 2, 3)]
+    assert sorted(d) == sorted(["level", "prune:uniform", "prune:global", "prune:allocator", *stages])
+    assert (d["prune:stage2"].low, d["prune:stage2"].high, d["prune:stage2"].log) == (0.5, 2.0, True)
+    tilts = {"prune:stage1": 1.0, "prune:stage2": 1.0, "prune:stage3": 1.0}
+    one = plan_from_params(space, {"prune:uniform": 0.0, "prune:global": 0.7, "prune:allocator": 0.0, **tilts}, opts)
+    assert dict(one.prune) == pytest.approx(anchors["global"])  # one weight alone: that anchor's plan
+    mix = {"prune:uniform": 0.2, "prune:global": 0.0, "prune:allocator": 0.6, **tilts, "prune:stage3": 2.0}
+    plan = plan_from_params(space, mix, opts)
+    stage = space.stages()
+    for gid in stage["stage2"]:  # 1/4 of the uniform's kept fraction and 3/4 of the third anchor's
+        kept = 0.25 * (1 - anchors["uniform"].get(gid, 0)) + 0.75 * (1 - anchors["allocator"].get(gid, 0))
+        assert plan.prune[gid] == pytest.approx(1 - kept)
+    for gid in stage["stage3"]:  # tilt 2: the kept fraction squared
+        kept = 0.25 * (1 - anchors["uniform"].get(gid, 0)) + 0.75 * (1 - anchors["allocator"].get(gid, 0))
+        assert plan.prune[gid] == pytest.approx(
+            min(1 - kept**2, (space.group(gid).channels - 1) / space.group(gid).channels)
+        )
+
+
+def test_each_anchor_round_trips_through_the_blend_params(space: ModelSpace) -> None:
+    from spaces import Plan
+
+    anchors = _anchors(space)
+    opts = {"max_ratio": 0.8, "rank": False, "method": "svd", "sample_by": "blend", "anchors": anchors}
+    d = distributions(space, opts)
+    stages = [f"prune:stage{i}" for i in (1, 2, 3)]
+    for name, ratios in anchors.items():
+        back = params_from_plan(space, Plan(prune=ratios), d, opts)
+        expected = {**dict.fromkeys(d, 0.0), f"prune:{name}": 1.0, **dict.fromkeys(stages, 1.0)}
+        assert back == pytest.approx(expected, abs=1e-9)
+        assert dict(plan_from_params(space, back, opts).prune) == pytest.approx(ratios)
+    with pytest.raises(ValueError, match=r"sample_by = \"blend\" needs the anchor plans .* missing: allocator"):
+        plan_from_params(
+            space, dict.fromkeys(d, 1.0), {**opts, "anchors": {k: anchors[k] for k in ("uniform", "global")}}
+        )
+
+
 @pytest.mark.parametrize("mode", ["weights", "weights+activations"])
 def test_one_bits_knob_the_share_at_four_bits_round_trips(space: ModelSpace, mode: str) -> None:
     opts = {"max_ratio": 0.8, "rank": False, "method": "svd", "quantize": mode}
