@@ -61,7 +61,7 @@ class BudgetConfig(_Section):
     latency: str | float | None = Field(
         None,
         description='predicted batch-1 latency on this machine, "60%" of the base model or "3ms" (a device '
-        "profile is measured once and stored: `prunetune profile`; pruning plans only)",
+        "profile is measured once and stored: `prunetune profile`; pruning and factorization plans, not bits)",
     )
 
 

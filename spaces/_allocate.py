@@ -317,16 +317,17 @@ class _Allocator:
 
 
 def _check_arguments(budget: Budget, prune: bool, held: bool) -> None:
-    """Something to allocate, a real budget, and no latency limit beside ranks or bits (latency is predicted
-    for pruning plans only)."""
+    """Something to allocate, a real budget, and no latency limit beside ranks or bits (the integer program
+    linearises the predicted latency of channels; a factor chain's is read from its measured table, which the
+    blocks do not carry, and bits are not profiled)."""
     if not (prune or held):
         raise ValueError("allocate needs prune=True, rank=True or both")
     if not isinstance(budget, Budget):
         raise TypeError(f"budget must be a spaces.Budget, got {type(budget).__name__}")
     if "latency" in budget.limits and held:
         raise PlanError(
-            "budget latency is predicted for pruning plans only: allocate it with rank=False and no other "
-            "dimension, or use a MACs or params budget"
+            "the allocator meets budget latency by pruning alone: allocate it with rank=False and no other "
+            "dimension (then fit a plan with ranks onto it), or use a MACs or params budget"
         )
 
 

@@ -155,7 +155,7 @@ def _value(cost: Cost, metric: str) -> float:
     v = getattr(cost, metric)
     if v is None:
         raise ValueError(
-            f"budget {metric} needs a predicted latency: attach a device profile (`prunetune profile`) and use "
-            "pruning plans only"
+            f"budget {metric} needs a predicted latency: attach a device profile (`prunetune profile`; with the "
+            "methods of the plan's ranks) and use plans without bits"
         )
     return float(v)

@@ -69,8 +69,8 @@ class CostModel:
         self.importance = importance
         self.round_to = round_to
         self._param_dims: dict[tuple[str, Any], list[tuple[str, int]]] = {}
-        # the predicted latency (ms) of a pruning plan's kept counts (ModelSpace.attach_profile); None: none
-        self.latency_of: Callable[[np.ndarray], float] | None = None
+        # the predicted latency (ms) at kept counts and resolved dimensions (ModelSpace.attach_profile); None: none
+        self.latency_of: Callable[[np.ndarray, Mapping[str, Any]], float | None] | None = None
         self.rebuild()
 
     # ------------------------------------------------------------ the polynomial
@@ -161,9 +161,8 @@ class CostModel:
             if part is not None:
                 dim.add_cost(self, part, keep, state)
         cost = state.cost()
-        held = any(resolved.get(d.key) is not None for d in dimensions() if d.fit_rule == "held")
-        if self.latency_of is not None and not held:  # a pruning plan: its latency is predictable
-            cost = dataclasses.replace(cost, latency=self.latency_of(keep))
+        if self.latency_of is not None:  # None where the profile cannot predict it (bits, an untimed method)
+            cost = dataclasses.replace(cost, latency=self.latency_of(keep, resolved))
         return cost
 
     def resolve(self, plan: Plan, keep: np.ndarray) -> dict[str, Any]:

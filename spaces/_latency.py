@@ -21,13 +21,19 @@ exporter; see :mod:`spaces._ort`):
   then made monotone (a cumulative maximum along both axes), so that fewer
   channels never predict more time and ``fit``'s bisection is sound; the
   noise this removes is reported as :attr:`DeviceProfile.noise`.
-* **the rest.** Everything else a forward pass does (BatchNorm, activations,
-  additions, pooling, Python dispatch) is not in the tables. The whole model is
-  timed at four uniform plans (0, 25, 50 and 75 % of every group pruned), and
-  ``measured - sum(tables)`` is fitted by least squares as ``a + b * x``, with
+* **the rest, and the tables in context.** Everything else a forward pass
+  does (BatchNorm, activations, additions, pooling, Python dispatch) is not in
+  the tables, and a layer timed alone may not run as it does inside the model
+  (ONNX Runtime converts a lone convolution's input to its blocked layout and
+  back, which a whole model does once). The whole model is timed at four
+  uniform plans (0, 25, 50 and 75 % of every group pruned), and ``measured``
+  is fitted by bounded least squares as ``s * sum(tables) + a + b * x``, with
   ``x`` the conv/linear output elements kept, as a fraction of the base
-  model's: a fixed overhead and a part that follows the activations (``b >= 0``,
-  so the prediction stays monotone; a negative slope is replaced by the mean).
+  model's: the tables' in-context factor (:attr:`DeviceProfile.scale`), a
+  fixed overhead and a part that follows the activations (``s >= 0.05``,
+  ``a >= 0`` and ``b >= 0``: the prediction stays positive and monotone in
+  every group's channels; a free overhead once predicted a negative time for
+  a half-pruned model when the one-node tables overcounted).
 * **the channel multiple** (:attr:`DeviceProfile.multiple`, what
   ``round_to = "auto"`` uses): on the conv layer with the most MACs, the output
   channels are swept over 32 consecutive counts; the largest ``m`` in
@@ -42,10 +48,23 @@ A prediction (:meth:`DeviceProfile.predict`) interpolates each layer's table
 bilinearly at the plan's kept counts, each first rounded up to the channel
 multiple (a count between multiples runs at the multiple above it: on this
 CPU a ResNet-50 pruned at counts that are not multiples of 16 ran 18 % slower
-than the interpolation between multiples said), adds the rest, and is in
-milliseconds.
-It covers pruning plans; a plan with ranks or bits is refused with a one-line
-error (factor chains and quantized kernels are not profiled). A profile is
+than the interpolation between multiples said), scales their sum by the
+in-context factor, adds the rest, and is in milliseconds.
+
+* **factor chains** (``methods``): every layer a listed factorization method
+  can factorize is also factorized, through the method's registered contract,
+  from a fresh layer of each shape on a coarse grid (four kept fractions, 1/4
+  to 4/4, on the axes pruning can change, times five ranks, 0.1 to 0.9 of the
+  unpruned layer's break-even rank) and the chain timed as one call
+  (:class:`FactorTable`, monotone along all three axes). A plan that
+  factorizes a layer reads its chain's table at the pruned counts and the
+  largest of its ranks (trilinear, clamped to the grid) in place of the dense
+  layer's.
+
+A plan with bits (quantized kernels are not profiled), or with a layer
+factorized by a method the profile did not time, is not predicted: its
+``Cost.latency`` is ``None`` and a latency budget on it is a one-line error
+naming why. A profile is
 keyed (:meth:`DeviceProfile.key`) by the model's structure, the device, the
 runtime, threads and batch size, and travels as JSON, so a store can cache it
 and every worker reuse it.
@@ -79,6 +98,7 @@ from spaces._ort import check_runtime, layer_runner, model_runner
 from spaces._trace import CONV, LINEAR
 
 if TYPE_CHECKING:
+    from spaces._lowrank import LayerGeom
     from spaces._plan import Plan
     from spaces._space import ModelSpace
 
@@ -86,6 +106,7 @@ __all__ = [
     "FRACTIONS",
     "FREE_SPEEDUP",
     "DeviceProfile",
+    "FactorTable",
     "LatencyPredictor",
     "LayerTable",
     "device_name",
@@ -120,6 +141,29 @@ class LayerTable:
         return (1 - u) * ((1 - v) * m[i0][j0] + v * m[i0][j1]) + u * ((1 - v) * m[i1][j0] + v * m[i1][j1])
 
 
+@dataclass
+class FactorTable:
+    """One layer's factor chain (one method) timed over (input, output) channel counts and ranks (ms)."""
+
+    method: str
+    ins: list[int]  # input channel counts (one entry: the axis does not change)
+    outs: list[int]  # output channel counts
+    ranks: list[int]  # the rank each chain was built at (every mode at most this: ``LayerGeom.resolve``)
+    ms: list[list[list[float]]]  # ms[i][j][k]: ins[i] inputs, outs[j] outputs, ranks[k]; monotone in all three
+    calls: int = 1
+
+    def at(self, cin: float, cout: float, rank: float) -> float:
+        """Trilinear interpolation (clamped to the grid) at ``cin`` inputs, ``cout`` outputs, ``rank``."""
+        i0, i1, u = _bracket(self.ins, cin)
+        j0, j1, v = _bracket(self.outs, cout)
+        k0, k1, w = _bracket(self.ranks, rank)
+        m = np.asarray(self.ms)
+        plane = (1 - w) * m[:, :, k0] + w * m[:, :, k1]
+        return float(
+            (1 - u) * ((1 - v) * plane[i0, j0] + v * plane[i0, j1]) + u * ((1 - v) * plane[i1, j0] + v * plane[i1, j1])
+        )
+
+
 def _up(count: int, multiple: int, full: int) -> int:
     """``count`` rounded up to a multiple of ``multiple``, never above the layer's ``full`` count."""
     return min(full, -(-count // multiple) * multiple)
@@ -150,42 +194,83 @@ class DeviceProfile:
     base_ms: float  # the base model, measured end to end (median)
     multiple: int  # the channel multiple beyond which the device gains no speed
     noise: float = 0.0  # the largest relative drop the monotone tables removed
+    scale: float = 1.0  # the tables' in-context factor, fitted with the rest (1: layers run as they were timed)
     calibration: list[tuple[float, float, float]] = field(default_factory=list)  # ratio, measured, predicted
+    factored: dict[str, dict[str, FactorTable]] = field(default_factory=dict)  # layer -> method -> its chain's table
+
+    @property
+    def methods(self) -> list[str]:
+        """The factorization methods whose chains the profile timed (none: it predicts plans without ranks only)."""
+        return sorted({m for tables in self.factored.values() for m in tables})
 
     @property
     def key(self) -> str:
-        """What the profile is valid for: model structure, device, runtime, threads, batch (a sha256 hex)."""
-        return profile_key(self.model, self.device, self.runtime, self.threads, self.batch)
+        """What the profile is valid for: model structure, device, runtime, threads, batch, methods (a sha256 hex)."""
+        return profile_key(self.model, self.device, self.runtime, self.threads, self.batch, self.methods)
 
     @staticmethod
-    def key_for(space: ModelSpace, device: torch.device, *, threads: int, batch: int, runtime: str = "torch") -> str:
+    def key_for(
+        space: ModelSpace,
+        device: torch.device,
+        *,
+        threads: int,
+        batch: int,
+        runtime: str = "torch",
+        methods: Sequence[str] = (),
+    ) -> str:
         """The key a profile of ``space`` measured on ``device`` would have (to look it up before measuring)."""
-        return profile_key(structure_key(space), device_name(device), runtime, threads, batch)
+        return profile_key(structure_key(space), device_name(device), runtime, threads, batch, profiled(space, methods))
 
     def predict(self, space: ModelSpace, plan: Plan) -> float:
-        """The predicted latency (ms) of ``space.apply(plan)`` on this device (pruning plans only)."""
+        """The predicted latency (ms) of ``space.apply(plan)`` on this device: pruning plans, and factorized
+        layers whose method the profile timed (a one-line PlanError says why not otherwise)."""
+        keep = space.keep_counts(plan)
+        resolved = space.costs.resolve(plan, keep)
+        why = self.unpredictable(resolved)
+        if why is not None:
+            raise PlanError(f"latency cannot be predicted for this plan: {why}")
+        return self.predict_keep(space, keep, factor_chains(resolved))
+
+    def unpredictable(self, resolved: Mapping[str, Any]) -> str | None:
+        """Why the latency of a plan resolved as ``resolved`` (``{dimension key: part}``) cannot be predicted,
+        or ``None``: a held dimension whose layers are not factor chains (bits: quantized kernels are not
+        profiled), or a layer factorized by a method the profile has no table of."""
         from spaces.dimensions import dimensions
 
-        held = [k for d in dimensions() if d.fit_rule == "held" for k in d.keys if plan.entries(k)]
-        if held:
-            raise PlanError(f"latency is predicted for pruning plans; this plan also has {', '.join(held)}")
-        return self.predict_keep(space, space.keep_counts(plan))
+        other = [d.key for d in dimensions() if d.fit_rule == "held" and not d.factor_chains and resolved.get(d.key)]
+        if other:
+            return f"it has {', '.join(other)}, which device profiles do not time"
+        for name, (method, _) in factor_chains(resolved).items():
+            if method not in self.factored.get(name, {}):
+                timed = ", ".join(self.methods) or "none"
+                return (
+                    f"layer {name!r} is factorized by {method}, which the device profile did not time (methods "
+                    f"timed: {timed}; profile with methods=[{method!r}], or space.rank in a study)"
+                )
+        return None
 
-    def predict_keep(self, space: ModelSpace, keep: np.ndarray) -> float:
-        """The predicted latency (ms) when group ``i`` keeps ``keep[i]`` channels and every layer is dense."""
-        tables, share = self.tables_at(space, keep)
+    def predict_keep(self, space: ModelSpace, keep: np.ndarray, ranks: Mapping[str, Any] | None = None) -> float:
+        """The predicted latency (ms) when group ``i`` keeps ``keep[i]`` channels and the layers in ``ranks``
+        (``{layer: (method, ranks)}``, as plans resolve them) are factorized; every other layer is dense."""
+        tables, share = self.tables_at(space, keep, ranks)
         a, b = self.rest
-        return tables + a + b * share
+        return self.scale * tables + a + b * share
 
-    def tables_at(self, space: ModelSpace, keep: np.ndarray) -> tuple[float, float]:
-        """The layer tables' time (ms) at ``keep``, and the share of the base model's conv/linear output
-        elements kept (what the rest's slope multiplies): one pass over the layers, as every prediction reads."""
+    def tables_at(
+        self, space: ModelSpace, keep: np.ndarray, ranks: Mapping[str, Any] | None = None
+    ) -> tuple[float, float]:
+        """The layer tables' time (ms) at ``keep`` (and ``ranks``), and the share of the base model's
+        conv/linear output elements kept (what the rest's slope multiplies): one pass over the layers."""
         total, kept, base = 0.0, 0.0, 0.0
         for name, table in self.layers.items():
             cout, cin = _channels(space, name, keep)
             # a count between multiples runs at the multiple above it (the device's kernels: see the multiple)
             up_in, up_out = _up(cin, self.multiple, table.ins[-1]), _up(cout, self.multiple, table.outs[-1])
-            total += table.calls * table.at(up_in, up_out)
+            if ranks and name in ranks:
+                method, modes = ranks[name]
+                total += table.calls * self.factored[name][method].at(up_in, up_out, max(modes))
+            else:
+                total += table.calls * table.at(up_in, up_out)
             positions = space._trace.spatial.get(name, 0)
             kept, base = kept + cout * positions, base + table.outs[-1] * positions
         return total, kept / (base or 1.0)
@@ -198,6 +283,7 @@ class DeviceProfile:
     def from_json(cls, text: str | Mapping[str, Any]) -> DeviceProfile:
         d = dict(json.loads(text) if isinstance(text, str) else text)
         d["layers"] = {k: LayerTable(**v) for k, v in d["layers"].items()}
+        d["factored"] = {k: {m: FactorTable(**t) for m, t in v.items()} for k, v in d.get("factored", {}).items()}
         d["rest"] = tuple(d["rest"])
         d["calibration"] = [tuple(c) for c in d.get("calibration", [])]
         return cls(**d)
@@ -209,16 +295,51 @@ class LatencyPredictor:
     def __init__(self, space: ModelSpace, profile: DeviceProfile) -> None:
         self.space, self.profile = space, profile
 
-    def __call__(self, keep: np.ndarray) -> float:
-        return self.profile.predict_keep(self.space, keep)
+    def __call__(self, keep: np.ndarray, resolved: Mapping[str, Any] | None = None) -> float | None:
+        """The predicted latency at ``keep`` with the dimensions' ``resolved`` parts; ``None``: not predictable
+        (:meth:`DeviceProfile.unpredictable` says why)."""
+        resolved = resolved or {}
+        if self.profile.unpredictable(resolved) is not None:
+            return None
+        return self.profile.predict_keep(self.space, keep, factor_chains(resolved))
+
+    def why_not(self, resolved: Mapping[str, Any]) -> str | None:
+        return self.profile.unpredictable(resolved)
+
+
+def factor_chains(resolved: Mapping[str, Any]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``{layer: (method, ranks)}`` of every factorized layer in a plan's resolved parts (the dimensions whose
+    layers are factor chains: :attr:`spaces.dimensions.Dimension.factor_chains`)."""
+    from spaces.dimensions import dimensions
+
+    out: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for d in dimensions():
+        if d.factor_chains:
+            out.update(resolved.get(d.key) or {})
+    return out
 
 
 PROFILE_FORMAT = 2  # part of the key: a profile measured by an older version is measured again
 
 
-def profile_key(model: str, device: str, runtime: str, threads: int, batch: int) -> str:
-    parts = [PROFILE_FORMAT, model, device, runtime, threads, batch]
+def profile_key(model: str, device: str, runtime: str, threads: int, batch: int, methods: Sequence[str] = ()) -> str:
+    """The key of a profile; ``methods`` (the factor chains it timed) enter it only when there are any, so a
+    pruning-only profile keeps the key it always had."""
+    parts: list[Any] = [PROFILE_FORMAT, model, device, runtime, threads, batch]
+    if methods:
+        parts.append(sorted(methods))
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def profiled(space: ModelSpace, methods: Sequence[str]) -> list[str]:
+    """The ``methods`` a profile of ``space`` times chains of: those that apply to one of its layers with a
+    break-even rank of at least 2 (a one-line ValueError names an unknown method)."""
+    from spaces.factorization import method_names
+
+    unknown = [m for m in methods if m not in method_names()]
+    if unknown:
+        raise ValueError(f"methods must be among {', '.join(method_names())}, got {', '.join(map(repr, unknown))}")
+    return sorted({m for m in methods for g in space.layers if m in g.methods and g.max_useful_rank(m) >= 2})
 
 
 def structure_key(space: ModelSpace) -> str:
@@ -253,16 +374,20 @@ def profile_space(
     runs: int = 7,
     warmup: int = 2,
     runtime: str = "torch",
+    methods: Sequence[str] = (),
 ) -> DeviceProfile:
     """Measure ``space``'s device profile (see the module docs): tables, the rest, the channel multiple.
 
     ``model`` names the structure in the key (default: :func:`structure_key`); ``threads`` sets torch's
     CPU threads while measuring (default: torch's current number), and ONNX Runtime's; ``runs`` timed calls
-    per point; ``runtime``: ``"torch"`` (eager) or ``"onnxruntime"`` (see :mod:`spaces._ort`).
+    per point; ``runtime``: ``"torch"`` (eager) or ``"onnxruntime"`` (see :mod:`spaces._ort`); ``methods``:
+    the factorization methods whose chains are timed too (:class:`FactorTable`), so plans with ranks of
+    those methods are predicted.
     """
     if batch < 1 or runs < 1 or warmup < 0:
         raise ValueError(f"batch and runs must be >= 1 and warmup >= 0, got {batch}, {runs}, {warmup}")
     check_runtime(runtime, device)
+    methods = profiled(space, methods)  # an unknown method: a one-line error before anything is measured
     _one_input(runtime, space.example_inputs)  # before any table is measured
     dev = torch.device(device)
     old = torch.get_num_threads()
@@ -272,7 +397,9 @@ def profile_space(
         timer = _Timer(dev, runs, warmup, runtime=runtime, threads=n)
         shapes = _input_shapes(space)
         layers = {name: _table(space, name, call, batch, timer) for name, call in shapes.items()}
-        noise = max((_make_monotone(t) for t in layers.values()), default=0.0)
+        factored = _factor_tables(space, shapes, methods, batch, timer)
+        chains = [t for tables in factored.values() for t in tables.values()]
+        noise = max([_make_monotone(t) for t in layers.values()] + [_make_monotone(t) for t in chains], default=0.0)
         prof = DeviceProfile(
             model=model or structure_key(space),
             device=device_name(dev),
@@ -284,6 +411,7 @@ def profile_space(
             base_ms=0.0,
             multiple=_multiple(space, shapes, batch, timer),
             noise=noise,
+            factored=factored,
         )
         _calibrate(space, prof, batch, timer)
         return prof
@@ -310,6 +438,10 @@ class _Timer:
     def layer_call(self, layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
         """A call of the conv or linear ``layer`` on ``x`` in this timer's runtime."""
         return (lambda: layer(x)) if self.runtime == "torch" else layer_runner(layer, x, self.threads)
+
+    def chain_call(self, chain: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+        """A call of a factor chain on ``x`` in this timer's runtime (exported whole for ONNX Runtime)."""
+        return (lambda: chain(x)) if self.runtime == "torch" else model_runner(chain, x, self.threads)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -438,6 +570,63 @@ def _time_layer(mod: nn.Module, cin: int, cout: int, shape: tuple[int, ...], bat
     return timer(timer.layer_call(layer, x))
 
 
+FACTOR_CHANNELS = (0.25, 0.5, 0.75, 1.0)  # a factor table's kept fractions on each axis pruning can change
+RANK_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)  # its ranks, as fractions of the unpruned layer's break-even rank
+
+
+def _factor_tables(
+    space: ModelSpace,
+    shapes: Mapping[str, tuple[tuple[int, ...], int]],
+    methods: Sequence[str],
+    batch: int,
+    timer: _Timer,
+) -> dict[str, dict[str, FactorTable]]:
+    """Per layer that ``methods`` can factorize below break-even, per method, its factor chain's table."""
+    out: dict[str, dict[str, FactorTable]] = {}
+    for name, call in shapes.items():
+        geom = space._trace.geoms.get(name)
+        for method in methods:
+            if geom is not None and method in geom.methods and geom.max_useful_rank(method) >= 2:
+                out.setdefault(name, {})[method] = _factor_table(space, name, method, call, batch, timer)
+    return out
+
+
+def _factor_table(
+    space: ModelSpace, name: str, method: str, call: tuple[tuple[int, ...], int], batch: int, timer: _Timer
+) -> FactorTable:
+    """Layer ``name`` factorized by ``method``, timed over a coarse grid of channel counts and of ranks: the
+    chain ``method`` builds (through its registered contract) from a fresh layer of each shape."""
+    mod = space.model.get_submodule(name)
+    shape, calls = call
+    full = space.costs.channels
+    geom, low = space.costs.pruned_geom(name, full), space.costs.pruned_geom(name, np.ones_like(full))
+    ins = sorted({max(1, round(geom.cin * f)) for f in FACTOR_CHANNELS}) if low.cin != geom.cin else [geom.cin]
+    outs = sorted({max(1, round(geom.cout * f)) for f in FACTOR_CHANNELS}) if low.cout != geom.cout else [geom.cout]
+    be = geom.max_useful_rank(method)
+    ranks = sorted({max(1, round(be * f)) for f in RANK_FRACTIONS})
+    ms = [
+        [[_time_chain(mod, geom.with_channels(co, ci), method, r, (shape, batch), timer) for r in ranks] for co in outs]
+        for ci in ins
+    ]
+    return FactorTable(method=method, ins=ins, outs=outs, ranks=ranks, ms=ms, calls=calls)
+
+
+def _time_chain(
+    mod: nn.Module, geom: LayerGeom, method: str, rank: int, call: tuple[tuple[int, ...], int], timer: _Timer
+) -> float:
+    """The factor chain of ``mod``'s kind of layer at ``geom``'s channels and ``rank`` (every mode at most it),
+    timed on a random input (``call``: the layer's input shape and the batch size)."""
+    from spaces.factorization import factor_method
+
+    shape, batch = call
+    layer = _rebuilt(mod, geom.cin, geom.cout)
+    chain = factor_method(method).factorize(layer, geom, geom.resolve(method, rank)).to(timer.device).eval()  # type: ignore[arg-type]
+    x = torch.randn(
+        _scaled(shape, geom.cin, batch, channel_dim=-1 if isinstance(mod, nn.Linear) else 1), device=timer.device
+    )
+    return timer(timer.chain_call(chain, x))
+
+
 def _rebuilt(mod: nn.Module, cin: int, cout: int) -> nn.Module:
     if isinstance(mod, nn.Linear):
         return nn.Linear(cin, cout, bias=mod.bias is not None)
@@ -463,10 +652,12 @@ def _scaled(shape: tuple[int, ...], channels: int, batch: int, *, channel_dim: i
     return out
 
 
-def _make_monotone(t: LayerTable) -> float:
-    """Make ``t.ms`` non-decreasing along both axes (cumulative max); the largest relative change it made."""
+def _make_monotone(t: LayerTable | FactorTable) -> float:
+    """Make ``t.ms`` non-decreasing along every axis (cumulative max); the largest relative change it made."""
     raw = np.array(t.ms, dtype=np.float64)
-    mono = np.maximum.accumulate(np.maximum.accumulate(raw, axis=0), axis=1)
+    mono = raw
+    for axis in range(raw.ndim):
+        mono = np.maximum.accumulate(mono, axis=axis)
     t.ms = mono.tolist()
     return float(np.max((mono - raw) / mono)) if mono.size else 0.0
 
@@ -517,16 +708,25 @@ def multiple_from(times: Mapping[int, float]) -> int:
     return 1
 
 
-def _fit_rest(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
-    """``(a, b)`` of the least-squares line ``a + b * x`` through the points, with ``b >= 0`` (a rest that fell
-    as channels were added would make the prediction non-monotone: then the mean, flat)."""
-    a_mat = np.array([[1.0, x] for x in xs])
-    a, b = np.linalg.lstsq(a_mat, np.array(ys, dtype=np.float64), rcond=None)[0]
-    return (float(a), float(b)) if b >= 0 else (float(np.mean(ys)), 0.0)
+def _fit_calibration(tables: Sequence[float], xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, float]:
+    """``(s, a, b)`` of the least-squares fit ``y = s * tables + a + b * x`` with ``s >= 0.05``, ``a >= 0`` and
+    ``b >= 0`` (scipy's bounded least squares, ``lsq_linear``).
+
+    ``s`` is the layers' in-context factor: a layer timed alone may pay what the
+    whole model pays once (ONNX Runtime converts every lone convolution's input
+    to its blocked layout and back) or miss what it pays in context; the bounds
+    keep every prediction positive and monotone in every group's kept channels.
+    """
+    from scipy.optimize import lsq_linear
+
+    a_mat = np.array([[t, 1.0, x] for t, x in zip(tables, xs, strict=True)])
+    fit = lsq_linear(a_mat, np.array(ys, dtype=np.float64), bounds=([0.05, 0.0, 0.0], [np.inf, np.inf, np.inf]))
+    s, a, b = (float(v) for v in fit.x)
+    return s, a, b
 
 
 def _calibrate(space: ModelSpace, prof: DeviceProfile, batch: int, timer: _Timer) -> None:
-    """Time the whole model at uniform plans and fit the rest (``a + b * x``) by least squares (see the module docs)."""
+    """Time the whole model at uniform plans and fit ``s * tables + a + b * x`` (see the module docs)."""
     from spaces._cost import as_tuple
 
     inputs = tuple(
@@ -541,6 +741,7 @@ def _calibrate(space: ModelSpace, prof: DeviceProfile, batch: int, timer: _Timer
         measured = timer(timer.model_call(model, inputs))
         tables, share = prof.tables_at(space, keep)  # as a prediction reads them
         points.append((ratio, measured, tables, share))
-    prof.rest = _fit_rest([x for *_, x in points], [m - t for _, m, t, _ in points])
+    s, a, b = _fit_calibration([t for *_, t, _ in points], [x for *_, x in points], [m for _, m, _, _ in points])
+    prof.scale, prof.rest = s, (a, b)
     prof.base_ms = points[0][1]
-    prof.calibration = [(r, m, t + prof.rest[0] + prof.rest[1] * x) for r, m, t, x in points]
+    prof.calibration = [(r, m, s * t + a + b * x) for r, m, t, x in points]

@@ -145,10 +145,9 @@ class _Fitter:
         self.space, self.plan = space, plan
         self.limits = budget.absolute(space.base_cost)
         if "latency" in self.limits and space.profile is not None and space.cost(plan).latency is None:
-            raise PlanError(
-                "budget latency is predicted for pruning plans only; this plan also factorizes or quantizes "
-                "layers: use a MACs or params budget for it"
-            )
+            keep = space.keep_counts(plan)
+            why = space.profile.unpredictable(space.costs.resolve(plan, keep))
+            raise PlanError(f"budget latency cannot be met for this plan: {why}; use a MACs or params budget for it")
         rt = plan.round_to or space.round_to
         self.allowed = [space.allowed_keeps(g, rt) for g in space.groups]
         self.target = space.keep_counts(plan).astype(np.float64)  # the plan's own kept counts

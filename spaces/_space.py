@@ -174,7 +174,8 @@ class ModelSpace:
 
     def attach_profile(self, profile: DeviceProfile) -> None:
         """Predict latency from ``profile`` from now on: :meth:`cost` (and ``fit``, the allocator) then give
-        every pruning plan's :attr:`Cost.latency`, so a budget may limit it (see :mod:`spaces._latency`)."""
+        the :attr:`Cost.latency` of every plan it can predict (pruning, and ranks of the methods it timed), so a
+        budget may limit it (see :mod:`spaces._latency`)."""
         from spaces._latency import LatencyPredictor
 
         self.profile = profile

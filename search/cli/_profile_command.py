@@ -17,7 +17,8 @@ def add_profile_command(sub: Any) -> None:
         help="measure this machine's per-layer latency tables for a study's model (stored, reused by every study)",
         description="Times every conv and linear layer of the config's model over the channel counts plans can "
         "give it, the rest of the model at four uniform plans, and the channel multiple beyond which this machine "
-        "gains no speed, in the config's evaluate.runtime (torch eager, or onnxruntime: the model exported); "
+        "gains no speed, in the config's evaluate.runtime (torch eager, or onnxruntime: the model exported), and "
+        "with space.rank the factor chains of the searched methods over channels and ranks; "
         "stores the profile in the config's store, keyed by model, device, runtime, threads and "
         'batch size. A study with a budget.latency limit, the latency objective or space.round_to = "auto" reads '
         "it (or measures it).",
@@ -36,7 +37,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     from evaluators import resolve_device
     from search._config import load_config
-    from search.drivers._profile import device_profile, structure_space
+    from search.drivers._profile import device_profile, predicts_latency, profiled_methods, structure_space
     from spaces import UsageError
     from storage import StudyStore
 
@@ -57,16 +58,18 @@ def cmd_profile(args: argparse.Namespace) -> int:
         runs=args.runs,
         force=args.force,
         runtime=cfg.evaluate.runtime,
+        methods=profiled_methods(cfg) if predicts_latency(cfg) else [],
     )
     c = Console()
     how = "measured now and stored" if measured else "read from the store (measured before; --force measures again)"
     c.print(f"device profile of {cfg.model.spec} on {prof.device}, {prof.runtime}, {prof.threads} threads, "
             f"batch {prof.batch}: {how} in {store.display_url}")  # fmt: skip
-    c.print(
-        f"{len(prof.layers)} layer tables; base model {prof.base_ms:.3f} ms measured; rest {prof.rest[0]:.3f} ms "
-        f'+ {prof.rest[1]:.3f} ms x activations kept; channel multiple {prof.multiple} (round_to = "auto"); '
-        f"largest non-monotone step removed {100 * prof.noise:.0f} %"
-    )
+    chains = f"{len(prof.factored)} with factor chains ({', '.join(prof.methods)})" if prof.factored else "no chains"
+    c.print(f"{len(prof.layers)} layer tables, {chains}; tables x {prof.scale:.2f} in context")
+    c.print(f"base model {prof.base_ms:.3f} ms measured; rest {prof.rest[0]:.3f} ms + {prof.rest[1]:.3f} ms x "
+            "activations kept")  # fmt: skip
+    c.print(f'channel multiple {prof.multiple} (round_to = "auto"); largest non-monotone step removed '
+            f"{100 * prof.noise:.0f} %")  # fmt: skip
     table = Table(title="calibration: the whole model at uniform plans")
     for col in ("prune ratio", "measured ms", "predicted ms", "error"):
         table.add_column(col, justify="right")

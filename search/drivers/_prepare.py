@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search._config import Config
-from search.drivers._profile import device_profile, needs_profile, predicts_latency
+from search.drivers._profile import device_profile, needs_profile, predicts_latency, profiled_methods
 from search.drivers._samplers import Sampler
 from spaces import Importance, Objective, UsageError
 
@@ -374,13 +374,18 @@ def _with_profile(cfg: Config, space: ModelSpace, store: StudyStore, device: tor
 
     if not needs_profile(cfg):
         return cfg
-    if predicts_latency(cfg) and (cfg.space.rank or cfg.space.quantize != "none"):
+    if predicts_latency(cfg) and cfg.space.quantize != "none":
         raise UsageError(
-            'budget.latency is predicted for pruning plans only: set space.rank = false and space.quantize = "none", '
-            "or limit macs or bytes (the latency objective alone is measured per candidate with ranks or bits)"
+            'budget.latency is predicted for pruning and factorization plans: set space.quantize = "none", or limit '
+            "macs or bytes (the latency objective alone is measured per candidate with bits)"
         )
     profile, _ = device_profile(
-        space, store, device=device, threads=torch.get_num_threads(), runtime=cfg.evaluate.runtime
+        space,
+        store,
+        device=device,
+        threads=torch.get_num_threads(),
+        runtime=cfg.evaluate.runtime,
+        methods=profiled_methods(cfg) if predicts_latency(cfg) else [],
     )
     space.attach_profile(profile)
     if cfg.space.round_to != "auto":

@@ -24,20 +24,35 @@ if TYPE_CHECKING:
     from spaces import DeviceProfile, ModelSpace
     from storage import StudyStore
 
-__all__ = ["PROFILE_RUNS", "device_profile", "latency_device", "needs_profile", "predicts_latency", "structure_space"]
+__all__ = [
+    "PROFILE_RUNS",
+    "device_profile",
+    "latency_device",
+    "needs_profile",
+    "predicts_latency",
+    "profiled_methods",
+    "structure_space",
+]
 
 PROFILE_RUNS = 7  # timed calls per point of a layer's table (the median is kept)
 
 
 def predicts_latency(cfg: Config) -> bool:
     """Whether a study of ``cfg`` limits or ranks by *predicted* latency: a latency budget, or the latency
-    objective unless every candidate is measured (``evaluate.latency = true``, and always with ranks or
-    bits, which the profile does not predict)."""
+    objective unless every candidate is measured (``evaluate.latency = true``, and always with bits, which
+    the profile does not predict)."""
     from spaces import Objective
 
-    pruning_only = not cfg.space.rank and cfg.space.quantize == "none"
-    objective = Objective.LATENCY in cfg.search.objectives and not cfg.evaluate.latency and pruning_only
+    predictable = cfg.space.quantize == "none"
+    objective = Objective.LATENCY in cfg.search.objectives and not cfg.evaluate.latency and predictable
     return cfg.budget.latency is not None or objective
+
+
+def profiled_methods(cfg: Config) -> list[str]:
+    """The factorization methods whose chains the study's profile times: the ones ``space.rank`` searches."""
+    if not cfg.space.rank:
+        return []
+    return sorted({m.value for m in cfg.space.methods} | {cfg.space.method.value})
 
 
 def needs_profile(cfg: Config) -> bool:
@@ -56,17 +71,21 @@ def device_profile(
     runs: int = PROFILE_RUNS,
     force: bool = False,
     runtime: str = "torch",
+    methods: list[str] | None = None,
 ) -> tuple[DeviceProfile, bool]:
-    """The profile of ``space`` on ``device`` in ``runtime`` from ``store``, measured and stored first if it has
-    none (or ``force``); and whether it was measured now."""
+    """The profile of ``space`` on ``device`` in ``runtime`` from ``store`` (with the factor chains of
+    ``methods``), measured and stored first if it has none (or ``force``); and whether it was measured now."""
     from spaces import DeviceProfile, profile_space
 
     device = latency_device(runtime, device)
-    key = DeviceProfile.key_for(space, device, threads=threads, batch=batch, runtime=runtime)
+    methods = methods or []
+    key = DeviceProfile.key_for(space, device, threads=threads, batch=batch, runtime=runtime, methods=methods)
     stored = None if force else store.profile(key)
     if stored is not None:
         return DeviceProfile.from_json(stored), False
-    prof = profile_space(space, device=device, threads=threads, batch=batch, runs=runs, runtime=runtime)
+    prof = profile_space(
+        space, device=device, threads=threads, batch=batch, runs=runs, runtime=runtime, methods=methods
+    )
     if force:
         store.delete_profile(key)
     text = store.save_profile(

@@ -334,10 +334,12 @@ class Search:
 
     def _allocated(self, budget: Budget, sens: Sensitivity | None, extra: dict[str, Any]) -> Plan:
         """The allocator's plan at ``budget``, with the seed entries (``extra``) of the dimensions it did not
-        choose, fitted onto the budget."""
+        choose, fitted onto the budget (under a latency limit it allocates channels only: ranks' latency is read
+        from measured tables, which its linear program does not take)."""
         p, space = self.prepared, self.cfg.space
         more = self._allocator_options()
-        plan = p.space.allocate(budget, rank=space.rank, method=space.method, sensitivity=sens, **more).plan
+        rank = space.rank and "latency" not in budget.limits  # the allocator meets a latency cap by pruning alone
+        plan = p.space.allocate(budget, rank=rank, method=space.method, sensitivity=sens, **more).plan
         missing = {k: v for k, v in extra.items() if not plan.entries(k)}  # what the allocator did not choose
         return p.space.fit(plan.replace(**missing), budget) if missing else plan
 

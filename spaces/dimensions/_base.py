@@ -177,6 +177,8 @@ class Dimension(ABC):
     order: ClassVar[int]  # costing and surgery order: prune 0, rank 10, ...
     always_written: ClassVar[bool] = False  # write ``key`` even when empty (prune: the plan's format)
     fit_rule: ClassVar[str] = "held"  # "moved" (pruning) or "held": see the module docs
+    # its resolved part is {layer: (method, ranks)}, which device profiles time as factor chains (spaces._latency)
+    factor_chains: ClassVar[bool] = False
 
     @property
     def keys(self) -> tuple[str, ...]:

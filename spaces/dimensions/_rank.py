@@ -97,6 +97,7 @@ class RankDimension(Dimension):
     extra_keys = ("method",)
     describe: ClassVar[dict[str, str]] = {"rank": "layer to rank", "method": "layer to method"}
     order = 10
+    factor_chains = True
 
     def normalize(self, values: Entries) -> Entries:
         methods = method_names()

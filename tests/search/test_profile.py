@@ -40,6 +40,26 @@ def test_a_latency_budget_study_profiles_once_and_a_second_study_reads_the_store
         assert p.space.cost(Plan.from_json(r.plan)).latency <= limit * (1 + 1e-9)
 
 
+def test_a_latency_budget_with_ranks_profiles_the_chains_and_fits_factorized_plans(make_config: ConfigMaker) -> None:
+    share = _reachable_share(load_config(make_config()))
+    cfg = make_config(
+        budget__macs=None, budget__latency=f"{100 * share:.2f}%", space__rank=True, search__candidates=4,
+        search__seed_plans=["allocator", "uniform"],  # the third and fourth candidates are sampled: ratios and ranks
+    )  # fmt: skip
+    s = Search(load_config(cfg)).prepare()
+    p = s.prepared
+    prof = p.space.profile
+    assert prof is not None and prof.methods == ["svd"] and prof.factored  # the searched method's chains
+    assert p.store.profile(prof.key) is not None and "layer1.0.conv1" in prof.factored
+    s.run()
+    rows = [r for r in p.store.candidates(p.study_id) if r.status == "COMPLETE"]
+    plans = [Plan.from_json(r.plan) for r in rows]
+    assert len(rows) == 4 and any(plan.rank for plan in plans)  # sampled plans factorize layers
+    limit = round(100 * share, 2) / 100 * p.base_cost.latency
+    for plan in plans:  # every candidate, factorized or not, meets the cap in predicted latency
+        assert p.space.cost(plan).latency <= limit * (1 + 1e-9)
+
+
 def _reachable_share(cfg: Config) -> float:
     """Profile the config's model into its store (as a study would) and return a latency share, of the base
     model's, that its fastest plan meets: the budget of a test that holds on any machine."""
@@ -84,7 +104,10 @@ def test_the_profile_command_measures_then_reads_the_store(
     [
         ({"budget__latency": "-3ms"}, "budget latency must be a positive number"),
         ({"budget__latency": "3 parsecs"}, "unknown unit 'parsecs'"),
-        ({"budget__latency": "50%", "space__rank": True}, "budget.latency is predicted for pruning plans only"),
+        (
+            {"budget__latency": "50%", "space__quantize": "weights"},
+            "budget.latency is predicted for pruning and factor",
+        ),
         ({"space__round_to": "fast"}, 'round_to must be an integer >= 1 or "auto"'),
         ({"evaluate__runtime": "tvm"}, "evaluate.runtime"),
         ({"evaluate__runtime": "onnxruntime", "evaluate__device": "cuda"}, "'onnxruntime' times the CPU, got evaluate"),

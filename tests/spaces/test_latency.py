@@ -45,7 +45,7 @@ def _synthetic(space: ModelSpace) -> DeviceProfile:
     prof = profile_space(space, threads=1, runs=1, warmup=0)
     for t in prof.layers.values():
         t.ms = [[1e-3 * (co if t.depthwise else ci * co) for co in t.outs] for ci in t.ins]
-    prof.rest = (0.1, 0.2)
+    prof.rest, prof.scale = (0.1, 0.2), 1.0
     return prof
 
 
@@ -63,7 +63,18 @@ def test_every_conv_and_linear_has_a_table_over_the_channels_plans_can_give_it(
         assert ms.shape == (len(table.ins), len(table.outs)) and (ms > 0).all()
         assert (np.diff(ms, axis=0) >= 0).all() and (np.diff(ms, axis=1) >= 0).all()  # made monotone
     assert profile.base_ms > 0 and [c[0] for c in profile.calibration] == [0.0, 0.25, 0.5, 0.75]
-    assert profile.rest[1] >= 0
+    assert profile.rest[0] >= 0 and profile.rest[1] >= 0 and profile.scale >= 0.05
+
+
+def test_the_calibration_fits_the_tables_in_context_and_never_predicts_a_negative_time() -> None:
+    from spaces._latency import _fit_calibration
+
+    tables, xs = [4.0, 2.6, 1.4, 0.5], [1.0, 0.75, 0.5, 0.25]
+    exact = [0.8 * t + 0.3 + 0.5 * x for t, x in zip(tables, xs, strict=True)]
+    assert _fit_calibration(tables, xs, exact) == pytest.approx((0.8, 0.3, 0.5), abs=1e-6)
+    # one-node tables that overcount the whole model: a free line would need a negative overhead
+    s, a, b = _fit_calibration(tables, xs, [2.0, 1.2, 0.5, 0.15])
+    assert s >= 0.05 and a >= 0 and b >= 0 and s * 0.01 + a + b * 0.01 > 0
 
 
 def test_the_prediction_interpolates_the_tables_and_is_monotone_in_kept_channels(space: ModelSpace) -> None:
@@ -103,29 +114,67 @@ def test_a_latency_budget_is_met_by_fit_and_the_allocator_in_predicted_latency(s
     assert sp.costs.cost_of_keep(sp.costs.channels, {"3": ("svd", (4,))}).latency is None  # ranks: not predicted
 
 
-def test_a_rank_plan_is_refused_by_the_prediction_and_by_a_latency_budget(space: ModelSpace) -> None:
+def test_a_profile_without_factor_tables_refuses_ranks_and_bits_in_one_line(space: ModelSpace) -> None:
     prof = _synthetic(space)
-    from spaces import Plan
-
-    with pytest.raises(PlanError, match="latency is predicted for pruning plans; this plan also has rank"):
+    untimed = r"^latency cannot be predicted for this plan: layer '3' is factorized by svd, which the device profile"
+    with pytest.raises(PlanError, match=untimed + r" did not time \(methods timed: none"):
         prof.predict(space, Plan(rank={"3": 0.5}))
+    with pytest.raises(PlanError, match="it has bits, which device profiles do not time"):
+        prof.predict(space, Plan(bits={"3": 4}))
     with pytest.raises(ValueError, match="^budget latency needs a predicted latency"):
         Budget(latency="50%").slack(space.base_cost, space.base_cost)  # the space has no profile attached
+    with pytest.raises(ValueError, match="methods must be among svd, .*, got 'qr'"):
+        profile_space(space, methods=["qr"])
 
 
-def test_a_latency_budget_on_a_rank_plan_is_a_one_line_error_in_fit_and_the_allocator() -> None:
+def _chains(sp: ModelSpace) -> DeviceProfile:
+    """A synthetic profile with svd chains: a chain at rank r costs ``(cin + cout) * r`` µs, as its MACs."""
+    prof = _synthetic(sp)
+    real = profile_space(sp, threads=1, runs=1, warmup=0, methods=["svd"])
+    for tables in real.factored.values():
+        t = tables["svd"]
+        t.ms = [[[1e-3 * (ci + co) * r for r in t.ranks] for co in t.outs] for ci in t.ins]
+    prof.factored = real.factored
+    return prof
+
+
+def test_factor_chains_are_timed_over_channels_and_ranks_and_predicted() -> None:
     torch.manual_seed(0)
     sp = ModelSpace(_net().eval(), torch.randn(1, 3, 16, 16))
-    sp.attach_profile(_synthetic(sp))
-    from spaces import Plan
+    real = profile_space(sp, threads=1, runs=1, warmup=0, methods=["svd", "tt"])
+    t = real.factored["3"]["svd"]  # 16 -> 32 3x3: break-even rank 26 (9 * 16 * 26 + 26 * 32 < 9 * 16 * 32)
+    assert sp.layer("3").max_useful_rank("svd") == 26 and t.ranks == [3, 8, 13, 18, 23]  # 0.1, 0.3, ... of it
+    assert t.ins == [4, 8, 12, 16] and t.outs == [8, 16, 24, 32]
+    ms = np.array(t.ms)
+    assert ms.shape == (4, 4, 5) and (ms > 0).all() and all((np.diff(ms, axis=a) >= 0).all() for a in range(3))
+    assert "6" not in real.factored and set(real.factored["3"]) == {"svd", "tt"}  # the depthwise conv has no chain
+    assert real.key != profile_space(sp, threads=1, runs=1, warmup=0).key  # the methods are part of the key
+    assert real.key == DeviceProfile.key_for(sp, torch.device("cpu"), threads=1, batch=1, methods=["tt", "svd"])
+    prof = _chains(sp)
+    sp.attach_profile(prof)
+    dense = prof.predict(sp, Plan())
+    for r in (3, 5, 13, 20):
+        plan = Plan(rank={"3": r})
+        chain = 1e-3 * (16 + 32) * r  # the synthetic chain at the full counts, on its rank grid or between
+        assert prof.predict(sp, plan) == pytest.approx(dense - prof.layers["3"].ms[-1][-1] + chain)
+        assert sp.cost(plan).latency == pytest.approx(prof.predict(sp, plan))
+    assert prof.predict(sp, Plan(rank={"3": 1})) == prof.predict(sp, Plan(rank={"3": 3}))  # clamped to the grid
+    assert DeviceProfile.from_json(prof.to_json()) == prof
 
+
+def test_a_latency_budget_on_a_rank_plan_is_met_by_fit_and_refused_by_the_allocator_in_one_line() -> None:
+    torch.manual_seed(0)
+    sp = ModelSpace(_net().eval(), torch.randn(1, 3, 16, 16))
+    sp.attach_profile(_chains(sp))
     budget = Budget(latency="60%")
-    with pytest.raises(PlanError, match="^budget latency is predicted for pruning plans only; this plan also") as e:
-        sp.fit(Plan(rank={"3": 0.5}), budget)
-    assert "\n" not in str(e.value)
+    plan = sp.fit(Plan(rank={"3": 3}), budget)
+    cost = sp.cost(plan)
+    assert plan.rank == {"3": 3} and plan.prune and cost.latency is not None  # ranks held, pruning moved
+    assert cost.latency <= 0.6 * sp.base_cost.latency and budget.is_met(cost, sp.base_cost)  # type: ignore[operator]
+    with pytest.raises(PlanError, match="^budget latency cannot be met for this plan: layer '3' is factorized by tt"):
+        sp.fit(Plan(rank={"3": 3}, method={"3": "tt"}), budget)
     with pytest.raises(PlanError, match="allocate it with rank=False"):
         sp.allocate(budget, rank=True)
-    assert sp.fit(Plan(rank={"3": 1.0}), budget).prune  # a rank that keeps the layer dense is a pruning plan
 
 
 @pytest.mark.parametrize(
