@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_latency.py                               # the three models, 50 % and 30 %
     .venv/bin/python bench/bench_latency.py --models resnet20 --budgets 0.5
     .venv/bin/python bench/bench_latency.py --runtime onnxruntime --models resnet50,mobilenet_v2
+    .venv/bin/python bench/bench_latency.py --methods svd --models resnet20  # and (d): pruning with ranks
 
 For each model (torchvision ``resnet50`` and ``mobilenet_v2`` at 1×3×224×224 with
 fresh weights — latency does not read them —, and the Fashion-MNIST ResNet-20 of
@@ -15,7 +16,11 @@ ranking, :meth:`spaces.ModelSpace.global_plan`):
 (a) **MAC-only**, ``round_to = 1``: the budget on MACs;
 (b) **round_to = "auto"**: the same, kept counts rounded to the profile's channel multiple;
 (c) **latency-aware**: ``round_to = "auto"`` and a latency budget equal to (a)'s
-    *measured* latency, so (c) is at most as slow as (a) by the prediction.
+    *measured* latency, so (c) is at most as slow as (a) by the prediction;
+(d) with ``--methods svd`` (the profile then times those methods' factor chains
+    too): the allocator's joint plan, channels and ranks of the first method, at
+    the MAC budget with ``round_to = "auto"`` — how well a plan with factorized
+    layers is predicted.
 
 Each model is then timed end to end (:func:`spaces.measure_latency`: median of
 ``--runs`` calls after 5 warm-up calls). Columns: MACs kept, measured ms,
@@ -40,7 +45,12 @@ from search import Search, load_config
 from search.operations._finalize import train_final
 from spaces import Budget, ModelSpace, Plan, measure_latency, profile_space
 
-ARMS = ("(a) MAC-only, round_to 1", '(b) round_to "auto"', "(c) latency budget = (a)'s measured")
+ARMS = (
+    "(a) MAC-only, round_to 1",
+    '(b) round_to "auto"',
+    "(c) latency budget = (a)'s measured",
+    "(d) allocator, channels and ranks",
+)
 
 
 def _space(args: argparse.Namespace, name: str, tmp: Path) -> tuple[ModelSpace, Any]:
@@ -68,6 +78,9 @@ def _plans(args: argparse.Namespace, space: ModelSpace, budget: float, multiple:
     try:
         plans[ARMS[1]] = space.global_plan(Budget(macs=f"{budget:.0%}"))
         plans[ARMS[2]] = space.global_plan(Budget(latency=f"{a_ms:.4f}ms"))
+        if args.methods:
+            joint = space.allocate(Budget(macs=f"{budget:.0%}"), rank=True, method=args.methods.split(",")[0])
+            plans[ARMS[3]] = joint.plan
     finally:
         space.set_round_to(1)
     return plans
@@ -100,6 +113,7 @@ def main() -> None:
     ap.add_argument("--models", default="resnet50,mobilenet_v2,resnet20")
     ap.add_argument("--runs", type=int, default=25, help="timed end-to-end calls per model (median kept)")
     ap.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"), help="where latency is measured")
+    ap.add_argument("--methods", default="", help="factorization methods whose chains the profile times; adds (d)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows, notes = [], []
@@ -108,12 +122,14 @@ def main() -> None:
         for name in args.models.split(","):
             space, p = _space(args, name, Path(td))
             t = time.perf_counter()
-            prof = profile_space(space, threads=args.threads, runtime=args.runtime)
+            methods = [m for m in args.methods.split(",") if m]
+            prof = profile_space(space, threads=args.threads, runtime=args.runtime, methods=methods)
             space.attach_profile(prof)
             err = max(abs(pr - m) / m for _, m, pr in prof.calibration)
             dense = _ms(args, space.model, space)
             notes.append(
-                f"{name}: profile {time.perf_counter() - t:.0f} s, {len(prof.layers)} layers, dense {dense:.2f} ms, "
+                f"{name}: profile {time.perf_counter() - t:.0f} s, {len(prof.layers)} layers "
+                f"({len(prof.factored)} with chains), dense {dense:.2f} ms, scale {prof.scale:.2f}, "
                 f"multiple {prof.multiple}, calibration error <= {100 * err:.1f} %"
             )
             print(notes[-1], flush=True)

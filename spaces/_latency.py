@@ -157,11 +157,12 @@ class FactorTable:
         i0, i1, u = _bracket(self.ins, cin)
         j0, j1, v = _bracket(self.outs, cout)
         k0, k1, w = _bracket(self.ranks, rank)
-        m = np.asarray(self.ms)
-        plane = (1 - w) * m[:, :, k0] + w * m[:, :, k1]
-        return float(
-            (1 - u) * ((1 - v) * plane[i0, j0] + v * plane[i0, j1]) + u * ((1 - v) * plane[i1, j0] + v * plane[i1, j1])
-        )
+        m = self.ms
+
+        def cell(i: int, j: int) -> float:
+            return (1 - w) * m[i][j][k0] + w * m[i][j][k1]
+
+        return (1 - u) * ((1 - v) * cell(i0, j0) + v * cell(i0, j1)) + u * ((1 - v) * cell(i1, j0) + v * cell(i1, j1))
 
 
 def _up(count: int, multiple: int, full: int) -> int:
