@@ -66,7 +66,7 @@ factorized by a method the profile did not time, is not predicted: its
 ``Cost.latency`` is ``None`` and a latency budget on it is a one-line error
 naming why. A profile is
 keyed (:meth:`DeviceProfile.key`) by the model's structure, the device, the
-runtime, threads and batch size, and travels as JSON, so a store can cache it
+runtime, threads, batch size and the methods whose chains it timed, and travels as JSON, so a store can cache it
 and every worker reuse it.
 
 Written here rather than taken from a library: torch's ``torch.utils.benchmark``
