@@ -304,9 +304,6 @@ class LatencyPredictor:
             return None
         return self.profile.predict_keep(self.space, keep, factor_chains(resolved))
 
-    def why_not(self, resolved: Mapping[str, Any]) -> str | None:
-        return self.profile.unpredictable(resolved)
-
 
 def factor_chains(resolved: Mapping[str, Any]) -> dict[str, tuple[str, tuple[int, ...]]]:
     """``{layer: (method, ranks)}`` of every factorized layer in a plan's resolved parts (the dimensions whose
