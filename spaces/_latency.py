@@ -538,8 +538,8 @@ def _is_depthwise(mod: nn.modules.conv._ConvNd) -> bool:
     return mod.groups > 1 and mod.groups == mod.in_channels
 
 
-def _axis(count: int, changes: bool) -> list[int]:
-    return sorted({max(1, round(count * f)) for f in FRACTIONS}) if changes else [count]
+def _axis(count: int, changes: bool, fractions: Sequence[float] = FRACTIONS) -> list[int]:
+    return sorted({max(1, round(count * f)) for f in fractions}) if changes else [count]
 
 
 def _table(space: ModelSpace, name: str, call: tuple[tuple[int, ...], int], batch: int, timer: _Timer) -> LayerTable:
@@ -562,10 +562,13 @@ def _table(space: ModelSpace, name: str, call: tuple[tuple[int, ...], int], batc
 def _time_layer(mod: nn.Module, cin: int, cout: int, shape: tuple[int, ...], batch: int, timer: _Timer) -> float:
     """``mod``'s kind of layer with ``cin`` inputs and ``cout`` outputs, timed on a random input of ``shape``."""
     layer = _rebuilt(mod, cin, cout).to(timer.device).eval()
-    x = torch.randn(
-        _scaled(shape, cin, batch, channel_dim=-1 if isinstance(mod, nn.Linear) else 1), device=timer.device
-    )
-    return timer(timer.layer_call(layer, x))
+    return timer(timer.layer_call(layer, _random_input(mod, shape, cin, batch, timer.device)))
+
+
+def _random_input(mod: nn.Module, shape: tuple[int, ...], cin: int, batch: int, device: torch.device) -> torch.Tensor:
+    """A random input of ``mod``'s traced ``shape`` with ``cin`` channels (the last axis of a Linear's) and
+    ``batch`` times its batch."""
+    return torch.randn(_scaled(shape, cin, batch, channel_dim=-1 if isinstance(mod, nn.Linear) else 1), device=device)
 
 
 FACTOR_CHANNELS = (0.25, 0.5, 0.75, 1.0)  # a factor table's kept fractions on each axis pruning can change
@@ -598,31 +601,26 @@ def _factor_table(
     shape, calls = call
     full = space.costs.channels
     geom, low = space.costs.pruned_geom(name, full), space.costs.pruned_geom(name, np.ones_like(full))
-    ins = sorted({max(1, round(geom.cin * f)) for f in FACTOR_CHANNELS}) if low.cin != geom.cin else [geom.cin]
-    outs = sorted({max(1, round(geom.cout * f)) for f in FACTOR_CHANNELS}) if low.cout != geom.cout else [geom.cout]
-    be = geom.max_useful_rank(method)
-    ranks = sorted({max(1, round(be * f)) for f in RANK_FRACTIONS})
+    ins = _axis(geom.cin, low.cin != geom.cin, FACTOR_CHANNELS)
+    outs = _axis(geom.cout, low.cout != geom.cout, FACTOR_CHANNELS)
+    ranks = _axis(geom.max_useful_rank(method), True, RANK_FRACTIONS)
     ms = [
-        [[_time_chain(mod, geom.with_channels(co, ci), method, r, (shape, batch), timer) for r in ranks] for co in outs]
+        [[_time_chain(mod, geom.with_channels(co, ci), method, r, shape, batch, timer) for r in ranks] for co in outs]
         for ci in ins
     ]
     return FactorTable(method=method, ins=ins, outs=outs, ranks=ranks, ms=ms, calls=calls)
 
 
 def _time_chain(
-    mod: nn.Module, geom: LayerGeom, method: str, rank: int, call: tuple[tuple[int, ...], int], timer: _Timer
+    mod: nn.Module, geom: LayerGeom, method: str, rank: int, shape: tuple[int, ...], batch: int, timer: _Timer
 ) -> float:
     """The factor chain of ``mod``'s kind of layer at ``geom``'s channels and ``rank`` (every mode at most it),
-    timed on a random input (``call``: the layer's input shape and the batch size)."""
+    timed on a random input of the layer's traced ``shape``."""
     from spaces.factorization import factor_method
 
-    shape, batch = call
     layer = _rebuilt(mod, geom.cin, geom.cout)
     chain = factor_method(method).factorize(layer, geom, geom.resolve(method, rank)).to(timer.device).eval()  # type: ignore[arg-type]
-    x = torch.randn(
-        _scaled(shape, geom.cin, batch, channel_dim=-1 if isinstance(mod, nn.Linear) else 1), device=timer.device
-    )
-    return timer(timer.chain_call(chain, x))
+    return timer(timer.chain_call(chain, _random_input(mod, shape, geom.cin, batch, timer.device)))
 
 
 def _rebuilt(mod: nn.Module, cin: int, cout: int) -> nn.Module:
