@@ -86,6 +86,10 @@ if TYPE_CHECKING:
     from spaces._space import (
         ModelSpace as ModelSpace,
     )
+    from spaces._timing import (
+        summarize as summarize,
+        time_calls as time_calls,
+    )
     from spaces._trace import (
         Group as Group,
     )
@@ -138,6 +142,8 @@ _WHERE = {
     "fit": "_policy",
     "global_plan": "_policy",
     "dequantized": "_quant",
+    "summarize": "_timing",
+    "time_calls": "_timing",
     "Sensitivity": "_sensitivity",
     "SENSITIVITY_RATIOS": "_sensitivity",
     "measure_sensitivity": "_sensitivity",
@@ -204,6 +210,8 @@ __all__ = [
     "profile_space",
     "quantized_bytes",
     "reinstall_handlers",
+    "summarize",
+    "time_calls",
     "uniform_plan",
     "write_onnx",
 ]

@@ -83,7 +83,6 @@ import math
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -95,6 +94,7 @@ from torch import nn
 
 from spaces._errors import PlanError
 from spaces._ort import check_runtime, layer_runner, model_runner
+from spaces._timing import time_calls
 from spaces._trace import CONV, LINEAR
 
 if TYPE_CHECKING:
@@ -448,16 +448,7 @@ class _Timer:
     def times(self, fn: Callable[[], Any]) -> list[float]:
         """The ``runs`` timed calls (ms), after ``warmup`` calls that are not timed."""
         with torch.inference_mode():
-            for _ in range(self.warmup):
-                fn()
-            times = []
-            for _ in range(self.runs):
-                self.sync()
-                t = time.perf_counter()
-                fn()
-                self.sync()
-                times.append(1000.0 * (time.perf_counter() - t))
-        return times
+            return time_calls(fn, runs=self.runs, warmup=self.warmup, sync=self.sync)
 
     def __call__(self, fn: Callable[[], Any]) -> float:
         return statistics.median(self.times(fn))

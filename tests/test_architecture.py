@@ -25,7 +25,7 @@ FORBIDDEN: dict[str, set[str]] = {
 # the layers inside spaces/, lowest first: a module imports (at run time) only from layers below its own
 # (a sub-package's modules are named "package._module"; every __init__ may import its own package)
 SPACES_LAYERS = [
-    {"_vocab", "_errors", "_lazy", "_interrupt"},
+    {"_vocab", "_errors", "_lazy", "_interrupt", "_timing"},
     {"_attention", "_ort"},
     {"_cost", "_tp_compat", "_quant", "factorization._base"},
     {"factorization.__init__", "factorization._registry", "dimensions._base"},

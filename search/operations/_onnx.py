@@ -38,11 +38,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import statistics
-import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from spaces import summarize, time_calls
 
 if TYPE_CHECKING:
     import torch
@@ -156,15 +156,7 @@ def _quantize(float_path: Path, out: Path, plan: Plan, layers: dict, data: DataB
 
 def _latency(run: Any, example: Any, runs: int) -> dict[str, float]:
     """Batch-1 latency of ``run(example)`` in ms: median and interquartile range over ``runs`` timed runs."""
-    for _ in range(5):
-        run(example)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        run(example)
-        times.append(1000 * (time.perf_counter() - t))
-    q = statistics.quantiles(times, n=4)
-    return {"median_ms": statistics.median(times), "iqr_ms": q[2] - q[0], "runs": runs}
+    return summarize(time_calls(lambda: run(example), runs=runs, warmup=5))
 
 
 def _outputs(session: Any, x: torch.Tensor) -> torch.Tensor:
