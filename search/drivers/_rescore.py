@@ -60,8 +60,14 @@ def _chosen(p: Prepared) -> list[CandidateRow]:
     done = [r for r in rows if r.status is Status.COMPLETE and r.top_rung > top]
     ready = [r for r in rows if r.status is Status.COMPLETE and r.top_rung == top and r.artifact]
     score = p.config.evaluate.score
-    ready.sort(key=lambda r: (-(r.score_after(p.rungs[-1], score) or -float("inf")), r.macs or 0.0, r.id))
+    ready.sort(key=lambda r: (_missing_last(r.score_after(p.rungs[-1], score)), r.macs or 0.0, r.id))
     return ready[: max(0, p.config.evaluate.rescore_top - len(done))]
+
+
+def _missing_last(score: float | None) -> float:
+    """A sort key that puts the best score first and a missing one last: ``0.0`` is a score (an accuracy of 0, or
+    a loss of 0 in the loss score), never a missing one."""
+    return float("inf") if score is None else -score
 
 
 def rescore(p: Prepared) -> list[str]:

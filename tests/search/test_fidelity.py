@@ -210,3 +210,11 @@ def test_versatile_filters_trained_block_wise_are_searched_promoted_and_finalize
     assert done[0].test_accuracy is not None and calls[-1] is False  # finalize trains its fresh model block-wise
     frame = structure_frame(p.space, {"pick": next(plan for plan in plans if plan.method)})
     assert "primary filters" in set(frame["what"])
+
+
+def test_a_score_of_zero_is_a_score_when_choosing_what_to_rescore() -> None:
+    """0.0 (an accuracy of 0, or a loss of 0 under the loss score) ranks as a score; only ``None`` is missing."""
+    from search.drivers._rescore import _missing_last
+
+    scores = [None, -0.5, 0.0, 0.3, -0.0]
+    assert sorted(scores, key=_missing_last) == [0.3, 0.0, -0.0, -0.5, None]
