@@ -24,7 +24,25 @@ from storage import best_within_cap, latency_check
 if TYPE_CHECKING:
     from storage import StudyStore
 
-__all__ = ["cmd_export", "cmd_finalize", "cmd_front", "cmd_report", "cmd_run", "cmd_status", "open_study", "overrides"]
+__all__ = [
+    "add_config_flags",
+    "cmd_export",
+    "cmd_finalize",
+    "cmd_front",
+    "cmd_report",
+    "cmd_run",
+    "cmd_status",
+    "open_study",
+    "overrides",
+]
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One ``--section.key`` flag per config key (what :func:`overrides` reads back); the key's description is its
+    help. argparse formats help strings with ``%``, so a description that says "40%" must reach it as "40%%"."""
+    for key, text, is_list in config_flags():
+        help_text = text.replace("%", "%%") if text else f"overrides [{key.partition('.')[0]}] {key.partition('.')[2]}"
+        p.add_argument(f"--{key}", dest=key, metavar="LIST" if is_list else "VALUE", help=help_text)
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -16,7 +16,6 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from search._config import config_flags
 from search._exit_codes import EXIT_INTERRUPTED, REPORT_A_BUG, explain
 from search.cli import _commands as commands
 from search.cli._inspect import budget_arg, cmd_inspect, ratios_arg, shape_arg
@@ -38,17 +37,6 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="the run's TOML config (gives the storage URL and study name)")
     p.add_argument("--storage", help="storage URL (default: the config's, else sqlite:///prunetune.db)")
     p.add_argument("--study", help="study name (default: the config's, or the only study in the store)")
-
-
-def _config_flag_args(p: argparse.ArgumentParser) -> None:
-    """One ``--section.key`` flag per config key; the key's description is its help.
-
-    argparse formats help strings with ``%``, so a description that says "40%"
-    must reach it as "40%%".
-    """
-    for key, text, is_list in config_flags():
-        help_text = text.replace("%", "%%") if text else f"overrides [{key.partition('.')[0]}] {key.partition('.')[2]}"
-        p.add_argument(f"--{key}", dest=key, metavar="LIST" if is_list else "VALUE", help=help_text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,7 +82,7 @@ def _add_run(sub: Any) -> None:
     )
     run.add_argument("config", help="the run's TOML config, e.g. examples/digits.toml")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    _config_flag_args(run)
+    commands.add_config_flags(run)
     run.set_defaults(func=commands.cmd_run)
 
 
@@ -137,7 +125,7 @@ def _add_finalize(sub: Any) -> None:
     fin.add_argument("--front", action="store_true", help="every candidate of the Pareto front")
     fin.add_argument("--steps", type=int, help="fine-tune steps (default: evaluate.final_steps)")
     fin.add_argument("--out", help="export each to OUT/trial-N as well")
-    _config_flag_args(fin)
+    commands.add_config_flags(fin)
     fin.set_defaults(func=commands.cmd_finalize)
 
 

@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from search.cli._commands import add_config_flags, overrides
+
 __all__ = ["add_profile_command", "cmd_profile"]
 
 
@@ -21,7 +23,7 @@ def add_profile_command(sub: Any) -> None:
         "with space.rank the factor chains of the searched methods over channels and ranks; "
         "stores the profile in the config's store, keyed by model, device, runtime, threads and "
         'batch size. A study with a budget.latency limit, the latency objective or space.round_to = "auto" reads '
-        "it (or measures it).",
+        "it (or measures it). Every config key can be overridden as in `run`: --section.key VALUE.",
     )
     prof.add_argument("config", help="the run's TOML config (model, data, storage, evaluate.threads/device/runtime)")
     prof.add_argument("--runs", type=int, default=7, help="timed calls per point, the median kept (default 7)")
@@ -29,6 +31,7 @@ def add_profile_command(sub: Any) -> None:
         "--batch", type=int, default=1, help="batch size to profile (default 1, what studies read; others: for a look)"
     )
     prof.add_argument("--force", action="store_true", help="measure again even if the store holds a profile")
+    add_config_flags(prof)  # the same --section.key overrides as `run`, so both read the same study settings
     prof.set_defaults(func=cmd_profile)
 
 
@@ -43,7 +46,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     if args.runs < 1 or args.batch < 1:
         raise UsageError(f"--runs and --batch must be at least 1, got {args.runs} and {args.batch}")
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, overrides(args))
     store = StudyStore(cfg.storage.url)
     if cfg.evaluate.threads is not None:
         torch.set_num_threads(cfg.evaluate.threads)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,15 @@ def test_a_pickled_weights_file_is_one_line_even_with_warnings_as_errors(tmp_pat
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("prunetune: error: ") and "never unpickles code" in lines[0]
+
+
+def test_profile_takes_the_same_overrides_as_run(
+    make_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--section.key`` overrides reach the profile: the threads it is measured with, and a bad value's error."""
+    cfg = make_config(evaluate__threads=2)
+    assert main(["profile", str(cfg), "--runs", "1", "--evaluate.threads", "1"]) == 0
+    assert "torch, 1 threads," in " ".join(capsys.readouterr().out.split())  # rich wraps lines
+    assert main(["profile", str(cfg), "--evaluate.runtime", "tvm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "evaluate.runtime" in err and "\n" not in err
