@@ -1,5 +1,11 @@
 """Compatibility shims for torch-pruning on current PyTorch.
 
+The shims replace functions inside torch-pruning's ``dependency`` package,
+written against (and tested with) torch-pruning 1.6.1 only:
+:func:`install` refuses any other installed version with a one-line
+:class:`TorchPruningVersionError` naming both (pyproject pins the same
+version), because a patched internal that changed would fail silently.
+
 torch-pruning 1.6.1 reads the autograd attribute ``_saved_self_sizes`` of
 ``ViewBackward``/``ReshapeBackward`` nodes. PyTorch 2.x renamed it to
 ``_saved_self_sym_sizes``, so torch-pruning falls back to a legacy branch that
@@ -41,11 +47,30 @@ One more library limit is handled in ``_trace.py`` rather than patched: grouped
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Any
 
+from spaces._errors import PruneTuneError
+
+SUPPORTED_VERSIONS = ("1.6.1",)  # the torch-pruning versions these shims were written and tested against
 _installed = False
 LIBRARY: dict[str, Any] = {}  # the library's own functions that install() replaced (the tests compare with them)
 _mapped: set[int] = set()  # ids of the graphs whose index mappings all_groups computed (see install)
+
+
+class TorchPruningVersionError(PruneTuneError, ImportError):
+    """The installed torch-pruning is not a version :mod:`spaces._tp_compat` was tested against."""
+
+
+def check_version(installed: str | None = None) -> None:
+    """Raise :class:`TorchPruningVersionError` unless ``installed`` (default: the installed one) is supported."""
+    if installed is None:
+        installed = importlib.metadata.version("torch-pruning")  # the package's __version__ lags (1.6.1 says 1.6.0)
+    if installed not in SUPPORTED_VERSIONS:
+        raise TorchPruningVersionError(
+            f"torch-pruning {installed} is installed, but spaces._tp_compat patches the internals of "
+            f"torch-pruning {' or '.join(SUPPORTED_VERSIONS)} only: pip install torch-pruning=={SUPPORTED_VERSIONS[-1]}"
+        )
 
 
 def _self_sizes(grad_fn: Any) -> tuple[int, ...] | None:
@@ -257,16 +282,16 @@ def _unknown_concat_size(graph: Any, cat_node: Any) -> bool:
 
 
 def install() -> None:
-    """Install the shims (idempotent)."""
-    from torch_pruning.dependency import graph, group, index_mapping, shape_infer
-
+    """Install the shims (idempotent); on an untested torch-pruning version, raise before patching anything."""
     global _installed
     if _installed:
         return
+    check_version()
+    from torch_pruning.dependency import graph, group, index_mapping, shape_infer
 
     if graph.shape_infer is not shape_infer or not hasattr(shape_infer, "init_shape_information"):
         # graph.py must call shape_infer.init_shape_information for the fix to take effect
-        raise ImportError("this torch-pruning version is not the layout spaces._tp_compat patches (1.5-1.6)")
+        raise TorchPruningVersionError("this torch-pruning is not the layout spaces._tp_compat patches (1.6.1)")
     index_mapping.update_reshape_index_mapping = _update_reshape_index_mapping
     original_concat = index_mapping.update_concat_index_mapping
 

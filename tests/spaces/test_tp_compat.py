@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import tomllib
+from pathlib import Path
+
 import pytest
 import torch
 import torch_pruning as tp
 import torchvision
 from torch_pruning._helpers import _HybridIndex as _Index
 
-from spaces import _tp_compat
+from spaces import PruneTuneError, _tp_compat
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_installed_torch_pruning_is_the_version_the_shims_were_tested_against() -> None:
+    """Fails loudly on another torch-pruning: the shims patch its internals (re-test them, then add the version)."""
+    installed = importlib.metadata.version("torch-pruning")
+    assert installed in _tp_compat.SUPPORTED_VERSIONS, f"torch-pruning {installed} is not one _tp_compat supports"
+    _tp_compat.check_version()  # no error
+
+
+def test_another_torch_pruning_version_is_refused_in_one_line() -> None:
+    with pytest.raises(_tp_compat.TorchPruningVersionError) as info:
+        _tp_compat.check_version("1.5.2")
+    message = str(info.value)
+    assert "\n" not in message and isinstance(info.value, PruneTuneError) and isinstance(info.value, ImportError)
+    assert "torch-pruning 1.5.2 is installed" in message and "torch-pruning==1.6.1" in message
+
+
+def test_pyproject_and_constraints_pin_the_supported_version() -> None:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = [d for d in deps if d.startswith("torch-pruning")]
+    assert pins == [f"torch-pruning=={v}" for v in _tp_compat.SUPPORTED_VERSIONS]
+    constraints = [line.split("#")[0].strip() for line in (ROOT / "constraints.txt").read_text().splitlines()]
+    assert f"torch-pruning=={_tp_compat.SUPPORTED_VERSIONS[-1]}" in constraints
 
 
 def test_self_sizes_reads_the_renamed_attribute() -> None:
