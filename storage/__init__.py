@@ -18,14 +18,14 @@ if TYPE_CHECKING:
     from storage._html import render_report
     from storage._open import file_sha256, store_error
     from storage._panels import Panel, ReportInput, register_panel
-    from storage._pareto import best_within_cap, dominates, pareto_front
+    from storage._pareto import best_within_cap, dominates, exceeds_cap, pareto_front
     from storage._queue import Submissions, SubmissionStatus
     from storage._records import PHASES, FinalResult, PhaseTimes, StudySpec
     from storage._report import candidates_frame, write_report
     from storage._schema import SCHEMA_VERSION, CandidateRow, StudyRecord, SubmissionRecord
     from storage._store import StudyStore
     from storage._store_errors import StoreDamagedError, StoreError, StudyFullError, StudyMismatchError
-    from storage._view import candidate_view, latency_check, plan_summary
+    from storage._view import candidate_view, latency_check, over_cap_note, plan_summary
 
 __all__ = [
     "PHASES",
@@ -50,9 +50,11 @@ __all__ = [
     "candidate_view",
     "candidates_frame",
     "dominates",
+    "exceeds_cap",
     "file_sha256",
     "front_figure",
     "latency_check",
+    "over_cap_note",
     "pareto_front",
     "plan_summary",
     "public_url",
@@ -90,9 +92,11 @@ _WHERE = {
     "candidates_frame": "_report",
     "best_within_cap": "_pareto",
     "dominates": "_pareto",
+    "exceeds_cap": "_pareto",
     "pareto_front": "_pareto",
     "candidate_view": "_view",
     "latency_check": "_view",
+    "over_cap_note": "_view",
     "plan_summary": "_view",
     "write_report": "_report",
 }

@@ -104,11 +104,15 @@ def front_figure(df: pd.DataFrame, info: StudyRecord) -> go.Figure:
     base_cost = Cost(**{k: base.get(k, 0) for k in ("macs", "params", "bytes")})
     caps = Budget.from_dict(analytic).absolute(base_cost) if analytic else {}
     scored = df[df["accuracy"].notna() & df["status"].isin([Status.COMPLETE.value, Status.PRUNED.value])]
+    done = scored["status"] == Status.COMPLETE
+    over = scored["over_cap"].astype(bool) if "over_cap" in scored else pd.Series(False, index=scored.index)
     groups = [
-        ("Pareto front (validation)", (scored["status"] == Status.COMPLETE) & scored["on_front"], _BLUE, "circle", 10),
-        ("dominated", (scored["status"] == Status.COMPLETE) & ~scored["on_front"], _GREY, "circle", 8),
+        ("Pareto front (validation)", done & scored["on_front"], _BLUE, "circle", 10),
+        ("dominated", done & ~scored["on_front"] & ~over, _GREY, "circle", 8),
         ("early-stopped (last accuracy)", scored["status"] == Status.PRUNED, _LIGHT, "x", 8),
     ]
+    if over.any():  # predicted within the latency cap, measured over it: not within the budget
+        groups.append(("measured over the latency cap", done & over, _RED, "x-open", 10))
     for col, (key, title) in enumerate(costs, start=1):
         first = col == 1
         for name, mask, color, symbol, size in groups:

@@ -31,7 +31,7 @@ from storage._figures import (
     structure_figure,
     table,
 )
-from storage._view import latency_check
+from storage._view import latency_check, over_cap_note
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -88,9 +88,19 @@ def _front(r: ReportInput) -> str:
         "measured_ms", "plan",
     ]  # fmt: skip
     check = latency_check(front.to_dict("records"))
-    if check is None:
+    over = r.df[r.df["over_cap"].astype(bool)].sort_values("macs")
+    if check is None and not len(over):
         shown.remove("measured_ms")  # no device profile: nothing was predicted, nothing re-measured
-    return div(front_figure(r.df, r.info), "pt-front") + table(front[shown]) + (note(check) if check else "")
+    body = div(front_figure(r.df, r.info), "pt-front") + table(front[shown]) + (note(check) if check else "")
+    over_note = over_cap_note(r.store.over_cap(r.info.id)) if len(over) else None
+    if over_note is None:
+        return body
+    return (
+        body
+        + f"<h3>Measured over the latency cap ({len(over)}, not on the front)</h3>"
+        + table(over[shown])
+        + note(over_note)
+    )
 
 
 def _structure(r: ReportInput) -> str:

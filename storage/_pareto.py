@@ -1,9 +1,10 @@
-"""Non-dominated filtering: of points (all objectives minimised), and of candidates across rungs."""
+"""Non-dominated filtering: of points (all objectives minimised), and of candidates across rungs; the device check
+of a latency cap (:func:`exceeds_cap`), which keeps a candidate measured over the cap off the front."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from spaces import Direction, Objective
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
 
     from storage._schema import CandidateRow
 
-__all__ = ["pareto_front", "rung_front", "write_front"]
+__all__ = ["best_within_cap", "exceeds_cap", "pareto_front", "rung_front", "write_front"]
 
 
 def pareto_front(points: Sequence[Sequence[float | None]]) -> list[int]:
@@ -75,9 +76,10 @@ def best_within_cap(rows: Sequence[CandidateRow], score: str = "accuracy") -> Ca
     an 800-step one. ``score`` is the study's ``evaluate.score`` (``StudySpec.score``):
     the validation accuracy, or (``"loss"``) the lowest validation loss, ties
     broken by accuracy (a row stored without a loss ranks below every row with
-    one at its rung). ``None`` when no candidate has an accuracy.
+    one at its rung). A candidate measured over the latency cap (:attr:`CandidateRow.over_cap`) is never
+    "within the cap". ``None`` when no candidate has an accuracy.
     """
-    scored = [r for r in rows if r.accuracy is not None]
+    scored = [r for r in rows if r.accuracy is not None and not r.over_cap]  # measured over the cap: not within
 
     def key(r: CandidateRow) -> tuple[int, float, float]:
         s = r.score_after(r.top_steps, score) if score != "accuracy" else r.accuracy
@@ -86,18 +88,37 @@ def best_within_cap(rows: Sequence[CandidateRow], score: str = "accuracy") -> Ca
     return max(scored, key=key, default=None)
 
 
+def exceeds_cap(measured: Mapping[str, float], cap_ms: float) -> tuple[bool, float]:
+    """Whether an end-to-end measurement is over a latency cap by more than its own noise, and that noise (ms).
+
+    The rule: the noise is the larger half-spread of the measurement's own
+    runs, ``max(p90 - median, median - p10)``; the candidate is over the cap
+    when ``median > cap_ms + noise``, i.e. its median is further above the cap
+    than its runs scatter about that median. A median within the noise of the
+    cap is not called over (the next measurement could fall on either side).
+    """
+    median, p10, p90 = float(measured["measured_ms"]), float(measured["p10_ms"]), float(measured["p90_ms"])
+    noise = max(p90 - median, median - p10, 0.0)
+    return median > cap_ms + noise, noise
+
+
 def write_front(s: Session, study_id: int, objectives: Sequence[Objective]) -> None:
-    """Rewrite the study's ``prunetune_pareto`` rows from its COMPLETE candidates, in session ``s``."""
+    """Rewrite the study's ``prunetune_pareto`` rows from its COMPLETE candidates, in session ``s``.
+
+    A candidate measured over the latency cap (:func:`exceeds_cap`) is left out: it does not meet the budget,
+    so it neither joins the front nor keeps the candidates it dominates off it.
+    """
     from sqlalchemy import select
 
     from spaces import Status
     from storage._schema import CandidateTable, ParetoTable, candidate_row
 
     done = [
-        candidate_row(c)
+        row
         for c in s.scalars(
             select(CandidateTable).where(CandidateTable.study_id == study_id, CandidateTable.status == Status.COMPLETE)
         )
+        if not (row := candidate_row(c)).over_cap
     ]
     s.query(ParetoTable).filter(ParetoTable.study_id == study_id).delete()
     for cid in rung_front(done, objectives):

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from storage._view import VIEW_COLUMNS, candidate_view, latency_check
+from storage._view import VIEW_COLUMNS, candidate_view, latency_check, over_cap_note
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,6 +49,8 @@ def write_report(
     if front["measured_ms"].notna().any():  # a device profile's predictions, checked end to end after the run
         shown.insert(shown.index("latency_ms") + 1, "measured_ms")
     check = latency_check(store.front(info.id))
+    over = df[df["over_cap"]].sort_values("macs")  # measured over the latency cap: shown apart, below the front
+    over_note = over_cap_note(store.over_cap(info.id))
     lines = [
         f"# PruneTune study `{study}`",
         "",
@@ -68,6 +70,7 @@ def write_report(
         front[shown].to_markdown(index=False, floatfmt=".4g") if len(front) else "(no completed candidate yet)",
         "",
         *([f"{check}.", ""] if check else []),
+        *_over_cap_section(over, shown, over_note),
         "## All candidates",
         "",
         df[["trial", "status", "accuracy", "macs_pct", "params_pct", "seconds", "plan"]].to_markdown(
@@ -84,3 +87,20 @@ def write_report(
         paths.append(out / "report.html")
         paths[3].write_text(render_report(store, info, df, extras), encoding="utf-8")
     return paths
+
+
+def _over_cap_section(over: pd.DataFrame, shown: list[str], note: str | None) -> list[str]:
+    """The report's lines on the candidates measured over the latency cap (none: no lines)."""
+    if not len(over) or note is None:
+        return []
+    cols = [c for c in shown if c in over.columns]
+    if "measured_ms" not in cols:
+        cols.insert(cols.index("latency_ms") + 1, "measured_ms")
+    return [
+        f"## Measured over the latency cap ({len(over)} candidates, not on the front)",
+        "",
+        note,
+        "",
+        over[cols].to_markdown(index=False, floatfmt=".4g"),
+        "",
+    ]

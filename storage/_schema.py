@@ -25,6 +25,7 @@ __all__ = [
     "CandidateTable",
     "MetaTable",
     "ParetoTable",
+    "StudyProfileTable",
     "StudyRecord",
     "StudyTable",
     "SubmissionRecord",
@@ -35,8 +36,8 @@ __all__ = [
     "submission_record",
 ]
 
-SCHEMA_VERSION = 5  # 2: weights_sha256; 3: kind, phases, test_accuracy, submissions; 4: rung, rungs, final;
-# 5: device_latency, profiles
+SCHEMA_VERSION = 6  # 2: weights_sha256; 3: kind, phases, test_accuracy, submissions; 4: rung, rungs, final;
+# 5: device_latency, profiles; 6: study_profiles
 
 
 def now() -> datetime:
@@ -122,6 +123,22 @@ class ProfileTable(Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
+class StudyProfileTable(Base):
+    """A study's own refit of a cached device profile (``spaces.recalibrate``): the cached profile's tables with
+    its calibration refitted on the study's front members measured end to end (``search.drivers._remeasure``).
+
+    Kept per study and beside the cached profile, never in its place: the cached one is what every other study
+    of the model on this device starts from; a resumed study reads its own refit (same ``key``).
+    """
+
+    __tablename__ = "prunetune_study_profiles"
+    study_id: Mapped[int] = mapped_column(ForeignKey("prunetune_studies.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # the cached profile's key
+    profile: Mapped[str] = mapped_column(Text)  # the refitted profile's JSON
+    points: Mapped[list[Any]] = mapped_column(JSON)  # [[candidate id, measured ms], ...] it was refitted on
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
+
+
 class SubmissionTable(Base):
     """Studies submitted to the service (``prunetune serve``), waiting for or run by a worker."""
 
@@ -183,7 +200,8 @@ class CandidateRow:
     rung: int | None = None  # the highest rung reached (None: stored before rungs existed, i.e. one rung)
     rungs: list[Any] | None = None  # [[steps, accuracy, loss], ...], one per rung reached (older: no loss)
     final: FinalResult | None = None  # finalize's steps, validation and test accuracy, weights file and SHA-256
-    # {"predicted_ms": the profile's prediction; front members also "measured_ms", "p10_ms", "p90_ms", "runs"}
+    # {"predicted_ms": the profile's prediction; front members also "measured_ms", "p10_ms", "p90_ms", "runs";
+    # under a latency cap also "cap_ms", "noise_ms" and "over_cap" (storage.exceeds_cap)}
     device_latency: dict[str, Any] | None = None
 
     def accuracy_at(self, rung: int) -> float | None:
@@ -238,6 +256,12 @@ class CandidateRow:
         if d.get("predicted_ms") is None or not d.get("measured_ms"):
             return None
         return abs(float(d["predicted_ms"]) - float(d["measured_ms"])) / float(d["measured_ms"])
+
+    @property
+    def over_cap(self) -> bool:
+        """Measured end to end over the study's latency cap by more than the measurement's noise (never "within
+        the budget": off the front, never the best within the cap)."""
+        return bool((self.device_latency or {}).get("over_cap"))
 
     def objective(self, name: Objective | str) -> float | None:
         """This candidate's value of objective ``name`` (``None`` when not measured)."""

@@ -32,16 +32,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from spaces import Objective, PruneTuneError, Status
+from spaces import Objective, PruneTuneError, Status, protected
 from storage._engine import engine_for, missing_sqlite_file, optuna_storage, parse_url, swap
 from storage._open import file_sha256, open_schema, store_error
-from storage._pareto import write_front
+from storage._pareto import exceeds_cap, write_front
 from storage._records import FinalResult, PhaseTimes, StudySpec
 from storage._schema import (
     CandidateRow,
     CandidateTable,
     ParetoTable,
     ProfileTable,
+    StudyProfileTable,
     StudyRecord,
     StudyTable,
     candidate_row,
@@ -76,7 +77,8 @@ class StudyStore:
         if not read_only and missing_sqlite_file(url) is None and parsed.get_backend_name() == "sqlite":
             checker = engine_for(parsed, read_only=True)  # an existing file is checked before it is opened to write
         try:
-            open_schema(self._engine, self.display_url, read_only=read_only, checker=checker)
+            with protected():  # Ctrl-C waits for the schema's creation or upgrade (spaces._interrupt)
+                open_schema(self._engine, self.display_url, read_only=read_only, checker=checker)
         finally:
             if checker is not None:
                 checker.dispose()
@@ -99,7 +101,8 @@ class StudyStore:
         if self.read_only:
             raise StoreError(f"storage {self.display_url} was opened read-only: Optuna's storage needs to write")
         try:
-            return optuna_storage(parse_url(self.url))
+            with protected():  # Optuna creates its tables and stamps their version: never half of it
+                return optuna_storage(parse_url(self.url))
         except SQLAlchemyError as exc:
             raise store_error(exc, self.display_url) from None
 
@@ -122,8 +125,8 @@ class StudyStore:
     @contextlib.contextmanager
     def _session(self) -> Iterator[Session]:
         try:
-            with Session(self._engine, expire_on_commit=False) as s, s.begin():
-                yield s
+            with protected(), Session(self._engine, expire_on_commit=False) as s, s.begin():
+                yield s  # one transaction: a signal waits for its end (spaces._interrupt)
         except (PruneTuneError, IntegrityError):
             raise
         except SQLAlchemyError as exc:
@@ -526,17 +529,74 @@ class StudyStore:
         assert stored is not None
         return stored
 
-    def record_measured_latency(self, candidate_id: int, measured: Mapping[str, float]) -> bool:
+    def record_measured_latency(
+        self,
+        candidate_id: int,
+        measured: Mapping[str, float],
+        *,
+        cap_ms: float | None = None,
+        objectives: Sequence[Objective | str] = (Objective.ACCURACY, Objective.MACS),
+    ) -> bool:
         """Add an end-to-end latency measurement (``measured_ms``, ``p10_ms``, ``p90_ms``, ``runs``) beside a
-        candidate's prediction; ``False`` (nothing written) when it was measured already."""
+        candidate's prediction and, with ``cap_ms`` (the study's latency cap), the verdict on it.
+
+        The verdict (:func:`storage.exceeds_cap`) adds ``cap_ms``, ``noise_ms`` and ``over_cap``; a candidate
+        over the cap leaves the front, rewritten (with ``objectives``) in the same transaction. A candidate
+        measured already keeps its measurement (``measured`` is then ignored, and may be empty) and gets a
+        verdict only if it has none. ``False``: nothing written (measured and judged already).
+        """
         with self._session() as s:
-            c = s.get(CandidateTable, candidate_id)
-            if c is None:
+            sid = s.scalar(select(CandidateTable.study_id).where(CandidateTable.id == candidate_id))
+            if sid is None:
                 raise ValueError(f"no candidate with id {candidate_id}")
-            if (c.device_latency or {}).get("measured_ms") is not None:
+            s.execute(select(StudyTable.id).where(StudyTable.id == sid).with_for_update())  # as finish: one writer
+            c = s.get_one(CandidateTable, candidate_id)
+            d = dict(c.device_latency or {})
+            fresh = d.get("measured_ms") is None
+            if fresh:
+                d.update({k: float(v) for k, v in measured.items()})
+            judge = cap_ms is not None and "over_cap" not in d and d.get("measured_ms") is not None
+            if not (fresh or judge):
                 return False
-            c.device_latency = {**(c.device_latency or {}), **{k: float(v) for k, v in measured.items()}}
+            if judge:
+                over, noise = exceeds_cap(d, float(cap_ms or 0.0))
+                d.update(cap_ms=float(cap_ms or 0.0), noise_ms=noise, over_cap=over)
+            c.device_latency = d
+            if d.get("over_cap"):
+                s.flush()
+                write_front(s, sid, [Objective(o) for o in objectives])
             return True
+
+    def over_cap(self, study_id: int) -> list[CandidateRow]:
+        """The study's COMPLETE candidates measured over its latency cap (off the front; shown apart), by MACs."""
+        rows = [r for r in self.candidates(study_id, Status.COMPLETE) if r.over_cap]
+        return sorted(rows, key=lambda r: (r.macs or 0.0, r.id))
+
+    # ---------------------------------------------------------------- a study's refitted profile
+    def study_profile(self, study: str, key: str) -> str | None:
+        """The JSON of study ``study``'s refit of the profile stored under ``key``; ``None``: none (or no study)."""
+        with self._session() as s:
+            q = (
+                select(StudyProfileTable.profile)
+                .join(StudyTable, StudyTable.id == StudyProfileTable.study_id)
+                .where(StudyTable.name == study, StudyProfileTable.key == key)
+            )
+            return s.scalar(q)
+
+    def save_study_profile(self, study_id: int, key: str, profile_json: str, points: Sequence[Sequence[float]]) -> None:
+        """Store (or replace) the study's refit of profile ``key``, with the ``[candidate id, measured ms]`` points
+        it was refitted on; the cached profile under ``key`` is left as it is. Two workers that refit at once
+        (both concluding the study) keep the first one's: both were fitted on the same measurements."""
+        listed = [list(p) for p in points]
+        try:
+            with self._session() as s:
+                row = s.get(StudyProfileTable, (study_id, key))
+                if row is None:
+                    s.add(StudyProfileTable(study_id=study_id, key=key, profile=profile_json, points=listed))
+                else:
+                    row.profile, row.points = profile_json, listed
+        except IntegrityError:  # another worker stored one at the same moment
+            pass
 
     def delete_profile(self, key: str) -> None:
         """Forget the profile stored under ``key`` (``prunetune profile --force`` measures it again)."""

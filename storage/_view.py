@@ -21,12 +21,12 @@ from storage._records import PHASES
 if TYPE_CHECKING:
     from storage._schema import CandidateRow
 
-__all__ = ["ERROR_WARNING", "VIEW_COLUMNS", "candidate_view", "latency_check", "plan_summary"]
+__all__ = ["ERROR_WARNING", "VIEW_COLUMNS", "candidate_view", "latency_check", "over_cap_note", "plan_summary"]
 
 VIEW_COLUMNS = (
     "trial", "candidate", "status", "kind", "accuracy", "rung", "rung_steps", "test_accuracy", "macs", "macs_pct",
-    "params", "params_pct", "bytes", "bytes_pct", "latency_ms", "measured_ms", "seconds", "on_front", "attempts",
-    "plan_hash", "plan", "error", *(f"t_{k}" for k in PHASES), "history",
+    "params", "params_pct", "bytes", "bytes_pct", "latency_ms", "measured_ms", "over_cap", "seconds", "on_front",
+    "attempts", "plan_hash", "plan", "error", *(f"t_{k}" for k in PHASES), "history",
 )  # fmt: skip
 
 
@@ -64,6 +64,7 @@ def candidate_view(row: CandidateRow, base_cost: Mapping[str, Any], front: Colle
         "bytes_pct": _pct(row.bytes, base_cost, "bytes"),
         "latency_ms": row.latency,  # the device profile's prediction where the study has one, else measured
         "measured_ms": (row.device_latency or {}).get("measured_ms"),  # front members, end to end, after a run
+        "over_cap": row.over_cap,  # measured over the latency cap by more than its noise: off the front
         "seconds": row.seconds,
         "on_front": row.id in front,
         "attempts": row.attempts,
@@ -101,3 +102,17 @@ def _prediction_error(row: CandidateRow | Mapping[str, Any]) -> float | None:
     if predicted is None or not measured or predicted != predicted or measured != measured:  # None or NaN
         return None
     return abs(float(predicted) - float(measured)) / float(measured)
+
+
+def over_cap_note(rows: Sequence[CandidateRow]) -> str | None:
+    """One sentence on the candidates measured over the study's latency cap (``rows``: ``StudyStore.over_cap``),
+    or ``None`` when there are none."""
+    if not rows:
+        return None
+    d = rows[0].device_latency or {}
+    trials = ", ".join(str(r.trial_number) for r in rows)
+    return (
+        f"Measured over the latency cap ({float(d.get('cap_ms', 0.0)):.3f} ms) by more than their noise: "
+        f"{len(rows)} candidate{'s' if len(rows) > 1 else ''} (trial {trials}), predicted within it; not within "
+        "the budget, so off the front and never the best within the cap."
+    )
