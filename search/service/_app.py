@@ -15,8 +15,10 @@ Security: the server binds 127.0.0.1 unless told otherwise and never starts
 without a token (``PRUNETUNE_TOKEN`` or ``--token-file``). A request carries it
 as ``Authorization: Bearer TOKEN``; a browser may open a page once with
 ``?token=TOKEN``, which sets an HttpOnly, same-site cookie and redirects to the
-page without it. Bodies over ``max_body`` bytes are refused (413) before they
-are parsed; a submitted config may name only what the server registers
+page without it. The token is checked before a request takes a place in the
+admission queue (:mod:`search.service._admission`): requests without it are
+answered 401 at once and cannot crowd out users. Bodies over ``max_body`` bytes
+are refused (413) before they are parsed; a submitted config may name only what the server registers
 (:func:`search.service._worker.check_submission`, 422, nothing stored). Every error is
 one line of JSON, ``{"error": "..."}``, with its status code.
 """
@@ -57,8 +59,9 @@ def create_app(
     max_waiting: int = 64,
 ) -> FastAPI:
     """The service on store ``url`` (created if new); ``factories``: the ``package.module:factory`` specs
-    that submitted studies may name; ``max_concurrent`` requests at once, ``max_waiting`` more queued,
-    then 503 (:mod:`search.service._admission`)."""
+    that submitted studies may name; ``max_concurrent`` authenticated requests at once, ``max_waiting``
+    more queued, then 503; a request without the token is answered 401 before it takes a place
+    (:mod:`search.service._admission`)."""
     if max_concurrent < 1 or max_waiting < 0:
         raise UsageError(
             f"--max-concurrent must be >= 1 and --max-waiting >= 0, got {max_concurrent} and {max_waiting}"
@@ -76,7 +79,8 @@ def create_app(
     app.state.token = token
     app.state.service = ServiceState.open(url, factories)
     app.add_middleware(BodyLimit, limit=max_body)
-    app.add_middleware(Admission, concurrent=max_concurrent, waiting=max_waiting)  # outermost: before any work
+    # outermost, before any work: the token first (401 at the door), then a place (503 when full)
+    app.add_middleware(Admission, token=token, concurrent=max_concurrent, waiting=max_waiting)
     _errors_as_json(app)
     app.include_router(_routes_api.router)
     app.include_router(_routes_pages.router)

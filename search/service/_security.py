@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from spaces import UsageError
 
-__all__ = ["COOKIE", "MIN_TOKEN", "BodyLimit", "authorize", "is_loopback", "read_token"]
+__all__ = ["COOKIE", "MIN_TOKEN", "BodyLimit", "authorize", "is_loopback", "read_token", "refusal", "unauthorized"]
 
 COOKIE = "prunetune_token"
 MIN_TOKEN = 16
@@ -24,15 +24,40 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitab
 _bearer = HTTPBearer(auto_error=False, description="the server's token (PRUNETUNE_TOKEN or --token-file)")
 
 
-def authorize(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """Every route's dependency: the token from the header, the page cookie, or (GET) a ``?token=`` once."""
-    token: str = request.app.state.token
+def refusal(request: Request, cred: HTTPAuthorizationCredentials | None, token: str) -> HTTPException | None:
+    """The 401 for a request that does not carry ``token``, or None when it does.
+
+    The token is read from the ``Authorization: Bearer`` header, else the page
+    cookie, else (GET only) a ``?token=`` in the URL, and compared in constant
+    time. This is the one test of "is this request authenticated":
+    :func:`authorize` (every route's dependency) and
+    :class:`~search.service._admission.Admission` (before a request takes a
+    place) both ask it.
+    """
     given = cred.credentials if cred is not None else request.cookies.get(COOKIE)
     if given is None and request.method == "GET":
         given = request.query_params.get("token")
-    if given is None or not secrets.compare_digest(given.encode(), token.encode()):
-        what = "a wrong token" if given is not None else "no token"
-        raise HTTPException(401, f"{what}: send Authorization: Bearer TOKEN", {"WWW-Authenticate": "Bearer"})
+    if given is not None and secrets.compare_digest(given.encode(), token.encode()):
+        return None
+    what = "a wrong token" if given is not None else "no token"
+    return HTTPException(401, f"{what}: send Authorization: Bearer TOKEN", {"WWW-Authenticate": "Bearer"})
+
+
+def authorize(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """Every route's dependency (and the OpenAPI page's security scheme): raise :func:`refusal`'s 401, if any."""
+    refused = refusal(request, cred, request.app.state.token)
+    if refused is not None:
+        raise refused
+
+
+async def unauthorized(scope: Scope, token: str) -> JSONResponse | None:
+    """The 401 response (the JSON error and headers :func:`authorize` gives) for a request without ``token``,
+    else None; it reads only the request's headers and URL, never its body."""
+    request = Request(scope)
+    refused = refusal(request, await _bearer(request), token)
+    if refused is None:
+        return None
+    return JSONResponse({"error": str(refused.detail)}, status_code=refused.status_code, headers=refused.headers)
 
 
 def is_loopback(host: str) -> bool:
