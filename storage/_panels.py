@@ -82,7 +82,7 @@ def panels() -> tuple[Panel, ...]:
 
 
 def _front(r: ReportInput) -> str:
-    front = r.df[r.df["on_front"]].sort_values("macs")
+    front = r.df[r.df["on_front"].astype(bool)].sort_values("macs")  # an empty column is of dtype object
     shown = [
         "trial", "kind", "accuracy", "rung_steps", "test_accuracy", "macs_pct", "params_pct", "bytes_pct", "latency_ms",
         "measured_ms", "plan",
