@@ -1,20 +1,35 @@
-"""The service under load: 200 concurrent readers and 20 submissions while a study is being filled.
+"""The service under load: 200 concurrent readers and 20 submissions while a study is being filled; an
+authenticated user alone and under an unauthenticated flood.
 
-    .venv/bin/python bench/bench_service.py [--pg URL] [--readers 200] [--requests 5] [--submissions 20]
+    .venv/bin/python bench/bench_service.py [--pg URL] [--only load|flood] [--readers 200] [--requests 5]
+        [--submissions 20] [--user-requests 400] [--flood-clients 64] [--flood-rate 200] [--flood-slow 96]
+    .venv/bin/python bench/bench_service.py --smoke   # what CI runs: tiny sizes, seconds
 
 A real ``prunetune serve`` (uvicorn, on a free loopback port, default admission limits: 8
-requests in at once, 64 waiting) serves a store in which 8 torch-free workers
-(``bench/bench_scale.py``'s control path) fill one study while the readers read it. Each
-reader (an asyncio task with its own connection) asks ``--requests`` times, alternately, for
-the study's front figure (``/api/studies/{name}/figures/front``, what the live page polls) and
-the live page itself (``/studies/{name}``); a 503 is waited out for its ``Retry-After`` and
-asked again. Meanwhile 20 studies are submitted (``POST /api/studies``) and 4 claimers take
-them from the queue concurrently (``Submissions.claim``, what ``prunetune worker`` calls; they
-finish each at once instead of running it, so the bench measures the queue, not training).
+requests in at once, 64 waiting) serves a new store; every request goes to 127.0.0.1 and the
+bench stops by itself (every loop is bounded in count and time).
 
-Measured: p50 / p99 latency per kind of request (successful ones, retries included), errors
-(anything but 200 / 202 / 503: must be 0), 503s answered, and whether every submission was
-claimed exactly once. Every request goes to 127.0.0.1; the bench stops by itself.
+*flood* (first, on a quiet store): one authenticated user asks ``--user-requests`` times, one
+request after another, for the study (``GET /api/studies/{name}``, a store read), first alone,
+then while another process floods the server with requests without the token: a pool of
+``--flood-clients`` connections (a GET without a token, a GET with a wrong one, a POST without
+one, in turn) and ``--flood-slow`` strangers that each send a POST's head and part of its body
+and wait for the answer before they send another (what holds a place longest if the token is
+checked after admission: 96 of them are more than the 8 + 64 places), ``--flood-rate``
+requests/s in all (0: as many as they can). Measured: the user's median and p99 latency (a 503
+is waited out for its ``Retry-After`` and counted; the bench fails if the user gets one under
+the flood) and the flood's answers by status code.
+
+*load*: ``--fillers`` (8) torch-free workers (``bench/bench_scale.py``'s control path) fill
+one study while the readers read it. Each reader (an asyncio task with its own connection)
+asks ``--requests`` times, alternately, for the study's front figure (``/api/studies/{name}/figures/front``, what
+the live page polls) and the live page itself (``/studies/{name}``); a 503 is waited out for
+its ``Retry-After`` and asked again. Meanwhile 20 studies are submitted (``POST /api/studies``)
+and 4 claimers take them from the queue concurrently (``Submissions.claim``, what ``prunetune
+worker`` calls; they finish each at once instead of running it, so the bench measures the
+queue, not training). Measured: p50 / p99 latency per kind of request (successful ones, retries
+included), errors (anything but 200 / 202 / 503: must be 0), 503s answered, and whether every
+submission was claimed exactly once.
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import platform
 import socket
@@ -31,7 +47,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 from bench_scale import WORKER  # this folder is on the path when a bench runs
@@ -49,11 +67,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve(url: str) -> tuple[subprocess.Popen[bytes], str]:
+def _serve(url: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``prunetune serve`` on a free loopback port, its output in ``log``; waits until it answers."""
     port = _free_port()
     env = {**os.environ, "PRUNETUNE_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "search.cli", "serve", "--storage", url, "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -141,30 +161,171 @@ async def _load(base: str, name: str, args: argparse.Namespace) -> dict[str, lis
     return out
 
 
-def _ms(values: list[float], q: float) -> str:
+def _ms(values: list[float], q: float, digits: int = 0) -> str:
+    """The ``q``-th percentile of ``values`` (seconds) in ms."""
     if not values:
         return "-"
-    return (
-        f"{1000 * statistics.quantiles(values, n=100)[int(q) - 1]:.0f}"
-        if len(values) > 1
-        else f"{1000 * values[0]:.0f}"
+    return f"{1000 * (statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]):.{digits}f}"
+
+
+# The flood: an authenticated user alone, then under a flood of requests without the token.
+
+_STRANGERS: list[dict[str, Any]] = [
+    {"method": "GET", "headers": {}},
+    {"method": "GET", "headers": {"Authorization": "Bearer a-wrong-token-0123456789"}},
+    {"method": "POST", "headers": {}, "json": {"config": {"model": {"spec": "zoo:resnet20"}}}},
+]
+
+
+async def _user(base: str, path: str, n: int) -> tuple[list[float], int]:
+    """``n`` authenticated GETs of ``path``, one after another: each one's seconds (503s waited out), 503s seen."""
+    times, busy = [], 0
+    async with httpx.AsyncClient(base_url=base, headers=AUTH, timeout=60) as client:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            for _ in range(100):  # bounded retries of 503s
+                r = await client.get(path)
+                if r.status_code != 503:
+                    break
+                busy += 1
+                await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+            if r.status_code != 200:
+                raise SystemExit(f"FAILED: the user's GET {path} was answered {r.status_code}")
+            times.append(time.perf_counter() - t0)
+    return times, busy
+
+
+async def _stranger(pool: httpx.AsyncClient, path: str, i: int, every: float, going: Any, counts: Counter[str]) -> None:
+    """Requests without the token, one every ``every`` seconds (0: back to back) while ``going()``."""
+    due = time.monotonic()
+    while going():
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        due += every
+        try:
+            r = await pool.request(url=path, **_STRANGERS[i % len(_STRANGERS)])
+            counts[str(r.status_code)] += 1
+        except httpx.HTTPError as exc:
+            counts[type(exc).__name__] += 1
+        i += 1
+
+
+async def _slow_stranger(
+    base: str, path: str, every: float, going: Any, counts: Counter[str], waited: list[float]
+) -> None:
+    """POSTs without the token whose bodies never finish, one every ``every`` seconds at most: the head and part
+    of the body, then wait for the answer (while ``going()``); each answer's seconds go to ``waited``."""
+    url = httpx.URL(base)
+    head = f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: 900\r\n\r\n"
+    due = time.monotonic()
+    while going():
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        due += every
+        t0, answer = time.perf_counter(), await _held_post(url, head.encode() + b'{"config": ', going, counts)
+        if answer:
+            counts[f"slow {answer.split()[1].decode()}"] += 1
+            waited.append(time.perf_counter() - t0)
+        elif not going():
+            counts["slow, unanswered when the flood stopped"] += 1
+
+
+async def _held_post(url: httpx.URL, start: bytes, going: Any, counts: Counter[str]) -> bytes:
+    """Send ``start`` (a request's head and part of its body) on a new connection and wait for the answer's status
+    line while ``going()``; b"" if none came."""
+    answer, writer = b"", None
+    try:
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        writer.write(start)
+        await writer.drain()
+        while not answer and going():
+            try:
+                answer = await asyncio.wait_for(reader.readline(), 0.5)
+            except TimeoutError:
+                continue
+    except OSError as exc:
+        counts[f"slow {type(exc).__name__}"] += 1
+    finally:
+        if writer is not None:
+            writer.close()
+    return answer
+
+
+async def _flood(base: str, path: str, args: argparse.Namespace, started: Any, stop: Any) -> dict[str, Any]:
+    """The flood (see the module docs) until ``stop`` is set or ``--flood-seconds`` pass."""
+    counts: Counter[str] = Counter()
+    waited: list[float] = []
+    deadline = time.monotonic() + args.flood_seconds
+
+    def going() -> bool:
+        return not stop.is_set() and time.monotonic() < deadline
+
+    every = (args.flood_clients + args.flood_slow) / args.flood_rate if args.flood_rate > 0 else 0.0
+    limits = httpx.Limits(max_connections=args.flood_clients)
+    t0 = time.perf_counter()
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as pool:
+        tasks = [_stranger(pool, path, i, every, going, counts) for i in range(args.flood_clients)]
+        tasks += [_slow_stranger(base, path, every, going, counts, waited) for _ in range(args.flood_slow)]
+        started.set()
+        await asyncio.gather(*tasks)
+    return {"counts": dict(counts), "seconds": time.perf_counter() - t0, "slow_waited": waited}
+
+
+def _flood_process(base: str, path: str, args: argparse.Namespace, started: Any, stop: Any, out: Any) -> None:
+    """The flood in a process of its own (its client work does not slow the user's event loop)."""
+    out.put(asyncio.run(_flood(base, path, args, started, stop)))
+
+
+def _under_flood(base: str, path: str, args: argparse.Namespace) -> tuple[list[float], int, dict[str, Any]]:
+    """The user's requests while another process floods the server; the flood's answers."""
+    ctx = multiprocessing.get_context("spawn")
+    started, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    flood = ctx.Process(target=_flood_process, args=(base, path, args, started, stop, out), daemon=True)
+    flood.start()
+    try:
+        if not started.wait(60):
+            raise SystemExit("FAILED: the flood did not start within 60 s")
+        time.sleep(args.flood_ramp)
+        times, busy = asyncio.run(_user(base, path, args.user_requests))
+    finally:
+        stop.set()
+    result = out.get(timeout=args.flood_seconds + 60)
+    flood.join(30)
+    return times, busy, result
+
+
+def _flood_scenario(base: str, name: str, args: argparse.Namespace) -> bool:
+    """The user alone, then under the flood; prints the table; True if the user never got a 503 under it."""
+    path = f"/api/studies/{name}"
+    asyncio.run(_user(base, path, 5))  # warm-up: the first requests build the middleware stack and open the store
+    alone, busy_alone = asyncio.run(_user(base, path, args.user_requests))
+    under, busy, flood = _under_flood(base, path, args)
+    counts, slow = flood["counts"], flood["slow_waited"]
+    sent = sum(counts.values())
+    answers = ", ".join(f"{code}: {k}" for code, k in sorted(counts.items()))
+    print(f"\n## an authenticated user (GET {path}, one at a time) alone and under an unauthenticated flood")
+    print(
+        "| scenario | user requests | median ms | p99 ms | user 503s | flood requests | flood req/s | flood answers |"
     )
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| alone | {len(alone)} | {_ms(alone, 50, 1)} | {_ms(alone, 99, 1)} | {busy_alone} | - | - | - |")
+    print(
+        f"| under the flood | {len(under)} | {_ms(under, 50, 1)} | {_ms(under, 99, 1)} | {busy} | {sent} | "
+        f"{sent / flood['seconds']:.0f} | {answers} |"
+    )
+    print(
+        f"\nflood: {args.flood_clients} clients at {args.flood_rate or 'as many as they can send'} requests/s, "
+        f"{args.flood_slow} slow strangers (answered in median {_ms(slow, 50, 1)} ms, p99 {_ms(slow, 99, 1)} ms), "
+        f"{flood['seconds']:.1f} s"
+    )
+    return busy == 0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pg", help="a PostgreSQL URL (default: a new SQLite file)")
-    parser.add_argument("--readers", type=int, default=200)
-    parser.add_argument("--requests", type=int, default=5, help="requests per reader")
-    parser.add_argument("--submissions", type=int, default=20)
-    args = parser.parse_args()
-    tmp = tempfile.mkdtemp(prefix="bench-service-")
-    url = args.pg or f"sqlite:///{tmp}/service.db"
-    name = f"load-{os.getpid()}"
-    _study(url, name)
-    server, base = _serve(url)
-    fillers = _fillers(url, name, 8)
-    stop, claims = threading.Event(), []
+# The load: readers and submissions while workers fill a study.
+
+
+def _load_scenario(url: str, base: str, name: str, args: argparse.Namespace) -> bool:
+    """Readers and submissions while 8 workers fill the study; prints the table; True if all went well."""
+    fillers = _fillers(url, name, args.fillers)
+    stop, claims = threading.Event(), list[int]()
     threads = _claimers(url, 4, stop, claims)
     for t in threads:
         t.start()
@@ -179,13 +340,9 @@ def main() -> None:
         stop.set()
         for p in fillers:
             p.kill()
-        server.terminate()
-        server.wait(timeout=30)
     once = len(claims) == len(set(claims)) == args.submissions
     candidates = StudyStore(url).count(StudyStore(url).study(name).id)
-    print(
-        f"# {platform.machine()}, {os.cpu_count()} CPUs, {'PostgreSQL' if args.pg else 'SQLite'}, {time.strftime('%F')}"
-    )
+    print(f"\n## {args.readers} readers and {args.submissions} submissions while {args.fillers} workers fill a study")
     print("| request | n | p50 ms | p99 ms |")
     print("|---|---|---|---|")
     for kind in ("front figure", "live page"):
@@ -196,7 +353,70 @@ def main() -> None:
         f"accepted, claimed exactly once: {once}, candidates written meanwhile: {candidates}"
     )
     print(json.dumps({"errors": len(out["errors"]), "first errors": out["errors"][:5], "claimed_once": once}))
-    if out["errors"] or not once:
+    return not out["errors"] and once
+
+
+_SMOKE = {
+    "readers": 4,
+    "requests": 2,
+    "submissions": 2,
+    "fillers": 2,
+    "user_requests": 30,
+    "flood_clients": 8,
+    "flood_rate": 100.0,
+    "flood_slow": 8,
+    "flood_ramp": 0.2,
+}
+
+
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pg", help="a PostgreSQL URL (default: a new SQLite file)")
+    parser.add_argument("--only", choices=("load", "flood"), help="run one scenario (default: both)")
+    parser.add_argument("--readers", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=5, help="requests per reader")
+    parser.add_argument("--submissions", type=int, default=20)
+    parser.add_argument("--fillers", type=int, default=8, help="workers filling the study during the load")
+    parser.add_argument("--user-requests", type=int, default=400, help="the user's requests, alone and flooded")
+    parser.add_argument("--flood-clients", type=int, default=64, help="the flood's connections")
+    parser.add_argument("--flood-rate", type=float, default=200.0, help="flood requests/s in all (0: no limit)")
+    parser.add_argument("--flood-slow", type=int, default=96, help="strangers sending a body that never ends")
+    parser.add_argument("--flood-ramp", type=float, default=1.0, help="seconds of flood before the user starts")
+    parser.add_argument("--flood-seconds", type=float, default=120.0, help="the flood stops after this at most")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, the same code paths (CI: seconds)")
+    if "--smoke" in sys.argv[1:]:
+        parser.set_defaults(**_SMOKE)  # flags given on the command line still win
+    args = parser.parse_args()
+    if min(args.readers, args.requests, args.user_requests, args.flood_clients) < 1 or args.flood_rate < 0:
+        parser.error("--readers, --requests, --user-requests and --flood-clients must be >= 1, --flood-rate >= 0")
+    return args
+
+
+def main() -> None:
+    args = _args()
+    tmp = tempfile.mkdtemp(prefix="bench-service-")
+    url = args.pg or f"sqlite:///{tmp}/service.db"
+    name = f"load-{os.getpid()}"
+    _study(url, name)
+    log = Path(tmp) / "serve.log"
+    server, base = _serve(url, log)
+    print(
+        f"# {platform.machine()}, {os.cpu_count()} CPUs, {'PostgreSQL' if args.pg else 'SQLite'}, {time.strftime('%F')}"
+    )
+    ok = True
+    try:
+        if args.only in (None, "flood"):
+            ok = _flood_scenario(base, name, args) and ok
+        if args.only in (None, "load"):
+            ok = _load_scenario(url, base, name, args) and ok
+    finally:
+        alive = server.poll() is None
+        server.terminate()
+        server.wait(timeout=30)
+        if not alive:
+            print(f"prunetune serve stopped during the bench (exit {server.returncode}); its output:")
+            print(log.read_text()[-3000:])
+    if not ok:
         raise SystemExit("FAILED")
 
 
