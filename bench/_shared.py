@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,37 @@ def parser(doc: str, *, budgets: str) -> argparse.ArgumentParser:
     return ap
 
 
+SMOKE_HELP = "tiny sizes, the same code path (what CI runs: seconds, and nothing written outside a temp dir)"
+
+# The smoke size of every benchmark built on :func:`parser`: the digits ResNet-20 (trained for one epoch in a
+# temp dir), one budget, one seed, a few candidates and a few fine-tune steps.
+SMOKE = {
+    "data": "digits",
+    "epochs": 1,
+    "batch_size": 32,
+    "final_steps": 5,
+    "seeds": "0",
+    "candidates": 3,
+    "rungs": "2,4",
+    "max_val": 100,
+    "rescore_top": 1,
+}
+
+# What a smoke run's studies measure with less: BN recalibration and sensitivity on fewer images.
+SMOKE_STUDY = {"evaluate.bn_batches": 2, "space.calibration_samples": 32}
+
+
+def parse(ap: argparse.ArgumentParser, smoke: Mapping[str, Any]) -> argparse.Namespace:
+    """Parse the command line with a ``--smoke`` flag: with it, ``smoke`` replaces the defaults (flags given
+    on the command line still win)."""
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--smoke", action="store_true")
+    if pre.parse_known_args()[0].smoke:
+        ap.set_defaults(**smoke)
+    return ap.parse_args()
+
+
 def add_search_args(ap: argparse.ArgumentParser) -> None:
     """The arguments of a benchmark that runs studies: seeds, candidates, rungs, scoring images, re-scoring."""
     ap.add_argument("--seeds", default="0,1,2")
@@ -37,11 +69,13 @@ def add_search_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rescore-top", type=int, default=3, help="the best N re-scored at 4x the top rung's steps")
 
 
-def parse_search_args(ap: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[int]]:
-    """Parse (rungs as ints), set torch's threads; the arguments and the seeds."""
+def parse_search_args(
+    ap: argparse.ArgumentParser, smoke: Mapping[str, Any] = SMOKE
+) -> tuple[argparse.Namespace, list[int]]:
+    """Parse (rungs as ints, ``--smoke`` as :func:`parse`), set torch's threads; the arguments and the seeds."""
     import torch
 
-    args = ap.parse_args()
+    args = parse(ap, smoke)
     args.rungs = [int(s) for s in args.rungs.split(",")]
     torch.set_num_threads(args.threads)
     return args, [int(s) for s in args.seeds.split(",")]
@@ -58,7 +92,8 @@ def machine() -> str:
 
 
 def study_overrides(args: argparse.Namespace, tmp: Path, study: str) -> dict[str, Any]:
-    """The config of a benchmark's study: the cached ResNet-20 baseline of ``args.data``, a SQLite store in ``tmp``."""
+    """The config of a benchmark's study: the cached ResNet-20 baseline of ``args.data`` (under ``tmp`` with
+    ``--smoke``), a SQLite store in ``tmp``."""
     return {
         "model.spec": "zoo:resnet20",
         "model.train_epochs": args.epochs,
@@ -70,9 +105,10 @@ def study_overrides(args: argparse.Namespace, tmp: Path, study: str) -> dict[str
         "evaluate.eval_every": 0,
         "evaluate.threads": args.threads,
         "search.study": study,
-        "search.artifacts_dir": "artifacts",
+        "search.artifacts_dir": str(tmp / "artifacts") if getattr(args, "smoke", False) else "artifacts",
         "storage.url": f"sqlite:///{tmp / 'bench.db'}",
         **({"evaluate.score": args.score} if getattr(args, "score", None) else {}),
+        **(SMOKE_STUDY if getattr(args, "smoke", False) else {}),
     }
 
 
