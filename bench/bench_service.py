@@ -2,23 +2,27 @@
 authenticated user alone and under an unauthenticated flood.
 
     .venv/bin/python bench/bench_service.py [--pg URL] [--only load|flood] [--readers 200] [--requests 5]
-        [--submissions 20] [--user-requests 400] [--flood-clients 64] [--flood-rate 200] [--flood-slow 96]
+        [--submissions 20] [--user-requests 400] [--rounds 4] [--flood-clients 64] [--flood-rate 200]
+        [--flood-slow 96]
     .venv/bin/python bench/bench_service.py --smoke   # what CI runs: tiny sizes, seconds
 
 A real ``prunetune serve`` (uvicorn, on a free loopback port, default admission limits: 8
 requests in at once, 64 waiting) serves a new store; every request goes to 127.0.0.1 and the
 bench stops by itself (every loop is bounded in count and time).
 
-*flood* (first, on a quiet store): one authenticated user asks ``--user-requests`` times, one
-request after another, for the study (``GET /api/studies/{name}``, a store read), first alone,
-then while another process floods the server with requests without the token: a pool of
+*flood* (first, on a quiet store): one authenticated user asks for the study
+(``GET /api/studies/{name}``, a store read), one request after another, in ``--rounds`` rounds
+of ``--user-requests / --rounds`` requests alone, then as many while another process floods the
+server with requests without the token, so that the machine's other work weighs on both alike
+(``--flood-nice 10`` lets the flood's client take only what CPU is left over: on one machine,
+the nearest thing to an attacker elsewhere). The flood: a pool of
 ``--flood-clients`` connections (a GET without a token, a GET with a wrong one, a POST without
 one, in turn) and ``--flood-slow`` strangers that each send a POST's head and part of its body
 and wait for the answer before they send another (what holds a place longest if the token is
 checked after admission: 96 of them are more than the 8 + 64 places), ``--flood-rate``
 requests/s in all (0: as many as they can). Measured: the user's median and p99 latency (a 503
-is waited out for its ``Retry-After`` and counted; the bench fails if the user gets one under
-the flood) and the flood's answers by status code.
+is waited out for its ``Retry-After``, for ``--user-patience`` seconds at most; the bench fails
+if the user gets one under the flood) and the flood's answers by status code.
 
 *load*: ``--fillers`` (8) torch-free workers (``bench/bench_scale.py``'s control path) fill
 one study while the readers read it. Each reader (an asyncio task with its own connection)
@@ -177,28 +181,55 @@ _STRANGERS: list[dict[str, Any]] = [
 ]
 
 
-async def _user(base: str, path: str, n: int) -> tuple[list[float], int]:
-    """``n`` authenticated GETs of ``path``, one after another: each one's seconds (503s waited out), 503s seen."""
-    times, busy = [], 0
+async def _user(base: str, path: str, n: int, patience: float) -> tuple[list[float], int, int]:
+    """``n`` authenticated GETs of ``path``, one after another, each 503 waited out for its ``Retry-After`` for
+    ``patience`` seconds at most: the seconds of each one answered, the 503s seen, the requests given up."""
+    times, busy, gave_up = [], 0, 0
     async with httpx.AsyncClient(base_url=base, headers=AUTH, timeout=60) as client:
         for _ in range(n):
             t0 = time.perf_counter()
-            for _ in range(100):  # bounded retries of 503s
-                r = await client.get(path)
-                if r.status_code != 503:
-                    break
+            r = await client.get(path)
+            while r.status_code == 503 and time.perf_counter() - t0 < patience:
                 busy += 1
                 await asyncio.sleep(float(r.headers.get("retry-after", "1")))
-            if r.status_code != 200:
+                r = await client.get(path)
+            if r.status_code == 200:
+                times.append(time.perf_counter() - t0)
+            elif r.status_code == 503:
+                busy, gave_up = busy + 1, gave_up + 1
+            else:
                 raise SystemExit(f"FAILED: the user's GET {path} was answered {r.status_code}")
-            times.append(time.perf_counter() - t0)
-    return times, busy
+    return times, busy, gave_up
 
 
-async def _stranger(pool: httpx.AsyncClient, path: str, i: int, every: float, going: Any, counts: Counter[str]) -> None:
-    """Requests without the token, one every ``every`` seconds (0: back to back) while ``going()``."""
+class _Switch:
+    """The flood's state, shared with the bench's process: on while ``flooding`` is set, over once ``stop`` is."""
+
+    def __init__(self, flooding: Any, stop: Any, seconds: float) -> None:
+        self.flooding, self.stop, self.deadline = flooding, stop, time.monotonic() + seconds
+
+    def over(self) -> bool:
+        return self.stop.is_set() or time.monotonic() > self.deadline
+
+    def on(self) -> bool:
+        return self.flooding.is_set() and not self.over()
+
+    async def wait_on(self) -> bool:
+        """Wait (polling) until the flood is on; False if it is over instead."""
+        while not self.on():
+            if self.over():
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+
+async def _stranger(
+    pool: httpx.AsyncClient, path: str, i: int, every: float, sw: _Switch, counts: Counter[str]
+) -> None:
+    """Requests without the token, one every ``every`` seconds (0: back to back) while the flood is on."""
     due = time.monotonic()
-    while going():
+    while await sw.wait_on():
+        due = max(due, time.monotonic() - every)  # no catching up after a pause
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         due += every
         try:
@@ -210,35 +241,36 @@ async def _stranger(pool: httpx.AsyncClient, path: str, i: int, every: float, go
 
 
 async def _slow_stranger(
-    base: str, path: str, every: float, going: Any, counts: Counter[str], waited: list[float]
+    base: str, path: str, every: float, sw: _Switch, counts: Counter[str], waited: list[float]
 ) -> None:
     """POSTs without the token whose bodies never finish, one every ``every`` seconds at most: the head and part
-    of the body, then wait for the answer (while ``going()``); each answer's seconds go to ``waited``."""
+    of the body, then wait for the answer while the flood is on; each answer's seconds go to ``waited``."""
     url = httpx.URL(base)
     head = f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: 900\r\n\r\n"
     due = time.monotonic()
-    while going():
+    while await sw.wait_on():
+        due = max(due, time.monotonic() - every)
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         due += every
-        t0, answer = time.perf_counter(), await _held_post(url, head.encode() + b'{"config": ', going, counts)
+        t0, answer = time.perf_counter(), await _held_post(url, head.encode() + b'{"config": ', sw, counts)
         if answer:
             counts[f"slow {answer.split()[1].decode()}"] += 1
             waited.append(time.perf_counter() - t0)
-        elif not going():
-            counts["slow, unanswered when the flood stopped"] += 1
+        else:
+            counts["slow, unanswered when the flood paused"] += 1
 
 
-async def _held_post(url: httpx.URL, start: bytes, going: Any, counts: Counter[str]) -> bytes:
+async def _held_post(url: httpx.URL, start: bytes, sw: _Switch, counts: Counter[str]) -> bytes:
     """Send ``start`` (a request's head and part of its body) on a new connection and wait for the answer's status
-    line while ``going()``; b"" if none came."""
+    line while the flood is on (the connection is dropped when it pauses); b"" if none came."""
     answer, writer = b"", None
     try:
         reader, writer = await asyncio.open_connection(url.host, url.port)
         writer.write(start)
         await writer.drain()
-        while not answer and going():
+        while not answer and sw.on():
             try:
-                answer = await asyncio.wait_for(reader.readline(), 0.5)
+                answer = await asyncio.wait_for(reader.readline(), 0.2)
             except TimeoutError:
                 continue
     except OSError as exc:
@@ -249,74 +281,86 @@ async def _held_post(url: httpx.URL, start: bytes, going: Any, counts: Counter[s
     return answer
 
 
-async def _flood(base: str, path: str, args: argparse.Namespace, started: Any, stop: Any) -> dict[str, Any]:
-    """The flood (see the module docs) until ``stop`` is set or ``--flood-seconds`` pass."""
+async def _flood(base: str, path: str, args: argparse.Namespace, sw: _Switch) -> dict[str, Any]:
+    """The flood (see the module docs), on and off as the bench's process says, until it is over."""
     counts: Counter[str] = Counter()
     waited: list[float] = []
-    deadline = time.monotonic() + args.flood_seconds
-
-    def going() -> bool:
-        return not stop.is_set() and time.monotonic() < deadline
-
     every = (args.flood_clients + args.flood_slow) / args.flood_rate if args.flood_rate > 0 else 0.0
     limits = httpx.Limits(max_connections=args.flood_clients)
-    t0 = time.perf_counter()
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as pool:
-        tasks = [_stranger(pool, path, i, every, going, counts) for i in range(args.flood_clients)]
-        tasks += [_slow_stranger(base, path, every, going, counts, waited) for _ in range(args.flood_slow)]
-        started.set()
+        tasks = [_stranger(pool, path, i, every, sw, counts) for i in range(args.flood_clients)]
+        tasks += [_slow_stranger(base, path, every, sw, counts, waited) for _ in range(args.flood_slow)]
         await asyncio.gather(*tasks)
-    return {"counts": dict(counts), "seconds": time.perf_counter() - t0, "slow_waited": waited}
+    return {"counts": dict(counts), "slow_waited": waited}
 
 
-def _flood_process(base: str, path: str, args: argparse.Namespace, started: Any, stop: Any, out: Any) -> None:
-    """The flood in a process of its own (its client work does not slow the user's event loop)."""
-    out.put(asyncio.run(_flood(base, path, args, started, stop)))
+def _flood_process(base: str, path: str, args: argparse.Namespace, events: tuple[Any, Any, Any], out: Any) -> None:
+    """The flood in a process of its own (its client work does not slow the user's event loop), niced by
+    ``--flood-nice``; ``events``: ready (set here once it can flood), flooding, stop."""
+    os.nice(args.flood_nice)
+    ready, flooding, stop = events
+    ready.set()
+    out.put(asyncio.run(_flood(base, path, args, _Switch(flooding, stop, args.flood_seconds))))
 
 
-def _under_flood(base: str, path: str, args: argparse.Namespace) -> tuple[list[float], int, dict[str, Any]]:
-    """The user's requests while another process floods the server; the flood's answers."""
+def _alternate(base: str, path: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``--rounds`` rounds of the user's requests alone, then under the flood (the machine's other work weighs on
+    both alike); the user's seconds and 503s of each, the flood's answers and seconds on."""
     ctx = multiprocessing.get_context("spawn")
-    started, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
-    flood = ctx.Process(target=_flood_process, args=(base, path, args, started, stop, out), daemon=True)
+    ready, flooding, stop, out = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue()
+    flood = ctx.Process(target=_flood_process, args=(base, path, args, (ready, flooding, stop), out), daemon=True)
     flood.start()
+    if not ready.wait(120):
+        raise SystemExit("FAILED: the flood's process did not start within 120 s")
+    got: dict[str, Any] = {"alone": [], "under": [], "seconds on": 0.0}
+    got |= {"busy alone": 0, "busy under": 0, "gave up alone": 0, "gave up under": 0}
+    n = max(1, args.user_requests // args.rounds)
     try:
-        if not started.wait(60):
-            raise SystemExit("FAILED: the flood did not start within 60 s")
-        time.sleep(args.flood_ramp)
-        times, busy = asyncio.run(_user(base, path, args.user_requests))
+        for _ in range(args.rounds):
+            _tally(got, "alone", asyncio.run(_user(base, path, n, args.user_patience)))
+            flooding.set()
+            t0 = time.perf_counter()
+            time.sleep(args.flood_ramp)
+            _tally(got, "under", asyncio.run(_user(base, path, n, args.user_patience)))
+            flooding.clear()
+            got["seconds on"] += time.perf_counter() - t0
+            time.sleep(0.3)  # the strangers see the pause
     finally:
         stop.set()
-    result = out.get(timeout=args.flood_seconds + 60)
+    got.update(out.get(timeout=60))
     flood.join(30)
-    return times, busy, result
+    return got
+
+
+def _tally(got: dict[str, Any], phase: str, user: tuple[list[float], int, int]) -> None:
+    got[phase] += user[0]
+    got[f"busy {phase}"] += user[1]
+    got[f"gave up {phase}"] += user[2]
 
 
 def _flood_scenario(base: str, name: str, args: argparse.Namespace) -> bool:
-    """The user alone, then under the flood; prints the table; True if the user never got a 503 under it."""
+    """The user alone and under the flood; prints the table; True if the user never got a 503 under it."""
     path = f"/api/studies/{name}"
-    asyncio.run(_user(base, path, 5))  # warm-up: the first requests build the middleware stack and open the store
-    alone, busy_alone = asyncio.run(_user(base, path, args.user_requests))
-    under, busy, flood = _under_flood(base, path, args)
-    counts, slow = flood["counts"], flood["slow_waited"]
+    # warm-up: the first requests build the middleware stack and open the store
+    asyncio.run(_user(base, path, 5, args.user_patience))
+    got = _alternate(base, path, args)
+    alone, under, counts, slow = got["alone"], got["under"], got["counts"], got["slow_waited"]
     sent = sum(counts.values())
     answers = ", ".join(f"{code}: {k}" for code, k in sorted(counts.items()))
     print(f"\n## an authenticated user (GET {path}, one at a time) alone and under an unauthenticated flood")
+    columns = ("scenario", "user requests answered", "median ms", "p99 ms", "user 503s", "flood requests")
+    print(f"| {' | '.join(columns)} | flood req/s | flood answers |\n{'|---' * (len(columns) + 2)}|")
+    flooded = f"{sent} | {sent / got['seconds on']:.0f} | {answers}"
+    for phase, times, flood in (("alone", alone, "- | - | -"), ("under the flood", under, flooded)):
+        key = phase.split()[0]
+        busy = f"{got[f'busy {key}']} ({got[f'gave up {key}']} gave up)"
+        print(f"| {phase} | {len(times)} | {_ms(times, 50, 1)} | {_ms(times, 99, 1)} | {busy} | {flood} |")
     print(
-        "| scenario | user requests | median ms | p99 ms | user 503s | flood requests | flood req/s | flood answers |"
+        f"\n{args.rounds} rounds (alone, then flooded); flood: {args.flood_clients} clients and {args.flood_slow} "
+        f"slow strangers at {args.flood_rate or 'as many as they can send'} requests/s in all, on for "
+        f"{got['seconds on']:.1f} s; slow strangers answered in median {_ms(slow, 50, 1)} ms, p99 {_ms(slow, 99, 1)} ms"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| alone | {len(alone)} | {_ms(alone, 50, 1)} | {_ms(alone, 99, 1)} | {busy_alone} | - | - | - |")
-    print(
-        f"| under the flood | {len(under)} | {_ms(under, 50, 1)} | {_ms(under, 99, 1)} | {busy} | {sent} | "
-        f"{sent / flood['seconds']:.0f} | {answers} |"
-    )
-    print(
-        f"\nflood: {args.flood_clients} clients at {args.flood_rate or 'as many as they can send'} requests/s, "
-        f"{args.flood_slow} slow strangers (answered in median {_ms(slow, 50, 1)} ms, p99 {_ms(slow, 99, 1)} ms), "
-        f"{flood['seconds']:.1f} s"
-    )
-    return busy == 0
+    return got["busy under"] == 0 == got["gave up under"]
 
 
 # The load: readers and submissions while workers fill a study.
@@ -366,6 +410,7 @@ _SMOKE = {
     "flood_rate": 100.0,
     "flood_slow": 8,
     "flood_ramp": 0.2,
+    "rounds": 2,
 }
 
 
@@ -382,13 +427,18 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--flood-rate", type=float, default=200.0, help="flood requests/s in all (0: no limit)")
     parser.add_argument("--flood-slow", type=int, default=96, help="strangers sending a body that never ends")
     parser.add_argument("--flood-ramp", type=float, default=1.0, help="seconds of flood before the user starts")
-    parser.add_argument("--flood-seconds", type=float, default=120.0, help="the flood stops after this at most")
+    parser.add_argument("--user-patience", type=float, default=10.0, help="seconds of 503s before the user gives up")
+    parser.add_argument("--flood-nice", type=int, default=0, help="the flood process's niceness (10: it yields)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of the user alone, then flooded")
+    parser.add_argument("--flood-seconds", type=float, default=600.0, help="the flood stops after this at most")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, the same code paths (CI: seconds)")
     if "--smoke" in sys.argv[1:]:
         parser.set_defaults(**_SMOKE)  # flags given on the command line still win
     args = parser.parse_args()
-    if min(args.readers, args.requests, args.user_requests, args.flood_clients) < 1 or args.flood_rate < 0:
-        parser.error("--readers, --requests, --user-requests and --flood-clients must be >= 1, --flood-rate >= 0")
+    if min(args.readers, args.requests, args.user_requests, args.flood_clients, args.rounds) < 1 or args.flood_rate < 0:
+        parser.error(
+            "--readers, --requests, --user-requests, --flood-clients and --rounds must be >= 1, --flood-rate >= 0"
+        )
     return args
 
 
