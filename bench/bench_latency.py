@@ -1,147 +1,186 @@
-"""Does a pruned model run as much faster as its MACs say? MAC-only plans, round_to = "auto", latency budgets.
+"""How close is the latency model to what the device measures? The prediction error per model, runtime and plan kind.
 
-    .venv/bin/python bench/bench_latency.py                               # the three models, 50 % and 30 %
-    .venv/bin/python bench/bench_latency.py --models resnet20 --budgets 0.5
-    .venv/bin/python bench/bench_latency.py --runtime onnxruntime --models resnet50,mobilenet_v2
-    .venv/bin/python bench/bench_latency.py --methods svd --models resnet20  # and (d): pruning with ranks
+    .venv/bin/python bench/bench_latency.py                                  # every row (minutes)
+    .venv/bin/python bench/bench_latency.py --models resnet20 --runtimes torch
+    .venv/bin/python bench/bench_latency.py --models resnet50,mobilenet_v2 --runtimes onnxruntime --kinds pruning
+    .venv/bin/python bench/bench_latency.py --smoke                          # CI: ResNet-20, torch, 3 plans
 
-For each model (torchvision ``resnet50`` and ``mobilenet_v2`` at 1×3×224×224 with
-fresh weights — latency does not read them —, and the Fashion-MNIST ResNet-20 of
-``bench_search.py``), a device profile is measured on this machine
-(:func:`spaces.profile_space`, batch 1, ``--threads``, in ``--runtime``: torch's
-eager runtime or ONNX Runtime, every model exported), and at each MAC budget
-three plans are built the way the studies' strongest seed is (the global
-ranking, :meth:`spaces.ModelSpace.global_plan`):
+For each model (torchvision's ``resnet50`` and ``mobilenet_v2`` at 1×3×224×224,
+and the zoo's ResNet-20 at 1×1×28×28, the Fashion-MNIST shape; fresh weights:
+latency does not read them) and each runtime (torch's eager runtime, ONNX
+Runtime with every model exported), a device profile is measured on this
+machine (:func:`spaces.profile_space`: batch 1, ``--threads``; with the svd
+factor chains when joint plans are benched), and then, per plan kind, ten
+plans are built and each is both predicted (``space.cost(plan).latency``) and
+measured end to end (:func:`spaces.measure_latency`, the median of ``--runs``
+calls after 5 warm-up calls):
 
-(a) **MAC-only**, ``round_to = 1``: the budget on MACs;
-(b) **round_to = "auto"**: the same, kept counts rounded to the profile's channel multiple;
-(c) **latency-aware**: ``round_to = "auto"`` and a latency budget equal to (a)'s
-    *measured* latency, so (c) is at most as slow as (a) by the prediction;
-(d) with ``--methods svd`` (the profile then times those methods' factor chains
-    too): the allocator's joint plan, channels and ranks of the first method, at
-    the MAC budget with ``round_to = "auto"`` — how well a plan with factorized
-    layers is predicted.
+* **pruning**: uniform plans at 20, 40 and 60 % of every group pruned; four
+  random per-group plans (each group's ratio uniform in [0, 0.7], seeded); the
+  allocator's plans (``rank=False``) at 70, 50 and 30 % of the MACs.
+* **joint** (pruning and svd ranks): uniform plans at 20 and 50 % with a random
+  rank fraction (0.2 to 0.9 of the break-even rank) on every layer with a chain;
+  five random per-group plans with random ranks on a random half of those
+  layers; the allocator's joint plans (``rank=True``) at 70, 50 and 30 %.
 
-Each model is then timed end to end (:func:`spaces.measure_latency`: median of
-``--runs`` calls after 5 warm-up calls). Columns: MACs kept, measured ms,
-speed-up over the dense model, MAC reduction, **speed-up ÷ MAC reduction** (1: as
-fast as the MACs say), predicted ms and the prediction error. For the
-ResNet-20 the validation accuracy after the same final recipe as
-``bench_search.py`` (BN recalibration, ``--final-steps`` distilled steps) is
-added; the 224×224 models have no data here, so no accuracy.
+Each row gives the median and the 90th percentile of the absolute relative error
+``|predicted - measured| / measured`` over its plans (the target: median ≤ 10 %
+and p90 ≤ 20 %), the median signed error (negative: predicted too fast) and the
+largest. The plans are printed one per line as they are measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import sys
 import time
-from pathlib import Path
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import torch
-from _shared import machine, parser, print_table, study_overrides  # bench/, beside this script
+from _shared import machine, parse, print_table  # bench/, beside this script
 
-from search import Search, load_config
-from search.operations._finalize import train_final
-from spaces import Budget, ModelSpace, Plan, measure_latency, profile_space
+from spaces import Budget, DeviceProfile, ModelSpace, Plan, measure_latency, profile_space
 
-ARMS = (
-    "(a) MAC-only, round_to 1",
-    '(b) round_to "auto"',
-    "(c) latency budget = (a)'s measured",
-    "(d) allocator, channels and ranks",
-)
+MODELS = {
+    "resnet50": ("torchvision:resnet50", (1, 3, 224, 224)),
+    "mobilenet_v2": ("torchvision:mobilenet_v2", (1, 3, 224, 224)),
+    "resnet20": ("zoo:resnet20", (1, 1, 28, 28)),
+}
+METHOD = "svd"
+SMOKE = {
+    "models": "resnet20",
+    "runtimes": "torch",
+    "kinds": "pruning",
+    "plans": 3,
+    "runs": 5,
+    "profile_runs": 2,
+    "threads": 1,
+}
 
 
-def _space(args: argparse.Namespace, name: str, tmp: Path) -> tuple[ModelSpace, Any]:
-    """The model's space, and (ResNet-20 only) the prepared study that finalizes its plans."""
-    if name == "resnet20":
-        overrides = {**study_overrides(args, tmp, "latency"), "search.candidates": 1}
-        p = Search(load_config(None, overrides)).prepare().prepared
-        return p.space, p
+def _space(name: str) -> ModelSpace:
+    """The model's space on its example input (fresh weights, seeded)."""
     from evaluators import build_model
 
-    model = build_model(f"torchvision:{name}").eval()
-    return ModelSpace(model, torch.randn(1, 3, 224, 224), importance="group_l2"), None
+    spec, shape = MODELS[name]
+    torch.manual_seed(0)
+    extra = {"in_channels": shape[1], "num_classes": 10} if spec.startswith("zoo:") else {}
+    return ModelSpace(build_model(spec, **extra).eval(), torch.randn(shape))
 
 
-def _ms(args: argparse.Namespace, model: torch.nn.Module, space: ModelSpace) -> float:
-    """``model``'s measured batch-1 latency in the bench's runtime (median of ``--runs`` calls)."""
-    timed = measure_latency(model, space.example_inputs, runs=args.runs, runtime=args.runtime, threads=args.threads)
-    return timed["measured_ms"]
+def _chain_layers(prof: DeviceProfile) -> list[str]:
+    return sorted(n for n, tables in prof.factored.items() if METHOD in tables)
 
 
-def _plans(args: argparse.Namespace, space: ModelSpace, budget: float, multiple: int) -> dict[str, Plan]:
-    plans = {ARMS[0]: space.global_plan(Budget(macs=f"{budget:.0%}"))}
-    a_ms = _ms(args, space.apply(plans[ARMS[0]]), space)
-    space.set_round_to(multiple)
-    try:
-        plans[ARMS[1]] = space.global_plan(Budget(macs=f"{budget:.0%}"))
-        plans[ARMS[2]] = space.global_plan(Budget(latency=f"{a_ms:.4f}ms"))
-        if args.methods:
-            joint = space.allocate(Budget(macs=f"{budget:.0%}"), rank=True, method=args.methods.split(",")[0])
-            plans[ARMS[3]] = joint.plan
-    finally:
-        space.set_round_to(1)
-    return plans
+def _with_ranks(plan: Plan, layers: list[str], rng: np.random.Generator) -> Plan:
+    """``plan`` with every layer of ``layers`` factorized by svd at a random fraction of its break-even rank."""
+    ranks = {n: round(float(rng.uniform(0.2, 0.9)), 2) for n in layers}
+    return plan.replace(rank=ranks, method=dict.fromkeys(layers, METHOD))
 
 
-Row = tuple[str, float, str, float]  # model, MAC budget, arm, the dense model's measured ms
+def _half(layers: list[str], rng: np.random.Generator) -> list[str]:
+    return sorted(rng.choice(layers, size=max(1, len(layers) // 2), replace=False).tolist())
 
 
-def _row(args: argparse.Namespace, what: Row, space: ModelSpace, plan: Plan, p: Any) -> list[str]:
-    """One table row: ``what`` is (model, budget, arm, the dense model's measured ms)."""
-    name, b, arm, dense = what
+def _random(space: ModelSpace, rng: np.random.Generator) -> Plan:
+    return Plan({g.id: round(float(rng.uniform(0.0, 0.7)), 3) for g in space.groups})
+
+
+def _pruning_plans(space: ModelSpace, rng: np.random.Generator) -> Iterator[tuple[str, Plan]]:
+    """The pruning-only plans, each built when it is asked for (see the module docs)."""
+    for r in (0.2, 0.4, 0.6):
+        yield f"uniform {r:.0%}", space.uniform_plan(r)
+    for i in range(4):
+        yield f"random #{i}", _random(space, rng)
+    for b in (0.7, 0.5, 0.3):
+        yield f"allocator {b:.0%} MACs", space.allocate(Budget(macs=f"{b:.0%}"), rank=False).plan
+
+
+def _joint_plans(space: ModelSpace, prof: DeviceProfile, rng: np.random.Generator) -> Iterator[tuple[str, Plan]]:
+    """The plans with pruning and svd ranks, each built when it is asked for (see the module docs)."""
+    layers = _chain_layers(prof)
+    for r in (0.2, 0.5):
+        yield f"uniform {r:.0%} + ranks", _with_ranks(space.uniform_plan(r), layers, rng)
+    for i in range(5):
+        yield f"random #{i} + ranks", _with_ranks(_random(space, rng), _half(layers, rng), rng)
+    for b in (0.7, 0.5, 0.3):
+        yield f"allocator {b:.0%} MACs, ranks", space.allocate(Budget(macs=f"{b:.0%}"), rank=True).plan
+
+
+def _measure(args: argparse.Namespace, space: ModelSpace, plan: Plan, runtime: str) -> float:
     model = space.apply(plan)
-    cost = space.cost(plan)
-    measured = _ms(args, model, space)
-    speedup, reduction = dense / measured, space.base_cost.macs / cost.macs
-    acc = "—"
-    if p is not None:
-        val, _ = train_final(p, model.to(p.device), steps=args.final_steps, seed=0)
-        acc = f"{100 * val:.2f}"
-    predicted = cost.latency or float("nan")
-    return [name, f"{b:.0%}", arm, f"{100 * cost.macs / space.base_cost.macs:.1f}%", f"{measured:.2f}",
-            f"{speedup:.2f}×", f"{reduction:.2f}×", f"{speedup / reduction:.2f}", f"{predicted:.2f}",
-            f"{100 * abs(predicted - measured) / measured:.1f}%", acc]  # fmt: skip
+    return measure_latency(model, space.example_inputs, runs=args.runs, runtime=runtime, threads=args.threads)[
+        "measured_ms"
+    ]
+
+
+def _bench_kind(
+    args: argparse.Namespace, space: ModelSpace, runtime: str, plans: Iterator[tuple[str, Plan]]
+) -> list[float]:
+    """Predict and measure each plan (the first ``--plans``); the signed relative errors, printed as they come."""
+    errors = []
+    for label, plan in itertools.islice(plans, args.plans):
+        predicted = space.cost(plan).latency
+        if predicted is None:
+            raise RuntimeError(f"{label}: the profile does not predict this plan")
+        measured = _measure(args, space, plan, runtime)
+        errors.append((predicted - measured) / measured)
+        macs = space.cost(plan).macs / space.base_cost.macs
+        print(f"  {label}: MACs {macs:.1%}, measured {measured:.3f} ms, predicted {predicted:.3f} ms, "
+              f"error {100 * errors[-1]:+.1f} %", flush=True)  # fmt: skip
+    return errors
+
+
+def _row(name: str, runtime: str, kind: str, errors: list[float], note: dict[str, Any]) -> list[str]:
+    size = np.abs(np.array(errors))
+    return [name, runtime, kind, str(len(errors)), f"{100 * np.median(size):.1f}%",
+            f"{100 * np.percentile(size, 90):.1f}%", f"{100 * np.median(errors):+.1f}%", f"{100 * size.max():.1f}%",
+            f"{note['dense']:.2f}", f"{note['profile_s']:.0f}"]  # fmt: skip
+
+
+def _bench_model(args: argparse.Namespace, name: str, runtime: str) -> list[list[str]]:
+    space = _space(name)
+    kinds = args.kinds.split(",")
+    methods = [METHOD] if "joint" in kinds else []
+    t = time.perf_counter()
+    prof = profile_space(space, threads=args.threads, runtime=runtime, methods=methods, runs=args.profile_runs)
+    note = {"profile_s": time.perf_counter() - t, "dense": _measure(args, space, Plan(), runtime)}
+    space.attach_profile(prof)
+    worst = max(abs(p - m) / m for _, m, p in prof.calibration)
+    print(f"{name}, {runtime}: profile {note['profile_s']:.0f} s ({len(prof.layers)} layers, "
+          f"{len(prof.factored)} with chains), dense {note['dense']:.2f} ms, scale {prof.scale:.2f}, "
+          f"rest {prof.rest[0]:.2f} + {prof.rest[1]:.2f} x ms, multiple {prof.multiple}, "
+          f"calibration error <= {100 * worst:.1f} %", flush=True)  # fmt: skip
+    rows = []
+    for kind in kinds:
+        rng = np.random.default_rng(0)
+        plans = _pruning_plans(space, rng) if kind == "pruning" else _joint_plans(space, prof, rng)
+        rows.append(_row(name, runtime, kind, _bench_kind(args, space, runtime, plans), note))
+    return rows
 
 
 def main() -> None:
-    import tempfile
-
-    ap = parser(__doc__, budgets="0.5,0.3")
-    ap.add_argument("--models", default="resnet50,mobilenet_v2,resnet20")
-    ap.add_argument("--runs", type=int, default=25, help="timed end-to-end calls per model (median kept)")
-    ap.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"), help="where latency is measured")
-    ap.add_argument("--methods", default="", help="factorization methods whose chains the profile times; adds (d)")
-    args = ap.parse_args()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="resnet50,mobilenet_v2,resnet20", help=f"among {', '.join(MODELS)}")
+    ap.add_argument("--runtimes", default="torch,onnxruntime", help="torch, onnxruntime or both")
+    ap.add_argument("--kinds", default="pruning,joint", help="plan kinds: pruning, joint (pruning and svd ranks)")
+    ap.add_argument("--plans", type=int, default=10, help="plans per row (the first N of the kind's ten)")
+    ap.add_argument("--runs", type=int, default=15, help="timed end-to-end calls per plan (median kept)")
+    ap.add_argument("--profile-runs", type=int, default=7, help="timed calls per point of the profile")
+    ap.add_argument("--threads", type=int, default=2, help="torch's and ONNX Runtime's intra-op threads")
+    args = parse(ap, SMOKE)
     torch.set_num_threads(args.threads)
-    rows, notes = [], []
-    t_all = time.perf_counter()
-    with tempfile.TemporaryDirectory() as td:
-        for name in args.models.split(","):
-            space, p = _space(args, name, Path(td))
-            t = time.perf_counter()
-            methods = [m for m in args.methods.split(",") if m]
-            prof = profile_space(space, threads=args.threads, runtime=args.runtime, methods=methods)
-            space.attach_profile(prof)
-            err = max(abs(pr - m) / m for _, m, pr in prof.calibration)
-            dense = _ms(args, space.model, space)
-            notes.append(
-                f"{name}: profile {time.perf_counter() - t:.0f} s, {len(prof.layers)} layers "
-                f"({len(prof.factored)} with chains), dense {dense:.2f} ms, scale {prof.scale:.2f}, "
-                f"multiple {prof.multiple}, calibration error <= {100 * err:.1f} %"
-            )
-            print(notes[-1], flush=True)
-            for b in (float(x) for x in args.budgets.split(",")):
-                for arm, plan in _plans(args, space, b, prof.multiple).items():
-                    rows.append(_row(args, (name, b, arm, dense), space, plan, p))
-                    print(" | ".join(rows[-1]), flush=True)
-    print(f"\n# {args.runtime}, batch 1, {args.threads} threads; {machine()}; {time.perf_counter() - t_all:.0f} s")
-    for n in notes:
-        print(f"# {n}")
-    print_table(["model", "MAC budget", "plan", "MACs", "measured ms", "speed-up", "MAC reduction",
-                 "speed-up ÷ MAC reduction", "predicted ms", "prediction error", "val accuracy"], rows)  # fmt: skip
+    t0, started = time.perf_counter(), datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows = [row for runtime in args.runtimes.split(",") for name in args.models.split(",")
+            for row in _bench_model(args, name, runtime)]  # fmt: skip
+    print(f"\n# {' '.join(['python', *sys.argv])}")
+    print(f"# {machine()}; batch 1, {args.threads} threads; {started}; {time.perf_counter() - t0:.0f} s")
+    print_table(["model", "runtime", "plans", "n", "median |error|", "p90 |error|", "median error", "max |error|",
+                 "dense ms", "profile s"], rows)  # fmt: skip
 
 
 if __name__ == "__main__":

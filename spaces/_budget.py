@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spaces._cost import Cost
-from spaces._errors import InputTypeError
+from spaces._errors import InputTypeError, PlanError
 from spaces._vocab import COST_METRICS
 
 __all__ = ["Budget", "Limit"]
@@ -114,6 +114,8 @@ class Budget:
     def absolute(self, base: Cost | None = None) -> dict[str, float]:
         out = {}
         for metric, limit in self.limits.items():
+            if metric == "latency" and base is not None and base.latency is None:
+                raise PlanError(_no_profile(limit))
             if limit.relative:
                 if base is None:
                     raise ValueError(f"budget {metric}={limit} is relative: pass the base model's cost")
@@ -148,6 +150,16 @@ class Budget:
 
     def __repr__(self) -> str:
         return "Budget(" + ", ".join(f"{m}={lim}" for m, lim in self.limits.items()) + ")"
+
+
+def _no_profile(limit: Limit) -> str:
+    """The one-line error of a latency limit on a space without a device profile."""
+    shown = str(limit) if limit.relative else f"{limit.value:g}ms"
+    return (
+        f"budget latency={shown} needs a device profile: a latency budget is met by predicted latency and this "
+        "space has no profile; run `prunetune profile` (in Python: space.attach_profile(profile_space(space))) "
+        "or limit macs, params or bytes instead"
+    )
 
 
 def _value(cost: Cost, metric: str) -> float:

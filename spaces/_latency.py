@@ -21,15 +21,33 @@ exporter; see :mod:`spaces._ort`):
   then made monotone (a cumulative maximum along both axes), so that fewer
   channels never predict more time and ``fit``'s bisection is sound; the
   noise this removes is reported as :attr:`DeviceProfile.noise`.
-* **the rest, and the tables in context.** Everything else a forward pass
-  does (BatchNorm, activations, additions, pooling, Python dispatch) is not in
-  the tables, and a layer timed alone may not run as it does inside the model
-  (ONNX Runtime converts a lone convolution's input to its blocked layout and
-  back, which a whole model does once). The whole model is timed at four
-  uniform plans (0, 25, 50 and 75 % of every group pruned), and ``measured``
-  is fitted by bounded least squares as ``s * sum(tables) + a + b * x``, with
-  ``x`` the conv/linear output elements kept, as a fraction of the base
-  model's: the tables' in-context factor (:attr:`DeviceProfile.scale`), a
+* **the tables in context** (NetAdapt's tables measured in the whole graph).
+  A layer timed alone does not run as it does inside the model: alone, its
+  weights and input sit in cache and ONNX Runtime converts a lone
+  convolution's input to its blocked layout and back, which a whole model does
+  once; a factor chain's two small layers alone run back to back in cache. So
+  the whole model is run at four uniform plans (0, 25, 50 and 75 % of every
+  group pruned) while each layer's own time *inside* it is recorded: in torch,
+  a forward pre-hook and a forward hook around each conv/linear module (a
+  device sync first on CUDA); in ONNX Runtime, its per-node profiler
+  (``kernel_time`` events), whose nodes are mapped back to layers through the
+  exported weights' names (:func:`spaces._ort.node_owners`: torch's exporter
+  names ``conv.weight`` after the module). Each layer's in-context / alone
+  ratio at those plans (:attr:`DeviceProfile.context`, clipped to
+  :data:`RATIO_BOUNDS`) is interpolated along the layer's kept fraction
+  (the geometric mean of its two axes': :func:`ratio_at`) and multiplies every
+  point of its table, which is then made monotone again. Factor chains get
+  the same, from four plans that factorize every layer with a chain
+  (:data:`CHAIN_CONTEXT`: 0 and 50 % pruned, ranks at 0.3 and 0.7 of the
+  break-even rank), interpolated along the kept fraction and the rank's
+  fraction of the break-even rank.
+* **the rest.** Everything else a forward pass does (BatchNorm, activations,
+  additions, pooling, layout conversions, Python dispatch) is not in the
+  tables. The whole model's time at the four uniform plans is fitted by
+  bounded least squares as ``s * sum(tables) + a + b * x`` on the corrected
+  tables, with ``x`` the conv/linear output elements kept, as a fraction of
+  the base model's: the tables' remaining in-context factor
+  (:attr:`DeviceProfile.scale`, near 1 once the tables are in context), a
   fixed overhead and a part that follows the activations (``s >= 0.05``,
   ``a >= 0`` and ``b >= 0``: the prediction stays positive and monotone in
   every group's channels; a free overhead once predicted a negative time for
@@ -66,8 +84,9 @@ factorized by a method the profile did not time, is not predicted: its
 ``Cost.latency`` is ``None`` and a latency budget on it is a one-line error
 naming why. A profile is
 keyed (:meth:`DeviceProfile.key`) by the model's structure, the device, the
-runtime, threads, batch size and the methods whose chains it timed, and travels as JSON, so a store can cache it
-and every worker reuse it.
+runtime, threads, batch size, the methods whose chains it timed and :data:`PROFILE_FORMAT` (3: tables in
+context; a profile cached by an older version is measured again, not misread), and travels as JSON, so a store
+can cache it and every worker reuse it.
 
 Written here rather than taken from a library: torch's ``torch.utils.benchmark``
 times one callable (used for nothing more than that would be), and no library
@@ -83,7 +102,8 @@ import math
 import os
 import platform
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,7 +113,7 @@ import torch
 from torch import nn
 
 from spaces._errors import PlanError
-from spaces._ort import check_runtime, layer_runner, model_runner
+from spaces._ort import check_runtime, layer_runner, model_runner, node_owners, node_times, onnx_bytes
 from spaces._timing import time_calls
 from spaces._trace import CONV, LINEAR
 
@@ -198,6 +218,9 @@ class DeviceProfile:
     scale: float = 1.0  # the tables' in-context factor, fitted with the rest (1: layers run as they were timed)
     calibration: list[tuple[float, float, float]] = field(default_factory=list)  # ratio, measured, predicted
     factored: dict[str, dict[str, FactorTable]] = field(default_factory=dict)  # layer -> method -> its chain's table
+    # in-context / alone ratios that corrected the tables: "layer" or "layer@method" -> [[position, level, ratio]]
+    context: dict[str, list[list[float]]] = field(default_factory=dict)
+    block: int = 1  # the runtime's channel block: counts off a multiple of it run slower kernels (1: none)
 
     @property
     def methods(self) -> list[str]:
@@ -271,10 +294,21 @@ class DeviceProfile:
                 method, modes = ranks[name]
                 total += table.calls * self.factored[name][method].at(up_in, up_out, max(modes))
             else:
-                total += table.calls * table.at(up_in, up_out)
+                total += table.calls * table.at(up_in, up_out) * self.off_block(name, cin, cout)
             positions = space._trace.spatial.get(name, 0)
             kept, base = kept + cout * positions, base + table.outs[-1] * positions
         return total, kept / (base or 1.0)
+
+    def off_block(self, name: str, cin: int, cout: int) -> float:
+        """How much slower layer ``name`` runs in context with ``cin`` inputs and ``cout`` outputs than its
+        corrected table says, because a count is off the runtime's channel block (:attr:`block`): its
+        in-context ratio off the block (level 1 of its context) over the one on it (level 0); 1.0 on the block."""
+        table = self.layers[name]
+        if self.block <= 1 or not _misaligned(table, cin, cout, self.block):
+            return 1.0
+        points = self.context.get(name, [])
+        u = _position(table, _up(cin, self.multiple, table.ins[-1]), _up(cout, self.multiple, table.outs[-1]))
+        return ratio_at(points, u, 1.0) / ratio_at(points, u, 0.0)
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -317,7 +351,7 @@ def factor_chains(resolved: Mapping[str, Any]) -> dict[str, tuple[str, tuple[int
     return out
 
 
-PROFILE_FORMAT = 2  # part of the key: a profile measured by an older version is measured again
+PROFILE_FORMAT = 3  # part of the key: a profile measured by an older version is measured again (3: in context)
 
 
 def profile_key(model: str, device: str, runtime: str, threads: int, batch: int, methods: Sequence[str] = ()) -> str:
@@ -407,9 +441,10 @@ def profile_space(
             layers=layers,
             rest=(0.0, 0.0),
             base_ms=0.0,
-            multiple=_multiple(space, shapes, batch, timer),
+            multiple=_multiple(space, shapes, batch, timer, channel_block(runtime)),
             noise=noise,
             factored=factored,
+            block=channel_block(runtime),
         )
         _calibrate(space, prof, batch, timer)
         return prof
@@ -438,8 +473,24 @@ class _Timer:
         return (lambda: layer(x)) if self.runtime == "torch" else layer_runner(layer, x, self.threads)
 
     def chain_call(self, chain: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
-        """A call of a factor chain on ``x`` in this timer's runtime (exported whole for ONNX Runtime)."""
-        return (lambda: chain(x)) if self.runtime == "torch" else model_runner(chain, x, self.threads)
+        """A call of a factor chain on ``x`` in this timer's runtime (for ONNX Runtime, a graph of one node per
+        layer of the chain, written directly as a table's layers are: exporting each grid point would take
+        seconds apiece)."""
+        return (lambda: chain(x)) if self.runtime == "torch" else layer_runner(chain, x, self.threads)
+
+    def in_context(
+        self, model: nn.Module, inputs: tuple[Any, ...], layers: Collection[str]
+    ) -> tuple[float, dict[str, float]]:
+        """``model``'s median time (ms) run whole, and the own time (ms, median over the timed runs) of each
+        of ``layers`` (module names; a factor chain is timed as the module at its layer's name) inside it:
+        torch's forward hooks, or ONNX Runtime's per-node profiler on the same export."""
+        if self.runtime == "torch":
+            return self(self.model_call(model, inputs)), _hooked_times(model, inputs, layers, self)
+        _one_input(self.runtime, inputs)
+        exported = onnx_bytes(model, inputs[0])
+        measured = self(model_runner(exported, inputs[0], self.threads))
+        owners = node_owners(exported, _owner_of(layers))
+        return measured, node_times(exported, inputs[0], self.threads, owners, self.times)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -459,6 +510,60 @@ def _one_input(runtime: str, inputs: tuple[Any, ...]) -> None:
     if runtime != "torch" and (len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor)):
         kinds = ", ".join(type(x).__name__ for x in inputs)
         raise ValueError(f"runtime {runtime!r} times models of one input tensor, got {len(inputs)} inputs ({kinds})")
+
+
+def _hooked_times(
+    model: nn.Module, inputs: tuple[Any, ...], layers: Collection[str], timer: _Timer
+) -> dict[str, float]:
+    """Each of ``layers``' own time (ms) inside ``model``'s forward pass, the median over ``timer``'s timed
+    runs: a forward pre-hook and a forward hook around each module read the clock (after a device sync on
+    CUDA); a module called twice in a pass counts both calls. Layers the model does not have are left out."""
+    runs: list[dict[str, float]] = []
+    started: dict[str, float] = {}
+
+    def before(name: str) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            timer.sync()
+            started[name] = time.perf_counter()
+
+        return hook
+
+    def after(name: str) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            timer.sync()
+            runs[-1][name] = runs[-1].get(name, 0.0) + 1000.0 * (time.perf_counter() - started[name])
+
+        return hook
+
+    handles = []
+    for name in layers:
+        with contextlib.suppress(AttributeError):
+            mod = model.get_submodule(name)
+            handles += [mod.register_forward_pre_hook(before(name)), mod.register_forward_hook(after(name))]
+
+    def call() -> None:
+        runs.append({})
+        model(*inputs)
+
+    try:
+        timer.times(call)
+    finally:
+        for h in handles:
+            h.remove()
+    timed = runs[timer.warmup :]
+    return {name: statistics.median(run[name] for run in timed) for name in timed[0]}
+
+
+def _owner_of(layers: Collection[str]) -> Callable[[str], str | None]:
+    """The layer (of ``layers``) an exported initializer belongs to: the longest one whose name, plus a dot,
+    starts the initializer's (torch's exporter names ``conv.weight`` after the module; a factor chain's
+    ``conv.0.weight`` belongs to the layer ``conv`` it replaced)."""
+    by_length = sorted(layers, key=len, reverse=True)
+
+    def owner(tensor: str) -> str | None:
+        return next((name for name in by_length if tensor.startswith(name + ".")), None)
+
+    return owner
 
 
 def measure_latency(
@@ -649,8 +754,12 @@ def _make_monotone(t: LayerTable | FactorTable) -> float:
     return float(np.max((mono - raw) / mono)) if mono.size else 0.0
 
 
-def _multiple(space: ModelSpace, shapes: Mapping[str, tuple[tuple[int, ...], int]], batch: int, timer: _Timer) -> int:
-    """The channel multiple beyond which this device gains no speed, swept on the conv with the most MACs."""
+def _multiple(
+    space: ModelSpace, shapes: Mapping[str, tuple[tuple[int, ...], int]], batch: int, timer: _Timer, block: int = 1
+) -> int:
+    """The channel multiple beyond which this device gains no speed, swept on the conv with the most MACs, and
+    at least the runtime's channel ``block`` (a lone layer does not show what leaving the block costs in a
+    whole model); at most a quarter of the narrowest group either way."""
     full = space.costs.channels
     best, best_macs = None, -1
     for name in shapes:
@@ -672,7 +781,7 @@ def _multiple(space: ModelSpace, shapes: Mapping[str, tuple[tuple[int, ...], int
     for _ in range(3):  # interleaved rounds: a slow moment of the machine spreads over every count
         for k in counts:
             rounds[k].append(_time_layer(mod, cin, k, shapes[best][0], batch, timer))
-    found = multiple_from({k: statistics.median(v) for k, v in rounds.items()})
+    found = max(block, multiple_from({k: statistics.median(v) for k, v in rounds.items()}))
     narrowest = min((g.channels for g in space.groups if g.id not in space._trace.heads), default=1)
     return min(found, max(1, 2 ** int(math.log2(max(1, narrowest // 4)))))  # every group keeps >= 4 choices
 
@@ -712,23 +821,166 @@ def _fit_calibration(tables: Sequence[float], xs: Sequence[float], ys: Sequence[
     return s, a, b
 
 
-def _calibrate(space: ModelSpace, prof: DeviceProfile, batch: int, timer: _Timer) -> None:
-    """Time the whole model at uniform plans and fit ``s * tables + a + b * x`` (see the module docs)."""
+def _batched(space: ModelSpace, batch: int, device: torch.device) -> tuple[Any, ...]:
+    """The space's example inputs repeated to ``batch`` along their first axis, on ``device``."""
     from spaces._cost import as_tuple
 
-    inputs = tuple(
-        x.repeat(batch, *([1] * (x.dim() - 1))).to(timer.device) if isinstance(x, torch.Tensor) else x
+    return tuple(
+        x.repeat(batch, *([1] * (x.dim() - 1))).to(device) if isinstance(x, torch.Tensor) else x
         for x in as_tuple(space.example_inputs)
     )
-    points = []
+
+
+def _calibrate(space: ModelSpace, prof: DeviceProfile, batch: int, timer: _Timer) -> None:
+    """Time the whole model at uniform plans, each layer inside it too; correct the tables by the layers'
+    in-context ratios, then fit ``s * tables + a + b * x`` on the corrected tables (see the module docs)."""
+    inputs = _batched(space, batch, timer.device)
+    measured: list[tuple[float, float, np.ndarray]] = []
     for ratio in CALIBRATION_RATIOS:
         plan = space.uniform_plan(ratio)
         keep = space.keep_counts(plan)
-        model = space.apply(plan).to(timer.device).eval()
-        measured = timer(timer.model_call(model, inputs))
-        tables, share = prof.tables_at(space, keep)  # as a prediction reads them
-        points.append((ratio, measured, tables, share))
+        whole, inside = timer.in_context(space.apply(plan).to(timer.device).eval(), inputs, prof.layers)
+        _record_layers(space, prof, keep, inside)
+        measured.append((ratio, whole, keep))
+    _off_block_context(space, prof, inputs, timer)
+    _chain_context(space, prof, inputs, timer)
+    _apply_context(space, prof)
+    points = [(ratio, whole, *prof.tables_at(space, keep)) for ratio, whole, keep in measured]
     s, a, b = _fit_calibration([t for *_, t, _ in points], [x for *_, x in points], [m for _, m, _, _ in points])
     prof.scale, prof.rest = s, (a, b)
     prof.base_ms = points[0][1]
     prof.calibration = [(r, m, s * t + a + b * x) for r, m, t, x in points]
+
+
+RATIO_BOUNDS = (0.25, 4.0)  # an in-context / alone ratio outside these is taken as noise and clipped
+CHAIN_CONTEXT = ((0.0, 0.3), (0.0, 0.7), (0.5, 0.3), (0.5, 0.7))  # (uniform prune ratio, rank fraction) per plan
+
+
+def _ratio(inside: float, alone: float) -> float:
+    return float(np.clip(inside / alone, *RATIO_BOUNDS)) if alone > 0 else 1.0
+
+
+def _position(table: LayerTable | FactorTable, cin: float, cout: float) -> float:
+    """Where counts ``(cin, cout)`` lie on a table: the geometric mean of the kept fractions of its axes that
+    change (1.0: the unpruned layer), the coordinate its in-context ratios are interpolated along."""
+    f_out = cout / table.outs[-1]
+    f_in = cin / table.ins[-1] if len(table.ins) > 1 else 1.0
+    return math.sqrt(f_out * f_in)
+
+
+def _record_layers(space: ModelSpace, prof: DeviceProfile, keep: np.ndarray, inside: Mapping[str, float]) -> None:
+    """Add each dense layer's in-context / alone ratio at ``keep`` (the table read as a prediction reads it):
+    level 0 on the runtime's channel block, level 1 off it (:meth:`DeviceProfile.off_block`)."""
+    for name, ms in inside.items():
+        table = prof.layers[name]
+        cout, cin = _channels(space, name, keep)
+        up_in, up_out = _up(cin, prof.multiple, table.ins[-1]), _up(cout, prof.multiple, table.outs[-1])
+        alone = table.calls * table.at(up_in, up_out)
+        level = 1.0 if prof.block > 1 and _misaligned(table, cin, cout, prof.block) else 0.0
+        prof.context.setdefault(name, []).append([_position(table, up_in, up_out), level, _ratio(ms, alone)])
+
+
+OFF_BLOCK_RATIOS = (0.0, 0.5)  # the uniform plans whose counts, one channel fewer, time layers off the block
+
+
+def channel_block(runtime: str) -> int:
+    """The channel block of ``runtime``'s fast convolutions on this CPU: ONNX Runtime's blocked (NCHWc) kernels
+    take channels in blocks of 16 with AVX-512, of 8 with AVX2, and a count off the block falls back to a
+    plain kernel (with layout conversions around it); 1 for torch and other CPUs."""
+    if runtime != "onnxruntime" or platform.machine() not in ("x86_64", "AMD64"):
+        return 1
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
+    return 16 if "avx512f" in flags else 8 if "avx2" in flags else 1
+
+
+def _misaligned(table: LayerTable, cin: int, cout: int, block: int) -> bool:
+    """Whether a layer runs off the channel ``block`` at these counts (an input axis that never changes, like
+    the image's channels, does not count)."""
+    return cout % block != 0 or (len(table.ins) > 1 and not table.depthwise and cin % block != 0)
+
+
+def _off_block_context(space: ModelSpace, prof: DeviceProfile, inputs: tuple[Any, ...], timer: _Timer) -> None:
+    """With a channel block (:attr:`DeviceProfile.block`), time the layers inside the whole model at counts
+    one channel below :data:`OFF_BLOCK_RATIOS`' uniform plans and record the ratios of those off the block
+    as level 1 of their context (what :meth:`DeviceProfile.off_block` reads)."""
+    if prof.block <= 1:
+        return
+    for ratio in OFF_BLOCK_RATIOS:
+        keep = space.keep_counts(space.uniform_plan(ratio))
+        keep = np.where(keep > prof.block, keep - 1, keep)
+        _, inside = timer.in_context(
+            space.apply(space.plan_from_keep(keep)).to(timer.device).eval(), inputs, prof.layers
+        )
+        _record_layers(space, prof, keep, inside)
+
+
+def _chain_context(space: ModelSpace, prof: DeviceProfile, inputs: tuple[Any, ...], timer: _Timer) -> None:
+    """Time each method's factor chains inside the whole model at :data:`CHAIN_CONTEXT`'s plans (every layer
+    with a chain factorized at a fraction of its break-even rank) and record their in-context ratios."""
+    for method in prof.methods:
+        layers = sorted(n for n, tables in prof.factored.items() if method in tables)
+        for ratio, fraction in CHAIN_CONTEXT:
+            plan = space.uniform_plan(ratio).replace(
+                rank=dict.fromkeys(layers, fraction), method=dict.fromkeys(layers, method)
+            )
+            keep = space.keep_counts(plan)
+            chains = factor_chains(space.costs.resolve(plan, keep))
+            _, inside = timer.in_context(space.apply(plan).to(timer.device).eval(), inputs, chains)
+            for name, ms in inside.items():
+                table = prof.factored[name][method]
+                cout, cin = _channels(space, name, keep)
+                up_in = _up(cin, prof.multiple, prof.layers[name].ins[-1])
+                up_out = _up(cout, prof.multiple, prof.layers[name].outs[-1])
+                alone = table.calls * table.at(up_in, up_out, max(chains[name][1]))
+                point = [_position(table, up_in, up_out), fraction, _ratio(ms, alone)]
+                prof.context.setdefault(f"{name}@{method}", []).append(point)
+
+
+def ratio_at(points: Sequence[Sequence[float]], position: float, level: float = 0.0) -> float:
+    """The in-context ratio at ``position`` (and rank ``level``) from measured ``[position, level, ratio]``
+    points: piecewise linear in the position among the points of each level, linear between levels, both
+    clamped to the points' range (1.0 without points)."""
+    levels: dict[float, list[tuple[float, float]]] = {}
+    for u, w, r in points:
+        levels.setdefault(w, []).append((u, r))
+    if not levels:
+        return 1.0
+
+    def along(w: float) -> float:
+        us, rs = zip(*sorted(levels[w]), strict=True)
+        return float(np.interp(position, us, rs))
+
+    ws = sorted(levels)
+    return float(np.interp(level, ws, [along(w) for w in ws]))
+
+
+def _apply_context(space: ModelSpace, prof: DeviceProfile) -> None:
+    """Scale every table point by the in-context ratio interpolated at it, then make the tables monotone again."""
+    for name, table in prof.layers.items():
+        points = prof.context.get(name, [])
+        table.ms = [
+            [v * ratio_at(points, _position(table, ci, co)) for co, v in zip(table.outs, row, strict=True)]
+            for ci, row in zip(table.ins, table.ms, strict=True)
+        ]
+        _make_monotone(table)
+    for name, tables in prof.factored.items():
+        for method, chain in tables.items():
+            _correct_chain(space, name, chain, prof.context.get(f"{name}@{method}", []))
+
+
+def _correct_chain(space: ModelSpace, name: str, chain: FactorTable, points: Sequence[Sequence[float]]) -> None:
+    """Scale a factor chain's table by its in-context ratios: a grid rank's level is its fraction of the
+    break-even rank at the grid point's channels (what a plan's rank fraction resolves to there)."""
+    full = space.costs.pruned_geom(name, space.costs.channels)
+    out = []
+    for ci, plane in zip(chain.ins, chain.ms, strict=True):
+        rows = []
+        for co, ranks in zip(chain.outs, plane, strict=True):
+            u, even = _position(chain, ci, co), max(1, full.with_channels(co, ci).max_useful_rank(chain.method))
+            rows.append([v * ratio_at(points, u, r / even) for r, v in zip(chain.ranks, ranks, strict=True)])
+        out.append(rows)
+    chain.ms = out
+    _make_monotone(chain)

@@ -39,7 +39,18 @@ from torch import nn
 
 from spaces._errors import PlanError
 
-__all__ = ["OPSET", "RUNTIMES", "check_runtime", "layer_runner", "model_runner", "ort_session", "write_onnx"]
+__all__ = [
+    "OPSET",
+    "RUNTIMES",
+    "check_runtime",
+    "layer_runner",
+    "model_runner",
+    "node_owners",
+    "node_times",
+    "onnx_bytes",
+    "ort_session",
+    "write_onnx",
+]
 
 OPSET = 21
 IR_VERSION = 10
@@ -89,48 +100,109 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: Path | str) -> Non
     onnx.save(proto, str(path))
 
 
-def ort_session(model: Path | str | bytes, threads: int) -> Any:
-    """An ONNX Runtime CPU session of a model file (or its bytes) with ``threads`` intra-op threads."""
+def ort_session(model: Path | str | bytes, threads: int, *, profile_prefix: str | None = None) -> Any:
+    """An ONNX Runtime CPU session of a model file (or its bytes) with ``threads`` intra-op threads (and its
+    per-node profiler on, writing under ``profile_prefix``, when given)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
-def model_runner(model: nn.Module, example: torch.Tensor, threads: int) -> Callable[[], Any]:
-    """A call of ``model`` on ``example`` in ONNX Runtime (exported through a temporary file)."""
+def onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
+    """``model`` exported by :func:`write_onnx` (through a temporary file), as bytes."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         write_onnx(model, example, path)
-        session = ort_session(path.read_bytes(), threads)
+        return path.read_bytes()
+
+
+def model_runner(model: nn.Module | bytes, example: torch.Tensor, threads: int) -> Callable[[], Any]:
+    """A call of ``model`` (or of its export, :func:`onnx_bytes`) on ``example`` in ONNX Runtime."""
+    session = ort_session(model if isinstance(model, bytes) else onnx_bytes(model, example), threads)
     feed = {"x": example.detach().cpu().numpy()}
     return lambda: session.run(None, feed)
 
 
-def layer_runner(layer: nn.Module, x: torch.Tensor, threads: int) -> Callable[[], Any]:
-    """A call of the conv or linear ``layer`` on ``x`` in ONNX Runtime, as a one-node graph with its weights."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+def node_owners(model: bytes, owner: Callable[[str], str | None]) -> dict[str, str]:
+    """The names ONNX Runtime's fully optimized graph gives the nodes of ``model``, mapped to the layer that
+    ``owner`` names for one of each node's inputs (torch's exporter names a layer's weight after its module).
 
-    w = layer.get_parameter("weight").detach().cpu().numpy()
-    bias = layer.get_parameter("bias") if getattr(layer, "bias", None) is not None else None
-    inits = [numpy_helper.from_array(w.T.copy() if isinstance(layer, nn.Linear) else w, "w")]
-    if bias is not None:
-        inits.append(numpy_helper.from_array(bias.detach().cpu().numpy(), "b"))
-    if isinstance(layer, nn.Linear):
-        nodes = [helper.make_node("MatMul", ["x", "w"], ["y" if bias is None else "xw"])]
-        if bias is not None:
-            nodes.append(helper.make_node("Add", ["xw", "b"], ["y"]))
-    elif isinstance(layer, nn.modules.conv._ConvNd) and not layer.transposed:
-        nodes = [
-            helper.make_node("Conv", ["x", "w", *(["b"] if bias is not None else [])], ["y"], **_conv_attrs(layer))
-        ]
-    else:
-        raise PlanError(f"runtime 'onnxruntime' profiles conv and linear layers, not {type(layer).__name__}")
+    The names are read from the graph optimized at ONNX Runtime's *extended* level (its fusions, before the
+    layout transformer): a node keeps its name there, and the layout transformer names the blocked
+    (``com.microsoft.nchwc``) node that replaces it after its first output, plus ``"_nchwc"``. Nodes with no
+    owned input (reorders, pooling, shapes) are left out.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = str(Path(tmp) / "extended.onnx")
+        opts.log_severity_level = 3
+        ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        graph = onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
+    out: dict[str, str] = {}
+    for node in graph.node:
+        layer = next((o for o in map(owner, node.input) if o is not None), None)
+        if layer is not None:
+            out[node.name] = layer
+            out[f"{node.output[0]}_nchwc"] = layer
+    return out
+
+
+def node_times(
+    model: bytes, example: torch.Tensor, threads: int, owners: dict[str, str], drive: Callable[..., Any]
+) -> dict[str, float]:
+    """Each layer's own time (ms) inside ``model`` run whole: ONNX Runtime's per-node profiler
+    (``SessionOptions.enable_profiling``), its ``kernel_time`` events summed over the nodes ``owners`` maps to
+    the layer (:func:`node_owners`), the median over the timed runs of each node.
+
+    ``drive(fn)`` runs the profiled call ``fn`` (the caller's warm-up and timed runs: ``_Timer.times``); the
+    warm-up runs are told apart as the first events of each node and dropped.
+    """
+    import json
+    import statistics
+
+    with tempfile.TemporaryDirectory() as tmp:
+        session = ort_session(model, threads, profile_prefix=str(Path(tmp) / "ort"))
+        feed = {"x": example.detach().cpu().numpy()}
+        timed = len(drive(lambda: session.run(None, feed)))
+        events = json.loads(Path(session.end_profiling()).read_text())
+    durations: dict[str, list[float]] = {}
+    for e in events:
+        name = e.get("name", "")
+        if e.get("cat") == "Node" and name.endswith("_kernel_time") and name[: -len("_kernel_time")] in owners:
+            durations.setdefault(name[: -len("_kernel_time")], []).append(e["dur"] / 1000.0)
+    out: dict[str, float] = {}
+    for node, ms in durations.items():
+        layer = owners[node]
+        out[layer] = out.get(layer, 0.0) + statistics.median(ms[-timed:])
+    return out
+
+
+def layer_runner(layer: nn.Module, x: torch.Tensor, threads: int) -> Callable[[], Any]:
+    """A call of the conv or linear ``layer`` on ``x`` in ONNX Runtime, as a one-node graph with its weights
+    (a factor chain, an ``nn.Sequential`` of conv and linear layers, as one node per layer)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    layers = list(layer) if isinstance(layer, nn.Sequential) else [layer]
+    nodes: list[Any] = []
+    inits: list[Any] = []
+    for i, one in enumerate(layers):
+        src, dst = ("x" if i == 0 else f"h{i}"), ("y" if i == len(layers) - 1 else f"h{i + 1}")
+        more_nodes, more_inits = _layer_nodes(one, src, dst, f"l{i}")
+        nodes += more_nodes
+        inits += more_inits
     graph = helper.make_graph(
         nodes,
         "layer",
@@ -144,6 +216,27 @@ def layer_runner(layer: nn.Module, x: torch.Tensor, threads: int) -> Callable[[]
     session = ort_session(proto.SerializeToString(), threads)
     feed = {"x": x.detach().cpu().numpy().astype(np.float32)}
     return lambda: session.run(None, feed)
+
+
+def _layer_nodes(layer: nn.Module, src: str, dst: str, prefix: str) -> tuple[list[Any], list[Any]]:
+    """The ONNX nodes and initializers (named with ``prefix``) of one conv or linear layer from ``src`` to ``dst``."""
+    from onnx import helper, numpy_helper
+
+    w = layer.get_parameter("weight").detach().cpu().numpy()
+    bias = layer.get_parameter("bias") if getattr(layer, "bias", None) is not None else None
+    wn, bn = f"{prefix}.w", f"{prefix}.b"
+    inits = [numpy_helper.from_array(w.T.copy() if isinstance(layer, nn.Linear) else w, wn)]
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias.detach().cpu().numpy(), bn))
+    if isinstance(layer, nn.Linear):
+        nodes = [helper.make_node("MatMul", [src, wn], [dst if bias is None else f"{prefix}.xw"])]
+        if bias is not None:
+            nodes.append(helper.make_node("Add", [f"{prefix}.xw", bn], [dst]))
+    elif isinstance(layer, nn.modules.conv._ConvNd) and not layer.transposed:
+        nodes = [helper.make_node("Conv", [src, wn, *([bn] if bias is not None else [])], [dst], **_conv_attrs(layer))]
+    else:
+        raise PlanError(f"runtime 'onnxruntime' profiles conv and linear layers, not {type(layer).__name__}")
+    return nodes, inits
 
 
 def _conv_attrs(layer: nn.modules.conv._ConvNd) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 A device profile (:mod:`spaces._latency`) holds, for one model structure,
 device, runtime, thread count and batch size, the latency of every conv and
-linear layer over the channel counts plans can give it, the time of everything
+linear layer over the channel counts plans can give it (timed alone, then
+corrected by the layer's time inside the whole model), the time of everything
 else, and the channel multiple beyond which the device gains no speed. It is
 stored in the study store (``prunetune_profiles``) under its key, so every
 worker and every later study of the same model on the same kind of machine
@@ -10,7 +11,9 @@ reads it instead of measuring again. A study needs one when its budget limits
 ``latency``, its objectives rank by latency without ``evaluate.latency``
 (measured per candidate), or its ``space.round_to`` is ``"auto"``; :func:`device_profile`
 is what its preparation calls, and ``prunetune profile CONFIG`` measures (or
-shows) it ahead of time.
+shows) it ahead of time. A profile cached by an older version of the latency
+model has another key (``spaces._latency.PROFILE_FORMAT``), so it is measured
+again rather than misread.
 """
 
 from __future__ import annotations

@@ -121,7 +121,7 @@ def test_a_profile_without_factor_tables_refuses_ranks_and_bits_in_one_line(spac
         prof.predict(space, Plan(rank={"3": 0.5}))
     with pytest.raises(PlanError, match="it has bits, which device profiles do not time"):
         prof.predict(space, Plan(bits={"3": 4}))
-    with pytest.raises(ValueError, match="^budget latency needs a predicted latency"):
+    with pytest.raises(PlanError, match="^budget latency=50% needs a device profile"):
         Budget(latency="50%").slack(space.base_cost, space.base_cost)  # the space has no profile attached
     with pytest.raises(ValueError, match="methods must be among svd, .*, got 'qr'"):
         profile_space(space, methods=["qr"])
@@ -231,6 +231,8 @@ def test_a_profile_round_trips_through_json_and_is_keyed_by_device_threads_and_b
         (nn.Conv1d(3, 5, 3, padding="valid"), (2, 3, 10)),
         (nn.Linear(7, 5), (2, 4, 7)),  # tokens: MatMul + Add on inputs of any rank
         (nn.Linear(7, 5, bias=False), (3, 7)),
+        (nn.Sequential(nn.Conv2d(4, 2, 3, bias=False), nn.Conv2d(2, 6, 1)), (1, 4, 9, 9)),  # a factor chain
+        (nn.Sequential(nn.Linear(7, 2, bias=False), nn.Linear(2, 5)), (2, 7)),
     ],
 )
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
@@ -277,3 +279,145 @@ def test_bad_runtimes_are_one_line_errors(space: ModelSpace) -> None:
         profile_space(space, runtime="tvm")
     with pytest.raises(ValueError, match="runtime 'onnxruntime' times the CPU, got device 'cuda'"):
         measure_latency(nn.Linear(2, 2), torch.randn(1, 2), device="cuda", runtime="onnxruntime")
+
+
+@pytest.mark.parametrize("limit", ["3ms", "60%", 2.5])
+@pytest.mark.parametrize("policy", ["fit", "global_plan", "allocate"])
+def test_a_latency_budget_without_a_profile_is_a_one_line_error(space: ModelSpace, limit: object, policy: str) -> None:
+    budget = Budget(macs="50%", latency=limit)
+    shown = {"3ms": "3ms", "60%": "60%", 2.5: "2.5ms"}[limit]
+    calls = {
+        "fit": lambda: space.fit(space.uniform_plan(0.0), budget),
+        "global_plan": lambda: space.global_plan(budget),
+        "allocate": lambda: space.allocate(budget, rank=False),
+    }
+    assert space.profile is None
+    with pytest.raises(PlanError) as err:
+        calls[policy]()
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(f"budget latency={shown} needs a device profile: ")
+    assert "`prunetune profile`" in text
+
+
+def test_the_in_context_ratio_is_interpolated_along_positions_and_rank_levels() -> None:
+    from spaces._latency import ratio_at
+
+    assert ratio_at([], 0.5) == 1.0  # no measurement: the table as timed alone
+    dense = [[1.0, 0.0, 2.0], [0.5, 0.0, 1.0], [0.25, 0.0, 1.5]]
+    assert ratio_at(dense, 1.0) == pytest.approx(2.0) and ratio_at(dense, 0.75) == pytest.approx(1.5)
+    assert ratio_at(dense, 0.375) == pytest.approx(1.25) and ratio_at(dense, 0.1) == pytest.approx(1.5)  # clamped
+    chain = [[1.0, 0.3, 2.0], [0.5, 0.3, 1.0], [1.0, 0.7, 4.0], [0.5, 0.7, 2.0]]
+    assert ratio_at(chain, 0.75, 0.3) == pytest.approx(1.5) and ratio_at(chain, 0.75, 0.7) == pytest.approx(3.0)
+    assert ratio_at(chain, 0.75, 0.5) == pytest.approx(2.25) and ratio_at(chain, 1.0, 0.9) == pytest.approx(4.0)
+
+
+def test_the_tables_are_corrected_by_their_in_context_ratios_and_stay_monotone(space: ModelSpace) -> None:
+    from spaces._latency import _apply_context, _position
+
+    prof = _synthetic(space)
+    before = {n: np.array(t.ms) for n, t in prof.layers.items()}
+    prof.context = {"3": [[1.0, 0.0, 2.0], [0.5, 0.0, 1.0]], "6": [[1.0, 0.0, 0.5], [0.25, 0.0, 0.5]]}
+    _apply_context(space, prof)
+    t3 = prof.layers["3"]  # 16 -> 32: doubled at the full counts, as timed alone at half of both, between: linear
+    for i, ci in enumerate(t3.ins):
+        for j, co in enumerate(t3.outs):
+            u = _position(t3, ci, co)
+            assert u == pytest.approx(np.sqrt(ci / 16 * co / 32))
+            expected = before["3"][i, j] * float(np.interp(u, [0.5, 1.0], [1.0, 2.0]))
+            assert t3.ms[i][j] == pytest.approx(expected)
+    np.testing.assert_allclose(prof.layers["6"].ms, before["6"] * 0.5)  # the depthwise conv: half, everywhere
+    np.testing.assert_allclose(prof.layers["9"].ms, before["9"])  # no measurement: unchanged
+    # a ratio that falls with the channels would break monotony: the cumulative maximum restores it
+    prof.context = {"9": [[1.0, 0.0, 0.25], [0.125, 0.0, 4.0]]}
+    _apply_context(space, prof)
+    ms = np.array(prof.layers["9"].ms)
+    assert (np.diff(ms, axis=0) >= 0).all() and (np.diff(ms, axis=1) >= 0).all()
+
+
+def test_a_factor_chains_table_is_corrected_at_its_ranks_levels() -> None:
+    from spaces._latency import _correct_chain
+
+    torch.manual_seed(0)
+    sp = ModelSpace(_net().eval(), torch.randn(1, 3, 16, 16))
+    prof = _chains(sp)
+    chain = prof.factored["3"]["svd"]
+    before = np.array(chain.ms)
+    points = [[1.0, 0.3, 2.0], [0.25, 0.3, 2.0], [1.0, 0.7, 3.0], [0.25, 0.7, 3.0]]  # 2x at 0.3, 3x at 0.7
+    _correct_chain(sp, "3", chain, points)
+    even = sp.layer("3").max_useful_rank("svd")  # 26 at the full counts: ranks 3 .. 23 are 0.12 .. 0.88 of it
+    expected = [float(np.interp(r / even, [0.3, 0.7], [2.0, 3.0])) for r in chain.ranks]
+    np.testing.assert_allclose(np.array(chain.ms)[-1, -1], before[-1, -1] * expected)
+    ms = np.array(chain.ms)
+    assert all((np.diff(ms, axis=a) >= 0).all() for a in range(3))
+
+
+def test_an_exported_initializer_belongs_to_the_longest_layer_that_names_it() -> None:
+    from spaces._latency import _owner_of
+
+    owner = _owner_of(["layer1.0.conv1", "layer1.0.conv", "fc", "1"])
+    assert owner("layer1.0.conv1.weight") == "layer1.0.conv1" and owner("layer1.0.conv.weight") == "layer1.0.conv"
+    assert owner("layer1.0.conv1.0.weight") == "layer1.0.conv1"  # a factor chain's first factor
+    assert owner("fc.bias") == "fc" and owner("14.weight") is None and owner("x") is None
+
+
+def test_a_profile_times_each_layer_inside_the_whole_model_and_predicts_its_calibration(space: ModelSpace) -> None:
+    from spaces import measure_latency
+
+    prof = profile_space(space, threads=1, runs=5, warmup=2)
+    assert set(prof.context) == set(prof.layers)  # every layer, at every calibration plan
+    for points in prof.context.values():
+        assert len(points) == len(prof.calibration) and all(0.25 <= r <= 4.0 for _, _, r in points)
+        assert [round(u, 2) for u, _, _ in points] == sorted((round(u, 2) for u, _, _ in points), reverse=True)
+    plan, threads = space.uniform_plan(0.5), torch.get_num_threads()
+    torch.set_num_threads(1)  # as profiled: one thread waits for no other on a busy machine
+    try:
+        measured = measure_latency(space.apply(plan), space.example_inputs, runs=25)["measured_ms"]
+    finally:
+        torch.set_num_threads(threads)
+    predicted = prof.predict(space, plan)
+    assert 0.5 < predicted / measured < 2.0  # a loose band: the machine's load moves both
+    again = DeviceProfile.from_json(prof.to_json())
+    assert again == prof and again.context == prof.context
+
+
+def test_factor_chains_and_onnxruntime_layers_are_timed_in_context(space: ModelSpace) -> None:
+    from spaces._latency import channel_block
+
+    sp = ModelSpace(_net().eval(), torch.randn(1, 3, 16, 16))
+    prof = profile_space(sp, threads=1, runs=2, warmup=1, methods=["svd"])
+    levels = sorted({w for _, w, _ in prof.context["3@svd"]})
+    assert levels == [0.3, 0.7] and len(prof.context["3@svd"]) == 4  # two prune ratios at each rank level
+    ort = profile_space(space, threads=1, runs=2, warmup=1, runtime="onnxruntime")
+    assert set(ort.context) == set(ort.layers)  # the profiler's nodes all map back to their layers
+    extra = 2 if ort.block > 1 else 0  # two more plans, one channel below two of them, off the channel block
+    assert ort.block == channel_block("onnxruntime") and all(len(p) == 4 + extra for p in ort.context.values())
+    assert (ort.block > 1) == any(w == 1.0 for _, w, _ in ort.context["3"])  # 15 -> 31 channels: off the block
+
+
+def test_an_older_profile_format_is_measured_again_not_misread() -> None:
+    import hashlib
+    import json
+
+    from spaces._latency import PROFILE_FORMAT, profile_key
+
+    old = hashlib.sha256(json.dumps([2, "m", "cpu", "torch", 1, 1]).encode()).hexdigest()
+    assert PROFILE_FORMAT == 3 and profile_key("m", "cpu", "torch", 1, 1) != old
+
+
+def test_counts_off_the_runtimes_channel_block_read_their_own_in_context_ratio(space: ModelSpace) -> None:
+    from spaces._latency import channel_block
+
+    assert channel_block("torch") == 1 and channel_block("onnxruntime") in (1, 8, 16)
+    prof = _synthetic(space)
+    prof.block, prof.multiple = 8, 1
+    on, off = [[1.0, 0.0, 0.5], [0.5, 0.0, 0.5]], [[1.0, 1.0, 1.5], [0.5, 1.0, 1.0]]
+    prof.context = {"0": on + off, "3": on + off}
+    assert prof.off_block("3", 16, 32) == 1.0  # on the block: the corrected table as it is
+    for cin, cout in ((16, 31), (12, 16), (15, 24)):  # off the block: level 1 over level 0 where the counts lie
+        u = np.sqrt(cin / 16 * cout / 32)
+        assert prof.off_block("3", cin, cout) == pytest.approx(float(np.interp(u, [0.5, 1.0], [1.0, 1.5])) / 0.5)
+    assert prof.off_block("0", 3, 16) == 1.0 and prof.off_block("0", 3, 15) > 1.0  # the image's 3 channels: no block
+    keep = space.costs.channels.copy()
+    alone = prof.predict_keep(space, keep)
+    prof.block = 1  # no block (torch): counts never leave it
+    assert prof.off_block("3", 16, 31) == 1.0 and prof.predict_keep(space, keep) == alone
