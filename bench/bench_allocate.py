@@ -1,6 +1,7 @@
 """Allocator vs uniform baselines on ResNet-20 trained on real data, no fine-tuning.
 
     .venv/bin/python bench/bench_allocate.py [--epochs 30] [--skip-resnet50]
+    .venv/bin/python bench/bench_allocate.py --smoke    # CI's size: 1 epoch, 50 %, resnet18 at 64x64
 
 Trains a ResNet-20 (1 input channel) on scikit-learn's digits (1,797 real 8x8
 images, stratified 80/20 split, seed 0), then, at 30/50/70 % of the MACs,
@@ -18,9 +19,11 @@ import argparse
 import math
 import platform
 import time
+from typing import Any
 
 import numpy as np
 import torch
+from _shared import parse  # bench/, beside this script
 from torch import nn
 
 from evaluators import build_model
@@ -72,11 +75,21 @@ def uniform_rank(space: ModelSpace, macs: float) -> Plan:
     return Plan(rank={layer.name: lo for layer in space.layers})
 
 
+MODES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("allocator: pruning", {"rank": False}),
+    ("allocator: rank", {"prune": False}),
+    ("allocator: joint", {}),
+)
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--skip-resnet50", action="store_true")
-    args = ap.parse_args()
+    ap.add_argument("--budgets", default="0.3,0.5,0.7", help="MAC budgets, fractions of the base model")
+    ap.add_argument("--large", default="torchvision:resnet50", help="the model the allocator is timed on")
+    ap.add_argument("--size", type=int, default=224, help="the large model's input size")
+    ap.add_argument("--skip-resnet50", action="store_true", help="skip the large model")
+    args = parse(ap, {"epochs": 1, "budgets": "0.5", "large": "torchvision:resnet18", "size": 64})
     torch.manual_seed(0)
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
     xtr, ytr, xva, yva = digits()
@@ -89,40 +102,47 @@ def main() -> None:
     secs = time.perf_counter() - t
     print(f"ResNet-20 on digits: {base_acc:.2%} val accuracy after {args.epochs} epochs ({secs:.0f} s)\n")
     space = ModelSpace(model, xtr[:1])
-    base = space.base_cost
     print("| MACs budget | plan | MACs % | params % | val acc (no FT) | logit rel. error | solver (s) |")
     print("|---|---|---|---|---|---|---|")
-    for frac in (0.3, 0.5, 0.7):
-        budget = Budget(macs=f"{frac:.0%}")
-        rows: list[tuple[str, Plan, float | None]] = [
-            ("uniform pruning (L1)", space.fit(Plan(), budget), None),
-            ("uniform rank (SVD)", uniform_rank(space, frac * base.macs), None),
-        ]
-        for label, kwargs in (
-            ("allocator: pruning", {"rank": False}),
-            ("allocator: rank", {"prune": False}),
-            ("allocator: joint", {}),
-        ):
-            allocation = space.allocate(budget, **kwargs)
-            rows.append((label, allocation.plan, allocation.seconds))
-        for label, plan, secs in rows:
-            cost = space.cost(plan).ratio(base)
-            acc, err = score(space.apply(plan), xva, yva, ref)
-            solver = f"{secs:.2f}" if secs is not None else ""
-            share = f"{cost['macs']:.1%} | {cost['params']:.1%}"
-            print(f"| {frac:.0%} | {label} | {share} | {acc:.2%} | {err:.3f} | {solver} |")
-    if args.skip_resnet50:
-        return
-    big = ModelSpace(build_model("torchvision:resnet50"), torch.randn(1, 3, 224, 224))
-    print("\nallocator on torchvision resnet50 (random weights), input 1x3x224x224, MACs + params budget:\n")
+    for frac in [float(b) for b in args.budgets.split(",")]:
+        for row in plan_rows(space, frac, (xva, yva, ref)):
+            print(row)
+    if not args.skip_resnet50:
+        large(args.large, args.size, args.budgets)
+
+
+def plan_rows(space: ModelSpace, frac: float, val: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> list[str]:
+    """The table's rows at a MAC budget of ``frac``: the uniform plans and the allocator's, scored on ``val``."""
+    budget = Budget(macs=f"{frac:.0%}")
+    rows: list[tuple[str, Plan, float | None]] = [
+        ("uniform pruning (L1)", space.fit(Plan(), budget), None),
+        ("uniform rank (SVD)", uniform_rank(space, frac * space.base_cost.macs), None),
+    ]
+    for label, kwargs in MODES:
+        allocation = space.allocate(budget, **kwargs)
+        rows.append((label, allocation.plan, allocation.seconds))
+    out = []
+    for label, plan, secs in rows:
+        cost = space.cost(plan).ratio(space.base_cost)
+        acc, err = score(space.apply(plan), *val)
+        solver = f"{secs:.2f}" if secs is not None else ""
+        share = f"{cost['macs']:.1%} | {cost['params']:.1%}"
+        out.append(f"| {frac:.0%} | {label} | {share} | {acc:.2%} | {err:.3f} | {solver} |")
+    return out
+
+
+def large(spec: str, size: int, budgets: str) -> None:
+    """The allocator timed on ``spec`` (random weights) at ``size`` x ``size``, MACs and params capped together."""
+    big = ModelSpace(build_model(spec), torch.randn(1, 3, size, size))
+    print(f"\nallocator on {spec} (random weights), input 1x3x{size}x{size}, MACs + params budget:\n")
     print("| budget | mode | solver | seconds | rounds | MACs % | params % |")
     print("|---|---|---|---|---|---|---|")
-    for frac in ("30%", "50%", "70%"):
-        for label, kwargs in (("joint", {}), ("pruning", {"rank": False}), ("rank", {"prune": False})):
+    for frac in [f"{float(b):.0%}" for b in budgets.split(",")]:
+        for label, kwargs in (MODES[2], MODES[0], MODES[1]):  # joint, pruning, rank
             info = big.allocate(Budget(macs=frac, params=frac), **kwargs)
             r = big.cost(info.plan).ratio(big.base_cost)
             print(
-                f"| {frac} | {label} | {info.solver} | {info.seconds:.2f} | {info.rounds} "
+                f"| {frac} | {label.removeprefix('allocator: ')} | {info.solver} | {info.seconds:.2f} | {info.rounds} "
                 f"| {r['macs']:.1%} | {r['params']:.1%} |"
             )
 

@@ -1,9 +1,10 @@
 """Train the baselines the product starts from and report accuracy and seconds.
 
-    .venv/bin/python bench/bench_baselines.py [--fmnist-epochs 5] [--skip-fmnist]
+    .venv/bin/python bench/bench_baselines.py [--digits-epochs 30] [--fmnist-epochs 5] [--skip-fmnist]
+    .venv/bin/python bench/bench_baselines.py --smoke   # CI's size: digits, one epoch
 
-Weights are cached under ./artifacts/baselines (keyed by model, data, recipe,
-seed), as the service does; pass --fresh to retrain.
+Every baseline is trained afresh into a temp dir (deleted at the end), with
+the recipe, seed and cache keys the service uses.
 """
 
 from __future__ import annotations
@@ -14,20 +15,22 @@ import shutil
 import tempfile
 
 import torch
+from _shared import parse  # bench/, beside this script
 
 from evaluators import Recipe, load_data, train_baseline
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--digits-epochs", type=int, default=Recipe().epochs)
     ap.add_argument("--fmnist-epochs", type=int, default=5)
     ap.add_argument("--skip-fmnist", action="store_true")
-    args = ap.parse_args()
+    args = parse(ap, {"digits_epochs": 1, "skip_fmnist": True})
     root = tempfile.mkdtemp(prefix="prunetune-bench-")
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
     print("| data | model | recipe | val accuracy | seconds |")
     print("|---|---|---|---|---|")
-    runs = [("digits", "zoo:resnet20", Recipe())]
+    runs = [("digits", "zoo:resnet20", Recipe(epochs=args.digits_epochs))]
     if not args.skip_fmnist:
         runs.append(("fashion-mnist", "zoo:resnet20", Recipe(epochs=args.fmnist_epochs, batch_size=128, lr=0.1)))
     for data_spec, model_spec, recipe in runs:
