@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/bench_scale.py --pg postgresql+psycopg://USER@HOST:PORT/DB \
         [--workers 64] [--candidates 320] [--eval 0.5] [--kill 6]
+    .venv/bin/python bench/bench_scale.py --smoke   # CI's size: 4 workers, 16 candidates, one killed;
+                                                    # --pg defaults to $PRUNETUNE_TEST_POSTGRES_URL
 
 Each worker is a fresh Python process that imports only the study's control path:
 ``storage.StudyStore`` (reserve, claim, heartbeat, finish with the Pareto update) and the worker
@@ -34,6 +36,7 @@ import time
 import uuid
 from pathlib import Path
 
+from _shared import parse  # bench/, beside this script
 from sqlalchemy import create_engine, text
 
 from storage import StudyStore
@@ -152,12 +155,18 @@ def run(args: argparse.Namespace) -> dict[str, float | int | str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pg", required=True, help="a PostgreSQL URL (max_connections >= 2 W + 10)")
+    parser.add_argument(
+        "--pg",
+        default=os.environ.get("PRUNETUNE_TEST_POSTGRES_URL"),
+        help="a PostgreSQL URL (max_connections >= 2 W + 10; default: $PRUNETUNE_TEST_POSTGRES_URL)",
+    )
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--candidates", type=int, default=320)
     parser.add_argument("--eval", type=float, default=0.5, help="seconds one simulated evaluation takes")
     parser.add_argument("--kill", type=int, default=6, help="workers SIGKILLed mid-candidate")
-    args = parser.parse_args()
+    args = parse(parser, {"workers": 4, "candidates": 16, "eval": 0.05, "kill": 1})
+    if not args.pg:
+        parser.error('--pg: a PostgreSQL URL is required (eval "$(bash scripts/postgres.sh start)" exports one)')
     row = run(args)
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {time.strftime('%F')}")
     print("| " + " | ".join(row) + " |")
