@@ -8,10 +8,15 @@ Exit codes:
 * ``3`` the study's database is damaged (:class:`storage.StoreDamagedError`):
   nothing was read or written; restore it or start a new file;
 * ``130`` interrupted (Ctrl-C, SIGINT) and ``143`` stopped (SIGTERM): the
-  first signal stops the command at its next safe point (see
-  :mod:`spaces._interrupt`); the study keeps every finished candidate, the
-  interrupted one is released and evaluated again by the next run. A second
-  signal ends the process at once; the next run takes its candidate over;
+  first signal stops any command within moments, its output flushed and one
+  line on stderr (see :mod:`spaces._interrupt`): at once where the command has
+  no safe points (``inspect``, ``profile``, ``export``, ``report``, a study's
+  preparation; a store write in progress ends first), or at the candidate
+  loop's next safe point (``run``, ``finalize``, ``worker``); the study keeps
+  every finished candidate, the interrupted one is released and evaluated
+  again by the next run, and an export or a report leaves ``--out`` as it was.
+  A second signal ends the process at once; the next run takes its candidate
+  over;
 * ``1`` a bug: anything :func:`explain` does not know keeps its traceback (a bug
   must stay visible), followed by a line saying how to report it.
 """

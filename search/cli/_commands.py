@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from search._config import config_flags, load_config, missing_onnx
+from search.cli._staged import staged
 from search.cli._tables import front_table, pct
 from search.drivers._candidate import is_dead
 from search.drivers._study import RunResult, Search
@@ -208,22 +210,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "onnx" and (missing := missing_onnx()):
         raise UsageError(f"--format onnx needs {', '.join(missing)}: pip install 'prunetune[onnx]'")
     store, study = open_study(args)
-    out = export_candidate(store, study, args.out, trial=args.trial)
+    out = out_dir(args.out)
+    with staged(out, stale=_ONNX_FILES, last="model.json") as staging:  # Ctrl-C: --out stays as it was
+        export_candidate(store, study, staging, trial=args.trial)
     print(f"exported trial {args.trial} of {study!r} to {out} (plan.json, weights.safetensors, model.json)")
-    print("load it with: from search import load_exported; model = load_exported(DIR)")
+    print("load it with: from search import load_exported; model = load_exported(DIR)", flush=True)  # before ONNX
     if args.format == "onnx":
         _export_onnx(args, out)
     return 0
 
 
+_ONNX_FILES = ("model.onnx", "model.int8.onnx", "onnx.json")  # what --format onnx adds to an export
+
+
 def _export_onnx(args: argparse.Namespace, out: Path) -> None:
-    """``model.onnx`` (and ``model.int8.onnx``) beside the export, and one line per check."""
+    """``model.onnx`` (and ``model.int8.onnx``) beside the export, and one line per check.
+
+    Made in a staging folder holding a copy of the export; only the ONNX files and the
+    updated ``model.json`` move in, so an interrupted run leaves the export without them.
+    """
     from evaluators import load_data
     from search.operations._onnx import AGREEMENT_TARGET, export_onnx
 
     cfg = load_config(args.config)
     data = load_data(cfg.data.spec, data_dir=cfg.data.data_dir, seed=cfg.data.seed)
-    checks = export_onnx(out, data=data, int8=args.int8, threads=cfg.evaluate.threads or 1)
+    with staged(out, last="model.json") as staging:
+        for name in ("plan.json", "model.json", "weights.safetensors"):
+            shutil.copyfile(out / name, staging / name)
+        checks = export_onnx(staging, data=data, int8=args.int8, threads=cfg.evaluate.threads or 1)
+        for name in ("plan.json", "weights.safetensors"):  # unchanged: the export's own stay
+            (staging / name).unlink()
     onnx = checks["model.onnx"]
     print(f"model.onnx: {onnx['bytes']} bytes, outputs within {onnx['parity_max_abs']:.1e} of torch's")
     if args.int8:
@@ -241,6 +257,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     store, study = open_study(args)
     config = load_config(args.config) if args.config is not None else None
-    for p in write_study_report(store, study, out_dir(args.out), config=config, filters_trial=args.filters_trial):
-        print(p)
+    out = out_dir(args.out)
+    with staged(out) as staging:  # Ctrl-C: --out keeps its previous report, whole
+        paths = write_study_report(store, study, staging, config=config, filters_trial=args.filters_trial)
+    for p in paths:
+        print(out / p.name)
     return 0

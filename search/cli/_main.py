@@ -10,6 +10,9 @@ bug and shows its traceback.
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import os
 import signal
 import sys
 import traceback
@@ -155,20 +158,44 @@ def _glue_dash_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+_RESUMES = {"run", "finalize", "worker"}  # commands whose rerun picks up where the interrupted one stopped
+
+
+def _interrupted(exc: KeyboardInterrupt, command: str) -> int:
+    """The one line an interrupted command ends with (stdout flushed first, so nothing printed is lost)."""
+    signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    hint = "; rerun the same command to resume" if command in _RESUMES else ""
+    with contextlib.suppress(OSError, ValueError):  # a closed or broken stdout: the message still goes out
+        sys.stdout.flush()
+    print(f"prunetune: {what}{hint}", file=sys.stderr, flush=True)
+    return EXIT_INTERRUPTED if signum == signal.SIGINT else 128 + signum
+
+
+def _end_now(code: int) -> NoReturn:
+    """End an interrupted ``prunetune`` at once: its output is flushed and the exit handlers ran (a Ray driver
+    disconnects), but the interpreter's teardown, a last garbage collection of a heap of torch objects that
+    takes seconds on a busy machine, is skipped."""
+    atexit._run_exitfuncs()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; exit codes and messages are those of :mod:`search._exit_codes`."""
     args = _parser().parse_args(_glue_dash_values(sys.argv[1:] if argv is None else argv))
     try:
-        with handle_signals(keep=argv is None):  # SIGINT/SIGTERM stop the command at its next safe point
+        with handle_signals(keep=argv is None):  # SIGINT/SIGTERM stop the command at once or at its next safe point
             code = int(args.func(args))
             check_interrupt()  # a signal after the last safe point still ends in 130 / 143
         return code
     except KeyboardInterrupt as exc:
-        if isinstance(exc, Interrupted) and exc.signum != signal.SIGINT:
-            print(f"prunetune: {exc}; rerun the same command to resume", file=sys.stderr)
-            return exc.exit_code
-        print("prunetune: interrupted; rerun the same command to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        code = _interrupted(exc, args.command)
+        if argv is None:
+            _end_now(code)
+        return code
     except Exception as exc:
         known = explain(exc)
         if known is None:

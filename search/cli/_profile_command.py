@@ -52,6 +52,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         torch.set_num_threads(cfg.evaluate.threads)
     space = structure_space(cfg)
     device = resolve_device(cfg.evaluate.device)
+    Console(stderr=True).print(  # before the long part, so the user knows what runs (Ctrl-C stops it)
+        f"device profile of {cfg.model.spec} on {device}: read from the store, or measured now (a minute or more)"
+    )
     prof, measured = device_profile(
         space,
         store,

@@ -2,7 +2,10 @@
 
 It loads the data, trains (or loads) the baseline, traces the space, repairs
 the uniform plan onto the budget (an infeasible budget fails here), and opens
-the study in the store. Bad input of any kind raises a one-line
+the study in the store. Ctrl-C stops it at once (:mod:`spaces._interrupt`: no
+loop here needs a safe point); the store's transactions and the cached tables'
+writes are protected sections, so nothing is left half-written. Bad input of
+any kind raises a one-line
 ``ValueError``/``PruneTuneError`` and leaves an existing study untouched. What
 it builds is one frozen :class:`Prepared`, shared by the drivers and by every
 candidate's life (:mod:`search.drivers._candidate`).
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from search._config import Config
 from search.drivers._profile import device_profile, needs_profile, predicts_latency, profiled_methods
 from search.drivers._samplers import Sampler
-from spaces import Importance, Objective, UsageError
+from spaces import Importance, Objective, UsageError, protected
 
 if TYPE_CHECKING:
     import torch
@@ -230,8 +233,9 @@ def importance_scores(cfg: Config, space: ModelSpace, data: DataBundle, base_wei
     scores = space.calibrate_importance(crit, _calibration_batches(data, n, cfg.data.seed))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    save_file({k: torch.from_numpy(v.copy()) for k, v in scores.items()}, str(tmp))
-    os.replace(tmp, path)  # atomic: concurrent workers write the same scores
+    with protected():  # Ctrl-C waits: no temporary file is left behind
+        save_file({k: torch.from_numpy(v.copy()) for k, v in scores.items()}, str(tmp))
+        os.replace(tmp, path)  # atomic: concurrent workers write the same scores
     return path
 
 
@@ -270,8 +274,9 @@ def allocator_sensitivity(p: Prepared, options: Mapping[str, Any] | None = None)
     table = p.space.sensitivity(_loss_of(p), options=options)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(table.to_json())
-    os.replace(tmp, path)  # atomic: concurrent workers write the same table
+    with protected():  # Ctrl-C waits: no temporary file is left behind
+        tmp.write_text(table.to_json())
+        os.replace(tmp, path)  # atomic: concurrent workers write the same table
     return table
 
 

@@ -41,7 +41,7 @@ from search.drivers._candidate import CandidateRunner, Recorder, Timings, is_dea
 from search.drivers._prepare import Prepared, allocator_sensitivity, prepare
 from search.drivers._samplers import make_sampler
 from search.drivers._sampling import level_of, params_from_plan, plan_from_params
-from spaces import CandidateKind, Status
+from spaces import CandidateKind, Status, protected, safe_points
 from spaces.dimensions import dimensions
 
 if TYPE_CHECKING:
@@ -265,7 +265,8 @@ class Search:
         p = self._prepared = prepare(self.cfg, store=self._store, evaluator=self._evaluator, progress=progress)
         if self.cfg.space.sample_by == "blend":
             p = self._prepared = replace(p, anchors=self.anchors())
-        self._study = open_optuna_study(self.cfg, p)
+        with protected():  # Optuna's study is created whole or not at all
+            self._study = open_optuna_study(self.cfg, p)
         self._teller = Teller(self._study, p, self.worker)
         self._runner = CandidateRunner(p, self.worker, self.timings)
         self._prepared = p
@@ -494,7 +495,8 @@ class Search:
         """
         if self._prepared is None:
             self.prepare()
-        return driver(self.cfg.search.backend).run(self, on_candidate)
+        with safe_points():  # the candidate loop checks the stop flag; the preparation above stops at once
+            return driver(self.cfg.search.backend).run(self, on_candidate)
 
     @property
     def runner(self) -> CandidateRunner:

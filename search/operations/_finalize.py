@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from search.drivers._prepare import preparation, prepare
 from search.operations._export import export_candidate, out_dir
-from spaces import Plan, PruneTuneError, Status, UsageError, check_interrupt
+from spaces import Plan, PruneTuneError, Status, UsageError, check_interrupt, safe_points
 from storage import FinalResult
 
 if TYPE_CHECKING:
@@ -99,9 +99,10 @@ def finalize(
     rows = _chosen(p, trials, front)
     dest = out_dir(out) if out is not None else None
     done = []
-    for row in rows:
-        check_interrupt()  # a safe point: between two finalized candidates
-        done.append(_finalize_one(p, row, k, dest, progress))
+    with safe_points():  # the long fine-tunes check the stop flag; a store write or an export is never cut short
+        for row in rows:
+            check_interrupt()  # a safe point: between two finalized candidates
+            done.append(_finalize_one(p, row, k, dest, progress))
     return done
 
 

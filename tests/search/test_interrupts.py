@@ -1,21 +1,29 @@
-"""Interrupts that are never lost: SIGINT and SIGTERM at many instants of a real `prunetune run`.
+"""Interrupts that are never lost: SIGINT and SIGTERM at many instants of a real `prunetune run`, and in every
+command that has no safe points (`inspect`, `profile`, `export --int8`, `report`).
 
 Each case starts the CLI in its own process, waits for an observable instant
 (the process started, the store exists, the baseline is training, a candidate
-is fine-tuning, candidates are done), sends the signal and checks the exit
-code, the last line of stderr, and that no candidate is left RUNNING with a
-worker. A final rerun must finish the study.
+is fine-tuning, candidates are done; a command's first output or its staging
+folder), sends the signal and checks the exit code (130 / 143 wherever the
+work has begun), how soon the process ended (within 2 s while a study prepares
+and in the commands), the last line of stderr, that what was printed before
+the signal is there, and that nothing is left half-written: no candidate
+RUNNING with a worker, no partial export or report. A final rerun must finish
+the study.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -67,11 +75,28 @@ def _after(seconds: float) -> bool:
 _started: list[float] = [0.0]
 
 
-class _Instant:
-    """When to signal a run: ``ready(db)`` holds (and at least 0.5 s have passed since the process started)."""
+STOP_S = 2.0  # the first signal ends a preparing study, or a command without safe points, within this
 
-    def __init__(self, name: str, sig: signal.Signals, ready: Callable[[Path], bool], fresh: bool = False) -> None:
-        self.name, self.sig, self.ready, self.fresh = name, sig, ready, fresh  # fresh: the baseline is trained
+
+class _Instant:
+    """When to signal a run: ``ready(db)`` holds (and at least 0.5 s have passed since the process started).
+
+    ``fresh``: the baseline is trained; ``prepares``: the study is being prepared (the process must be gone
+    within :data:`STOP_S`); ``may_finish``: the run may have ended before the signal came (exit 0 allowed).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        sig: signal.Signals,
+        ready: Callable[[Path], bool],
+        *,
+        fresh: bool = False,
+        prepares: bool = False,
+        may_finish: bool = False,
+    ) -> None:
+        self.name, self.sig, self.ready = name, sig, ready
+        self.fresh, self.prepares, self.may_finish = fresh, prepares, may_finish
 
 
 def _done(n: int) -> Callable[[Path], bool]:
@@ -89,17 +114,20 @@ def _started_after(seconds: float) -> Callable[[Path], bool]:
 # Twenty instants of a run's life: importing and preparing, the baseline training (a baseline that is
 # not cached: its seed is new), store writes, fine-tune steps, between candidates, after the last one.
 INSTANTS: list[_Instant] = [
-    _Instant("store created, first run", signal.SIGINT, lambda db: db.exists()),
-    *(_Instant(f"start + {t} s", signal.SIGINT, _started_after(t)) for t in (0.6, 1.0, 1.5, 2.5)),
-    *(_Instant(f"baseline training, start + {t} s", signal.SIGINT, _started_after(t), True) for t in (3.0, 4.5)),
-    _Instant("baseline training, SIGTERM", signal.SIGTERM, _started_after(4.0), True),
+    _Instant("store created, first run", signal.SIGINT, lambda db: db.exists(), prepares=True),
+    *(_Instant(f"start + {t} s", signal.SIGINT, _started_after(t), prepares=True) for t in (0.6, 1.0, 1.5, 2.5)),
+    *(
+        _Instant(f"baseline training, start + {t} s", signal.SIGINT, _started_after(t), fresh=True, prepares=True)
+        for t in (3.0, 4.5)
+    ),
+    _Instant("baseline training, SIGTERM", signal.SIGTERM, _started_after(4.0), fresh=True, prepares=True),
     _Instant("a candidate reserved", signal.SIGINT, _running_after(0.0)),
     *(_Instant(f"fine-tune, +{t} s", signal.SIGINT, _running_after(t)) for t in (0.3, 0.8)),
     _Instant("fine-tune, SIGTERM", signal.SIGTERM, _running_after(0.5)),
     *(_Instant(f"{n} done", signal.SIGINT, _done(n)) for n in (1, 2, 3, 4)),
     _Instant("between candidates, SIGTERM", signal.SIGTERM, _done(5)),
     *(_Instant(f"{n} done", signal.SIGINT, _done(n)) for n in (6, 7)),
-    _Instant("after the last candidate", signal.SIGINT, _done(CANDIDATES)),
+    _Instant("after the last candidate", signal.SIGINT, _done(CANDIDATES), may_finish=True),
 ]
 
 
@@ -109,18 +137,29 @@ def study(make_config: ConfigMaker, tmp_path: Path) -> tuple[Path, Path]:
     return cfg, tmp_path / "study.db"
 
 
+def _stop(proc: subprocess.Popen[str], sig: signal.Signals) -> tuple[str, float]:
+    """Send ``sig``; stderr, and the seconds until the process was gone."""
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    return err, time.monotonic() - sent
+
+
 def _signal_at(cfg: Path, db: Path, instant: _Instant) -> None:
-    """Run the study, signal it at ``instant``, and check the exit and the store."""
+    """Run the study, signal it at ``instant``, and check the exit, how soon it came, and the store."""
     proc = _start(cfg)
     _wait(proc, lambda: _after(0.5) and instant.ready(db))
-    proc.send_signal(instant.sig)
-    _, err = proc.communicate(timeout=300)
-    if proc.returncode == 0:  # the study finished before the signal reached a safe point: nothing to stop
+    err, seconds = _stop(proc, instant.sig)
+    if proc.returncode == 0:  # only once every candidate is done: the run had nothing left to stop
+        assert instant.may_finish and _count(db, "status = 'COMPLETE'") == CANDIDATES, (instant.name, err)
         return
     assert proc.returncode == 128 + instant.sig, (instant.name, err)
+    if instant.prepares:
+        assert seconds <= STOP_S, (instant.name, seconds)
     last = err.strip().splitlines()[-1]
     expected = "interrupted" if instant.sig == signal.SIGINT else f"stopped by {instant.sig.name}"
     assert last == f"prunetune: {expected}; rerun the same command to resume", instant.name
+    assert "Traceback" not in err, instant.name
     assert _running_with_worker(db) == 0, instant.name  # released: the next run evaluates it at once
 
 
@@ -168,17 +207,141 @@ def test_a_second_signal_exits_at_once_and_the_stale_claim_path_recovers(study: 
     assert _count(db, "status = 'RUNNING'") == 0
 
 
-def test_the_flag_is_a_safe_point_exception_not_a_lost_keyboard_interrupt() -> None:
+class _Live:
+    """A CLI process whose stdout and stderr are read while it runs (instants marked by its output)."""
+
+    def __init__(self, *args: str) -> None:
+        cmd = [sys.executable, "-m", "search.cli", *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+            for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))
+        ]
+        for r in self._readers:
+            r.start()
+
+    @staticmethod
+    def _read(stream: IO[str], lines: list[str]) -> None:
+        lines.extend(stream)
+
+    def wait_for(self, ready: Callable[[], bool], deadline_s: float = 300.0) -> None:
+        deadline = time.monotonic() + deadline_s
+        while not ready():
+            assert self.proc.poll() is None, (self.proc.returncode, "".join(self.err))
+            assert time.monotonic() < deadline, "the instant never came"
+            time.sleep(0.02)
+
+    def stop(self, sig: signal.Signals = signal.SIGINT) -> float:
+        """Send ``sig``; the seconds until the process was gone (its output read to the end)."""
+        sent = time.monotonic()
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=120)
+        seconds = time.monotonic() - sent
+        for r in self._readers:
+            r.join(timeout=10)
+        return seconds
+
+
+def _complete_trial(cfg: Path) -> int:
+    with sqlite3.connect(f"file:{cfg.parent / 'study.db'}?mode=ro", uri=True) as con:
+        row = con.execute("SELECT min(trial_number) FROM prunetune_candidates WHERE status = 'COMPLETE'").fetchone()
+    return int(row[0])
+
+
+def _command(name: str, cfg: Path, out: Path) -> tuple[list[str], Callable[[_Live], bool]]:
+    """The command line, and its mid-work instant: a first table printed, a status line, a staging folder."""
+    if name == "inspect":  # the groups, costs and layers are printed; the allocator is choosing its plan
+        args = ["inspect", "--model", "torchvision:resnet50", "--input", "1,3,64,64", "--budget", "macs=40%,params=50%"]
+        return args, lambda live: any("factorizable layers" in line for line in live.out)
+    if name == "profile":  # the layer tables are being timed (in a store of its own: the study's stays as it was)
+        args = ["profile", str(cfg), "--storage.url", f"sqlite:///{out / 'profiles.db'}"]
+        return args, lambda live: any("device profile of" in line for line in live.err)
+    if name == "export":  # the export is written; the ONNX model, its int8 twin and their checks are being made
+        args = ["export", str(cfg), "--trial", str(_complete_trial(cfg)), "--out", str(out)]
+        return [*args, "--format", "onnx", "--int8"], lambda live: any("load it with" in line for line in live.out)
+    args = ["report", str(cfg), "--out", str(out)]  # the report is being made in its staging folder
+    return args, lambda live: any(out.glob(".prunetune-partial-*"))
+
+
+@pytest.mark.parametrize("name", ["inspect", "profile", "export", "report"])
+def test_ctrl_c_stops_a_command_within_two_seconds_with_its_output(existing: Path, tmp_path: Path, name: str) -> None:
+    out = tmp_path / "out"
+    if name == "profile":
+        out.mkdir()
+    args, ready = _command(name, existing, out)
+    live = _Live(*args)
+    live.wait_for(lambda: ready(live))
+    seconds = live.stop(signal.SIGINT)
+    err = "".join(live.err)
+    assert live.proc.returncode == 130, err
+    assert seconds <= STOP_S, seconds
+    assert err.strip().splitlines()[-1] == "prunetune: interrupted" and "Traceback" not in err
+    printed = "".join(live.out)
+    if name == "inspect":  # what was printed before the signal was flushed
+        assert "37 prunable groups" in printed and "factorizable layers" in printed and "plan: " not in printed
+    if name == "export":  # the export is whole; no ONNX file, no staging folder: nothing half-written
+        assert f"exported trial {_complete_trial(existing)}" in printed
+        assert sorted(p.name for p in out.iterdir()) == ["model.json", "plan.json", "weights.safetensors"]
+        assert "onnx" not in json.loads((out / "model.json").read_text())
+    if name == "profile":  # nothing measured is stored
+        with sqlite3.connect(f"file:{out / 'profiles.db'}?mode=ro", uri=True) as con:
+            assert con.execute("SELECT count(*) FROM prunetune_profiles").fetchone()[0] == 0
+    if name == "report":  # no report at all rather than part of one
+        assert list(out.iterdir()) == []
+
+
+def test_inside_safe_points_the_signal_only_sets_the_flag_until_the_loop_checks_it() -> None:
     import os
 
-    from spaces import Interrupted, check_interrupt, handle_signals, interrupt_requested
+    from spaces import Interrupted, check_interrupt, handle_signals, interrupt_requested, safe_points
 
-    with handle_signals():
+    with handle_signals(), safe_points():
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.01)  # the handler runs between bytecodes: it only records the signal
+        time.sleep(0.01)  # the handler runs between bytecodes: inside a loop with safe points it only records
         assert interrupt_requested() == signal.SIGTERM
         with pytest.raises(Interrupted) as info:
             check_interrupt()
         assert info.value.exit_code == 143 and isinstance(info.value, KeyboardInterrupt)
     assert interrupt_requested() is None  # cleared: the next command starts afresh
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_elsewhere_the_signal_raises_at_once_but_waits_for_a_protected_section() -> None:
+    import os
+
+    from spaces import Interrupted, handle_signals, protected
+
+    with handle_signals():
+        sent = time.monotonic()
+        with pytest.raises(Interrupted):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(30)  # a long call without safe points: interrupted at once
+        assert time.monotonic() - sent < 1.0
+    done: list[str] = []
+    with handle_signals(), pytest.raises(Interrupted) as info:
+        with protected():  # a store write: it ends first, and the signal is raised where it ends
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+            done.append("section")
+        done.append("after the section")
+    assert done == ["section"] and info.value.exit_code == 143
+
+
+def test_an_interrupt_swallowed_by_a_library_is_raised_again() -> None:
+    import os
+
+    from spaces import Interrupted, handle_signals
+    from spaces._interrupt import NUDGE_S
+
+    swallowed = 0
+    sent = time.monotonic()
+    with handle_signals(), pytest.raises(Interrupted):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(30)
+        except KeyboardInterrupt:  # what a __del__, a weakref callback or a library's cleanup may do
+            swallowed += 1
+        time.sleep(30)  # the command goes on: the watchdog raises the interrupt again
+    assert swallowed == 1 and NUDGE_S <= time.monotonic() - sent < NUDGE_S + 1.5
