@@ -89,16 +89,19 @@ def best_within_cap(rows: Sequence[CandidateRow], score: str = "accuracy") -> Ca
 
 
 def exceeds_cap(measured: Mapping[str, float], cap_ms: float) -> tuple[bool, float]:
-    """Whether an end-to-end measurement is over a latency cap by more than its own noise, and that noise (ms).
+    """Whether an end-to-end measurement is over a latency cap by more than its noise, and that noise (ms).
 
-    The rule: the noise is the larger half-spread of the measurement's own
-    runs, ``max(p90 - median, median - p10)``; the candidate is over the cap
-    when ``median > cap_ms + noise``, i.e. its median is further above the cap
-    than its runs scatter about that median. A median within the noise of the
-    cap is not called over (the next measurement could fall on either side).
+    The rule: the noise is the uncertainty of the measured median, from the
+    measurement's own runs: their 10-90 % spread over the square root of their
+    count, ``(p90 - p10) / sqrt(runs)`` (for normal scatter about two standard
+    errors of the median, ``2 * 1.25 * sigma / sqrt(runs)`` with
+    ``sigma = (p90 - p10) / 2.56``); the candidate is over the cap when
+    ``median > cap_ms + noise``. A median within the noise of the cap is not
+    called over (a second measurement could fall on either side), and a busy
+    machine's long tail widens the noise instead of flagging candidates at random.
     """
     median, p10, p90 = float(measured["measured_ms"]), float(measured["p10_ms"]), float(measured["p90_ms"])
-    noise = max(p90 - median, median - p10, 0.0)
+    noise = max(p90 - p10, 0.0) / math.sqrt(max(float(measured.get("runs", 1.0)), 1.0))
     return median > cap_ms + noise, noise
 
 

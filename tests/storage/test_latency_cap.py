@@ -12,22 +12,23 @@ from storage import StudyStore, best_within_cap, exceeds_cap
 from tests.storage.test_store import _study, url  # noqa: F401  (the SQLite + PostgreSQL fixture)
 
 
-def _timed(median: float, p10: float, p90: float) -> dict[str, float]:
-    return {"measured_ms": median, "p10_ms": p10, "p90_ms": p90, "runs": 25.0}
+def _timed(median: float, p10: float, p90: float, runs: int = 25) -> dict[str, float]:
+    return {"measured_ms": median, "p10_ms": p10, "p90_ms": p90, "runs": float(runs)}
 
 
 @pytest.mark.parametrize(
     ("timed", "cap", "over", "noise"),
     [
-        (_timed(6.0, 5.8, 6.3), 5.0, True, 0.3),  # 1 ms over, runs within 0.3 ms: over
-        (_timed(5.1, 4.9, 5.3), 5.0, False, 0.2),  # 0.1 ms over, runs scatter 0.2 ms: within the noise
-        (_timed(5.2, 5.0, 5.2), 5.0, False, 0.2),  # exactly cap + noise: not over
+        (_timed(6.0, 5.75, 6.25), 5.0, True, 0.1),  # 1 ms over, the median known within 0.1 ms: over
+        (_timed(5.05, 4.75, 5.25), 5.0, False, 0.1),  # 0.05 ms over: within the noise
+        (_timed(5.25, 4.5, 5.75), 5.0, False, 0.25),  # exactly cap + noise: not over
         (_timed(5.3, 5.3, 5.3), 5.0, True, 0.0),  # no spread: any excess is over
-        (_timed(4.0, 3.0, 9.0), 5.0, False, 5.0),  # under the cap, however noisy
-        (_timed(7.0, 4.0, 7.5), 5.0, False, 3.0),  # the lower tail reaches the cap: the larger half-spread counts
+        (_timed(4.0, 3.0, 9.0), 5.0, False, 1.2),  # under the cap, however noisy
+        (_timed(5.5, 4.0, 7.0, runs=4), 5.0, False, 1.5),  # few runs: the median is known less well
+        (_timed(5.5, 4.0, 7.0, runs=100), 5.0, True, 0.3),  # the same spread over many runs: over
     ],
 )
-def test_exceeds_cap_is_the_median_beyond_the_cap_by_more_than_its_half_spread(
+def test_exceeds_cap_is_the_median_beyond_the_cap_by_more_than_its_uncertainty(
     timed: dict[str, float], cap: float, over: bool, noise: float
 ) -> None:
     assert exceeds_cap(timed, cap) == (over, pytest.approx(noise))
@@ -45,11 +46,11 @@ def test_a_member_measured_over_the_cap_leaves_the_front_and_is_never_best(url: 
     assert {r.id for r in store.front(sid)} == {ids["a"], ids["b"]}  # a dominates c
     assert best_within_cap(store.front(sid)).id == ids["a"]  # type: ignore[union-attr]
 
-    assert store.record_measured_latency(ids["a"], _timed(6.0, 5.8, 6.3), cap_ms=5.0)
+    assert store.record_measured_latency(ids["a"], _timed(6.0, 5.75, 6.25), cap_ms=5.0)
     a = store.candidate(sid, id=ids["a"])
     assert a.over_cap and a.device_latency == {
-        "predicted_ms": 4.9, "measured_ms": 6.0, "p10_ms": 5.8, "p90_ms": 6.3, "runs": 25.0,
-        "cap_ms": 5.0, "noise_ms": pytest.approx(0.3), "over_cap": True,
+        "predicted_ms": 4.9, "measured_ms": 6.0, "p10_ms": 5.75, "p90_ms": 6.25, "runs": 25.0,
+        "cap_ms": 5.0, "noise_ms": pytest.approx(0.1), "over_cap": True,
     }  # fmt: skip
     assert {r.id for r in store.front(sid)} == {ids["b"], ids["c"]}  # a left; c, which only a dominated, joined
     assert [r.id for r in store.over_cap(sid)] == [ids["a"]]
@@ -61,7 +62,7 @@ def test_a_member_measured_over_the_cap_leaves_the_front_and_is_never_best(url: 
 
     assert not store.record_measured_latency(ids["a"], _timed(1.0, 1.0, 1.0), cap_ms=5.0)  # once per candidate
     assert store.candidate(sid, id=ids["a"]).device_latency["measured_ms"] == 6.0  # type: ignore[index]
-    assert store.record_measured_latency(ids["b"], _timed(5.1, 4.9, 5.3), cap_ms=5.0)  # within its noise
+    assert store.record_measured_latency(ids["b"], _timed(5.05, 4.75, 5.25), cap_ms=5.0)  # within its noise
     assert not store.candidate(sid, id=ids["b"]).over_cap
     assert {r.id for r in store.front(sid)} == {ids["b"], ids["c"]}
 
