@@ -20,9 +20,10 @@ the nearest thing to an attacker elsewhere). The flood: a pool of
 one, in turn) and ``--flood-slow`` strangers that each send a POST's head and part of its body
 and wait for the answer before they send another (what holds a place longest if the token is
 checked after admission: 96 of them are more than the 8 + 64 places), ``--flood-rate``
-requests/s in all (0: as many as they can). Measured: the user's median and p99 latency (a 503
-is waited out for its ``Retry-After``, for ``--user-patience`` seconds at most; the bench fails
-if the user gets one under the flood) and the flood's answers by status code.
+requests/s in all (0: as many as they can). Measured: the user's median and p99 latency (each
+request is given ``--user-patience`` seconds, its 503s waited out for their ``Retry-After``;
+one not answered by then is given up and counted; the bench fails if the user gets a 503 or
+gives up under the flood) and the flood's answers by status code.
 
 *load*: ``--fillers`` (8) torch-free workers (``bench/bench_scale.py``'s control path) fill
 one study while the readers read it. Each reader (an asyncio task with its own connection)
@@ -182,17 +183,21 @@ _STRANGERS: list[dict[str, Any]] = [
 
 
 async def _user(base: str, path: str, n: int, patience: float) -> tuple[list[float], int, int]:
-    """``n`` authenticated GETs of ``path``, one after another, each 503 waited out for its ``Retry-After`` for
-    ``patience`` seconds at most: the seconds of each one answered, the 503s seen, the requests given up."""
+    """``n`` authenticated GETs of ``path``, one after another, each given ``patience`` seconds (its 503s waited
+    out for their ``Retry-After``): the seconds of each one answered, the 503s seen, the requests given up."""
     times, busy, gave_up = [], 0, 0
-    async with httpx.AsyncClient(base_url=base, headers=AUTH, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=base, headers=AUTH) as client:
         for _ in range(n):
             t0 = time.perf_counter()
-            r = await client.get(path)
-            while r.status_code == 503 and time.perf_counter() - t0 < patience:
-                busy += 1
-                await asyncio.sleep(float(r.headers.get("retry-after", "1")))
-                r = await client.get(path)
+            try:
+                r = await client.get(path, timeout=patience)
+                while r.status_code == 503 and time.perf_counter() - t0 < patience:
+                    busy += 1
+                    await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+                    r = await client.get(path, timeout=max(0.1, patience - (time.perf_counter() - t0)))
+            except httpx.TimeoutException:
+                gave_up += 1
+                continue
             if r.status_code == 200:
                 times.append(time.perf_counter() - t0)
             elif r.status_code == 503:
@@ -427,7 +432,9 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--flood-rate", type=float, default=200.0, help="flood requests/s in all (0: no limit)")
     parser.add_argument("--flood-slow", type=int, default=96, help="strangers sending a body that never ends")
     parser.add_argument("--flood-ramp", type=float, default=1.0, help="seconds of flood before the user starts")
-    parser.add_argument("--user-patience", type=float, default=10.0, help="seconds of 503s before the user gives up")
+    parser.add_argument(
+        "--user-patience", type=float, default=10.0, help="seconds the user gives each request (503s waited out)"
+    )
     parser.add_argument("--flood-nice", type=int, default=0, help="the flood process's niceness (10: it yields)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds of the user alone, then flooded")
     parser.add_argument("--flood-seconds", type=float, default=600.0, help="the flood stops after this at most")
