@@ -1,6 +1,7 @@
 """Does searching ranks with ratios pay? Pruning-only vs joint (SVD, Tucker-2) at equal candidates.
 
     .venv/bin/python bench/bench_joint.py [--seeds 0,1] [--candidates 20]
+    .venv/bin/python bench/bench_joint.py --smoke    # CI's size: one epoch, one seed, 3 candidates, rungs 2,4
 
 The main job's study (digits ResNet-20, MACs capped at 50 %, floor 12.5 %,
 rungs ``--rungs``) with ``space.rank = false`` and with ``space.rank = true``
@@ -14,15 +15,13 @@ candidate. A larger hypervolume is a better curve.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from _shared import SMOKE_STUDY, machine, parse, print_table  # bench/, beside this script
 
 from search import Search, load_config
 from storage import best_within_cap
@@ -39,58 +38,65 @@ def hypervolume(points: list[tuple[float, float]], cap: float) -> float:
     return area
 
 
+ARMS: dict[str, dict[str, Any]] = {
+    "pruning only": {"space.rank": False},
+    "joint, svd": {"space.rank": True, "space.method": "svd"},
+    "joint, tucker2": {"space.rank": True, "space.method": "tucker2"},
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--candidates", type=int, default=20)
     ap.add_argument("--rungs", default="25,100")
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, CPU"
-    arms: dict[str, dict[str, Any]] = {
-        "pruning only": {"space.rank": False},
-        "joint, svd": {"space.rank": True, "space.method": "svd"},
-        "joint, tucker2": {"space.rank": True, "space.method": "tucker2"},
-    }
-    rows = []
-    for arm, extra in arms.items():
-        hv, size, cap_acc, per = [], [], [], []
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            with tempfile.TemporaryDirectory() as td:
-                overrides = {
-                    "model.spec": "zoo:resnet20",
-                    "data.spec": "digits",
-                    "budget.macs": "50%",
-                    "evaluate.rungs": [int(s) for s in args.rungs.split(",")],
-                    "search.floor": "12.5%",
-                    "evaluate.threads": args.threads,
-                    "search.study": f"joint-{seed}",
-                    "search.candidates": args.candidates,
-                    "search.seed": seed,
-                    "search.artifacts_dir": "artifacts",
-                    "storage.url": f"sqlite:///{Path(td) / 'j.db'}",
-                    **extra,
-                }
-                s = Search(load_config(None, overrides)).prepare()
-                t = time.perf_counter()
-                res = s.run()
-                per.append((time.perf_counter() - t) / args.candidates)
-                base = s.prepared.base_cost.macs
-                pts = [((r.macs or 0.0) / base, r.accuracy or 0.0) for r in res.front]
-                hv.append(hypervolume(pts, 0.5))
-                size.append(len(res.front))
-                best = best_within_cap(res.front, s.cfg.evaluate.score)
-                cap_acc.append(best.accuracy if best is not None and best.accuracy is not None else float("nan"))
-        rows.append([arm, f"{statistics.mean(hv):.4f} ({', '.join(f'{v:.4f}' for v in hv)})",
-                     f"{statistics.mean(size):.1f}", f"{100 * statistics.mean(cap_acc):.2f}",
-                     f"{statistics.mean(per):.1f}"])  # fmt: skip
+    ap.add_argument("--epochs", type=int, default=30, help="baseline epochs (cached under ./artifacts)")
+    args = parse(ap, {"seeds": "0", "candidates": 3, "rungs": "2,4", "epochs": 1, "threads": 1})
+    where = machine()
+    with tempfile.TemporaryDirectory() as cache:  # the baseline's cache with --smoke (else ./artifacts)
+        artifacts = str(Path(cache) / "artifacts") if args.smoke else "artifacts"
+        rows = [_arm(args, arm, extra, artifacts) for arm, extra in ARMS.items()]
     print(
         f"\ndigits ResNet-20, MACs <= 50 %, floor 12.5 %, {args.candidates} candidates, rungs {args.rungs}; {where}\n"
     )
-    print("| space | front hypervolume (per seed) | front size | best val acc within the cap % | s per candidate |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    header = ["space", "front hypervolume (per seed)", "front size", "best val acc within the cap %", "s per candidate"]
+    print_table(header, rows)
+
+
+def _arm(args: argparse.Namespace, arm: str, extra: dict[str, Any], artifacts: str) -> list[str]:
+    """One space's studies, a seed each: the table's row (hypervolume, front size, best within the cap, speed)."""
+    hv, size, cap_acc, per = [], [], [], []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        with tempfile.TemporaryDirectory() as td:
+            overrides = {
+                "model.spec": "zoo:resnet20",
+                "model.train_epochs": args.epochs,
+                "data.spec": "digits",
+                "budget.macs": "50%",
+                "evaluate.rungs": [int(s) for s in args.rungs.split(",")],
+                "search.floor": "12.5%",
+                "evaluate.threads": args.threads,
+                "search.study": f"joint-{seed}",
+                "search.candidates": args.candidates,
+                "search.seed": seed,
+                "search.artifacts_dir": artifacts,
+                "storage.url": f"sqlite:///{Path(td) / 'j.db'}",
+                **(SMOKE_STUDY if args.smoke else {}),
+                **extra,
+            }
+            s = Search(load_config(None, overrides)).prepare()
+            t = time.perf_counter()
+            res = s.run()
+            per.append((time.perf_counter() - t) / args.candidates)
+            base = s.prepared.base_cost.macs
+            pts = [((r.macs or 0.0) / base, r.accuracy or 0.0) for r in res.front]
+            hv.append(hypervolume(pts, 0.5))
+            size.append(len(res.front))
+            best = best_within_cap(res.front, s.cfg.evaluate.score)
+            cap_acc.append(best.accuracy if best is not None and best.accuracy is not None else float("nan"))
+    return [arm, f"{statistics.mean(hv):.4f} ({', '.join(f'{v:.4f}' for v in hv)})", f"{statistics.mean(size):.1f}",
+            f"{100 * statistics.mean(cap_acc):.2f}", f"{statistics.mean(per):.1f}"]  # fmt: skip
 
 
 if __name__ == "__main__":
