@@ -32,7 +32,7 @@ def parser(doc: str, *, budgets: str) -> argparse.ArgumentParser:
 SMOKE_HELP = "tiny sizes, the same code path (what CI runs: seconds, and nothing written outside a temp dir)"
 
 # The smoke size of every benchmark built on :func:`parser`: the digits ResNet-20 (trained for one epoch in a
-# temp dir), one budget, one seed, a few candidates and a few fine-tune steps.
+# temp dir), one budget, one seed, a few candidates and a few fine-tune steps, one thread.
 SMOKE = {
     "data": "digits",
     "epochs": 1,
@@ -43,6 +43,7 @@ SMOKE = {
     "rungs": "2,4",
     "max_val": 100,
     "rescore_top": 1,
+    "threads": 1,  # small models on a shared runner: a second thread buys little and waits for a core
 }
 
 # What a smoke run's studies measure with less: BN recalibration and sensitivity on fewer images.

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_front.py                        # Fashion-MNIST, cap 50 %, seeds 0,1
     .venv/bin/python bench/bench_front.py --seeds 0 --candidates 12   # a quick look
+    .venv/bin/python bench/bench_front.py --smoke                # CI's size: digits, one epoch, 3 candidates
 
 The default curve study of ``examples/fashion_mnist.toml`` (a MAC cap, the
 floor a quarter of it, rungs 50 → 200 with 2,000 validation images below the
@@ -19,15 +20,21 @@ study never reads. Target: the front never falls below the baseline.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-from _shared import parser, print_table, study_overrides, torch_pruning_at  # bench/, beside this script
+from _shared import (  # bench/, beside this script
+    SMOKE,
+    add_search_args,
+    machine,
+    parse_search_args,
+    parser,
+    print_table,
+    study_overrides,
+    torch_pruning_at,
+)
 
 from search import Search, load_config
 from search.operations._finalize import train_final
@@ -40,21 +47,19 @@ NAMES = ("front", "torch-pruning uniform")
 
 def main() -> None:
     ap = parser(__doc__, budgets="0.5")
-    ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--candidates", type=int, default=30)
-    ap.add_argument("--rungs", default="50,200", help="fine-tune steps per rung of the study")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, CPU"
+    add_search_args(ap)
+    ap.set_defaults(seeds="0,1")
+    args, seeds = parse_search_args(ap, SMOKE)
+    where = machine()
     cap = float(args.budgets.split(",")[0])
-    seeds = [int(s) for s in args.seeds.split(",")]
     t_all = time.perf_counter()
     res: dict[str, dict[str, list[float]]] = {lv: {} for lv in LEVELS}
     for seed in seeds:
         _seed(args, cap, seed, res)
     print(
         f"\n# {args.data} ResNet-20, cap {cap:.0%} of the MACs, floor a quarter of it, {args.candidates} candidates, "
-        f"seeds {seeds}; test accuracy after BN recalibration + {args.final_steps} distilled steps (mean ± std, %); "
+        f"rungs {args.rungs}, the best {args.rescore_top} re-scored, seeds {seeds}; test accuracy after BN "
+        f"recalibration + {args.final_steps} distilled steps (mean ± std, %); "
         f"{where}; {time.perf_counter() - t_all:.0f} s\n"
     )
     print_table(["level", "front member (MACs)", "test accuracy", "torch-pruning uniform (MACs)", "test accuracy",
@@ -67,9 +72,9 @@ def _seed(args: argparse.Namespace, cap: float, seed: int, res: dict[str, dict[s
         overrides = {
             **study_overrides(args, Path(td), f"front-{seed}"),
             "budget.macs": f"{cap:.0%}",
-            "evaluate.rungs": [int(x) for x in args.rungs.split(",")],
-            "evaluate.max_val_samples": 2000,
-            "evaluate.rescore_top": 3,
+            "evaluate.rungs": args.rungs,
+            "evaluate.max_val_samples": args.max_val,
+            "evaluate.rescore_top": args.rescore_top,
             "search.candidates": args.candidates,
             "search.seed": seed,
         }

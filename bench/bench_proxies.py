@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_proxies.py                     # Fashion-MNIST, 20 plans at 50 % and 15 %
     .venv/bin/python bench/bench_proxies.py --plans 8 --budgets 0.5 --final-steps 100   # a quick look
+    .venv/bin/python bench/bench_proxies.py --smoke        # CI's size: digits, one epoch, 4 plans at 50 %
 
 The Fashion-MNIST ResNet-20 of ``bench_search.py`` (trained on the train
 split, cached). At each MAC budget, ``--plans`` random per-group pruning plans
@@ -22,15 +23,13 @@ reach 0.8.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _shared import parser, print_table, study_overrides  # bench/, beside this script
+from _shared import SMOKE, machine, parse, parser, print_table, study_overrides  # bench/, beside this script
 from scipy.stats import spearmanr
 
 from search import Search, load_config
@@ -81,9 +80,10 @@ def main() -> None:
     ap.add_argument("--plans", type=int, default=20)
     ap.add_argument("--rungs", default="50,200", help="fine-tune steps per rung")
     ap.add_argument("--max-val", type=int, default=2000, help="validation images below the top rung")
-    args = ap.parse_args()
+    args = parse(ap, {**SMOKE, "budgets": "0.5", "plans": 4})
     args.rungs = [int(x) for x in args.rungs.split(",")]
-    where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, CPU"
+    torch.set_num_threads(args.threads)
+    where = machine()
     t_all = time.perf_counter()
     s = _search(args, Path(tempfile.mkdtemp(prefix="prunetune-bench-")))
     p = s.prepared
