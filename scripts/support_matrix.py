@@ -1,23 +1,30 @@
-"""The support matrix: one timm model per family, built offline, traced, pruned and factorized, costs checked.
+"""The support matrix: one timm model per family, built offline, traced, and checked on the sampler's plans.
 
     .venv/bin/python scripts/support_matrix.py                  # print the table
+    .venv/bin/python scripts/support_matrix.py --models resnet,vit --plans 8
+    .venv/bin/python scripts/support_matrix.py --smoke          # two small models, in seconds (CI)
     .venv/bin/python scripts/support_matrix.py --write-readme   # and put it in README.md between its markers
-    .venv/bin/python scripts/support_matrix.py --models resnet,vit
 
 Each representative is built with ``pretrained=False`` at a small input size
-(its timm arguments say which), then:
+(its timm arguments say which), then ``ModelSpace(model, x)`` traces it
+(torch-pruning's dependency graph, PruneTune's groups and the self-check; a
+refusal is reported with its one-line reason, which is how PruneTune declines
+what it cannot do exactly), and :func:`spaces.support` makes its row:
 
-1. ``ModelSpace(model, x)``: torch-pruning's dependency graph, PruneTune's
-   groups and the self-verification (a refusal is reported with its one-line
-   reason, which is how PruneTune declines what it cannot do exactly);
-2. a **prune** plan (every group at 30 %) applied, and its analytic cost
-   compared with the measured one (MACs, params, bytes);
-3. a **prune + rank** plan (the same pruning, every factorizable layer at half
-   its full SVD rank) likewise.
-
-"exact" means the model ran and analytic = measured; "refused" is a
-:class:`spaces.PruneTuneError` (its first line is shown); "error" is anything
-else (a bug to fix). The README's table names the date and timm's version.
+* **prunable groups**: the groups the space prunes, of all the dependency
+  groups torch-pruning finds (head groups for attentions); the others are
+  **excluded**, counted by reason (grouped convolutions torch-pruning prunes
+  wrongly, groups whose pruned model fails or removes the wrong channels
+  downstream, ...);
+* **factorizable layers** of the conv/linear layers called; **heads pruned**
+  (attentions whose heads the space prunes, of all; n/a without attention);
+* **plans checked**: ``--plans`` plans (at least 5) through the sampler's own
+  mapping with the study's default ``[space]`` options and ``rank = true``:
+  the most aggressive one it proposes (every group at ``max_ratio``, every
+  factorizable layer at the lowest rank fraction) and random ones (every other
+  with ranks). A plan is exact when the built model runs and its measured
+  cost (MACs, params, bytes) equals the analytic one; the cell says
+  ``5/5 exact`` or the first plan that was not, with what differs.
 """
 
 from __future__ import annotations
@@ -26,11 +33,13 @@ import argparse
 import datetime
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from evaluators import build_model
-from spaces import ModelSpace, Plan, PruneTuneError, first_line, measure_cost
+from search._config import SpaceConfig
+from spaces import ModelSpace, PruneTuneError, Support, first_line, support
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- support-matrix:start -->", "<!-- support-matrix:end -->"
@@ -50,29 +59,20 @@ FAMILIES: dict[str, tuple[str, int]] = {
     "maxvit": ("timm:maxvit_tiny_tf_224", 224),
     "levit": ("timm:levit_128s", 224),
 }
+SMOKE: dict[str, tuple[str, int]] = {
+    "mobilenetv3": ("timm:mobilenetv3_small_050", 32),
+    "vit": ("timm:vit_tiny_patch16_224,img_size=32,patch_size=8,depth=2", 32),
+}
+HEADER = ["family", "model @ input", "build s", *Support.CELLS]
 
 
-def _check(space: ModelSpace, plan: Plan, x: torch.Tensor) -> str:
-    model = space.apply(plan).eval()
-    with torch.no_grad():
-        model(x)
-    analytic, measured = space.cost(plan), measure_cost(model, x)
-    if analytic == measured:
-        return "exact"
-    return (
-        f"error: analytic {analytic.macs} MACs / {analytic.params} params, measured {measured.macs} / {measured.params}"
-    )
+def space_options() -> dict[str, Any]:
+    """The study's default ``[space]`` options with ranks searched: what the sampler draws plans from."""
+    return SpaceConfig(rank=True).model_dump(mode="json")
 
 
-def _outcome(exc: Exception) -> str:
-    """A refusal (PruneTune declining what it cannot do exactly) or an error (a bug to fix), in one line."""
-    if isinstance(exc, PruneTuneError):
-        return f"refused: {first_line(exc, '')}"
-    return f"error: {type(exc).__name__}: {first_line(exc, '')}"
-
-
-def row(family: str, spec: str, size: int) -> list[str]:
-    """The matrix's row of one family: build time, groups, the two plans' outcomes."""
+def row(family: str, spec: str, size: int, plans: int) -> list[str]:
+    """The matrix's row of one family: build time and the space's support cells (or why it has none)."""
     torch.manual_seed(0)
     x = torch.randn(1, 3, size, size)
     try:
@@ -81,39 +81,50 @@ def row(family: str, spec: str, size: int) -> list[str]:
         space = ModelSpace(model, x)
         build = f"{time.perf_counter() - t:.1f}"
     except Exception as exc:  # reported, the matrix goes on
-        return [family, f"`{spec}` @{size}", "", "", _outcome(exc), ""]
-    prune = Plan(prune={g.id: 0.3 for g in space.groups})
-    joint = Plan(prune=prune.prune, rank={g.name: 0.5 for g in space.layers})
-    outcomes = []
-    for plan in (prune, joint):
-        try:
-            outcomes.append(_check(space, plan, x))
-        except Exception as exc:
-            outcomes.append(_outcome(exc))
-    return [family, f"`{spec}` @{size}", build, str(len(space.groups)), *outcomes]
+        kind = "refused" if isinstance(exc, PruneTuneError) else f"error: {type(exc).__name__}"
+        return [family, f"`{spec}` @{size}", "", "", "", "", "", f"{kind}: {first_line(exc, '')}"]
+    return [family, f"`{spec}` @{size}", build, *support(space, space_options(), plans).cells()]
+
+
+def table(families: dict[str, tuple[str, int]], plans: int) -> list[str]:
+    """The Markdown lines: a line naming the versions, date and command, then the table (rows printed as made)."""
+    import timm
+
+    lines = [
+        f"timm {timm.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{datetime.date.today()}, {plans} plans per model: `python scripts/support_matrix.py --plans {plans}`.",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+    ]
+    print("\n".join(lines), flush=True)
+    for family, (spec, size) in families.items():
+        lines.append("| " + " | ".join(row(family, spec, size, plans)) + " |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def _families(names: str) -> dict[str, tuple[str, int]]:
+    chosen = [n for n in names.split(",") if n]
+    unknown = [n for n in chosen if n not in FAMILIES]
+    if unknown:
+        raise SystemExit(f"support_matrix: unknown family {', '.join(unknown)}; families: {', '.join(FAMILIES)}")
+    return {n: FAMILIES[n] for n in chosen}
 
 
 def main() -> None:
-    import timm
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--models", default=",".join(FAMILIES), help=f"families, of {', '.join(FAMILIES)}")
+    ap.add_argument("--plans", type=int, default=5, help="plans checked per model (at least 5)")
+    ap.add_argument("--smoke", action="store_true", help="two small models at 32x32 (seconds; what CI runs)")
     ap.add_argument("--write-readme", action="store_true", help="replace the README's table with this one")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    if args.plans < 5:
+        raise SystemExit(f"support_matrix: --plans must be at least 5, got {args.plans}")
     torch.set_num_threads(args.threads)
-    rows = [row(f, *FAMILIES[f]) for f in args.models.split(",")]
-    header = ["family", "model @ input", "build s", "groups", "prune plan", "prune + rank plan"]
-    lines = [
-        f"timm {timm.__version__}, torch {torch.__version__}, {datetime.date.today()}: "
-        "`python scripts/support_matrix.py --write-readme` regenerates it.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-    print("\n".join(lines))
-    if args.write_readme:
+    lines = table(SMOKE if args.smoke else _families(args.models), args.plans)
+    if args.write_readme and not args.smoke:
         text = README.read_text()
         head, _, rest = text.partition(START)
         _, _, tail = rest.partition(END)

@@ -88,6 +88,12 @@ if TYPE_CHECKING:
     from spaces._space import (
         ModelSpace as ModelSpace,
     )
+    from spaces._support import (
+        PlanCheck as PlanCheck,
+        Support as Support,
+        check_cost as check_cost,
+        support as support,
+    )
     from spaces._timing import (
         summarize as summarize,
         time_calls as time_calls,
@@ -146,6 +152,10 @@ _WHERE = {
     "fit": "_policy",
     "global_plan": "_policy",
     "dequantized": "_quant",
+    "PlanCheck": "_support",
+    "Support": "_support",
+    "check_cost": "_support",
+    "support": "_support",
     "summarize": "_timing",
     "time_calls": "_timing",
     "Sensitivity": "_sensitivity",
@@ -190,13 +200,16 @@ __all__ = [
     "ModelSpace",
     "Objective",
     "Plan",
+    "PlanCheck",
     "PlanError",
     "PruneTuneError",
     "Sensitivity",
     "Status",
+    "Support",
     "UnsupportedModelError",
     "UsageError",
     "allocate",
+    "check_cost",
     "check_interrupt",
     "dequantized",
     "factorize_layer",
@@ -217,6 +230,7 @@ __all__ = [
     "reinstall_handlers",
     "safe_points",
     "summarize",
+    "support",
     "time_calls",
     "uniform_plan",
     "write_onnx",

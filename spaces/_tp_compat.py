@@ -283,11 +283,12 @@ def _unknown_concat_size(graph: Any, cat_node: Any) -> bool:
 
 def install() -> None:
     """Install the shims (idempotent); on an untested torch-pruning version, raise before patching anything."""
+    from torch_pruning.dependency import graph, group, index_mapping, shape_infer
+
     global _installed
     if _installed:
         return
     check_version()
-    from torch_pruning.dependency import graph, group, index_mapping, shape_infer
 
     if graph.shape_infer is not shape_infer or not hasattr(shape_infer, "init_shape_information"):
         # graph.py must call shape_infer.init_shape_information for the fix to take effect

@@ -40,6 +40,7 @@ SPACES_LAYERS = [
     {"factorization._versatile_conv"},
     {"factorization._svd", "factorization._tucker2", "factorization._tt", "factorization._versatile"},
     {"_space"},
+    {"_support"},
     {"__init__"},
 ]
 SPACES_SUBPACKAGES = ("dimensions", "factorization")

@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from spaces import ModelSpace, Plan, PlanError, UnsupportedModelError, factorize_layer, measure_cost
+from spaces import ModelSpace, Plan, PlanError, UnsupportedModelError, check_cost, factorize_layer, measure_cost
 from spaces._attention import HeadPrunableAttention, convert, functional_macs, product_macs
 from spaces.dimensions._bits import quantizable_layers
 from tests.spaces.models import vit_tiny
@@ -152,7 +152,7 @@ def test_a_factorized_out_projection_at_full_rank_is_the_original(vit: _Vit) -> 
     with torch.no_grad():
         torch.testing.assert_close(copy_(x), model(x), atol=1e-5, rtol=1e-5)
     plan = Plan(rank={name: 0.25}, prune={"encoder.layers.encoder_layer_1.self_attention": 0.5})
-    assert space.cost(plan) == measure_cost(space.apply(plan), x)
+    assert check_cost(space, plan) is None
 
 
 def test_vit_b_16_random_plans_cost_equals_measured() -> None:
@@ -166,7 +166,7 @@ def test_vit_b_16_random_plans_cost_equals_measured() -> None:
         prune={g.id: rng.choice((0.25, 0.5, 0.75)) for g in space.groups if rng.random() < 0.7},
         rank={layer.name: rng.uniform(0.1, 0.5) for layer in rng.sample(space.layers, 4)},
     )
-    assert space.cost(plan) == measure_cost(space.apply(plan), x)
+    assert check_cost(space, plan) is None
 
 
 def test_timm_vit_heads_are_pruned_with_its_own_attention_class() -> None:
@@ -200,7 +200,7 @@ def test_torchvision_swin_and_maxvit_plans_cost_exactly_what_they_build(name: st
         prune={g.id: rng.choice((0.25, 0.5)) for g in space.groups if rng.random() < 0.7},
         rank={layer.name: 0.3 for layer in rng.sample(space.layers, 3)},
     )
-    assert plan.prune and space.cost(plan) == measure_cost(space.apply(plan), x)
+    assert plan.prune and check_cost(space, plan) is None
     if name == "swin_t":
         assert "F.linear" in space.not_factorizable["features.1.0.attn.qkv"]
 
@@ -269,7 +269,7 @@ def test_attention_inside_torchs_fused_encoder_layer_keeps_its_heads() -> None:
     plan = Plan({"enc.layers.0.linear1": 0.5})
     with torch.no_grad():  # eval + no grad: the fused fast path
         assert space.apply(plan)(x).shape == (2, 3)
-    assert space.cost(plan) == measure_cost(space.apply(plan), x)
+    assert check_cost(space, plan) is None
 
 
 def test_a_head_pruned_model_is_refused_with_the_reason(vit: _Vit) -> None:
@@ -336,7 +336,7 @@ def test_products_between_activations_are_counted_and_guarded() -> None:
     assert space.base_cost.macs == measure_cost(model, x).macs == layers + product
     assert "product between activations" in space.excluded["a"]  # pruning it would change the product's cost
     plan = Plan({"b": 0.5})
-    assert space.cost(plan) == measure_cost(space.apply(plan), x)
+    assert check_cost(space, plan) is None
 
 
 class _Decoder(nn.Module):
