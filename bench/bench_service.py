@@ -451,12 +451,18 @@ def _args() -> argparse.Namespace:
 
 def main() -> None:
     args = _args()
-    tmp = tempfile.mkdtemp(prefix="bench-service-")
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
+        ok = _run(args, Path(tmp))
+    if not ok:
+        raise SystemExit("FAILED")
+
+
+def _run(args: argparse.Namespace, tmp: Path) -> bool:
+    """Serve a new store in ``tmp`` (or ``--pg``), run the scenarios, stop the server; True if all went well."""
     url = args.pg or f"sqlite:///{tmp}/service.db"
     name = f"load-{os.getpid()}"
     _study(url, name)
-    log = Path(tmp) / "serve.log"
-    server, base = _serve(url, log)
+    server, base = _serve(url, tmp / "serve.log")
     print(
         f"# {platform.machine()}, {os.cpu_count()} CPUs, {'PostgreSQL' if args.pg else 'SQLite'}, {time.strftime('%F')}"
     )
@@ -472,9 +478,8 @@ def main() -> None:
         server.wait(timeout=30)
         if not alive:
             print(f"prunetune serve stopped during the bench (exit {server.returncode}); its output:")
-            print(log.read_text()[-3000:])
-    if not ok:
-        raise SystemExit("FAILED")
+            print((tmp / "serve.log").read_text()[-3000:])
+    return ok
 
 
 if __name__ == "__main__":
