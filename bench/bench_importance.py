@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_importance.py                  # Fashion-MNIST, 50/30/15 %, seeds 0,1,2
     .venv/bin/python bench/bench_importance.py --budgets 0.15 --seeds 0 --final-steps 100   # a quick look
+    .venv/bin/python bench/bench_importance.py --smoke          # CI's size: digits, one epoch, 50 %, 5 steps
 
 One ResNet-20 is trained on the Fashion-MNIST **train** split (cached, as
 ``bench_search.py`` does). For each MAC budget, PruneTune's uniform plan (one
@@ -28,15 +29,21 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _shared import parser, print_table, study_overrides, torch_pruning_at  # bench/, beside this script
+from _shared import (  # bench/, beside this script
+    SMOKE,
+    machine,
+    parse,
+    parser,
+    print_table,
+    study_overrides,
+    torch_pruning_at,
+)
 from torch import nn
 
 from search import Search, load_config
@@ -111,9 +118,10 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=256, help="calibration images of taylor and hessian")
     ap.add_argument("--criterion", default="group_l1", help="the criterion of the one-shot plans' channels")
     ap.add_argument("--skip-seeds", action="store_true", help="only the criteria, not the other one-shot plans")
-    args = ap.parse_args()
+    args = parse(ap, {**SMOKE, "budgets": "0.5", "samples": 32})
+    torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
-    where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, CPU"
+    where = machine()
     t_all = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="prunetune-bench-"))
     p = prepared(args, tmp)
