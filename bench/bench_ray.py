@@ -1,6 +1,8 @@
 """The Ray driver's throughput: real candidates on a two-node loopback cluster, and a 64-slot scale simulation.
 
     .venv/bin/python bench/bench_ray.py --pg postgresql+psycopg://USER@HOST:PORT/DB [--candidates 12] [--sleep 30]
+    .venv/bin/python bench/bench_ray.py --smoke   # CI's size: 2 candidates of 3 steps, a 2-slot simulation;
+                                                  # --pg defaults to $PRUNETUNE_TEST_POSTGRES_URL
 
 The PostgreSQL server needs ``max_connections`` >= 3 W + 20 (each candidate process keeps about
 three connections: the store, its heartbeat, Optuna's storage); ``scripts/postgres.sh`` starts one
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import socket
 import subprocess
 import tempfile
 import time
@@ -37,6 +40,8 @@ import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from _shared import parse  # bench/, beside this script
 
 from evaluators import Context, Evaluator, Metrics
 from search import Search, load_config
@@ -48,7 +53,7 @@ ACTOR_MB = 520  # memory of one candidate process, measured (torch 2.14 alone is
 CONFIG = """
 [model]
 spec = "zoo:resnet20"
-train_epochs = 8
+train_epochs = {epochs}
 [data]
 spec = "digits"
 [budget]
@@ -86,12 +91,21 @@ class SleepEvaluator(Evaluator):
         return Metrics(accuracy=accuracy, status=Status.COMPLETE, history=[(1, accuracy)])
 
 
-def cluster(command: str, workdir: Path, head_cpus: int, worker_cpus: int) -> dict[str, str]:
+def free_port() -> int:
+    """A TCP port nobody listens on now (the cluster's head; another cluster may hold Ray's default)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def cluster(command: str, workdir: Path, head_cpus: int, worker_cpus: int, port: int) -> dict[str, str]:
+    """Start or stop ``scripts/ray_local.sh``'s loopback cluster in ``workdir``; the driver's environment."""
     env = dict(
         os.environ,
         PRUNETUNE_RAY_DIR=str(workdir),
         PRUNETUNE_RAY_HEAD_CPUS=str(head_cpus),
         PRUNETUNE_RAY_WORKER_CPUS=str(worker_cpus),
+        PRUNETUNE_RAY_PORT=str(port),
     )
     out = subprocess.run(["bash", str(ROOT / "scripts/ray_local.sh"), command], env=env, check=True, text=True,
                          capture_output=True, timeout=300)  # fmt: skip
@@ -196,9 +210,10 @@ def main() -> None:
     ap.add_argument("--sleep", type=float, default=30.0, help="seconds the scale simulation's evaluator sleeps")
     ap.add_argument("--scale-workers", type=int, default=64, help="candidates at once in the scale simulation")
     ap.add_argument("--skip-real", action="store_true")
-    args = ap.parse_args()
+    ap.add_argument("--epochs", type=int, default=8, help="the digits baseline's epochs")
+    args = parse(ap, {"candidates": 2, "steps": 3, "sleep": 0.5, "scale_workers": 2, "epochs": 1})
     if not args.pg:
-        raise SystemExit('bench_ray: pass --pg URL (eval "$(bash scripts/postgres.sh start)")')
+        ap.error('--pg: a PostgreSQL URL is required (eval "$(bash scripts/postgres.sh start)" exports one)')
     import ray
 
     tag = uuid.uuid4().hex[:6]
@@ -210,6 +225,7 @@ def main() -> None:
         "artifacts": art,
         "url": args.pg,
         "sampler": "tpe",
+        "epochs": args.epochs,
     }
     lines = [
         "| run | W | N | wall s | cand/s | steady cand/s | busy s/cand | overhead s/cand | schedule s/cand "
@@ -221,7 +237,8 @@ def main() -> None:
         local = run(CONFIG.format(n=n, w=1, study=f"bl-{tag}", backend="local", **base), tmp)
         lines.append(row("local driver (1 process)", local, f" {check(local) or 'ok'} |"))
         print(lines[-1], flush=True)
-        exports = cluster("start", Path(f"/tmp/bray-{tag}"), 1, 1)
+        port = free_port()
+        exports = cluster("start", Path(f"/tmp/bray-{tag}"), 1, 1, port)
         os.environ.update(exports)
         try:
             for w in (1, 2):
@@ -231,7 +248,7 @@ def main() -> None:
                 print(lines[-1], flush=True)
         finally:
             ray.shutdown()
-            cluster("stop", Path(f"/tmp/bray-{tag}"), 1, 1)
+            cluster("stop", Path(f"/tmp/bray-{tag}"), 1, 1, port)
     w = args.scale_workers
     notes = []
     fits = max(1, (mem_available_mb() - 6144) // ACTOR_MB)  # 6 GB left to everything else
@@ -243,7 +260,8 @@ def main() -> None:
     if 3 * w + 20 > conns:
         notes.append(f"PostgreSQL max_connections={conns} holds W={(conns - 20) // 3} (3 per candidate process)")
         w = max(1, (conns - 20) // 3)
-    exports = cluster("start", Path(f"/tmp/bray-{tag}"), 64, 0)
+    port = free_port()
+    exports = cluster("start", Path(f"/tmp/bray-{tag}"), 64, 0, port)
     os.environ.update(exports)
     try:
         scale = {**base, "sampler": "random"}
@@ -255,7 +273,7 @@ def main() -> None:
         lines.append(row(f"scale: 1 node, 64 CPUs, sleep {args.sleep:g}s", r, f" {bad or 'ok'} |"))
     finally:
         ray.shutdown()
-        cluster("stop", Path(f"/tmp/bray-{tag}"), 64, 0)
+        cluster("stop", Path(f"/tmp/bray-{tag}"), 64, 0, port)
     print(f"bench_ray ({platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}, PostgreSQL)")
     print("\n".join(lines))
     for note in notes:
