@@ -104,7 +104,8 @@ def _done(n: int) -> Callable[[Path], bool]:
 
 
 def _running_after(seconds: float) -> Callable[[Path], bool]:
-    return lambda db: _count(db, "status = 'RUNNING'") > 0 and _after(seconds)
+    """A candidate of this run is being evaluated (one an earlier run released has no worker)."""
+    return lambda db: _count(db, "status = 'RUNNING' AND worker IS NOT NULL") > 0 and _after(seconds)
 
 
 def _started_after(seconds: float) -> Callable[[Path], bool]:
@@ -145,9 +146,23 @@ def _stop(proc: subprocess.Popen[str], sig: signal.Signals) -> tuple[str, float]
     return err, time.monotonic() - sent
 
 
+def _main_started(pid: int) -> bool:
+    """Whether the CLI's ``main`` installed its handlers: SIGTERM is caught (Python alone leaves it to the system).
+
+    Before that, Python's own Ctrl-C applies (the interpreter's start-up and the light imports of
+    ``search.cli``: about 0.1 s, seconds on a loaded machine).
+    """
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():  # not Linux: the 0.5 s below must do
+        return True
+    caught = next(line for line in status.read_text().splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+
+
 def _signal_at(cfg: Path, db: Path, instant: _Instant) -> None:
     """Run the study, signal it at ``instant``, and check the exit, how soon it came, and the store."""
     proc = _start(cfg)
+    _wait(proc, lambda: _main_started(proc.pid))
     _wait(proc, lambda: _after(0.5) and instant.ready(db))
     err, seconds = _stop(proc, instant.sig)
     if proc.returncode == 0:  # only once every candidate is done: the run had nothing left to stop
