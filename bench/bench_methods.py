@@ -4,6 +4,7 @@ filters, and the joint search with every method on, at the same parameter budget
     .venv/bin/python bench/bench_methods.py                            # Fashion-MNIST, 30 % and 15 % of the params
     .venv/bin/python bench/bench_methods.py --data digits --epochs 30  # the digits ResNet-20
     .venv/bin/python bench/bench_methods.py --budgets 0.3 --seeds 0 --arms prune,versatile
+    .venv/bin/python bench/bench_methods.py --smoke    # CI's size: digits, one epoch, 30 %, every arm, 5 steps
 
 One ResNet-20 is trained on the **train** split (cached). For each parameter
 budget and seed, every arm's model gets exactly the same final treatment
@@ -46,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _shared import add_search_args, machine, parse_search_args, parser, print_table, study_overrides
+from _shared import SMOKE, add_search_args, machine, parse_search_args, parser, print_table, study_overrides
 from torch import nn
 
 from search import Search, load_config
@@ -155,7 +156,7 @@ def main() -> None:
     ap.set_defaults(candidates=20)
     ap.add_argument("--arms", default=",".join(ARMS), help=f"which arms to run, of {', '.join(ARMS)}")
     ap.add_argument("--blockwise-steps", type=int, default=100, help="Adam steps per block of sequential training")
-    args, seeds = parse_search_args(ap)
+    args, seeds = parse_search_args(ap, {**SMOKE, "budgets": "0.3", "blockwise_steps": 5})
     unknown = set(args.arms.split(",")) - set(ARMS)
     if unknown:
         ap.error(f"--arms: unknown {', '.join(sorted(unknown))}; known: {', '.join(ARMS)}")
