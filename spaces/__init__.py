@@ -56,6 +56,7 @@ if TYPE_CHECKING:
         DeviceProfile as DeviceProfile,
         measure_latency as measure_latency,
         profile_space as profile_space,
+        recalibrate as recalibrate,
     )
     from spaces._lazy import lazy_exports as lazy_exports
     from spaces._lowrank import (
@@ -146,6 +147,7 @@ _WHERE = {
     "DeviceProfile": "_latency",
     "profile_space": "_latency",
     "measure_latency": "_latency",
+    "recalibrate": "_latency",
     "RUNTIMES": "_ort",
     "ort_session": "_ort",
     "write_onnx": "_ort",
@@ -227,6 +229,7 @@ __all__ = [
     "profile_space",
     "protected",
     "quantized_bytes",
+    "recalibrate",
     "reinstall_handlers",
     "safe_points",
     "summarize",

@@ -133,6 +133,7 @@ __all__ = [
     "measure_latency",
     "multiple_from",
     "profile_space",
+    "recalibrate",
 ]
 
 FRACTIONS = tuple(i / 8 for i in range(1, 9))  # the grid of kept fractions on each axis a plan can change
@@ -850,6 +851,33 @@ def _calibrate(space: ModelSpace, prof: DeviceProfile, batch: int, timer: _Timer
     prof.scale, prof.rest = s, (a, b)
     prof.base_ms = points[0][1]
     prof.calibration = [(r, m, s * t + a + b * x) for r, m, t, x in points]
+
+
+def recalibrate(space: ModelSpace, prof: DeviceProfile, measured: Sequence[tuple[Plan, float]]) -> DeviceProfile:
+    """A copy of ``prof`` whose ``s * tables + a + b * x`` is refitted on its calibration points and on
+    ``measured``: ``(plan, ms)`` of whole models of ``space`` timed end to end on the profile's device and runtime
+    (a study's front members, :mod:`search.drivers._remeasure`). The tables are kept; the calibration's
+    predictions are the new fit's.
+
+    The calibration points are read again at their uniform plans as ``space`` rounds them now (a study's
+    ``round_to = "auto"`` may round a few counts otherwise than when they were timed).
+    """
+    import dataclasses
+
+    points = [(space.uniform_plan(ratio), ms) for ratio, ms, _ in prof.calibration] + list(measured)
+    tables, shares = [], []
+    for plan, _ in points:
+        keep = space.keep_counts(plan)
+        t, x = prof.tables_at(space, keep, factor_chains(space.costs.resolve(plan, keep)))
+        tables.append(t)
+        shares.append(x)
+    s, a, b = _fit_calibration(tables, shares, [ms for _, ms in points])
+    calibration = [(r, m, s * t + a + b * x) for (r, m, _), t, x in zip(prof.calibration, tables, shares, strict=False)]
+    return dataclasses.replace(prof, scale=s, rest=(a, b), calibration=calibration)
+
+
+RATIO_BOUNDS = (0.25, 4.0)  # an in-context / alone ratio outside these is taken as noise and clipped
+CHAIN_CONTEXT = ((0.0, 0.3), (0.0, 0.7), (0.5, 0.3), (0.5, 0.7))  # (uniform prune ratio, rank fraction) per plan
 
 
 RATIO_BOUNDS = (0.25, 4.0)  # an in-context / alone ratio outside these is taken as noise and clipped

@@ -99,7 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if res.stopped:
         err.print(f"stopped early: {res.stopped}")
     title = f"Pareto front of {res.study!r} ({len(res.front)} of {res.total})"
-    out.print(front_table(title, res.front, res.base_cost, p.config.evaluate.score))
+    over = p.store.over_cap(p.study_id)  # measured over the latency cap: listed below the front
+    out.print(front_table(title, res.front, res.base_cost, p.config.evaluate.score, over))
     summary = latency_check(res.front)
     if summary:
         out.print(summary)
@@ -157,7 +158,7 @@ def cmd_front(args: argparse.Namespace) -> int:
     total = store.count(info.id)
     title = f"Pareto front of {study!r} ({len(rows)} of {total})"
     console = Console()
-    console.print(front_table(title, rows, info.base_cost, info.spec.score))
+    console.print(front_table(title, rows, info.base_cost, info.spec.score, store.over_cap(info.id)))
     summary = latency_check(rows)
     if summary:
         console.print(summary)

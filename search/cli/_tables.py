@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 from rich.text import Text
 
-from storage import best_within_cap, candidate_view
+from storage import best_within_cap, candidate_view, over_cap_note
 
 if TYPE_CHECKING:
     from storage import CandidateRow
@@ -20,17 +20,25 @@ def pct(v: float | None, base: float | None) -> str:
     return f"{100 * v / base:.1f}%" if v is not None and base else "-"
 
 
-def front_table(title: str, rows: Sequence[CandidateRow], base_cost: dict[str, Any], score: str = "accuracy") -> Table:
+def front_table(
+    title: str,
+    rows: Sequence[CandidateRow],
+    base_cost: dict[str, Any],
+    score: str = "accuracy",
+    over: Sequence[CandidateRow] = (),
+) -> Table:
     """The front as a table that fits the terminal: one line per candidate.
 
     Columns with no value in any row (``test acc`` before ``finalize``,
     ``latency ms`` when nothing was measured) are left out, as is ``bytes %``
     when it equals ``params %`` (no quantized weights). The plan summary is
     cut with an ellipsis to the width that is left; the whole plan is printed
-    by ``prunetune front --plans`` and in the report's CSV.
+    by ``prunetune front --plans`` and in the report's CSV. ``over``: the
+    candidates measured over the latency cap (``StudyStore.over_cap``), listed
+    below the front under a line that says so, never starred.
     """
     best = best_within_cap(rows, score)  # starred: the study's pick (its evaluate.score)
-    views = [candidate_view(r, base_cost, ()) for r in rows]
+    views = [candidate_view(r, base_cost, ()) for r in [*rows, *over]]
 
     def num(key: str, fmt: str, unit: str = "") -> list[str]:
         return ["-" if v[key] is None else format(v[key], fmt) + unit for v in views]
@@ -64,6 +72,10 @@ def front_table(title: str, rows: Sequence[CandidateRow], base_cost: dict[str, A
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("plan", justify="left", ratio=1, min_width=12)  # the only column that gives way
     for i, view in enumerate(views):
+        if i == len(rows):  # the line under the front, and what it says of the rows below it
+            table.add_section()
+            note = over_cap_note(over) or ""
+            table.add_row(*([""] * len(shown)), Text(note, style="bold red", overflow="fold"), end_section=True)
         plan = Text(view["plan"], no_wrap=True, overflow="ellipsis")
         table.add_row(*(values[i] for values in shown.values()), plan)
     return table

@@ -165,7 +165,7 @@ def prepare(
     model, base_accuracy, base_weights = _base_model(cfg, data, device, progress)
     base_model = model.eval()  # the distillation teacher (on ``device`` below); the space copies it
     space = ModelSpace(model.cpu(), data.example_inputs(1), **space_options(cfg))
-    cfg = _with_profile(cfg, space, store, device)  # a latency budget, round_to = "auto": the device profile
+    cfg = _with_profile(cfg, space, store, device, name)  # a latency budget, round_to = "auto": the device profile
     if Importance(cfg.space.importance).needs_data:
         importance_scores(cfg, space, data, base_weights)
     base_model.to(device)
@@ -371,8 +371,9 @@ def space_options(cfg: Config) -> dict[str, Any]:
     return {"importance": space.importance, "round_to": round_to, "ignored_layers": space.ignored_layers}
 
 
-def _with_profile(cfg: Config, space: ModelSpace, store: StudyStore, device: torch.device) -> Config:
-    """Attach the study's device profile to ``space`` (measured once, then read from the store) and resolve
+def _with_profile(cfg: Config, space: ModelSpace, store: StudyStore, device: torch.device, study: str) -> Config:
+    """Attach the study's device profile to ``space`` (measured once, then read from the store; the study's own
+    refit of it once its front was measured, :mod:`search.drivers._remeasure`) and resolve
     ``space.round_to = "auto"`` to the profile's channel multiple (the config returned says which); ``cfg``
     itself when the study needs no profile."""
     import torch
@@ -392,7 +393,8 @@ def _with_profile(cfg: Config, space: ModelSpace, store: StudyStore, device: tor
         runtime=cfg.evaluate.runtime,
         methods=profiled_methods(cfg) if predicts_latency(cfg) else [],
     )
-    space.attach_profile(profile)
+    refit = store.study_profile(study, profile.key)
+    space.attach_profile(profile if refit is None else type(profile).from_json(refit))
     if cfg.space.round_to != "auto":
         return cfg
     space.set_round_to(profile.multiple)
