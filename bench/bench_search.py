@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_search.py                       # Fashion-MNIST, 15/30/50 %, seeds 0,1,2
     .venv/bin/python bench/bench_search.py --budgets 0.5 --seeds 0  # one budget, one seed
     .venv/bin/python bench/bench_search.py --data digits --epochs 30
+    .venv/bin/python bench/bench_search.py --smoke              # CI's size: digits, one epoch, 50 %, 3 candidates
 
 One ResNet-20 is trained on the **train** split (cached). For each MAC budget
 and seed, the compressed models get exactly the same final treatment —
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from _shared import (  # bench/, beside this script
+    SMOKE,
     add_search_args,
     machine,
     parse_search_args,
@@ -89,7 +91,7 @@ def final_best(rows: list[CandidateRow], steps: int) -> float:
     return max(r.accuracy_after(steps) or 0.0 for r in _by_id(rows))
 
 
-STUDIES = {
+STUDIES: dict[str, tuple[str, dict[str, Any]]] = {
     "random": ("(e) random search", {"search.sampler": "random", "search.seed_plans": []}),
     "search": ("(f) search", {}),
     "stages": ("(f) search, sample_by = stages", {"space.sample_by": "stages"}),
@@ -163,7 +165,7 @@ def main() -> None:
     ap = parser(__doc__, budgets="0.15,0.3,0.5")
     add_search_args(ap)
     ap.add_argument("--searches", default="random,search", help=f"which studies to run, of {', '.join(STUDIES)}")
-    args, seeds = parse_search_args(ap)
+    args, seeds = parse_search_args(ap, {**SMOKE, "budgets": "0.5"})
     where = machine()
     rows: list[list[str]] = []
     speed: list[list[str]] = []
