@@ -880,10 +880,6 @@ RATIO_BOUNDS = (0.25, 4.0)  # an in-context / alone ratio outside these is taken
 CHAIN_CONTEXT = ((0.0, 0.3), (0.0, 0.7), (0.5, 0.3), (0.5, 0.7))  # (uniform prune ratio, rank fraction) per plan
 
 
-RATIO_BOUNDS = (0.25, 4.0)  # an in-context / alone ratio outside these is taken as noise and clipped
-CHAIN_CONTEXT = ((0.0, 0.3), (0.0, 0.7), (0.5, 0.3), (0.5, 0.7))  # (uniform prune ratio, rank fraction) per plan
-
-
 def _ratio(inside: float, alone: float) -> float:
     return float(np.clip(inside / alone, *RATIO_BOUNDS)) if alone > 0 else 1.0
 
