@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("--fmnist-epochs", type=int, default=5)
     ap.add_argument("--skip-fmnist", action="store_true")
     args = parse(ap, {"digits_epochs": 1, "skip_fmnist": True})
+    if args.smoke:
+        torch.set_num_threads(1)  # as the other smoke runs: a shared runner's second core is not ours
     root = tempfile.mkdtemp(prefix="prunetune-bench-")
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
     print("| data | model | recipe | val accuracy | seconds |")
