@@ -82,6 +82,17 @@ def parse_search_args(
     return args, [int(s) for s in args.seeds.split(",")]
 
 
+def temp_dir() -> Path:
+    """A new temp dir, removed when the benchmark exits (its store, and with ``--smoke`` its baseline)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="prunetune-bench-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 def machine() -> str:
     """This machine, as the tables' headers say it."""
     import os

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from _shared import (  # bench/, beside this script
     parser,
     print_table,
     study_overrides,
+    temp_dir,
     torch_pruning_at,
 )
 from torch import nn
@@ -123,7 +123,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     where = machine()
     t_all = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix="prunetune-bench-"))
+    tmp = temp_dir()
     p = prepared(args, tmp)
     for crit in CRITERIA:
         if Importance(crit).needs_data:  # once, on the seeded first training images

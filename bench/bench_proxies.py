@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import argparse
 import random
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _shared import SMOKE, machine, parse, parser, print_table, study_overrides  # bench/, beside this script
+from _shared import SMOKE, machine, parse, parser, print_table, study_overrides, temp_dir  # bench/, beside this script
 from scipy.stats import spearmanr
 
 from search import Search, load_config
@@ -85,7 +84,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     where = machine()
     t_all = time.perf_counter()
-    s = _search(args, Path(tempfile.mkdtemp(prefix="prunetune-bench-")))
+    s = _search(args, temp_dir())
     p = s.prepared
     print(f"# {args.data}: ResNet-20 baseline {p.base_accuracy:.4f} on validation; {where}", flush=True)
     rows = []
