@@ -303,13 +303,14 @@ class DeviceProfile:
     def off_block(self, name: str, cin: int, cout: int) -> float:
         """How much slower layer ``name`` runs in context with ``cin`` inputs and ``cout`` outputs than its
         corrected table says, because a count is off the runtime's channel block (:attr:`block`): its
-        in-context ratio off the block (level 1 of its context) over the one on it (level 0); 1.0 on the block."""
+        in-context ratio off the block (level 1 of its context) over the one on it (level 0), clipped to
+        :data:`OFF_BLOCK_BOUNDS`; 1.0 on the block."""
         table = self.layers[name]
         if self.block <= 1 or not _misaligned(table, cin, cout, self.block):
             return 1.0
         points = self.context.get(name, [])
         u = _position(table, _up(cin, self.multiple, table.ins[-1]), _up(cout, self.multiple, table.outs[-1]))
-        return ratio_at(points, u, 1.0) / ratio_at(points, u, 0.0)
+        return float(np.clip(ratio_at(points, u, 1.0) / ratio_at(points, u, 0.0), *OFF_BLOCK_BOUNDS))
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -905,6 +906,8 @@ def _record_layers(space: ModelSpace, prof: DeviceProfile, keep: np.ndarray, ins
 
 
 OFF_BLOCK_RATIOS = (0.0, 0.5)  # the uniform plans whose counts, one channel fewer, time layers off the block
+# off the block a layer runs at least as slowly as on it, and at most 3x (a ratio of two noisy ratios is clipped)
+OFF_BLOCK_BOUNDS = (1.0, 3.0)
 
 
 def channel_block(runtime: str) -> int:

@@ -417,6 +417,11 @@ def test_counts_off_the_runtimes_channel_block_read_their_own_in_context_ratio(s
         u = np.sqrt(cin / 16 * cout / 32)
         assert prof.off_block("3", cin, cout) == pytest.approx(float(np.interp(u, [0.5, 1.0], [1.0, 1.5])) / 0.5)
     assert prof.off_block("0", 3, 16) == 1.0 and prof.off_block("0", 3, 15) > 1.0  # the image's 3 channels: no block
+    prof.context["3"] = [*on[:1], [1.0, 1.0, 4.0]]
+    assert prof.off_block("3", 16, 31) == 3.0  # 8x from two noisy ratios: clipped
+    prof.context["3"] = [*on[:1], [1.0, 1.0, 0.25]]
+    assert prof.off_block("3", 16, 31) == 1.0  # never faster off the block than on it
+    prof.context = {"0": on + off, "3": on + off}
     keep = space.costs.channels.copy()
     alone = prof.predict_keep(space, keep)
     prof.block = 1  # no block (torch): counts never leave it
