@@ -34,14 +34,13 @@ import os
 import platform
 import socket
 import subprocess
-import tempfile
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from _shared import parse  # bench/, beside this script
+from _shared import parse, temp_dir  # bench/, beside this script
 
 from evaluators import Context, Evaluator, Metrics
 from search import Search, load_config
@@ -217,7 +216,7 @@ def main() -> None:
     import ray
 
     tag = uuid.uuid4().hex[:6]
-    tmp = Path(tempfile.mkdtemp(prefix="bench-ray-"))
+    tmp = temp_dir()
     art = tmp / "artifacts"
     base = {
         "steps": args.steps,
