@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_quant.py                          # Fashion-MNIST, 25 % and 10 % bytes, seeds 0,1,2
     .venv/bin/python bench/bench_quant.py --budgets 0.1 --seeds 0  # one budget, one seed
+    .venv/bin/python bench/bench_quant.py --smoke                  # digits, one budget, a few steps (what CI runs)
 
 One ResNet-20 is trained on the **train** split (cached). Each budget is a
 ``bytes`` limit, a fraction of the float32 model's parameter bytes (no MAC
@@ -27,11 +28,13 @@ target: within half a point of it). Both studies use the bench's rungs, ``search
 ``--rescore-top`` re-scored, and pick with :func:`storage.best_within_cap`.
 
 The second table is seed 0's picks exported to ONNX (the float32 model, and
-ONNX Runtime's static int8 model of it, as ``prunetune export --format onnx
---int8`` writes them): batch-1 latency on this CPU, median and interquartile
-range over ``--runs`` runs, against the float32 base model in torch and in ONNX
-Runtime. 4-bit weights are stored packed but computed by dequantizing: they
-count toward memory only.
+ONNX Runtime's int8 model of it, made by the export's own step, as ``prunetune
+export --format onnx --int8`` writes them): batch-1 latency on this CPU,
+median and interquartile range over ``--runs`` runs, against the float32 base
+model in torch and in ONNX Runtime, and the int8 model's top-1 agreement with
+the model it was made from on the validation split (the float32 base model's:
+post-training quantization). 4-bit weights are stored packed but computed by
+dequantizing: they count toward memory only.
 """
 
 from __future__ import annotations
@@ -40,11 +43,14 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from _shared import (  # bench/, beside this script
+    SMOKE,
     add_search_args,
     machine,
     parse_search_args,
@@ -56,9 +62,9 @@ from torch import nn
 
 from evaluators import Context, evaluate_accuracy
 from search import Search, load_config
-from search.operations import _onnx
 from search.operations._finalize import train_final
-from spaces import Budget, Plan, Status, dequantized, measure_cost
+from search.operations._onnx import agreement, quantize_onnx
+from spaces import Budget, Plan, Status, dequantized, measure_cost, ort_session, summarize, time_calls, write_onnx
 from spaces.dimensions import dimension
 from storage import best_within_cap
 
@@ -89,7 +95,8 @@ def uniform_int8(p: Any, b: float) -> nn.Module:
     """Arm (a): every layer at 8 bits, weights and inputs, pruned uniformly by ``fit`` only if that is above ``b``."""
     space = p.space
     entries = dimension("bits").seed_entries(space, {"quantize": "weights+activations"})
-    return space.apply(space.fit(Plan(**entries), Budget(bytes=f"{b:.0%}")))
+    plan = Plan(bits=dict(entries["bits"]), act_bits=dict(entries["act_bits"]))
+    return space.apply(space.fit(plan, Budget(bytes=f"{b:.0%}")))
 
 
 def run_seed(args: argparse.Namespace, b: float, seed: int, log: dict[str, Any]) -> None:
@@ -126,27 +133,34 @@ def run_seed(args: argparse.Namespace, b: float, seed: int, log: dict[str, Any])
 
 
 def latency(args: argparse.Namespace, p: Any, models: dict[str, nn.Module], tmp: Path, b: float) -> list[list[str]]:
-    """Batch-1 latency rows (torch, ONNX Runtime float32 and int8) for the base model and each arm's model."""
+    """Batch-1 latency rows (torch, ONNX Runtime float32 and int8) for the base model and each arm's model.
+
+    Each model goes through the export's own steps (:func:`spaces.write_onnx` of its dequantized copy,
+    :func:`search.operations._onnx.quantize_onnx`, the top-1 agreement of the int8 model with it on validation).
+    """
     threads = args.threads
     x = p.data.example_inputs(1).cpu()
-    rows = []
+    rows: list[list[str]] = []
     for name, m in {"float32 base model": p.base_model, **models}.items():
         m = m.cpu().eval()
         d = tmp / f"onnx-{len(rows)}"
         d.mkdir()
         flat, layers = dequantized(m)
-        _onnx._write_onnx(flat, x, d / "model.onnx")
-        plan = Plan() if name.startswith("float32") else Plan(bits={n: v[0] for n, v in layers.items()})
-        _onnx._quantize(d / "model.onnx", d / "int8.onnx", plan, layers, p.data, 8)
-        fp32, int8 = _onnx._session(d / "model.onnx", threads), _onnx._session(d / "int8.onnx", threads)
-        times = {
-            "torch": _onnx._latency(torch.no_grad()(m), x, args.runs),
-            "ORT fp32": _onnx._latency(lambda t, s=fp32: _onnx._outputs(s, t), x, args.runs),
-            "ORT int8": _onnx._latency(lambda t, s=int8: _onnx._outputs(s, t), x, args.runs),
+        write_onnx(flat, x, d / "model.onnx")
+        quantize_onnx(d / "model.onnx", d / "int8.onnx", layers, p.data)
+        fp32, int8 = ort_session(d / "model.onnx", threads), ort_session(d / "int8.onnx", threads)
+        agreed = agreement(m, {"int8": int8}, p.data, tolerance=0.0, max_samples=args.max_val)["int8"]
+        feed = {"x": x.numpy()}
+        runs: dict[str, Callable[[], Any]] = {
+            "torch": partial(torch.no_grad()(m), x),
+            "ORT fp32": partial(fp32.run, None, feed),
+            "ORT int8": partial(int8.run, None, feed),
         }
+        times = {k: summarize(time_calls(f, runs=args.runs, warmup=5)) for k, f in runs.items()}
         cells = [f"{v['median_ms']:.3f} ± {v['iqr_ms']:.3f}" for v in times.values()]
         speedup = times["ORT fp32"]["median_ms"] / times["ORT int8"]["median_ms"]
-        rows.append([f"{b:.0%}", name, *cells, f"{speedup:.2f}×", str((d / "int8.onnx").stat().st_size)])
+        size = (d / "int8.onnx").stat().st_size
+        rows.append([f"{b:.0%}", name, *cells, f"{speedup:.2f}×", str(size), f"{100 * agreed['top1']:.2f}%"])
     return rows
 
 
@@ -169,7 +183,7 @@ def main() -> None:
     ap = parser(__doc__, budgets="0.25,0.1")
     add_search_args(ap)
     ap.add_argument("--runs", type=int, default=50, help="timed batch-1 runs per runtime (0: no latency table)")
-    args, seeds = parse_search_args(ap)
+    args, seeds = parse_search_args(ap, {**SMOKE, "budgets": "0.25", "runs": 5})
     where = machine()
     rows: list[list[str]] = []
     lat: list[list[str]] = []
@@ -190,7 +204,17 @@ def main() -> None:
     if lat:
         print(f"\nbatch-1 latency, ms (median ± interquartile range over {args.runs} runs), {args.threads} threads\n")
         print_table(
-            ["bytes budget", "model (seed 0)", "torch", "ORT fp32", "ORT int8", "int8 speedup", "int8 file"], lat
+            [
+                "bytes budget",
+                "model (seed 0)",
+                "torch",
+                "ORT fp32",
+                "ORT int8",
+                "int8 speedup",
+                "int8 file",
+                "agreement",
+            ],
+            lat,
         )
 
 

@@ -210,6 +210,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError("--format onnx checks the model on the study's data: give the study's CONFIG")
     if args.format == "onnx" and (missing := missing_onnx()):
         raise UsageError(f"--format onnx needs {', '.join(missing)}: pip install 'prunetune[onnx]'")
+    _agreement_args(args)  # --min-agreement checked before anything is written
     store, study = open_study(args)
     out = out_dir(args.out)
     with staged(out, stale=_ONNX_FILES, last="model.json") as staging:  # Ctrl-C: --out stays as it was
@@ -231,27 +232,35 @@ def _export_onnx(args: argparse.Namespace, out: Path) -> None:
     updated ``model.json`` move in, so an interrupted run leaves the export without them.
     """
     from evaluators import load_data
-    from search.operations._onnx import AGREEMENT_TARGET, export_onnx
+    from search.operations._onnx import agreement_line, export_onnx
 
     cfg = load_config(args.config)
     data = load_data(cfg.data.spec, data_dir=cfg.data.data_dir, seed=cfg.data.seed)
     with staged(out, last="model.json") as staging:
         for name in ("plan.json", "model.json", "weights.safetensors"):
             shutil.copyfile(out / name, staging / name)
-        checks = export_onnx(staging, data=data, int8=args.int8, threads=cfg.evaluate.threads or 1)
+        checks = export_onnx(
+            staging, data=data, int8=args.int8, threads=cfg.evaluate.threads or 1, **_agreement_args(args)
+        )
         for name in ("plan.json", "weights.safetensors"):  # unchanged: the export's own stay
             (staging / name).unlink()
     onnx = checks["model.onnx"]
     print(f"model.onnx: {onnx['bytes']} bytes, outputs within {onnx['parity_max_abs']:.1e} of torch's")
     if args.int8:
+        int8 = checks["model.int8.onnx"]
+        print(f"model.int8.onnx: {int8['bytes']} bytes (analytic {checks['analytic_bytes']}), {int8['scheme']}")
         lat = checks["latency_batch1"]
-        agree = checks["top1_agreement"]
-        print(
-            f"model.int8.onnx: {checks['model.int8.onnx']['bytes']} bytes (analytic {checks['analytic_bytes']}), "
-            f"top-1 agreement with the simulated model {100 * agree:.2f}% on {checks['agreement_images']} "
-            f"validation images{'' if agree >= AGREEMENT_TARGET else ' (below the 99% target)'}"
-        )
         print("batch-1 latency (median ms): " + ", ".join(f"{k} {v['median_ms']:.3f}" for k, v in lat.items()))
+    for name in ("model.onnx", "model.int8.onnx"):
+        if name in checks:
+            print(agreement_line(name, checks[name]["agreement"]))
+
+
+def _agreement_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``--min-agreement`` and ``--allow-gap`` as :func:`search.operations._onnx.export_onnx` takes them."""
+    if not 0.0 <= args.min_agreement <= 1.0:
+        raise UsageError(f"--min-agreement must be a fraction in [0, 1], got {args.min_agreement}")
+    return {"tolerance": args.min_agreement, "allow_gap": args.allow_gap}
 
 
 def cmd_report(args: argparse.Namespace) -> int:

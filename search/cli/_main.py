@@ -111,9 +111,19 @@ def _add_readers(sub: Any) -> None:
     exp.add_argument(
         "--int8",
         action="store_true",
-        help="with --format onnx: also model.int8.onnx (ONNX Runtime static QDQ quantization, calibrated on "
-        "training images) and its checks in onnx.json: bytes, top-1 agreement on validation, batch-1 latency",
+        help="with --format onnx: also model.int8.onnx (the plan's quantized layers: weights-only ones as int8/int4 "
+        "DequantizeLinear, ones with 8-bit inputs by ONNX Runtime's static QDQ; a plan without bits: every layer, "
+        "calibrated on training images) and its checks in onnx.json: bytes, agreement on validation, latency",
     )
+    exp.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.99,
+        metavar="FRACTION",
+        help="with --format onnx: the top-1 agreement with the scored candidate on the validation split below "
+        "which the export refuses (default 0.99)",
+    )
+    exp.add_argument("--allow-gap", action="store_true", help="write the ONNX export even below --min-agreement")
     exp.set_defaults(func=commands.cmd_export)
 
 
