@@ -80,6 +80,8 @@ if TYPE_CHECKING:
     )
     from spaces._quant import (
         dequantized as dequantized,
+        fake_quant_weight as fake_quant_weight,
+        quantize_layer as quantize_layer,
     )
     from spaces._sensitivity import (
         SENSITIVITY_RATIOS as SENSITIVITY_RATIOS,
@@ -154,6 +156,8 @@ _WHERE = {
     "fit": "_policy",
     "global_plan": "_policy",
     "dequantized": "_quant",
+    "fake_quant_weight": "_quant",
+    "quantize_layer": "_quant",
     "PlanCheck": "_support",
     "Support": "_support",
     "check_cost": "_support",
@@ -215,6 +219,7 @@ __all__ = [
     "check_interrupt",
     "dequantized",
     "factorize_layer",
+    "fake_quant_weight",
     "first_line",
     "fit",
     "global_plan",
@@ -228,6 +233,7 @@ __all__ = [
     "parameter_bytes",
     "profile_space",
     "protected",
+    "quantize_layer",
     "quantized_bytes",
     "recalibrate",
     "reinstall_handlers",

@@ -95,15 +95,8 @@ def _hover(r: pd.Series, base: dict[str, Any]) -> str:
     return "<br>".join(lines)
 
 
-def front_figure(df: pd.DataFrame, info: StudyRecord) -> go.Figure:
-    """Validation accuracy against each cost: front in colour, dominated and early-stopped grey, test apart."""
-    costs = [(k, t) for k, t in _COSTS if k != "latency_ms" or df["latency_ms"].notna().any()]
-    fig = make_subplots(rows=1, cols=len(costs), shared_yaxes=True, subplot_titles=[t for _, t in costs])
-    base = info.base_cost
-    analytic = {k: v for k, v in info.budget.items() if k in ("macs", "params", "bytes")}  # latency: predicted
-    base_cost = Cost(**{k: base.get(k, 0) for k in ("macs", "params", "bytes")})
-    caps = Budget.from_dict(analytic).absolute(base_cost) if analytic else {}
-    scored = df[df["accuracy"].notna() & df["status"].isin([Status.COMPLETE.value, Status.PRUNED.value])]
+def _marker_groups(scored: pd.DataFrame) -> list[tuple[str, pd.Series, str, str, int]]:
+    """The front figure's marker groups: (legend name, row mask, colour, symbol, size)."""
     done = scored["status"] == Status.COMPLETE
     over = scored["over_cap"].astype(bool) if "over_cap" in scored else pd.Series(False, index=scored.index)
     groups = [
@@ -113,6 +106,19 @@ def front_figure(df: pd.DataFrame, info: StudyRecord) -> go.Figure:
     ]
     if over.any():  # predicted within the latency cap, measured over it: not within the budget
         groups.append(("measured over the latency cap", done & over, _RED, "x-open", 10))
+    return groups
+
+
+def front_figure(df: pd.DataFrame, info: StudyRecord) -> go.Figure:
+    """Validation accuracy against each cost: front in colour, dominated and early-stopped grey, test apart."""
+    costs = [(k, t) for k, t in _COSTS if k != "latency_ms" or df["latency_ms"].notna().any()]
+    fig = make_subplots(rows=1, cols=len(costs), shared_yaxes=True, subplot_titles=[t for _, t in costs])
+    base = info.base_cost
+    analytic = {k: v for k, v in info.budget.items() if k in ("macs", "params", "bytes")}  # latency: predicted
+    base_cost = Cost(**{k: base.get(k, 0) for k in ("macs", "params", "bytes")})
+    caps = Budget.from_dict(analytic).absolute(base_cost) if analytic else {}
+    scored = df[df["accuracy"].notna() & df["status"].isin([Status.COMPLETE.value, Status.PRUNED.value])]
+    groups = _marker_groups(scored)
     for col, (key, title) in enumerate(costs, start=1):
         first = col == 1
         for name, mask, color, symbol, size in groups:

@@ -17,8 +17,7 @@ from evaluators import Context, evaluate_accuracy, load_data
 from search import Search, load_config, load_exported
 from search.cli import main
 from search.operations._onnx import agreement, quantize_onnx
-from spaces import Plan, dequantized, ort_session, write_onnx
-from spaces._quant import fake_quant_weight, quantize_layer
+from spaces import Plan, dequantized, fake_quant_weight, ort_session, quantize_layer, write_onnx
 from storage import StudyStore
 from tests.search.conftest import ConfigMaker, write_config
 
