@@ -3,7 +3,7 @@
     .venv/bin/python scripts/support_matrix.py                  # print the table
     .venv/bin/python scripts/support_matrix.py --models resnet,vit --plans 8
     .venv/bin/python scripts/support_matrix.py --smoke          # two small models, in seconds (CI)
-    .venv/bin/python scripts/support_matrix.py --write-readme   # and put it in README.md between its markers
+    .venv/bin/python scripts/support_matrix.py --write-docs     # and put it in docs/models.md between its markers
 
 Each representative is built with ``pretrained=False`` at a small input size
 (its timm arguments say which), then ``ModelSpace(model, x)`` traces it
@@ -41,7 +41,7 @@ from evaluators import build_model
 from search._config import SpaceConfig
 from spaces import ModelSpace, PruneTuneError, Support, first_line, support
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "models.md"
 START, END = "<!-- support-matrix:start -->", "<!-- support-matrix:end -->"
 
 # family -> (timm spec, input size)
@@ -117,18 +117,18 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(FAMILIES), help=f"families, of {', '.join(FAMILIES)}")
     ap.add_argument("--plans", type=int, default=5, help="plans checked per model (at least 5)")
     ap.add_argument("--smoke", action="store_true", help="two small models at 32x32 (seconds; what CI runs)")
-    ap.add_argument("--write-readme", action="store_true", help="replace the README's table with this one")
+    ap.add_argument("--write-docs", action="store_true", help="replace docs/models.md's table with this one")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.plans < 5:
         raise SystemExit(f"support_matrix: --plans must be at least 5, got {args.plans}")
     torch.set_num_threads(args.threads)
     lines = table(SMOKE if args.smoke else _families(args.models), args.plans)
-    if args.write_readme and not args.smoke:
-        text = README.read_text()
+    if args.write_docs and not args.smoke:
+        text = DOC.read_text()
         head, _, rest = text.partition(START)
         _, _, tail = rest.partition(END)
-        README.write_text(f"{head}{START}\n{chr(10).join(lines)}\n{END}{tail}")
+        DOC.write_text(f"{head}{START}\n{chr(10).join(lines)}\n{END}{tail}")
 
 
 if __name__ == "__main__":
