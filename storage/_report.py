@@ -41,7 +41,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "candidates.csv", out / "front.csv", out / "report.md"]
     df.to_csv(paths[0], index=False)
-    front = df[df["on_front"]].sort_values("macs")
+    front = df[df["on_front"].astype(bool)].sort_values("macs")  # an empty column is of dtype object
     front.to_csv(paths[1], index=False)
     counts = df["status"].value_counts().to_dict()
     base_acc = info.base_accuracy
