@@ -45,14 +45,28 @@ from storage import CandidateRow, exceeds_cap
 if TYPE_CHECKING:
     from search.drivers._prepare import Prepared
 
-SMOKE = {"model": "zoo:resnet20", "data": "digits", "candidates": 3, "epochs": 2, "steps": 2, "profile_runs": 2}
+SMOKE = {
+    "model": "zoo:resnet20",
+    "data": "digits",
+    "cap": "auto",
+    "candidates": 3,
+    "epochs": 2,
+    "steps": 2,
+    "profile_runs": 2,
+}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="torchvision:resnet50")
     ap.add_argument("--data", default="synthetic")
-    ap.add_argument("--cap", default="60%", help="the latency budget (a share of the base model, or ms)")
+    ap.add_argument(
+        "--cap",
+        default="60%",
+        help="the latency budget (a share of the base model, or ms); auto: halfway between the base model's "
+        "predicted latency and that of the plan pruned by 90%% everywhere (a tiny model's fixed overhead can "
+        "make 60%% infeasible)",
+    )
     ap.add_argument("--candidates", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=1, help="baseline training epochs")
     ap.add_argument("--steps", type=int, default=4, help="fine-tune steps per candidate")
@@ -64,7 +78,10 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         search = Search(load_config(None, _overrides(args, Path(tmp))))
-        _profile_first(search, args.profile_runs)
+        cap = _profile_first(search, args.profile_runs)
+        if args.cap == "auto":
+            args.cap = f"{cap:.4f}ms"
+            search = Search(load_config(None, _overrides(args, Path(tmp))))
         search.prepare()
         res = search.run()
         rows = _figures(search, res.total, args.runs)
@@ -96,20 +113,27 @@ def _overrides(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     }
 
 
-def _profile_first(search: Search, runs: int) -> None:
-    """Measure the study's profile with ``runs`` calls per point into its store (what preparation then reads)."""
+def _profile_first(search: Search, runs: int) -> float:
+    """Measure the study's profile with ``runs`` calls per point into its store (what preparation then reads);
+    return the cap ``--cap auto`` means: halfway between the base model's predicted latency and that of the
+    plan that removes 90 % of every group."""
     from search.drivers._profile import device_profile, profiled_methods, structure_space
     from storage import StudyStore
 
     cfg = search.cfg
-    device_profile(
-        structure_space(cfg),
+    space = structure_space(cfg)
+    prof, _ = device_profile(
+        space,
         StudyStore(cfg.storage.url),
         device=torch.device("cpu"),
         threads=torch.get_num_threads(),
         runs=runs,
         methods=profiled_methods(cfg),
     )
+    space.attach_profile(prof)
+    base, small = space.cost(space.uniform_plan(0.0)).latency, space.cost(space.uniform_plan(0.9)).latency
+    assert base is not None and small is not None
+    return (base + small) / 2
 
 
 def _figures(search: Search, total: int, runs: int) -> list[tuple[str, str]]:
