@@ -65,7 +65,7 @@ from search import Search, load_config
 from search.operations._finalize import train_final
 from search.operations._onnx import agreement, quantize_onnx
 from spaces import Budget, Plan, Status, dequantized, measure_cost, ort_session, summarize, time_calls, write_onnx
-from spaces.dimensions import dimension
+from spaces.dimensions import Sampled, dimension, role_of
 from storage import best_within_cap
 
 DENSE = "the float32 model itself (not compressed, not fine-tuned again)"
@@ -94,7 +94,9 @@ def study(args: argparse.Namespace, tmp: Path, budget: float, seed: int, quantiz
 def uniform_int8(p: Any, b: float) -> nn.Module:
     """Arm (a): every layer at 8 bits, weights and inputs, pruned uniformly by ``fit`` only if that is above ``b``."""
     space = p.space
-    entries = dimension("bits").seed_entries(space, {"quantize": "weights+activations"})
+    bits = role_of(dimension("bits"), Sampled)
+    assert bits is not None
+    entries = bits.seed_entries(space, {"quantize": "weights+activations"})
     plan = Plan(bits=dict(entries["bits"]), act_bits=dict(entries["act_bits"]))
     return space.apply(space.fit(plan, Budget(bytes=f"{b:.0%}")))
 

@@ -22,10 +22,10 @@ if TYPE_CHECKING:
     from search.drivers._candidate import CandidateRunner, Outcome, Timings, worker_id
     from search.drivers._prepare import Prepared, prepare
     from search.drivers._rungs import promotes, promotion_order
-    from search.drivers._samplers import Sampler, make_sampler
     from search.drivers._study import RunResult, Search
     from search.operations._export import export_candidate, load_exported
     from search.operations._finalize import Finalized, finalize
+    from search.sampling._samplers import Sampler, make_sampler
 
 __all__ = [
     "CandidateRunner",
@@ -55,14 +55,14 @@ _WHERE = {
     "Outcome": "drivers._candidate",
     "Prepared": "drivers._prepare",
     "RunResult": "drivers._study",
-    "Sampler": "drivers._samplers",
+    "Sampler": "sampling._samplers",
     "Search": "drivers._study",
     "Timings": "drivers._candidate",
     "export_candidate": "operations._export",
     "finalize": "operations._finalize",
     "load_config": "_config",
     "load_exported": "operations._export",
-    "make_sampler": "drivers._samplers",
+    "make_sampler": "sampling._samplers",
     "prepare": "drivers._prepare",
     "promotes": "drivers._rungs",
     "promotion_order": "drivers._rungs",

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from search.drivers import driver_names  # the registry (light: a driver loads when chosen)
-from search.drivers._samplers import Sampler
+from search.sampling._samplers import Sampler
 from spaces import Importance, Method, Objective
 
 __all__ = ["Config", "config_flags", "load_config"]

@@ -83,6 +83,9 @@ if TYPE_CHECKING:
         fake_quant_weight as fake_quant_weight,
         quantize_layer as quantize_layer,
     )
+    from spaces._registry import (
+        Registry as Registry,
+    )
     from spaces._sensitivity import (
         SENSITIVITY_RATIOS as SENSITIVITY_RATIOS,
         Sensitivity as Sensitivity,
@@ -151,6 +154,7 @@ _WHERE = {
     "measure_latency": "_latency",
     "recalibrate": "_latency",
     "RUNTIMES": "_ort",
+    "Registry": "_registry",
     "ort_session": "_ort",
     "write_onnx": "_ort",
     "fit": "_policy",
@@ -209,6 +213,7 @@ __all__ = [
     "PlanCheck",
     "PlanError",
     "PruneTuneError",
+    "Registry",
     "Sensitivity",
     "Status",
     "Support",

@@ -1,7 +1,7 @@
 """The COBLA-style allocator: which channels and singular values to keep under a budget.
 
 Formulation (a 0-1 integer program, solved with ``scipy.optimize.milp``/HiGHS).
-Each plan dimension brings its own variables (:meth:`spaces.dimensions.Dimension.allocator_blocks`:
+Each plan dimension brings its own variables (:meth:`spaces.dimensions.Allocated.allocator_blocks`:
 ordered chains of steps, optionally with an exclusive alternative); the
 program below is what the built-in dimensions bring:
 
@@ -66,7 +66,7 @@ import numpy as np
 from spaces._budget import Budget
 from spaces._errors import PlanError
 from spaces._plan import Plan
-from spaces.dimensions import AllocPoint, Block, Dimension, dimensions
+from spaces.dimensions import Allocated, AllocPoint, Block, with_role
 
 if TYPE_CHECKING:
     from spaces._sensitivity import Sensitivity
@@ -205,7 +205,7 @@ class _Allocator:
         self.channels = np.array([g.channels for g in space.groups], dtype=np.int64)
         self.cache: dict[str, Any] = {}
         self.last_status = "not run"
-        self.owners: list[tuple[Dimension, int]] = []  # per program: each dimension and its number of blocks
+        self.owners: list[tuple[Allocated, int]] = []  # per program: each dimension and its number of blocks
 
     def start(self) -> AllocPoint:
         """The unpruned, dense point."""
@@ -215,7 +215,7 @@ class _Allocator:
         """Every dimension's blocks around ``point``, as one program."""
         blocks: list[Block] = []
         self.owners = []
-        for dim in dimensions():
+        for dim in with_role(Allocated):
             mine = dim.allocator_blocks(self.space, point)
             self.owners.append((dim, len(mine)))
             blocks += mine
@@ -233,7 +233,7 @@ class _Allocator:
 
     def plan(self, point: AllocPoint) -> Plan:
         entries: dict[str, Any] = {}
-        for dim in dimensions():
+        for dim in with_role(Allocated):
             entries.update(dim.allocator_entries(self.space, point))
         return Plan(importance=self.space.importance, round_to=self.space.round_to, **entries)
 

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 from spaces._errors import InputTypeError, PlanError
 from spaces._vocab import Importance, Method
-from spaces.dimensions import dimensions, plan_keys
+from spaces.dimensions import check_mapping, dimensions, plan_keys
 
 __all__ = ["IMPORTANCES", "METHODS", "Plan"]
 
@@ -70,7 +70,7 @@ class Plan:
         values: dict[str, Mapping[str, Any]] = {}
         for dim in dimensions():
             mine: dict[str, Mapping[str, Any]] = {
-                k: dict(dim.check_mapping(k, raw.get(k), source="python")) for k in dim.keys
+                k: dict(check_mapping(dim, k, raw.get(k), source="python")) for k in dim.keys
             }
             for key, value in dim.normalize(mine).items():
                 values[key] = MappingProxyType(dict(sorted(value.items())))
@@ -126,7 +126,7 @@ class Plan:
             for key in dim.keys:
                 if key in data:
                     if not isinstance(data[key], Mapping):
-                        dim.check_mapping(key, data[key], source="json")  # raises, naming the key
+                        check_mapping(dim, key, data[key], source="json")  # raises, naming the key
                     entries[key] = dict(data[key])
         return cls(importance=data.get("importance"), round_to=data.get("round_to"), **entries)
 

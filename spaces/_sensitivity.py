@@ -17,7 +17,7 @@ additive approximation NetAdapt and AMC make; it is what lets one integer
 program trade channels between groups under every budget at once.
 
 Other plan dimensions take part through their
-:meth:`spaces.dimensions.Dimension.sensitivity_plans`: each unit (a layer) is
+:meth:`spaces.dimensions.Measured.sensitivity_plans`: each unit (a layer) is
 given alone each choice the dimension names (the bits dimension: 8 and 4
 bits), and the rise is kept as ``dims[key][unit][choice]``, so the allocator
 values those choices in the same unit as the channels and one program trades
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from spaces._plan import Plan
-from spaces.dimensions import dimensions
+from spaces.dimensions import Measured, with_role
 
 if TYPE_CHECKING:
     from torch import nn
@@ -109,7 +109,7 @@ def measure_sensitivity(
     """
     base = float(score(space.apply(Plan())))
     dims: dict[str, dict[str, dict[str, float]]] = {}
-    for dim in dimensions():
+    for dim in with_role(Measured):
         for unit, choices in dim.sensitivity_plans(space, options or {}).items():
             rises = {c: float(score(space.apply(_plan(entries)))) - base for c, entries in choices.items()}
             dims.setdefault(dim.key, {})[unit] = rises

@@ -25,7 +25,7 @@ the built model), MACs, parameters and bytes.
   every other plan with ranks, where the space has factorizable layers).
 
 The plans go through the dimensions' own sampler mapping
-(:meth:`spaces.dimensions.Dimension.params` and ``from_params``), the mapping
+(:meth:`spaces.dimensions.Sampled.params` and ``from_params``), the mapping
 ``search`` gives Optuna, with the study's ``[space]`` options.
 """
 
@@ -42,7 +42,7 @@ from spaces._attention import head_kind
 from spaces._cost import Cost, measure_cost
 from spaces._errors import PruneTuneError, first_line
 from spaces._plan import Plan
-from spaces.dimensions import ParamSpec, dimensions
+from spaces.dimensions import ParamSpec, Sampled, with_role
 
 if TYPE_CHECKING:
     from spaces._space import ModelSpace
@@ -125,7 +125,7 @@ def _cost_key(cost: Cost) -> tuple[int, int, int]:
 def aggressive_plan(space: ModelSpace, options: Mapping[str, Any]) -> Plan:
     """The sampler's most aggressive plan: per dimension, every parameter at the end (low or high) that costs less."""
     entries: dict[str, Any] = {}
-    for dim in dimensions():
+    for dim in with_role(Sampled):
         specs = dim.params(space, options)
         if not specs:
             continue
@@ -149,7 +149,7 @@ def sampled_plans(space: ModelSpace, options: Mapping[str, Any], count: int, see
         with_ranks = bool(options.get("rank")) and i % 2 == 1
         opts = {**options, "rank": with_ranks}
         entries: dict[str, Any] = {}
-        for dim in dimensions():
+        for dim in with_role(Sampled):
             specs = dim.params(space, opts)
             if specs:
                 values = {unit: _draw(spec, rng) for unit, spec in specs.items()}

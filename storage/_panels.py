@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from spaces import Status
+from spaces import Registry, Status
 from storage._figures import (
     ReportExtras,
     div,
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from storage._schema import StudyRecord
     from storage._store import StudyStore
 
-__all__ = ["Panel", "ReportInput", "panels", "register_panel"]
+__all__ = ["PANELS", "Panel", "ReportInput", "panels", "register_panel"]
 
 
 @dataclass(frozen=True)
@@ -61,24 +61,21 @@ class Panel:
     body: Callable[[ReportInput], str]
 
 
-_PANELS: list[Panel] = []
+PANELS: Registry[Panel] = Registry("report panel", Panel, group="prunetune.panels", name_attr="id")
 
 
 def register_panel(panel: Panel, *, before: str | None = None) -> Panel:
     """Add ``panel`` to the report (at the end, or before the panel with id ``before``); returns it."""
-    if any(p.id == panel.id for p in _PANELS):
-        raise ValueError(f"a report panel with id {panel.id!r} is already registered")
-    at = next((i for i, p in enumerate(_PANELS) if p.id == before), len(_PANELS)) if before else len(_PANELS)
-    _PANELS.insert(at, panel)
-    return panel
+    return PANELS.register(panel, before=before)
 
 
 def unregister_panel(panel_id: str) -> None:
-    _PANELS[:] = [p for p in _PANELS if p.id != panel_id]
+    if panel_id in PANELS:
+        PANELS.unregister(panel_id)
 
 
 def panels() -> tuple[Panel, ...]:
-    return tuple(_PANELS)
+    return tuple(PANELS.loaded())
 
 
 def _front(r: ReportInput) -> str:

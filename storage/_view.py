@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from spaces import Plan, PruneTuneError, first_line
-from spaces.dimensions import dimensions
+from spaces.dimensions import Reported, with_role
 from storage._records import PHASES
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def plan_summary(plan_json: str, limit: int = 4) -> str:
         plan = Plan.from_json(plan_json)
     except PruneTuneError as exc:  # e.g. a plan with a dimension this version does not know
         return f"(unreadable here: {first_line(exc)})"
-    parts = [s for dim in dimensions() if (s := dim.summary(plan, limit))]
+    parts = [s for dim in with_role(Reported) if (s := dim.summary(plan, limit))]
     return "; ".join(parts) or "unchanged"
 
 

@@ -25,12 +25,12 @@ FORBIDDEN: dict[str, set[str]] = {
 # the layers inside spaces/, lowest first: a module imports (at run time) only from layers below its own
 # (a sub-package's modules are named "package._module"; every __init__ may import its own package)
 SPACES_LAYERS = [
-    {"_vocab", "_errors", "_lazy", "_interrupt", "_timing"},
+    {"_vocab", "_errors", "_lazy", "_interrupt", "_timing", "_registry"},
     {"_attention", "_ort"},
     {"_cost", "_tp_compat", "_quant", "factorization._base"},
     {"factorization.__init__", "factorization._registry", "dimensions._base"},
     {"dimensions.__init__", "dimensions._registry"},
-    {"_plan"},
+    {"_plan", "dimensions._roles"},
     {"_budget", "_lowrank"},
     {"_trace"},
     {"_costmodel", "_importance", "_latency"},

@@ -26,17 +26,16 @@ prepared (so that an unreachable cluster fails before any work), then
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from spaces import UsageError
+from spaces import Registry, UsageError
 
 if TYPE_CHECKING:
     from search.drivers._study import RunResult, Search
 
-__all__ = ["Driver", "driver", "driver_names", "register_driver"]
+__all__ = ["DRIVERS", "Driver", "driver", "driver_names", "register_driver"]
 
 
 class Driver(ABC):
@@ -53,35 +52,30 @@ class Driver(ABC):
         """Evaluate candidates (the steps in the module docs); ``on_candidate`` hears each one's end."""
 
 
-_entries: dict[str, Driver | str] = {
-    "local": "search.drivers._local:LocalDriver",
-    "ray": "search.drivers._ray:RayDriver",
-}
+DRIVERS: Registry[Driver] = Registry(
+    "search driver",
+    Driver,
+    group="prunetune.drivers",
+    builtins={"local": "search.drivers._local:LocalDriver", "ray": "search.drivers._ray:RayDriver"},
+    error=UsageError,
+    what="search.backend",
+)
 _EXTRAS = {"ray": ("Ray Tune", "prunetune[ray]")}  # what a driver needs, and the pip extra that brings it
 
 
 def register_driver(d: Driver | type[Driver]) -> Driver:
     """Add a driver (an instance or a class) under its ``name``; returns the instance."""
-    inst = d() if isinstance(d, type) else d
-    _entries[inst.name] = inst
-    return inst
+    return DRIVERS.register(d, replace=True)
 
 
 def driver_names() -> tuple[str, ...]:
-    return tuple(_entries)
+    return DRIVERS.names()
 
 
 def driver(name: str) -> Driver:
     """The driver registered as ``name``; a one-line error lists the valid names or the missing extra."""
-    entry = _entries.get(name)
-    if entry is None:
-        raise UsageError(f"search.backend must be one of {', '.join(_entries)}, got {name!r}")
-    if isinstance(entry, str):
-        module, _, cls = entry.partition(":")
-        try:
-            loaded = importlib.import_module(module)
-        except ImportError as exc:
-            needs, extra = _EXTRAS.get(name, ("its libraries", "prunetune"))
-            raise UsageError(f"search.backend = {name!r} needs {needs}: pip install '{extra}' ({exc})") from None
-        entry = _entries[name] = getattr(loaded, cls)()
-    return entry
+    try:
+        return DRIVERS.get(name)
+    except ImportError as exc:
+        needs, extra = _EXTRAS.get(name, ("its libraries", "prunetune"))
+        raise UsageError(f"search.backend = {name!r} needs {needs}: pip install '{extra}' ({exc})") from None

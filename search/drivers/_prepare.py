@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from search._config import Config
 from search.drivers._profile import device_profile, needs_profile, predicts_latency, profiled_methods
-from search.drivers._samplers import Sampler
+from search.sampling._samplers import Sampler
 from spaces import Importance, Objective, UsageError, protected
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class Prepared:
     space: ModelSpace
     base_cost: Cost
     uniform: Plan  # the uniform plan repaired onto the budget
-    dists: dict[str, BaseDistribution]  # the sampler's parameters (search.drivers._sampling)
+    dists: dict[str, BaseDistribution]  # the sampler's parameters (search.sampling._params)
     artifacts: Path  # where the candidates' weights go
     floor: float = 1.0  # the lowest cost level, as a fraction of the budget's cap (1: the cap only)
     rungs: tuple[int, ...] = (100,)  # cumulative fine-tune steps at the end of each rung
@@ -92,7 +92,7 @@ def cost_floor(floor: str | None, space: ModelSpace, budget: Budget) -> float:
     """
     import numpy as np
 
-    from search.drivers._sampling import level_of
+    from search.sampling._params import level_of
 
     if floor == "cap":
         return 1.0
@@ -152,7 +152,7 @@ def prepare(
 ) -> Prepared:
     """Build the study's :class:`Prepared` (the store and evaluator default to the config's)."""
     from evaluators import load_data, resolve_device
-    from search.drivers._sampling import distributions
+    from search.sampling._params import distributions
     from spaces import ModelSpace
     from storage import StudyStore
 

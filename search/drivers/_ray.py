@@ -191,8 +191,8 @@ class _TrialWorker:
         import torch
 
         from evaluators import resolve_device
-        from search.drivers._samplers import make_sampler
         from search.drivers._study import Teller
+        from search.sampling._samplers import make_sampler
 
         cfg = prepared.config
         device = resolve_device(cfg.evaluate.device)  # this node's, not the driver's
@@ -222,7 +222,7 @@ class _TrialWorker:
 
     def live(self, cid: int, trial: int | None, kind: CandidateKind) -> TrialResult:
         """Evaluate and record candidate ``cid`` (unless it is already finished); its final result for Tune."""
-        from search.drivers._sampling import level_of, params_from_plan
+        from search.sampling._params import level_of, params_from_plan
         from spaces import Plan
 
         p = self.prepared
@@ -324,7 +324,7 @@ class CandidateSearcher(Searcher):
 
     def record_failure(self, config: TrialConfig, reason: str) -> None:
         """Record FAIL for a candidate whose trial never recorded it (its retries were spent)."""
-        from search.drivers._sampling import level_of, params_from_plan
+        from search.sampling._params import level_of, params_from_plan
         from spaces import Plan
 
         s = self.search

@@ -39,10 +39,10 @@ from search._config import Config
 from search.drivers._base import driver
 from search.drivers._candidate import CandidateRunner, Recorder, Timings, is_dead, objective_values, worker_id
 from search.drivers._prepare import Prepared, allocator_sensitivity, prepare
-from search.drivers._samplers import make_sampler
-from search.drivers._sampling import level_of, params_from_plan, plan_from_params
+from search.sampling._params import level_of, params_from_plan, plan_from_params
+from search.sampling._samplers import make_sampler
 from spaces import CandidateKind, Status, protected, safe_points
-from spaces.dimensions import dimensions
+from spaces.dimensions import Allocated, Sampled, with_role
 
 if TYPE_CHECKING:
     import optuna
@@ -285,7 +285,7 @@ class Search:
         the global-ranking plan) at the cap, then at each lower seed level (:meth:`seed_levels`) down to the floor.
         """
         p = self.prepared
-        extra = {k: v for dim in dimensions() for k, v in dim.seed_entries(p.space, p.space_options).items()}
+        extra = {k: v for dim in with_role(Sampled) for k, v in dim.seed_entries(p.space, p.space_options).items()}
         kinds = [CandidateKind(k) for k in self.cfg.search.seed_plans]
         sens = self._allocator_sensitivity() if CandidateKind.ALLOCATOR in kinds else None
         out: list[tuple[CandidateKind, Plan, float]] = []
@@ -297,7 +297,7 @@ class Search:
 
     def anchors(self) -> dict[str, dict[str, float]]:
         """The prune ratios of the uniform, the global-ranking and the allocator's plan at the cap: what the sampler
-        blends with ``space.sample_by = "blend"`` (:func:`spaces.dimensions._prune.blend`)."""
+        blends with ``space.sample_by = "blend"`` (:func:`search.sampling._blend.blend`)."""
         p = self.prepared
         sens = self._allocator_sensitivity()
         kinds = (CandidateKind.UNIFORM, CandidateKind.GLOBAL, CandidateKind.ALLOCATOR)
@@ -331,7 +331,8 @@ class Search:
         return allocator_sensitivity(p, self._allocator_options())
 
     def _allocator_options(self) -> dict[str, Any]:
-        return {k: v for dim in dimensions() for k, v in dim.allocator_options(self.prepared.space_options).items()}
+        options = self.prepared.space_options
+        return {k: v for dim in with_role(Allocated) for k, v in dim.allocator_options(options).items()}
 
     def _allocated(self, budget: Budget, sens: Sensitivity | None, extra: dict[str, Any]) -> Plan:
         """The allocator's plan at ``budget``, with the seed entries (``extra``) of the dimensions it did not
@@ -375,7 +376,7 @@ class Search:
 
     def propose(self, seeds: list[tuple[CandidateKind, Plan, float]]) -> Proposal:
         """Sample (or take the next of ``seeds``) and repair onto the sampled cost level: a plan within the budget."""
-        from search.drivers._sampling import LEVEL
+        from search.sampling._params import LEVEL
 
         p, teller, _ = self._parts()
         t0 = time.perf_counter()

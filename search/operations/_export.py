@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spaces import Plan, Status, UsageError
-from spaces.dimensions import dimensions
+from spaces.dimensions import Reported, with_role
 from storage import candidate_view
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ def export_candidate(
         "weights_sha256": file_sha256(d / "weights.safetensors"),
     }
     plan = Plan.from_json(row.plan)
-    notes = {dim.key: n for dim in dimensions() if (n := dim.export_notes(plan)) is not None}
+    notes = {dim.key: n for dim in with_role(Reported) if (n := dim.export_notes(plan)) is not None}
     if notes:
         meta["compression"] = notes  # what each plan dimension changed, and how (bits: the quantization scheme)
     (d / "model.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -132,11 +132,11 @@ def structure_frame(space: ModelSpace, plans: dict[str, Plan]) -> pd.DataFrame:
     """Per plan: what each plan dimension keeps of each unit (channels per group, rank per layer, ...)."""
     import pandas as pd
 
-    from spaces.dimensions import dimensions
+    from spaces.dimensions import Reported, with_role
 
     rows: list[dict[str, Any]] = []
     for label, plan in plans.items():
-        for dim in dimensions():
+        for dim in with_role(Reported):
             rows += [{"plan": label, "what": r.what, "unit": r.unit, "kept": r.kept, "total": r.total,
                       "fraction": r.fraction} for r in dim.structure_rows(space, plan)]  # fmt: skip
     return pd.DataFrame(rows, columns=["plan", "what", "unit", "kept", "total", "fraction"])

@@ -1,32 +1,66 @@
 """Plan dimensions: the contract (:class:`Dimension`) and its registry.
 
-Channel pruning (``prune``) and low-rank factorization (``rank`` with
-``method``) are the built-in dimensions; a new one is one module with a
-:class:`Dimension` subclass and one :func:`register_dimension` line (see
-``ARCHITECTURE.md``, "Where to add"). Torch-free.
+Channel pruning (``prune``), low-rank factorization (``rank`` with
+``method``) and per-layer bits (``bits``) are the built-in dimensions; a new
+one is one module with a :class:`Dimension` subclass (the core, plus the
+roles it opts into: :class:`Sampled`, :class:`Allocated`, :class:`Measured`,
+:class:`Reported`) and one :func:`register_dimension` line, or an entry point
+in the group ``prunetune.dimensions`` (see ``ARCHITECTURE.md``, "Where to
+add"). Torch-free.
 """
 
 from __future__ import annotations
 
-from spaces.dimensions._base import AllocPoint, Block, CostState, Dimension, ParamSpec, StructureRow
+from spaces.dimensions._base import (
+    AllocPoint,
+    Block,
+    CostState,
+    Dimension,
+    Entries,
+    ParamSpec,
+    StructureRow,
+    check_mapping,
+)
 from spaces.dimensions._registry import (
+    DIMENSIONS,
     dimension,
     dimensions,
     plan_keys,
     register_dimension,
     unregister_dimension,
 )
+from spaces.dimensions._roles import (
+    ROLES,
+    Allocated,
+    Measured,
+    Reported,
+    Sampled,
+    register_role,
+    role_of,
+    with_role,
+)
 
 __all__ = [
+    "DIMENSIONS",
+    "ROLES",
     "AllocPoint",
+    "Allocated",
     "Block",
     "CostState",
     "Dimension",
+    "Entries",
+    "Measured",
     "ParamSpec",
+    "Reported",
+    "Sampled",
     "StructureRow",
+    "check_mapping",
     "dimension",
     "dimensions",
     "plan_keys",
     "register_dimension",
+    "register_role",
+    "role_of",
     "unregister_dimension",
+    "with_role",
 ]

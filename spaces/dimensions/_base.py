@@ -74,7 +74,7 @@ if TYPE_CHECKING:
     from spaces._space import ModelSpace
     from spaces._surgery import Surgery
 
-__all__ = ["AllocPoint", "Block", "CostState", "Dimension", "ParamSpec", "StructureRow"]
+__all__ = ["AllocPoint", "Block", "CostState", "Dimension", "ParamSpec", "StructureRow", "check_mapping"]
 
 Entries = dict[str, Mapping[str, Any]]  # plan JSON key -> its (canonical) mapping
 
@@ -193,19 +193,6 @@ class Dimension(ABC):
         raises one-line :class:`~spaces.PlanError` / :class:`~spaces.InputTypeError`.
         """
 
-    def check_mapping(self, key: str, value: Any, *, source: str) -> Mapping[str, Any]:
-        """``value`` if it is a mapping, else a one-line :class:`~spaces.InputTypeError` naming ``key``."""
-        if value is None and source == "python":  # an omitted keyword argument
-            return {}
-        if isinstance(value, Mapping):
-            return value
-        what = self.describe.get(key, "names to values")
-        if source == "json":
-            raise InputTypeError(
-                f"plan key {key!r} must be a JSON object mapping {what}, got {type(value).__name__} {value!r}"
-            )
-        raise InputTypeError(f"Plan.{key} must be a mapping of {what}, got {type(value).__name__}")
-
     def to_json(self, values: Entries) -> dict[str, Any]:
         """The JSON keys a plan writes for this dimension (only non-empty ones unless ``always_written``)."""
         return {k: dict(v) for k, v in values.items() if v or (k == self.key and self.always_written)}
@@ -239,76 +226,16 @@ class Dimension(ABC):
         """A plan for ``fit`` to start from when moving ``plan`` onto a budget; by default ``plan`` itself."""
         return plan
 
-    # ------------------------------------------------------------ the sampler
-    def params(self, space: ModelSpace, options: Mapping[str, Any]) -> dict[str, ParamSpec]:
-        """The sampler's parameters of this dimension, keyed by unit (none by default).
 
-        ``options`` are the study's space options (``max_ratio``, ``rank``,
-        ``method``, ...); a dimension the study does not search returns ``{}``.
-        """
+def check_mapping(dim: Dimension, key: str, value: Any, *, source: str) -> Mapping[str, Any]:
+    """``value`` if it is a mapping, else a one-line :class:`~spaces.InputTypeError` naming ``key``."""
+    if value is None and source == "python":  # an omitted keyword argument
         return {}
-
-    def from_params(self, space: ModelSpace, values: Mapping[str, float], options: Mapping[str, Any]) -> Entries:
-        """The plan entries for the sampled ``values`` (keyed by unit, as in :meth:`params`)."""
-        return {}
-
-    def to_params(
-        self, space: ModelSpace, plan: Plan, specs: Mapping[str, ParamSpec], options: Mapping[str, Any]
-    ) -> dict[str, float]:
-        """The values of ``specs`` closest to ``plan`` (to tell the sampler about a seed plan)."""
-        return {}
-
-    def seed_entries(self, space: ModelSpace, options: Mapping[str, Any]) -> Entries:
-        """What the study's one-shot seed plans (uniform, global ranking) get of this dimension (none by default).
-
-        A dimension the study searches may give its safest setting here (bits:
-        every layer at 8 bits), so that the seeds use it before ``fit`` prunes
-        them onto the budget.
-        """
-        return {}
-
-    # ------------------------------------------------------------ the allocator
-    def allocator_blocks(self, space: ModelSpace, point: AllocPoint) -> list[Block]:
-        """This dimension's variables around ``point`` (none by default: it takes no part)."""
-        return []
-
-    def allocator_decode(self, space: ModelSpace, point: AllocPoint, choices: list[tuple[bool, int]]) -> None:
-        """Move ``point`` to the solver's ``choices`` for this dimension's blocks, in their order.
-
-        A choice is ``(alternative taken, chain steps taken)``. Dimensions
-        decode in :attr:`order`, so ``point.keep`` already holds the kept
-        channels the pruning chose. By default nothing changes (no blocks).
-        """
-        return None
-
-    def allocator_entries(self, space: ModelSpace, point: AllocPoint) -> Entries:
-        """The plan entries of the allocator's final ``point`` (none by default)."""
-        return {}
-
-    def allocator_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The :func:`spaces.allocate` options (``bits=True``, ...) that a study's ``[space]`` options ask for.
-
-        The study passes them to the allocator and to the sensitivity
-        measurement, so it never names a dimension; none by default.
-        """
-        return {}
-
-    def sensitivity_plans(self, space: ModelSpace, options: Mapping[str, Any]) -> dict[str, dict[str, Entries]]:
-        """Per unit and choice, the plan entries whose loss rise :func:`spaces.measure_sensitivity` measures.
-
-        ``options`` are the allocator's (``bits=True``, ...); none by default.
-        """
-        return {}
-
-    # ------------------------------------------------------------ the report
-    def summary(self, plan: Plan, limit: int) -> str | None:
-        """A short phrase for tables ("12 groups pruned (conv1 50%, ...)"); None when the plan does not use it."""
-        return None
-
-    def export_notes(self, plan: Plan) -> dict[str, Any] | None:
-        """What an export's ``model.json`` says about this dimension's part of ``plan`` (None: not used)."""
-        return None
-
-    def structure_rows(self, space: ModelSpace, plan: Plan) -> list[StructureRow]:
-        """Per unit of the space, what ``plan`` keeps of it (none by default)."""
-        return []
+    if isinstance(value, Mapping):
+        return value
+    what = dim.describe.get(key, "names to values")
+    if source == "json":
+        raise InputTypeError(
+            f"plan key {key!r} must be a JSON object mapping {what}, got {type(value).__name__} {value!r}"
+        )
+    raise InputTypeError(f"Plan.{key} must be a mapping of {what}, got {type(value).__name__}")

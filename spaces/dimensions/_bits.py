@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from spaces._cost import quantized_bytes
 from spaces._errors import InputTypeError, PlanError
 from spaces.dimensions._base import AllocPoint, Block, CostState, Dimension, Entries, ParamSpec, StructureRow
+from spaces.dimensions._roles import Allocated, Measured, Reported, Sampled
 
 if TYPE_CHECKING:
     import numpy as np
@@ -95,7 +96,7 @@ def _four_bit_order(costs: CostModel) -> list[str]:
     return sorted(names, key=lambda n: (-layers[n], names.index(n)))
 
 
-class BitsDimension(Dimension):
+class BitsDimension(Dimension, Sampled, Allocated, Measured, Reported):
     key = "bits"
     extra_keys = ("act_bits",)
     describe: ClassVar[dict[str, str]] = {"bits": "layer to weight bits", "act_bits": "layer to input bits"}

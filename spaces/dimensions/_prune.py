@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from spaces._errors import InputTypeError, PlanError
 from spaces.dimensions._base import AllocPoint, Block, CostState, Dimension, Entries, ParamSpec, StructureRow
+from spaces.dimensions._roles import Allocated, Reported, Sampled
 
 if TYPE_CHECKING:
     import numpy as np
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from spaces._space import ModelSpace
     from spaces._surgery import Surgery
 
-__all__ = ["BLEND_ANCHORS", "TILTS", "PruneDimension", "blend", "blend_weights", "stages"]
+__all__ = ["PruneDimension", "stages"]
 
 
 def stages(space: ModelSpace) -> dict[str, list[str]]:
@@ -49,66 +50,12 @@ def stages(space: ModelSpace) -> dict[str, list[str]]:
     return {f"stage{i}": ids for i, ids in enumerate(by_positions.values(), start=1)}
 
 
-BLEND_ANCHORS = ("uniform", "global", "allocator")  # the one-shot plans a blend mixes (the study's seed kinds)
-TILTS = (0.5, 2.0)  # a stage's tilt: its kept fractions raised to this power (log-uniform)
-
-
 def _units(space: ModelSpace, options: Mapping[str, Any]) -> dict[str, list[str]]:
     """The sampler's units of per-group or per-stage ratios: unit name to its group ids."""
     return stages(space) if options.get("sample_by") == "stages" else {g.id: [g.id] for g in space.groups}
 
 
-def _anchors(options: Mapping[str, Any]) -> dict[str, Mapping[str, float]]:
-    anchors = options.get("anchors") or {}
-    missing = [name for name in BLEND_ANCHORS if name not in anchors]
-    if missing:
-        raise PlanError(
-            f'sample_by = "blend" needs the anchor plans {", ".join(BLEND_ANCHORS)} in the options '
-            f"(options['anchors'] = {{name: {{group id: ratio}}}}); missing: {', '.join(missing)}"
-        )
-    return {name: anchors[name] for name in BLEND_ANCHORS}
-
-
-def blend(
-    space: ModelSpace, anchors: Mapping[str, Mapping[str, float]], values: Mapping[str, float]
-) -> dict[str, float]:
-    """Per group, the prune ratio of a blend of ``anchors`` (name to ``{group id: ratio}``) with ``values``' knobs.
-
-    A group keeps the weighted mean of the fractions the anchors keep of it
-    (``values[name]`` are the weights, all zero meaning equal ones), raised to
-    its stage's tilt (``values[stage]``, 1 when absent: a tilt above 1 prunes
-    the stage harder, below 1 spares it). The sampler so moves between the
-    uniform, the global-ranking and the allocator's plans, and shifts the
-    cuts between resolutions, with a handful of parameters; ``fit`` then moves
-    the blend onto the sampled cost level.
-    """
-    import numpy as np
-
-    weights = np.array([max(0.0, float(values.get(name, 0.0))) for name in anchors])
-    weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(anchors), 1.0 / len(anchors))
-    tilt = {gid: float(values.get(unit, 1.0)) for unit, ids in stages(space).items() for gid in ids}
-    out = {}
-    for g in space.groups:
-        kept = sum(w * (1.0 - float(a.get(g.id, 0.0))) for w, a in zip(weights, anchors.values(), strict=True))
-        out[g.id] = 1.0 - kept ** tilt[g.id]
-    return out
-
-
-def blend_weights(space: ModelSpace, anchors: Mapping[str, Mapping[str, float]], plan: Plan) -> dict[str, float]:
-    """The anchors' weights (largest 1) whose blend keeps fractions closest to ``plan``'s (non-negative least
-    squares); an anchor itself maps to its own weight 1 and the others' 0."""
-    import numpy as np
-    from scipy.optimize import nnls
-
-    ids = [g.id for g in space.groups]
-    basis = np.array([[1.0 - float(a.get(gid, 0.0)) for a in anchors.values()] for gid in ids])
-    target = np.array([1.0 - float(plan.prune.get(gid, 0.0)) for gid in ids])
-    weights, _ = nnls(basis, target)
-    weights = weights / weights.max() if weights.max() > 0 else np.ones(len(anchors))
-    return {name: float(w) for name, w in zip(anchors, weights, strict=True)}
-
-
-class PruneDimension(Dimension):
+class PruneDimension(Dimension, Sampled, Allocated, Reported):
     key = "prune"
     describe: ClassVar[dict[str, str]] = {"prune": "group id to ratio"}
     order = 0
@@ -148,20 +95,16 @@ class PruneDimension(Dimension):
         Three to five meaningful ratios (and the cost level) are what thirty
         candidates can learn; twelve to fifty independent ones are not. With
         ``sample_by = "blend"`` the sampler chooses a weight per anchor plan
-        (:data:`BLEND_ANCHORS`) and a tilt per stage instead (see :func:`blend`).
+        and a tilt per stage instead; the blend is the study's (it mixes the
+        study's one-shot plans), so its adapter in :mod:`search.sampling`
+        plays this role for pruning there.
         """
-        if options.get("sample_by") == "blend":
-            weights = {name: ParamSpec(0.0, 1.0) for name in BLEND_ANCHORS}
-            return weights | {unit: ParamSpec(*TILTS, log=True) for unit in stages(space)}
         high = float(options.get("max_ratio", 0.9))
         return {unit: ParamSpec(0.0, high) for unit in _units(space, options)}
 
     def from_params(self, space: ModelSpace, values: Mapping[str, float], options: Mapping[str, Any]) -> Entries:
-        if options.get("sample_by") == "blend":
-            ratios = blend(space, _anchors(options), values)
-        else:
-            units = _units(space, options)
-            ratios = {gid: float(v) for unit, v in values.items() for gid in units[unit]}
+        units = _units(space, options)
+        ratios = {gid: float(v) for unit, v in values.items() for gid in units[unit]}
         channels = {g.id: g.channels for g in space.groups}
         # keep at least one channel of small groups
         return {"prune": {gid: min(r, (channels[gid] - 1) / channels[gid]) for gid, r in ratios.items() if r > 0}}
@@ -169,11 +112,7 @@ class PruneDimension(Dimension):
     def to_params(
         self, space: ModelSpace, plan: Plan, specs: Mapping[str, ParamSpec], options: Mapping[str, Any]
     ) -> dict[str, float]:
-        """Per unit, the mean ratio of its groups (a plan uniform within each stage maps back exactly); with
-        ``sample_by = "blend"``, the anchors' weights closest to the plan (:func:`blend_weights`), tilts 1."""
-        if options.get("sample_by") == "blend":
-            weights = blend_weights(space, _anchors(options), plan)
-            return {unit: weights.get(unit, 1.0) for unit in specs}
+        """Per unit, the mean ratio of its groups (a plan uniform within each stage maps back exactly)."""
         units = _units(space, options)
         out = {}
         for unit, spec in specs.items():

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from spaces._errors import InputTypeError, PlanError
 from spaces._vocab import Method
 from spaces.dimensions._base import AllocPoint, Block, CostState, Dimension, Entries, ParamSpec, StructureRow
+from spaces.dimensions._roles import Allocated, Reported, Sampled
 from spaces.factorization import factor_method, method_names
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def factorized_at(costs: CostModel, keep: np.ndarray, chosen: Mapping[str, tuple
     return out
 
 
-class RankDimension(Dimension):
+class RankDimension(Dimension, Sampled, Allocated, Reported):
     key = "rank"
     extra_keys = ("method",)
     describe: ClassVar[dict[str, str]] = {"rank": "layer to rank", "method": "layer to method"}

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from spaces.factorization._base import FactorMethod
-from spaces.factorization._registry import factor_method, method_names, register_method
+from spaces.factorization._registry import FACTOR_METHODS, factor_method, method_names, register_method
 
-__all__ = ["FactorMethod", "factor_method", "method_names", "register_method"]
+__all__ = ["FACTOR_METHODS", "FactorMethod", "factor_method", "method_names", "register_method"]

@@ -9,7 +9,7 @@ import pytest
 
 from search._config import load_config
 from search.drivers import Driver, driver_names, register_driver
-from search.drivers._base import _entries
+from search.drivers._base import DRIVERS
 from search.drivers._study import RunResult, Search
 from tests.search.conftest import ConfigMaker
 
@@ -39,7 +39,7 @@ class OneAtATime(Driver):
 def registered() -> Iterator[None]:
     register_driver(OneAtATime)  # the one line a new driver needs
     yield
-    del _entries[OneAtATime.name]
+    DRIVERS.unregister(OneAtATime.name)
 
 
 def test_a_registered_driver_is_chosen_by_the_config_and_runs_the_steps(

@@ -4,7 +4,9 @@ The toy dimension here, ``bias``, drops the bias of conv/linear layers
 (``{"bias": {"fc": 0}}``). It is written only in this test, registers with one
 line, and flows through the plan's JSON, the exact cost, the surgery, ``fit``,
 the sampler's parameters and the report's structure rows without any other
-module knowing it.
+module knowing it. A second toy implements only the core contract: plans that
+use it are costed and built, and the sampler, the allocator and the report
+skip it, saying so once.
 """
 
 from __future__ import annotations
@@ -19,25 +21,29 @@ import pytest
 import torch
 from torch import nn
 
-from search.drivers._sampling import distributions, params_from_plan, plan_from_params
 from search.operations._report_data import structure_frame
+from search.sampling._params import distributions, params_from_plan, plan_from_params
 from spaces import Budget, ModelSpace, Plan, PlanError, measure_cost
 from spaces.dimensions import (
+    ROLES,
     CostState,
     Dimension,
     ParamSpec,
+    Reported,
+    Sampled,
     StructureRow,
     dimensions,
     register_dimension,
     unregister_dimension,
+    with_role,
 )
 from tests.spaces.models import MODELS
 
 FIXTURE = Path(__file__).parents[1] / "spaces" / "data" / "plans_before_dimensions.json"
 
 
-class DropBias(Dimension):
-    """Drop the bias of factorizable conv/linear layers: ``{"bias": {layer: 0}}``."""
+class DropBias(Dimension, Sampled, Reported):
+    """Drop the bias of factorizable conv/linear layers: ``{"bias": {layer: 0}}`` (sampled and reported)."""
 
     key = "bias"
     describe: ClassVar[dict[str, str]] = {"bias": "layer to 0 (its bias dropped)"}
@@ -79,8 +85,32 @@ class DropBias(Dimension):
     def to_params(self, space: ModelSpace, plan: Plan, specs: Mapping[str, ParamSpec], options: Any) -> Any:
         return {name: 1.0 if name in plan.bias else 0.0 for name in specs}
 
+    def summary(self, plan: Plan, limit: int) -> str | None:
+        return f"{len(plan.bias)} biases dropped" if plan.bias else None
+
     def structure_rows(self, space: ModelSpace, plan: Plan) -> list[StructureRow]:
         return [StructureRow("bias kept", g.name, int(g.name not in plan.bias), 1) for g in space.layers]
+
+
+class CoreOnly(Dimension):
+    """Zero the bias of conv/linear layers, ``{"zero_bias": {layer: 0}}``: the core contract and no role."""
+
+    key = "zero_bias"
+    order = 21
+
+    def normalize(self, values: dict[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+        return {"zero_bias": {str(k): 0 for k in values["zero_bias"]}}
+
+    def resolve(self, costs: Any, plan: Plan, keep: np.ndarray) -> Any | None:
+        return sorted(plan.entries("zero_bias")) or None
+
+    def add_cost(self, costs: Any, resolved: Any, keep: np.ndarray, state: CostState) -> None:
+        """A zeroed bias is still stored: nothing changes."""
+
+    def apply(self, surgery: Any, model: nn.Module, resolved: Any, keep: np.ndarray) -> None:
+        for name in resolved:
+            with torch.no_grad():
+                model.get_submodule(name).bias.zero_()
 
 
 @pytest.fixture
@@ -153,3 +183,35 @@ def test_the_sampler_and_the_report_see_the_toy_dimension(toy: Dimension, space:
     assert list(dict.fromkeys(frame["what"])) == ["kept channels", "rank", "bias kept"]
     row = frame[(frame["what"] == "bias kept") & (frame["unit"] == "fc")].iloc[0]
     assert (row["kept"], row["total"], row["fraction"]) == (0, 1, 0.0)
+
+
+def test_the_core_contract_is_small_and_the_roles_are_opt_in() -> None:
+    core = [n for n, v in vars(Dimension).items() if callable(v) and not n.startswith("_")]
+    assert len(Dimension.__abstractmethods__) <= 8 and len(core) <= 8, sorted(core)
+    assert all(not hasattr(Dimension, m) for r in ROLES for m in r.__abstractmethods__)  # roles are apart
+    assert [type(d).__name__ for d in with_role(Sampled)] == ["PruneSampling", "RankDimension", "BitsDimension"]
+
+
+def test_a_core_only_dimension_is_built_and_skipped_by_the_roles_once(
+    space: ModelSpace, caplog: pytest.LogCaptureFixture
+) -> None:
+    register_dimension(CoreOnly)
+    try:
+        plan = Plan({"layer1.0.conv1": 0.5}, zero_bias={"fc": 0})
+        model = space.apply(plan)
+        assert float(model.fc.bias.detach().abs().sum()) == 0.0 and space.cost(plan) == space.cost(Plan({"layer1.0.conv1": 0.5}))
+        options = {"max_ratio": 0.5, "rank": False, "method": "svd"}
+        with caplog.at_level("INFO", logger="prunetune"):
+            dists = distributions(space, options)
+            distributions(space, options)
+            frame = structure_frame(space, {"core": plan})
+        assert not any(k.startswith("zero_bias") for k in dists)
+        assert "zero_bias" not in set(frame["what"]) and len(frame)
+        said = [r.getMessage() for r in caplog.records if "'zero_bias'" in r.getMessage()]
+        assert said == [
+            "plan dimension 'zero_bias' does not implement Sampled: skipped there",
+            "plan dimension 'zero_bias' does not implement Reported: skipped there",
+        ]
+        assert space.allocate(Budget(macs="60%"), rank=False).plan.entries("zero_bias") == {}
+    finally:
+        unregister_dimension("zero_bias")

@@ -126,7 +126,7 @@ def test_rank_and_latency_objectives(make_config: ConfigMaker) -> None:
 
 def test_a_blend_study_samples_mixtures_of_its_seed_plans(make_config: ConfigMaker) -> None:
     from search import Search
-    from search.drivers._sampling import plan_from_params
+    from search.sampling._params import plan_from_params
 
     cfg = make_config(search__candidates=5, space__sample_by="blend")
     search = Search(load_config(cfg)).prepare()

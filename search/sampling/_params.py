@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from spaces import Plan
-from spaces.dimensions import ParamSpec, dimension, dimensions
+from spaces.dimensions import ParamSpec, Sampled, dimension, role_of, with_role
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution, FloatDistribution
@@ -73,7 +73,7 @@ def distributions(
     out: dict[str, BaseDistribution] = {}
     if floor < 1.0:
         out[LEVEL] = FloatDistribution(floor, 1.0, log=True)
-    for dim in dimensions():
+    for dim in with_role(Sampled):
         for unit, spec in dim.params(space, options).items():
             out[_name(dim.key, unit)] = FloatDistribution(spec.low, spec.high, step=spec.step, log=spec.log)
     return out
@@ -86,7 +86,7 @@ def plan_from_params(
     options = _options(options, more)
     entries: dict[str, Any] = {}
     values = _by_dimension(params)
-    for dim in dimensions():
+    for dim in with_role(Sampled):
         if dim.key in values:
             entries.update(dim.from_params(space, values[dim.key], options))
     return Plan(importance=space.importance, round_to=space.round_to, **entries)
@@ -109,7 +109,8 @@ def params_from_plan(
         params[LEVEL] = min(max(float(level), d.low), d.high)
     for key, units in _by_dimension(dists).items():
         specs = {unit: _spec(cast("FloatDistribution", dist)) for unit, dist in units.items()}
-        values = dimension(key).to_params(space, plan, specs, options)
+        player = role_of(dimension(key), Sampled)
+        values = player.to_params(space, plan, specs, options) if player is not None else {}
         params.update({_name(key, unit): values[unit] for unit in units})
     return params
 
