@@ -9,6 +9,7 @@ lists are comma-separated: ``--search.objectives accuracy,macs,params``).
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import tomllib
 from importlib.util import find_spec
@@ -41,9 +42,11 @@ class ModelConfig(_Section):
     )
     weights: str | None = Field(None, description="trained weights (.safetensors or weights-only torch file)")
     train_epochs: int = Field(30, ge=1, description="baseline training epochs when no weights are given")
-    train_lr: float = Field(0.1, gt=0)
-    train_batch_size: int = Field(64, ge=1)
-    train_seed: int = 0
+    train_lr: float = Field(
+        0.1, gt=0, description="baseline training: peak learning rate (SGD with warm-up and cosine decay)"
+    )
+    train_batch_size: int = Field(64, ge=1, description="baseline training: images per step")
+    train_seed: int = Field(0, description="baseline training: seed (the cached baseline is keyed by it)")
 
 
 class DataConfig(_Section):
@@ -55,9 +58,11 @@ class DataConfig(_Section):
 class BudgetConfig(_Section):
     """Limits relative to the base model ("40%") or absolute ("300M", "8MB", "3ms"); at least one."""
 
-    macs: str | float | None = None
-    params: str | float | None = None
-    bytes: str | float | None = None
+    macs: str | float | None = Field(None, description='multiply-accumulates per image: "40%" of the base or "300M"')
+    params: str | float | None = Field(None, description='parameters: "40%" of the base or "1.2M"')
+    bytes: str | float | None = Field(
+        None, description='weight bytes at their bit widths, scales included: "40%" of the base or "8MB"'
+    )
     latency: str | float | None = Field(
         None,
         description='predicted batch-1 latency on this machine, "60%" of the base model or "3ms" (a device '
@@ -66,6 +71,37 @@ class BudgetConfig(_Section):
 
 
 class SpaceConfig(_Section):
+    """What may change: the flat keys of the built-in dimensions, and a ``[space.<key>]`` table per plug-in
+    dimension that declares typed options (:attr:`spaces.dimensions.Dimension.options`)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dimension_tables(cls, data: Any) -> Any:
+        """Every key that is not one of the flat keys must be the table of a dimension with typed options."""
+        if not isinstance(data, dict):
+            return data
+        tables = dimension_tables()
+        out = dict(data)
+        for key, value in data.items():
+            if key in cls.model_fields:
+                continue
+            if key not in tables:
+                raise ValueError(_unknown(f"space.{key}", key, [*cls.model_fields, *tables]))
+            if not isinstance(value, (dict, BaseModel)):
+                raise ValueError(f"[space.{key}] must be a table of {key}'s options, got {value!r}")
+            out[key] = _table(key, tables[key], value)
+        return out
+
+    def tables(self) -> dict[str, BaseModel]:
+        """The plug-in dimensions turned on, each with its validated options."""
+        return dict(self.model_extra or {})
+
+    def options(self) -> dict[str, Any]:
+        """What the dimensions' roles read: the flat keys, and each table's typed options under its key."""
+        return self.model_dump(mode="json") | self.tables()
+
     importance: Importance = Field(
         Importance.GROUP_L2,
         description="which channels a group keeps: torch-pruning's group_l2 (default: best in bench_importance.py), "
@@ -116,7 +152,9 @@ class SpaceConfig(_Section):
         description="also search weight bit widths (every conv/linear layer at 8 or 4 bits: one knob, the share at "
         "4 bits), and with weights+activations quantize their inputs to 8 bits",
     )
-    ignored_layers: list[str] = Field(default_factory=list)
+    ignored_layers: list[str] = Field(
+        default_factory=list, description="layers whose output channels are never pruned (module names)"
+    )
 
     @field_validator("methods")
     @classmethod
@@ -146,11 +184,13 @@ class SpaceConfig(_Section):
 class EvaluateConfig(_Section):
     """How a candidate is scored: BN recalibration, fine-tune (per rung), accuracy; and finalize's long recipe."""
 
-    bn_batches: int = Field(20, ge=1)
-    finetune_steps: int = Field(100, ge=0)
-    lr: float = Field(0.01, gt=0)
-    kd_weight: float = Field(0.0, ge=0, le=1)
-    batch_size: int = Field(128, ge=1)
+    bn_batches: int = Field(20, ge=1, description="training batches that recalibrate BatchNorm statistics first")
+    finetune_steps: int = Field(100, ge=0, description="fine-tune steps per candidate (without rungs)")
+    lr: float = Field(0.01, gt=0, description="fine-tune learning rate (cosine schedule)")
+    kd_weight: float = Field(
+        0.0, ge=0, le=1, description="weight of distillation from the dense model in the fine-tune loss (0: none)"
+    )
+    batch_size: int = Field(128, ge=1, description="images per fine-tune step and per scoring batch")
     eval_every: int = Field(25, ge=0, description="intermediate accuracy every N steps (0: never)")
     rungs: list[int] = Field(
         default_factory=list,
@@ -193,11 +233,11 @@ class EvaluateConfig(_Section):
         description="the runtime latency is profiled and measured in: torch (eager) or onnxruntime (the model "
         "exported by torch's exporter, CPU; the [onnx] extra)",
     )
-    device: str = "auto"
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
     threads: int | None = Field(
         None, ge=1, description="CPU threads per worker (default: torch's; 1 when workers share a machine)"
     )
-    seed: int = 0
+    seed: int = Field(0, description="seed of the fine-tunes and the scoring subsets")
 
     @model_validator(mode="after")
     def _runtime_on_cpu(self) -> EvaluateConfig:
@@ -230,8 +270,11 @@ class EvaluateConfig(_Section):
 class SearchConfig(_Section):
     study: str | None = Field(None, description="study name (default: the config file's stem)")
     candidates: int = Field(30, ge=1, description="candidates the study evaluates in total, over all workers")
-    sampler: Sampler = Sampler.TPE
-    objectives: list[Objective] = [Objective.ACCURACY, Objective.MACS]
+    sampler: Sampler = Field(Sampler.TPE, description="the Optuna sampler that proposes plans")
+    objectives: list[Objective] = Field(
+        [Objective.ACCURACY, Objective.MACS],
+        description="what the front trades: accuracy first, then one or more costs",
+    )
     floor: str | None = Field(
         None,
         description="lowest cost level a candidate is repaired onto, a percentage of the base model on the tightest "
@@ -255,7 +298,7 @@ class SearchConfig(_Section):
         "group alone is pruned (computed once per base model, cached), or the importance shares (always with "
         "space.rank, whose ranks are valued by energy shares)",
     )
-    seed: int = 0
+    seed: int = Field(0, description="seed of the sampler (and of the study's other random choices)")
     worker: int = Field(0, ge=0, description="distinct number per parallel worker (salts the sampler)")
     artifacts_dir: str = Field("artifacts", description="baselines and candidates' weights (shared by every node)")
     backend: str = Field(
@@ -321,7 +364,9 @@ class RayConfig(_Section):
 
 
 class StorageConfig(_Section):
-    url: str = "sqlite:///prunetune.db"
+    url: str = Field(
+        "sqlite:///prunetune.db", description="the study store: a SQLAlchemy URL (SQLite file, or PostgreSQL)"
+    )
     grace_seconds: float = Field(300.0, gt=0, description="a RUNNING candidate without heartbeat this long is retried")
 
 
@@ -355,19 +400,45 @@ def config_flags() -> list[tuple[str, str, bool]]:
     return out
 
 
+def dimension_tables() -> dict[str, type[BaseModel]]:
+    """The registered dimensions that declare typed options: key to options model (``[space.<key>]``)."""
+    from spaces.dimensions import dimensions
+
+    return {d.key: d.options for d in dimensions() if d.options is not None}
+
+
+def _unknown(where: str, key: str, valid: list[str]) -> str:
+    near = difflib.get_close_matches(key, valid, n=1)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    return f"unknown config key {where!r}; {hint}valid keys here: {', '.join(sorted(valid))}"
+
+
+def _table(key: str, model: type[BaseModel], value: Any) -> BaseModel:
+    """``value`` validated as ``[space.<key>]`` (a one-line error naming the table and the nearest valid key)."""
+    try:
+        return model.model_validate(value.model_dump() if isinstance(value, BaseModel) else value)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise ValueError(_unknown(f"space.{key}.{name}", name, list(model.model_fields))) from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ValueError(f"[space.{key}] {name}: {msg} (got {err.get('input')!r})") from None
+
+
 def _error(exc: ValidationError, source: str) -> ValueError:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
         section = str(err["loc"][0])
-        valid = (
-            ", ".join(sorted(_SECTIONS[section].model_fields)) if len(err["loc"]) > 1 and section in _SECTIONS
-            else ", ".join(_SECTIONS)
-        )  # fmt: skip
-        return ValueError(f"{source}: unknown config key {where!r}; valid keys here: {valid}")
+        inner = len(err["loc"]) > 1 and section in _SECTIONS
+        valid = list(_SECTIONS[section].model_fields) if inner else list(_SECTIONS)
+        return ValueError(f"{source}: {_unknown(where, str(err['loc'][-1]), valid)}")
     if err["type"] == "missing":
         return ValueError(f"{source}: config key {where!r} is required")
     msg = err["msg"].removeprefix("Value error, ")
+    if isinstance(err.get("input"), dict):  # a section's own check: its message names the key
+        return ValueError(f"{source}: {msg}")
     return ValueError(f"{source}: config key {where!r}: {msg} (got {err.get('input')!r})")
 
 
@@ -390,7 +461,13 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         section, _, key = dotted.partition(".")
         if not isinstance(data.setdefault(section, {}), dict):
             raise ValueError(f"{source}: config key {section!r} must be a table like [{section}]")
-        data[section][key] = value
+        table, dot, name = key.partition(".")
+        if dot:  # a dimension's table: space.fp16.share
+            if not isinstance(data[section].setdefault(table, {}), dict):
+                raise ValueError(f"{source}: config key {section}.{table!r} must be a table like [{section}.{table}]")
+            data[section][table][name] = value
+        else:
+            data[section][key] = value
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:

@@ -63,9 +63,10 @@ class Prepared:
 
     @property
     def space_options(self) -> dict[str, Any]:
-        """The config's ``[space]`` options, as the plan dimensions read them (sampler parameters and mapping),
-        with the blend's anchor plans (``anchors``) once the search has computed them."""
-        options = self.config.space.model_dump(mode="json")
+        """The config's ``[space]`` options, as the plan dimensions read them (sampler parameters and mapping):
+        the flat keys, each plug-in dimension's validated options under its key (its ``[space.<key>]`` table),
+        and the blend's anchor plans (``anchors``) once the search has computed them."""
+        options = self.config.space.options()
         return options if self.anchors is None else {**options, "anchors": self.anchors}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -171,7 +172,7 @@ def prepare(
     base_model.to(device)
     uniform = space.fit(space.uniform_plan(0.0), budget)  # infeasible budget: raises here
     floor = cost_floor(cfg.search.floor, space, budget)
-    dists = distributions(space, cfg.space.model_dump(mode="json"), floor=floor)
+    dists = distributions(space, cfg.space.options(), floor=floor)
     spec = _study_spec(cfg, data, base_weights)
     study_id = store.ensure_study(
         name,

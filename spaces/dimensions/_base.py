@@ -1,12 +1,13 @@
 """The contract of a plan dimension: one class says everything PruneTune needs to know about it.
 
 A *dimension* is one kind of change a :class:`~spaces.Plan` can ask for:
-channel pruning (``prune``), low-rank factorization (``rank`` with ``method``),
-and next per-layer bit widths. Every part of PruneTune that handles plans
-iterates over the registered dimensions (:mod:`spaces.dimensions._registry`)
-instead of naming them, so a new dimension is one module with one
-:class:`Dimension` subclass plus one :func:`~spaces.dimensions.register_dimension`
-line.
+channel pruning (``prune``), low-rank factorization (``rank`` with
+``method``), per-layer bit widths (``bits``), and whatever a plug-in adds.
+Every part of PruneTune that handles plans iterates over the registered
+dimensions (:mod:`spaces.dimensions._registry`) instead of naming them, so a
+new dimension is one module with one :class:`Dimension` subclass plus one
+:func:`~spaces.dimensions.register_dimension` line (or an entry point in the
+group ``prunetune.dimensions``).
 
 What a dimension implements, and who calls it:
 
@@ -31,23 +32,18 @@ What a dimension implements, and who calls it:
   budget; every other dimension is *held* (resolved again on each pruned shape
   the search for the budget visits). A dimension may instead offer a cheaper
   variant of the plan for ``fit`` to start from (:meth:`Dimension.relax`).
-* **The sampler** (:meth:`Dimension.params`, :meth:`Dimension.from_params`,
-  :meth:`Dimension.to_params`): its parameters, as torch- and Optuna-free
-  :class:`ParamSpec` s keyed by a unit (a group id, a layer name), and the
-  mapping between their values and the plan's entries. ``search`` names each
-  parameter ``"<key>:<unit>"`` and translates the specs to its sampler.
-* **The allocator** (:meth:`Dimension.allocator_blocks`,
-  :meth:`Dimension.allocator_decode`, :meth:`Dimension.allocator_entries`):
-  the dimension's binary variables in the COBLA-style 0-1 program
-  (:mod:`spaces._allocate`), as :class:`Block` s linearised around the current
-  :class:`AllocPoint`, what the solver's choices mean, and the plan entries of
-  the final point. A dimension without them takes no part in the program.
-  Its :meth:`Dimension.sensitivity_plans` name the plans that measure its
-  choices' loss rises (:func:`spaces.measure_sensitivity`), which its blocks
-  then read from the :class:`~spaces.Sensitivity` table.
-* **The report** (:meth:`Dimension.summary`, :meth:`Dimension.structure_rows`):
-  a short phrase for the tables' plan column, and per unit what a plan keeps
-  of it, as :class:`StructureRow` s (the report's structure panel).
+* **Options** (:attr:`Dimension.options`): a pydantic model, read from the
+  config's ``[space.<key>]`` table; the table present turns the dimension on.
+
+That is the whole core (at most eight methods, four of them abstract). The
+rest is opt-in roles (:mod:`spaces.dimensions._roles`) that a dimension
+subclasses and that their consumers ask for: :class:`~spaces.dimensions.Sampled`
+(the sampler's parameters and their round trip), :class:`~spaces.dimensions.Allocated`
+(the allocator's 0-1 program), :class:`~spaces.dimensions.Measured` (the
+sensitivity table's plans) and :class:`~spaces.dimensions.Reported` (the
+tables' phrase, the structure rows, the export's notes). A dimension with the
+core alone is costed, built, verified and fitted; the consumers of the roles
+it does not play skip it and say so once.
 
 Methods are called on one shared instance per process: implementations keep
 no per-plan state. ``space`` arguments are :class:`~spaces.ModelSpace` s,
@@ -67,6 +63,7 @@ from spaces._errors import InputTypeError
 
 if TYPE_CHECKING:
     import numpy as np
+    from pydantic import BaseModel
     from torch import nn
 
     from spaces._costmodel import CostModel
@@ -179,6 +176,9 @@ class Dimension(ABC):
     fit_rule: ClassVar[str] = "held"  # "moved" (pruning) or "held": see the module docs
     # its resolved part is {layer: (method, ranks)}, which device profiles time as factor chains (spaces._latency)
     factor_chains: ClassVar[bool] = False
+    # its typed options (a pydantic model), read from the config's [space.<key>] table; a table present turns the
+    # dimension on, and the sampler's options then hold the validated model under ``key`` (None: no table)
+    options: ClassVar[type[BaseModel] | None] = None
 
     @property
     def keys(self) -> tuple[str, ...]:

@@ -50,7 +50,8 @@ def test_every_key_is_a_run_flag_and_overrides_the_file(tmp_path: Path) -> None:
         (
             MINIMAL + "[search]\ncandidate = 3\n",
             {},
-            "unknown config key 'search.candidate'; valid keys here: allocator, artifacts_dir",
+            "unknown config key 'search.candidate'; did you mean 'candidates'? valid keys here: allocator, "
+            "artifacts_dir",
         ),
         (MINIMAL + "[serch]\n", {}, "unknown config key 'serch'"),
         (MINIMAL.replace('[budget]\nmacs = "50%"\n', "[budget]\n"), {}, "[budget] needs at least one of"),
