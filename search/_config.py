@@ -171,13 +171,22 @@ class SpaceConfig(_Section):
             )
         return self
 
+    def space_kwargs(self) -> dict[str, Any]:
+        """The :class:`spaces.ModelSpace` options of this ``[space]`` (``round_to = "auto"`` starts at 1)."""
+        round_to = self.round_to if isinstance(self.round_to, int) else 1
+        return {"importance": self.importance, "round_to": round_to, "ignored_layers": self.ignored_layers}
+
+    def active(self) -> list[str]:
+        """The dimensions this ``[space]`` searches: pruning, ranks (``rank``), bits (``quantize``), the tables."""
+        flags = {"prune": True, "rank": self.rank, "bits": self.quantize != "none"}
+        return [k for k, on in flags.items() if on] + list(self.tables())
+
     @model_validator(mode="after")
-    def _rank_or_bits(self) -> SpaceConfig:
-        if self.rank and self.quantize != "none":
-            raise ValueError(
-                f"space.rank = true and space.quantize = {self.quantize!r} cannot be searched together yet "
-                "(a factorized layer is not quantized): choose one"
-            )
+    def _relations(self) -> SpaceConfig:
+        """Every dimension's declared relations (requires, conflicts), in one message."""
+        from spaces.dimensions import check_relations
+
+        check_relations(self.active(), where="[space]")
         return self
 
 

@@ -66,7 +66,7 @@ import numpy as np
 from spaces._budget import Budget
 from spaces._errors import PlanError
 from spaces._plan import Plan
-from spaces.dimensions import Allocated, AllocPoint, Block, with_role
+from spaces.dimensions import Allocated, AllocPoint, Block, check_relations, with_role
 
 if TYPE_CHECKING:
     from spaces._sensitivity import Sensitivity
@@ -352,6 +352,7 @@ def allocate(
     to include by key (``bits=True``).
     """
     _check_arguments(budget, prune, rank or any(more.values()))
+    check_relations([k for k, on in {"prune": prune, "rank": rank, **more}.items() if on], where="allocate")
     t0 = time.perf_counter()
     alloc = _Allocator(space, budget, prune, rank, blocks, method=method, sensitivity=sensitivity, **more)
     limits = np.array([alloc.limits[m] for m in alloc.metrics], dtype=np.float64)

@@ -307,3 +307,70 @@ def test_help_answers_within_a_second() -> None:
         best = min(best, time.perf_counter() - t0)
         assert proc.returncode == 0 and "prunetune" in proc.stdout
     assert best < 1.0, f"prunetune --help took {best:.2f} s"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports at run time (module level or in a function; not TYPE_CHECKING).
+
+    ``from pkg import name`` is an edge to ``pkg.name`` when that is a module, else to ``pkg``; a submodule's
+    implicit import of its parent packages is not an edge (Python runs a package's ``__init__`` first).
+    """
+    modules = {_module_name(p): p for p in _package_files()}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = set()
+        for _, imported in _imports(path, runtime_only=True):
+            target = imported if imported in modules else imported.rpartition(".")[0]
+            if target in modules and target != name and not name.startswith(target + "."):
+                edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected component of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_runtime_import_circles() -> None:
+    """No two modules of the four packages import each other at run time, directly or round a loop."""
+    graph = _import_graph()
+    assert "search.drivers._prepare" in graph and graph["search.cli"] == {"search.cli._main"}
+    assert not _cycles(graph), _cycles(graph)
+
+
+def test_the_circle_finder_finds_circles() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []

@@ -165,7 +165,7 @@ def prepare(
     data = load_data(cfg.data.spec, data_dir=cfg.data.data_dir, seed=cfg.data.seed)
     model, base_accuracy, base_weights = _base_model(cfg, data, device, progress)
     base_model = model.eval()  # the distillation teacher (on ``device`` below); the space copies it
-    space = ModelSpace(model.cpu(), data.example_inputs(1), **space_options(cfg))
+    space = ModelSpace(model.cpu(), data.example_inputs(1), **cfg.space.space_kwargs())
     cfg = _with_profile(cfg, space, store, device, name)  # a latency budget, round_to = "auto": the device profile
     if Importance(cfg.space.importance).needs_data:
         importance_scores(cfg, space, data, base_weights)
@@ -363,13 +363,6 @@ def _study_spec(cfg: Config, data: DataBundle, base_weights: Path) -> StudySpec:
         base_weights=str(base_weights.resolve()),  # what reports read the base model's filters from
         score=cfg.evaluate.score,
     )
-
-
-def space_options(cfg: Config) -> dict[str, Any]:
-    """The :class:`spaces.ModelSpace` options of the config's ``[space]`` (``round_to = "auto"`` starts at 1)."""
-    space = cfg.space
-    round_to = space.round_to if isinstance(space.round_to, int) else 1
-    return {"importance": space.importance, "round_to": round_to, "ignored_layers": space.ignored_layers}
 
 
 def _with_profile(cfg: Config, space: ModelSpace, store: StudyStore, device: torch.device, study: str) -> Config:

@@ -107,9 +107,8 @@ def latency_device(runtime: str, device: torch.device) -> torch.device:
 def structure_space(cfg: Config) -> ModelSpace:
     """The study's space built on the model's structure alone (fresh weights: latency does not read them)."""
     from evaluators import build_model, load_data
-    from search.drivers._prepare import space_options  # import cycle: _prepare imports this module
     from spaces import ModelSpace
 
     data = load_data(cfg.data.spec, data_dir=cfg.data.data_dir, seed=cfg.data.seed)
     model = build_model(cfg.model.spec, in_channels=data.in_channels, num_classes=data.num_classes)
-    return ModelSpace(model.eval(), data.example_inputs(1), **space_options(cfg))
+    return ModelSpace(model.eval(), data.example_inputs(1), **cfg.space.space_kwargs())

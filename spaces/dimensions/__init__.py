@@ -23,6 +23,7 @@ from spaces.dimensions._base import (
 )
 from spaces.dimensions._registry import (
     DIMENSIONS,
+    check_relations,
     dimension,
     dimensions,
     plan_keys,
@@ -55,6 +56,7 @@ __all__ = [
     "Sampled",
     "StructureRow",
     "check_mapping",
+    "check_relations",
     "dimension",
     "dimensions",
     "plan_keys",

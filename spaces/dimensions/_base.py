@@ -179,6 +179,10 @@ class Dimension(ABC):
     # its typed options (a pydantic model), read from the config's [space.<key>] table; a table present turns the
     # dimension on, and the sampler's options then hold the validated model under ``key`` (None: no table)
     options: ClassVar[type[BaseModel] | None] = None
+    # relations, declared once and checked by spaces.dimensions.check_relations wherever dimensions are combined
+    # (a config's [space], the allocator): the keys it needs on, and the keys it cannot be searched with (-> why)
+    requires: ClassVar[tuple[str, ...]] = ()
+    conflicts: ClassVar[dict[str, str]] = {}
 
     @property
     def keys(self) -> tuple[str, ...]:

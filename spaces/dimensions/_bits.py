@@ -101,6 +101,7 @@ class BitsDimension(Dimension, Sampled, Allocated, Measured, Reported):
     extra_keys = ("act_bits",)
     describe: ClassVar[dict[str, str]] = {"bits": "layer to weight bits", "act_bits": "layer to input bits"}
     order = 20  # after pruning and factorization: it quantizes the layers they leave
+    conflicts: ClassVar[dict[str, str]] = {"rank": "a factorized layer is not quantized"}
 
     def normalize(self, values: Entries) -> Entries:
         bits = {str(k): _check_bits("bits", k, v, WEIGHT_BITS) for k, v in values["bits"].items()}
@@ -208,8 +209,6 @@ class BitsDimension(Dimension, Sampled, Allocated, Measured, Reported):
 
         if not point.options.get("bits"):
             return []
-        if point.options.get("rank"):
-            raise PlanError("allocate: bits and rank together are not offered (a layer is quantized or factorized)")
         now = point.resolved.get(self.key) or {}
         values = self._step_values(space, point)
         bytes_at = np.array([m == "bytes" for m in point.metrics], dtype=np.float64)  # bits move bytes only

@@ -10,11 +10,21 @@ surgery order) instead of naming a dimension.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from spaces._errors import PlanError
 from spaces._registry import Registry
 from spaces.dimensions._base import Dimension
 
-__all__ = ["DIMENSIONS", "dimension", "dimensions", "plan_keys", "register_dimension", "unregister_dimension"]
+__all__ = [
+    "DIMENSIONS",
+    "check_relations",
+    "dimension",
+    "dimensions",
+    "plan_keys",
+    "register_dimension",
+    "unregister_dimension",
+]
 
 RESERVED_KEYS = ("format", "importance", "round_to")  # the plan's own options
 DIMENSIONS: Registry[Dimension] = Registry(
@@ -70,3 +80,26 @@ def dimension(key: str) -> Dimension:
 def plan_keys() -> tuple[str, ...]:
     """Every JSON key a plan may hold: the options and each dimension's keys."""
     return (*RESERVED_KEYS, *(k for d in dimensions() for k in d.keys))
+
+
+def check_relations(active: Iterable[str], *, where: str) -> None:
+    """One :class:`~spaces.PlanError` naming every broken relation among the ``active`` dimensions' declarations.
+
+    A dimension's :attr:`~spaces.dimensions.Dimension.requires` must be active
+    with it, and no two active dimensions may conflict
+    (:attr:`~spaces.dimensions.Dimension.conflicts`, declared on either side).
+    ``where`` says what combined them (``"[space]"``, ``"allocate"``).
+    """
+    on = set(active)
+    missing, clashes = [], []
+    for dim in dimensions():
+        if dim.key not in on:
+            continue
+        missing += [f"{dim.key} requires {need}, which is off" for need in dim.requires if need not in on]
+        clashes += [
+            f"{dim.key} and {other} cannot be searched together ({why})"
+            for other, why in sorted(dim.conflicts.items())
+            if other in on
+        ]
+    if missing or clashes:
+        raise PlanError(f"{where}: {'; '.join(clashes + missing)}" + (": choose one" if clashes else ""))

@@ -58,6 +58,11 @@ def test_every_key_is_a_run_flag_and_overrides_the_file(tmp_path: Path) -> None:
         ('[data]\nspec = "digits"\n[budget]\nmacs = "5%"\n', {}, "config key 'model' is required"),
         (MINIMAL, {"space.max_ratio": "1.5"}, "config key 'space.max_ratio': Input should be less than 1"),
         (MINIMAL, {"search.objectives": ["macs", "accuracy"]}, "objectives must start with 'accuracy'"),
+        (
+            MINIMAL,
+            {"space.rank": True, "space.quantize": "weights"},
+            "[space]: bits and rank cannot be searched together (a factorized layer is not quantized): choose one",
+        ),
         (MINIMAL, {"search.objectives": ["accuracy", "flops"]}, "config key 'search.objectives.1'"),
         ("model = [", {}, "not valid TOML"),
     ],

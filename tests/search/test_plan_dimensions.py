@@ -32,6 +32,7 @@ from spaces.dimensions import (
     Reported,
     Sampled,
     StructureRow,
+    check_relations,
     dimensions,
     register_dimension,
     unregister_dimension,
@@ -215,4 +216,28 @@ def test_a_core_only_dimension_is_built_and_skipped_by_the_roles_once(
         ]
         assert space.allocate(Budget(macs="60%"), rank=False).plan.entries("zero_bias") == {}
     finally:
+        unregister_dimension("zero_bias")
+
+
+def test_relations_are_declared_once_and_checked_in_one_message() -> None:
+    class NeedsBits(CoreOnly):
+        key = "needs_bits"
+        order = 22
+        requires = ("bits",)
+        conflicts: ClassVar[dict[str, str]] = {"zero_bias": "both touch biases"}
+
+    register_dimension(CoreOnly)
+    register_dimension(NeedsBits)
+    try:
+        check_relations(["prune", "bits", "needs_bits"], where="here")
+        with pytest.raises(PlanError) as e:
+            check_relations(["prune", "rank", "bits", "zero_bias", "needs_bits"], where="[space]")
+        assert str(e.value) == (
+            "[space]: bits and rank cannot be searched together (a factorized layer is not quantized); "
+            "needs_bits and zero_bias cannot be searched together (both touch biases): choose one"
+        )
+        with pytest.raises(PlanError, match=r"^allocate: needs_bits requires bits, which is off$"):
+            check_relations(["prune", "needs_bits"], where="allocate")
+    finally:
+        unregister_dimension("needs_bits")
         unregister_dimension("zero_bias")

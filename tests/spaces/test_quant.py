@@ -157,7 +157,8 @@ def test_the_allocator_meets_a_bytes_budget_with_bits_before_channels(space: Mod
         shares[limit] = sum(layers[n] for n, b in joint.bits.items() if b == 4) / sum(layers.values())
     assert joint.prune and 0 < shares["25%"] < shares["10%"]  # a tighter budget: more weights at 4 bits, and pruning
     assert not allocate(space, Budget(bytes="25%"), rank=False, bits=True).plan.prune  # bits alone meet 25 %
-    with pytest.raises(PlanError, match="bits and rank together are not offered"):
+    why = r"allocate: bits and rank cannot be searched together \(a factorized layer is not quantized\): choose one"
+    with pytest.raises(PlanError, match=why):
         allocate(space, Budget(bytes="25%"), rank=True, bits=True)
 
 
