@@ -47,8 +47,8 @@ from _shared import (  # bench/, beside this script
 from torch import nn
 
 from search import Search, load_config
-from search.drivers._prepare import Prepared, _calibration_batches, allocator_sensitivity
 from search.operations._finalize import train_final
+from search.preparation._prepare import Prepared, _calibration_batches, allocator_sensitivity
 from spaces import Budget, Importance, measure_cost
 
 CRITERIA = ("l1", "bn_scale", "group_l1", "group_l2", "taylor", "hessian")

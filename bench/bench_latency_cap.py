@@ -10,7 +10,7 @@ synthetic data set, 3x32x32 random images, so the run stays small), a latency
 budget (``--cap``, predicted by the device profile the study measures first,
 with the svd factor chains since ``space.rank = true``), a few fine-tune steps
 per candidate. After the run, the study itself measures every front member end
-to end (:mod:`search.drivers._remeasure`): a member over the cap by more than
+to end (:mod:`search.study._remeasure`): a member over the cap by more than
 its noise is flagged and taken off the front, and the members that replace it
 are measured in turn; the measured points refit the profile for the study.
 
@@ -38,12 +38,12 @@ import torch
 from _shared import machine, parse, print_table  # bench/, beside this script
 
 from search import Search, load_config
-from search.drivers._profile import latency_device
+from search.preparation._profile import latency_device
 from spaces import DeviceProfile, Plan, measure_latency
 from storage import CandidateRow, exceeds_cap
 
 if TYPE_CHECKING:
-    from search.drivers._prepare import Prepared
+    from search.preparation._prepare import Prepared
 
 SMOKE = {
     "model": "zoo:resnet20",
@@ -117,7 +117,7 @@ def _profile_first(search: Search, runs: int) -> float:
     """Measure the study's profile with ``runs`` calls per point into its store (what preparation then reads);
     return the cap ``--cap auto`` means: halfway between the base model's predicted latency and that of the
     plan that removes 90 % of every group."""
-    from search.drivers._profile import device_profile, profiled_methods, structure_space
+    from search.preparation._profile import device_profile, profiled_methods, structure_space
     from storage import StudyStore
 
     cfg = search.cfg
@@ -138,7 +138,7 @@ def _profile_first(search: Search, runs: int) -> float:
 
 def _figures(search: Search, total: int, runs: int) -> list[tuple[str, str]]:
     """The table's one row: what the study measured and flagged, and the independent second measurement."""
-    from search.drivers._remeasure import device_cap
+    from search.study._remeasure import device_cap
 
     p = search.prepared
     assert p.space.profile is not None

@@ -51,8 +51,8 @@ from _shared import SMOKE, add_search_args, machine, parse_search_args, parser, 
 from torch import nn
 
 from search import Search, load_config
-from search.drivers._prepare import allocator_sensitivity
 from search.operations._finalize import train_final
+from search.preparation._prepare import allocator_sensitivity
 from spaces import Budget, Plan, measure_cost
 from spaces.factorization import method_names
 from storage import best_within_cap

@@ -7,7 +7,7 @@
 
 Each worker is a fresh Python process that imports only the study's control path:
 ``storage.StudyStore`` (reserve, claim, heartbeat, finish with the Pareto update) and the worker
-identity, liveness test and heartbeat thread of ``search.drivers._candidate``; it checks that
+identity, liveness test and heartbeat thread of ``search.study._candidate``; it checks that
 torch, numpy and Optuna were never imported. A worker reserves random plans from a shared pool
 (twice the study's size, so the store refuses duplicates often), renews the candidate's
 heartbeat while it "evaluates" (sleeps ``--eval`` seconds), then finishes it COMPLETE with a
@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 WORKER = r"""
 import json, random, resource, sys, time
-from search.drivers._candidate import _Heartbeat, is_dead, worker_id
+from search.study._candidate import _Heartbeat, is_dead, worker_id
 from storage import StudyFullError, StudyStore
 
 url, name, target, pool, seed, seconds = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6]), float(sys.argv[6])

@@ -60,8 +60,8 @@ from _shared import (  # bench/, beside this script
 from torch import nn
 
 from search import Search, load_config
-from search.drivers._prepare import allocator_sensitivity
 from search.operations._finalize import train_final
+from search.preparation._prepare import allocator_sensitivity
 from spaces import Budget, Plan, Status, measure_cost
 from storage import CandidateRow, best_within_cap
 

@@ -19,13 +19,13 @@ from spaces import lazy_exports
 
 if TYPE_CHECKING:
     from search._config import Config, load_config
-    from search.drivers._candidate import CandidateRunner, Outcome, Timings, worker_id
-    from search.drivers._prepare import Prepared, prepare
-    from search.drivers._rungs import promotes, promotion_order
-    from search.drivers._study import RunResult, Search
     from search.operations._export import export_candidate, load_exported
     from search.operations._finalize import Finalized, finalize
+    from search.preparation._prepare import Prepared, prepare
     from search.sampling._samplers import Sampler, make_sampler
+    from search.study._candidate import CandidateRunner, Outcome, Timings, worker_id
+    from search.study._rungs import promotes, promotion_order
+    from search.study._study import RunResult, Search
 
 __all__ = [
     "CandidateRunner",
@@ -49,24 +49,24 @@ __all__ = [
 ]
 
 _WHERE = {
-    "CandidateRunner": "drivers._candidate",
+    "CandidateRunner": "study._candidate",
     "Config": "_config",
     "Finalized": "operations._finalize",
-    "Outcome": "drivers._candidate",
-    "Prepared": "drivers._prepare",
-    "RunResult": "drivers._study",
+    "Outcome": "study._candidate",
+    "Prepared": "preparation._prepare",
+    "RunResult": "study._study",
     "Sampler": "sampling._samplers",
-    "Search": "drivers._study",
-    "Timings": "drivers._candidate",
+    "Search": "study._study",
+    "Timings": "study._candidate",
     "export_candidate": "operations._export",
     "finalize": "operations._finalize",
     "load_config": "_config",
     "load_exported": "operations._export",
     "make_sampler": "sampling._samplers",
-    "prepare": "drivers._prepare",
-    "promotes": "drivers._rungs",
-    "promotion_order": "drivers._rungs",
-    "worker_id": "drivers._candidate",
+    "prepare": "preparation._prepare",
+    "promotes": "study._rungs",
+    "promotion_order": "study._rungs",
+    "worker_id": "study._candidate",
 }
 
 

@@ -857,7 +857,7 @@ def _calibrate(space: ModelSpace, prof: DeviceProfile, batch: int, timer: _Timer
 def recalibrate(space: ModelSpace, prof: DeviceProfile, measured: Sequence[tuple[Plan, float]]) -> DeviceProfile:
     """A copy of ``prof`` whose ``s * tables + a + b * x`` is refitted on its calibration points and on
     ``measured``: ``(plan, ms)`` of whole models of ``space`` timed end to end on the profile's device and runtime
-    (a study's front members, :mod:`search.drivers._remeasure`). The tables are kept; the calibration's
+    (a study's front members, :mod:`search.study._remeasure`). The tables are kept; the calibration's
     predictions are the new fit's.
 
     The calibration points are read again at their uniform plans as ``space`` rounds them now (a study's

@@ -125,7 +125,7 @@ class ProfileTable(Base):
 
 class StudyProfileTable(Base):
     """A study's own refit of a cached device profile (``spaces.recalibrate``): the cached profile's tables with
-    its calibration refitted on the study's front members measured end to end (``search.drivers._remeasure``).
+    its calibration refitted on the study's front members measured end to end (``search.study._remeasure``).
 
     Kept per study and beside the cached profile, never in its place: the cached one is what every other study
     of the model on this device starts from; a resumed study reads its own refit (same ``key``).

@@ -367,7 +367,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_runtime_import_circles() -> None:
     """No two modules of the four packages import each other at run time, directly or round a loop."""
     graph = _import_graph()
-    assert "search.drivers._prepare" in graph and graph["search.cli"] == {"search.cli._main"}
+    assert "search.preparation._prepare" in graph and graph["search.cli"] == {"search.cli._main"}
     assert not _cycles(graph), _cycles(graph)
 
 

@@ -40,7 +40,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     from evaluators import resolve_device
     from search._config import load_config
-    from search.drivers._profile import device_profile, predicts_latency, profiled_methods, structure_space
+    from search.preparation._profile import device_profile, predicts_latency, profiled_methods, structure_space
     from spaces import UsageError
     from storage import StudyStore
 

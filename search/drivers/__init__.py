@@ -1,4 +1,4 @@
-"""Running a study: preparing it, the drivers that schedule its candidates, and one candidate's life.
+"""The drivers that schedule a study's candidates (the study's own steps are in :mod:`search.study`).
 
 The drivers share a contract (:class:`search.drivers._base.Driver`) and a
 registry keyed by ``search.backend`` (:func:`driver`): ``local`` runs

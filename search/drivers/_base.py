@@ -2,7 +2,7 @@
 
 A driver decides *who schedules* a study's candidates; *what* a candidate is
 and how it is recorded is the same for every driver, in the steps of
-:class:`search.drivers._study.Search` that each driver calls:
+:class:`search.study._study.Search` that each driver calls:
 
 1. **seed** (:meth:`Search.seed_plans`): the allocator's plans (at the cap and
    at the floor) and the uniform plan, evaluated first;
@@ -11,7 +11,7 @@ and how it is recorded is the same for every driver, in the steps of
    ``space.fit``, so every candidate meets the budget;
 3. **reserve** (:meth:`Search.reserve`): the store takes the plan by its hash,
    or says the study holds it already (the sampler is told) or is full;
-4. **run** (:meth:`search.drivers._candidate.CandidateRunner.evaluate`): apply,
+4. **run** (:meth:`search.study._candidate.CandidateRunner.evaluate`): apply,
    evaluate rung by rung, tell Optuna and record, in whichever process runs it;
    candidates a dead worker left are claimed first (:meth:`Search.claim_stale`,
    evaluated again with :meth:`Search.relive`);
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from spaces import Registry, UsageError
 
 if TYPE_CHECKING:
-    from search.drivers._study import RunResult, Search
+    from search.study._study import RunResult, Search
 
 __all__ = ["DRIVERS", "Driver", "driver", "driver_names", "register_driver"]
 

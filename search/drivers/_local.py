@@ -14,7 +14,7 @@ from search.drivers._base import Driver
 from spaces import check_interrupt
 
 if TYPE_CHECKING:
-    from search.drivers._study import RunResult, Search
+    from search.study._study import RunResult, Search
 
 __all__ = ["LocalDriver"]
 

@@ -3,7 +3,7 @@
 A Ray Tune ``Tuner`` runs one trial per candidate on the cluster, with
 ``ray.cpus_per_candidate`` / ``ray.gpus_per_candidate`` each and at most
 ``ray.max_concurrent`` at once. Everything else is the local driver's
-(:class:`search.drivers._study.Search`), so a Ray study and a local study are the same
+(:class:`search.study._study.Search`), so a Ray study and a local study are the same
 rows in the same store and either may continue the other:
 
 * **sampling, repair, de-duplication** happen in this process, in
@@ -15,9 +15,9 @@ rows in the same store and either may continue the other:
   just the candidate's id, its Optuna trial number and how it was proposed.
 * **one candidate's life** runs in the trial, on whichever node Tune picked:
   :func:`_candidate_trial` hands the stored plan to a
-  :class:`search.drivers._candidate.CandidateRunner` (apply, evaluate, record: the row
+  :class:`search.study._candidate.CandidateRunner` (apply, evaluate, record: the row
   and the front are written in one transaction, then Optuna is told by a
-  :class:`search.drivers._study.Teller` there), reporting each intermediate accuracy with
+  :class:`search.study._study.Teller` there), reporting each intermediate accuracy with
   ``tune.report``. The prepared study (base model, space, data, evaluator) is
   shipped once per run through the object store and unpickled once per actor
   process (trials reuse actors).
@@ -59,12 +59,12 @@ from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
 from search.drivers._base import Driver
-from search.drivers._candidate import CandidateRunner, Timings, worker_id
+from search.study._candidate import CandidateRunner, Timings, worker_id
 from spaces import CandidateKind, Status, check_interrupt, interrupt_requested, reinstall_handlers
 
 if TYPE_CHECKING:
-    from search.drivers._prepare import Prepared
-    from search.drivers._study import RunResult, Search, Teller
+    from search.preparation._prepare import Prepared
+    from search.study._study import RunResult, Search, Teller
     from storage import CandidateRow
 
 __all__ = ["CandidateSearcher", "RayDriver", "connect", "run_on_ray"]
@@ -191,8 +191,8 @@ class _TrialWorker:
         import torch
 
         from evaluators import resolve_device
-        from search.drivers._study import Teller
         from search.sampling._samplers import make_sampler
+        from search.study._study import Teller
 
         cfg = prepared.config
         device = resolve_device(cfg.evaluate.device)  # this node's, not the driver's

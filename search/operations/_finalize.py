@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from search.drivers._prepare import preparation, prepare
 from search.operations._export import export_candidate, out_dir
+from search.preparation._prepare import preparation, prepare
 from spaces import Plan, PruneTuneError, Status, UsageError, check_interrupt, safe_points
 from storage import FinalResult
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from search._config import Config
-    from search.drivers._prepare import Prepared
+    from search.preparation._prepare import Prepared
     from storage import CandidateRow
 
 __all__ = ["Finalized", "finalize", "train_final"]

@@ -75,7 +75,7 @@ def check_submission(raw: Mapping[str, Any], factories: Collection[str] = ()) ->
 
 def run_submission(sub: SubmissionRecord, store: StudyStore, artifacts_dir: str, factories: Collection[str]) -> None:
     """Run one claimed submission with the normal search, in ``store`` and ``artifacts_dir``."""
-    from search.drivers._study import Search
+    from search.study._study import Search
 
     cfg = check_submission(sub.config, factories)
     cfg.storage.url = store.url
@@ -106,7 +106,7 @@ def run_worker(
     one-line reason and the worker goes on; a bug keeps its traceback in the log.
     """
     from search._exit_codes import explain
-    from search.drivers._candidate import is_dead, worker_id
+    from search.study._candidate import is_dead, worker_id
     from storage import Submissions
 
     queue = Submissions(store)

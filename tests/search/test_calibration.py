@@ -10,7 +10,7 @@ import pytest
 from evaluators import Context, evaluate_accuracy, load_data
 from search import Search, load_config, load_exported
 from search.cli import main
-from search.drivers._prepare import prepare
+from search.preparation._prepare import prepare
 from spaces import ModelSpace, Plan, Sensitivity
 from storage import StudyStore
 from tests.search.conftest import ConfigMaker

@@ -10,7 +10,7 @@ import pytest
 from search._config import load_config
 from search.drivers import Driver, driver_names, register_driver
 from search.drivers._base import DRIVERS
-from search.drivers._study import RunResult, Search
+from search.study._study import RunResult, Search
 from tests.search.conftest import ConfigMaker
 
 
@@ -73,7 +73,7 @@ def test_a_claimed_candidate_finished_by_both_workers_is_recorded_and_told_once(
     """
     import optuna
 
-    from search.drivers import _study
+    from search.study import _study
     from spaces import Status
 
     cfg = load_config(make_config(), {"search.candidates": 4})

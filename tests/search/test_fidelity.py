@@ -105,7 +105,7 @@ def test_finalize_stores_test_accuracy_and_exports_the_finalized_model(
 
 def test_a_candidate_failing_above_rung_0_keeps_its_last_rung(tmp_path: Path, artifacts: Path) -> None:
     from evaluators import Evaluator, Metrics
-    from search.drivers._prepare import default_evaluator
+    from search.preparation._prepare import default_evaluator
 
     class FailsOnRung1(Evaluator):
         def __init__(self, inner: Evaluator) -> None:
@@ -215,7 +215,7 @@ def test_versatile_filters_trained_block_wise_are_searched_promoted_and_finalize
 
 def test_a_score_of_zero_is_a_score_when_choosing_what_to_rescore() -> None:
     """0.0 (an accuracy of 0, or a loss of 0 under the loss score) ranks as a score; only ``None`` is missing."""
-    from search.drivers._rescore import _missing_last
+    from search.study._rescore import _missing_last
 
     scores = [None, -0.5, 0.0, 0.3, -0.0]
     assert sorted(scores, key=_missing_last) == [0.3, 0.0, -0.0, -0.5, None]

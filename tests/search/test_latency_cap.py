@@ -114,7 +114,7 @@ def _point(r: CandidateRow) -> list[float | None]:
 
 
 def _space(cfg: Config) -> ModelSpace:
-    from search.drivers._profile import structure_space
+    from search.preparation._profile import structure_space
 
     return structure_space(cfg)
 
@@ -124,7 +124,7 @@ def _under_predicting_profile(cfg: Config, store: StudyStore) -> tuple[str, Devi
     the time (a model that under-predicts); its key, the tampered profile and its base model's prediction."""
     import torch
 
-    from search.drivers._profile import device_profile
+    from search.preparation._profile import device_profile
 
     space = _space(cfg)
     prof, _ = device_profile(space, store, device=torch.device("cpu"), threads=torch.get_num_threads(), runs=2)

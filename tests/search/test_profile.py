@@ -66,7 +66,7 @@ def _reachable_share(cfg: Config) -> float:
     import numpy as np
     import torch
 
-    from search.drivers._profile import device_profile, structure_space
+    from search.preparation._profile import device_profile, structure_space
     from storage import StudyStore
 
     space = structure_space(cfg)
@@ -124,7 +124,7 @@ def test_bad_latency_settings_are_one_line_errors(
 def test_a_profile_is_never_shared_across_structures(make_config: ConfigMaker) -> None:
     import torch
 
-    from search.drivers._profile import structure_space
+    from search.preparation._profile import structure_space
 
     a = structure_space(load_config(make_config()))
     b = ModelSpace(a.model, a.example_inputs[0].repeat(1, 1, 2, 2))  # another input size: other shapes

@@ -7,8 +7,8 @@ import torch
 
 from evaluators import build_model
 from search import promotes, promotion_order
-from search.drivers._rungs import crowding_distance, nondominated_ranks
 from search.sampling._params import distributions, params_from_plan, plan_from_params
+from search.study._rungs import crowding_distance, nondominated_ranks
 from spaces import ModelSpace
 
 

@@ -1,6 +1,6 @@
 """One candidate's life: reserve → apply → evaluate → record.
 
-Whatever schedules candidates (the local Optuna driver of :mod:`search.drivers._study`,
+Whatever schedules candidates (the local Optuna driver of :mod:`search.study._study`,
 or a Ray driver) hands a repaired plan to a :class:`CandidateRunner`, which
 
 1. **reserves** it in the store as RUNNING under this worker (``None`` when the
@@ -8,7 +8,7 @@ or a Ray driver) hands a repaired plan to a :class:`CandidateRunner`, which
    study is full), so no plan is evaluated twice, even by two workers;
 2. **applies** it to the base model and **evaluates** the result rung by rung
    (BN recalibration, fine-tune, accuracy, latency if asked; it goes on to the
-   next rung only when :mod:`search.drivers._rungs` promotes it) while a heartbeat
+   next rung only when :mod:`search.study._rungs` promotes it) while a heartbeat
    thread tells other workers that this one is alive;
 3. saves the fine-tuned weights (atomically) to a new file
    ``artifacts/studies/<study>/<id>-<8 hex>.safetensors`` when the candidate
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search.drivers._profile import predicts_latency
+from search.preparation._profile import predicts_latency
 from spaces import CandidateKind, Objective, Status, check_interrupt
 from storage import PhaseTimes
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from evaluators import Context, Metrics
-    from search.drivers._prepare import Prepared
+    from search.preparation._prepare import Prepared
     from spaces import Cost, Plan
     from storage import StudyStore
 
@@ -235,12 +235,12 @@ class CandidateRunner:
         return cid
 
     def promoted(self, cid: int, rung: int) -> bool:
-        """Whether candidate ``cid``, just through rung ``rung``, goes on (:mod:`search.drivers._rungs`).
+        """Whether candidate ``cid``, just through rung ``rung``, goes on (:mod:`search.study._rungs`).
 
         It is ranked among the candidates measured after the same number of fine-tune steps, by
         ``evaluate.score`` (accuracy, or minus the validation loss) and the costs.
         """
-        from search.drivers._rungs import promotes
+        from search.study._rungs import promotes
 
         p = self.prepared
         steps, score = p.rungs[rung], p.config.evaluate.score

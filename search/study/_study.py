@@ -16,7 +16,7 @@ cluster (``ray``, :mod:`search.drivers._ray`). Per candidate, whoever schedules 
 3. **reserve** (:meth:`Search.reserve`): a plan the study already holds is not
    evaluated again (the sampler is told the stored result); a full study ends
    the run;
-4. **live** it (:mod:`search.drivers._candidate`): apply + evaluate, then record. Optuna
+4. **live** it (:mod:`search.study._candidate`): apply + evaluate, then record. Optuna
    is told each outcome by a :class:`Teller`, with the same mapping of statuses
    as Ray Tune's Optuna searcher, in the process that evaluated it.
 
@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 from search._config import Config
 from search.drivers._base import driver
-from search.drivers._candidate import CandidateRunner, Recorder, Timings, is_dead, objective_values, worker_id
-from search.drivers._prepare import Prepared, allocator_sensitivity, prepare
+from search.preparation._prepare import Prepared, allocator_sensitivity, prepare
 from search.sampling._params import level_of, params_from_plan, plan_from_params
 from search.sampling._samplers import make_sampler
+from search.study._candidate import CandidateRunner, Recorder, Timings, is_dead, objective_values, worker_id
 from spaces import CandidateKind, Status, protected, safe_points
 from spaces.dimensions import Allocated, Sampled, with_role
 
@@ -361,10 +361,10 @@ class Search:
         )
 
     def conclude(self, res: RunResult) -> RunResult:
-        """The run's front and count, after the re-scoring rung (:mod:`search.drivers._rescore`) if asked;
+        """The run's front and count, after the re-scoring rung (:mod:`search.study._rescore`) if asked;
         trials orphaned by workers killed since the run began are failed."""
-        from search.drivers._remeasure import remeasure_front
-        from search.drivers._rescore import rescore
+        from search.study._remeasure import remeasure_front
+        from search.study._rescore import rescore
 
         p = self.prepared
         res.events += rescore(p)
@@ -501,5 +501,5 @@ class Search:
 
     @property
     def runner(self) -> CandidateRunner:
-        """Lives candidates in this process (see :mod:`search.drivers._candidate`)."""
+        """Lives candidates in this process (see :mod:`search.study._candidate`)."""
         return self._parts()[2]

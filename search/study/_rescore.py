@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from spaces import Status, check_interrupt
 
 if TYPE_CHECKING:
-    from search.drivers._prepare import Prepared
+    from search.preparation._prepare import Prepared
     from storage import CandidateRow
 
 __all__ = ["rescore", "rescore_steps", "settled"]
@@ -47,7 +47,7 @@ def rescore_steps(p: Prepared) -> int:
 
 def settled(p: Prepared, rows: list[CandidateRow]) -> bool:
     """Whether the study holds its candidates and none runs: the last worker to finish does the closing work
-    (re-scoring here, the front's latency measurement in :mod:`search.drivers._remeasure`)."""
+    (re-scoring here, the front's latency measurement in :mod:`search.study._remeasure`)."""
     return len(rows) >= p.config.search.candidates and not any(r.status is Status.RUNNING for r in rows)
 
 

@@ -1,11 +1,11 @@
 """After a run: every front member's latency measured end to end, judged against the latency cap, and fed back.
 
-A study with a device profile (:mod:`search.drivers._profile`) ranks and
+A study with a device profile (:mod:`search.preparation._profile`) ranks and
 limits candidates by *predicted* latency. Once the study holds its
 candidates and none runs (after the re-scoring rung), each member of the
 Pareto front whose latency was predicted and not yet measured is rebuilt from
 its plan and timed end to end on the profile's runtime and device
-(:func:`search.drivers._profile.latency_device`): the median, 10th and 90th
+(:func:`search.preparation._profile.latency_device`): the median, 10th and 90th
 percentile of :data:`RUNS` calls after :data:`WARMUP` untimed ones
 (:func:`spaces.measure_latency`). The measurement is stored beside the
 prediction (``StudyStore.record_measured_latency``: once per candidate), so
@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 from spaces import check_interrupt
 
 if TYPE_CHECKING:
-    from search.drivers._prepare import Prepared
+    from search.preparation._prepare import Prepared
     from spaces import DeviceProfile, Plan
     from storage import CandidateRow
 
@@ -62,7 +62,7 @@ MAX_MEASURED = 64  # front members measured per call at most: the loop's bound (
 
 def remeasure_front(p: Prepared) -> list[str]:
     """Measure (and judge) the front members until every one is measured, then refit; one line per event."""
-    from search.drivers._rescore import settled
+    from search.study._rescore import settled
 
     if p.space.profile is None:
         return []
@@ -106,7 +106,7 @@ def _unsettled(row: CandidateRow, cap: float | None) -> bool:
 
 def _measure_one(p: Prepared, row: CandidateRow, cap: float | None) -> list[str]:
     """Time one front member (unless it was measured before), store it with its verdict; its event lines."""
-    from search.drivers._profile import latency_device
+    from search.preparation._profile import latency_device
     from spaces import Plan, measure_latency
 
     assert p.space.profile is not None  # remeasure_front returned early otherwise

@@ -8,7 +8,7 @@ writes are protected sections, so nothing is left half-written. Bad input of
 any kind raises a one-line
 ``ValueError``/``PruneTuneError`` and leaves an existing study untouched. What
 it builds is one frozen :class:`Prepared`, shared by the drivers and by every
-candidate's life (:mod:`search.drivers._candidate`).
+candidate's life (:mod:`search.study._candidate`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search._config import Config
-from search.drivers._profile import device_profile, needs_profile, predicts_latency, profiled_methods
+from search.preparation._profile import device_profile, needs_profile, predicts_latency, profiled_methods
 from search.sampling._samplers import Sampler
 from spaces import Importance, Objective, UsageError, protected
 
@@ -367,7 +367,7 @@ def _study_spec(cfg: Config, data: DataBundle, base_weights: Path) -> StudySpec:
 
 def _with_profile(cfg: Config, space: ModelSpace, store: StudyStore, device: torch.device, study: str) -> Config:
     """Attach the study's device profile to ``space`` (measured once, then read from the store; the study's own
-    refit of it once its front was measured, :mod:`search.drivers._remeasure`) and resolve
+    refit of it once its front was measured, :mod:`search.study._remeasure`) and resolve
     ``space.round_to = "auto"`` to the profile's channel multiple (the config returned says which); ``cfg``
     itself when the study needs no profile."""
     import torch
