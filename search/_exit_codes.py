@@ -9,7 +9,7 @@ Exit codes:
   nothing was read or written; restore it or start a new file;
 * ``130`` interrupted (Ctrl-C, SIGINT) and ``143`` stopped (SIGTERM): the
   first signal stops any command within moments, its output flushed and one
-  line on stderr (see :mod:`spaces._interrupt`): at once where the command has
+  line on stderr (see :mod:`spaces.runtime._interrupt`): at once where the command has
   no safe points (``inspect``, ``profile``, ``export``, ``report``, a study's
   preparation; a store write in progress ends first), or at the candidate
   loop's next safe point (``run``, ``finalize``, ``worker``); the study keeps

@@ -16,24 +16,6 @@ from typing import TYPE_CHECKING
 from spaces._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from spaces._allocate import (
-        Allocation as Allocation,
-        AllocatorFallbackWarning as AllocatorFallbackWarning,
-        allocate as allocate,
-    )
-    from spaces._budget import (
-        Budget as Budget,
-    )
-    from spaces._cost import (
-        COUNTED_OPS as COUNTED_OPS,
-        Cost as Cost,
-        measure_cost as measure_cost,
-        parameter_bytes as parameter_bytes,
-        quantized_bytes as quantized_bytes,
-    )
-    from spaces._costmodel import (
-        CostModel as CostModel,
-    )
     from spaces._errors import (
         InfeasibleBudgetError as InfeasibleBudgetError,
         InputTypeError as InputTypeError,
@@ -43,40 +25,15 @@ if TYPE_CHECKING:
         UsageError as UsageError,
         first_line as first_line,
     )
-    from spaces._interrupt import (
-        Interrupted as Interrupted,
-        check_interrupt as check_interrupt,
-        handle_signals as handle_signals,
-        interrupt_requested as interrupt_requested,
-        protected as protected,
-        reinstall_handlers as reinstall_handlers,
-        safe_points as safe_points,
-    )
-    from spaces._latency import (
-        DeviceProfile as DeviceProfile,
-        measure_latency as measure_latency,
-        profile_space as profile_space,
-        recalibrate as recalibrate,
-    )
     from spaces._lazy import lazy_exports as lazy_exports
     from spaces._lowrank import (
         LayerGeom as LayerGeom,
         factorize_layer as factorize_layer,
     )
-    from spaces._ort import (
-        RUNTIMES as RUNTIMES,
-        ort_session as ort_session,
-        write_onnx as write_onnx,
-    )
     from spaces._plan import (
         IMPORTANCES as IMPORTANCES,
         METHODS as METHODS,
         Plan as Plan,
-    )
-    from spaces._policy import (
-        fit as fit,
-        global_plan as global_plan,
-        uniform_plan as uniform_plan,
     )
     from spaces._quant import (
         dequantized as dequantized,
@@ -86,11 +43,6 @@ if TYPE_CHECKING:
     from spaces._registry import (
         Registry as Registry,
     )
-    from spaces._sensitivity import (
-        SENSITIVITY_RATIOS as SENSITIVITY_RATIOS,
-        Sensitivity as Sensitivity,
-        measure_sensitivity as measure_sensitivity,
-    )
     from spaces._space import (
         ModelSpace as ModelSpace,
     )
@@ -99,13 +51,6 @@ if TYPE_CHECKING:
         Support as Support,
         check_cost as check_cost,
         support as support,
-    )
-    from spaces._timing import (
-        summarize as summarize,
-        time_calls as time_calls,
-    )
-    from spaces._trace import (
-        Group as Group,
     )
     from spaces._vocab import (
         COST_METRICS as COST_METRICS,
@@ -117,18 +62,73 @@ if TYPE_CHECKING:
         Objective as Objective,
         Status as Status,
     )
+    from spaces.cost._cost import (
+        COUNTED_OPS as COUNTED_OPS,
+        Cost as Cost,
+        measure_cost as measure_cost,
+        parameter_bytes as parameter_bytes,
+        quantized_bytes as quantized_bytes,
+    )
+    from spaces.cost._costmodel import (
+        CostModel as CostModel,
+    )
+    from spaces.cost._latency import (
+        DeviceProfile as DeviceProfile,
+        measure_latency as measure_latency,
+        profile_space as profile_space,
+        recalibrate as recalibrate,
+    )
+    from spaces.graph._trace import (
+        Group as Group,
+    )
+    from spaces.policy._allocate import (
+        Allocation as Allocation,
+        AllocatorFallbackWarning as AllocatorFallbackWarning,
+        allocate as allocate,
+    )
+    from spaces.policy._budget import (
+        Budget as Budget,
+    )
+    from spaces.policy._policy import (
+        fit as fit,
+        global_plan as global_plan,
+        uniform_plan as uniform_plan,
+    )
+    from spaces.policy._sensitivity import (
+        SENSITIVITY_RATIOS as SENSITIVITY_RATIOS,
+        Sensitivity as Sensitivity,
+        measure_sensitivity as measure_sensitivity,
+    )
+    from spaces.runtime._interrupt import (
+        Interrupted as Interrupted,
+        check_interrupt as check_interrupt,
+        handle_signals as handle_signals,
+        interrupt_requested as interrupt_requested,
+        protected as protected,
+        reinstall_handlers as reinstall_handlers,
+        safe_points as safe_points,
+    )
+    from spaces.runtime._ort import (
+        RUNTIMES as RUNTIMES,
+        ort_session as ort_session,
+        write_onnx as write_onnx,
+    )
+    from spaces.runtime._timing import (
+        summarize as summarize,
+        time_calls as time_calls,
+    )
 
 _WHERE = {
-    "Allocation": "_allocate",
-    "AllocatorFallbackWarning": "_allocate",
-    "allocate": "_allocate",
-    "Budget": "_budget",
-    "COUNTED_OPS": "_cost",
-    "Cost": "_cost",
-    "measure_cost": "_cost",
-    "parameter_bytes": "_cost",
-    "quantized_bytes": "_cost",
-    "CostModel": "_costmodel",
+    "Allocation": "policy._allocate",
+    "AllocatorFallbackWarning": "policy._allocate",
+    "allocate": "policy._allocate",
+    "Budget": "policy._budget",
+    "COUNTED_OPS": "cost._cost",
+    "Cost": "cost._cost",
+    "measure_cost": "cost._cost",
+    "parameter_bytes": "cost._cost",
+    "quantized_bytes": "cost._cost",
+    "CostModel": "cost._costmodel",
     "InfeasibleBudgetError": "_errors",
     "InputTypeError": "_errors",
     "PlanError": "_errors",
@@ -136,29 +136,29 @@ _WHERE = {
     "UnsupportedModelError": "_errors",
     "UsageError": "_errors",
     "first_line": "_errors",
-    "Interrupted": "_interrupt",
-    "check_interrupt": "_interrupt",
-    "handle_signals": "_interrupt",
-    "interrupt_requested": "_interrupt",
-    "protected": "_interrupt",
-    "reinstall_handlers": "_interrupt",
-    "safe_points": "_interrupt",
+    "Interrupted": "runtime._interrupt",
+    "check_interrupt": "runtime._interrupt",
+    "handle_signals": "runtime._interrupt",
+    "interrupt_requested": "runtime._interrupt",
+    "protected": "runtime._interrupt",
+    "reinstall_handlers": "runtime._interrupt",
+    "safe_points": "runtime._interrupt",
     "lazy_exports": "_lazy",
     "LayerGeom": "_lowrank",
     "factorize_layer": "_lowrank",
     "IMPORTANCES": "_plan",
     "METHODS": "_plan",
     "Plan": "_plan",
-    "DeviceProfile": "_latency",
-    "profile_space": "_latency",
-    "measure_latency": "_latency",
-    "recalibrate": "_latency",
-    "RUNTIMES": "_ort",
+    "DeviceProfile": "cost._latency",
+    "profile_space": "cost._latency",
+    "measure_latency": "cost._latency",
+    "recalibrate": "cost._latency",
+    "RUNTIMES": "runtime._ort",
     "Registry": "_registry",
-    "ort_session": "_ort",
-    "write_onnx": "_ort",
-    "fit": "_policy",
-    "global_plan": "_policy",
+    "ort_session": "runtime._ort",
+    "write_onnx": "runtime._ort",
+    "fit": "policy._policy",
+    "global_plan": "policy._policy",
     "dequantized": "_quant",
     "fake_quant_weight": "_quant",
     "quantize_layer": "_quant",
@@ -166,14 +166,14 @@ _WHERE = {
     "Support": "_support",
     "check_cost": "_support",
     "support": "_support",
-    "summarize": "_timing",
-    "time_calls": "_timing",
-    "Sensitivity": "_sensitivity",
-    "SENSITIVITY_RATIOS": "_sensitivity",
-    "measure_sensitivity": "_sensitivity",
-    "uniform_plan": "_policy",
+    "summarize": "runtime._timing",
+    "time_calls": "runtime._timing",
+    "Sensitivity": "policy._sensitivity",
+    "SENSITIVITY_RATIOS": "policy._sensitivity",
+    "measure_sensitivity": "policy._sensitivity",
+    "uniform_plan": "policy._policy",
     "ModelSpace": "_space",
-    "Group": "_trace",
+    "Group": "graph._trace",
     "COST_METRICS": "_vocab",
     "CandidateKind": "_vocab",
     "CostMetric": "_vocab",

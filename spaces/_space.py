@@ -2,13 +2,13 @@
 
 The parts, each in its own module:
 
-* :mod:`spaces._trace` — tracing (torch-pruning ``DependencyGraph``): channel
+* :mod:`spaces.graph._trace` — tracing (torch-pruning ``DependencyGraph``): channel
   groups with stable ids, factorizable layers, the classifier, excluded groups;
-* :mod:`spaces._costmodel` — :class:`~spaces.CostModel`, the analytic cost of
+* :mod:`spaces.cost._costmodel` — :class:`~spaces.CostModel`, the analytic cost of
   any plan (no model built) and the plan arithmetic (kept counts, ranks);
-* :mod:`spaces._importance` — channel importance and singular-value energy;
-* :mod:`spaces._surgery` — applying a plan to a copy (prune, then factorize);
-* :mod:`spaces._verify` — the self-check that excludes what the library would
+* :mod:`spaces.policy._importance` — channel importance and singular-value energy;
+* :mod:`spaces.graph._surgery` — applying a plan to a copy (prune, then factorize);
+* :mod:`spaces.graph._verify` — the self-check that excludes what the library would
   get wrong, so a wrong index mapping can never produce a wrong model.
 
 Choosing plans is policy, apart from all this: :func:`spaces.uniform_plan`,
@@ -26,21 +26,21 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from spaces._allocate import Allocation, allocate
-from spaces._budget import Budget
-from spaces._cost import Cost, as_tuple, measure_cost
-from spaces._costmodel import CostModel, Ranks
-from spaces._importance import ImportanceScores
-from spaces._latency import DeviceProfile
 from spaces._lowrank import LayerGeom
 from spaces._plan import IMPORTANCES, Plan
-from spaces._policy import fit, global_plan, uniform_plan
-from spaces._sensitivity import SENSITIVITY_RATIOS, Sensitivity, measure_sensitivity
-from spaces._surgery import Surgery
-from spaces._trace import Group, resolve_ignored, trace
-from spaces._verify import verify as _verify
+from spaces.cost._cost import Cost, as_tuple, measure_cost
+from spaces.cost._costmodel import CostModel, Ranks
+from spaces.cost._latency import DeviceProfile
 from spaces.dimensions import dimension
 from spaces.dimensions._prune import stages
+from spaces.graph._surgery import Surgery
+from spaces.graph._trace import Group, resolve_ignored, trace
+from spaces.graph._verify import verify as _verify
+from spaces.policy._allocate import Allocation, allocate
+from spaces.policy._budget import Budget
+from spaces.policy._importance import ImportanceScores
+from spaces.policy._policy import fit, global_plan, uniform_plan
+from spaces.policy._sensitivity import SENSITIVITY_RATIOS, Sensitivity, measure_sensitivity
 
 __all__ = ["ModelSpace"]
 
@@ -54,7 +54,7 @@ class ModelSpace:
             costs are counted for exactly this input (batch included).
         ignored_layers: names (or modules) of layers whose output channels are
             never pruned; the classifier's output layer is always added.
-        importance: which channels a group keeps (see :mod:`spaces._importance`):
+        importance: which channels a group keeps (see :mod:`spaces.policy._importance`):
             ``"l1"`` (default: the summed L1 norm of each channel's filters over
             the group's producing conv/linear layers), ``"l2"``, ``"bn_scale"``;
             torch-pruning's group estimators ``"group_l1"``, ``"group_l2"``,
@@ -62,7 +62,7 @@ class ModelSpace:
             the data-aware ``"taylor"`` and ``"hessian"``, usable once
             :meth:`calibrate_importance` (or :meth:`load_importance`) ran.
         round_to: kept channel counts are rounded to a multiple of this.
-        verify: check the space on construction (see :mod:`spaces._verify`).
+        verify: check the space on construction (see :mod:`spaces.graph._verify`).
     """
 
     def __init__(
@@ -108,7 +108,7 @@ class ModelSpace:
 
     @property
     def excluded(self) -> dict[str, str]:
-        """Groups left out of the space, with the reason (see :mod:`spaces._trace` and :mod:`spaces._verify`)."""
+        """Groups left out of the space, with the reason (:mod:`spaces.graph._trace`, :mod:`spaces.graph._verify`)."""
         return self._trace.excluded
 
     @property
@@ -175,8 +175,8 @@ class ModelSpace:
     def attach_profile(self, profile: DeviceProfile) -> None:
         """Predict latency from ``profile`` from now on: :meth:`cost` (and ``fit``, the allocator) then give
         the :attr:`Cost.latency` of every plan it can predict (pruning, and ranks of the methods it timed), so a
-        budget may limit it (see :mod:`spaces._latency`)."""
-        from spaces._latency import LatencyPredictor
+        budget may limit it (see :mod:`spaces.cost._latency`)."""
+        from spaces.cost._latency import LatencyPredictor
 
         self.profile = profile
         self.costs.latency_of = LatencyPredictor(self, profile)

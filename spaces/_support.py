@@ -38,11 +38,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from spaces._attention import head_kind
-from spaces._cost import Cost, measure_cost
 from spaces._errors import PruneTuneError, first_line
 from spaces._plan import Plan
+from spaces.cost._cost import Cost, measure_cost
 from spaces.dimensions import ParamSpec, Sampled, with_role
+from spaces.graph._attention import head_kind
 
 if TYPE_CHECKING:
     from spaces._space import ModelSpace
@@ -59,7 +59,7 @@ __all__ = [
     "support",
 ]
 
-# the first words of the reasons spaces._trace and spaces._verify give for an excluded group -> a short kind
+# the first words of the reasons spaces.graph._trace and spaces.graph._verify give for an excluded group -> a short kind
 _REASON_KINDS = (
     ("touches grouped convolution", "grouped conv"),
     ("index mapping into", "non-uniform index mapping"),

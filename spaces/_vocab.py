@@ -93,7 +93,7 @@ class Method(StrEnum):
 
 
 class Importance(StrEnum):
-    """Channel importance criteria (see :mod:`spaces._importance`)."""
+    """Channel importance criteria (see :mod:`spaces.policy._importance`)."""
 
     L1 = "l1"
     L2 = "l2"

@@ -77,7 +77,7 @@ class StudyStore:
         if not read_only and missing_sqlite_file(url) is None and parsed.get_backend_name() == "sqlite":
             checker = engine_for(parsed, read_only=True)  # an existing file is checked before it is opened to write
         try:
-            with protected():  # Ctrl-C waits for the schema's creation or upgrade (spaces._interrupt)
+            with protected():  # Ctrl-C waits for the schema's creation or upgrade (spaces.runtime._interrupt)
                 open_schema(self._engine, self.display_url, read_only=read_only, checker=checker)
         finally:
             if checker is not None:
@@ -126,7 +126,7 @@ class StudyStore:
     def _session(self) -> Iterator[Session]:
         try:
             with protected(), Session(self._engine, expire_on_commit=False) as s, s.begin():
-                yield s  # one transaction: a signal waits for its end (spaces._interrupt)
+                yield s  # one transaction: a signal waits for its end (spaces.runtime._interrupt)
         except (PruneTuneError, IntegrityError):
             raise
         except SQLAlchemyError as exc:

@@ -25,17 +25,18 @@ FORBIDDEN: dict[str, set[str]] = {
 # the layers inside spaces/, lowest first: a module imports (at run time) only from layers below its own
 # (a sub-package's modules are named "package._module"; every __init__ may import its own package)
 SPACES_LAYERS = [
-    {"_vocab", "_errors", "_lazy", "_interrupt", "_timing", "_registry"},
-    {"_attention", "_ort"},
-    {"_cost", "_tp_compat", "_quant", "factorization._base"},
+    {"_vocab", "_errors", "_lazy", "runtime._interrupt", "runtime._timing", "_registry"},
+    {"graph.__init__", "policy.__init__", "cost.__init__", "runtime.__init__"},
+    {"graph._attention", "runtime._ort"},
+    {"cost._cost", "graph._tp_compat", "_quant", "factorization._base"},
     {"factorization.__init__", "factorization._registry", "dimensions._base"},
     {"dimensions.__init__", "dimensions._registry"},
     {"_plan", "dimensions._roles"},
-    {"_budget", "_lowrank"},
-    {"_trace"},
-    {"_costmodel", "_importance", "_latency"},
-    {"_surgery", "_sensitivity"},
-    {"_verify", "_policy", "_allocate"},
+    {"policy._budget", "_lowrank"},
+    {"graph._trace"},
+    {"cost._costmodel", "policy._importance", "cost._latency"},
+    {"graph._surgery", "policy._sensitivity"},
+    {"graph._verify", "policy._policy", "policy._allocate"},
     {"dimensions._prune", "dimensions._rank", "dimensions._bits"},
     {"factorization._versatile_conv"},
     {"factorization._svd", "factorization._tucker2", "factorization._tt", "factorization._versatile"},
@@ -43,7 +44,7 @@ SPACES_LAYERS = [
     {"_support"},
     {"__init__"},
 ]
-SPACES_SUBPACKAGES = ("dimensions", "factorization")
+SPACES_SUBPACKAGES = ("dimensions", "factorization", "graph", "policy", "cost", "runtime")
 
 # where a plan dimension or a factorization method may be named in code (its own modules, and the registries)
 DIMENSION_MODULES = ("spaces/dimensions/", "spaces/factorization/")

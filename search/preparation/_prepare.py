@@ -2,7 +2,7 @@
 
 It loads the data, trains (or loads) the baseline, traces the space, repairs
 the uniform plan onto the budget (an infeasible budget fails here), and opens
-the study in the store. Ctrl-C stops it at once (:mod:`spaces._interrupt`: no
+the study in the store. Ctrl-C stops it at once (:mod:`spaces.runtime._interrupt`: no
 loop here needs a safe point); the store's transactions and the cached tables'
 writes are protected sections, so nothing is left half-written. Bad input of
 any kind raises a one-line

@@ -1,6 +1,6 @@
 """``prunetune profile``: the study's device profile, measured once on this machine and kept in the store.
 
-A device profile (:mod:`spaces._latency`) holds, for one model structure,
+A device profile (:mod:`spaces.cost._latency`) holds, for one model structure,
 device, runtime, thread count and batch size, the latency of every conv and
 linear layer over the channel counts plans can give it (timed alone, then
 corrected by the layer's time inside the whole model), the time of everything
@@ -12,7 +12,7 @@ reads it instead of measuring again. A study needs one when its budget limits
 (measured per candidate), or its ``space.round_to`` is ``"auto"``; :func:`device_profile`
 is what its preparation calls, and ``prunetune profile CONFIG`` measures (or
 shows) it ahead of time. A profile cached by an older version of the latency
-model has another key (``spaces._latency.PROFILE_FORMAT``), so it is measured
+model has another key (``spaces.cost._latency.PROFILE_FORMAT``), so it is measured
 again rather than misread.
 """
 

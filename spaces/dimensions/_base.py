@@ -58,18 +58,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from spaces._cost import Cost
 from spaces._errors import InputTypeError
+from spaces.cost._cost import Cost
 
 if TYPE_CHECKING:
     import numpy as np
     from pydantic import BaseModel
     from torch import nn
 
-    from spaces._costmodel import CostModel
     from spaces._plan import Plan
     from spaces._space import ModelSpace
-    from spaces._surgery import Surgery
+    from spaces.cost._costmodel import CostModel
+    from spaces.graph._surgery import Surgery
 
 __all__ = ["AllocPoint", "Block", "CostState", "Dimension", "ParamSpec", "StructureRow", "check_mapping"]
 
@@ -174,7 +174,7 @@ class Dimension(ABC):
     order: ClassVar[int]  # costing and surgery order: prune 0, rank 10, ...
     always_written: ClassVar[bool] = False  # write ``key`` even when empty (prune: the plan's format)
     fit_rule: ClassVar[str] = "held"  # "moved" (pruning) or "held": see the module docs
-    # its resolved part is {layer: (method, ranks)}, which device profiles time as factor chains (spaces._latency)
+    # its resolved part is {layer: (method, ranks)}, which device profiles time as factor chains (spaces.cost._latency)
     factor_chains: ClassVar[bool] = False
     # its typed options (a pydantic model), read from the config's [space.<key>] table; a table present turns the
     # dimension on, and the sampler's options then hold the validated model under ``key`` (None: no table)
@@ -222,7 +222,7 @@ class Dimension(ABC):
 
         When a space is built, the probe (on top of a half-pruned plan) is
         applied and the model's parameters and bytes compared with the cost
-        model's (:mod:`spaces._verify`).
+        model's (:mod:`spaces.graph._verify`).
         """
         return {}
 

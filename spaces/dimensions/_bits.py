@@ -42,8 +42,8 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from spaces._cost import quantized_bytes
 from spaces._errors import InputTypeError, PlanError
+from spaces.cost._cost import quantized_bytes
 from spaces.dimensions._base import AllocPoint, Block, CostState, Dimension, Entries, ParamSpec, StructureRow
 from spaces.dimensions._roles import Allocated, Measured, Reported, Sampled
 
@@ -51,10 +51,10 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
-    from spaces._costmodel import CostModel
     from spaces._plan import Plan
     from spaces._space import ModelSpace
-    from spaces._surgery import Surgery
+    from spaces.cost._costmodel import CostModel
+    from spaces.graph._surgery import Surgery
 
 __all__ = ["WEIGHT_BITS", "BitsDimension", "quantizable_layers"]
 

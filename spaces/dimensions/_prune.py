@@ -4,7 +4,7 @@ Pruning is the first dimension: the channels each group keeps (``keep``) are
 the shapes every later dimension is resolved, costed and applied on. Its cost
 is the cost model's polynomial in the kept channels (the state every plan's
 costing starts from), so :meth:`PruneDimension.add_cost` adds nothing; its
-surgery removes the channels (:meth:`spaces._surgery.Surgery.remove_channels`).
+surgery removes the channels (:meth:`spaces.graph._surgery.Surgery.remove_channels`).
 It is the dimension ``fit`` moves.
 """
 
@@ -22,10 +22,10 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
-    from spaces._costmodel import CostModel
     from spaces._plan import Plan
     from spaces._space import ModelSpace
-    from spaces._surgery import Surgery
+    from spaces.cost._costmodel import CostModel
+    from spaces.graph._surgery import Surgery
 
 __all__ = ["PruneDimension", "stages"]
 
@@ -126,10 +126,10 @@ class PruneDimension(Dimension, Sampled, Allocated, Reported):
         if "prune" not in point.cache:
             import numpy as np
 
-            from spaces._allocate import chain_levels
+            from spaces.policy._allocate import chain_levels
 
             levels, values = [], []
-            sens = point.options.get("sensitivity")  # measured loss rises (spaces._sensitivity), else importance
+            sens = point.options.get("sensitivity")  # measured loss rises (spaces.policy._sensitivity), else importance
             orders = None if sens is not None else space.scores.order(space.importance)
             for i, g in enumerate(space.groups):
                 lv = chain_levels(space.allowed_keeps(g), point.options["blocks"]) if point.options["prune"] else None
@@ -156,7 +156,7 @@ class PruneDimension(Dimension, Sampled, Allocated, Reported):
         flat step at the point does not hide what pruning saves. A block's
         value is its share of the group's importance, or with a measured
         :class:`spaces.Sensitivity` (``allocate(sensitivity=...)``) the loss
-        rise it avoids (see :mod:`spaces._sensitivity`).
+        rise it avoids (see :mod:`spaces.policy._sensitivity`).
         """
         import numpy as np
 

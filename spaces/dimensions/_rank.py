@@ -27,10 +27,10 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
-    from spaces._costmodel import CostModel, Ranks
     from spaces._plan import Plan
     from spaces._space import ModelSpace
-    from spaces._surgery import Surgery
+    from spaces.cost._costmodel import CostModel, Ranks
+    from spaces.graph._surgery import Surgery
 
 __all__ = ["RankDimension"]
 
@@ -217,7 +217,7 @@ class RankDimension(Dimension, Sampled, Allocated, Reported):
     def _block(self, space: ModelSpace, point: AllocPoint, name: str, method: str, current: dict) -> Block:
         import numpy as np
 
-        from spaces._allocate import chain_levels
+        from spaces.policy._allocate import chain_levels
 
         geom = space.costs.pruned_geom(name, point.keep)
         byte = space.costs.element_size(name)

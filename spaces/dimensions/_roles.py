@@ -7,7 +7,7 @@ dimension opts into by subclassing it, and that the role's consumer asks for:
 * :class:`Sampled`: the search's parameters and their round trip (the sampler
   in :mod:`search.sampling`, the one-shot seed plans);
 * :class:`Allocated`: the dimension's binary variables in the COBLA-style 0-1
-  program (:mod:`spaces._allocate`);
+  program (:mod:`spaces.policy._allocate`);
 * :class:`Measured`: the plans whose loss rises the sensitivity table measures
   (:func:`spaces.measure_sensitivity`);
 * :class:`Reported`: the tables' short phrase, the structure panel's rows and

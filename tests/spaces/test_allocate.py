@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from spaces import AllocatorFallbackWarning, Budget, ModelSpace, Plan, allocate
-from spaces._allocate import _Allocator
+from spaces.policy._allocate import _Allocator
 from tests.spaces.models import MODELS, torchvision_model
 
 _SPACES: dict[str, ModelSpace] = {}

@@ -9,8 +9,8 @@ import torch
 import torchvision
 
 from spaces import ModelSpace, Plan, check_cost, measure_cost
-from spaces._verify import scrambled
 from spaces.dimensions._bits import quantizable_layers
+from spaces.graph._verify import scrambled
 from tests.spaces.models import ARCHS
 
 _CACHE: dict[str, tuple[torch.nn.Module, torch.Tensor, ModelSpace]] = {}
@@ -185,8 +185,8 @@ def test_shape_only_probes_find_the_dimensions_a_real_copy_does(name: str) -> No
 @pytest.mark.parametrize("name", ["resnet18", "vit_tiny"])
 def test_a_probe_on_a_pruned_copy_builds_what_the_whole_plan_builds(name: str) -> None:
     """Surgery.apply(done=): the self-check applies each dimension's probe on top of one half-pruned model."""
-    from spaces._verify import shared_copy
     from spaces.dimensions import dimensions
+    from spaces.graph._verify import shared_copy
 
     _model, x, space = _space(name)
     half = space.uniform_plan(0.5)
@@ -203,7 +203,7 @@ def test_a_probe_on_a_pruned_copy_builds_what_the_whole_plan_builds(name: str) -
 
 
 def test_a_surgery_writing_in_place_into_a_shared_copy_is_caught() -> None:
-    from spaces._verify import SharedTensorWritten, shared_copy, untouched
+    from spaces.graph._verify import SharedTensorWritten, shared_copy, untouched
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     with pytest.raises(SharedTensorWritten, match="wrote into 2 tensors"), torch.no_grad(), untouched(model):
@@ -236,7 +236,7 @@ class _HookScaled(torch.nn.Module):
 def test_a_hook_bound_to_a_module_is_checked_on_the_copy_the_space_returns() -> None:
     """The self-check's copies re-bind a bound-method hook to the copy, as ModelSpace.apply's deep copy does, so
     the group whose pruning the hook sees is checked as it will run (and excluded), not passed on the original."""
-    from spaces._verify import shared_copy
+    from spaces.graph._verify import shared_copy
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(_HookScaled(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))

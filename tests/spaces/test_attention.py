@@ -11,8 +11,8 @@ import torchvision
 from torch import nn
 
 from spaces import ModelSpace, Plan, PlanError, UnsupportedModelError, check_cost, factorize_layer, measure_cost
-from spaces._attention import HeadPrunableAttention, convert, functional_macs, product_macs
 from spaces.dimensions._bits import quantizable_layers
+from spaces.graph._attention import HeadPrunableAttention, convert, functional_macs, product_macs
 from tests.spaces.models import vit_tiny
 
 E, H = 32, 4

@@ -1,4 +1,4 @@
-"""The stop flag in one process: safe points, protected sections and the watchdog (``spaces._interrupt``).
+"""The stop flag in one process: safe points, protected sections and the watchdog (``spaces.runtime._interrupt``).
 
 The CLI-level behaviour (exit codes, instants of a real run, every command) is tested in
 ``tests/search/test_interrupts.py``.
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from spaces._interrupt import NUDGE_S
+from spaces.runtime._interrupt import NUDGE_S
 
 
 def test_inside_safe_points_the_signal_only_sets_the_flag_until_the_loop_checks_it() -> None:

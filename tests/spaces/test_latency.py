@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from spaces import AllocatorFallbackWarning, Budget, DeviceProfile, ModelSpace, Plan, PlanError, profile_space
-from spaces._latency import FRACTIONS, LayerTable, multiple_from
+from spaces.cost._latency import FRACTIONS, LayerTable, multiple_from
 
 
 def _net() -> nn.Module:
@@ -67,7 +67,7 @@ def test_every_conv_and_linear_has_a_table_over_the_channels_plans_can_give_it(
 
 
 def test_the_calibration_fits_the_tables_in_context_and_never_predicts_a_negative_time() -> None:
-    from spaces._latency import _fit_calibration
+    from spaces.cost._latency import _fit_calibration
 
     tables, xs = [4.0, 2.6, 1.4, 0.5], [1.0, 0.75, 0.5, 0.25]
     exact = [0.8 * t + 0.3 + 0.5 * x for t, x in zip(tables, xs, strict=True)]
@@ -237,7 +237,7 @@ def test_a_profile_round_trips_through_json_and_is_keyed_by_device_threads_and_b
 )
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 def test_a_layers_one_node_onnx_graph_computes_what_the_layer_does(layer: nn.Module, shape: tuple[int, ...]) -> None:
-    from spaces._ort import layer_runner
+    from spaces.runtime._ort import layer_runner
 
     torch.manual_seed(0)
     x = torch.randn(shape)
@@ -261,7 +261,7 @@ def test_an_onnxruntime_profile_has_the_same_grids_under_its_own_key(space: Mode
 
 def test_the_exported_model_onnxruntime_times_is_the_model() -> None:
     from spaces import measure_latency
-    from spaces._ort import model_runner
+    from spaces.runtime._ort import model_runner
 
     torch.manual_seed(0)
     model, x = _net().eval(), torch.randn(1, 3, 16, 16)
@@ -300,7 +300,7 @@ def test_a_latency_budget_without_a_profile_is_a_one_line_error(space: ModelSpac
 
 
 def test_the_in_context_ratio_is_interpolated_along_positions_and_rank_levels() -> None:
-    from spaces._latency import ratio_at
+    from spaces.cost._latency import ratio_at
 
     assert ratio_at([], 0.5) == 1.0  # no measurement: the table as timed alone
     dense = [[1.0, 0.0, 2.0], [0.5, 0.0, 1.0], [0.25, 0.0, 1.5]]
@@ -312,7 +312,7 @@ def test_the_in_context_ratio_is_interpolated_along_positions_and_rank_levels() 
 
 
 def test_the_tables_are_corrected_by_their_in_context_ratios_and_stay_monotone(space: ModelSpace) -> None:
-    from spaces._latency import _apply_context, _position
+    from spaces.cost._latency import _apply_context, _position
 
     prof = _synthetic(space)
     before = {n: np.array(t.ms) for n, t in prof.layers.items()}
@@ -335,7 +335,7 @@ def test_the_tables_are_corrected_by_their_in_context_ratios_and_stay_monotone(s
 
 
 def test_a_factor_chains_table_is_corrected_at_its_ranks_levels() -> None:
-    from spaces._latency import _correct_chain
+    from spaces.cost._latency import _correct_chain
 
     torch.manual_seed(0)
     sp = ModelSpace(_net().eval(), torch.randn(1, 3, 16, 16))
@@ -352,7 +352,7 @@ def test_a_factor_chains_table_is_corrected_at_its_ranks_levels() -> None:
 
 
 def test_an_exported_initializer_belongs_to_the_longest_layer_that_names_it() -> None:
-    from spaces._latency import _owner_of
+    from spaces.cost._latency import _owner_of
 
     owner = _owner_of(["layer1.0.conv1", "layer1.0.conv", "fc", "1"])
     assert owner("layer1.0.conv1.weight") == "layer1.0.conv1" and owner("layer1.0.conv.weight") == "layer1.0.conv"
@@ -381,7 +381,7 @@ def test_a_profile_times_each_layer_inside_the_whole_model_and_predicts_its_cali
 
 
 def test_factor_chains_and_onnxruntime_layers_are_timed_in_context(space: ModelSpace) -> None:
-    from spaces._latency import channel_block
+    from spaces.cost._latency import channel_block
 
     sp = ModelSpace(_net().eval(), torch.randn(1, 3, 16, 16))
     prof = profile_space(sp, threads=1, runs=2, warmup=1, methods=["svd"])
@@ -398,14 +398,14 @@ def test_an_older_profile_format_is_measured_again_not_misread() -> None:
     import hashlib
     import json
 
-    from spaces._latency import PROFILE_FORMAT, profile_key
+    from spaces.cost._latency import PROFILE_FORMAT, profile_key
 
     old = hashlib.sha256(json.dumps([2, "m", "cpu", "torch", 1, 1]).encode()).hexdigest()
     assert PROFILE_FORMAT == 3 and profile_key("m", "cpu", "torch", 1, 1) != old
 
 
 def test_counts_off_the_runtimes_channel_block_read_their_own_in_context_ratio(space: ModelSpace) -> None:
-    from spaces._latency import channel_block
+    from spaces.cost._latency import channel_block
 
     assert channel_block("torch") == 1 and channel_block("onnxruntime") in (1, 8, 16)
     prof = _synthetic(space)

@@ -58,7 +58,7 @@ def test_shufflenet_traces_and_groups_with_the_shim() -> None:
 
 
 def test_the_library_hessian_accumulation_keeps_only_the_last_sample() -> None:
-    """Why ``spaces._importance`` averages the per-sample squared gradients itself: torch-pruning 1.6's
+    """Why ``spaces.policy._importance`` averages the per-sample squared gradients itself: torch-pruning 1.6's
     ``GroupHessianImportance.accumulate_grad`` checks a parameter's *name* against keys that are parameters,
     so every sample overwrites the last. (If this fails, the library was fixed: its own accumulation may do.)"""
     layer = torch.nn.Linear(3, 2)

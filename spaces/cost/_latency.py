@@ -10,7 +10,7 @@ it, analytically, so ``fit`` can meet a latency cap as it meets a MAC cap.
 that will serve the model: torch's eager runtime (``runtime = "torch"``) on a
 CPU or CUDA device, or ONNX Runtime on the CPU (``runtime = "onnxruntime"``:
 each layer as a one-node ONNX graph, the whole model exported by torch's
-exporter; see :mod:`spaces._ort`):
+exporter; see :mod:`spaces.runtime._ort`):
 
 * **the layer tables.** Every conv and linear layer is rebuilt alone with each
   pair of (input, output) channel counts of a grid (eight fractions of its
@@ -31,7 +31,7 @@ exporter; see :mod:`spaces._ort`):
   a forward pre-hook and a forward hook around each conv/linear module (a
   device sync first on CUDA); in ONNX Runtime, its per-node profiler
   (``kernel_time`` events), whose nodes are mapped back to layers through the
-  exported weights' names (:func:`spaces._ort.node_owners`: torch's exporter
+  exported weights' names (:func:`spaces.runtime._ort.node_owners`: torch's exporter
   names ``conv.weight`` after the module). Each layer's in-context / alone
   ratio at those plans (:attr:`DeviceProfile.context`, clipped to
   :data:`RATIO_BOUNDS`) is interpolated along the layer's kept fraction
@@ -113,9 +113,9 @@ import torch
 from torch import nn
 
 from spaces._errors import PlanError
-from spaces._ort import check_runtime, layer_runner, model_runner, node_owners, node_times, onnx_bytes
-from spaces._timing import time_calls
-from spaces._trace import CONV, LINEAR
+from spaces.graph._trace import CONV, LINEAR
+from spaces.runtime._ort import check_runtime, layer_runner, model_runner, node_owners, node_times, onnx_bytes
+from spaces.runtime._timing import time_calls
 
 if TYPE_CHECKING:
     from spaces._lowrank import LayerGeom
@@ -208,7 +208,7 @@ class DeviceProfile:
 
     model: str  # the model's structure fingerprint (:func:`structure_key`)
     device: str  # e.g. "cpu: x86_64, 2 cores" or "cuda: NVIDIA H200"
-    runtime: str  # "torch" (eager) or "onnxruntime" (spaces._ort)
+    runtime: str  # "torch" (eager) or "onnxruntime" (spaces.runtime._ort)
     threads: int
     batch: int
     layers: dict[str, LayerTable]
@@ -414,7 +414,7 @@ def profile_space(
 
     ``model`` names the structure in the key (default: :func:`structure_key`); ``threads`` sets torch's
     CPU threads while measuring (default: torch's current number), and ONNX Runtime's; ``runs`` timed calls
-    per point; ``runtime``: ``"torch"`` (eager) or ``"onnxruntime"`` (see :mod:`spaces._ort`); ``methods``:
+    per point; ``runtime``: ``"torch"`` (eager) or ``"onnxruntime"`` (see :mod:`spaces.runtime._ort`); ``methods``:
     the factorization methods whose chains are timed too (:class:`FactorTable`), so plans with ranks of
     those methods are predicted.
     """
@@ -582,7 +582,7 @@ def measure_latency(
     ``runs`` calls after ``warmup`` untimed ones, in inference mode (what a front member's prediction is
     checked against), in ``runtime`` (``"onnxruntime"``: exported first, with ``threads`` threads, default
     torch's)."""
-    from spaces._cost import as_tuple
+    from spaces.cost._cost import as_tuple
 
     check_runtime(runtime, device)
     dev = torch.device(device)
@@ -825,7 +825,7 @@ def _fit_calibration(tables: Sequence[float], xs: Sequence[float], ys: Sequence[
 
 def _batched(space: ModelSpace, batch: int, device: torch.device) -> tuple[Any, ...]:
     """The space's example inputs repeated to ``batch`` along their first axis, on ``device``."""
-    from spaces._cost import as_tuple
+    from spaces.cost._cost import as_tuple
 
     return tuple(
         x.repeat(batch, *([1] * (x.dim() - 1))).to(device) if isinstance(x, torch.Tensor) else x

@@ -10,7 +10,7 @@ What is counted, exactly:
   between activations (``aten::matmul``, ``aten::bmm``, ``aten::baddbmm``,
   ``aten::einsum``, ``aten::scaled_dot_product_attention`` and PyTorch's fused
   ``aten::_native_multi_head_attention``) by the formulas of
-  :func:`spaces._attention.product_macs` (an attention's ``Q @ K^T`` and
+  :func:`spaces.graph._attention.product_macs` (an attention's ``Q @ K^T`` and
   weighted sum of ``V`` included). Every other op (BatchNorm, pooling,
   activations, additions, softmax, ...) is *not* counted; the ops
   fvcore saw and skipped are listed in :attr:`Cost.skipped_ops`.
@@ -105,7 +105,7 @@ def _product_handles() -> dict[str, Any]:
     """fvcore handles for the products between activations (see the module docs)."""
     from fvcore.nn.jit_handles import get_shape
 
-    from spaces._attention import product_macs
+    from spaces.graph._attention import product_macs
 
     def handle(op: str, operands: tuple[int, ...], **extra: Any) -> Any:
         def count(inputs: list[Any], outputs: list[Any]) -> int:

@@ -1,6 +1,6 @@
 """ONNX Runtime as a latency runtime: a model or one layer, exported and run on the CPU.
 
-A device profile (:mod:`spaces._latency`) can be measured in the runtime that
+A device profile (:mod:`spaces.cost._latency`) can be measured in the runtime that
 will serve the model. With ``runtime = "onnxruntime"``:
 
 * **a whole model** (the profile's calibration, a front member's end-to-end

@@ -59,7 +59,7 @@ _mapped: set[int] = set()  # ids of the graphs whose index mappings all_groups c
 
 
 class TorchPruningVersionError(PruneTuneError, ImportError):
-    """The installed torch-pruning is not a version :mod:`spaces._tp_compat` was tested against."""
+    """The installed torch-pruning is not a version :mod:`spaces.graph._tp_compat` was tested against."""
 
 
 def check_version(installed: str | None = None) -> None:
@@ -68,7 +68,7 @@ def check_version(installed: str | None = None) -> None:
         installed = importlib.metadata.version("torch-pruning")  # the package's __version__ lags (1.6.1 says 1.6.0)
     if installed not in SUPPORTED_VERSIONS:
         raise TorchPruningVersionError(
-            f"torch-pruning {installed} is installed, but spaces._tp_compat patches the internals of "
+            f"torch-pruning {installed} is installed, but spaces.graph._tp_compat patches the internals of "
             f"torch-pruning {' or '.join(SUPPORTED_VERSIONS)} only: pip install torch-pruning=={SUPPORTED_VERSIONS[-1]}"
         )
 
@@ -292,7 +292,7 @@ def install() -> None:
 
     if graph.shape_infer is not shape_infer or not hasattr(shape_infer, "init_shape_information"):
         # graph.py must call shape_infer.init_shape_information for the fix to take effect
-        raise TorchPruningVersionError("this torch-pruning is not the layout spaces._tp_compat patches (1.6.1)")
+        raise TorchPruningVersionError("this torch-pruning is not the layout spaces.graph._tp_compat patches (1.6.1)")
     index_mapping.update_reshape_index_mapping = _update_reshape_index_mapping
     original_concat = index_mapping.update_concat_index_mapping
 

@@ -17,7 +17,7 @@
    from the space with their reason (``ModelSpace.excluded``); if the rest
    still fails together, the model is refused.
 3. The MACs of the products between activations outside head-prunable
-   attentions (a constant of the cost model, see :mod:`spaces._attention`)
+   attentions (a constant of the cost model, see :mod:`spaces.graph._attention`)
    must not change when the half-pruned model is built; groups that change
    them are excluded. The pruned model's parameter count must equal the cost
    model's.
@@ -40,15 +40,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from spaces._attention import functional_macs
-from spaces._cost import measure_cost, parameter_bytes
-from spaces._costmodel import CostModel
 from spaces._errors import UnsupportedModelError
-from spaces._importance import ImportanceScores
 from spaces._plan import Plan
-from spaces._surgery import Surgery
-from spaces._trace import Item, Trace, describe
+from spaces.cost._cost import measure_cost, parameter_bytes
+from spaces.cost._costmodel import CostModel
 from spaces.dimensions import dimensions
+from spaces.graph._attention import functional_macs
+from spaces.graph._surgery import Surgery
+from spaces.graph._trace import Item, Trace, describe
+from spaces.policy._importance import ImportanceScores
 
 __all__ = ["SharedTensorWritten", "pruned_copy", "scrambled", "shared_copy", "untouched", "verify"]
 

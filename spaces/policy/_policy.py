@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from spaces._budget import Budget
-from spaces._cost import Cost
 from spaces._errors import InfeasibleBudgetError, PlanError
 from spaces._plan import Plan
+from spaces.cost._cost import Cost
 from spaces.dimensions import dimensions
+from spaces.policy._budget import Budget
 
 if TYPE_CHECKING:
     from spaces._space import ModelSpace

@@ -42,11 +42,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from spaces._attention import HeadPrunableAttention
 from spaces._errors import PlanError
 from spaces._lowrank import LayerGeom
-from spaces._trace import CONV, LINEAR, Item, Trace
 from spaces.factorization import factor_method
+from spaces.graph._attention import HeadPrunableAttention
+from spaces.graph._trace import CONV, LINEAR, Item, Trace
 
 __all__ = ["DATA_CRITERIA", "ImportanceScores"]
 

@@ -6,7 +6,7 @@ copy of that layer tells which parameter dimensions the function shrinks
 applied at (from the trace), the cost of a plan is a polynomial in the channels
 each group keeps: ``MACs = sum(S_layer * numel(weight))`` plus an attention's
 products (a multiple of its heads' total width) and the constant MACs of the
-products outside head-prunable attentions (:mod:`spaces._attention`),
+products outside head-prunable attentions (:mod:`spaces.graph._attention`),
 ``params = sum(numel(p))``, ``bytes = sum(numel(p) * element_size)``, evaluated
 with numpy in microseconds (:meth:`CostModel.dense_state`). Every other plan
 dimension (:mod:`spaces.dimensions`) is resolved on the kept channels and
@@ -33,12 +33,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from spaces._cost import Cost
 from spaces._errors import PlanError
 from spaces._lowrank import LayerGeom
 from spaces._plan import Plan
-from spaces._trace import Group, Item, Trace
+from spaces.cost._cost import Cost
 from spaces.dimensions import CostState, dimensions
+from spaces.graph._trace import Group, Item, Trace
 
 __all__ = ["CostModel", "Ranks"]
 
@@ -58,7 +58,7 @@ Ranks = dict[str, tuple[str, tuple[int, ...]]]  # factorized layer -> (method, r
 
 
 class CostModel:
-    """The analytic cost of plans over one :class:`~spaces._trace.Trace` (see the module docs).
+    """The analytic cost of plans over one :class:`~spaces.graph._trace.Trace` (see the module docs).
 
     ``importance`` and ``round_to`` are the space's defaults, carried into the
     plans it makes. Call :meth:`rebuild` after the trace's groups change.

@@ -12,7 +12,7 @@ program below is what the built-in dimensions bring:
   block (the smallest allowed count) is always kept. Value of a block: its
   share of the group's total importance, so every group is worth 1 when whole;
   or, given a measured :class:`spaces.Sensitivity`, the loss rise it avoids
-  (:mod:`spaces._sensitivity`).
+  (:mod:`spaces.policy._sensitivity`).
 * **Singular values.** Each factorizable layer either stays dense (``d[l] = 1``,
   value 1) or is factorized by the study's method (SVD by default; any method
   of :mod:`spaces.factorization`) with rank ``R[l, b]`` when its first ``b``
@@ -63,14 +63,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from spaces._budget import Budget
 from spaces._errors import PlanError
 from spaces._plan import Plan
 from spaces.dimensions import Allocated, AllocPoint, Block, check_relations, with_role
+from spaces.policy._budget import Budget
 
 if TYPE_CHECKING:
-    from spaces._sensitivity import Sensitivity
     from spaces._space import ModelSpace
+    from spaces.policy._sensitivity import Sensitivity
 
 __all__ = ["Allocation", "AllocatorFallbackWarning", "allocate", "chain_levels"]
 

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from spaces._attention import convert
-from spaces._costmodel import CostModel
-from spaces._importance import ImportanceScores
 from spaces._plan import Plan
-from spaces._trace import Item, Trace
+from spaces.cost._costmodel import CostModel
 from spaces.dimensions import dimensions
+from spaces.graph._attention import convert
+from spaces.graph._trace import Item, Trace
+from spaces.policy._importance import ImportanceScores
 
 __all__ = ["Surgery"]
 

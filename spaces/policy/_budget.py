@@ -6,7 +6,7 @@ percentage of the base model (``macs="40%"``, ``latency="60%"``). A bare
 numeric string such as ``"40"`` is refused: it could mean 40 or 40 %. A
 latency limit is in milliseconds (a number is milliseconds; units ``us``,
 ``ms``, ``s``) and is met by the *predicted* latency of a plan
-(:attr:`spaces.Cost.latency`, from a device profile: :mod:`spaces._latency`).
+(:attr:`spaces.Cost.latency`, from a device profile: :mod:`spaces.cost._latency`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from spaces._cost import Cost
 from spaces._errors import InputTypeError, PlanError
 from spaces._vocab import COST_METRICS
+from spaces.cost._cost import Cost
 
 __all__ = ["Budget", "Limit"]
 

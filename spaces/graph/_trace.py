@@ -2,7 +2,7 @@
 
 :func:`trace` deep-copies nothing and changes nothing: it runs one forward pass
 with hooks on the model it is given (the space's private copy) and traces it
-with torch-pruning's ``DependencyGraph`` (with :mod:`spaces._tp_compat`
+with torch-pruning's ``DependencyGraph`` (with :mod:`spaces.graph._tp_compat`
 installed). It returns a :class:`Trace`:
 
 * **groups** (:class:`Group`): channels that must be pruned together, each with
@@ -13,8 +13,8 @@ installed). It returns a :class:`Trace`:
 * **spatial**: per conv/linear layer, the positions it is applied at (the MAC
   multiplier of its weight), and **geoms**: the factorizable layers' shapes.
 * **heads**: every head-prunable attention called once as self-attention
-  (:func:`spaces._attention.head_kind`: torch's ``nn.MultiheadAttention``,
-  switched to :class:`spaces._attention.HeadPrunableAttention` and listed in
+  (:func:`spaces.graph._attention.head_kind`: torch's ``nn.MultiheadAttention``,
+  switched to :class:`spaces.graph._attention.HeadPrunableAttention` and listed in
   ``attentions``, and timm-style ones) gets a head group of its own
   (:func:`_add_attention`); its projection and attention-product MACs are
   terms of the polynomial (``param_macs``, ``dim_macs``), and the products the
@@ -39,7 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from spaces._attention import (
+from spaces._errors import UnsupportedModelError, first_line
+from spaces._lowrank import LayerGeom
+from spaces.graph._attention import (
     HeadPrunableAttention,
     convert,
     counting_products,
@@ -49,8 +51,6 @@ from spaces._attention import (
     prune_heads,
     revert,
 )
-from spaces._errors import UnsupportedModelError, first_line
-from spaces._lowrank import LayerGeom
 
 __all__ = ["CONV", "LINEAR", "Group", "Item", "Trace", "describe", "resolve_ignored", "trace"]
 
@@ -99,7 +99,7 @@ class Trace:
     not_factorizable: dict[str, str]
     base_output: torch.Tensor
     ignored_layers: tuple[str, ...]
-    attentions: tuple[str, ...] = ()  # switched to HeadPrunableAttention (see spaces._attention)
+    attentions: tuple[str, ...] = ()  # switched to HeadPrunableAttention (see spaces.graph._attention)
     heads: tuple[str, ...] = ()  # every head-prunable attention (torch's, switched, and timm-style)
     param_macs: dict[str, int] = field(default_factory=dict)  # parameter -> MACs per element
     dim_macs: dict[tuple[str, int], int] = field(default_factory=dict)  # (parameter, dim) -> MACs per unit of size
