@@ -130,7 +130,7 @@ def trace(model: nn.Module, example_inputs: tuple[Any, ...], ignored: set[str]) 
     """Trace ``model`` (in eval mode, not modified) on ``example_inputs``; ``ignored`` names are never pruned."""
     import torch_pruning as tp
 
-    from spaces import _tp_compat
+    from spaces.graph import _tp_compat
 
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}

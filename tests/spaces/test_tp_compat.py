@@ -12,7 +12,8 @@ import torch_pruning as tp
 import torchvision
 from torch_pruning._helpers import _HybridIndex as _Index
 
-from spaces import PruneTuneError, _tp_compat
+from spaces import PruneTuneError
+from spaces.graph import _tp_compat
 
 ROOT = Path(__file__).resolve().parents[2]
 
