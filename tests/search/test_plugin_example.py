@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from search.cli import main
+from spaces.dimensions import DIMENSIONS
 from storage import StudyStore
 from tests.search.conftest import ConfigMaker
 
@@ -92,4 +93,5 @@ def test_a_misspelled_key_in_a_plugin_table_is_one_line(site: Path, make_config:
         "unknown config key 'space.fp16.max_shar'; did you mean 'max_share'? valid keys here: keep_first_last, "
         "max_share"
     ), done.stderr
-    assert main(["run", str(cfg), "--quiet"]) == 2  # without the plug-in, [space.fp16] is an unknown table
+    if "fp16" not in DIMENSIONS.names():  # this environment has not installed the plug-in itself
+        assert main(["run", str(cfg), "--quiet"]) == 2  # without it, [space.fp16] is an unknown table
