@@ -406,6 +406,10 @@ def config_flags() -> list[tuple[str, str, bool]]:
         for key, field in cls.model_fields.items():
             is_list = "list[" in str(field.annotation)
             out.append((f"{section}.{key}", field.description or "", is_list))
+    for table, model in dimension_tables().items():  # a plug-in's [space.<key>]: a flag turns it on too
+        for key, field in model.model_fields.items():
+            is_list = "list[" in str(field.annotation)
+            out.append((f"space.{table}.{key}", field.description or "", is_list))
     return out
 
 

@@ -31,7 +31,8 @@ flag, `--section.key value` (e.g. `--search.candidates 10`), which wins over the
 one-line errors that name the nearest valid key.
 
 Plug-in dimensions (see `examples/plugins/`) add a table of their own, `[space.<key>]`, whose presence turns
-the dimension on; their options are documented by the plug-in (`table_reference` renders them like this).
+the dimension on; its keys take flags too (`--space.fp16.max_share 1.0`, which also turns it on). Their
+options are documented by the plug-in (`table_reference` renders them like this).
 """
 
 

@@ -59,8 +59,7 @@ def _run(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_plugin_runs_a_study_through_its_entry_point(site: Path, make_config: ConfigMaker, tmp_path: Path) -> None:
     cfg = make_config(budget__macs=None, budget__bytes="60%", search__candidates=8)
-    cfg.write_text(cfg.read_text() + "\n[space.fp16]\nmax_share = 1.0\n")
-    done = _run(site, "-m", "search.cli", "run", str(cfg), "--quiet")
+    done = _run(site, "-m", "search.cli", "run", str(cfg), "--quiet", "--space.fp16.max_share", "1.0")  # on
     assert done.returncode == 0, done.stderr[-3000:]
     url = f"sqlite:///{tmp_path / 'study.db'}"
     store = StudyStore(url)

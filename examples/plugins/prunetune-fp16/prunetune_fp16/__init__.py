@@ -17,12 +17,15 @@ quarters up to ``max_share``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from spaces import InputTypeError, ModelSpace, Plan, PlanError
+from spaces import InputTypeError, PlanError
 from spaces.dimensions import CostState, Dimension, Entries, ParamSpec, Reported, Sampled, StructureRow
+
+if TYPE_CHECKING:  # the registry loads this module to read a config: it stays torch-free
+    from spaces import ModelSpace, Plan
 
 __all__ = ["Fp16Dimension", "Fp16Options"]
 
