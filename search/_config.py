@@ -401,16 +401,12 @@ _SECTIONS: dict[str, type[_Section]] = {
 
 def config_flags() -> list[tuple[str, str, bool]]:
     """``(section.key, help, is_list)`` for every key: the flags that override the file."""
-    out = []
-    for section, cls in _SECTIONS.items():
-        for key, field in cls.model_fields.items():
-            is_list = "list[" in str(field.annotation)
-            out.append((f"{section}.{key}", field.description or "", is_list))
-    for table, model in dimension_tables().items():  # a plug-in's [space.<key>]: a flag turns it on too
-        for key, field in model.model_fields.items():
-            is_list = "list[" in str(field.annotation)
-            out.append((f"space.{table}.{key}", field.description or "", is_list))
-    return out
+    tables = {f"space.{key}": model for key, model in dimension_tables().items()}  # a flag turns a table on too
+    return [
+        (f"{prefix}.{key}", field.description or "", "list[" in str(field.annotation))
+        for prefix, model in {**_SECTIONS, **tables}.items()
+        for key, field in model.model_fields.items()
+    ]
 
 
 def dimension_tables() -> dict[str, type[BaseModel]]:
