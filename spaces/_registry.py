@@ -69,9 +69,7 @@ class Registry(Generic[T]):
         self.on_change: list[Callable[[], None]] = []  # caches built on the registry (emptied on every change)
 
     # ------------------------------------------------------------ registration
-    def register(
-        self, obj: T | type[T] | Callable[[], T], *, replace: bool = False, before: str | None = None
-    ) -> T:
+    def register(self, obj: T | type[T] | Callable[[], T], *, replace: bool = False, before: str | None = None) -> T:
         """Add ``obj`` (an instance, a class, or a function returning one) under its name; returns the instance.
 
         A name already registered is a ``ValueError`` unless ``replace``. The

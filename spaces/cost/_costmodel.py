@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,7 @@ from spaces._errors import PlanError
 from spaces._lowrank import LayerGeom
 from spaces._plan import Plan
 from spaces.cost._cost import Cost
-from spaces.dimensions import CostState, dimensions
+from spaces.dimensions import CostState, Dimension, Removing, dimensions, inside, role_of, voided
 from spaces.graph._trace import Group, Item, Trace
 
 __all__ = ["CostModel", "Ranks"]
@@ -167,12 +167,21 @@ class CostModel:
 
     def resolve(self, plan: Plan, keep: np.ndarray) -> dict[str, Any]:
         """Every dimension's part of ``plan``, resolved on ``keep`` (dimensions with nothing to do are absent)."""
-        out = {}
+        return {dim.key: part for dim, part in self.parts(plan, keep) if part is not None}
+
+    def parts(self, plan: Plan, keep: np.ndarray) -> Iterator[tuple[Dimension, Any | None]]:
+        """Each dimension, in order, with its part of ``plan`` resolved on ``keep`` (None: nothing to do).
+
+        After a dimension that removes modules (:class:`~spaces.dimensions.Removing`:
+        depth), every later dimension is resolved on the plan without its
+        entries on layers inside them: what is gone is neither costed nor built.
+        """
         for dim in dimensions():
             part = dim.resolve(self, plan, keep)
-            if part is not None:
-                out[dim.key] = part
-        return out
+            yield dim, part
+            remover = role_of(dim, Removing)
+            if remover is not None and part is not None:
+                plan = voided(plan, remover.removed(part), dim.order)
 
     def cost_of_keep(self, keep: np.ndarray, ranks: Ranks | None = None) -> Cost:
         """The cost when group ``i`` keeps ``keep[i]`` channels and ``ranks`` are factorized."""
@@ -184,6 +193,22 @@ class CostModel:
 
     def cost(self, plan: Plan) -> Cost:
         return self.cost_at(plan, self.keep_counts(plan))
+
+    def modules_state(self, modules: Sequence[str], keep: np.ndarray) -> CostState:
+        """The dense cost, at ``keep``, of the parameters inside ``modules`` and of the layers they hold.
+
+        The polynomial restricted to those parameters: their MACs (each layer's
+        positions times its weight, an attention's products) and their
+        parameters and bytes. What a removing dimension takes away; products
+        outside modules are not in it (the caller adds what it measured).
+        """
+        names = tuple(modules)
+        rows = np.array([inside(n.rpartition(".")[0], names) for n in self._param_index], dtype=bool)
+        flat = self._base_dims - self._m @ (self.channels - keep)
+        numel = flat.reshape(-1, self._ndim).prod(axis=1) * rows
+        dims = flat * np.repeat(rows, self._ndim)
+        macs = int(self._mac_w @ numel) + int(self._dim_w @ dims)
+        return CostState(macs=macs, params=int(numel.sum()), bytes=int(self._byte_w @ numel))
 
     def element_size(self, layer: str) -> int:
         """Bytes per element of ``layer``'s weight."""

@@ -254,15 +254,20 @@ class DeviceProfile:
         why = self.unpredictable(resolved)
         if why is not None:
             raise PlanError(f"latency cannot be predicted for this plan: {why}")
-        return self.predict_keep(space, keep, factor_chains(resolved))
+        return self.predict_keep(space, keep, factor_chains(resolved), removed_modules(resolved))
 
     def unpredictable(self, resolved: Mapping[str, Any]) -> str | None:
         """Why the latency of a plan resolved as ``resolved`` (``{dimension key: part}``) cannot be predicted,
         or ``None``: a held dimension whose layers are not factor chains (bits: quantized kernels are not
-        profiled), or a layer factorized by a method the profile has no table of."""
-        from spaces.dimensions import dimensions
+        profiled), or a layer factorized by a method the profile has no table of. A dimension that removes
+        modules (depth) is predictable: the removed layers are not timed."""
+        from spaces.dimensions import Removing, dimensions, role_of
 
-        other = [d.key for d in dimensions() if d.fit_rule == "held" and not d.factor_chains and resolved.get(d.key)]
+        other = [
+            d.key
+            for d in dimensions()
+            if d.fit_rule == "held" and not d.factor_chains and resolved.get(d.key) and not role_of(d, Removing)
+        ]
         if other:
             return f"it has {', '.join(other)}, which device profiles do not time"
         for name, (method, _) in factor_chains(resolved).items():
@@ -274,20 +279,38 @@ class DeviceProfile:
                 )
         return None
 
-    def predict_keep(self, space: ModelSpace, keep: np.ndarray, ranks: Mapping[str, Any] | None = None) -> float:
+    def predict_keep(
+        self,
+        space: ModelSpace,
+        keep: np.ndarray,
+        ranks: Mapping[str, Any] | None = None,
+        removed: tuple[str, ...] = (),
+    ) -> float:
         """The predicted latency (ms) when group ``i`` keeps ``keep[i]`` channels and the layers in ``ranks``
-        (``{layer: (method, ranks)}``, as plans resolve them) are factorized; every other layer is dense."""
-        tables, share = self.tables_at(space, keep, ranks)
+        (``{layer: (method, ranks)}``, as plans resolve them) are factorized; every other layer is dense, but
+        those inside the ``removed`` modules (depth), which are not there."""
+        tables, share = self.tables_at(space, keep, ranks, removed)
         a, b = self.rest
         return self.scale * tables + a + b * share
 
     def tables_at(
-        self, space: ModelSpace, keep: np.ndarray, ranks: Mapping[str, Any] | None = None
+        self,
+        space: ModelSpace,
+        keep: np.ndarray,
+        ranks: Mapping[str, Any] | None = None,
+        removed: tuple[str, ...] = (),
     ) -> tuple[float, float]:
-        """The layer tables' time (ms) at ``keep`` (and ``ranks``), and the share of the base model's
-        conv/linear output elements kept (what the rest's slope multiplies): one pass over the layers."""
+        """The layer tables' time (ms) at ``keep`` (and ``ranks``, without the layers inside ``removed``), and
+        the share of the base model's conv/linear output elements kept (what the rest's slope multiplies): one
+        pass over the layers."""
+        from spaces.dimensions import inside
+
         total, kept, base = 0.0, 0.0, 0.0
         for name, table in self.layers.items():
+            positions = space._trace.spatial.get(name, 0)
+            if removed and inside(name, removed):
+                base += table.outs[-1] * positions
+                continue
             cout, cin = _channels(space, name, keep)
             # a count between multiples runs at the multiple above it (the device's kernels: see the multiple)
             up_in, up_out = _up(cin, self.multiple, table.ins[-1]), _up(cout, self.multiple, table.outs[-1])
@@ -296,7 +319,6 @@ class DeviceProfile:
                 total += table.calls * self.factored[name][method].at(up_in, up_out, max(modes))
             else:
                 total += table.calls * table.at(up_in, up_out) * self.off_block(name, cin, cout)
-            positions = space._trace.spatial.get(name, 0)
             kept, base = kept + cout * positions, base + table.outs[-1] * positions
         return total, kept / (base or 1.0)
 
@@ -338,7 +360,14 @@ class LatencyPredictor:
         resolved = resolved or {}
         if self.profile.unpredictable(resolved) is not None:
             return None
-        return self.profile.predict_keep(self.space, keep, factor_chains(resolved))
+        return self.profile.predict_keep(self.space, keep, factor_chains(resolved), removed_modules(resolved))
+
+
+def removed_modules(resolved: Mapping[str, Any]) -> tuple[str, ...]:
+    """The modules a plan's resolved parts remove (:class:`spaces.dimensions.Removing`: depth)."""
+    from spaces.dimensions import removed_modules as removed
+
+    return removed(resolved)
 
 
 def factor_chains(resolved: Mapping[str, Any]) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -869,7 +898,8 @@ def recalibrate(space: ModelSpace, prof: DeviceProfile, measured: Sequence[tuple
     tables, shares = [], []
     for plan, _ in points:
         keep = space.keep_counts(plan)
-        t, x = prof.tables_at(space, keep, factor_chains(space.costs.resolve(plan, keep)))
+        resolved = space.costs.resolve(plan, keep)
+        t, x = prof.tables_at(space, keep, factor_chains(resolved), removed_modules(resolved))
         tables.append(t)
         shares.append(x)
     s, a, b = _fit_calibration(tables, shares, [ms for _, ms in points])

@@ -4,7 +4,7 @@ Channel pruning (``prune``), low-rank factorization (``rank`` with
 ``method``) and per-layer bits (``bits``) are the built-in dimensions; a new
 one is one module with a :class:`Dimension` subclass (the core, plus the
 roles it opts into: :class:`Sampled`, :class:`Allocated`, :class:`Measured`,
-:class:`Reported`) and one :func:`register_dimension` line, or an entry point
+:class:`Reported`, :class:`Removing`) and one :func:`register_dimension` line, or an entry point
 in the group ``prunetune.dimensions`` (see ``ARCHITECTURE.md``, "Where to
 add"). Torch-free.
 """
@@ -34,10 +34,14 @@ from spaces.dimensions._roles import (
     ROLES,
     Allocated,
     Measured,
+    Removing,
     Reported,
     Sampled,
+    inside,
     register_role,
+    removed_modules,
     role_of,
+    voided,
     with_role,
 )
 
@@ -52,6 +56,7 @@ __all__ = [
     "Entries",
     "Measured",
     "ParamSpec",
+    "Removing",
     "Reported",
     "Sampled",
     "StructureRow",
@@ -59,10 +64,13 @@ __all__ = [
     "check_relations",
     "dimension",
     "dimensions",
+    "inside",
     "plan_keys",
     "register_dimension",
     "register_role",
+    "removed_modules",
     "role_of",
     "unregister_dimension",
+    "voided",
     "with_role",
 ]

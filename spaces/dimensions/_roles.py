@@ -11,7 +11,10 @@ dimension opts into by subclassing it, and that the role's consumer asks for:
 * :class:`Measured`: the plans whose loss rises the sensitivity table measures
   (:func:`spaces.measure_sensitivity`);
 * :class:`Reported`: the tables' short phrase, the structure panel's rows and
-  what an export's ``model.json`` says.
+  what an export's ``model.json`` says;
+* :class:`Removing`: the modules a plan replaces by their shortcut (depth),
+  which the cost model, the surgery and the latency model then leave out:
+  every later dimension's entries on layers inside them are void.
 
 A consumer asks :func:`with_role` for the dimensions that play its role; a
 dimension that does not is skipped, and the first time it is skipped a
@@ -37,7 +40,20 @@ if TYPE_CHECKING:
     from spaces._plan import Plan
     from spaces._space import ModelSpace
 
-__all__ = ["ROLES", "Allocated", "Measured", "Reported", "Sampled", "register_role", "role_of", "with_role"]
+__all__ = [
+    "ROLES",
+    "Allocated",
+    "Measured",
+    "Removing",
+    "Reported",
+    "Sampled",
+    "inside",
+    "register_role",
+    "removed_modules",
+    "role_of",
+    "voided",
+    "with_role",
+]
 
 log = logging.getLogger("prunetune")
 R = TypeVar("R")
@@ -139,7 +155,26 @@ class Reported(ABC):
         return None
 
 
-ROLES: tuple[type, ...] = (Sampled, Allocated, Measured, Reported)
+class Removing(ABC):
+    """The role of a dimension that removes whole modules (replacing each by its shortcut, the identity).
+
+    Its consumers are the mechanism, not a policy: :meth:`spaces.CostModel.resolve`
+    voids every later dimension's plan entries on layers inside the removed
+    modules (a rank or bits of a layer that is gone does nothing, and costs
+    nothing), the surgery applies the later dimensions to what is left, and
+    the latency model does not time the removed layers. The dimension's own
+    :meth:`~spaces.dimensions.Dimension.add_cost` takes the removed modules'
+    cost away (:meth:`spaces.CostModel.modules_state` gives it exactly).
+    """
+
+    key: ClassVar[str]
+
+    @abstractmethod
+    def removed(self, resolved: Any) -> tuple[str, ...]:
+        """The module names this dimension's resolved part removes (``()``: none)."""
+
+
+ROLES: tuple[type, ...] = (Sampled, Allocated, Measured, Reported, Removing)
 _adapters: dict[tuple[type, str], Any] = {}  # (role, dimension key) -> an adapter playing the role for it
 _said: set[tuple[type, str]] = set()
 
@@ -175,3 +210,34 @@ def with_role(role: type[R]) -> list[R]:
             _said.add((role, dim.key))
             log.info("plan dimension %r does not implement %s: skipped there", dim.key, role.__name__)
     return out
+
+
+def removed_modules(resolved: Mapping[str, Any]) -> tuple[str, ...]:
+    """Every module name the resolved parts of a plan (``{dimension key: part}``) remove."""
+    out: list[str] = []
+    for dim in dimensions():
+        player = role_of(dim, Removing)
+        if player is not None and resolved.get(dim.key) is not None:
+            out.extend(player.removed(resolved[dim.key]))
+    return tuple(out)
+
+
+def inside(name: str, modules: tuple[str, ...]) -> bool:
+    """Whether module ``name`` is one of ``modules`` or inside one of them."""
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
+def voided(plan: Plan, removed: tuple[str, ...], after: int) -> Plan:
+    """``plan`` with the entries of every dimension ordered after ``after`` on layers inside ``removed`` dropped."""
+    if not removed:
+        return plan
+    changes: dict[str, dict[str, Any]] = {}
+    for dim in dimensions():
+        if dim.order <= after:
+            continue
+        for key in dim.keys:
+            entries = plan.entries(key)
+            kept = {k: v for k, v in entries.items() if not inside(str(k), removed)}
+            if len(kept) != len(entries):
+                changes[key] = kept
+    return plan.replace(**changes) if changes else plan

@@ -24,7 +24,6 @@ from torch import nn
 
 from spaces._plan import Plan
 from spaces.cost._costmodel import CostModel
-from spaces.dimensions import dimensions
 from spaces.graph._attention import convert
 from spaces.graph._trace import Item, Trace
 from spaces.policy._importance import ImportanceScores
@@ -69,7 +68,7 @@ class Surgery:
         keep = self.costs.keep_counts(plan)
         convert(model, self.trace.attentions)  # a copy of the user's model: its attentions as the trace has them
         applied = False
-        for dim in dimensions():
+        for dim, part in self.costs.parts(plan, keep):
             if done is not None and _same_entries(dim.keys, done, plan):
                 if applied and not all(done.entries(k) == {} for k in dim.keys):
                     raise ValueError(f"plan dimension {dim.key!r} applied before ones the plan adds: apply it whole")
@@ -77,7 +76,6 @@ class Surgery:
             if done is not None and not all(done.entries(k) == {} for k in dim.keys):
                 raise ValueError(f"plan dimension {dim.key!r} differs from the applied plan's: apply it whole")
             applied = True
-            part = dim.resolve(self.costs, plan, keep)
             if part is not None:
                 dim.apply(self, model, part, keep)
         return model
