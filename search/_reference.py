@@ -4,9 +4,10 @@ Every section of :class:`search.Config` becomes a table of its keys: the
 type, the default (or "required") and the description the models declare,
 so the reference is what the code validates. ``scripts/config_reference.py
 --write`` writes it; ``tests/search/test_config_reference.py`` fails when the
-file and the models drift apart. Plug-in dimensions document their own
-``[space.<key>]`` tables (:attr:`spaces.dimensions.Dimension.options`);
-:func:`table_reference` renders one the same way.
+file and the models drift apart. The built-in dimensions' ``[space.<key>]``
+tables (:attr:`spaces.dimensions.Dimension.options`) follow ``[space]``;
+plug-in dimensions document their own (:func:`table_reference` renders one
+the same way).
 """
 
 from __future__ import annotations
@@ -30,21 +31,26 @@ when this file and the code drift apart. A config is one TOML file; every key be
 flag, `--section.key value` (e.g. `--search.candidates 10`), which wins over the file. Unknown keys are
 one-line errors that name the nearest valid key.
 
-Plug-in dimensions (see `examples/plugins/`) add a table of their own, `[space.<key>]`, whose presence turns
-the dimension on; its keys take flags too (`--space.fp16.max_share 1.0`, which also turns it on). Their
-options are documented by the plug-in (`table_reference` renders them like this).
+A dimension with options has a table of its own, `[space.<key>]`, whose presence turns the dimension on; its
+keys take flags too (`--space.depth.max_share 0.5`, which also turns it on). The built-in ones follow
+`[space]`; plug-in dimensions (see `examples/plugins/`) document theirs (`table_reference` renders them like
+this).
 """
 
 
 def config_reference() -> str:
     """The Markdown reference of every section of the config."""
     from search._config import Config
+    from spaces.dimensions import DIMENSIONS
 
     parts = [HEADER]
     for name, field in Config.model_fields.items():
         model = field.annotation
         assert isinstance(model, type) and issubclass(model, BaseModel)
         parts.append(table_reference(f"[{name}]", model))
+        if name == "space":  # the built-in dimensions' own tables (a plug-in's would make the file differ)
+            tables = [(key, DIMENSIONS.get(key).options) for key in DIMENSIONS.builtins]
+            parts += [table_reference(f"[space.{key}]", opts) for key, opts in tables if opts is not None]
     return "\n".join(parts)
 
 

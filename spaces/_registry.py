@@ -64,6 +64,7 @@ class Registry(Generic[T]):
         self.kind, self.base, self.group, self.name_attr = kind, base, group, name_attr
         self.error, self.what = error, what or kind
         self._entries: dict[str, T | str] = dict(builtins or {})
+        self.builtins = tuple(builtins or {})  # the names PruneTune itself registers (not plug-ins)
         self._plugins_read = group is None
         self._problems: dict[str, str] = {}
         self.on_change: list[Callable[[], None]] = []  # caches built on the registry (emptied on every change)
