@@ -35,6 +35,7 @@ DIMENSIONS: Registry[Dimension] = Registry(
         "prune": "spaces.dimensions._prune:PruneDimension",
         "rank": "spaces.dimensions._rank:RankDimension",
         "bits": "spaces.dimensions._bits:BitsDimension",
+        "depth": "spaces.dimensions._depth:DepthDimension",
     },
     name_attr="key",
     error=PlanError,

@@ -8,6 +8,7 @@ import pytest
 
 from search._config import Config, config_flags, load_config
 from search.cli._main import _parser
+from spaces.dimensions import dimensions
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -28,6 +29,8 @@ def test_defaults_and_study_name_from_the_file(tmp_path: Path) -> None:
 def test_every_key_is_a_run_flag_and_overrides_the_file(tmp_path: Path) -> None:
     keys = {k for k, _, _ in config_flags()}
     expected = {f"{s}.{k}" for s, f in Config.model_fields.items() for k in f.annotation.model_fields}  # type: ignore[union-attr]
+    expected |= {f"space.{d.key}.{k}" for d in dimensions() if d.options is not None for k in d.options.model_fields}
+    assert "space.depth.max_share" in expected  # a built-in dimension's table takes flags
     assert keys == expected and len(keys) > 30
     run = _parser().parse_args(["run", "x.toml", "--search.candidates", "7"])
     assert all(hasattr(run, k) for k in keys)
