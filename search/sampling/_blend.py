@@ -79,8 +79,6 @@ def blend_weights(space: ModelSpace, anchors: Mapping[str, Mapping[str, float]],
     return {name: float(w) for name, w in zip(anchors, weights, strict=True)}
 
 
-
-
 class PruneSampling(Sampled):
     """The sampled role of pruning in a study: the blend's knobs with ``sample_by = "blend"``, else the
     dimension's own per-group or per-stage ratios."""
