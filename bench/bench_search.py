@@ -22,7 +22,9 @@ data order — and are measured on the **test** split, which nothing selects on:
     no seed plans;
 (f) **the search, best of N**: a ``prunetune`` study with the defaults (TPE, the
     allocator's, the uniform and the global-ranking plan first); ``stages`` and ``blend``
-    also run it with ``space.sample_by = "stages"`` and ``"blend"``.
+    also run it with ``space.sample_by = "stages"`` and ``"blend"``;
+(g) ``depth``: the same study with ``[space.depth]`` on (up to half the blocks
+    dropped, the pruning fitted around them): depth + width against width alone.
 
 Both studies use ``search.floor = "cap"`` (the question is the best model at the
 budget), the same successive-halving rungs (``--rungs``: fine-tune steps, the
@@ -97,6 +99,7 @@ STUDIES: dict[str, tuple[str, dict[str, Any]]] = {
     "stages": ("(f) search, sample_by = stages", {"space.sample_by": "stages"}),
     "blend": ("(f) search, sample_by = blend", {"space.sample_by": "blend"}),
     "curve": ("(f) search with the default floor", {}),
+    "depth": ("(g) search with depth + width", {"space.depth.max_share": 0.5}),
 }
 
 
@@ -148,6 +151,7 @@ def run_seed(args: argparse.Namespace, b: float, seed: int, log: dict[str, Any])
         for arm, rows in cands.items():
             pick = best_of(rows, runs[arm].cfg.evaluate.score)
             models[f"{STUDIES[arm][0]}, best of {args.candidates}"] = p.space.apply(Plan.from_json(pick.plan))
+            log["blocks"].setdefault(arm, []).append(len(Plan.from_json(pick.plan).entries("depth")))
             log["within"].setdefault(arm, []).append(to_reach(rows, top, final_best(rows, top) - 0.003))
         for arm in (a for a in cands if a != "random" and "random" in cands):
             log["reach"].setdefault(arm, []).append(to_reach(cands[arm], top, final_best(cands["random"], top)))
@@ -171,13 +175,14 @@ def main() -> None:
     speed: list[list[str]] = []
     t_all = time.perf_counter()
     for b in [float(x) for x in args.budgets.split(",")]:
-        log: dict[str, Any] = {"accs": {}, "cost": {}, "within": {}, "reach": {}, "walls": {}}
+        log: dict[str, Any] = {"accs": {}, "cost": {}, "within": {}, "reach": {}, "walls": {}, "blocks": {}}
         for seed in seeds:
             run_seed(args, b, seed, log)
         rows += table_rows(b, log)
         for arm, n in log["within"].items():
             reach = ", ".join(map(str, log["reach"].get(arm, [])))
-            speed.append([f"{b:.0%}", arm, ", ".join(map(str, n)), reach, f"{statistics.mean(log['walls'][arm]):.0f}"])
+            blocks, wall = ", ".join(map(str, log["blocks"][arm])), f"{statistics.mean(log['walls'][arm]):.0f}"
+            speed.append([f"{b:.0%}", arm, ", ".join(map(str, n)), reach, blocks, wall])
     print(
         f"\n# {args.data} ResNet-20; test accuracy after BN recalibration + {args.final_steps} distilled fine-tune "
         f"steps, seeds {seeds} (mean ± std, %); searches: {args.candidates} candidates, rungs {args.rungs}, "
@@ -188,7 +193,7 @@ def main() -> None:
     print()
     print_table(
         ["MAC budget", "study", "candidates to within 0.3 points of its best (per seed)",
-         "the search's candidates to random search's best", "s per study"],
+         "the search's candidates to random search's best", "blocks its pick drops", "s per study"],
         speed,
     )  # fmt: skip
 
