@@ -39,9 +39,9 @@ def hypervolume(points: list[tuple[float, float]], cap: float) -> float:
 
 
 ARMS: dict[str, dict[str, Any]] = {
-    "pruning only": {"space.rank": False},
-    "joint, svd": {"space.rank": True, "space.method": "svd"},
-    "joint, tucker2": {"space.rank": True, "space.method": "tucker2"},
+    "pruning only": {},
+    "joint, svd": {"space.rank.method": "svd"},
+    "joint, tucker2": {"space.rank.method": "tucker2"},
 }
 
 

@@ -99,7 +99,7 @@ def _overrides(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
         "model.train_epochs": args.epochs,
         "data.spec": args.data,
         "budget.latency": args.cap,
-        "space.rank": True,
+        "space.rank.method": "svd",
         "evaluate.finetune_steps": args.steps,
         "evaluate.eval_every": 0,
         "evaluate.bn_batches": 2,

@@ -82,8 +82,7 @@ def prepare(args: argparse.Namespace, tmp: Path, budget: str, seed: int, *, join
         "search.candidates": args.candidates if joint else 1,
         "search.seed": seed,
         "search.floor": "cap",
-        "space.rank": joint,
-        "space.methods": list(method_names()) if joint else [],
+        "space.rank.methods": list(method_names()) if joint else None,  # the table present: ranks on
     }
     return Search(load_config(None, {k: v for k, v in overrides.items() if v is not None}))
 

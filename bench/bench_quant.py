@@ -80,7 +80,7 @@ def study(args: argparse.Namespace, tmp: Path, budget: float, seed: int, quantiz
         **study_overrides(args, tmp, f"q-{quantize}-{budget}-{seed}"),
         "budget.macs": None,
         "budget.bytes": f"{budget:.0%}",
-        "space.quantize": quantize,
+        "space.bits.activations": quantize == "weights+activations",
         "evaluate.rungs": args.rungs,
         "evaluate.max_val_samples": args.max_val,
         "evaluate.rescore_top": args.rescore_top,
@@ -88,6 +88,8 @@ def study(args: argparse.Namespace, tmp: Path, budget: float, seed: int, quantiz
         "search.floor": "cap",
         "search.seed": seed,
     }
+    if quantize == "none":  # no [space.bits] table: channels only
+        del overrides["space.bits.activations"]
     return Search(load_config(None, overrides)).prepare()
 
 

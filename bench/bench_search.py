@@ -96,8 +96,8 @@ def final_best(rows: list[CandidateRow], steps: int) -> float:
 STUDIES: dict[str, tuple[str, dict[str, Any]]] = {
     "random": ("(e) random search", {"search.sampler": "random", "search.seed_plans": []}),
     "search": ("(f) search", {}),
-    "stages": ("(f) search, sample_by = stages", {"space.sample_by": "stages"}),
-    "blend": ("(f) search, sample_by = blend", {"space.sample_by": "blend"}),
+    "stages": ("(f) search, sample_by = stages", {"space.prune.sample_by": "stages"}),
+    "blend": ("(f) search, sample_by = blend", {"space.prune.sample_by": "blend"}),
     "curve": ("(f) search with the default floor", {}),
     "depth": ("(g) search with depth + width", {"space.depth.max_share": 0.5}),
 }

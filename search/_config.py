@@ -22,7 +22,7 @@ from search.drivers import driver_names  # the registry (light: a driver loads w
 from search.sampling._samplers import Sampler
 from spaces import Importance, Method, Objective
 
-__all__ = ["Config", "config_flags", "load_config"]
+__all__ = ["Config", "config_flags", "legacy_flags", "load_config"]
 
 
 class _Section(BaseModel):
@@ -71,20 +71,25 @@ class BudgetConfig(_Section):
 
 
 class SpaceConfig(_Section):
-    """What may change: the flat keys of the built-in dimensions, and a ``[space.<key>]`` table per plug-in
-    dimension that declares typed options (:attr:`spaces.dimensions.Dimension.options`)."""
+    """What may change: how channels are chosen (below), and a `[space.<key>]` table per dimension with
+    options (`[space.prune]`, always on; `[space.rank]`, `[space.bits]`, `[space.depth]` and a plug-in's), which
+    turns the dimension on. The flat keys of older configs (max_ratio, sample_by, rank, method, methods,
+    quantize) still load into their tables, with a one-line note naming the table.
+
+    The tables hold each dimension's typed options (:attr:`spaces.dimensions.Dimension.options`).
+    """
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     @model_validator(mode="before")
     @classmethod
     def _dimension_tables(cls, data: Any) -> Any:
-        """Every key that is not one of the flat keys must be the table of a dimension with typed options."""
+        """Every key that is not one of the fields must be the table of a dimension with typed options."""
         if not isinstance(data, dict):
             return data
         tables = dimension_tables()
-        out = dict(data)
-        for key, value in data.items():
+        out = {"prune": {}, **_flat_keys(dict(data))}  # pruning is always on, and first
+        for key, value in list(out.items()):
             if key in cls.model_fields:
                 continue
             if key not in tables:
@@ -95,12 +100,48 @@ class SpaceConfig(_Section):
         return out
 
     def tables(self) -> dict[str, BaseModel]:
-        """The plug-in dimensions turned on, each with its validated options."""
+        """The dimensions turned on (pruning first), each with its validated options."""
         return dict(self.model_extra or {})
 
+    def table(self, key: str) -> Any:
+        """Dimension ``key``'s typed options, or None when its table is absent (the dimension is off)."""
+        return self.tables().get(key)
+
     def options(self) -> dict[str, Any]:
-        """What the dimensions' roles read: the flat keys, and each table's typed options under its key."""
-        return self.model_dump(mode="json") | self.tables()
+        """What the dimensions' roles read: each table's typed options under its key, and the flat view below."""
+        flat = {"max_ratio": self.max_ratio, "sample_by": self.sample_by, "method": self.method.value}
+        flat |= {"methods": [m.value for m in self.methods], "quantize": self.quantize, "rank": self.rank}
+        return self.model_dump(mode="json", exclude=set(self.tables())) | flat | self.tables()
+
+    # the flat view of the built-in tables, which the study's code reads (one default per option: the table's)
+    @property
+    def max_ratio(self) -> float:
+        return float(self.table("prune").max_ratio)
+
+    @property
+    def sample_by(self) -> str:
+        return str(self.table("prune").sample_by)
+
+    @property
+    def rank(self) -> bool:
+        """Whether ranks are searched (``[space.rank]`` present)."""
+        return self.table("rank") is not None
+
+    @property
+    def method(self) -> Method:
+        rank = self.table("rank")
+        return Method(rank.method if rank is not None else _default("rank", "method"))
+
+    @property
+    def methods(self) -> list[Method]:
+        rank = self.table("rank")
+        return [Method(m) for m in rank.methods] if rank is not None else []
+
+    @property
+    def quantize(self) -> str:
+        """``"none"``, or with ``[space.bits]`` ``"weights"`` / ``"weights+activations"``."""
+        bits = self.table("bits")
+        return "none" if bits is None else str(bits.mode)
 
     importance: Importance = Field(
         Importance.GROUP_L2,
@@ -128,48 +169,9 @@ class SpaceConfig(_Section):
             raise ValueError('round_to must be an integer >= 1 or "auto"')
         return n
 
-    max_ratio: float = Field(0.8, gt=0, lt=1, description="largest prune ratio the sampler proposes per group")
-    sample_by: Literal["groups", "stages", "blend"] = Field(
-        "groups",
-        description="the sampler's prune ratios: one per group, one per stage (the groups at one resolution), or "
-        "a blend (a weight per one-shot plan, the uniform, the global-ranking and the allocator's, and a tilt per "
-        "stage)",
-    )
-    rank: bool = Field(
-        False, description="also search per-layer factorization (low-rank methods, versatile filters: `method`)"
-    )
-    method: Method = Field(
-        Method.SVD,
-        description="how a layer is factorized: svd, tucker2, tt (low rank) or versatile, versatile_ch (versatile "
-        "filters); the allocator's seed plans use this one",
-    )
-    methods: list[Method] = Field(
-        default_factory=list,
-        description="with two or more, the sampler also chooses each layer's method among these (every method on)",
-    )
-    quantize: Literal["none", "weights", "weights+activations"] = Field(
-        "none",
-        description="also search weight bit widths (every conv/linear layer at 8 or 4 bits: one knob, the share at "
-        "4 bits), and with weights+activations quantize their inputs to 8 bits",
-    )
     ignored_layers: list[str] = Field(
         default_factory=list, description="layers whose output channels are never pruned (module names)"
     )
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, v: list[Method]) -> list[Method]:
-        if v and (len(v) < 2 or len(set(v)) != len(v)):
-            raise ValueError(f"methods must list two or more different methods (one: use space.method), got {v}")
-        return v
-
-    @model_validator(mode="after")
-    def _method_among_methods(self) -> SpaceConfig:
-        if self.methods and self.method not in self.methods:
-            raise ValueError(
-                f"space.method {self.method.value!r} must be one of space.methods (the allocator's seeds use it)"
-            )
-        return self
 
     def space_kwargs(self) -> dict[str, Any]:
         """The :class:`spaces.ModelSpace` options of this ``[space]`` (``round_to = "auto"`` starts at 1)."""
@@ -177,9 +179,8 @@ class SpaceConfig(_Section):
         return {"importance": self.importance, "round_to": round_to, "ignored_layers": self.ignored_layers}
 
     def active(self) -> list[str]:
-        """The dimensions this ``[space]`` searches: pruning, ranks (``rank``), bits (``quantize``), the tables."""
-        flags = {"prune": True, "rank": self.rank, "bits": self.quantize != "none"}
-        return [k for k, on in flags.items() if on] + list(self.tables())
+        """The dimensions this ``[space]`` searches: pruning, and every other table present."""
+        return list(self.tables())
 
     @model_validator(mode="after")
     def _relations(self) -> SpaceConfig:
@@ -188,6 +189,67 @@ class SpaceConfig(_Section):
 
         check_relations(self.active(), where="[space]")
         return self
+
+
+_noted: set[str] = set()
+_pending: dict[str, str] = {}
+
+
+def legacy_flags() -> list[tuple[str, bool]]:
+    """``(space.key, is_list)`` for the flat keys of older configs, which the options models still read."""
+    out = []
+    for model in dimension_tables().values():
+        for key in getattr(model, "flat_keys", {}):
+            field = model.model_fields.get(key)
+            out.append((f"space.{key}", field is not None and "list[" in str(field.annotation)))
+    return out
+
+
+def _note(key: str, text: str) -> None:
+    """Note that a flat key was read into its table; :func:`load_config` says so once it has loaded."""
+    if key not in _noted:
+        _pending[key] = text
+
+
+def _say_notes() -> None:
+    """The pending notes, one line each on stderr (through the ``prunetune`` logger), once per process and key."""
+    import logging
+
+    for key, text in _pending.items():
+        _noted.add(key)
+        logging.getLogger("prunetune").warning("prunetune: note: %s", text)
+    _pending.clear()
+
+
+def _flat_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a ``[space]``) with the flat keys of older configs moved into their tables.
+
+    An options model that reads flat keys declares them (``flat_keys``: key to what it became) and says which
+    table they ask for (``from_flat(flat, present)``: a table to merge, or None: the dimension is off).
+    """
+    for table, model in dimension_tables().items():
+        keys: dict[str, str] = getattr(model, "flat_keys", {})
+        flat = {k: data.pop(k) for k in list(keys) if k in data and not isinstance(data[k], (dict, BaseModel))}
+        if not flat:
+            continue
+        for k in flat:
+            _note(k, f"space.{k} is read as [space.{table}] {keys[k]}; write it there")
+        present = isinstance(data.get(table), (dict, BaseModel))
+        try:
+            values = model.from_flat(flat, present=present)  # type: ignore[attr-defined]
+        except ValidationError as exc:
+            raise ValueError(_table_error(table, model, exc)) from None
+        current = data.get(table)
+        if values is None:
+            data.pop(table, None)
+        else:
+            data[table] = {**(current if isinstance(current, dict) else {}), **values}  # a flag wins, as flags do
+    return data
+
+
+def _default(table: str, name: str) -> Any:
+    """The default of option ``name`` of ``[space.<table>]``: the one its model declares."""
+    return dimension_tables()[table].model_fields[name].default
 
 
 class EvaluateConfig(_Section):
@@ -427,12 +489,19 @@ def _table(key: str, model: type[BaseModel], value: Any) -> BaseModel:
     try:
         return model.model_validate(value.model_dump() if isinstance(value, BaseModel) else value)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        name = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            raise ValueError(_unknown(f"space.{key}.{name}", name, list(model.model_fields))) from None
-        msg = err["msg"].removeprefix("Value error, ")
-        raise ValueError(f"[space.{key}] {name}: {msg} (got {err.get('input')!r})") from None
+        raise ValueError(_table_error(key, model, exc)) from None
+
+
+def _table_error(key: str, model: type[BaseModel], exc: ValidationError) -> str:
+    """The first error of ``[space.<key>]``, in one line."""
+    err = exc.errors()[0]
+    name = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return _unknown(f"space.{key}.{name}", name, list(model.model_fields))
+    msg = err["msg"].removeprefix("Value error, ")
+    if not name:  # the table's own check: its message names the keys
+        return f"[space.{key}]: {msg}"
+    return f"[space.{key}] {name}: {msg} (got {err.get('input')!r})"
 
 
 def _error(exc: ValidationError, source: str) -> ValueError:
@@ -472,17 +541,24 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise ValueError(f"{source}: config key {section!r} must be a table like [{section}]")
         table, dot, name = key.partition(".")
         if dot:  # a dimension's table: space.fp16.share
-            if not isinstance(data[section].setdefault(table, {}), dict):
+            current = data[section].setdefault(table, {})
+            if isinstance(current, (bool, str)) and section == "space" and table in dimension_tables():
+                data[section][table] = {}  # a flat toggle of an older config (rank = false): the flag's table wins
+            elif not isinstance(current, dict):
                 raise ValueError(f"{source}: config key {section}.{table!r} must be a table like [{section}.{table}]")
             data[section][table][name] = value
         else:
             data[section][key] = value
+    _pending.clear()
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
+        _pending.clear()  # a config that does not load says only why
         raise _error(exc, source) from None
     if not cfg.budget_dict():
+        _pending.clear()
         raise ValueError(f'{source}: [budget] needs at least one of macs, params, bytes (e.g. macs = "50%")')
     if cfg.search.study is None:
         cfg.search.study = Path(path).stem if path is not None else "prunetune"
+    _say_notes()
     return cfg

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from search._config import config_flags, load_config, missing_onnx
+from search._config import config_flags, legacy_flags, load_config, missing_onnx
 from search.cli._staged import staged
 from search.cli._tables import front_table, pct
 from search.operations._export import export_candidate, out_dir
@@ -45,11 +45,13 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     for key, text, is_list in config_flags():
         help_text = text.replace("%", "%%") if text else f"overrides [{key.partition('.')[0]}] {key.partition('.')[2]}"
         p.add_argument(f"--{key}", dest=key, metavar="LIST" if is_list else "VALUE", help=help_text)
+    for key, is_list in legacy_flags():  # the flat keys of older configs: still read (into their tables), not shown
+        p.add_argument(f"--{key}", dest=key, metavar="LIST" if is_list else "VALUE", help=argparse.SUPPRESS)
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, _help, is_list in config_flags():
+    for key, _help, is_list in [*config_flags(), *((k, "", is_list) for k, is_list in legacy_flags())]:
         value = getattr(args, key, None)
         if value is not None:
             out[key] = [v.strip() for v in value.split(",") if v.strip()] if is_list else value

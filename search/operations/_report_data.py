@@ -118,7 +118,7 @@ def _seed_plans(space: ModelSpace, info: StudyRecord, rows: list[CandidateRow], 
         elif "latency" in info.budget:
             continue  # met on the device profile's prediction, which the report does not measure
         elif kind is CandidateKind.ALLOCATOR:
-            rank, method = bool(info.spec.space.get("rank", False)), str(info.spec.space.get("method", "svd"))
+            rank, method = _rank_options(info.spec.space)
             allocation = space.allocate(budget, rank=rank, method=method)
             out["allocator (not evaluated)"] = space.fit(allocation.plan, budget)
         elif kind is CandidateKind.UNIFORM:
@@ -161,6 +161,14 @@ def filters_frame(space: ModelSpace, plan: Plan) -> pd.DataFrame:
             rows += [{"layer": layer, "filter": i, "l1": float(v), "pruned": bool(p)}
                      for i, (v, p) in enumerate(zip(l1.tolist(), pruned.tolist(), strict=True))]  # fmt: skip
     return pd.DataFrame(rows, columns=["layer", "filter", "l1", "pruned"])
+
+
+def _rank_options(stored: dict[str, Any]) -> tuple[bool, str]:
+    """Whether a study searched ranks, and its method: a ``[space.rank]`` table, or an older study's flat keys."""
+    rank = stored.get("rank")
+    if isinstance(rank, dict):
+        return True, str(rank.get("method", "svd"))
+    return bool(rank), str(stored.get("method", "svd"))
 
 
 def _config_text(info: StudyRecord, config: Config | None) -> str:

@@ -42,6 +42,8 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from spaces._errors import InputTypeError, PlanError
 from spaces.cost._cost import quantized_bytes
 from spaces.dimensions._base import AllocPoint, Block, CostState, Dimension, Entries, ParamSpec, StructureRow
@@ -56,7 +58,7 @@ if TYPE_CHECKING:
     from spaces.cost._costmodel import CostModel
     from spaces.graph._surgery import Surgery
 
-__all__ = ["WEIGHT_BITS", "BitsDimension", "quantizable_layers"]
+__all__ = ["WEIGHT_BITS", "BitsDimension", "BitsOptions", "quantizable_layers"]
 
 WEIGHT_BITS = (4, 8)  # the widths a plan may give a layer's weights (absent: float32)
 ACT_BITS = (8,)
@@ -96,12 +98,38 @@ def _four_bit_order(costs: CostModel) -> list[str]:
     return sorted(names, key=lambda n: (-layers[n], names.index(n)))
 
 
+class BitsOptions(BaseModel):
+    """Per-layer weight bit widths searched beside the pruning: every conv and linear layer at 8 or 4 bits."""
+
+    model_config = ConfigDict(extra="forbid")
+    activations: bool = Field(
+        False, description="also quantize each quantized layer's input to 8 bits (static, per tensor)"
+    )
+
+    # the flat [space] keys of older configs this table reads (see search._config): key -> where it went
+    flat_keys: ClassVar[dict[str, str]] = {"quantize": '(present: bits searched; "weights+activations": activations)'}
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any], *, present: bool) -> dict[str, Any] | None:
+        """The table ``quantize`` asks for: none (off), weights, or weights+activations."""
+        mode = flat["quantize"]
+        if mode not in QUANTIZE_MODES:
+            raise ValueError(f"space.quantize must be one of {', '.join(QUANTIZE_MODES)}, got {mode!r}")
+        return None if mode == "none" else {"activations": mode == "weights+activations"}
+
+    @property
+    def mode(self) -> str:
+        """The quantization mode: ``"weights"`` or ``"weights+activations"``."""
+        return "weights+activations" if self.activations else "weights"
+
+
 class BitsDimension(Dimension, Sampled, Allocated, Measured, Reported):
     key = "bits"
     extra_keys = ("act_bits",)
     describe: ClassVar[dict[str, str]] = {"bits": "layer to weight bits", "act_bits": "layer to input bits"}
     order = 20  # after pruning and factorization: it quantizes the layers they leave
     conflicts: ClassVar[dict[str, str]] = {"rank": "a factorized layer is not quantized"}
+    options = BitsOptions
 
     def normalize(self, values: Entries) -> Entries:
         bits = {str(k): _check_bits("bits", k, v, WEIGHT_BITS) for k, v in values["bits"].items()}

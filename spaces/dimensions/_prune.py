@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from spaces._errors import InputTypeError, PlanError
 from spaces.dimensions._base import AllocPoint, Block, CostState, Dimension, Entries, ParamSpec, StructureRow
@@ -27,7 +29,28 @@ if TYPE_CHECKING:
     from spaces.cost._costmodel import CostModel
     from spaces.graph._surgery import Surgery
 
-__all__ = ["PruneDimension", "stages"]
+__all__ = ["PruneDimension", "PruneOptions", "stages"]
+
+
+class PruneOptions(BaseModel):
+    """Channel pruning, always on: how the sampler proposes prune ratios."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_ratio: float = Field(0.8, gt=0, lt=1, description="largest prune ratio the sampler proposes per group")
+    sample_by: Literal["groups", "stages", "blend"] = Field(
+        "groups",
+        description="the sampler's prune ratios: one per group, one per stage (the groups at one resolution), or "
+        "a blend (a weight per one-shot plan, the uniform, the global-ranking and the allocator's, and a tilt per "
+        "stage)",
+    )
+
+    # the flat [space] keys of older configs this table reads (see search._config): key -> where it went
+    flat_keys: ClassVar[dict[str, str]] = {"max_ratio": "max_ratio", "sample_by": "sample_by"}
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any], *, present: bool) -> dict[str, Any] | None:
+        """The table the flat keys of an older config ask for (pruning is always on)."""
+        return dict(flat)
 
 
 def stages(space: ModelSpace) -> dict[str, list[str]]:
@@ -61,6 +84,7 @@ class PruneDimension(Dimension, Sampled, Allocated, Reported):
     order = 0
     always_written = True
     fit_rule = "moved"
+    options = PruneOptions  # [space.prune]; pruning is on without the table too
 
     def normalize(self, values: Entries) -> Entries:
         clean: dict[str, float] = {}

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from spaces._errors import InputTypeError, PlanError
 from spaces._vocab import Method
 from spaces.dimensions._base import AllocPoint, Block, CostState, Dimension, Entries, ParamSpec, StructureRow
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     from spaces.cost._costmodel import CostModel, Ranks
     from spaces.graph._surgery import Surgery
 
-__all__ = ["RankDimension"]
+__all__ = ["RankDimension", "RankOptions"]
 
 DEFAULT_METHOD = Method.SVD.value
 _RANK_STEP = 0.1  # the sampler's grid of fractions of the break-even rank
@@ -93,12 +95,54 @@ def factorized_at(costs: CostModel, keep: np.ndarray, chosen: Mapping[str, tuple
     return out
 
 
+class RankOptions(BaseModel):
+    """Per-layer factorization (low-rank methods, versatile filters) searched beside the pruning."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Method = Field(
+        Method.SVD,
+        description="how a layer is factorized: svd, tucker2, tt (low rank) or versatile, versatile_ch (versatile "
+        "filters); the allocator's seed plans use this one",
+    )
+    methods: list[Method] = Field(
+        default_factory=list,
+        description="with two or more, the sampler also chooses each layer's method among these (every method on)",
+    )
+
+    # the flat [space] keys of older configs this table reads (see search._config): key -> where it went
+    flat_keys: ClassVar[dict[str, str]] = {
+        "rank": "(present: ranks searched)",
+        "method": "method",
+        "methods": "methods",
+    }
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any], *, present: bool) -> dict[str, Any] | None:
+        """The table the flat keys ask for: ``rank = true`` turns it on; method and methods are checked either way."""
+        from pydantic import TypeAdapter
+
+        on = TypeAdapter(bool).validate_python(flat.pop("rank")) if "rank" in flat else present
+        cls.model_validate(flat)  # a bad method is an error even where ranks are off
+        return flat if on else None
+
+    @model_validator(mode="after")
+    def _methods(self) -> RankOptions:
+        listed = self.methods
+        if listed and (len(listed) < 2 or len(set(listed)) != len(listed)):
+            got = [m.value for m in listed]
+            raise ValueError(f"methods must list two or more different methods (one: use method), got {got}")
+        if listed and self.method not in listed:
+            raise ValueError(f"method {self.method.value!r} must be one of methods (the allocator's seeds use it)")
+        return self
+
+
 class RankDimension(Dimension, Sampled, Allocated, Reported):
     key = "rank"
     extra_keys = ("method",)
     describe: ClassVar[dict[str, str]] = {"rank": "layer to rank", "method": "layer to method"}
     order = 10
     factor_chains = True
+    options = RankOptions
 
     def normalize(self, values: Entries) -> Entries:
         methods = method_names()

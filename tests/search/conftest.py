@@ -56,7 +56,7 @@ def write_config(root: Path, artifacts: Path, name: str = "run", **overrides: An
         "model": {"spec": "zoo:resnet20", "train_epochs": EPOCHS},
         "data": {"spec": "digits"},
         "budget": {"macs": "50%"},
-        "space": {"max_ratio": 0.8},
+        "space.prune": {"max_ratio": 0.8},
         "evaluate": {"bn_batches": 2, "finetune_steps": 4, "eval_every": 2, "batch_size": 64},
         # floor = "cap": every candidate at the budget's edge (test_fidelity.py tests the range of levels)
         "search": {"candidates": 5, "study": "t", "artifacts_dir": str(artifacts), "floor": "cap"},

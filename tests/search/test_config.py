@@ -38,12 +38,13 @@ def test_every_key_is_a_run_flag_and_overrides_the_file(tmp_path: Path) -> None:
         _write(tmp_path, MINIMAL),
         {
             "search.candidates": "7",
-            "space.rank": "true",
+            "space.rank.method": "tucker2",
             "search.objectives": ["accuracy", "params"],
             "budget.bytes": "8MB",
         },
     )
     assert cfg.search.candidates == 7 and cfg.space.rank is True and cfg.search.objectives == ["accuracy", "params"]
+    assert cfg.space.method == "tucker2" and cfg.space.active() == ["prune", "rank"]
     assert cfg.budget_dict() == {"macs": "50%", "bytes": "8MB"}
 
 
@@ -59,11 +60,13 @@ def test_every_key_is_a_run_flag_and_overrides_the_file(tmp_path: Path) -> None:
         (MINIMAL + "[serch]\n", {}, "unknown config key 'serch'"),
         (MINIMAL.replace('[budget]\nmacs = "50%"\n', "[budget]\n"), {}, "[budget] needs at least one of"),
         ('[data]\nspec = "digits"\n[budget]\nmacs = "5%"\n', {}, "config key 'model' is required"),
-        (MINIMAL, {"space.max_ratio": "1.5"}, "config key 'space.max_ratio': Input should be less than 1"),
+        (MINIMAL, {"space.prune.max_ratio": "1.5"}, "[space.prune] max_ratio: Input should be less than 1 (got '1.5')"),
+        (MINIMAL + "[space.prune]\nmax_rato = 0.5\n", {}, "'space.prune.max_rato'; did you mean 'max_ratio'?"),
+        (MINIMAL + "[space]\nquantize = 'int3'\n", {}, "space.quantize must be one of none, weights, weights+"),
         (MINIMAL, {"search.objectives": ["macs", "accuracy"]}, "objectives must start with 'accuracy'"),
         (
             MINIMAL,
-            {"space.rank": True, "space.quantize": "weights"},
+            {"space.rank.method": "svd", "space.bits.activations": "false"},
             "[space]: bits and rank cannot be searched together (a factorized layer is not quantized): choose one",
         ),
         (MINIMAL, {"search.objectives": ["accuracy", "flops"]}, "config key 'search.objectives.1'"),
@@ -94,3 +97,44 @@ def test_the_quantization_example_searches_bits_under_a_bytes_budget_over_a_25x_
         "accuracy",
         "bytes",
     ]
+
+
+OLD_SPACE = MINIMAL + '[space]\nmax_ratio = 0.6\nsample_by = "stages"\nrank = true\nmethod = "tt"\nquantize = "none"\n'
+
+
+def test_the_flat_keys_of_older_configs_load_into_their_tables_with_one_note_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from search import _config
+
+    _config._noted.clear()
+    with caplog.at_level("WARNING", logger="prunetune"):
+        old = load_config(_write(tmp_path, OLD_SPACE))
+    tables = '[space.prune]\nmax_ratio = 0.6\nsample_by = "stages"\n[space.rank]\nmethod = "tt"\n'
+    new = load_config(_write(tmp_path, MINIMAL + tables))
+    assert old.space == new.space and old.space.active() == ["prune", "rank"]
+    flat = (old.space.max_ratio, old.space.sample_by, old.space.method, old.space.quantize)
+    assert flat == (0.6, "stages", "tt", "none")
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 5 and all(n.startswith("prunetune: note: space.") and "\n" not in n for n in notes)
+    assert "prunetune: note: space.max_ratio is read as [space.prune] max_ratio; write it there" in notes
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="prunetune"):
+        load_config(_write(tmp_path, OLD_SPACE))
+    assert not caplog.records  # once per process
+
+
+def test_one_default_per_option_and_a_stored_study_of_either_form_reads_its_ranks() -> None:
+    from search.operations._report_data import _rank_options
+    from spaces.dimensions import dimension
+
+    PruneOptions = dimension("prune").options
+    assert PruneOptions is not None
+    cfg = load_config(None, {"model.spec": "zoo:resnet20", "data.spec": "digits", "budget.macs": "50%"})
+    assert cfg.space.max_ratio == PruneOptions().max_ratio and cfg.space.active() == ["prune"]
+    stored = cfg.space.model_dump(mode="json")
+    assert stored["prune"] == {"max_ratio": PruneOptions().max_ratio, "sample_by": "groups"}
+    assert "max_ratio" not in stored  # the stored spec holds the tables
+    assert _rank_options({"rank": {"method": "tucker2", "methods": []}}) == (True, "tucker2")
+    assert _rank_options({"rank": True, "method": "tt"}) == (True, "tt")  # a study stored before the tables
+    assert _rank_options({"importance": "group_l2"}) == (False, "svd")

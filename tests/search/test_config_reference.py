@@ -6,8 +6,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from search._config import Config, SpaceConfig
+from search._config import Config
 from search._reference import config_reference, table_reference
+from spaces.dimensions import DIMENSIONS
 
 DOC = Path(__file__).parents[2] / "docs" / "config.md"
 
@@ -26,7 +27,12 @@ def test_every_key_has_a_row_with_its_default_and_description() -> None:
             assert f.description, f"{name}.{key} has no description (the reference and --help show it)"
     row = next(line for line in text.splitlines() if line.startswith("| `max_ratio` |"))
     assert row.startswith("| `max_ratio` | float (> 0, < 1) | `0.8` | largest prune ratio")
-    assert SpaceConfig.model_fields["max_ratio"].default == 0.8
+    assert DIMENSIONS.get("prune").options.model_fields["max_ratio"].default == 0.8  # type: ignore[union-attr]  # one default, in the table's model
+    for key in DIMENSIONS.builtins:  # every built-in dimension with options has its table, every key a row
+        options = DIMENSIONS.get(key).options
+        if options is not None:
+            section = text.split(f"## [space.{key}]\n", 1)[1].split("\n## ", 1)[0]
+            assert all(f"| `{k}` |" in section and f.description for k, f in options.model_fields.items())
 
 
 def test_a_plugin_table_renders_like_a_section() -> None:

@@ -197,7 +197,7 @@ def test_versatile_filters_trained_block_wise_are_searched_promoted_and_finalize
         calls.append(context.resumed)
         return original(self, model, context)
 
-    overrides = {**RUNGS, "space__rank": True, "space__method": "versatile", "search__candidates": 4}
+    overrides = {**RUNGS, "space.rank__method": "versatile", "search__candidates": 4}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(BlockwiseTraining, "evaluate", spy)
         s = _run(tmp_path, artifacts, evaluate__recipe="blockwise", evaluate__blockwise_steps=2, **overrides)

@@ -43,7 +43,7 @@ def test_a_latency_budget_study_profiles_once_and_a_second_study_reads_the_store
 def test_a_latency_budget_with_ranks_profiles_the_chains_and_fits_factorized_plans(make_config: ConfigMaker) -> None:
     share = _reachable_share(load_config(make_config()))
     cfg = make_config(
-        budget__macs=None, budget__latency=f"{100 * share:.2f}%", space__rank=True, search__candidates=4,
+        budget__macs=None, budget__latency=f"{100 * share:.2f}%", **{"space.rank__method": "svd"}, search__candidates=4,
         search__seed_plans=["allocator", "uniform"],  # the third and fourth candidates are sampled: ratios and ranks
     )  # fmt: skip
     s = Search(load_config(cfg)).prepare()
@@ -105,7 +105,7 @@ def test_the_profile_command_measures_then_reads_the_store(
         ({"budget__latency": "-3ms"}, "budget latency must be a positive number"),
         ({"budget__latency": "3 parsecs"}, "unknown unit 'parsecs'"),
         (
-            {"budget__latency": "50%", "space__quantize": "weights"},
+            {"budget__latency": "50%", "space.bits__activations": False},
             "budget.latency is predicted for pruning and factor",
         ),
         ({"space__round_to": "fast"}, 'round_to must be an integer >= 1 or "auto"'),

@@ -42,9 +42,7 @@ def test_eight_bit_weights_move_the_digits_baseline_by_less_than_a_point(make_co
 def test_a_bytes_budget_is_met_with_bits_and_the_export_is_rebuilt_exactly(
     make_config: ConfigMaker, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    cfg = make_config(
-        budget__macs=None, budget__bytes="15%", space__quantize="weights+activations", search__candidates=4
-    )
+    cfg = make_config(budget__macs=None, budget__bytes="15%", **{"space.bits__activations": True}, search__candidates=4)
     assert main(["run", str(cfg), "--quiet"]) == 0
     assert "bytes %" in capsys.readouterr().out  # the front shows the quantized bytes beside the parameters
     config = load_config(cfg)

@@ -111,7 +111,7 @@ def test_rank_and_latency_objectives(make_config: ConfigMaker) -> None:
     cfg = make_config(
         search__candidates=3,
         search__objectives=["accuracy", "macs", "latency"],
-        space__rank=True,
+        **{"space.rank__method": "svd"},
         search__seed_plans=["allocator", "uniform"],  # the third candidate is sampled: ratios and ranks
         evaluate__latency=True,
     )
@@ -128,7 +128,7 @@ def test_a_blend_study_samples_mixtures_of_its_seed_plans(make_config: ConfigMak
     from search import Search
     from search.sampling._params import plan_from_params
 
-    cfg = make_config(search__candidates=5, space__sample_by="blend")
+    cfg = make_config(search__candidates=5, **{"space.prune__sample_by": "blend"})
     search = Search(load_config(cfg)).prepare()
     p = search.prepared
     anchors = p.anchors

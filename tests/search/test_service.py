@@ -45,7 +45,7 @@ def _digits_config(study: str, **search: Any) -> dict[str, Any]:
         "model": {"spec": "zoo:resnet20", "train_epochs": EPOCHS},
         "data": {"spec": "digits"},
         "budget": {"macs": "50%"},
-        "space": {"max_ratio": 0.8},
+        "space": {"prune": {"max_ratio": 0.8}},
         "evaluate": {"bn_batches": 2, "finetune_steps": 4, "eval_every": 2, "batch_size": 64},
         "search": {"candidates": 2, "study": study, **search},
     }
