@@ -299,11 +299,20 @@ class EvaluateConfig(_Section):
         description="measure batch-1 latency of every candidate (else the latency objective is the device "
         "profile's prediction)",
     )
-    runtime: Literal["torch", "onnxruntime"] = Field(
+    runtime: str = Field(
         "torch",
-        description="the runtime latency is profiled and measured in: torch (eager) or onnxruntime (the model "
-        "exported by torch's exporter, CPU; the [onnx] extra)",
+        description="the runtime latency is profiled and measured in: torch (eager), onnxruntime (the model "
+        "exported by torch's exporter, CPU; the [onnx] extra), or a plug-in's (entry points prunetune.runtimes)",
     )
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime_known(cls, v: str) -> str:
+        from spaces import runtime_names
+
+        if v not in runtime_names():
+            raise ValueError(f"runtime must be one of {', '.join(runtime_names())}")
+        return v
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
     threads: int | None = Field(
         None, ge=1, description="CPU threads per worker (default: torch's; 1 when workers share a machine)"

@@ -99,6 +99,7 @@ if TYPE_CHECKING:
         Sensitivity as Sensitivity,
         measure_sensitivity as measure_sensitivity,
     )
+    from spaces.runtime._base import Runtime as Runtime
     from spaces.runtime._interrupt import (
         Interrupted as Interrupted,
         check_interrupt as check_interrupt,
@@ -109,9 +110,13 @@ if TYPE_CHECKING:
         safe_points as safe_points,
     )
     from spaces.runtime._ort import (
-        RUNTIMES as RUNTIMES,
         ort_session as ort_session,
         write_onnx as write_onnx,
+    )
+    from spaces.runtime._registry import (
+        RUNTIMES as RUNTIMES,
+        register_runtime as register_runtime,
+        runtime_names as runtime_names,
     )
     from spaces.runtime._timing import (
         summarize as summarize,
@@ -153,7 +158,10 @@ _WHERE = {
     "profile_space": "cost._latency",
     "measure_latency": "cost._latency",
     "recalibrate": "cost._latency",
-    "RUNTIMES": "runtime._ort",
+    "RUNTIMES": "runtime._registry",
+    "Runtime": "runtime._base",
+    "register_runtime": "runtime._registry",
+    "runtime_names": "runtime._registry",
     "Registry": "_registry",
     "ort_session": "runtime._ort",
     "write_onnx": "runtime._ort",
@@ -214,6 +222,7 @@ __all__ = [
     "PlanError",
     "PruneTuneError",
     "Registry",
+    "Runtime",
     "Sensitivity",
     "Status",
     "Support",
@@ -241,7 +250,9 @@ __all__ = [
     "quantize_layer",
     "quantized_bytes",
     "recalibrate",
+    "register_runtime",
     "reinstall_handlers",
+    "runtime_names",
     "safe_points",
     "summarize",
     "support",

@@ -26,8 +26,8 @@ FORBIDDEN: dict[str, set[str]] = {
 # (a sub-package's modules are named "package._module"; every __init__ may import its own package)
 SPACES_LAYERS = [
     {"_vocab", "_errors", "_lazy", "runtime._interrupt", "runtime._timing", "_registry"},
-    {"graph.__init__", "policy.__init__", "cost.__init__", "runtime.__init__"},
-    {"graph._attention", "runtime._ort"},
+    {"graph.__init__", "policy.__init__", "cost.__init__", "runtime.__init__", "runtime._base"},
+    {"graph._attention", "runtime._ort", "runtime._eager", "runtime._registry"},
     {"cost._cost", "graph._tp_compat", "_quant", "factorization._base"},
     {"factorization.__init__", "factorization._registry", "dimensions._base"},
     {"dimensions.__init__", "dimensions._registry"},

@@ -102,7 +102,6 @@ import math
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -114,7 +113,7 @@ from torch import nn
 
 from spaces._errors import PlanError
 from spaces.graph._trace import CONV, LINEAR
-from spaces.runtime._ort import check_runtime, layer_runner, model_runner, node_owners, node_times, onnx_bytes
+from spaces.runtime._registry import check_runtime, runtime as runtime_of
 from spaces.runtime._timing import time_calls
 
 if TYPE_CHECKING:
@@ -449,9 +448,8 @@ def profile_space(
     """
     if batch < 1 or runs < 1 or warmup < 0:
         raise ValueError(f"batch and runs must be >= 1 and warmup >= 0, got {batch}, {runs}, {warmup}")
-    check_runtime(runtime, device)
+    check_runtime(runtime, device, space.example_inputs)  # before any table is measured
     methods = profiled(space, methods)  # an unknown method: a one-line error before anything is measured
-    _one_input(runtime, space.example_inputs)  # before any table is measured
     dev = torch.device(device)
     old = torch.get_num_threads()
     n = threads or old
@@ -494,20 +492,17 @@ class _Timer:
 
     def model_call(self, model: nn.Module, inputs: tuple[Any, ...]) -> Callable[[], Any]:
         """A call of ``model`` on ``inputs`` in this timer's runtime."""
-        if self.runtime == "torch":
-            return lambda: model(*inputs)
-        _one_input(self.runtime, inputs)
-        return model_runner(model, inputs[0], self.threads)
+        return runtime_of(self.runtime).model_call(model, inputs, self.threads)
 
     def layer_call(self, layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
         """A call of the conv or linear ``layer`` on ``x`` in this timer's runtime."""
-        return (lambda: layer(x)) if self.runtime == "torch" else layer_runner(layer, x, self.threads)
+        return runtime_of(self.runtime).layer_call(layer, x, self.threads)
 
     def chain_call(self, chain: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
         """A call of a factor chain on ``x`` in this timer's runtime (for ONNX Runtime, a graph of one node per
         layer of the chain, written directly as a table's layers are: exporting each grid point would take
         seconds apiece)."""
-        return (lambda: chain(x)) if self.runtime == "torch" else layer_runner(chain, x, self.threads)
+        return runtime_of(self.runtime).layer_call(chain, x, self.threads)
 
     def in_context(
         self, model: nn.Module, inputs: tuple[Any, ...], layers: Collection[str]
@@ -515,13 +510,7 @@ class _Timer:
         """``model``'s median time (ms) run whole, and the own time (ms, median over the timed runs) of each
         of ``layers`` (module names; a factor chain is timed as the module at its layer's name) inside it:
         torch's forward hooks, or ONNX Runtime's per-node profiler on the same export."""
-        if self.runtime == "torch":
-            return self(self.model_call(model, inputs)), _hooked_times(model, inputs, layers, self)
-        _one_input(self.runtime, inputs)
-        exported = onnx_bytes(model, inputs[0])
-        measured = self(model_runner(exported, inputs[0], self.threads))
-        owners = node_owners(exported, _owner_of(layers))
-        return measured, node_times(exported, inputs[0], self.threads, owners, self.times)
+        return runtime_of(self.runtime).in_context(model, inputs, layers, self.threads, self)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -534,67 +523,6 @@ class _Timer:
 
     def __call__(self, fn: Callable[[], Any]) -> float:
         return statistics.median(self.times(fn))
-
-
-def _one_input(runtime: str, inputs: tuple[Any, ...]) -> None:
-    """A one-line error unless ``inputs`` are one tensor, what an exported runtime times (not torch)."""
-    if runtime != "torch" and (len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor)):
-        kinds = ", ".join(type(x).__name__ for x in inputs)
-        raise ValueError(f"runtime {runtime!r} times models of one input tensor, got {len(inputs)} inputs ({kinds})")
-
-
-def _hooked_times(
-    model: nn.Module, inputs: tuple[Any, ...], layers: Collection[str], timer: _Timer
-) -> dict[str, float]:
-    """Each of ``layers``' own time (ms) inside ``model``'s forward pass, the median over ``timer``'s timed
-    runs: a forward pre-hook and a forward hook around each module read the clock (after a device sync on
-    CUDA); a module called twice in a pass counts both calls. Layers the model does not have are left out."""
-    runs: list[dict[str, float]] = []
-    started: dict[str, float] = {}
-
-    def before(name: str) -> Callable[..., None]:
-        def hook(*_: Any) -> None:
-            timer.sync()
-            started[name] = time.perf_counter()
-
-        return hook
-
-    def after(name: str) -> Callable[..., None]:
-        def hook(*_: Any) -> None:
-            timer.sync()
-            runs[-1][name] = runs[-1].get(name, 0.0) + 1000.0 * (time.perf_counter() - started[name])
-
-        return hook
-
-    handles = []
-    for name in layers:
-        with contextlib.suppress(AttributeError):
-            mod = model.get_submodule(name)
-            handles += [mod.register_forward_pre_hook(before(name)), mod.register_forward_hook(after(name))]
-
-    def call() -> None:
-        runs.append({})
-        model(*inputs)
-
-    try:
-        timer.times(call)
-    finally:
-        for h in handles:
-            h.remove()
-    timed = runs[timer.warmup :]
-    return {name: statistics.median(run[name] for run in timed) for name in timed[0]}
-
-
-def _owner_of(layers: Collection[str]) -> Callable[[str], str | None]:
-    """The layer (of ``layers``) an exported initializer belongs to: the longest one whose name, plus a dot,
-    starts the initializer's (torch's exporter names ``conv.weight`` after the module; a factor chain's
-    ``conv.0.weight`` belongs to the layer ``conv`` it replaced)."""
-    by_length = sorted(layers, key=len, reverse=True)
-
-    def owner(tensor: str) -> str | None:
-        return next((name for name in by_length if tensor.startswith(name + ".")), None)
-
-    return owner
 
 
 def measure_latency(
@@ -940,17 +868,10 @@ OFF_BLOCK_RATIOS = (0.0, 0.5)  # the uniform plans whose counts, one channel few
 OFF_BLOCK_BOUNDS = (1.0, 3.0)
 
 
-def channel_block(runtime: str) -> int:
-    """The channel block of ``runtime``'s fast convolutions on this CPU: ONNX Runtime's blocked (NCHWc) kernels
-    take channels in blocks of 16 with AVX-512, of 8 with AVX2, and a count off the block falls back to a
-    plain kernel (with layout conversions around it); 1 for torch and other CPUs."""
-    if runtime != "onnxruntime" or platform.machine() not in ("x86_64", "AMD64"):
-        return 1
-    flags: set[str] = set()
-    with contextlib.suppress(OSError):
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
-    return 16 if "avx512f" in flags else 8 if "avx2" in flags else 1
+def channel_block(name: str) -> int:
+    """The channel block of runtime ``name``'s fast convolutions on this CPU (ONNX Runtime's blocked kernels:
+    16 with AVX-512, 8 with AVX2); 1 for torch and other CPUs."""
+    return runtime_of(name).channel_block()
 
 
 def _misaligned(table: LayerTable, cin: int, cout: int, block: int) -> bool:

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import platform
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,11 @@ import torch
 from torch import nn
 
 from spaces._errors import PlanError
+from spaces.runtime._base import Runtime, Timing
 
 __all__ = [
     "OPSET",
-    "RUNTIMES",
-    "check_runtime",
+    "OnnxRuntime",
     "layer_runner",
     "model_runner",
     "node_owners",
@@ -54,15 +55,18 @@ __all__ = [
 
 OPSET = 21
 IR_VERSION = 10
-RUNTIMES = ("torch", "onnxruntime")
 
 
-def check_runtime(runtime: str, device: torch.device | str = "cpu") -> None:
-    """A one-line error unless ``runtime`` is one of :data:`RUNTIMES`, usable on ``device`` and installed."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-    if runtime == "onnxruntime":
-        if torch.device(device).type != "cpu":
+class OnnxRuntime(Runtime):
+    """ONNX Runtime on the CPU: a whole model exported by torch's exporter, one layer as a one-node graph, each
+    layer's time in context from ONNX Runtime's per-node profiler on the same export."""
+
+    name = "onnxruntime"
+
+    def check(self, device: torch.device, inputs: tuple[Any, ...] = ()) -> None:
+        if inputs:
+            _one_input(inputs)
+        if device.type != "cpu":
             raise ValueError(f"runtime 'onnxruntime' times the CPU, got device {str(device)!r}")
         missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if find_spec(m) is None]
         if missing:
@@ -70,6 +74,52 @@ def check_runtime(runtime: str, device: torch.device | str = "cpu") -> None:
                 f"runtime 'onnxruntime' needs {', '.join(missing)}: pip install 'prunetune[onnx]' (or "
                 "scripts/install.sh)"
             )
+
+    def model_call(self, model: nn.Module, inputs: tuple[Any, ...], threads: int) -> Callable[[], Any]:
+        return model_runner(model, _one_input(inputs), threads)
+
+    def layer_call(self, layer: nn.Module, x: torch.Tensor, threads: int) -> Callable[[], Any]:
+        return layer_runner(layer, x, threads)
+
+    def in_context(
+        self, model: nn.Module, inputs: tuple[Any, ...], layers: Collection[str], threads: int, timing: Timing
+    ) -> tuple[float, dict[str, float]]:
+        x = _one_input(inputs)
+        exported = onnx_bytes(model, x)
+        measured = timing(model_runner(exported, x, threads))
+        owners = node_owners(exported, _owner_of(layers))
+        return measured, node_times(exported, x, threads, owners, timing.times)
+
+    def channel_block(self) -> int:
+        """ONNX Runtime's blocked (NCHWc) convolutions take channels in blocks of 16 with AVX-512, of 8 with
+        AVX2, and a count off the block falls back to a plain kernel (with layout conversions around it)."""
+        if platform.machine() not in ("x86_64", "AMD64"):
+            return 1
+        flags: set[str] = set()
+        with contextlib.suppress(OSError):
+            lines = Path("/proc/cpuinfo").read_text().splitlines()
+            flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
+        return 16 if "avx512f" in flags else 8 if "avx2" in flags else 1
+
+
+def _one_input(inputs: tuple[Any, ...]) -> torch.Tensor:
+    """The one input tensor an exported model takes (a one-line error otherwise)."""
+    if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
+        kinds = ", ".join(type(x).__name__ for x in inputs)
+        raise ValueError(f"runtime 'onnxruntime' times models of one input tensor, got {len(inputs)} inputs ({kinds})")
+    return inputs[0]
+
+
+def _owner_of(layers: Collection[str]) -> Callable[[str], str | None]:
+    """The layer (of ``layers``) an exported initializer belongs to: the longest one whose name, plus a dot,
+    starts the initializer's (torch's exporter names ``conv.weight`` after the module; a factor chain's
+    ``conv.0.weight`` belongs to the layer ``conv`` it replaced)."""
+    by_length = sorted(layers, key=len, reverse=True)
+
+    def owner(tensor: str) -> str | None:
+        return next((name for name in by_length if tensor.startswith(name + ".")), None)
+
+    return owner
 
 
 def write_onnx(model: nn.Module, example: torch.Tensor, path: Path | str) -> None:

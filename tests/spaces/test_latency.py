@@ -15,7 +15,16 @@ import pytest
 import torch
 from torch import nn
 
-from spaces import AllocatorFallbackWarning, Budget, DeviceProfile, ModelSpace, Plan, PlanError, profile_space
+from spaces import (
+    AllocatorFallbackWarning,
+    Budget,
+    DeviceProfile,
+    ModelSpace,
+    Plan,
+    PlanError,
+    measure_latency,
+    profile_space,
+)
 from spaces.cost._latency import FRACTIONS, LayerTable, multiple_from
 
 
@@ -260,7 +269,6 @@ def test_an_onnxruntime_profile_has_the_same_grids_under_its_own_key(space: Mode
 
 
 def test_the_exported_model_onnxruntime_times_is_the_model() -> None:
-    from spaces import measure_latency
     from spaces.runtime._ort import model_runner
 
     torch.manual_seed(0)
@@ -273,7 +281,6 @@ def test_the_exported_model_onnxruntime_times_is_the_model() -> None:
 
 
 def test_bad_runtimes_are_one_line_errors(space: ModelSpace) -> None:
-    from spaces import measure_latency
 
     with pytest.raises(ValueError, match="runtime must be one of torch, onnxruntime, got 'tvm'"):
         profile_space(space, runtime="tvm")
@@ -352,7 +359,7 @@ def test_a_factor_chains_table_is_corrected_at_its_ranks_levels() -> None:
 
 
 def test_an_exported_initializer_belongs_to_the_longest_layer_that_names_it() -> None:
-    from spaces.cost._latency import _owner_of
+    from spaces.runtime._ort import _owner_of
 
     owner = _owner_of(["layer1.0.conv1", "layer1.0.conv", "fc", "1"])
     assert owner("layer1.0.conv1.weight") == "layer1.0.conv1" and owner("layer1.0.conv.weight") == "layer1.0.conv"
@@ -361,7 +368,6 @@ def test_an_exported_initializer_belongs_to_the_longest_layer_that_names_it() ->
 
 
 def test_a_profile_times_each_layer_inside_the_whole_model_and_predicts_its_calibration(space: ModelSpace) -> None:
-    from spaces import measure_latency
 
     prof = profile_space(space, threads=1, runs=5, warmup=2)
     assert set(prof.context) == set(prof.layers)  # every layer, at every calibration plan
@@ -426,3 +432,30 @@ def test_counts_off_the_runtimes_channel_block_read_their_own_in_context_ratio(s
     alone = prof.predict_keep(space, keep)
     prof.block = 1  # no block (torch): counts never leave it
     assert prof.off_block("3", 16, 31) == 1.0 and prof.predict_keep(space, keep) == alone
+
+
+def test_a_runtime_is_one_class_and_one_registration(space: ModelSpace) -> None:
+    """A plug-in runtime registered under its name is what the profile and the end-to-end measurement time in."""
+    from spaces import Runtime, register_runtime, runtime_names
+    from spaces.runtime._eager import TorchRuntime
+    from spaces.runtime._registry import RUNTIME_REGISTRY
+
+    calls: list[str] = []
+
+    class Counting(TorchRuntime):
+        name = "counting"
+
+        def model_call(self, model: nn.Module, inputs: tuple, threads: int):  # type: ignore[no-untyped-def]
+            calls.append("model")
+            return super().model_call(model, inputs, threads)
+
+    assert runtime_names() == ("torch", "onnxruntime")
+    register_runtime(Counting)
+    try:
+        assert isinstance(RUNTIME_REGISTRY.get("counting"), Runtime) and "counting" in runtime_names()
+        out = measure_latency(space.model, space.example_inputs, runtime="counting", runs=2, warmup=0)
+        assert calls == ["model"] and out["runs"] == 2.0
+        with pytest.raises(ValueError, match="runtime must be one of torch, onnxruntime, counting, got 'tvm'"):
+            measure_latency(space.model, space.example_inputs, runtime="tvm")
+    finally:
+        RUNTIME_REGISTRY.unregister("counting")
