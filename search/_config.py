@@ -285,12 +285,22 @@ class EvaluateConfig(_Section):
     rescore_steps: int | None = Field(
         None, ge=1, description="fine-tune steps in all of the re-scoring rung (default: four times the top rung's)"
     )
-    recipe: Literal["finetune", "blockwise"] = Field(
+    recipe: str = Field(
         "finetune",
         description="how a compressed model is trained, for candidates and by finalize: BN recalibration then the "
         "fine-tune, or 'blockwise': BN recalibration, each changed block taught to reproduce the original block's "
-        "output (tensor-train's sequential training), then the fine-tune",
+        "output (tensor-train's sequential training), then the fine-tune; or a plug-in's (prunetune.recipes)",
     )
+
+    @field_validator("recipe")
+    @classmethod
+    def _recipe_known(cls, v: str) -> str:
+        from search._recipes import recipe_names
+
+        if v not in recipe_names():
+            raise ValueError(f"recipe must be one of {', '.join(recipe_names())}")
+        return v
+
     blockwise_steps: int = Field(100, ge=1, description="Adam steps per changed block of the blockwise recipe")
     final_steps: int = Field(2000, ge=1, description="fine-tune steps of `prunetune finalize` (the long recipe)")
     final_kd_weight: float = Field(0.5, ge=0, le=1, description="distillation weight of `prunetune finalize`")
@@ -313,6 +323,7 @@ class EvaluateConfig(_Section):
         if v not in runtime_names():
             raise ValueError(f"runtime must be one of {', '.join(runtime_names())}")
         return v
+
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
     threads: int | None = Field(
         None, ge=1, description="CPU threads per worker (default: torch's; 1 when workers share a machine)"
@@ -333,7 +344,9 @@ class EvaluateConfig(_Section):
 
     def needs_teacher(self, kd_weight: float) -> bool:
         """Whether an evaluation distilling with ``kd_weight`` needs the original model (block-wise training does)."""
-        return kd_weight > 0 or self.recipe == "blockwise"
+        from search._recipes import recipe
+
+        return kd_weight > 0 or recipe(self.recipe).needs_teacher
 
     @field_validator("rungs")
     @classmethod

@@ -119,14 +119,12 @@ def cost_floor(floor: str | None, space: ModelSpace, budget: Budget) -> float:
 
 
 def preparation(config: Config) -> list[Evaluator]:
-    """What ``evaluate.recipe`` does before the fine-tune: BN recalibration, and block-wise training."""
-    from evaluators import BlockwiseTraining, BNRecalibration
+    """What comes before the fine-tune: BN recalibration, then ``evaluate.recipe``'s steps (block-wise training)."""
+    from evaluators import BNRecalibration
+    from search._recipes import recipe
 
     e = config.evaluate
-    steps: list[Evaluator] = [BNRecalibration(e.bn_batches)]
-    if e.recipe == "blockwise":
-        steps.append(BlockwiseTraining(steps=e.blockwise_steps))
-    return steps
+    return [BNRecalibration(e.bn_batches), *recipe(e.recipe).steps(e)]
 
 
 def default_evaluator(config: Config) -> Evaluator:

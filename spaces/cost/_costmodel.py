@@ -156,10 +156,13 @@ class CostModel:
     def cost_resolved(self, keep: np.ndarray, resolved: Mapping[str, Any]) -> Cost:
         """The cost at ``keep`` with each dimension's resolved part (``{key: resolved}``; absent: nothing)."""
         state = self.dense_state(keep)
+        removed: tuple[str, ...] = ()
         for dim in dimensions():
-            part = resolved.get(dim.key)
+            part = _void(resolved.get(dim.key), removed)
             if part is not None:
                 dim.add_cost(self, part, keep, state)
+                remover = role_of(dim, Removing)
+                removed += remover.removed(part) if remover is not None else ()
         cost = state.cost()
         if self.latency_of is not None:  # None where the profile cannot predict it (bits, an untimed method)
             cost = dataclasses.replace(cost, latency=self.latency_of(keep, resolved))
@@ -320,6 +323,18 @@ class CostModel:
         full = max(geom.full_ranks(method))
         if isinstance(spec, int) and spec > full:
             raise PlanError(f"rank {spec} of layer {name!r} is above its full rank {full} for {method!r}")
+
+
+def _void(part: Any, removed: tuple[str, ...]) -> Any:
+    """A resolved part without its layers inside ``removed`` modules (a part keyed by layer names, or a list of
+    them; the allocator's points carry parts that :meth:`CostModel.resolve` did not void)."""
+    if not removed or part is None:
+        return part
+    if isinstance(part, Mapping):
+        return {k: v for k, v in part.items() if not inside(str(k), removed)}
+    if isinstance(part, (list, tuple)) and all(isinstance(k, str) for k in part):
+        return type(part)(k for k in part if not inside(k, removed))
+    return part
 
 
 def _held_entries(plan: Plan) -> dict[str, dict[str, Any]]:

@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from spaces._errors import InputTypeError, PlanError, first_line
-from spaces.dimensions._base import CostState, Dimension, Entries, ParamSpec, StructureRow
-from spaces.dimensions._roles import Removing, Reported, Sampled
+from spaces.dimensions._base import AllocPoint, Block, CostState, Dimension, Entries, ParamSpec, StructureRow
+from spaces.dimensions._roles import Allocated, Measured, Removing, Reported, Sampled, inside
 
 if TYPE_CHECKING:
     import numpy as np
@@ -179,7 +179,7 @@ def _block(name: str, calls: list[Any]) -> DroppableBlock:
     return DroppableBlock(name=name, functional_macs=int(products), influence=float(1.0 - cos))
 
 
-class DepthDimension(Dimension, Removing, Sampled, Reported):
+class DepthDimension(Dimension, Removing, Sampled, Allocated, Measured, Reported):
     key = "depth"
     describe: ClassVar[dict[str, str]] = {"depth": 'block to "shortcut" (the block is replaced by its shortcut)'}
     order = 5  # after pruning (its cost is taken at the kept channels), before ranks and bits (void inside)
@@ -247,6 +247,63 @@ class DepthDimension(Dimension, Removing, Sampled, Reported):
         if "blocks" not in specs:
             return {}
         return {"blocks": min(float(len(plan.entries("depth"))), specs["blocks"].high)}
+
+    # ------------------------------------------------------------ the allocator
+    def allocator_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """With ``[space.depth]``: ``depth=True`` (the allocator may drop blocks; the sensitivity measures each)."""
+        return {"depth": True} if isinstance(options.get(self.key), DepthOptions) else {}
+
+    def sensitivity_plans(self, space: ModelSpace, options: Mapping[str, Any]) -> dict[str, dict[str, Entries]]:
+        """With ``options["depth"]``: each droppable block dropped alone."""
+        if not options.get("depth"):
+            return {}
+        return {name: {DROP: {"depth": {name: DROP}}} for name in droppable_blocks(space.costs)}
+
+    def allocator_blocks(self, space: ModelSpace, point: AllocPoint) -> list[Block]:
+        """With ``options["depth"]``: per block, dropped, or one step that keeps it (its dense cost at the point).
+
+        Under a latency limit the blocks are left as they are (the allocator meets one by pruning alone).
+        """
+        if not point.options.get("depth") or "latency" in point.metrics:
+            return []
+        dropped = set(point.resolved.get(self.key) or ())
+        values = self._keep_values(space, point)
+        out = []
+        for name, block in droppable_blocks(space.costs).items():
+            state = space.costs.modules_state((name,), point.keep)
+            state.macs += block.functional_macs
+            cost = point.vector(state.cost())
+            out.append(
+                Block(unit=name, values=[values[name]], costs=[cost], base_cost=0 * cost if name in dropped else -cost)
+            )
+        return out
+
+    def _keep_values(self, space: ModelSpace, point: AllocPoint) -> dict[str, float]:
+        """What keeping each block is worth: the measured loss rise of dropping it, else the groups inside it
+        (each worth one when whole, the unit of the channel blocks' values)."""
+        if "depth_values" in point.cache:
+            return point.cache["depth_values"]
+        sens = point.options.get("sensitivity")
+        blocks = droppable_blocks(space.costs)
+        rises = {n: sens.rises(self.key, n).get(DROP) for n in blocks} if sens is not None else {}
+        if sens is not None and rises and all(r is not None for r in rises.values()):
+            out = {n: max(float(r), 0.0) / sens.scale for n, r in rises.items()}
+        else:
+            out = {n: float(max(sum(all(inside(x, (n,)) for x in g.layers) for g in space.groups), 1)) for n in blocks}
+        point.cache["depth_values"] = out
+        return out
+
+    def allocator_decode(self, space: ModelSpace, point: AllocPoint, choices: list[tuple[bool, int]]) -> None:
+        if not choices:
+            return
+        dropped = tuple(n for n, (_, steps) in zip(droppable_blocks(space.costs), choices, strict=True) if not steps)
+        point.resolved.pop(self.key, None)
+        if dropped:
+            point.resolved[self.key] = dropped
+
+    def allocator_entries(self, space: ModelSpace, point: AllocPoint) -> Entries:
+        dropped = point.resolved.get(self.key) or ()
+        return {"depth": dict.fromkeys(dropped, DROP)} if dropped else {}
 
     # ------------------------------------------------------------ the report
     def summary(self, plan: Plan, limit: int) -> str | None:

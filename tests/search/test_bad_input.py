@@ -153,7 +153,7 @@ CASES: list[tuple[str, list[str], Setup | None, int, str]] = [
     ("methods-one", [*RUN, "--space.rank.methods", "svd"], None, BAD, "two or more different methods"),
     ("methods-no-method", [*RUN, "--space.rank.methods", "tt,versatile"], None, BAD, "must be one of methods"),
     ("method-flat", [*RUN, "--space.rank", "true", "--space.method", "cp"], None, BAD, "[space.rank] method"),
-    ("recipe", [*RUN, "--evaluate.recipe", "layerwise"], None, BAD, "Input should be 'finetune' or 'blockwise'"),
+    ("recipe", [*RUN, "--evaluate.recipe", "layerwise"], None, BAD, "recipe must be one of finetune, blockwise"),
     ("blockwise-steps", [*RUN, "--evaluate.blockwise_steps", "0"], None, BAD, "evaluate.blockwise_steps"),
     ("max-ratio", [*RUN, "--space.prune.max_ratio", "1.5"], None, BAD, "[space.prune] max_ratio"),
     ("max-ratio-flat", [*RUN, "--space.max_ratio", "1.5"], None, BAD, "[space.prune] max_ratio"),

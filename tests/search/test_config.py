@@ -138,3 +138,30 @@ def test_one_default_per_option_and_a_stored_study_of_either_form_reads_its_rank
     assert _rank_options({"rank": {"method": "tucker2", "methods": []}}) == (True, "tucker2")
     assert _rank_options({"rank": True, "method": "tt"}) == (True, "tt")  # a study stored before the tables
     assert _rank_options({"importance": "group_l2"}) == (False, "svd")
+
+
+def test_a_training_recipe_is_one_class_and_one_registration(tmp_path: Path) -> None:
+    """A registered recipe is a valid ``evaluate.recipe``, and its steps run after the BN recalibration."""
+    from search._recipes import RECIPES, TrainingRecipe, register_recipe
+    from search.preparation._prepare import preparation
+
+    class Twice(TrainingRecipe):
+        name = "twice"
+        needs_teacher = True
+
+        def steps(self, evaluate: object) -> list:
+            from evaluators import BNRecalibration
+
+            return [BNRecalibration(1)]
+
+    with pytest.raises(ValueError, match="recipe must be one of finetune, blockwise"):
+        load_config(_write(tmp_path, MINIMAL), {"evaluate.recipe": "twice"})
+    register_recipe(Twice)
+    try:
+        cfg = load_config(_write(tmp_path, MINIMAL), {"evaluate.recipe": "twice"})
+        assert cfg.evaluate.needs_teacher(0.0) and [type(s).__name__ for s in preparation(cfg)] == [
+            "BNRecalibration",
+            "BNRecalibration",
+        ]
+    finally:
+        RECIPES.unregister("twice")

@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 from evaluators._zoo import resnet20
-from spaces import ModelSpace, Plan, PlanError, profile_space
+from spaces import Budget, ModelSpace, Plan, PlanError, profile_space
 from spaces.cost._cost import measure_cost
 from spaces.dimensions import dimension
 from spaces.dimensions._depth import DepthDimension, DepthOptions, droppable_blocks
@@ -154,3 +154,22 @@ def test_the_latency_model_leaves_dropped_layers_out() -> None:
     gone = sum(prof.layers[n].calls * prof.layers[n].at(64, 64) for n in prof.layers if n.startswith("layer3.1."))
     assert gone > 0 and 0 < dropped < full
     assert prof.tables_at(space, space.keep_counts(Plan()), removed=("layer3.1",))[0] == pytest.approx(tables - gone)
+
+
+def test_the_allocator_drops_blocks_where_they_buy_the_budget_and_stays_exact() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    space = ModelSpace(resnet20().eval(), (x,))
+    depth = dimension("depth")
+    assert isinstance(depth, DepthDimension)
+    assert depth.allocator_options({"depth": DepthOptions()}) == {"depth": True} and depth.allocator_options({}) == {}
+    plans = depth.sensitivity_plans(space, {"depth": True})
+    assert list(plans) == list(droppable_blocks(space.costs)) and plans["layer2.1"] == {
+        DROP: {"depth": {"layer2.1": DROP}}
+    }
+    budget = Budget(macs="15%")
+    plan = space.allocate(budget, depth=True).plan
+    assert plan.entries("depth")  # at 15 % a whole block is worth more than the channels it would keep
+    cost = space.cost(plan)
+    assert cost.macs <= 0.15 * space.base_cost.macs and measure_cost(space.apply(plan), (x,)).macs == cost.macs
+    assert not space.allocate(budget).plan.entries("depth")  # without depth=True the blocks stay
