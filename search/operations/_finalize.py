@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from search.operations._export import export_candidate, out_dir
-from search.preparation._prepare import preparation, prepare
+from search.preparation._prepare import preparation, prepare_worker
 from spaces import Plan, PruneTuneError, Status, UsageError, check_interrupt, safe_points
 from storage import FinalResult
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from search._config import Config
-    from search.preparation._prepare import Prepared
+    from search.preparation._prepare import Worker
     from storage import CandidateRow
 
 __all__ = ["Finalized", "finalize", "train_final"]
@@ -52,7 +52,7 @@ class Finalized:
 
 
 def train_final(
-    p: Prepared, model: nn.Module, *, steps: int, seed: int | None = None, progress: bool = False
+    p: Worker, model: nn.Module, *, steps: int, seed: int | None = None, progress: bool = False
 ) -> tuple[float, float | None]:
     """BN recalibration (and with ``evaluate.recipe = "blockwise"`` block-wise training), ``steps`` fine-tune
     steps distilled from the base model, then (validation, test) accuracy on the whole splits; ``model`` is
@@ -87,15 +87,13 @@ def finalize(
     progress: bool = False,
 ) -> list[Finalized]:
     """Finalize ``trials`` (or the whole front) of the config's study; export each to ``out/trial-N`` if given."""
-    from storage import StudyStore  # heavy: SQLAlchemy
 
     if front == bool(trials):
         raise UsageError("finalize needs --trial N (one or more) or --front")
     k = steps if steps is not None else config.evaluate.final_steps
     if k < 1:
         raise UsageError(f"--steps must be a positive number of fine-tune steps, got {k}")
-    StudyStore.open_existing(config.storage.url).study(config.search.study or "")  # exists: else one line, no write
-    p = prepare(config)
+    p = prepare_worker(config)  # an existing study (else one line, nothing written); no sampler, no evaluator
     rows = _chosen(p, trials, front)
     dest = out_dir(out) if out is not None else None
     done = []
@@ -106,7 +104,7 @@ def finalize(
     return done
 
 
-def _chosen(p: Prepared, trials: Sequence[int], front: bool) -> list[CandidateRow]:
+def _chosen(p: Worker, trials: Sequence[int], front: bool) -> list[CandidateRow]:
     """The candidates to finalize: the front's, or the named trials' (each must be COMPLETE)."""
     if front:
         rows = p.store.front(p.study_id)
@@ -120,7 +118,7 @@ def _chosen(p: Prepared, trials: Sequence[int], front: bool) -> list[CandidateRo
     return rows
 
 
-def _finalize_one(p: Prepared, row: CandidateRow, steps: int, dest: Path | None, progress: bool) -> Finalized:
+def _finalize_one(p: Worker, row: CandidateRow, steps: int, dest: Path | None, progress: bool) -> Finalized:
     """Train ``row``'s plan with the long recipe from the base weights, store what it measured, export it."""
     from evaluators import save_weights
     from storage import file_sha256  # heavy: SQLAlchemy

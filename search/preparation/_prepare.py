@@ -33,32 +33,52 @@ if TYPE_CHECKING:
     from spaces import Budget, Cost, ModelSpace, Plan, Sensitivity
     from storage import StudySpec, StudyStore
 
-__all__ = ["Prepared", "allocator_sensitivity", "default_evaluator", "importance_scores", "prepare"]
+__all__ = [
+    "Prepared",
+    "Worker",
+    "allocator_sensitivity",
+    "default_evaluator",
+    "importance_scores",
+    "prepare",
+    "prepare_worker",
+]
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A study ready to evaluate candidates in this process (built once by :func:`prepare`)."""
+@dataclass(frozen=True, kw_only=True)
+class Worker:
+    """What evaluating or training one compressed model of a study needs in a process: the study's config, its
+    store row, the data, the trained base model and its space (device profile and importance attached).
+
+    ``finalize`` builds only this (:func:`prepare_worker`); a study's :class:`Prepared` adds what sampling and
+    scheduling need.
+    """
 
     config: Config
     study: str  # the study's name
     study_id: int
     store: StudyStore
-    evaluator: Evaluator
-    objectives: tuple[Objective, ...]  # accuracy first, then the costs (and latency) to minimise
-    budget: Budget
     data: DataBundle
     device: torch.device
     base_model: nn.Module  # in eval mode on ``device`` (the distillation teacher)
     base_accuracy: float
     space: ModelSpace
     base_cost: Cost
+    artifacts: Path  # where the candidates' weights go
+    base_weights: Path | None = None  # the base model's weights file (what cached measurements are keyed by)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prepared(Worker):
+    """A study ready to evaluate candidates in this process (built once by :func:`prepare`): the worker's part,
+    and the evaluator, the objectives, the budget and the sampler's parameters."""
+
+    evaluator: Evaluator
+    objectives: tuple[Objective, ...]  # accuracy first, then the costs (and latency) to minimise
+    budget: Budget
     uniform: Plan  # the uniform plan repaired onto the budget
     dists: dict[str, BaseDistribution]  # the sampler's parameters (search.sampling._params)
-    artifacts: Path  # where the candidates' weights go
     floor: float = 1.0  # the lowest cost level, as a fraction of the budget's cap (1: the cap only)
     rungs: tuple[int, ...] = (100,)  # cumulative fine-tune steps at the end of each rung
-    base_weights: Path | None = None  # the base model's weights file (what cached measurements are keyed by)
     anchors: dict[str, dict[str, float]] | None = None  # sample_by = "blend": the one-shot plans' prune ratios
 
     @property
@@ -149,16 +169,63 @@ def prepare(
     evaluator: Evaluator | None = None,
     progress: bool = False,
 ) -> Prepared:
-    """Build the study's :class:`Prepared` (the store and evaluator default to the config's)."""
-    from evaluators import load_data, resolve_device
+    """Build the study's :class:`Prepared` (the store and evaluator default to the config's); the study's row
+    is written last, once the budget is known to be feasible."""
     from search.sampling._params import distributions
-    from spaces import ModelSpace
     from storage import StudyStore
 
-    cfg = config
-    name, budget = _checked(cfg)
+    name, budget = _checked(config)
     if store is None:
-        store = StudyStore(cfg.storage.url)  # malformed / unreachable URL: fails before any work
+        store = StudyStore(config.storage.url)  # malformed / unreachable URL: fails before any work
+    cfg, parts = _model_parts(config, store, name, progress)
+    space: ModelSpace = parts["space"]
+    uniform = space.fit(space.uniform_plan(0.0), budget)  # infeasible budget: raises here
+    floor = cost_floor(cfg.search.floor, space, budget)
+    dists = distributions(space, cfg.space.options(), floor=floor)
+    study_id = store.ensure_study(
+        name,
+        model_spec=cfg.model.spec,
+        data_spec=parts["data"].spec,
+        budget=budget.to_dict(),
+        space_options=_study_spec(cfg, parts["data"], parts["base_weights"]),
+        base_cost=space.base_cost.as_dict(),
+        base_accuracy=parts["base_accuracy"],
+    )
+    return Prepared(
+        **parts,
+        config=cfg,
+        study=name,
+        study_id=study_id,
+        store=store,
+        evaluator=evaluator if evaluator is not None else default_evaluator(cfg),
+        objectives=tuple(Objective(o) for o in cfg.search.objectives),
+        budget=budget,
+        uniform=uniform,
+        dists=dists,
+        floor=floor,
+        rungs=cfg.evaluate.rung_steps(),
+    )
+
+
+def prepare_worker(config: Config, *, progress: bool = False) -> Worker:
+    """What training one candidate of the config's *existing* study needs (``finalize``): its store row, the
+    base model, the data and the space; no sampler, no evaluator, nothing written to the study's row."""
+    from storage import StudyStore
+
+    name, _ = _checked(config)
+    StudyStore.open_existing(config.storage.url).study(name)  # read-only: a study that does not exist is one line
+    store = StudyStore(config.storage.url)  # finalize writes each candidate's test accuracy
+    study_id = store.study(name).id
+    cfg, parts = _model_parts(config, store, name, progress)
+    return Worker(**parts, config=cfg, study=name, study_id=study_id, store=store)
+
+
+def _model_parts(cfg: Config, store: StudyStore, name: str, progress: bool) -> tuple[Config, dict[str, Any]]:
+    """The data, the trained base model and its space (device profile, importance scores): a :class:`Worker`'s
+    fields but the study's own, and the config with ``round_to = "auto"`` resolved."""
+    from evaluators import load_data, resolve_device
+    from spaces import ModelSpace
+
     device = resolve_device(cfg.evaluate.device)
     data = load_data(cfg.data.spec, data_dir=cfg.data.data_dir, seed=cfg.data.seed)
     model, base_accuracy, base_weights = _base_model(cfg, data, device, progress)
@@ -168,40 +235,9 @@ def prepare(
     if Importance(cfg.space.importance).needs_data:
         importance_scores(cfg, space, data, base_weights)
     base_model.to(device)
-    uniform = space.fit(space.uniform_plan(0.0), budget)  # infeasible budget: raises here
-    floor = cost_floor(cfg.search.floor, space, budget)
-    dists = distributions(space, cfg.space.options(), floor=floor)
-    spec = _study_spec(cfg, data, base_weights)
-    study_id = store.ensure_study(
-        name,
-        model_spec=cfg.model.spec,
-        data_spec=data.spec,
-        budget=budget.to_dict(),
-        space_options=spec,
-        base_cost=space.base_cost.as_dict(),
-        base_accuracy=base_accuracy,
-    )
-    return Prepared(
-        config=cfg,
-        study=name,
-        study_id=study_id,
-        store=store,
-        evaluator=evaluator if evaluator is not None else default_evaluator(cfg),
-        objectives=tuple(Objective(o) for o in cfg.search.objectives),
-        budget=budget,
-        data=data,
-        device=device,
-        base_model=base_model,
-        base_accuracy=base_accuracy,
-        space=space,
-        base_cost=space.base_cost,
-        uniform=uniform,
-        dists=dists,
-        artifacts=Path(cfg.search.artifacts_dir) / "studies" / name,
-        floor=floor,
-        rungs=cfg.evaluate.rung_steps(),
-        base_weights=base_weights,
-    )
+    parts = {"data": data, "device": device, "base_model": base_model, "base_accuracy": base_accuracy}
+    parts |= {"space": space, "base_cost": space.base_cost, "base_weights": base_weights}
+    return cfg, parts | {"artifacts": Path(cfg.search.artifacts_dir) / "studies" / name}
 
 
 def importance_scores(cfg: Config, space: ModelSpace, data: DataBundle, base_weights: Path) -> Path:

@@ -219,3 +219,21 @@ def test_a_score_of_zero_is_a_score_when_choosing_what_to_rescore() -> None:
 
     scores = [None, -0.5, 0.0, 0.3, -0.0]
     assert sorted(scores, key=_missing_last) == [0.3, 0.0, -0.0, -0.5, None]
+
+
+def test_finalize_builds_only_the_workers_part_and_writes_nothing_to_prepare_it(existing: Path) -> None:
+    """``finalize`` reuses the study's base model, data and space (a Worker); no sampler, no study row written."""
+    from search.preparation._prepare import Prepared, Worker, prepare_worker
+    from spaces import Plan
+    from tests.search.conftest import dump
+
+    db = existing.parent / "study.db"
+    before = dump(db)
+    w = prepare_worker(load_config(existing))
+    assert type(w) is Worker and not isinstance(w, Prepared) and issubclass(Prepared, Worker)
+    assert dump(db) == before  # nothing written
+    row = w.store.candidate(w.study_id, trial_number=0)
+    assert w.space.cost(Plan.from_json(row.plan)).macs == row.macs  # the same space the study costed with
+    with pytest.raises(ValueError, match="no study named 'nope'"):
+        prepare_worker(load_config(existing, {"search.study": "nope"}))
+    assert dump(db) == before
