@@ -68,7 +68,7 @@ HEADER = ["family", "model @ input", "build s", *Support.CELLS]
 
 def space_options() -> dict[str, Any]:
     """The study's default ``[space]`` options with ranks searched: what the sampler draws plans from."""
-    return SpaceConfig(rank=True).model_dump(mode="json")
+    return SpaceConfig.model_validate({"rank": {}}).options()
 
 
 def row(family: str, spec: str, size: int, plans: int) -> list[str]:

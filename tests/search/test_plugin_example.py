@@ -77,7 +77,7 @@ def test_the_plugin_runs_a_study_through_its_entry_point(site: Path, make_config
     done = _run(site, "-c", CHECK, str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
-    assert got["names"] == ["prune", "rank", "bits", "fp16"]
+    assert got["names"] == [*DIMENSIONS.builtins, "fp16"]  # the built-ins (prune, rank, bits, depth), then the plug-in
     assert (got["bytes"], got["accuracy"]) == (best.bytes, best.accuracy) and got["halves"] == len(
         json.loads(best.plan)["fp16"]
     )

@@ -27,7 +27,7 @@ from spaces import Cost, ModelSpace, Plan, PlanCheck, Support, check_cost, suppo
 from spaces._support import aggressive_plan, cost_difference, reason_kind, sampled_plans
 from tests.spaces.models import MODELS
 
-OPTIONS = SpaceConfig(rank=True).model_dump(mode="json")  # the study's defaults, ranks searched
+OPTIONS = SpaceConfig.model_validate({"rank": {}}).options()  # the study's defaults, ranks searched
 CI_PLANS = 3
 
 
