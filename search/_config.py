@@ -16,7 +16,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from search.drivers import driver_names  # the registry (light: a driver loads when chosen)
 from search.sampling._samplers import Sampler
@@ -292,13 +292,16 @@ class EvaluateConfig(_Section):
         "output (tensor-train's sequential training), then the fine-tune; or a plug-in's (prunetune.recipes)",
     )
 
-    @field_validator("recipe")
+    @field_validator("recipe", "runtime")
     @classmethod
-    def _recipe_known(cls, v: str) -> str:
+    def _registered(cls, v: str, info: ValidationInfo) -> str:
+        """A recipe or a runtime must be one of its registry's names (built-ins and plug-ins)."""
         from search._recipes import recipe_names
+        from spaces import runtime_names
 
-        if v not in recipe_names():
-            raise ValueError(f"recipe must be one of {', '.join(recipe_names())}")
+        names = recipe_names() if info.field_name == "recipe" else runtime_names()
+        if v not in names:
+            raise ValueError(f"{info.field_name} must be one of {', '.join(names)}")
         return v
 
     blockwise_steps: int = Field(100, ge=1, description="Adam steps per changed block of the blockwise recipe")
@@ -314,15 +317,6 @@ class EvaluateConfig(_Section):
         description="the runtime latency is profiled and measured in: torch (eager), onnxruntime (the model "
         "exported by torch's exporter, CPU; the [onnx] extra), or a plug-in's (entry points prunetune.runtimes)",
     )
-
-    @field_validator("runtime")
-    @classmethod
-    def _runtime_known(cls, v: str) -> str:
-        from spaces import runtime_names
-
-        if v not in runtime_names():
-            raise ValueError(f"runtime must be one of {', '.join(runtime_names())}")
-        return v
 
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
     threads: int | None = Field(
