@@ -112,6 +112,7 @@ import torch
 from torch import nn
 
 from spaces._errors import PlanError
+from spaces.dimensions import removed_modules
 from spaces.graph._trace import CONV, LINEAR
 from spaces.runtime._registry import check_runtime, runtime as runtime_of
 from spaces.runtime._timing import time_calls
@@ -360,13 +361,6 @@ class LatencyPredictor:
         if self.profile.unpredictable(resolved) is not None:
             return None
         return self.profile.predict_keep(self.space, keep, factor_chains(resolved), removed_modules(resolved))
-
-
-def removed_modules(resolved: Mapping[str, Any]) -> tuple[str, ...]:
-    """The modules a plan's resolved parts remove (:class:`spaces.dimensions.Removing`: depth)."""
-    from spaces.dimensions import removed_modules as removed
-
-    return removed(resolved)
 
 
 def factor_chains(resolved: Mapping[str, Any]) -> dict[str, tuple[str, tuple[int, ...]]]:
