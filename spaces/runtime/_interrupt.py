@@ -19,7 +19,9 @@ or 143 (SIGTERM), its output flushed. Two kinds of block change that:
 
 An :class:`Interrupted` raised at once may land in code that swallows it (a
 ``__del__``, a weakref callback, a library's ``except BaseException``); the
-flag stays set, and a watchdog thread raises it again every
+flag stays set (Python's report of an exception it ignored, "Exception
+ignored in ...", is silenced for :class:`Interrupted` inside the block), and a
+watchdog thread raises it again every
 :data:`NUDGE_S` seconds while the main thread is still inside
 :func:`handle_signals` and outside the two blocks, so it is never lost. A
 second signal ends the process at once (``os._exit``, standard streams flushed
@@ -44,7 +46,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 __all__ = [
@@ -194,6 +196,30 @@ def safe_points() -> contextlib.AbstractContextManager[None]:
     return _deferring(raise_at_end=True)
 
 
+_unraisable_before: list[Callable[[sys.UnraisableHookArgs], object]] = []
+
+
+def _silence_ignored_interrupts() -> None:
+    """Keep Python from printing a traceback for an :class:`Interrupted` it had to ignore.
+
+    A signal raised inside a ``__del__``, a weakref callback (importlib's module
+    locks have one) or a garbage-collector callback cannot propagate: Python
+    reports it through :data:`sys.unraisablehook` ("Exception ignored in ...",
+    with a traceback) and goes on. The flag is still set and the watchdog raises
+    the signal again moments later, so that report is noise; every other
+    unraisable exception still goes to the hook that was installed before.
+    """
+    before = sys.unraisablehook
+    _unraisable_before.append(before)
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, Interrupted):
+            return
+        before(unraisable)
+
+    sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def handle_signals(*, keep: bool = False) -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM stop the command (see the module docs); nests.
@@ -212,8 +238,10 @@ def handle_signals(*, keep: bool = False) -> Iterator[None]:
         yield
         return
     previous = {s: signal.getsignal(s) for s in _SIGNALS}
-    if not _flag.installed:
+    outermost = not _flag.installed
+    if outermost:
         _flag.signum, _flag.raised_at, _flag.deferred = None, None, 0
+        _silence_ignored_interrupts()
     _flag.installed += 1
     for s in _SIGNALS:
         signal.signal(s, _on_signal)
@@ -230,6 +258,8 @@ def handle_signals(*, keep: bool = False) -> Iterator[None]:
                 signal.signal(s, handler)
             if not _flag.installed:
                 _flag.signum, _flag.raised_at = None, None
+        if outermost:
+            sys.unraisablehook = _unraisable_before.pop()
 
 
 def reinstall_handlers() -> None:

@@ -66,3 +66,39 @@ def test_an_interrupt_swallowed_by_a_library_is_raised_again() -> None:
             swallowed += 1
         time.sleep(30)  # the command goes on: the watchdog raises the interrupt again
     assert swallowed == 1 and NUDGE_S <= time.monotonic() - sent < NUDGE_S + 1.5
+
+
+def test_an_interrupt_python_had_to_ignore_prints_no_traceback_and_is_raised_again() -> None:
+    """A signal landing in a ``__del__`` (or importlib's weakref callback) is ignored by Python, silently."""
+    import gc
+    import os
+    import sys
+
+    from spaces import Interrupted, handle_signals
+
+    reported: list[type[BaseException] | None] = []
+    before = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: reported.append(unraisable.exc_type)
+
+    class Dropped:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs here: the Interrupted cannot leave __del__
+            time.sleep(0.01)
+
+    class Failing:
+        def __del__(self) -> None:
+            raise ValueError("an ordinary error in __del__")
+
+    try:
+        sent = time.monotonic()
+        with handle_signals(), pytest.raises(Interrupted):
+            Dropped()  # no name holds it: __del__ runs at once
+            gc.collect()
+            Failing()
+            time.sleep(30)  # the watchdog raises the interrupt again
+        assert NUDGE_S <= time.monotonic() - sent < NUDGE_S + 1.5
+        assert reported == [ValueError]  # Python's report of the Interrupted was silenced, nothing else
+    finally:
+        restored = sys.unraisablehook
+        sys.unraisablehook = before
+    assert restored.__name__ == "<lambda>"  # handle_signals put back the hook it found
