@@ -24,7 +24,7 @@ from search.cli import _commands as commands
 from search.cli._inspect import budget_arg, cmd_inspect, ratios_arg, shape_arg
 from search.cli._profile_command import add_profile_command
 from search.cli._service_commands import add_service_commands
-from spaces import Importance, Interrupted, check_interrupt, handle_signals
+from spaces import Importance, Interrupted, check_interrupt, handle_signals, interrupt_requested
 
 __all__ = ["main"]
 
@@ -171,6 +171,24 @@ def _glue_dash_values(argv: Sequence[str]) -> list[str]:
 _RESUMES = {"run", "finalize", "worker"}  # commands whose rerun picks up where the interrupted one stopped
 
 
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; an error raised after a stop was requested is the stop's doing, and ends as one.
+
+    A signal that lands inside an import can leave a module half-initialized
+    when a library swallows the :class:`Interrupted` (numpy's C core, imported by
+    torch, then refuses a second load with ``ImportError: cannot load module more
+    than once per process``). The user asked the command to stop: it stops with
+    130 / 143 and the usual line, and the rerun starts in a fresh process.
+    """
+    try:
+        return int(args.func(args))
+    except Exception as exc:
+        signum = interrupt_requested()
+        if signum is None:
+            raise
+        raise Interrupted(signum) from exc
+
+
 def _interrupted(exc: KeyboardInterrupt, command: str) -> int:
     """The one line an interrupted command ends with (stdout flushed first, so nothing printed is lost)."""
     signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
@@ -198,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(_glue_dash_values(sys.argv[1:] if argv is None else argv))
     try:
         with handle_signals(keep=argv is None):  # SIGINT/SIGTERM stop the command at once or at its next safe point
-            code = int(args.func(args))
+            code = _run(args)
             check_interrupt()  # a signal after the last safe point still ends in 130 / 143
         return code
     except KeyboardInterrupt as exc:

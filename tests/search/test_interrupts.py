@@ -305,3 +305,29 @@ def test_ctrl_c_stops_a_command_within_two_seconds_with_its_output(existing: Pat
             assert con.execute("SELECT count(*) FROM prunetune_profiles").fetchone()[0] == 0
     if name == "report":  # no report at all rather than part of one
         assert list(out.iterdir()) == []
+
+
+def test_an_error_raised_after_the_signal_ends_as_the_interrupt_it_follows() -> None:
+    """A library that swallowed the interrupt and then failed (numpy's half-imported core) still exits 130."""
+    import argparse
+    import os
+
+    from search.cli._main import _run
+    from spaces import Interrupted, handle_signals
+
+    def command(_: argparse.Namespace) -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:  # swallowed, as an extension module's initialization may do
+            pass
+        raise ImportError("cannot load module more than once per process")
+
+    def failing(_: argparse.Namespace) -> int:
+        raise ImportError("a real error: no signal came")
+
+    with handle_signals(), pytest.raises(Interrupted) as stopped:
+        _run(argparse.Namespace(func=command))
+    assert stopped.value.exit_code == 130 and isinstance(stopped.value.__cause__, ImportError)
+    with handle_signals(), pytest.raises(ImportError, match="no signal came"):
+        _run(argparse.Namespace(func=failing))
