@@ -29,6 +29,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration_seconds(text: str) -> float:
+    """``"90s"``, ``"30m"``, ``"2h"``, ``"1h30m"``, ``"1.5h"`` in seconds; a one-line ``ValueError`` otherwise."""
+    import re
+
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", text.strip().lower())
+    rebuilt = "".join(f"{n}{u}" for n, u in parts)
+    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not parts or rebuilt != re.sub(r"\s+", "", text.strip().lower()) or seconds <= 0:
+        raise ValueError(f'time must be a positive duration like "90s", "30m", "2h" or "1h30m", got {text!r}')
+    return seconds
+
+
 def missing_onnx() -> list[str]:
     """The modules of the ``[onnx]`` extra (torch's exporter, ONNX Runtime) that are not installed."""
     return [m for m in ("onnx", "onnxscript", "onnxruntime") if find_spec(m) is None]
@@ -388,6 +403,12 @@ class SearchConfig(_Section):
     seed: int = Field(0, description="seed of the sampler (and of the study's other random choices)")
     worker: int = Field(0, ge=0, description="distinct number per parallel worker (salts the sampler)")
     artifacts_dir: str = Field("artifacts", description="baselines and candidates' weights (shared by every node)")
+    time: str | None = Field(
+        None,
+        description='wall-clock limit of a run ("90s", "30m", "2h", "1h30m"): no candidate starts that cannot end '
+        "before it, with room left for the re-scoring rung; then the run ends cleanly and says it stopped on time "
+        "(a rerun goes on, within the same limit again)",
+    )
     backend: str = Field(
         "local",
         description="who schedules the candidates: a registered driver, local (this process) or ray (see [ray])",
@@ -399,6 +420,20 @@ class SearchConfig(_Section):
         if v not in driver_names():
             raise ValueError("Input should be " + " or ".join(repr(n) for n in driver_names()))
         return v
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time(cls, v: Any) -> Any:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            v = f"{v}s"  # a bare number in a TOML file: seconds
+        if isinstance(v, str):
+            duration_seconds(v)  # raises the one-line message
+        return v
+
+    @property
+    def time_s(self) -> float | None:
+        """``time`` in seconds (``None``: no limit)."""
+        return None if self.time is None else duration_seconds(self.time)
 
     @field_validator("floor")
     @classmethod

@@ -89,6 +89,8 @@ def _front(r: ReportInput) -> str:
     if check is None and not len(over):
         shown.remove("measured_ms")  # no device profile: nothing was predicted, nothing re-measured
     body = div(front_figure(r.df, r.info), "pt-front") + table(front[shown]) + (note(check) if check else "")
+    if r.info.stopped:  # the last run ended on its time limit: the front is what that time bought
+        body += note(r.info.stopped)
     over_note = over_cap_note(r.store.over_cap(r.info.id)) if len(over) else None
     if over_note is None:
         return body
@@ -147,7 +149,8 @@ def _reproducibility(r: ReportInput) -> str:
 
 
 def _front_title(r: ReportInput) -> str:
-    return f"Pareto front ({int(r.df['on_front'].sum())} of {len(r.df)} candidates)"
+    on_time = "; stopped on time" if r.info.stopped else ""
+    return f"Pareto front ({int(r.df['on_front'].sum())} of {len(r.df)} candidates{on_time})"
 
 
 def _filters_title(r: ReportInput) -> str:

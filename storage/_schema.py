@@ -36,8 +36,8 @@ __all__ = [
     "submission_record",
 ]
 
-SCHEMA_VERSION = 6  # 2: weights_sha256; 3: kind, phases, test_accuracy, submissions; 4: rung, rungs, final;
-# 5: device_latency, profiles; 6: study_profiles
+SCHEMA_VERSION = 7  # 2: weights_sha256; 3: kind, phases, test_accuracy, submissions; 4: rung, rungs, final;
+# 5: device_latency, profiles; 6: study_profiles; 7: studies.stopped
 
 
 def now() -> datetime:
@@ -65,6 +65,7 @@ class StudyTable(Base):
     base_cost: Mapped[dict[str, Any]] = mapped_column(JSON)
     base_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    stopped: Mapped[str | None] = mapped_column(Text, nullable=True)  # the last run ended on its time limit: why
 
 
 class CandidateTable(Base):
@@ -166,6 +167,7 @@ class StudyRecord:
     base_cost: dict[str, Any]
     base_accuracy: float | None
     created: datetime
+    stopped: str | None = None  # the last run stopped on its time limit (search.time) before the study was full
 
     @property
     def spec(self) -> StudySpec:

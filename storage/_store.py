@@ -420,6 +420,14 @@ class StudyStore:
         with self._session() as s:
             s.get_one(CandidateTable, candidate_id).trial_number = trial_number
 
+    def set_stopped(self, study_id: int, why: str | None) -> None:
+        """Record why the study's last run stopped on its time limit (``None``: a run completed the study).
+
+        The report, the terminal's front and the service show it (``StudyRecord.stopped``).
+        """
+        with self._session() as s:
+            s.get_one(StudyTable, study_id).stopped = why
+
     def release(self, study_id: int, worker: str, reason: str = "interrupted") -> int:
         """Give up ``worker``'s RUNNING candidates (it is stopping): the next worker claims them at once.
 

@@ -99,8 +99,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for line in res.events:
         err.print(line)
     if res.stopped:
-        err.print(f"stopped early: {res.stopped}")
-    title = f"Pareto front of {res.study!r} ({len(res.front)} of {res.total})"
+        err.print(res.stopped if res.on_time else f"stopped early: {res.stopped}")
+    on_time = f"; stopped on time ({p.config.search.time})" if res.on_time else ""
+    title = f"Pareto front of {res.study!r} ({len(res.front)} of {res.total}{on_time})"
     over = p.store.over_cap(p.study_id)  # measured over the latency cap: listed below the front
     out.print(front_table(title, res.front, res.base_cost, p.config.evaluate.score, over))
     summary = latency_check(res.front)

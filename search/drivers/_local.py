@@ -31,6 +31,8 @@ class LocalDriver(Driver):
         first = True
         while True:
             check_interrupt()  # a safe point: between two candidates
+            if search.out_of_time(res):  # search.time: the next candidate would not end in time
+                break
             for row in search.claim_stale(res, orphans=first):
                 runner.evaluate(row.id, *search.relive(row))
             first = False

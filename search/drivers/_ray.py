@@ -294,6 +294,9 @@ class CandidateSearcher(Searcher):
             return None  # nothing new: _StopOnSignal ends the run
         s, res = self.search, self.res
         p = s.prepared
+        if s.out_of_time(res):  # search.time: Tune finishes the running trials, then the run concludes
+            self.finished = True
+            return _FINISHED
         self._retries += s.claim_stale(res, orphans=self._first)
         self._first = False
         if self._retries:

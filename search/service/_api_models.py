@@ -54,6 +54,9 @@ class StudyOut(_Out):
     candidates: int = Field(description="candidates in the study, any status")
     front: int = Field(description="candidates on the Pareto front")
     statuses: dict[str, int] = Field(description="candidates per status")
+    stopped: str | None = Field(
+        None, description="why the study's last run stopped on its time limit (search.time); null when it did not"
+    )
 
 
 class CandidateOut(_Out):
@@ -131,6 +134,7 @@ def study_out(info: StudyRecord, rows: list[CandidateRow], front: int) -> StudyO
         candidates=len(rows),
         front=front,
         statuses=statuses,
+        stopped=info.stopped,
     )
 
 

@@ -60,13 +60,14 @@ WARMUP = 5
 MAX_MEASURED = 64  # front members measured per call at most: the loop's bound (each over-cap one lets others in)
 
 
-def remeasure_front(p: Prepared) -> list[str]:
-    """Measure (and judge) the front members until every one is measured, then refit; one line per event."""
+def remeasure_front(p: Prepared, *, on_time: bool = False) -> list[str]:
+    """Measure (and judge) the front members until every one is measured, then refit; one line per event
+    (``on_time``: as :func:`search.study._rescore.rescore`'s)."""
     from search.study._rescore import settled
 
     if p.space.profile is None:
         return []
-    if not settled(p, p.store.candidates(p.study_id)):
+    if not settled(p, p.store.candidates(p.study_id), on_time=on_time):
         return []  # another worker is still evaluating: the last one to finish measures
     cap = device_cap(p)
     events: list[str] = []

@@ -45,16 +45,18 @@ def rescore_steps(p: Prepared) -> int:
     return e.rescore_steps if e.rescore_steps is not None else 4 * p.rungs[-1]
 
 
-def settled(p: Prepared, rows: list[CandidateRow]) -> bool:
-    """Whether the study holds its candidates and none runs: the last worker to finish does the closing work
+def settled(p: Prepared, rows: list[CandidateRow], *, on_time: bool = False) -> bool:
+    """Whether the study holds its candidates (or this run stopped on time: ``on_time``, see
+    :mod:`search.study._deadline`) and none runs: the last worker to finish does the closing work
     (re-scoring here, the front's latency measurement in :mod:`search.study._remeasure`)."""
-    return len(rows) >= p.config.search.candidates and not any(r.status is Status.RUNNING for r in rows)
+    full = on_time or len(rows) >= p.config.search.candidates
+    return full and not any(r.status is Status.RUNNING for r in rows)
 
 
-def _chosen(p: Prepared) -> list[CandidateRow]:
+def _chosen(p: Prepared, on_time: bool) -> list[CandidateRow]:
     """The top-rung candidates still to re-score: the ``k`` most accurate, less those already re-scored."""
     rows = p.store.candidates(p.study_id)
-    if not settled(p, rows):
+    if not settled(p, rows, on_time=on_time):
         return []  # another worker is still evaluating: the last one to finish re-scores
     top = len(p.rungs) - 1
     done = [r for r in rows if r.status is Status.COMPLETE and r.top_rung > top]
@@ -70,12 +72,15 @@ def _missing_last(score: float | None) -> float:
     return float("inf") if score is None else -score
 
 
-def rescore(p: Prepared) -> list[str]:
-    """Re-score the best candidates at the top rung (see the module docs); one line per candidate re-scored."""
+def rescore(p: Prepared, *, on_time: bool = False) -> list[str]:
+    """Re-score the best candidates at the top rung (see the module docs); one line per candidate re-scored.
+
+    ``on_time``: the run stopped on its time limit before the study held its candidates; re-score what it holds.
+    """
     if p.config.evaluate.rescore_top <= 0:
         return []
     events = []
-    for row in _chosen(p):
+    for row in _chosen(p, on_time):
         check_interrupt()  # a safe point: between two candidates
         line = _rescore_one(p, row)
         if line:

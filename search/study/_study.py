@@ -41,6 +41,7 @@ from search.preparation._prepare import Prepared, allocator_sensitivity, prepare
 from search.sampling._params import level_of, params_from_plan, plan_from_params
 from search.sampling._samplers import make_sampler
 from search.study._candidate import CandidateRunner, Recorder, Timings, is_dead, objective_values, worker_id
+from search.study._deadline import Deadline
 from spaces import CandidateKind, Status, protected, safe_points
 from spaces.dimensions import Allocated, Sampled, with_role
 
@@ -80,6 +81,7 @@ class RunResult:
     base_accuracy: float | None
     base_cost: dict[str, Any]
     stopped: str | None = None  # why the loop ended early, if it did
+    on_time: bool = False  # it ended on its time limit (search.time), before the study held its candidates
     events: list[str] = field(default_factory=list)
 
 
@@ -244,6 +246,7 @@ class Search:
         self._teller: Teller | None = None
         self._runner: CandidateRunner | None = None
         self._in_a_row = 0  # duplicates proposed in a row
+        self.deadline = Deadline.of(config.search.time, config.search.time_s, time.monotonic())  # its clock starts now
 
     @property
     def prepared(self) -> Prepared:
@@ -367,12 +370,23 @@ class Search:
         from search.study._rescore import rescore
 
         p = self.prepared
-        res.events += rescore(p)
-        res.events += remeasure_front(p)
+        res.events += rescore(p, on_time=res.on_time)
+        res.events += remeasure_front(p, on_time=res.on_time)
         self.fail_orphan_trials()
         res.front = p.store.front(p.study_id)
         res.total = p.store.count(p.study_id)
+        if res.on_time or res.total >= self.cfg.search.candidates:  # a study completed later loses the old line
+            p.store.set_stopped(p.study_id, res.stopped if res.on_time else None)
         return res
+
+    def out_of_time(self, res: RunResult) -> bool:
+        """Whether the run's time limit leaves no room for another candidate (``res.stopped`` then says so)."""
+        if self.deadline is None:
+            return False
+        why = self.deadline.admits(self.prepared)
+        if why is not None:
+            res.stopped, res.on_time = why, True
+        return why is not None
 
     def propose(self, seeds: list[tuple[CandidateKind, Plan, float]]) -> Proposal:
         """Sample (or take the next of ``seeds``) and repair onto the sampled cost level: a plan within the budget."""
