@@ -14,6 +14,10 @@ data order — and are measured on the **test** split, which nothing selects on:
 (a) **torch-pruning uniform**: ``tp.pruner.MagnitudePruner`` (group L1), one ratio for
     every layer, bisected until the measured MACs meet the budget;
 (b) **torch-pruning global**: the same with ``global_pruning=True``;
+(h) **ModelOpt FastNAS**: NVIDIA ModelOpt's one line, ``mtp.prune(model, mode="fastnas",
+    constraints={"flops": ...})``, its score validation accuracy on ``--max-val`` validation
+    images, its channel granularity ours, its constraint bisected onto our measured MACs
+    (``bench/_fastnas.py``; needs the ``peers`` extra);
 (c) **PruneTune uniform**: one prune ratio for every group, channels kept by the
     study's default criterion (``space.importance``), ``space.fit`` onto the budget;
 (d) **allocator**: ``space.allocate`` (pruning only, valued by the measured sensitivity the
@@ -49,6 +53,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _fastnas import fastnas_at  # bench/, beside this script
 from _shared import (  # bench/, beside this script
     SMOKE,
     add_search_args,
@@ -119,15 +124,18 @@ def study(args: argparse.Namespace, tmp: Path, budget: float, seed: int, arm: st
     return Search(load_config(None, overrides)).prepare()
 
 
-def one_shot(p: Any, b: float) -> dict[str, nn.Module]:
-    """The one-shot arms at budget ``b``: torch-pruning's two, PruneTune's uniform plan, the allocator's."""
+def one_shot(p: Any, b: float, args: argparse.Namespace, workdir: Path) -> dict[str, nn.Module]:
+    """The one-shot arms at budget ``b``: torch-pruning's two, FastNAS, PruneTune's uniform plan, the allocator's."""
     space, example = p.space, p.data.example_inputs(1)
     budget = Budget(macs=f"{b:.0%}")
     limit = budget.absolute(p.base_cost)["macs"]
     sens = allocator_sensitivity(p)  # what the studies' allocator seeds are valued by
+    val = list(p.data.val_loader(args.batch_size, args.max_val))  # what the studies' lower rungs score on
+    train = p.data.train_loader(args.batch_size, p.config.evaluate.seed)
     return {
         "(a) torch-pruning uniform": torch_pruning_at(p.base_model, example, limit, global_pruning=False),
         "(b) torch-pruning global": torch_pruning_at(p.base_model, example, limit, global_pruning=True),
+        "(h) ModelOpt FastNAS": fastnas_at(p.base_model, example, limit, train, val, workdir),
         f"(c) PruneTune uniform ({p.config.space.importance.value})": space.apply(
             space.fit(space.uniform_plan(0.0), budget)
         ),
@@ -145,7 +153,7 @@ def run_seed(args: argparse.Namespace, b: float, seed: int, log: dict[str, Any])
             runs[arm].run()
             log["walls"].setdefault(arm, []).append(time.perf_counter() - t)
         p = next(iter(runs.values())).prepared
-        models = one_shot(p, b) if args.one_shot else {}
+        models = one_shot(p, b, args, Path(td)) if args.one_shot else {}
         top = args.rungs[-1]
         cands = {arm: s.prepared.store.candidates(s.prepared.study_id) for arm, s in runs.items()}
         for arm, rows in cands.items():
@@ -192,7 +200,7 @@ def main() -> None:
         f"{args.max_val} validation images below the top rung, the best {args.rescore_top} re-scored; {where}; "
         f"{time.perf_counter() - t_all:.0f} s\n"
     )
-    print_table(["MAC budget", "method", "MACs", "test accuracy", "vs better of (a), (b)"], rows)
+    print_table(["MAC budget", "method", "MACs", "test accuracy", "vs best of (a), (b), (h)"], rows)
     print()
     print_table(
         ["MAC budget", "study", "candidates to within 0.3 points of its best (per seed)",
@@ -202,9 +210,10 @@ def main() -> None:
 
 
 def table_rows(b: float, log: dict[str, Any]) -> list[list[str]]:
-    """The table's rows for budget ``b``: mean ± std per arm, and the gain over the better torch-pruning arm."""
+    """The table's rows for budget ``b``: mean ± std per arm, and the gain over the best one-liner (torch-pruning's
+    two and FastNAS)."""
     accs, cost = log["accs"], log["cost"]
-    arms = ("(a) torch-pruning uniform", "(b) torch-pruning global")
+    arms = ("(a) torch-pruning uniform", "(b) torch-pruning global", "(h) ModelOpt FastNAS")
     libraries = [statistics.mean(accs[k]) for k in arms if k in accs]
     better = max(libraries) if libraries else float("nan")  # --no-one-shot: no library arm to compare with
     rows = []

@@ -8,4 +8,4 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
 $PIP install -c constraints.txt torch torchvision
-$PIP install -c constraints.txt -e ".[dev,ray,serve,onnx,timm]"
+$PIP install -c constraints.txt -e ".[dev,ray,serve,onnx,timm,peers]"
