@@ -21,6 +21,7 @@ from evaluators._evaluators import (
     evaluate_accuracy,
 )
 from evaluators._models import build_model, load_weights, save_weights
+from evaluators._teacher import Scored, TeacherPool, bootstrap_se, paired
 from evaluators._train import Baseline, Recipe, baseline_key, train_baseline
 from evaluators._zoo import ZOO
 
@@ -42,8 +43,11 @@ __all__ = [
     "Metrics",
     "Pipeline",
     "Recipe",
+    "Scored",
+    "TeacherPool",
     "baseline_key",
     "block_error",
+    "bootstrap_se",
     "build_model",
     "changed_blocks",
     "default_evaluator",
@@ -51,6 +55,7 @@ __all__ = [
     "fashion_mnist_split",
     "load_data",
     "load_weights",
+    "paired",
     "read_idx",
     "resolve_device",
     "save_weights",

@@ -76,6 +76,20 @@ class DataBundle:
     def has_test(self) -> bool:
         return self.test is not None
 
+    def hold_out_pool(self, n: int) -> Dataset:
+        """Take the last ``n`` training images out of ``train`` and return them: a pool no fine-tune uses.
+
+        The teacher-referenced scores (:class:`evaluators.TeacherPool`) read the
+        pool; ``train`` keeps the rest (a training split of ``n`` or fewer
+        images is a one-line error). Call it once, after the baseline is trained.
+        """
+        size = len(self.train)  # type: ignore[arg-type]
+        if not 0 < n < size:
+            raise ValueError(f"a teacher pool of {n} images needs 0 < n < {size}, the training images of {self.spec!r}")
+        pool = Subset(self.train, range(size - n, size))
+        self.train = Subset(self.train, range(size - n))
+        return pool
+
     def train_loader(self, batch_size: int, seed: int, *, shuffle: bool = True) -> DataLoader:
         gen = torch.Generator().manual_seed(seed)
         return DataLoader(self.train, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=False)
