@@ -22,12 +22,13 @@ if TYPE_CHECKING:
     from search.operations._export import export_candidate, load_exported
     from search.operations._finalize import Finalized, finalize
     from search.preparation._prepare import Prepared, prepare
-    from search.sampling._samplers import Sampler, make_sampler
+    from search.sampling._samplers import SAMPLERS, Sampler, SamplerFactory, make_sampler, register_sampler
     from search.study._candidate import CandidateRunner, Outcome, Timings, worker_id
     from search.study._rungs import promotes, promotion_order
     from search.study._study import RunResult, Search
 
 __all__ = [
+    "SAMPLERS",
     "CandidateRunner",
     "Config",
     "Finalized",
@@ -35,6 +36,7 @@ __all__ = [
     "Prepared",
     "RunResult",
     "Sampler",
+    "SamplerFactory",
     "Search",
     "Timings",
     "export_candidate",
@@ -45,6 +47,7 @@ __all__ = [
     "prepare",
     "promotes",
     "promotion_order",
+    "register_sampler",
     "worker_id",
 ]
 
@@ -55,7 +58,9 @@ _WHERE = {
     "Outcome": "study._candidate",
     "Prepared": "preparation._prepare",
     "RunResult": "study._study",
+    "SAMPLERS": "sampling._samplers",
     "Sampler": "sampling._samplers",
+    "SamplerFactory": "sampling._samplers",
     "Search": "study._study",
     "Timings": "study._candidate",
     "export_candidate": "operations._export",
@@ -66,6 +71,7 @@ _WHERE = {
     "prepare": "preparation._prepare",
     "promotes": "study._rungs",
     "promotion_order": "study._rungs",
+    "register_sampler": "sampling._samplers",
     "worker_id": "study._candidate",
 }
 

@@ -19,7 +19,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from search.drivers import driver_names  # the registry (light: a driver loads when chosen)
-from search.sampling._samplers import Sampler
 from spaces import Importance, Method, Objective
 
 __all__ = ["Config", "config_flags", "legacy_flags", "load_config"]
@@ -372,7 +371,11 @@ class EvaluateConfig(_Section):
 class SearchConfig(_Section):
     study: str | None = Field(None, description="study name (default: the config file's stem)")
     candidates: int = Field(30, ge=1, description="candidates the study evaluates in total, over all workers")
-    sampler: Sampler = Field(Sampler.TPE, description="the Optuna sampler that proposes plans")
+    sampler: str = Field(
+        "tpe",
+        description="the sampler that proposes plans: tpe, nsga2, gp (Optuna's GPSampler), evolve (an "
+        "evolutionary level search, EvoPress-style), random, or a plug-in's (prunetune.samplers)",
+    )
     objectives: list[Objective] = Field(
         [Objective.ACCURACY, Objective.MACS],
         description="what the front trades: accuracy first, then one or more costs",
@@ -413,6 +416,15 @@ class SearchConfig(_Section):
         "local",
         description="who schedules the candidates: a registered driver, local (this process) or ray (see [ray])",
     )
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v: str) -> str:
+        from search.sampling._samplers import sampler_names
+
+        if v not in sampler_names():
+            raise ValueError("Input should be " + " or ".join(repr(n) for n in sampler_names()))
+        return v
 
     @field_validator("backend")
     @classmethod

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from search._config import Config
 from search.preparation._profile import device_profile, needs_profile, predicts_latency, profiled_methods
-from search.sampling._samplers import Sampler
 from spaces import Importance, Objective, UsageError, protected
 
 if TYPE_CHECKING:
@@ -370,12 +369,11 @@ def _base_model(cfg: Config, data: DataBundle, device: torch.device, progress: b
 
 
 def _checked(cfg: Config) -> tuple[str, Budget]:
-    """What needs no work to check (the sampler's name, the study's name, the budget: one-line errors); threads."""
+    """What needs no work to check (the study's name, the budget: one-line errors); threads."""
     import torch
 
     from spaces import Budget
 
-    Sampler.parse(cfg.search.sampler)  # validates the name first
     if cfg.search.study is None:
         raise UsageError("search.study names the study: set it (load_config takes the config file's stem)")
     budget = Budget.from_dict(cfg.budget_dict())

@@ -1,49 +1,132 @@
-"""The samplers a study may use: one name each (:class:`Sampler`), built by :func:`make_sampler`."""
+"""The samplers a study may use: a registry of named factories (entry-point group ``prunetune.samplers``).
+
+``search.sampler`` names one; :func:`make_sampler` builds its Optuna sampler for
+a study (its seed and its number of candidates). A plug-in sampler is one
+:class:`SamplerFactory` subclass and one :func:`register_sampler` line (or an
+entry point). The built-ins:
+
+* ``tpe`` (default): with a few dozen candidates it starts modelling after
+  ``min(10, candidates // 3)`` random ones, handles several objectives (MOTPE)
+  and, with ``constant_liar``, does not hand parallel workers the same region;
+* ``nsga2``: needs several generations of ``population_size`` (here
+  ``max(4, candidates // 4)``) before it improves on random search;
+* ``gp``: Optuna's ``GPSampler`` (Gaussian-process Bayesian optimization, several
+  objectives), after the same start-up as TPE;
+* ``evolve``: the evolutionary level search of :mod:`search.sampling._evolve`
+  (EvoPress-style: mutate the per-group levels of the best plans);
+* ``random``.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
+
+from spaces import Registry
 
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
 
-__all__ = ["Sampler", "make_sampler"]
+__all__ = ["SAMPLERS", "Sampler", "SamplerFactory", "make_sampler", "register_sampler", "sampler_names"]
 
 
 class Sampler(StrEnum):
-    """Optuna samplers by name (the config's ``search.sampler``)."""
+    """The built-in samplers' names (a plug-in adds its own to :data:`SAMPLERS`)."""
 
     TPE = "tpe"
     NSGA2 = "nsga2"
+    GP = "gp"
+    EVOLVE = "evolve"
     RANDOM = "random"
 
-    @classmethod
-    def parse(cls, name: Sampler | str) -> Sampler:
-        """The sampler called ``name``; a one-line ValueError lists the valid names otherwise."""
-        try:
-            return cls(name)
-        except ValueError:
-            raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(cls)}") from None
+
+class SamplerFactory(ABC):
+    """Builds one kind of Optuna sampler for a study."""
+
+    name: ClassVar[str]  # its name in the registry and in ``search.sampler``
+
+    @abstractmethod
+    def build(self, seed: int, candidates: int) -> BaseSampler:
+        """The sampler for a study of ``candidates`` candidates, seeded with ``seed``."""
 
 
-def make_sampler(name: Sampler | str, seed: int, candidates: int) -> BaseSampler:
-    """``tpe`` (default), ``nsga2`` or ``random``; a clear error lists them otherwise.
+def _startup(candidates: int) -> int:
+    return max(2, min(10, candidates // 3))
 
-    TPE is the default: with a few dozen candidates it starts modelling after
-    ``min(10, candidates // 3)`` random ones, handles several objectives
-    (MOTPE) and, with ``constant_liar``, does not hand parallel workers the same
-    region. NSGA-II needs several generations of ``population_size`` (here
-    ``max(4, candidates // 4)``) before it improves on random search.
-    """
-    import optuna
 
-    kind = Sampler.parse(name)
+class Tpe(SamplerFactory):
+    name = "tpe"
 
-    if kind is Sampler.TPE:
+    def build(self, seed: int, candidates: int) -> BaseSampler:
+        import optuna
+
         return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=max(2, min(10, candidates // 3)), multivariate=True, constant_liar=True
+            seed=seed, n_startup_trials=_startup(candidates), multivariate=True, constant_liar=True
         )
-    if kind is Sampler.NSGA2:
+
+
+class Nsga2(SamplerFactory):
+    name = "nsga2"
+
+    def build(self, seed: int, candidates: int) -> BaseSampler:
+        import optuna
+
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, candidates // 4))
-    return optuna.samplers.RandomSampler(seed=seed)
+
+
+class Gp(SamplerFactory):
+    name = "gp"
+
+    def build(self, seed: int, candidates: int) -> BaseSampler:
+        import optuna
+
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=_startup(candidates))
+
+
+class Evolve(SamplerFactory):
+    name = "evolve"
+
+    def build(self, seed: int, candidates: int) -> BaseSampler:
+        from search.sampling._evolve import EvolutionarySampler
+
+        return EvolutionarySampler(seed=seed, population=max(4, min(8, candidates // 4)))
+
+
+class Random(SamplerFactory):
+    name = "random"
+
+    def build(self, seed: int, candidates: int) -> BaseSampler:
+        import optuna
+
+        return optuna.samplers.RandomSampler(seed=seed)
+
+
+SAMPLERS: Registry[SamplerFactory] = Registry(
+    "sampler",
+    SamplerFactory,
+    group="prunetune.samplers",
+    builtins={
+        "tpe": "search.sampling._samplers:Tpe",
+        "nsga2": "search.sampling._samplers:Nsga2",
+        "gp": "search.sampling._samplers:Gp",
+        "evolve": "search.sampling._samplers:Evolve",
+        "random": "search.sampling._samplers:Random",
+    },
+    name_attr="name",
+    error=ValueError,
+)
+
+
+def register_sampler(s: SamplerFactory | type[SamplerFactory], *, replace: bool = False) -> SamplerFactory:
+    """Add a sampler under its ``name`` (``replace=True`` replaces one of that name)."""
+    return SAMPLERS.register(s, replace=replace)
+
+
+def sampler_names() -> tuple[str, ...]:
+    return SAMPLERS.names()
+
+
+def make_sampler(name: str, seed: int, candidates: int) -> BaseSampler:
+    """The sampler registered as ``name``, built for a study; a one-line error lists the names otherwise."""
+    return SAMPLERS.get(str(name)).build(seed, candidates)

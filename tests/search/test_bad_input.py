@@ -145,7 +145,7 @@ CASES: list[tuple[str, list[str], Setup | None, int, str]] = [
     ("unknown-key-in-file", ["run", "{file}"], _config_plus("foo = 1\n", "search"), BAD, "search.foo"),
     ("candidates-0", [*RUN, "--search.candidates", "0"], None, BAD, "greater than or equal to 1"),
     ("candidates-text", [*RUN, "--search.candidates", "many"], None, BAD, "search.candidates"),
-    ("sampler", [*RUN, "--search.sampler", "cmaes"], None, BAD, "Input should be 'tpe', 'nsga2' or 'random'"),
+    ("sampler", [*RUN, "--search.sampler", "cmaes"], None, BAD, "'evolve' or 'random' (got 'cmaes')"),
     ("objective", [*RUN, "--search.objectives", "accuracy,speed"], None, BAD, "search.objectives"),
     ("importance", [*RUN, "--space.importance", "l3"], None, BAD, "space.importance"),
     ("method", [*RUN, "--space.rank.method", "cp"], None, BAD, "[space.rank] method"),
