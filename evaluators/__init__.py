@@ -19,6 +19,7 @@ from evaluators._evaluators import (
     Pipeline,
     default_evaluator,
     evaluate_accuracy,
+    evaluate_samples,
 )
 from evaluators._models import build_model, load_weights, save_weights
 from evaluators._teacher import Scored, TeacherPool, bootstrap_se, paired
@@ -52,6 +53,7 @@ __all__ = [
     "changed_blocks",
     "default_evaluator",
     "evaluate_accuracy",
+    "evaluate_samples",
     "fashion_mnist_split",
     "load_data",
     "load_weights",

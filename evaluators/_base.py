@@ -57,6 +57,8 @@ class Metrics:
     status: Status = Status.COMPLETE
     reason: str | None = None
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, intermediate val accuracy)
+    # per validation image, of the last accuracy step: right or not (bool), cross-entropy (float32)
+    samples: tuple[Any, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -74,6 +76,7 @@ class Metrics:
             status=other.status if other.status != Status.COMPLETE else self.status,
             reason=other.reason or self.reason,
             history=self.history + other.history,
+            samples=other.samples if other.samples is not None else self.samples,
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,13 +20,32 @@ from evaluators._base import Context, Evaluator, Metrics, check_model_fits, seed
 from evaluators._data import _endless
 from spaces import Status, check_interrupt, measure_latency
 
-__all__ = ["Accuracy", "BNRecalibration", "FineTune", "Latency", "Pipeline", "default_evaluator", "evaluate_accuracy"]
+__all__ = [
+    "Accuracy",
+    "BNRecalibration",
+    "FineTune",
+    "Latency",
+    "Pipeline",
+    "default_evaluator",
+    "evaluate_accuracy",
+    "evaluate_samples",
+]
 
 
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, context: Context, *, split: str = "val") -> tuple[float, float]:
     """(accuracy, mean cross-entropy) on the validation data (``max_val_samples`` of it),
     or with ``split="test"`` on the whole test split (ValueError when the data has none)."""
+    correct, losses = evaluate_samples(model, context, split=split)
+    return float(correct.mean()), float(losses.mean())
+
+
+def evaluate_samples(model: nn.Module, context: Context, *, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
+    """Per image, in the split's order: whether the top-1 class is right (bool) and the cross-entropy (float32).
+
+    What :func:`evaluate_accuracy` averages; kept per image so that two candidates scored on the same images
+    can be compared by their paired differences (``storage.paired_difference``).
+    """
     if split == "val":
         loader = context.data.val_loader(context.batch_size, context.max_val_samples)
     elif split == "test":
@@ -33,17 +53,17 @@ def evaluate_accuracy(model: nn.Module, context: Context, *, split: str = "val")
     else:
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
     model.eval()
-    correct, total, loss_sum = 0, 0, 0.0
-    for x, y in loader:
-        check_interrupt()  # a safe point: between two evaluation batches
-        x, y = x.to(context.device), y.to(context.device)
-        with _autocast(context.device):
-            out = model(_layout(x, context.device))
-        out = out.float()
-        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-        correct += int((out.argmax(1) == y).sum())
-        total += len(y)
-    return correct / total, loss_sum / total
+    correct, losses = [], []
+    with torch.no_grad():
+        for x, y in loader:
+            check_interrupt()  # a safe point: between two evaluation batches
+            x, y = x.to(context.device), y.to(context.device)
+            with _autocast(context.device):
+                out = model(_layout(x, context.device))
+            out = out.float()
+            losses.append(F.cross_entropy(out, y, reduction="none").cpu())
+            correct.append((out.argmax(1) == y).cpu())
+    return torch.cat(correct).numpy(), torch.cat(losses).numpy().astype(np.float32)
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
@@ -71,8 +91,13 @@ class Accuracy(Evaluator):
         check_model_fits(model, context)
         _prepare(model, context)
         t = time.perf_counter()
-        acc, loss = evaluate_accuracy(model, context)
-        return Metrics(accuracy=acc, loss=loss, eval_seconds=time.perf_counter() - t)
+        correct, losses = evaluate_samples(model, context)
+        return Metrics(
+            accuracy=float(correct.mean()),
+            loss=float(losses.mean()),
+            eval_seconds=time.perf_counter() - t,
+            samples=(correct, losses),
+        )
 
 
 @dataclass

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from storage._queue import Submissions, SubmissionStatus
     from storage._records import PHASES, FinalResult, PhaseTimes, StudySpec
     from storage._report import candidates_frame, write_report
+    from storage._samples import Paired, load_sample_scores, paired_difference, save_sample_scores, scores_path, ties
     from storage._schema import SCHEMA_VERSION, CandidateRow, StudyRecord, SubmissionRecord
     from storage._store import StudyStore
     from storage._store_errors import StoreDamagedError, StoreError, StudyFullError, StudyMismatchError
@@ -32,6 +33,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CandidateRow",
     "FinalResult",
+    "Paired",
     "Panel",
     "PhaseTimes",
     "ReportExtras",
@@ -54,13 +56,18 @@ __all__ = [
     "file_sha256",
     "front_figure",
     "latency_check",
+    "load_sample_scores",
     "over_cap_note",
+    "paired_difference",
     "pareto_front",
     "plan_summary",
     "public_url",
     "register_panel",
     "render_report",
+    "save_sample_scores",
+    "scores_path",
     "store_error",
+    "ties",
     "write_report",
 ]
 
@@ -69,6 +76,12 @@ _WHERE = {
     "FinalResult": "_records",
     "PhaseTimes": "_records",
     "StudySpec": "_records",
+    "Paired": "_samples",
+    "load_sample_scores": "_samples",
+    "paired_difference": "_samples",
+    "save_sample_scores": "_samples",
+    "scores_path": "_samples",
+    "ties": "_samples",
     "SCHEMA_VERSION": "_schema",
     "CandidateRow": "_schema",
     "Panel": "_panels",

@@ -81,8 +81,8 @@ def panels() -> tuple[Panel, ...]:
 def _front(r: ReportInput) -> str:
     front = r.df[r.df["on_front"].astype(bool)].sort_values("macs")  # an empty column is of dtype object
     shown = [
-        "trial", "kind", "accuracy", "rung_steps", "test_accuracy", "macs_pct", "params_pct", "bytes_pct", "latency_ms",
-        "measured_ms", "plan",
+        "trial", "pick", "kind", "accuracy", "rung_steps", "test_accuracy", "macs_pct", "params_pct", "bytes_pct",
+        "latency_ms", "measured_ms", "plan",
     ]  # fmt: skip
     check = latency_check(front.to_dict("records"))
     over = r.df[r.df["over_cap"].astype(bool)].sort_values("macs")
@@ -91,6 +91,8 @@ def _front(r: ReportInput) -> str:
     body = div(front_figure(r.df, r.info), "pt-front") + table(front[shown]) + (note(check) if check else "")
     if r.info.stopped:  # the last run ended on its time limit: the front is what that time bought
         body += note(r.info.stopped)
+    if (r.df["pick"] == "≈").any():
+        body += note("pick: * the study's pick; ≈ within its noise (under 2 paired standard errors on the same images)")
     over_note = over_cap_note(r.store.over_cap(r.info.id)) if len(over) else None
     if over_note is None:
         return body

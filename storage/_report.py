@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from spaces import Status
+from storage._pareto import best_within_cap
+from storage._samples import ties
 from storage._view import VIEW_COLUMNS, candidate_view, latency_check, over_cap_note
 
 if TYPE_CHECKING:
@@ -18,13 +21,20 @@ __all__ = ["candidates_frame", "write_report"]
 
 
 def candidates_frame(store: StudyStore, study: str) -> pd.DataFrame:
-    """All candidates of ``study`` as a DataFrame (the columns of :func:`storage._view.candidate_view`)."""
+    """All candidates of ``study`` as a DataFrame (the columns of :func:`storage._view.candidate_view`, then
+    ``pick``: ``*`` the study's pick, ``≈`` a candidate within its noise, :func:`storage.ties`)."""
     import pandas as pd
 
     info = store.study(study)
     front = {r.id for r in store.front(info.id)}
-    rows = [candidate_view(r, info.base_cost, front) for r in store.candidates(info.id)]
-    return pd.DataFrame(rows, columns=list(VIEW_COLUMNS))
+    candidates = store.candidates(info.id)
+    rows = [candidate_view(r, info.base_cost, front) for r in candidates]
+    df = pd.DataFrame(rows, columns=list(VIEW_COLUMNS))
+    done = [r for r in candidates if r.status is Status.COMPLETE]
+    best = best_within_cap(done, info.spec.score)
+    tied = ties(done, best, info.spec.score) if best is not None else {}
+    df["pick"] = ["*" if best is not None and r.id == best.id else "≈" if r.id in tied else "" for r in candidates]
+    return df
 
 
 def write_report(
@@ -45,7 +55,7 @@ def write_report(
     front.to_csv(paths[1], index=False)
     counts = df["status"].value_counts().to_dict()
     base_acc = info.base_accuracy
-    shown = ["trial", "accuracy", "rung_steps", "test_accuracy", "macs_pct", "params_pct", "latency_ms", "plan"]
+    shown = ["trial", "pick", "accuracy", "rung_steps", "test_accuracy", "macs_pct", "params_pct", "latency_ms", "plan"]
     if front["measured_ms"].notna().any():  # a device profile's predictions, checked end to end after the run
         shown.insert(shown.index("latency_ms") + 1, "measured_ms")
     check = latency_check(store.front(info.id))

@@ -168,6 +168,26 @@ class _Heartbeat:
         self._thread.join()
 
 
+def save_candidate(model: nn.Module, path: Path, metrics: Metrics) -> str:
+    """Save a candidate's weights and, beside them, the per-image scores of its last evaluation
+    (:mod:`storage._samples`: what ties are judged by); the weights file's resolved path."""
+    from evaluators import save_weights
+    from storage import save_sample_scores
+
+    saved = str(save_weights(model, path).resolve())
+    if metrics.samples is not None:
+        save_sample_scores(saved, *metrics.samples)
+    return saved
+
+
+def drop_candidate_files(artifact: str) -> None:
+    """Remove a weights file that lost a race, and its per-image scores."""
+    from storage import scores_path
+
+    Path(artifact).unlink(missing_ok=True)
+    scores_path(artifact).unlink(missing_ok=True)
+
+
 def _artifact_name(cid: int) -> str:
     """A new weights file of candidate ``cid``: two evaluations of one candidate never write the same file."""
     return f"{cid}-{uuid.uuid4().hex[:8]}.safetensors"
@@ -291,8 +311,6 @@ class CandidateRunner:
         ``report`` hears every intermediate accuracy (steps counted from the first rung's start).
         The scheduler is told the objectives at rung 0, the fidelity every candidate reaches.
         """
-        from evaluators import save_weights
-
         p = self.prepared
         t0 = time.perf_counter()
         owner = p.store.candidate(p.study_id, id=cid).worker  # this worker, or (Ray) the driver that reserved it
@@ -303,7 +321,7 @@ class CandidateRunner:
             t2 = time.perf_counter()
             artifact = None
             if climb.metrics.status == Status.COMPLETE and not climb.lost:
-                artifact = str(save_weights(model, p.artifacts / _artifact_name(cid)).resolve())
+                artifact = save_candidate(model, p.artifacts / _artifact_name(cid), climb.metrics)
         self.timings.apply += t1 - t0
         self.timings.evaluate += t2 - t1
         if climb.lost:
@@ -402,6 +420,6 @@ class CandidateRunner:
         )
         number = self._tell(cid, status, values, record) if recorded else None
         if not recorded and artifact and p.store.candidate(p.study_id, id=cid).artifact != artifact:
-            Path(artifact).unlink(missing_ok=True)  # the first finisher's weights are the candidate's
+            drop_candidate_files(artifact)  # the first finisher's weights are the candidate's
             artifact = None
         return Outcome(status, values, metrics, metrics.reason, artifact, number, recorded=recorded)

@@ -90,7 +90,8 @@ def rescore(p: Prepared, *, on_time: bool = False) -> list[str]:
 
 def _rescore_one(p: Prepared, row: CandidateRow) -> str | None:
     """Continue ``row`` from its weights to the re-scoring rung and store it; ``None`` if another worker did."""
-    from evaluators import Context, load_weights, save_weights
+    from evaluators import Context, load_weights
+    from search.study._candidate import drop_candidate_files, save_candidate
     from spaces import Plan
 
     e, steps = p.config.evaluate, rescore_steps(p)
@@ -111,11 +112,11 @@ def _rescore_one(p: Prepared, row: CandidateRow) -> str | None:
     if metrics.status is not Status.COMPLETE or metrics.accuracy is None:
         return f"candidate {row.id}: re-scoring failed ({metrics.reason}); kept its rung {row.top_rung}"
     name = f"{row.id}-{steps}steps-{uuid.uuid4().hex[:8]}.safetensors"  # never another worker's file
-    path = str(save_weights(model, p.artifacts / name).resolve())
+    path = save_candidate(model, p.artifacts / name, metrics)
     added = p.store.add_rung(
         row.id, len(p.rungs), steps, metrics.accuracy, artifact=path, loss=metrics.loss, objectives=p.objectives
     )
     if not added:
-        Path(path).unlink(missing_ok=True)
+        drop_candidate_files(path)
         return None
     return f"candidate {row.id}: re-scored with {steps} fine-tune steps: {row.accuracy:.4f} -> {metrics.accuracy:.4f}"

@@ -1,0 +1,103 @@
+"""Per-image scores beside a candidate's weights, and the ties they reveal: no winner declared inside the noise.
+
+Two candidates scored on the same validation images differ by less than
+their accuracies' own errors suggest: most images are right (or wrong) for
+both. A candidate's last evaluation keeps, per image, whether its top-1 class
+was right and its cross-entropy, in a file beside its weights
+(:func:`scores_path`: ``<weights>.scores.safetensors``). The difference of two
+candidates is then the mean of their per-image differences and its standard
+error the differences' spread over ``sqrt(n)`` (:func:`paired_difference`).
+
+:func:`ties` lists the candidates within the noise of the pick ("best
+within the cap", at its rung): a difference of less than two paired standard
+errors, which the terminal's front and the report mark. Comparisons need the
+same images: candidates at another rung (another validation subset), or
+without a scores file (a study stored before these files, a Ray node's
+artifacts elsewhere), are left out. This module is torch-free (numpy, imported when used).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from storage._schema import CandidateRow
+
+__all__ = ["Paired", "load_sample_scores", "paired_difference", "save_sample_scores", "scores_path", "ties"]
+
+TIE_Z = 2.0  # a difference within this many paired standard errors is a tie (about 95 %)
+
+
+def scores_path(artifact: str | Path) -> Path:
+    """Where the per-image scores of the weights file ``artifact`` are kept."""
+    p = Path(artifact)
+    return p.with_name(p.name.removesuffix(".safetensors") + ".scores.safetensors")
+
+
+def save_sample_scores(artifact: str | Path, correct: np.ndarray, loss: np.ndarray) -> Path:
+    """Write ``correct`` (bool per image) and ``loss`` (cross-entropy per image) beside ``artifact``."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    path = scores_path(artifact)
+    save_file({"correct": np.asarray(correct, dtype=np.uint8), "loss": np.asarray(loss, dtype=np.float32)}, path)
+    return path
+
+
+def load_sample_scores(artifact: str | Path) -> dict[str, np.ndarray] | None:
+    """``{"correct": ..., "loss": ...}`` kept beside ``artifact``, or ``None`` when there is no such file."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    path = scores_path(artifact)
+    if not path.is_file():
+        return None
+    data = load_file(str(path))
+    return {"correct": data["correct"].astype(np.float64), "loss": data["loss"].astype(np.float64)}
+
+
+@dataclass(frozen=True)
+class Paired:
+    """``a − b`` over the same images (the score's direction: positive means ``a`` is better) and its error."""
+
+    diff: float
+    se: float
+
+    @property
+    def tied(self) -> bool:
+        return abs(self.diff) <= TIE_Z * self.se
+
+
+def paired_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray], score: str = "accuracy") -> Paired | None:
+    """How much better ``a`` scores than ``b`` on the same images (accuracy, or the loss: lower is better).
+
+    ``None`` when the two were not scored on the same number of images.
+    """
+    key, sign = ("correct", 1.0) if score == "accuracy" else ("loss", -1.0)
+    if a[key].shape != b[key].shape or len(a[key]) < 2:
+        return None
+    d = sign * (a[key] - b[key])
+    return Paired(float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))))
+
+
+def ties(rows: Sequence[CandidateRow], best: CandidateRow, score: str = "accuracy") -> dict[int, Paired]:
+    """The candidates at ``best``'s rung whose score is within the noise of ``best``'s: id -> the paired
+    difference ``best − candidate`` (empty when ``best`` has no scores file)."""
+    mine = load_sample_scores(best.artifact) if best.artifact else None
+    if mine is None:
+        return {}
+    out: dict[int, Paired] = {}
+    for r in rows:
+        if r.id == best.id or r.top_rung != best.top_rung or not r.artifact:
+            continue
+        theirs = load_sample_scores(r.artifact)
+        paired = paired_difference(mine, theirs, score) if theirs is not None else None
+        if paired is not None and paired.tied:
+            out[r.id] = paired
+    return out

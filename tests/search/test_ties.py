@@ -1,0 +1,76 @@
+"""Per-image scores beside every candidate's weights, and ties with the pick marked (``storage._samples``)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from search import load_config
+from search.cli import main
+from search.cli._tables import front_table
+from storage import (
+    StudyStore,
+    best_within_cap,
+    candidates_frame,
+    load_sample_scores,
+    paired_difference,
+    save_sample_scores,
+    scores_path,
+    ties,
+)
+from tests.search.conftest import ConfigMaker
+
+
+def test_a_paired_difference_is_the_mean_of_per_image_differences(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    a_right, b_right = rng.random(500) < 0.9, rng.random(500) < 0.85
+    a_loss, b_loss = rng.random(500).astype(np.float32), rng.random(500).astype(np.float32)
+    weights = tmp_path / "7-abc.safetensors"
+    assert save_sample_scores(weights, a_right, a_loss) == scores_path(weights) == tmp_path / "7-abc.scores.safetensors"
+    a = load_sample_scores(weights)
+    assert a is not None and np.array_equal(a["correct"], a_right.astype(float))
+    b = {"correct": b_right.astype(float), "loss": b_loss.astype(float)}
+    d = a_right.astype(float) - b_right.astype(float)
+    acc = paired_difference(a, b)
+    assert (
+        acc is not None
+        and acc.diff == pytest.approx(d.mean())
+        and acc.se == pytest.approx(d.std(ddof=1) / math.sqrt(500))
+    )
+    loss = paired_difference(a, b, "loss")  # lower is better: a positive difference means a's loss is lower
+    assert loss is not None and loss.diff == pytest.approx(float((b_loss - a_loss).mean()), rel=1e-6)
+    assert paired_difference(a, {"correct": b["correct"][:10], "loss": b["loss"][:10]}) is None  # other images
+    assert load_sample_scores(tmp_path / "none.safetensors") is None
+
+
+def test_a_study_keeps_per_image_scores_and_marks_ties_with_its_pick(make_config: ConfigMaker) -> None:
+    cfg = make_config(search__candidates=5)
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    store = StudyStore(load_config(cfg).storage.url)
+    info = store.study("t")
+    rows = [r for r in store.candidates(info.id) if r.status == "COMPLETE"]
+    for r in rows:  # the scores beside the weights are those the stored accuracy and loss average
+        kept = load_sample_scores(r.artifact)
+        assert kept is not None and kept["correct"].mean() == r.accuracy
+        assert kept["loss"].mean() == pytest.approx(
+            -(r.score_after(r.top_steps, "loss") or 0.0), rel=1e-5
+        )  # minus the loss
+    best = best_within_cap(rows)
+    assert best is not None
+    others = [r for r in rows if r.id != best.id]
+    twin, far = others[0], others[1]
+    shutil.copyfile(scores_path(best.artifact), scores_path(twin.artifact))  # the same answers: a tie
+    n = len(load_sample_scores(best.artifact)["correct"])
+    save_sample_scores(far.artifact, np.zeros(n, dtype=bool), np.full(n, 9.0))  # all wrong: no tie
+    tied = ties(rows, best)
+    assert twin.id in tied and far.id not in tied and tied[twin.id].diff == 0.0
+    frame = candidates_frame(store, "t").set_index("candidate")
+    assert frame.loc[best.id, "pick"] == "*" and frame.loc[twin.id, "pick"] == "≈" and frame.loc[far.id, "pick"] == ""
+    console = Console(width=200, record=True)
+    console.print(front_table("front", rows, info.base_cost))
+    text = console.export_text()
+    assert f"{twin.trial_number} ≈" in text and "≈ tied with *" in text
