@@ -96,7 +96,8 @@ def fastnas_at(
     score function (accuracy) is computed on; ``workdir`` keeps its sensitivity checkpoint.
     """
     checkpoint = workdir / "fastnas-sensitivity.pth"
-    base_macs = measure_cost(base.cpu().eval(), example).macs
+    base = copy.deepcopy(base).cpu().eval()  # the caller's model stays where it is
+    base_macs = measure_cost(base, example).macs
     lo, hi, best = 0.0, 100.0 * min(1.0, 1.5 * macs_limit / base_macs), None
     for _ in range(8):
         mid = (lo + hi) / 2

@@ -50,6 +50,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +133,15 @@ def one_shot(p: Any, b: float, args: argparse.Namespace, workdir: Path) -> dict[
     sens = allocator_sensitivity(p)  # what the studies' allocator seeds are valued by
     val = list(p.data.val_loader(args.batch_size, args.max_val))  # what the studies' lower rungs score on
     train = p.data.train_loader(args.batch_size, p.config.evaluate.seed)
+    peers = {}
+    if find_spec("modelopt") is not None:
+        peers["(h) ModelOpt FastNAS"] = fastnas_at(p.base_model, example, limit, train, val, workdir)
+    else:
+        print("(h) ModelOpt FastNAS skipped: nvidia-modelopt is not installed (pip install -e '.[peers]')", flush=True)
     return {
         "(a) torch-pruning uniform": torch_pruning_at(p.base_model, example, limit, global_pruning=False),
         "(b) torch-pruning global": torch_pruning_at(p.base_model, example, limit, global_pruning=True),
-        "(h) ModelOpt FastNAS": fastnas_at(p.base_model, example, limit, train, val, workdir),
+        **peers,
         f"(c) PruneTune uniform ({p.config.space.importance.value})": space.apply(
             space.fit(space.uniform_plan(0.0), budget)
         ),

@@ -77,17 +77,23 @@ class DataBundle:
         return self.test is not None
 
     def hold_out_pool(self, n: int) -> Dataset:
-        """Take the last ``n`` training images out of ``train`` and return them: a pool no fine-tune uses.
+        """Take ``n`` training images, drawn at random (seeded by the split's ``seed``), out of ``train`` and
+        return them: a pool no fine-tune uses.
 
         The teacher-referenced scores (:class:`evaluators.TeacherPool`) read the
-        pool; ``train`` keeps the rest (a training split of ``n`` or fewer
-        images is a one-line error). Call it once, after the baseline is trained.
+        pool; ``train`` keeps the rest, in its order (a training split of ``n``
+        or fewer images is a one-line error). Drawn at random, not the last
+        ``n``: a folder of images is listed class by class. Call it once, after
+        the baseline is trained.
         """
         size = len(self.train)  # type: ignore[arg-type]
         if not 0 < n < size:
             raise ValueError(f"a teacher pool of {n} images needs 0 < n < {size}, the training images of {self.spec!r}")
-        pool = Subset(self.train, range(size - n, size))
-        self.train = Subset(self.train, range(size - n))
+        chosen = torch.randperm(size, generator=torch.Generator().manual_seed(self.seed))[:n]
+        keep = torch.ones(size, dtype=torch.bool)
+        keep[chosen] = False
+        pool = Subset(self.train, sorted(chosen.tolist()))
+        self.train = Subset(self.train, torch.nonzero(keep).flatten().tolist())
         return pool
 
     def train_loader(self, batch_size: int, seed: int, *, shuffle: bool = True) -> DataLoader:

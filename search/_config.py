@@ -32,13 +32,17 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def duration_seconds(text: str) -> float:
-    """``"90s"``, ``"30m"``, ``"2h"``, ``"1h30m"``, ``"1.5h"`` in seconds; a one-line ``ValueError`` otherwise."""
+    """``"90s"``, ``"30m"``, ``"2h"``, ``"1h30m"``, ``"1.5h"``, or a bare number of seconds (``"1800"``), in
+    seconds; each unit at most once; a one-line ``ValueError`` otherwise."""
     import re
 
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", text.strip().lower())
-    rebuilt = "".join(f"{n}{u}" for n, u in parts)
+    compact = re.sub(r"\s+", "", text.strip().lower())
+    if re.fullmatch(r"\d+(\.\d+)?", compact):
+        compact += "s"
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", compact)
+    units = [u for _, u in parts]
     seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if not parts or rebuilt != re.sub(r"\s+", "", text.strip().lower()) or seconds <= 0:
+    if not parts or "".join(n + u for n, u in parts) != compact or len(set(units)) < len(units) or seconds <= 0:
         raise ValueError(f'time must be a positive duration like "90s", "30m", "2h" or "1h30m", got {text!r}')
     return seconds
 
@@ -437,7 +441,7 @@ class SearchConfig(_Section):
     @classmethod
     def _time(cls, v: Any) -> Any:
         if isinstance(v, int | float) and not isinstance(v, bool):
-            v = f"{v}s"  # a bare number in a TOML file: seconds
+            v = str(v)  # a bare number in a TOML file: seconds
         if isinstance(v, str):
             duration_seconds(v)  # raises the one-line message
         return v

@@ -19,6 +19,7 @@ artifacts elsewhere), are left out. This module is torch-free (numpy, imported w
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,20 +47,27 @@ def save_sample_scores(artifact: str | Path, correct: np.ndarray, loss: np.ndarr
     from safetensors.numpy import save_file
 
     path = scores_path(artifact)
-    save_file({"correct": np.asarray(correct, dtype=np.uint8), "loss": np.asarray(loss, dtype=np.float32)}, path)
+    part = path.with_name(path.name + ".part")  # written whole, then moved: a killed writer leaves no torn file
+    save_file({"correct": np.asarray(correct, dtype=np.uint8), "loss": np.asarray(loss, dtype=np.float32)}, part)
+    os.replace(part, path)
     return path
 
 
 def load_sample_scores(artifact: str | Path) -> dict[str, np.ndarray] | None:
-    """``{"correct": ..., "loss": ...}`` kept beside ``artifact``, or ``None`` when there is no such file."""
+    """``{"correct": ..., "loss": ...}`` kept beside ``artifact``; ``None`` when there is no such file, or it
+    cannot be read (then nothing is judged tied with it: a damaged file never breaks a table or a report)."""
     import numpy as np
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     path = scores_path(artifact)
     if not path.is_file():
         return None
-    data = load_file(str(path))
-    return {"correct": data["correct"].astype(np.float64), "loss": data["loss"].astype(np.float64)}
+    try:
+        data = load_file(str(path))
+        return {"correct": data["correct"].astype(np.float64), "loss": data["loss"].astype(np.float64)}
+    except (SafetensorError, OSError, KeyError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,7 @@ def ties(rows: Sequence[CandidateRow], best: CandidateRow, score: str = "accurac
         return {}
     out: dict[int, Paired] = {}
     for r in rows:
-        if r.id == best.id or r.top_rung != best.top_rung or not r.artifact:
+        if r.id == best.id or r.top_rung != best.top_rung or not r.artifact or r.over_cap:
             continue
         theirs = load_sample_scores(r.artifact)
         paired = paired_difference(mine, theirs, score) if theirs is not None else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from search.operations._finalize import finalize
 from search.operations._report_data import write_study_report
 from search.study._candidate import is_dead
 from search.study._study import RunResult, Search
-from spaces import Interrupted, Status, UsageError
+from spaces import Interrupted, Status, UsageError, interrupt_requested
 from storage import best_within_cap, latency_check
 
 if TYPE_CHECKING:
@@ -58,6 +59,21 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _run_releasing(search: Search, update: Callable[[RunResult], None]) -> RunResult:
+    """Run the study; when it is stopped, hand its running candidate to the next run at once."""
+    p = search.prepared
+    try:
+        return search.run(update)
+    except KeyboardInterrupt as exc:
+        by_user = not isinstance(exc, Interrupted) or exc.signum == signal.SIGINT
+        p.store.release(p.study_id, search.worker, "interrupted by the user" if by_user else str(exc))
+        raise
+    except Exception:  # a failure after a stop was asked for ends as the stop (search.cli._main): release too
+        if interrupt_requested() is not None:
+            p.store.release(p.study_id, search.worker, "interrupted by the user")
+        raise
+
+
 def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, overrides(args))
@@ -90,12 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             info = f"best {best:.4f} within budget, front {len(front)}" if best is not None else "no result yet"
             bar.update(task, completed=min(res.total, target), info=info)
 
-        try:
-            res = search.run(update)
-        except KeyboardInterrupt as exc:  # hand the interrupted candidate to the next run at once
-            by_user = not isinstance(exc, Interrupted) or exc.signum == signal.SIGINT
-            p.store.release(p.study_id, search.worker, "interrupted by the user" if by_user else str(exc))
-            raise
+        res = _run_releasing(search, update)
     for line in res.events:
         err.print(line)
     if res.stopped:

@@ -191,7 +191,6 @@ class _TrialWorker:
         import torch
 
         from evaluators import resolve_device
-        from search.sampling._samplers import make_sampler
         from search.study._study import Teller
 
         cfg = prepared.config
@@ -203,7 +202,7 @@ class _TrialWorker:
         study = optuna.load_study(
             study_name=p.study,
             storage=p.store.optuna_storage(),
-            sampler=make_sampler(cfg.search.sampler, cfg.search.seed, cfg.search.candidates),
+            sampler=optuna.samplers.RandomSampler(),  # a trial only tells: the driver's sampler asks
         )
         self.worker = worker_id()
         self.teller: Teller = Teller(study, p, self.worker)
@@ -468,7 +467,9 @@ def run_on_ray(search: Search, on_candidate: Callable[[RunResult], None] | None 
     check_interrupt()  # stopped by SIGINT/SIGTERM: the command releases the driver's candidates
     # Tune stopped before some trials ended: hand their candidates to the next run at once
     left = p.store.release(p.study_id, search.worker, "its Ray trial stopped before the end")
-    if left:
+    if left and res.on_time:  # claimed before the time ran out, never started: the next run evaluates them
+        res.stopped = f"{res.stopped}; {left} claimed candidates handed back to the next run"
+    elif left:
         res.stopped = f"interrupted: {left} candidates handed back; the same command evaluates them again"
     return search.conclude(res)
 

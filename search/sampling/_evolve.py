@@ -14,9 +14,11 @@ budget, so a mutation may move any parameter freely.
   allocator's, the uniform and the global-ranking plan, told as trials first)
   are the first population, as EvoPress starts from a strong configuration.
 * **A child** copies its parent's parameters; each one mutates with
-  probability ``mutation`` (at least one does): a float moves by a Gaussian
-  step of ``sigma`` times its range (in log space for a log-scaled one), an
-  integer by one step either way, a categorical value is drawn anew.
+  probability ``mutation``, and one chosen at random always does: a float moves
+  by a Gaussian step of ``sigma`` times its range (in log space for a
+  log-scaled one), reflected at its bounds; an integer by one step either way
+  (inward at a bound); a categorical value becomes another of its choices.
+  Sampled duplicates (plans the study already holds) are not parents.
 * Before ``startup`` trials have finished, and for a parameter the parent did
   not have, it samples at random.
 
@@ -36,6 +38,8 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 __all__ = ["EvolutionarySampler"]
+
+_MAX_CHILDREN = 1000  # children remembered for trials not told yet (bounded: see after_trial)
 
 
 class EvolutionarySampler(BaseSampler):
@@ -74,7 +78,11 @@ class EvolutionarySampler(BaseSampler):
         if child is None or param_name not in child:
             return self._random.sample_independent(study, trial, param_name, param_distribution)
         value = child[param_name]
-        if not param_distribution._contains(param_distribution.to_internal_repr(value)):
+        try:
+            known = param_distribution._contains(param_distribution.to_internal_repr(value))
+        except ValueError:  # a categorical value that is not among this study's choices
+            known = False
+        if not known:
             return self._random.sample_independent(study, trial, param_name, param_distribution)
         if self._rng.rand() < child["__mutation__"] or param_name == child["__forced__"]:
             return self._mutate(value, param_distribution)
@@ -82,6 +90,8 @@ class EvolutionarySampler(BaseSampler):
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
         self._children.pop(trial.number, None)
+        while len(self._children) > _MAX_CHILDREN:  # trials told elsewhere (a Ray trial) never reach here
+            self._children.pop(next(iter(self._children)))
 
     def _child(self, study: Study, trial: FrozenTrial) -> dict[str, Any] | None:
         """The parameters this trial inherits (chosen once per trial), or ``None`` while starting up."""
@@ -102,45 +112,65 @@ class EvolutionarySampler(BaseSampler):
             return _gaussian_step(self._rng, float(value), dist, self.sigma)
         if isinstance(dist, IntDistribution):
             step = dist.step * (1 if self._rng.rand() < 0.5 else -1)
-            return int(min(max(int(value) + step, dist.low), dist.high))
+            moved = int(value) + step
+            return int(moved if dist.low <= moved <= dist.high else int(value) - step)  # reflected at a bound
         if isinstance(dist, CategoricalDistribution):
-            return dist.choices[self._rng.randint(len(dist.choices))]
+            others = [c for c in dist.choices if c != value]
+            return others[self._rng.randint(len(others))] if others else value
         return value
 
 
+def _reflect(x: float, lo: float, hi: float) -> float:
+    """``x`` folded back into ``[lo, hi]``: a step past a bound comes back inside instead of sticking to it."""
+    if hi <= lo:
+        return lo
+    span = hi - lo
+    y = (x - lo) % (2 * span)
+    return lo + (y if y <= span else 2 * span - y)
+
+
 def _gaussian_step(rng: np.random.RandomState, value: float, dist: FloatDistribution, sigma: float) -> float:
-    """``value`` moved by a Gaussian step of ``sigma`` times the range (log space if ``dist.log``), clipped."""
+    """``value`` moved by a Gaussian step of ``sigma`` times the range (log space if ``dist.log``), reflected
+    at the bounds."""
     if dist.log:
-        lo, hi, x = math.log(dist.low), math.log(dist.high), math.log(value)
-        return float(min(max(math.exp(x + rng.normal(0.0, sigma * (hi - lo))), dist.low), dist.high))
-    moved = value + rng.normal(0.0, sigma * (dist.high - dist.low))
-    if dist.step is not None:
-        moved = dist.low + round((moved - dist.low) / dist.step) * dist.step
+        lo, hi = math.log(dist.low), math.log(dist.high)
+        moved = math.exp(_reflect(math.log(value) + rng.normal(0.0, sigma * (hi - lo)), lo, hi))
+    else:
+        moved = _reflect(value + rng.normal(0.0, sigma * (dist.high - dist.low)), dist.low, dist.high)
+        if dist.step is not None:
+            moved = dist.low + round((moved - dist.low) / dist.step) * dist.step
     return float(min(max(moved, dist.low), dist.high))
 
 
 def _best(study: Study, k: int) -> list[FrozenTrial]:
-    """The ``k`` best finished trials: by non-dominated rank over the objectives, then the first objective."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    """The ``k`` best finished trials, one per plan: by non-dominated rank over the objectives, then the first
+    objective. A sampled duplicate (told the stored result: ``duplicate_of``) is not a plan of its own."""
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values and "duplicate_of" not in t.user_attrs
+    ]
     if not done:
         return []
     signs = np.array([1.0 if d is StudyDirection.MINIMIZE else -1.0 for d in study.directions])
     points = np.array([t.values for t in done], dtype=float) * signs  # every objective minimized
-    ranks = _nondominated_ranks(points)
+    ranks = _nondominated_ranks(points, k)
     order = sorted(range(len(done)), key=lambda i: (ranks[i], points[i, 0]))
     return [done[i] for i in order[:k]]
 
 
-def _nondominated_ranks(points: np.ndarray) -> list[int]:
-    """Each point's non-dominated rank (0: on the front) when every column is minimized."""
-    ranks = [-1] * len(points)
-    left, rank = set(range(len(points))), 0
-    while left:
-        front = {
-            i for i in left if not any(np.all(points[j] <= points[i]) and np.any(points[j] < points[i]) for j in left)
-        }
-        for i in front:
-            ranks[i] = rank
-        left -= front
+def _nondominated_ranks(points: np.ndarray, enough: int) -> np.ndarray:
+    """Each point's non-dominated rank (0: on the front) when every column is minimized; fronts are peeled
+    only until ``enough`` points are ranked (the rest share the next rank)."""
+    below: np.ndarray = np.all(points[:, None, :] <= points[None, :, :], axis=-1)
+    dominates: np.ndarray = below & np.any(points[:, None, :] < points[None, :, :], axis=-1)  # [j, i]: j dominates i
+    ranks = np.full(len(points), 0, dtype=int)
+    left = np.ones(len(points), dtype=bool)
+    rank = 0
+    while left.any() and int((~left).sum()) < enough:
+        front = left & ~dominates[left].any(axis=0)  # dominated by no point still left
+        ranks[front] = rank
+        left &= ~front
         rank += 1
+    ranks[left] = rank
     return ranks

@@ -40,6 +40,15 @@ class Sampler(StrEnum):
     EVOLVE = "evolve"
     RANDOM = "random"
 
+    @classmethod
+    def parse(cls, name: Sampler | str) -> Sampler | str:
+        """The registered sampler called ``name`` (a built-in as this enum, a plug-in's as its name); a one-line
+        ValueError lists the names otherwise."""
+        text = str(name)
+        if text not in SAMPLERS:
+            raise ValueError(f"unknown sampler {text!r}; choose one of {', '.join(SAMPLERS.names())}")
+        return cls(text) if text in cls._value2member_map_ else text
+
 
 class SamplerFactory(ABC):
     """Builds one kind of Optuna sampler for a study."""

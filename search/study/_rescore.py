@@ -54,16 +54,17 @@ def settled(p: Prepared, rows: list[CandidateRow], *, on_time: bool = False) -> 
 
 
 def _chosen(p: Prepared, on_time: bool) -> list[CandidateRow]:
-    """The top-rung candidates still to re-score: the ``k`` most accurate, less those already re-scored."""
+    """The candidates still to re-score: of the ``k`` best by their score at the top rung (re-scored ones
+    included, ranked by that same score), those not re-scored yet. A study extended later, or a worker that
+    stopped on time before another finished, re-scores a newcomer that ranks among them."""
     rows = p.store.candidates(p.study_id)
     if not settled(p, rows, on_time=on_time):
         return []  # another worker is still evaluating: the last one to finish re-scores
     top = len(p.rungs) - 1
-    done = [r for r in rows if r.status is Status.COMPLETE and r.top_rung > top]
-    ready = [r for r in rows if r.status is Status.COMPLETE and r.top_rung == top and r.artifact]
+    ranked = [r for r in rows if r.status is Status.COMPLETE and r.top_rung >= top and r.artifact]
     score = p.config.evaluate.score
-    ready.sort(key=lambda r: (_missing_last(r.score_after(p.rungs[-1], score)), r.macs or 0.0, r.id))
-    return ready[: max(0, p.config.evaluate.rescore_top - len(done))]
+    ranked.sort(key=lambda r: (_missing_last(r.score_after(p.rungs[-1], score)), r.macs or 0.0, r.id))
+    return [r for r in ranked[: p.config.evaluate.rescore_top] if r.top_rung == top]
 
 
 def _missing_last(score: float | None) -> float:

@@ -381,9 +381,10 @@ class Search:
 
     def out_of_time(self, res: RunResult) -> bool:
         """Whether the run's time limit leaves no room for another candidate (``res.stopped`` then says so)."""
-        if self.deadline is None:
-            return False
-        why = self.deadline.admits(self.prepared)
+        p = self.prepared
+        if self.deadline is None or p.store.count(p.study_id) >= self.cfg.search.candidates:
+            return False  # a full study ends as full, never "on time"
+        why = self.deadline.admits(p)
         if why is not None:
             res.stopped, res.on_time = why, True
         return why is not None

@@ -259,7 +259,9 @@ def handle_signals(*, keep: bool = False) -> Iterator[None]:
             if not _flag.installed:
                 _flag.signum, _flag.raised_at = None, None
         if outermost:
-            sys.unraisablehook = _unraisable_before.pop()
+            before = _unraisable_before.pop()
+            if getattr(sys.unraisablehook, "__qualname__", "").startswith("_silence_ignored_interrupts"):
+                sys.unraisablehook = before  # ours: put back what was there (a hook set inside the block stays)
 
 
 def reinstall_handlers() -> None:

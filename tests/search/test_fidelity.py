@@ -128,7 +128,7 @@ def test_a_candidate_failing_above_rung_0_keeps_its_last_rung(tmp_path: Path, ar
 
 
 def test_the_best_at_the_top_rung_are_rescored_as_a_rung_of_their_own_once(tmp_path: Path, artifacts: Path) -> None:
-    from storage import best_within_cap, file_sha256
+    from storage import best_within_cap, file_sha256, scores_path
 
     s = _run(tmp_path, artifacts, search__candidates=6, evaluate__rescore_top=2, evaluate__rescore_steps=12)
     p = s.prepared
@@ -146,9 +146,9 @@ def test_the_best_at_the_top_rung_are_rescored_as_a_rung_of_their_own_once(tmp_p
     s.run()  # the study is complete: a rerun re-scores nothing again
     again = p.store.candidates(p.study_id)
     assert [(r.id, r.rungs, r.artifact) for r in again] == [(r.id, r.rungs, r.artifact) for r in rows]
-    assert sorted(x.name for x in p.artifacts.glob("*steps-*.safetensors")) == sorted(
-        Path(r.artifact).name for r in rescored if r.artifact
-    )  # no other worker's file left behind
+    weights = [x.name for x in p.artifacts.glob("*steps-*.safetensors") if not x.name.endswith(".scores.safetensors")]
+    assert sorted(weights) == sorted(Path(r.artifact).name for r in rescored if r.artifact)  # no other worker's file
+    assert all(scores_path(r.artifact).is_file() for r in rescored if r.artifact)  # their per-image scores beside
 
 
 def test_scores_are_paired_two_evaluations_of_one_plan_score_the_same(tmp_path: Path, artifacts: Path) -> None:

@@ -45,6 +45,8 @@ def test_a_paired_difference_is_the_mean_of_per_image_differences(tmp_path) -> N
     assert loss is not None and loss.diff == pytest.approx(float((b_loss - a_loss).mean()), rel=1e-6)
     assert paired_difference(a, {"correct": b["correct"][:10], "loss": b["loss"][:10]}) is None  # other images
     assert load_sample_scores(tmp_path / "none.safetensors") is None
+    scores_path(weights).write_bytes(b"torn")  # a damaged file is read as none, never an error
+    assert load_sample_scores(weights) is None
 
 
 def test_a_study_keeps_per_image_scores_and_marks_ties_with_its_pick(make_config: ConfigMaker) -> None:
