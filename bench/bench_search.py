@@ -153,12 +153,13 @@ def run_seed(args: argparse.Namespace, b: float, seed: int, log: dict[str, Any])
     """One budget and seed: the studies, then every arm finalized and tested; appends to ``log``."""
     with tempfile.TemporaryDirectory() as td:
         runs = {}
-        for arm in args.searches.split(","):
+        for arm in [a for a in args.searches.split(",") if a not in ("", "none")]:
             t = time.perf_counter()
             runs[arm] = study(args, Path(td), b, seed, arm)
             runs[arm].run()
             log["walls"].setdefault(arm, []).append(time.perf_counter() - t)
-        p = next(iter(runs.values())).prepared
+        # --searches none: the one-shot arms alone, on a study prepared (its base model, space and data) but not run
+        p = next(iter(runs.values())).prepared if runs else study(args, Path(td), b, seed, "search").prepared
         models = one_shot(p, b, args, Path(td)) if args.one_shot else {}
         top = args.rungs[-1]
         cands = {arm: s.prepared.store.candidates(s.prepared.study_id) for arm, s in runs.items()}
@@ -182,7 +183,9 @@ def run_seed(args: argparse.Namespace, b: float, seed: int, log: dict[str, Any])
 def main() -> None:
     ap = parser(__doc__, budgets="0.15,0.3,0.5")
     add_search_args(ap)
-    ap.add_argument("--searches", default="random,search", help=f"which studies to run, of {', '.join(STUDIES)}")
+    ap.add_argument(
+        "--searches", default="random,search", help=f"which studies to run, of {', '.join(STUDIES)} (none: no study)"
+    )
     ap.add_argument(
         "--no-one-shot", dest="one_shot", action="store_false", help="skip the one-shot arms (a) to (d): studies only"
     )
