@@ -74,7 +74,8 @@ def _prune(
         "score_func": lambda m: _accuracy(m, val),
         "checkpoint": str(checkpoint),
     }
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+    with quiet[0], quiet[1], warnings.catch_warnings():  # its tables and progress bars: the bench prints its own
         warnings.simplefilter("ignore")
         model, _ = mtp.prune(
             copy.deepcopy(base).cpu(), _rules(), {"flops": f"{percent:.3f}%"}, dummy_input=example, config=config
