@@ -11,6 +11,7 @@ from search._config import load_config
 from search.drivers import Driver, driver_names, register_driver
 from search.drivers._base import DRIVERS
 from search.study._study import RunResult, Search
+from storage import scores_path
 from tests.search.conftest import ConfigMaker
 
 
@@ -95,9 +96,10 @@ def test_a_claimed_candidate_finished_by_both_workers_is_recorded_and_told_once(
     assert (winner.recorded, loser.recorded, winner.status, loser.artifact) == (True, False, Status.COMPLETE, None)
     stored = slow.prepared.store.candidate(slow.prepared.study_id, id=cid)
     assert stored.artifact == winner.artifact and stored.trial_number == winner.trial_number
-    assert sorted(p.name for p in Path(winner.artifact).parent.glob(f"{cid}*.safetensors")) == [
-        Path(winner.artifact).name
-    ]
+    # The winner's weights and its per-image scores; nothing of the loser's.
+    assert sorted(p.name for p in Path(winner.artifact).parent.glob(f"{cid}*.safetensors")) == sorted(
+        [Path(winner.artifact).name, scores_path(winner.artifact).name]
+    )
     trials = optuna.load_study(study_name=cfg.search.study, storage=slow.prepared.store.url).get_trials()
     told = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs.get("plan_hash") == prop.plan.hash]
     assert [t.number for t in told] == [stored.trial_number] and stored.trial_number != prop.trial_number

@@ -7,6 +7,7 @@ The CLI-level behaviour (exit codes, instants of a real run, every command) is t
 from __future__ import annotations
 
 import signal
+import threading
 import time
 
 import pytest
@@ -71,7 +72,6 @@ def test_an_interrupt_swallowed_by_a_library_is_raised_again() -> None:
 def test_an_interrupt_python_had_to_ignore_prints_no_traceback_and_is_raised_again() -> None:
     """A signal landing in a ``__del__`` (or importlib's weakref callback) is ignored by Python, silently."""
     import gc
-    import os
     import sys
 
     from spaces import Interrupted, handle_signals
@@ -82,8 +82,14 @@ def test_an_interrupt_python_had_to_ignore_prints_no_traceback_and_is_raised_aga
 
     class Dropped:
         def __del__(self) -> None:
-            os.kill(os.getpid(), signal.SIGINT)  # the handler runs here: the Interrupted cannot leave __del__
-            time.sleep(0.01)
+            # Sent to the main thread itself and waited for in a loop, whose every
+            # turn runs pending handlers: the handler runs inside this __del__, and
+            # its Interrupted cannot leave it. (A signal taken by another thread
+            # would run the handler at the next Python call instead, in Failing's
+            # __del__, and the ValueError would never be raised.)
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+            for _ in range(100):
+                time.sleep(0.01)
 
     class Failing:
         def __del__(self) -> None:
