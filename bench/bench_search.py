@@ -8,8 +8,9 @@
 One ResNet-20 is trained on the **train** split (cached). For each MAC budget
 and seed, the compressed models get exactly the same final treatment —
 :func:`search.train_final`: BN recalibration, ``--final-steps`` fine-tune steps
-distilled from the original (weight ``evaluate.final_kd_weight``), the seed's
-data order — and are measured on the **test** split, which nothing selects on:
+distilled from the original (weight ``--final-kd``, ``evaluate.final_kd_weight``'s
+default 0.5; 0 recovers on the labels alone), the seed's data order — and are
+measured on the **test** split, which nothing selects on:
 
 (a) **torch-pruning uniform**: ``tp.pruner.MagnitudePruner`` (group L1), one ratio for
     every layer, bisected until the measured MACs meet the budget;
@@ -28,7 +29,9 @@ data order — and are measured on the **test** split, which nothing selects on:
     allocator's, the uniform and the global-ranking plan first); ``stages`` and ``blend``
     also run it with ``space.sample_by = "stages"`` and ``"blend"``;
 (g) ``depth``: the same study with ``[space.depth]`` on (up to half the blocks
-    dropped, the pruning fitted around them): depth + width against width alone.
+    dropped, the pruning fitted around them): depth + width against width alone;
+    ``distill``: the default study with its rungs and re-scoring distilled from the
+    original (``evaluate.kd_weight = 0.5``) against the default's plain fine-tunes.
 
 Both studies use ``search.floor = "cap"`` (the question is the best model at the
 budget), the same successive-halving rungs (``--rungs``: fine-tune steps, the
@@ -106,6 +109,7 @@ STUDIES: dict[str, tuple[str, dict[str, Any]]] = {
     "blend": ("(f) search, sample_by = blend", {"space.prune.sample_by": "blend"}),
     "curve": ("(f) search with the default floor", {}),
     "depth": ("(g) search with depth + width", {"space.depth.max_share": 0.5}),
+    "distill": ("(f) search, rungs distilled", {"evaluate.kd_weight": 0.5}),
 }
 
 
@@ -118,6 +122,7 @@ def study(args: argparse.Namespace, tmp: Path, budget: float, seed: int, arm: st
         "evaluate.rescore_top": args.rescore_top,
         "search.candidates": args.candidates,
         "search.seed": seed,
+        "evaluate.final_kd_weight": args.final_kd,
         **STUDIES[arm][1],
     }
     if arm != "curve":
@@ -189,6 +194,12 @@ def main() -> None:
     ap.add_argument(
         "--no-one-shot", dest="one_shot", action="store_false", help="skip the one-shot arms (a) to (d): studies only"
     )
+    ap.add_argument(
+        "--final-kd",
+        type=float,
+        default=0.5,
+        help="distillation weight of every arm's final fine-tune (0: plain recovery on the labels)",
+    )
     args, seeds = parse_search_args(ap, {**SMOKE, "budgets": "0.5"})
     where = machine()
     rows: list[list[str]] = []
@@ -204,8 +215,9 @@ def main() -> None:
             blocks, wall = ", ".join(map(str, log["blocks"][arm])), f"{statistics.mean(log['walls'][arm]):.0f}"
             speed.append([f"{b:.0%}", arm, ", ".join(map(str, n)), reach, blocks, wall])
     print(
-        f"\n# {args.data} ResNet-20; test accuracy after BN recalibration + {args.final_steps} distilled fine-tune "
-        f"steps, seeds {seeds} (mean ± std, %); searches: {args.candidates} candidates, rungs {args.rungs}, "
+        f"\n# {args.data} ResNet-20; test accuracy after BN recalibration + {args.final_steps} fine-tune steps "
+        f"(distillation weight {args.final_kd}), seeds {seeds} (mean ± std, %); "
+        f"searches: {args.candidates} candidates, rungs {args.rungs}, "
         f"{args.max_val} validation images below the top rung, the best {args.rescore_top} re-scored; {where}; "
         f"{time.perf_counter() - t_all:.0f} s\n"
     )
