@@ -11,6 +11,9 @@ Specs:
   file), the data's input channels (``in_chans``) and classes; keyword
   arguments of timm's ``create_model`` follow the name, comma-separated:
   ``timm:vit_tiny_patch16_224,img_size=32,patch_size=4``;
+* ``hf:PATH`` — a causal language model saved in a local directory (config.json and
+  safetensors), loaded offline without running code from it; ``hf-tiny:FAMILY`` — a
+  small random one (:mod:`evaluators._hf`; the ``llm`` extra);
 * ``package.module:factory`` — any importable callable returning an ``nn.Module``.
 """
 
@@ -142,7 +145,8 @@ def build_model(spec: str, *, in_channels: int | None = None, num_classes: int |
     """Build the model named by ``spec`` (see the module docs)."""
     if not isinstance(spec, str) or ":" not in spec:
         raise ValueError(
-            "model spec must be 'zoo:<name>', 'torchvision:<name>', 'timm:<name>' or 'package.module:factory', "
+            "model spec must be 'zoo:<name>', 'torchvision:<name>', 'timm:<name>', 'hf:<directory>', "
+            "'hf-tiny:<family>' or 'package.module:factory', "
             f"got {spec!r}"
         )
     kind, _, name = spec.partition(":")
@@ -163,6 +167,10 @@ def build_model(spec: str, *, in_channels: int | None = None, num_classes: int |
             model = _adapt_stem(model, in_channels)
     elif kind == "timm":
         model = _timm(spec, in_channels, num_classes)
+    elif kind in ("hf", "hf-tiny"):
+        from evaluators._hf import hf_model, tiny_model
+
+        model = hf_model(name) if kind == "hf" else tiny_model(name)
     else:
         factory = import_factory(spec, "model")
         try:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install PruneTune, its pinned dev stack and the Ray, serve, onnx and timm extras (their tests run in CI) into ./.venv
+# Install PruneTune, its pinned dev stack and its extras (ray, serve, onnx, timm, peers, llm: their tests
+# run in CI) into ./.venv
 # (idempotent).
 # torch goes first, so that torch-pruning does not pull another torch.
 set -euo pipefail
@@ -8,4 +9,4 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
 $PIP install -c constraints.txt torch torchvision
-$PIP install -c constraints.txt -e ".[dev,ray,serve,onnx,timm,peers]"
+$PIP install -c constraints.txt -e ".[dev,ray,serve,onnx,timm,peers,llm]"

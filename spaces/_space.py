@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from spaces._errors import UnsupportedModelError
 from spaces._lowrank import LayerGeom
 from spaces._plan import IMPORTANCES, Plan
 from spaces.cost._cost import Cost, as_tuple, measure_cost
@@ -79,6 +80,12 @@ class ModelSpace:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if importance not in IMPORTANCES:
             raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}, got {importance!r}")
+        if type(model).__module__.startswith("transformers.") and hasattr(model, "get_output_embeddings"):
+            # the channel tracer does not finish on a decoder's residual stream and rotary embeddings
+            raise UnsupportedModelError(
+                f"{type(model).__name__} is a transformers language model: its plans are built and costed by "
+                "spaces.decoder (layouts, exact costs, surgery); the search does not take language models yet"
+            )
         if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
             raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}")
         self.example_inputs = as_tuple(example_inputs)

@@ -28,10 +28,13 @@ SPACES_LAYERS = [
     {"_vocab", "_errors", "_lazy", "runtime._interrupt", "runtime._timing", "_registry"},
     {"graph.__init__", "policy.__init__", "cost.__init__", "runtime.__init__", "runtime._base"},
     {"graph._attention", "runtime._ort", "runtime._eager", "runtime._registry"},
-    {"cost._cost", "graph._tp_compat", "_quant", "factorization._base"},
+    {"cost._cost", "graph._tp_compat", "_quant", "factorization._base", "decoder._layout"},
     {"factorization.__init__", "factorization._registry", "dimensions._base"},
     {"dimensions.__init__", "dimensions._registry"},
     {"_plan", "dimensions._roles"},
+    {"decoder._choice"},
+    {"decoder._footprint"},
+    {"decoder.__init__"},
     {"policy._budget", "_lowrank"},
     {"graph._trace"},
     {"cost._costmodel", "policy._importance", "cost._latency"},
@@ -44,7 +47,7 @@ SPACES_LAYERS = [
     {"_support"},
     {"__init__"},
 ]
-SPACES_SUBPACKAGES = ("dimensions", "factorization", "graph", "policy", "cost", "runtime")
+SPACES_SUBPACKAGES = ("dimensions", "factorization", "graph", "policy", "cost", "runtime", "decoder")
 
 # where a plan dimension or a factorization method may be named in code (its own modules, and the registries)
 DIMENSION_MODULES = ("spaces/dimensions/", "spaces/factorization/")

@@ -1,0 +1,139 @@
+"""Language models from a local directory, offline, and tiny random ones for tests: the ``hf:`` model specs.
+
+* ``hf:PATH`` loads a decoder-only model from a local directory holding
+  ``config.json`` and safetensors weights (what ``save_pretrained`` writes),
+  with ``transformers``: nothing is downloaded (``local_files_only``, and
+  ``HF_HUB_OFFLINE`` set while it loads), **no code from the directory is run**
+  (``trust_remote_code=False``; a config that names its own code in
+  ``auto_map`` is refused before anything is built), and weights are read from
+  safetensors only, never from a pickle.
+* ``hf-tiny:FAMILY`` builds a small randomly initialized model of a family from
+  a config written here (``llama``, ``qwen2``, ``qwen3``, ``mistral``,
+  ``gpt2``): two layers, hidden width 64, grouped-query attention where the
+  family has it. Tests and examples use it; it needs no file.
+
+Both return the ``transformers`` model itself (``...ForCausalLM``), in eval mode,
+with eager attention (the same products on every machine, and the ones
+:func:`spaces.decoder.decoder_cost` counts). Needs the ``llm`` extra.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from spaces import UnsupportedModelError
+
+__all__ = ["TINY_FAMILIES", "hf_model", "tiny_model"]
+
+# the families hf-tiny builds: their config class and the fields that differ from the shared ones
+TINY_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama": ("LlamaConfig", {"num_key_value_heads": 2}),
+    "mistral": ("MistralConfig", {"num_key_value_heads": 2, "sliding_window": None}),
+    "qwen2": ("Qwen2Config", {"num_key_value_heads": 2}),
+    "qwen3": ("Qwen3Config", {"num_key_value_heads": 2, "head_dim": 16}),
+    "gpt2": ("GPT2Config", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256}),
+}
+_SHARED = {
+    "vocab_size": 256,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 256,
+}
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise UnsupportedModelError("hf: models need the transformers package (pip install -e '.[llm]')") from None
+    return transformers
+
+
+@contextmanager
+def _offline() -> Iterator[None]:
+    """No network while ``transformers`` loads: ``HF_HUB_OFFLINE`` set, its warnings kept from the user."""
+    before = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = before
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """``config.json`` of a model directory, checked before ``transformers`` sees it (one-line errors)."""
+    if not path.is_dir():
+        raise UnsupportedModelError(f"hf model directory {str(path)!r} does not exist")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise UnsupportedModelError(f"hf model directory {str(path)!r} has no config.json")
+    try:
+        config = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise UnsupportedModelError(f"{cfg_file} is not readable JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise UnsupportedModelError(f"{cfg_file} must hold a JSON object")
+    if "auto_map" in config:
+        raise UnsupportedModelError(
+            f"the model in {str(path)!r} needs its own code (auto_map in config.json); "
+            "PruneTune never runs code from a model directory"
+        )
+    if not any(path.glob("*.safetensors")):
+        raise UnsupportedModelError(f"hf model directory {str(path)!r} has no .safetensors weights")
+    return config
+
+
+def hf_model(path: str | Path) -> nn.Module:
+    """The causal language model saved in the local directory ``path`` (see the module docs)."""
+    p = Path(path).expanduser()
+    config = _read_config(p)
+    tf = _transformers()
+    model_type = config.get("model_type")
+    if model_type not in tf.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UnsupportedModelError(f"hf model type {model_type!r} in {str(p)!r} is not a causal language model")
+    with _offline():
+        try:
+            model = tf.AutoModelForCausalLM.from_pretrained(
+                str(p),
+                local_files_only=True,
+                trust_remote_code=False,
+                use_safetensors=True,
+                attn_implementation="eager",
+            )
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UnsupportedModelError(f"cannot load the hf model in {str(p)!r}: {first}") from None
+    return model.eval()
+
+
+def tiny_model(family: str, *, seed: int = 0, **overrides: Any) -> nn.Module:
+    """A small randomly initialized causal language model of ``family`` (see the module docs)."""
+    import torch
+
+    if family not in TINY_FAMILIES:
+        raise UnsupportedModelError(f"hf-tiny family must be one of {', '.join(TINY_FAMILIES)}, got {family!r}")
+    tf = _transformers()
+    cls_name, fields = TINY_FAMILIES[family]
+    kwargs = {**({} if family == "gpt2" else _SHARED), **fields, **overrides}
+    if family == "gpt2":
+        kwargs.setdefault("vocab_size", _SHARED["vocab_size"])
+    config = getattr(tf, cls_name)(**kwargs, attn_implementation="eager")
+    with _offline(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = tf.AutoModelForCausalLM.from_config(config)
+    return model.eval()

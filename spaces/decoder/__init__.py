@@ -1,0 +1,34 @@
+"""Decoder-only language models: the family layouts, a plan's kept structures and surgery, exact costs.
+
+``from spaces.decoder import apply_decoder_plan, decoder_cost, layout_of`` (this package imports torch).
+"""
+
+from spaces.decoder._choice import DecoderChoice, apply_decoder_plan, decoder_groups, kept_count, narrowed, resolve
+from spaces.decoder._footprint import DecoderCost, decoder_cost
+from spaces.decoder._layout import (
+    LAYOUTS,
+    AttentionView,
+    DecoderLayout,
+    LlamaLayout,
+    MlpView,
+    layout_of,
+    register_layout,
+)
+
+__all__ = [
+    "LAYOUTS",
+    "AttentionView",
+    "DecoderChoice",
+    "DecoderCost",
+    "DecoderLayout",
+    "LlamaLayout",
+    "MlpView",
+    "apply_decoder_plan",
+    "decoder_cost",
+    "decoder_groups",
+    "kept_count",
+    "layout_of",
+    "narrowed",
+    "register_layout",
+    "resolve",
+]

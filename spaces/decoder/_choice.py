@@ -1,0 +1,184 @@
+"""A plan on a decoder-only language model: which channels, key-value groups and layers it keeps, and the model.
+
+A decoder plan is an ordinary :class:`~spaces.Plan` over the structures of the
+model's layout (:mod:`spaces.decoder._layout`), named after the layer list
+(``model.layers`` in the Llama family):
+
+* ``prune = {"model.layers.3.mlp": 0.5}`` removes half of layer 3's MLP
+  intermediate channels (gate, up and down together);
+* ``prune = {"model.layers.3.attn": 0.5}`` removes half of its key-value groups,
+  each with the query heads that read it;
+* ``depth = {"model.layers.5": "shortcut"}`` drops layer 5: the residual stream
+  passes it unchanged, which is what a decoder layer computes when its
+  attention's and MLP's outputs are zero.
+
+A ratio ``r`` of ``n`` structures removes ``round(r * n)`` of them and keeps at
+least one. Which ones go is decided by an importance score per structure, the
+L2 norm of its weights by default (the magnitude criterion of LLM-Pruner's
+"element" setting; a caller may pass its own scores, e.g. activation-aware
+ones). :func:`resolve` validates the plan against the model and picks the kept
+indices; :func:`apply_decoder_plan` builds the compressed model on a copy, the
+original untouched. A plan that removes nothing gives the same module objects'
+weights and so bit-identical logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from spaces._errors import PlanError
+from spaces.decoder._layout import AttentionView, DecoderLayout, MlpView, layout_of
+
+if TYPE_CHECKING:
+    from spaces._plan import Plan
+
+__all__ = ["DecoderChoice", "apply_decoder_plan", "decoder_groups", "kept_count", "narrowed", "resolve"]
+
+Scores = Mapping[str, torch.Tensor]  # group id to one importance score per structure (higher: kept first)
+
+
+@dataclass(frozen=True)
+class DecoderChoice:
+    """A resolved decoder plan: the kept layers and, per kept layer, the kept MLP channels and key-value groups."""
+
+    layers: tuple[int, ...]
+    mlp: Mapping[int, tuple[int, ...]]
+    groups: Mapping[int, tuple[int, ...]]
+
+
+def decoder_groups(model: nn.Module, layout: DecoderLayout | None = None) -> dict[str, int]:
+    """Every prunable group of ``model`` with its number of structures (channels or key-value groups)."""
+    layout = layout or layout_of(model)
+    path = layout.layers_path(model)
+    out: dict[str, int] = {}
+    for i, layer in enumerate(layout.layers(model)):
+        out[f"{path}.{i}.attn"] = layout.attention(layer).n_kv
+        out[f"{path}.{i}.mlp"] = layout.mlp(layer).width
+    return out
+
+
+def kept_count(n: int, ratio: float) -> int:
+    """How many of ``n`` structures a prune ratio keeps: ``n - round(ratio * n)``, at least one."""
+    return max(1, n - math.floor(ratio * n + 0.5))
+
+
+def resolve(model: nn.Module, plan: Plan, *, scores: Scores | None = None) -> DecoderChoice:
+    """Check ``plan`` against ``model`` (one-line :class:`~spaces.PlanError`) and choose what it keeps."""
+    layout = layout_of(model)
+    path, layers = layout.layers_path(model), layout.layers(model)
+    groups = decoder_groups(model, layout)
+    for gid in plan.entries("prune"):
+        if gid not in groups:
+            raise PlanError(f"prune group {gid!r} is not in this model; its groups are {path}.<i>.mlp and .attn")
+    blocks = {f"{path}.{i}": i for i in range(len(layers))}
+    for name in plan.entries("depth"):
+        if name not in blocks:
+            raise PlanError(
+                f"depth block {name!r} is not a decoder layer; they are {path}.0 to {path}.{len(layers) - 1}"
+            )
+    kept = tuple(i for name, i in blocks.items() if name not in plan.entries("depth"))
+    if not kept:
+        raise PlanError(f"the plan drops all {len(layers)} decoder layers; at least one must stay")
+    mlp: dict[int, tuple[int, ...]] = {}
+    heads: dict[int, tuple[int, ...]] = {}
+    for i in kept:
+        for kind, n, out in (
+            ("mlp", layout.mlp(layers[i]).width, mlp),
+            ("attn", layout.attention(layers[i]).n_kv, heads),
+        ):
+            gid = f"{path}.{i}.{kind}"
+            score = scores[gid] if scores and gid in scores else _magnitude(layout, layers[i], kind)
+            k = kept_count(n, float(plan.entries("prune").get(gid, 0.0)))
+            out[i] = tuple(sorted(torch.topk(score, k).indices.tolist()))
+    return DecoderChoice(kept, mlp, heads)
+
+
+def _magnitude(layout: DecoderLayout, layer: nn.Module, kind: str) -> torch.Tensor:
+    """The L2 norm of each structure's weights (every row and column that leaves with it)."""
+    with torch.no_grad():
+        if kind == "mlp":
+            m = layout.mlp(layer)
+            sq = m.up.weight.pow(2).sum(1) + m.down.weight.pow(2).sum(0)
+            if m.gate is not None:
+                sq = sq + m.gate.weight.pow(2).sum(1)
+            return sq.sqrt()
+        a = layout.attention(layer)
+        q = a.q.weight.pow(2).sum(1).view(a.n_kv, -1).sum(1) + a.o.weight.pow(2).sum(0).view(a.n_kv, -1).sum(1)
+        kv = (a.k.weight.pow(2).sum(1) + a.v.weight.pow(2).sum(1)).view(a.n_kv, -1).sum(1)
+        return (q + kv).sqrt()
+
+
+def apply_decoder_plan(model: nn.Module, plan: Plan | DecoderChoice, *, scores: Scores | None = None) -> nn.Module:
+    """The compressed model: a copy of ``model`` with the plan's layers, channels and groups removed."""
+    choice = plan if isinstance(plan, DecoderChoice) else resolve(model, plan, scores=scores)
+    out = copy.deepcopy(model)
+    layout = layout_of(out)
+    layers = layout.layers(out)
+    for i in choice.layers:
+        _narrow_mlp(layout.mlp(layers[i]), choice.mlp[i], layers[i])
+        _narrow_attention(layout.attention(layers[i]), choice.groups[i], layers[i])
+    if len(choice.layers) < len(layers):
+        layout.keep_layers(out, choice.layers)
+    return out
+
+
+def _narrow_mlp(m: MlpView, keep: tuple[int, ...], layer: nn.Module) -> None:
+    if len(keep) == m.width:
+        return
+    idx = torch.tensor(keep)
+    for name, lin in _owned(layer, m.gate, m.up):
+        _set(layer, name, narrowed(lin, rows=idx))
+    _set(layer, _name_in(layer, m.down), narrowed(m.down, cols=idx))
+
+
+def _narrow_attention(a: AttentionView, keep: tuple[int, ...], layer: nn.Module) -> None:
+    if len(keep) == a.n_kv:
+        return
+    d, g = a.head_dim, a.per_group
+    kv_rows = torch.tensor([k * d + j for k in keep for j in range(d)])
+    q_rows = torch.tensor([(k * g + h) * d + j for k in keep for h in range(g) for j in range(d)])
+    _set(layer, _name_in(layer, a.q), narrowed(a.q, rows=q_rows))
+    _set(layer, _name_in(layer, a.k), narrowed(a.k, rows=kv_rows))
+    _set(layer, _name_in(layer, a.v), narrowed(a.v, rows=kv_rows))
+    _set(layer, _name_in(layer, a.o), narrowed(a.o, cols=q_rows))
+
+
+def narrowed(lin: nn.Linear, *, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+    """A new ``nn.Linear`` with only the output ``rows`` and input ``cols`` of ``lin`` (same dtype and device)."""
+    w = lin.weight.detach()
+    if rows is not None:
+        w = w.index_select(0, rows.to(w.device))
+    if cols is not None:
+        w = w.index_select(1, cols.to(w.device))
+    bias = lin.bias is not None
+    new = nn.Linear(w.shape[1], w.shape[0], bias=bias, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if bias:
+            b = lin.bias.detach()
+            new.bias.copy_(b if rows is None else b.index_select(0, rows.to(b.device)))
+    new.train(lin.training)
+    return new
+
+
+def _owned(layer: nn.Module, *mods: nn.Linear | None) -> list[tuple[str, nn.Linear]]:
+    return [(_name_in(layer, m), m) for m in mods if m is not None]
+
+
+def _name_in(layer: nn.Module, module: nn.Module) -> str:
+    for name, m in layer.named_modules():
+        if m is module:
+            return name
+    raise PlanError(f"{type(module).__name__} is not inside {type(layer).__name__}")  # a layout's bug
+
+
+def _set(root: nn.Module, dotted: str, module: nn.Module) -> None:
+    parent, _, attr = dotted.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, attr, module)

@@ -1,0 +1,125 @@
+"""The exact cost of a decoder plan, without building the model: parameters, bytes, KV cache and MACs per token.
+
+Everything is counted from the dense model's shapes and the plan's kept counts
+(:class:`~spaces.decoder.DecoderChoice`):
+
+* **parameters**: every parameter of the model, counted once (a tied output
+  head shares the embedding's), less what the plan removes: rows and columns
+  of the narrowed projections and every parameter of a dropped layer;
+* **weight bytes**: the parameters at the model's element size (``bytes``
+  budgets count these);
+* **KV-cache bytes** at ``context`` tokens and ``batch`` sequences: a key and a
+  value vector of ``head_dim`` per kept key-value head, per kept layer, per
+  token, at the model's element size: ``2 * batch * context * sum(n_kv * head_dim)
+  * element size`` (``memory`` budgets count weights plus these);
+* **MACs** of one forward pass of ``tokens`` new tokens with ``past`` tokens
+  already cached, batch 1: every projection and the MLP at ``tokens * in * out``,
+  the two attention products at ``tokens * (past + tokens) * head_dim`` per
+  query head each (the kernels compute the whole rectangle, causal mask or
+  not), and the output head for the last position only (``logits_to_keep=1``,
+  what generation computes). **Prefill** is ``tokens = context, past = 0``;
+  **decode** is one token after ``context - 1`` cached.
+
+Norms, rotary embeddings, the activation and the softmax are elementwise, not
+MACs. The test compares every figure with the built model: its parameters, its
+cache tensors after a forward pass, and ``torch.utils.flop_counter`` on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from spaces.decoder._choice import DecoderChoice, resolve
+from spaces.decoder._layout import DecoderLayout, layout_of
+
+if TYPE_CHECKING:
+    from spaces._plan import Plan
+
+__all__ = ["DecoderCost", "decoder_cost"]
+
+
+@dataclass(frozen=True)
+class DecoderCost:
+    """What a decoder plan costs (see the module docs); ``memory_bytes`` is weights plus KV cache."""
+
+    params: int
+    weight_bytes: int
+    kv_bytes: int
+    prefill_macs: int
+    decode_macs: int
+    context: int
+    batch: int
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.weight_bytes + self.kv_bytes
+
+    @property
+    def prefill_macs_per_token(self) -> float:
+        return self.prefill_macs / self.context
+
+
+def decoder_cost(model: nn.Module, plan: Plan | DecoderChoice, *, context: int, batch: int = 1) -> DecoderCost:
+    """The cost of ``plan`` on ``model`` at ``context`` tokens and ``batch`` sequences (see the module docs)."""
+    if context < 1 or batch < 1:
+        raise ValueError(f"context and batch must be at least 1, got context={context}, batch={batch}")
+    choice = plan if isinstance(plan, DecoderChoice) else resolve(model, plan)
+    layout = layout_of(model)
+    layers = layout.layers(model)
+    params = sum(p.numel() for p in model.parameters())  # counted once each, tied or not
+    kv_width = 0
+    per_token = 0  # MACs of the projections and MLPs per token
+    products = 0  # attention-product MACs per (query token, key token) pair: sum of n_heads * head_dim
+    for i, layer in enumerate(layers):
+        dense = sum(p.numel() for p in layer.parameters())
+        if i not in choice.layers:
+            params -= dense
+            continue
+        kept_params, macs, heads = _layer(layout, layer, len(choice.mlp[i]), len(choice.groups[i]))
+        params -= _linear_params(layout, layer) - kept_params
+        per_token += macs
+        products += heads
+        kv_width += len(choice.groups[i]) * layout.attention(layer).head_dim
+    element = next(model.parameters()).element_size()
+    head = _output_head(model)
+    return DecoderCost(
+        params=params,
+        weight_bytes=params * element,
+        kv_bytes=2 * batch * context * kv_width * element,
+        prefill_macs=context * per_token + 2 * context * context * products + head,
+        decode_macs=per_token + 2 * context * products + head,
+        context=context,
+        batch=batch,
+    )
+
+
+def _layer(layout: DecoderLayout, layer: nn.Module, channels: int, groups: int) -> tuple[int, int, int]:
+    """A kept layer's projection parameters, MACs per token and attention width, at the kept counts."""
+    a, m = layout.attention(layer), layout.mlp(layer)
+    hidden = a.q.in_features
+    q_out, kv_out = groups * a.per_group * a.head_dim, groups * a.head_dim
+    shapes = [(hidden, q_out, a.q), (hidden, kv_out, a.k), (hidden, kv_out, a.v), (q_out, a.o.out_features, a.o)]
+    shapes += [(m.up.in_features, channels, lin) for lin in (m.gate, m.up) if lin is not None]
+    shapes.append((channels, m.down.out_features, m.down))
+    params = sum(i * o + (o if lin.bias is not None else 0) for i, o, lin in shapes)
+    macs = sum(i * o for i, o, _ in shapes)
+    return params, macs, q_out
+
+
+def _linear_params(layout: DecoderLayout, layer: nn.Module) -> int:
+    a, m = layout.attention(layer), layout.mlp(layer)
+    return sum(
+        p.numel() for lin in (a.q, a.k, a.v, a.o, m.gate, m.up, m.down) if lin is not None for p in lin.parameters()
+    )
+
+
+def _output_head(model: nn.Module) -> int:
+    """MACs of the output head for one position."""
+    get: Any = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"{type(model).__name__} has no linear output head")
+    return head.in_features * head.out_features

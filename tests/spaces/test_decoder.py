@@ -1,0 +1,158 @@
+"""Decoder-only language models: plans exact against the plan applied by hand, costs exact against the built model."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from evaluators import build_model
+from spaces import Plan, PlanError, UnsupportedModelError
+from spaces.decoder import apply_decoder_plan, decoder_cost, decoder_groups, layout_of, resolve
+
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
+PLAN = Plan(
+    prune={"model.layers.0.mlp": 0.5, "model.layers.0.attn": 0.5, "model.layers.1.mlp": 0.25},
+    depth={"model.layers.2": "shortcut"},
+)
+
+
+def tiny(family: str) -> torch.nn.Module:
+    from evaluators._hf import tiny_model
+
+    return tiny_model(family, num_hidden_layers=3)
+
+
+def ids(n: int = 12, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (2, n), generator=torch.Generator().manual_seed(seed))
+
+
+def by_hand(model: torch.nn.Module, plan: Plan) -> torch.nn.Module:
+    """The dense model with the plan's removed structures zeroed: what removing them must compute."""
+    out, choice = copy.deepcopy(model), resolve(model, plan)
+    layout = layout_of(out)
+    with torch.no_grad():
+        for i, layer in enumerate(layout.layers(out)):
+            a, m = layout.attention(layer), layout.mlp(layer)
+            if i not in choice.layers:  # attention and MLP add nothing: the layer passes the residual stream
+                a.o.weight.zero_()
+                m.down.weight.zero_()
+                continue
+            gone = [j for j in range(m.width) if j not in choice.mlp[i]]
+            m.down.weight[:, gone] = 0
+            for g in range(a.n_kv):
+                if g not in choice.groups[i]:
+                    a.o.weight[:, g * a.per_group * a.head_dim : (g + 1) * a.per_group * a.head_dim] = 0
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_plan_that_removes_nothing_gives_bit_identical_logits(family: str) -> None:
+    model = tiny(family)
+    same = apply_decoder_plan(model, Plan(prune={"model.layers.1.mlp": 0.0}))
+    with torch.no_grad():
+        assert torch.equal(same(ids()).logits, model(ids()).logits)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_pruned_model_computes_what_the_plan_applied_by_hand_computes(family: str) -> None:
+    model = tiny(family)
+    pruned = apply_decoder_plan(model, PLAN)
+    layout = layout_of(pruned)
+    assert len(layout.layers(pruned)) == 2 and pruned.config.num_hidden_layers == 2
+    assert layout.mlp(layout.layers(pruned)[0]).width == 64 and layout.mlp(layout.layers(pruned)[1]).width == 96
+    assert (
+        layout.attention(layout.layers(pruned)[0]).n_kv == 1 and layout.attention(layout.layers(pruned)[0]).n_heads == 2
+    )
+    with torch.no_grad():
+        got, want = pruned(ids()).logits, by_hand(model, PLAN)(ids()).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, model(ids()).logits, atol=1e-3)  # the plan did change the model
+    generated = pruned.generate(ids(6), max_new_tokens=4, do_sample=False)
+    assert generated.shape == (2, 10)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_analytic_costs_equal_the_built_model_s(family: str) -> None:
+    """Parameters, KV-cache bytes and prefill and decode MACs, against the model and torch's FLOP counter."""
+    model = tiny(family)
+    pruned = apply_decoder_plan(model, PLAN)
+    context = 12
+    cost = decoder_cost(model, PLAN, context=context, batch=2)
+    assert cost.params == sum(p.numel() for p in pruned.parameters())
+    assert cost.weight_bytes == sum(p.numel() * p.element_size() for p in pruned.parameters())
+    with torch.no_grad():
+        cache = pruned(ids(context), use_cache=True).past_key_values
+        assert cost.kv_bytes == sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+        one = ids(context)[:1]
+        with FlopCounterMode(display=False) as prefill:
+            pruned(one, use_cache=False, logits_to_keep=1)
+        past = pruned(one[:, :-1], use_cache=True).past_key_values
+        with FlopCounterMode(display=False) as decode:
+            pruned(one[:, -1:], past_key_values=past, logits_to_keep=1)
+    assert (cost.prefill_macs, cost.decode_macs) == (prefill.get_total_flops() // 2, decode.get_total_flops() // 2)
+    dense = decoder_cost(model, Plan(), context=context, batch=2)
+    assert dense.params == sum(p.numel() for p in model.parameters())
+    # two of four KV-group slots in layer 0, all in layer 1, none in layer 2: 3 of 6 layer-groups remain
+    assert cost.kv_bytes * 2 == dense.kv_bytes
+
+
+def test_groups_are_named_after_the_layer_list_and_bad_plans_are_one_line_errors() -> None:
+    model = tiny("llama")
+    assert decoder_groups(model) == {
+        **{f"model.layers.{i}.attn": 2 for i in range(3)},
+        **{f"model.layers.{i}.mlp": 128 for i in range(3)},
+    }
+    with pytest.raises(PlanError, match=r"prune group 'model.layers.9.mlp' is not in this model"):
+        resolve(model, Plan(prune={"model.layers.9.mlp": 0.5}))
+    with pytest.raises(PlanError, match=r"depth block 'layers.1' is not a decoder layer; they are model.layers.0 to"):
+        resolve(model, Plan(depth={"layers.1": "shortcut"}))
+    with pytest.raises(PlanError, match="drops all 3 decoder layers"):
+        resolve(model, Plan(depth={f"model.layers.{i}": "shortcut" for i in range(3)}))
+    # a ratio near 1 still keeps one structure
+    assert resolve(model, Plan(prune={"model.layers.0.attn": 0.99})).groups[0] != ()
+
+
+def test_the_kept_structures_are_the_largest_by_default() -> None:
+    model = tiny("llama")
+    layer = layout_of(model).layers(model)[0]
+    with torch.no_grad():
+        layer.mlp.down_proj.weight[:, 7] *= 100  # channel 7 the largest
+        layer.self_attn.v_proj.weight[16:] *= 100  # key-value group 1 the largest
+    choice = resolve(model, Plan(prune={"model.layers.0.mlp": 0.99, "model.layers.0.attn": 0.5}))
+    assert (choice.mlp[0], choice.groups[0]) == ((7,), (1,))
+
+
+def test_hf_directories_load_offline_and_bad_ones_are_one_line_errors(tmp_path: Path) -> None:
+    model = tiny("qwen2")
+    model.save_pretrained(tmp_path / "m", safe_serialization=True)
+    loaded = build_model(f"hf:{tmp_path / 'm'}")
+    with torch.no_grad():
+        assert torch.equal(loaded(ids()).logits, model(ids()).logits)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UnsupportedModelError, match="has no config.json"):
+        build_model(f"hf:{tmp_path / 'empty'}")
+    with pytest.raises(UnsupportedModelError, match="does not exist"):
+        build_model(f"hf:{tmp_path / 'nowhere'}")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "x.Y"}}))
+    with pytest.raises(UnsupportedModelError, match="needs its own code .* never runs code from a model directory"):
+        build_model(f"hf:{tmp_path / 'm'}")
+    with pytest.raises(UnsupportedModelError, match="hf-tiny family must be one of llama, mistral"):
+        build_model("hf-tiny:falcon")
+
+
+def test_the_vision_space_refuses_a_language_model_in_one_line() -> None:
+    from spaces import ModelSpace
+
+    with pytest.raises(UnsupportedModelError, match="is a transformers language model"):
+        ModelSpace(tiny("llama"), ids())
+
+
+def test_a_family_without_a_layout_is_named_with_the_supported_ones() -> None:
+    with pytest.raises(UnsupportedModelError, match=r"no decoder layout reads model_type 'gpt2' .*llama, mistral"):
+        layout_of(build_model("hf-tiny:gpt2"))
