@@ -3,15 +3,17 @@
 ``from spaces.decoder import apply_decoder_plan, decoder_cost, layout_of`` (this package imports torch).
 """
 
-from spaces.decoder._choice import DecoderChoice, apply_decoder_plan, decoder_groups, kept_count, narrowed, resolve
+from spaces.decoder._choice import DecoderChoice, apply_decoder_plan, decoder_groups, kept_count, resolve
 from spaces.decoder._footprint import DecoderCost, decoder_cost
 from spaces.decoder._layout import (
     LAYOUTS,
     AttentionView,
     DecoderLayout,
+    Gpt2Layout,
     LlamaLayout,
     MlpView,
     layout_of,
+    narrowed,
     register_layout,
 )
 
@@ -21,6 +23,7 @@ __all__ = [
     "DecoderChoice",
     "DecoderCost",
     "DecoderLayout",
+    "Gpt2Layout",
     "LlamaLayout",
     "MlpView",
     "apply_decoder_plan",

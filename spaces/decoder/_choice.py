@@ -34,12 +34,12 @@ import torch
 from torch import nn
 
 from spaces._errors import PlanError
-from spaces.decoder._layout import AttentionView, DecoderLayout, MlpView, layout_of
+from spaces.decoder._layout import DecoderLayout, layout_of
 
 if TYPE_CHECKING:
     from spaces._plan import Plan
 
-__all__ = ["DecoderChoice", "apply_decoder_plan", "decoder_groups", "kept_count", "narrowed", "resolve"]
+__all__ = ["DecoderChoice", "apply_decoder_plan", "decoder_groups", "kept_count", "resolve"]
 
 Scores = Mapping[str, torch.Tensor]  # group id to one importance score per structure (higher: kept first)
 
@@ -105,13 +105,13 @@ def _magnitude(layout: DecoderLayout, layer: nn.Module, kind: str) -> torch.Tens
     with torch.no_grad():
         if kind == "mlp":
             m = layout.mlp(layer)
-            sq = m.up.weight.pow(2).sum(1) + m.down.weight.pow(2).sum(0)
+            sq = m.up.pow(2).sum(1) + m.down.pow(2).sum(0)
             if m.gate is not None:
-                sq = sq + m.gate.weight.pow(2).sum(1)
+                sq = sq + m.gate.pow(2).sum(1)
             return sq.sqrt()
         a = layout.attention(layer)
-        q = a.q.weight.pow(2).sum(1).view(a.n_kv, -1).sum(1) + a.o.weight.pow(2).sum(0).view(a.n_kv, -1).sum(1)
-        kv = (a.k.weight.pow(2).sum(1) + a.v.weight.pow(2).sum(1)).view(a.n_kv, -1).sum(1)
+        q = a.q.pow(2).sum(1).view(a.n_kv, -1).sum(1) + a.o.pow(2).sum(0).view(a.n_kv, -1).sum(1)
+        kv = (a.k.pow(2).sum(1) + a.v.pow(2).sum(1)).view(a.n_kv, -1).sum(1)
         return (q + kv).sqrt()
 
 
@@ -122,63 +122,15 @@ def apply_decoder_plan(model: nn.Module, plan: Plan | DecoderChoice, *, scores: 
     layout = layout_of(out)
     layers = layout.layers(out)
     for i in choice.layers:
-        _narrow_mlp(layout.mlp(layers[i]), choice.mlp[i], layers[i])
-        _narrow_attention(layout.attention(layers[i]), choice.groups[i], layers[i])
+        layer = layers[i]
+        if len(choice.mlp[i]) < layout.mlp(layer).width:
+            layout.narrow_mlp(layer, torch.tensor(choice.mlp[i]))
+        a = layout.attention(layer)
+        if len(choice.groups[i]) < a.n_kv:
+            d, g = a.head_dim, a.per_group
+            kv_rows = torch.tensor([k * d + j for k in choice.groups[i] for j in range(d)])
+            q_rows = torch.tensor([(k * g + h) * d + j for k in choice.groups[i] for h in range(g) for j in range(d)])
+            layout.narrow_attention(layer, q_rows, kv_rows)
     if len(choice.layers) < len(layers):
         layout.keep_layers(out, choice.layers)
     return out
-
-
-def _narrow_mlp(m: MlpView, keep: tuple[int, ...], layer: nn.Module) -> None:
-    if len(keep) == m.width:
-        return
-    idx = torch.tensor(keep)
-    for name, lin in _owned(layer, m.gate, m.up):
-        _set(layer, name, narrowed(lin, rows=idx))
-    _set(layer, _name_in(layer, m.down), narrowed(m.down, cols=idx))
-
-
-def _narrow_attention(a: AttentionView, keep: tuple[int, ...], layer: nn.Module) -> None:
-    if len(keep) == a.n_kv:
-        return
-    d, g = a.head_dim, a.per_group
-    kv_rows = torch.tensor([k * d + j for k in keep for j in range(d)])
-    q_rows = torch.tensor([(k * g + h) * d + j for k in keep for h in range(g) for j in range(d)])
-    _set(layer, _name_in(layer, a.q), narrowed(a.q, rows=q_rows))
-    _set(layer, _name_in(layer, a.k), narrowed(a.k, rows=kv_rows))
-    _set(layer, _name_in(layer, a.v), narrowed(a.v, rows=kv_rows))
-    _set(layer, _name_in(layer, a.o), narrowed(a.o, cols=q_rows))
-
-
-def narrowed(lin: nn.Linear, *, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
-    """A new ``nn.Linear`` with only the output ``rows`` and input ``cols`` of ``lin`` (same dtype and device)."""
-    w = lin.weight.detach()
-    if rows is not None:
-        w = w.index_select(0, rows.to(w.device))
-    if cols is not None:
-        w = w.index_select(1, cols.to(w.device))
-    bias = lin.bias is not None
-    new = nn.Linear(w.shape[1], w.shape[0], bias=bias, device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if bias:
-            b = lin.bias.detach()
-            new.bias.copy_(b if rows is None else b.index_select(0, rows.to(b.device)))
-    new.train(lin.training)
-    return new
-
-
-def _owned(layer: nn.Module, *mods: nn.Linear | None) -> list[tuple[str, nn.Linear]]:
-    return [(_name_in(layer, m), m) for m in mods if m is not None]
-
-
-def _name_in(layer: nn.Module, module: nn.Module) -> str:
-    for name, m in layer.named_modules():
-        if m is module:
-            return name
-    raise PlanError(f"{type(module).__name__} is not inside {type(layer).__name__}")  # a layout's bug
-
-
-def _set(root: nn.Module, dotted: str, module: nn.Module) -> None:
-    parent, _, attr = dotted.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, attr, module)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from spaces.decoder._choice import DecoderChoice, resolve
-from spaces.decoder._layout import DecoderLayout, layout_of
+from spaces.decoder._layout import AttentionView, MlpView, layout_of
 
 if TYPE_CHECKING:
     from spaces._plan import Plan
@@ -74,15 +74,15 @@ def decoder_cost(model: nn.Module, plan: Plan | DecoderChoice, *, context: int, 
     per_token = 0  # MACs of the projections and MLPs per token
     products = 0  # attention-product MACs per (query token, key token) pair: sum of n_heads * head_dim
     for i, layer in enumerate(layers):
-        dense = sum(p.numel() for p in layer.parameters())
+        a, m = layout.attention(layer), layout.mlp(layer)
         if i not in choice.layers:
-            params -= dense
+            params -= sum(p.numel() for p in layer.parameters())
             continue
-        kept_params, macs, heads = _layer(layout, layer, len(choice.mlp[i]), len(choice.groups[i]))
-        params -= _linear_params(layout, layer) - kept_params
+        kept_params, macs, width = _layer(a, m, len(choice.mlp[i]), len(choice.groups[i]))
+        params -= _layer(a, m, m.width, a.n_kv)[0] - kept_params
         per_token += macs
-        products += heads
-        kv_width += len(choice.groups[i]) * layout.attention(layer).head_dim
+        products += width
+        kv_width += len(choice.groups[i]) * a.head_dim
     element = next(model.parameters()).element_size()
     head = _output_head(model)
     return DecoderCost(
@@ -96,24 +96,19 @@ def decoder_cost(model: nn.Module, plan: Plan | DecoderChoice, *, context: int, 
     )
 
 
-def _layer(layout: DecoderLayout, layer: nn.Module, channels: int, groups: int) -> tuple[int, int, int]:
-    """A kept layer's projection parameters, MACs per token and attention width, at the kept counts."""
-    a, m = layout.attention(layer), layout.mlp(layer)
-    hidden = a.q.in_features
+def _layer(a: AttentionView, m: MlpView, channels: int, groups: int) -> tuple[int, int, int]:
+    """A layer's projection parameters, MACs per token and query width, at ``channels`` and ``groups`` kept."""
     q_out, kv_out = groups * a.per_group * a.head_dim, groups * a.head_dim
-    shapes = [(hidden, q_out, a.q), (hidden, kv_out, a.k), (hidden, kv_out, a.v), (q_out, a.o.out_features, a.o)]
-    shapes += [(m.up.in_features, channels, lin) for lin in (m.gate, m.up) if lin is not None]
-    shapes.append((channels, m.down.out_features, m.down))
-    params = sum(i * o + (o if lin.bias is not None else 0) for i, o, lin in shapes)
+    hidden, qkv = a.hidden, int(a.qkv_bias)
+    # (in, out, bias parameters) of every projection
+    shapes = [(hidden, q_out, qkv * q_out), (hidden, kv_out, qkv * kv_out), (hidden, kv_out, qkv * kv_out)]
+    shapes.append((q_out, a.o.shape[0], 0 if a.o_bias is None else a.o_bias.numel()))
+    ups = 2 if m.gate is not None else 1
+    shapes += [(m.up.shape[1], channels, int(m.up_bias) * channels)] * ups
+    shapes.append((channels, m.down.shape[0], 0 if m.down_bias is None else m.down_bias.numel()))
+    params = sum(i * o + b for i, o, b in shapes)
     macs = sum(i * o for i, o, _ in shapes)
     return params, macs, q_out
-
-
-def _linear_params(layout: DecoderLayout, layer: nn.Module) -> int:
-    a, m = layout.attention(layer), layout.mlp(layer)
-    return sum(
-        p.numel() for lin in (a.q, a.k, a.v, a.o, m.gate, m.up, m.down) if lin is not None for p in lin.parameters()
-    )
 
 
 def _output_head(model: nn.Module) -> int:

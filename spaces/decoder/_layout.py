@@ -28,27 +28,47 @@ subclass of :class:`DecoderLayout` and one registration.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from spaces._errors import UnsupportedModelError
 from spaces._registry import Registry
 
-__all__ = ["LAYOUTS", "AttentionView", "DecoderLayout", "LlamaLayout", "MlpView", "layout_of", "register_layout"]
+__all__ = [
+    "LAYOUTS",
+    "AttentionView",
+    "DecoderLayout",
+    "Gpt2Layout",
+    "LlamaLayout",
+    "MlpView",
+    "layout_of",
+    "narrowed",
+    "register_layout",
+]
 
 
 @dataclass(frozen=True)
 class AttentionView:
-    """One layer's attention: its four projections and head counts (``n_heads`` query heads, ``n_kv`` key heads)."""
+    """One layer's attention: its projections' weights and head counts (``n_heads`` query heads, ``n_kv`` key heads).
 
-    q: nn.Linear
-    k: nn.Linear
-    v: nn.Linear
-    o: nn.Linear
+    The weights are views of the model's parameters in ``nn.Linear``'s
+    convention (``[out, in]``), whatever module holds them, so that importance
+    reads and tests write them alike; ``qkv_bias`` says whether the query, key
+    and value projections have biases, ``o_bias`` is the output projection's.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    o: torch.Tensor
+    o_bias: torch.Tensor | None
+    qkv_bias: bool
     n_heads: int
     n_kv: int
     head_dim: int
@@ -58,19 +78,25 @@ class AttentionView:
         """Query heads per key-value group."""
         return self.n_heads // self.n_kv
 
+    @property
+    def hidden(self) -> int:
+        return self.q.shape[1]
+
 
 @dataclass(frozen=True)
 class MlpView:
-    """One layer's MLP: ``down(act(gate(x)) * up(x))``; ``gate`` is None in a family without one."""
+    """One layer's MLP, ``down(act(gate(x)) * up(x))`` or ``down(act(up(x)))`` without a gate, as weight views."""
 
-    gate: nn.Linear | None
-    up: nn.Linear
-    down: nn.Linear
+    gate: torch.Tensor | None
+    up: torch.Tensor
+    down: torch.Tensor
+    up_bias: bool  # gate and up
+    down_bias: torch.Tensor | None
 
     @property
     def width(self) -> int:
         """The intermediate channels."""
-        return self.up.out_features
+        return self.up.shape[0]
 
 
 class DecoderLayout(ABC):
@@ -91,16 +117,24 @@ class DecoderLayout(ABC):
     def mlp(self, layer: nn.Module) -> MlpView:
         """One layer's MLP."""
 
+    @abstractmethod
+    def narrow_attention(self, layer: nn.Module, q_rows: torch.Tensor, kv_rows: torch.Tensor) -> None:
+        """Keep only the query rows ``q_rows`` (and output columns) and key and value rows ``kv_rows``, in place."""
+
+    @abstractmethod
+    def narrow_mlp(self, layer: nn.Module, channels: torch.Tensor) -> None:
+        """Keep only the intermediate ``channels``, in place."""
+
+    @abstractmethod
+    def keep_layers(self, model: nn.Module, keep: Sequence[int]) -> None:
+        """Keep only the layers ``keep`` (indices, in order), in place, and tell the model's config and cache."""
+
     def layers(self, model: nn.Module) -> nn.ModuleList:
         """The decoder layers, in order."""
         layers = model.get_submodule(self.layers_path(model))
         if not isinstance(layers, nn.ModuleList):
             raise UnsupportedModelError(f"{self.layers_path(model)} of {type(model).__name__} is not a ModuleList")
         return layers
-
-    @abstractmethod
-    def keep_layers(self, model: nn.Module, keep: Sequence[int]) -> None:
-        """Keep only the layers ``keep`` (indices, in order), in place, and tell the model's config and cache."""
 
 
 class LlamaLayout(DecoderLayout):
@@ -125,13 +159,26 @@ class LlamaLayout(DecoderLayout):
 
     def attention(self, layer: nn.Module) -> AttentionView:
         a: Any = layer.self_attn
-        head_dim = int(a.head_dim)
-        n_heads, n_kv = a.q_proj.out_features // head_dim, a.k_proj.out_features // head_dim
-        return AttentionView(a.q_proj, a.k_proj, a.v_proj, a.o_proj, n_heads, n_kv, head_dim)
+        d = int(a.head_dim)
+        q, k, v, o = a.q_proj, a.k_proj, a.v_proj, a.o_proj
+        n_heads, n_kv = q.out_features // d, k.out_features // d
+        return AttentionView(q.weight, k.weight, v.weight, o.weight, o.bias, q.bias is not None, n_heads, n_kv, d)
 
     def mlp(self, layer: nn.Module) -> MlpView:
         m: Any = layer.mlp
-        return MlpView(m.gate_proj, m.up_proj, m.down_proj)
+        return MlpView(
+            m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight, m.up_proj.bias is not None, m.down_proj.bias
+        )
+
+    def narrow_attention(self, layer: nn.Module, q_rows: torch.Tensor, kv_rows: torch.Tensor) -> None:
+        a: Any = layer.self_attn
+        a.q_proj, a.k_proj = narrowed(a.q_proj, rows=q_rows), narrowed(a.k_proj, rows=kv_rows)
+        a.v_proj, a.o_proj = narrowed(a.v_proj, rows=kv_rows), narrowed(a.o_proj, cols=q_rows)
+
+    def narrow_mlp(self, layer: nn.Module, channels: torch.Tensor) -> None:
+        m: Any = layer.mlp
+        m.gate_proj, m.up_proj = narrowed(m.gate_proj, rows=channels), narrowed(m.up_proj, rows=channels)
+        m.down_proj = narrowed(m.down_proj, cols=channels)
 
     def keep_layers(self, model: nn.Module, keep: Sequence[int]) -> None:
         layers = self.layers(model)
@@ -139,7 +186,7 @@ class LlamaLayout(DecoderLayout):
         for idx, layer in enumerate(kept):
             attention: Any = layer.self_attn
             attention.layer_idx = idx
-        parent = model.get_submodule(self.layers_path(model).rpartition(".")[0])
+        parent: Any = model.get_submodule(self.layers_path(model).rpartition(".")[0])
         parent.layers = nn.ModuleList(kept)
         config: Any = model.config
         config.num_hidden_layers = len(kept)
@@ -147,11 +194,97 @@ class LlamaLayout(DecoderLayout):
             config.layer_types = [config.layer_types[i] for i in keep]
 
 
+class Gpt2Layout(DecoderLayout):
+    """GPT-2: ``transformer.h[i].attn.c_attn`` (query, key and value fused) and ``c_proj``; ``mlp.c_fc`` and ``c_proj``.
+
+    Its projections are ``Conv1D`` modules, whose weights are stored ``[in,
+    out]`` (the views transpose them). Attention is multi-head (a key-value
+    group is one head); ``c_attn``'s output is split into query, key and value
+    by ``split_size``, which narrowing sets with ``num_heads``. A model that
+    scales attention by its layer index (``scale_attn_by_inverse_layer_idx``)
+    cannot drop layers: renumbering them would change the scales.
+    """
+
+    name = "gpt2"
+    model_types = ("gpt2",)
+
+    def layers_path(self, model: nn.Module) -> str:
+        return "transformer.h"
+
+    def attention(self, layer: nn.Module) -> AttentionView:
+        a: Any = layer.attn
+        d, width = int(a.head_dim), int(a.split_size)
+        w = a.c_attn.weight  # [hidden, 3 * width]
+        q, k, v = w[:, :width].T, w[:, width : 2 * width].T, w[:, 2 * width :].T
+        heads = width // d
+        return AttentionView(q, k, v, a.c_proj.weight.T, a.c_proj.bias, a.c_attn.bias is not None, heads, heads, d)
+
+    def mlp(self, layer: nn.Module) -> MlpView:
+        m: Any = layer.mlp
+        return MlpView(None, m.c_fc.weight.T, m.c_proj.weight.T, m.c_fc.bias is not None, m.c_proj.bias)
+
+    def narrow_attention(self, layer: nn.Module, q_rows: torch.Tensor, kv_rows: torch.Tensor) -> None:
+        a: Any = layer.attn
+        width = int(a.split_size)
+        a.c_attn = _conv1d(a.c_attn, out=torch.cat([q_rows, width + kv_rows, 2 * width + kv_rows]))
+        a.c_proj = _conv1d(a.c_proj, inp=q_rows)
+        a.split_size, a.num_heads = len(q_rows), len(q_rows) // int(a.head_dim)
+
+    def narrow_mlp(self, layer: nn.Module, channels: torch.Tensor) -> None:
+        m: Any = layer.mlp
+        m.c_fc, m.c_proj = _conv1d(m.c_fc, out=channels), _conv1d(m.c_proj, inp=channels)
+
+    def keep_layers(self, model: nn.Module, keep: Sequence[int]) -> None:
+        config: Any = model.config
+        if getattr(config, "scale_attn_by_inverse_layer_idx", False):
+            raise UnsupportedModelError("this GPT-2 scales attention by layer index: its layers cannot be dropped")
+        kept = [self.layers(model)[i] for i in keep]
+        for idx, layer in enumerate(kept):
+            attention: Any = layer.attn
+            attention.layer_idx = idx
+        transformer: Any = model.get_submodule("transformer")
+        transformer.h = nn.ModuleList(kept)
+        config.num_hidden_layers = len(kept)
+
+
+def narrowed(lin: nn.Linear, *, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+    """A new ``nn.Linear`` with only the output ``rows`` and input ``cols`` of ``lin`` (same dtype and device)."""
+    w = lin.weight.detach()
+    if rows is not None:
+        w = w.index_select(0, rows.to(w.device))
+    if cols is not None:
+        w = w.index_select(1, cols.to(w.device))
+    bias = lin.bias is not None
+    new = nn.Linear(w.shape[1], w.shape[0], bias=bias, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if lin.bias is not None:
+            b = lin.bias.detach()
+            new.bias.copy_(b if rows is None else b.index_select(0, rows.to(b.device)))
+    new.train(lin.training)
+    return new
+
+
+def _conv1d(conv: Any, *, out: torch.Tensor | None = None, inp: torch.Tensor | None = None) -> nn.Module:
+    """A copy of a ``Conv1D`` (weight ``[in, out]``, bias ``[out]``) keeping the outputs ``out``, inputs ``inp``."""
+    new: Any = copy.deepcopy(conv)
+    w, b = conv.weight.detach(), conv.bias.detach()
+    if out is not None:
+        w, b = w.index_select(1, out.to(w.device)), b.index_select(0, out.to(b.device))
+    if inp is not None:
+        w = w.index_select(0, inp.to(w.device))
+    new.weight, new.bias = nn.Parameter(w.clone()), nn.Parameter(b.clone())
+    new.nf = w.shape[1]
+    if hasattr(new, "nx"):
+        new.nx = w.shape[0]
+    return new
+
+
 LAYOUTS: Registry[DecoderLayout] = Registry(
     "decoder layout",
     DecoderLayout,
     group="prunetune.layouts",
-    builtins={"llama": "spaces.decoder._layout:LlamaLayout"},
+    builtins={"llama": "spaces.decoder._layout:LlamaLayout", "gpt2": "spaces.decoder._layout:Gpt2Layout"},
     error=UnsupportedModelError,
 )
 
