@@ -39,7 +39,11 @@ TINY_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "mistral": ("MistralConfig", {"num_key_value_heads": 2, "sliding_window": None}),
     "qwen2": ("Qwen2Config", {"num_key_value_heads": 2}),
     "qwen3": ("Qwen3Config", {"num_key_value_heads": 2, "head_dim": 16}),
-    "gpt2": ("GPT2Config", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256}),
+    # byte-level: no special tokens (GPT-2's default ids, 50256, lie outside 256 bytes)
+    "gpt2": (
+        "GPT2Config",
+        {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256, "bos_token_id": None, "eos_token_id": None},
+    ),
 }
 _SHARED = {
     "vocab_size": 256,

@@ -34,6 +34,7 @@ SPACES_LAYERS = [
     {"_plan", "dimensions._roles"},
     {"decoder._choice"},
     {"decoder._footprint"},
+    {"decoder._plans"},
     {"decoder.__init__"},
     {"policy._budget", "_lowrank"},
     {"graph._trace"},

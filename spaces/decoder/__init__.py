@@ -3,7 +3,7 @@
 ``from spaces.decoder import apply_decoder_plan, decoder_cost, layout_of`` (this package imports torch).
 """
 
-from spaces.decoder._choice import DecoderChoice, apply_decoder_plan, decoder_groups, kept_count, resolve
+from spaces.decoder._choice import DecoderChoice, apply_decoder_plan, decoder_groups, kept_count, magnitude, resolve
 from spaces.decoder._footprint import DecoderCost, decoder_cost
 from spaces.decoder._layout import (
     LAYOUTS,
@@ -16,6 +16,7 @@ from spaces.decoder._layout import (
     narrowed,
     register_layout,
 )
+from spaces.decoder._plans import DecoderSpace
 
 __all__ = [
     "LAYOUTS",
@@ -23,6 +24,7 @@ __all__ = [
     "DecoderChoice",
     "DecoderCost",
     "DecoderLayout",
+    "DecoderSpace",
     "Gpt2Layout",
     "LlamaLayout",
     "MlpView",
@@ -31,6 +33,7 @@ __all__ = [
     "decoder_groups",
     "kept_count",
     "layout_of",
+    "magnitude",
     "narrowed",
     "register_layout",
     "resolve",

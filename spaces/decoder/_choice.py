@@ -39,7 +39,7 @@ from spaces.decoder._layout import DecoderLayout, layout_of
 if TYPE_CHECKING:
     from spaces._plan import Plan
 
-__all__ = ["DecoderChoice", "apply_decoder_plan", "decoder_groups", "kept_count", "resolve"]
+__all__ = ["DecoderChoice", "apply_decoder_plan", "decoder_groups", "kept_count", "magnitude", "resolve"]
 
 Scores = Mapping[str, torch.Tensor]  # group id to one importance score per structure (higher: kept first)
 
@@ -69,8 +69,12 @@ def kept_count(n: int, ratio: float) -> int:
     return max(1, n - math.floor(ratio * n + 0.5))
 
 
-def resolve(model: nn.Module, plan: Plan, *, scores: Scores | None = None) -> DecoderChoice:
-    """Check ``plan`` against ``model`` (one-line :class:`~spaces.PlanError`) and choose what it keeps."""
+def resolve(model: nn.Module, plan: Plan, *, scores: Scores | None = None, counts_only: bool = False) -> DecoderChoice:
+    """Check ``plan`` against ``model`` (one-line :class:`~spaces.PlanError`) and choose what it keeps.
+
+    With ``counts_only`` the kept structures are the first ones, not the most
+    important: what costs need (they depend on the counts alone), without scoring.
+    """
     layout = layout_of(model)
     path, layers = layout.layers_path(model), layout.layers(model)
     groups = decoder_groups(model, layout)
@@ -94,13 +98,16 @@ def resolve(model: nn.Module, plan: Plan, *, scores: Scores | None = None) -> De
             ("attn", layout.attention(layers[i]).n_kv, heads),
         ):
             gid = f"{path}.{i}.{kind}"
-            score = scores[gid] if scores and gid in scores else _magnitude(layout, layers[i], kind)
             k = kept_count(n, float(plan.entries("prune").get(gid, 0.0)))
+            if counts_only:
+                out[i] = tuple(range(k))
+                continue
+            score = scores[gid] if scores and gid in scores else magnitude(layout, layers[i], kind)
             out[i] = tuple(sorted(torch.topk(score, k).indices.tolist()))
     return DecoderChoice(kept, mlp, heads)
 
 
-def _magnitude(layout: DecoderLayout, layer: nn.Module, kind: str) -> torch.Tensor:
+def magnitude(layout: DecoderLayout, layer: nn.Module, kind: str) -> torch.Tensor:
     """The L2 norm of each structure's weights (every row and column that leaves with it)."""
     with torch.no_grad():
         if kind == "mlp":

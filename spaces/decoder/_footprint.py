@@ -66,7 +66,7 @@ def decoder_cost(model: nn.Module, plan: Plan | DecoderChoice, *, context: int, 
     """The cost of ``plan`` on ``model`` at ``context`` tokens and ``batch`` sequences (see the module docs)."""
     if context < 1 or batch < 1:
         raise ValueError(f"context and batch must be at least 1, got context={context}, batch={batch}")
-    choice = plan if isinstance(plan, DecoderChoice) else resolve(model, plan)
+    choice = plan if isinstance(plan, DecoderChoice) else resolve(model, plan, counts_only=True)
     layout = layout_of(model)
     layers = layout.layers(model)
     params = sum(p.numel() for p in model.parameters())  # counted once each, tied or not

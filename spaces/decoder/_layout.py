@@ -118,6 +118,10 @@ class DecoderLayout(ABC):
         """One layer's MLP."""
 
     @abstractmethod
+    def output_modules(self, layer: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """The attention's output projection and the MLP's down projection, whose inputs calibration reads."""
+
+    @abstractmethod
     def narrow_attention(self, layer: nn.Module, q_rows: torch.Tensor, kv_rows: torch.Tensor) -> None:
         """Keep only the query rows ``q_rows`` (and output columns) and key and value rows ``kv_rows``, in place."""
 
@@ -169,6 +173,10 @@ class LlamaLayout(DecoderLayout):
         return MlpView(
             m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight, m.up_proj.bias is not None, m.down_proj.bias
         )
+
+    def output_modules(self, layer: nn.Module) -> tuple[nn.Module, nn.Module]:
+        a: Any = layer
+        return a.self_attn.o_proj, a.mlp.down_proj
 
     def narrow_attention(self, layer: nn.Module, q_rows: torch.Tensor, kv_rows: torch.Tensor) -> None:
         a: Any = layer.self_attn
@@ -222,6 +230,10 @@ class Gpt2Layout(DecoderLayout):
     def mlp(self, layer: nn.Module) -> MlpView:
         m: Any = layer.mlp
         return MlpView(None, m.c_fc.weight.T, m.c_proj.weight.T, m.c_fc.bias is not None, m.c_proj.bias)
+
+    def output_modules(self, layer: nn.Module) -> tuple[nn.Module, nn.Module]:
+        a: Any = layer
+        return a.attn.c_proj, a.mlp.c_proj
 
     def narrow_attention(self, layer: nn.Module, q_rows: torch.Tensor, kv_rows: torch.Tensor) -> None:
         a: Any = layer.attn
