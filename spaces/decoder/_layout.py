@@ -133,6 +133,15 @@ class DecoderLayout(ABC):
     def keep_layers(self, model: nn.Module, keep: Sequence[int]) -> None:
         """Keep only the layers ``keep`` (indices, in order), in place, and tell the model's config and cache."""
 
+    def config_fields(self, model: nn.Module) -> dict[str, Any] | None:
+        """The family's config fields that describe ``model`` as it is now, or None when its config cannot.
+
+        A compressed model whose layers all have the same widths and head counts
+        is an ordinary model of its family: with these fields its config rebuilds
+        it in ``transformers`` alone (``save_pretrained``, then ``from_pretrained``).
+        """
+        return None
+
     def layers(self, model: nn.Module) -> nn.ModuleList:
         """The decoder layers, in order."""
         layers = model.get_submodule(self.layers_path(model))
@@ -187,6 +196,13 @@ class LlamaLayout(DecoderLayout):
         m: Any = layer.mlp
         m.gate_proj, m.up_proj = narrowed(m.gate_proj, rows=channels), narrowed(m.up_proj, rows=channels)
         m.down_proj = narrowed(m.down_proj, cols=channels)
+
+    def config_fields(self, model: nn.Module) -> dict[str, Any] | None:
+        shapes = {(self.mlp(x).width, self.attention(x).n_heads, self.attention(x).n_kv) for x in self.layers(model)}
+        if len(shapes) != 1:
+            return None
+        (width, heads, kv), d = shapes.pop(), self.attention(self.layers(model)[0]).head_dim
+        return {"intermediate_size": width, "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": d}
 
     def keep_layers(self, model: nn.Module, keep: Sequence[int]) -> None:
         layers = self.layers(model)
@@ -245,6 +261,14 @@ class Gpt2Layout(DecoderLayout):
     def narrow_mlp(self, layer: nn.Module, channels: torch.Tensor) -> None:
         m: Any = layer.mlp
         m.c_fc, m.c_proj = _conv1d(m.c_fc, out=channels), _conv1d(m.c_proj, inp=channels)
+
+    def config_fields(self, model: nn.Module) -> dict[str, Any] | None:
+        config: Any = model.config
+        widths = {self.mlp(x).width for x in self.layers(model)}
+        heads = {self.attention(x).n_heads for x in self.layers(model)}
+        if len(widths) != 1 or heads != {config.n_head}:  # its head width is n_embd // n_head: heads stay
+            return None
+        return {"n_inner": widths.pop()}
 
     def keep_layers(self, model: nn.Module, keep: Sequence[int]) -> None:
         config: Any = model.config

@@ -29,7 +29,7 @@ import io
 import platform
 import tempfile
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -122,12 +122,13 @@ def _owner_of(layers: Collection[str]) -> Callable[[str], str | None]:
     return owner
 
 
-def write_onnx(model: nn.Module, example: torch.Tensor, path: Path | str) -> None:
-    """``model`` exported by torch's exporter, quietly, with a dynamic batch and the exporter's per-node metadata
+def write_onnx(model: nn.Module, example: torch.Tensor, path: Path | str, *, axes: Sequence[str] = ("batch",)) -> None:
+    """``model`` exported by torch's exporter, quietly, with dynamic ``axes`` (the input's first ones, named;
+    a batch by default, a batch and a sequence for a language model) and the exporter's per-node metadata
     (source locations, module names: a third of a small model's file) dropped."""
     import onnx
 
-    batch = torch.export.Dim("batch")
+    dims = {i: torch.export.Dim(name) if i == 0 else torch.export.Dim(name, min=2) for i, name in enumerate(axes)}
     quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
     with warnings.catch_warnings(), quiet[0], quiet[1]:
         warnings.simplefilter("ignore")
@@ -137,7 +138,7 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: Path | str) -> Non
             dynamo=True,
             opset_version=OPSET,
             input_names=["x"],
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=(dims,),
             verbose=False,
         )
         if program is None:

@@ -1,0 +1,143 @@
+"""Exports of a compressed language model: weights + plan, a plain ``transformers`` directory, ONNX in 32, 8 and 4 bits.
+
+:func:`export_decoder` writes, into ``out``:
+
+* ``model.safetensors`` and ``plan.json``: the compressed model's weights and its
+  plan. :func:`load_decoder` rebuilds it from the base model, the plan and the
+  weights (the house rule: never a pickle, never a model object on disk);
+* ``hf/`` where the family's config can say what the plan made (every layer with
+  the same widths and head counts, e.g. a uniform plan): ``save_pretrained`` with
+  the config's fields set, which ``transformers`` alone loads; otherwise no
+  ``hf/`` and ``export.json`` says why;
+* ``model.onnx``: float32, torch's exporter, a dynamic batch and sequence,
+  checked against torch on the given tokens (largest logit difference at most
+  1e-4, else nothing is kept);
+* ``model.int8.onnx`` and ``model.int4.onnx``: ONNX Runtime's weight-only
+  ``MatMulNBits`` quantizer (symmetric, blocks of 32 along the input) applied to
+  every MatMul of ``model.onnx``: each projection, the MLPs and the output head
+  hold 8- or 4-bit codes and compute with ONNX Runtime's blockwise kernels.
+
+``export.json`` records, per ONNX file, its bytes, the largest logit difference
+from the torch model and the top-1 next-token agreement with it on ``tokens``
+(held-out text), and the analytic cost beside the weights' bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spaces import Plan
+
+__all__ = ["export_decoder", "load_decoder"]
+
+PARITY_ATOL = 1e-4
+BITS = (8, 4)
+
+
+class _Logits(nn.Module):
+    """``input_ids -> logits`` without a cache: the graph ONNX holds."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=x, use_cache=False).logits
+
+
+def export_decoder(model: nn.Module, plan: Plan, out: str | Path, *, tokens: torch.Tensor, context: int = 64) -> dict:
+    """Write the exports of ``plan`` on ``model`` into ``out`` (see the module docs); returns ``export.json``."""
+    from safetensors.torch import save_model
+
+    from spaces.decoder import apply_decoder_plan, decoder_cost, layout_of
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    compressed = apply_decoder_plan(model, plan).eval()
+    save_model(compressed, str(out / "model.safetensors"))
+    (out / "plan.json").write_text(plan.to_json(indent=2))
+    cost = decoder_cost(model, plan, context=context)
+    report: dict[str, Any] = {"plan": plan.hash, "params": cost.params, "weight_bytes": cost.weight_bytes}
+    fields = layout_of(compressed).config_fields(compressed)
+    if fields is None:
+        report["hf"] = "not written: the layers differ in width or heads, which the family's config cannot say"
+    else:
+        _save_pretrained(compressed, fields, out / "hf")
+        report["hf"] = "hf/"
+    batch = torch.stack([tokens[i * context : (i + 1) * context] for i in range(4)])
+    report["onnx"] = _onnx_files(compressed, batch, out)
+    (out / "export.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _save_pretrained(model: nn.Module, fields: dict[str, Any], path: Path) -> None:
+    """``save_pretrained`` of ``model`` with its config's fields set to what the plan made."""
+    config: Any = model.config
+    before = {k: getattr(config, k, None) for k in fields}
+    for key, value in fields.items():
+        setattr(config, key, value)
+    try:
+        model.save_pretrained(path, safe_serialization=True)  # type: ignore[operator]
+    finally:
+        for key, value in before.items():
+            setattr(config, key, value)
+
+
+def _onnx_files(model: nn.Module, batch: torch.Tensor, out: Path) -> dict[str, Any]:
+    """``model.onnx`` (checked against torch) and its 8- and 4-bit weight-only versions, with their agreement."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from spaces import ort_session, write_onnx
+
+    wrapped = _Logits(model).eval()
+    path = out / "model.onnx"
+    write_onnx(wrapped, batch[:2], path, axes=("batch", "sequence"))  # size 1 would be specialized
+    with torch.no_grad():
+        reference = wrapped(batch)
+    found: dict[str, Any] = {"model.onnx": _agreement(ort_session(path, 2), batch, reference)}
+    if found["model.onnx"]["max_abs"] > PARITY_ATOL:
+        path.unlink()
+        raise ValueError(f"the ONNX model's logits differ from torch's by {found['model.onnx']['max_abs']:.2e}")
+    quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level, quiet.level = quiet.level, logging.WARNING
+    try:
+        for bits in BITS:
+            name = f"model.int{bits}.onnx"
+            q = MatMulNBitsQuantizer(onnx.load(str(path)), bits=bits, block_size=32, is_symmetric=True)
+            q.process()
+            q.model.save_model_to_file(str(out / name))
+            found[name] = _agreement(ort_session(out / name, 2), batch, reference)
+    finally:
+        quiet.level = level
+    for name in found:
+        found[name]["bytes"] = (out / name).stat().st_size
+    return found
+
+
+def _agreement(session: Any, batch: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """The largest logit difference from ``reference`` and the share of equal next-token choices."""
+    logits = torch.from_numpy(session.run(None, {"x": batch.numpy()})[0])
+    return {
+        "max_abs": float((logits - reference).abs().max()),
+        "top1_agreement": float((logits.argmax(-1) == reference.argmax(-1)).float().mean()),
+    }
+
+
+def load_decoder(base: nn.Module, path: str | Path) -> nn.Module:
+    """The exported model rebuilt from ``base``, the export's ``plan.json`` and its ``model.safetensors``."""
+    from safetensors.torch import load_model
+
+    from spaces.decoder import apply_decoder_plan, resolve
+
+    path = Path(path)
+    plan = Plan.from_json((path / "plan.json").read_text())
+    model = apply_decoder_plan(base, resolve(base, plan, counts_only=True))  # the shapes; the weights follow
+    load_model(model, str(path / "model.safetensors"), strict=True)
+    return model.eval()

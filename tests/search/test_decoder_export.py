@@ -1,0 +1,65 @@
+"""Exports of a compressed language model: rebuilt exactly, plain transformers where its config can say it, ONNX."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from evaluators._hf import tiny_model
+from evaluators._lm import recover
+from evaluators._text import stdlib_text
+from search.operations._decoder_export import export_decoder, load_decoder
+from spaces import Plan
+from spaces.decoder import apply_decoder_plan
+
+TEXT = stdlib_text(max_bytes=100_000)
+
+
+@pytest.fixture(scope="module")
+def trained() -> torch.nn.Module:
+    model = tiny_model("llama")
+    recover(model, TEXT.train, steps=40, lr=3e-3, context=64)
+    return model
+
+
+def logits(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=TEXT.heldout[:64].unsqueeze(0), use_cache=False).logits
+
+
+def test_a_uniform_plan_exports_a_plain_transformers_model_and_onnx_in_three_precisions(
+    trained: torch.nn.Module, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    plan = Plan(prune={f"model.layers.{i}.{k}": 0.5 for i in range(2) for k in ("mlp", "attn")})
+    report = export_decoder(trained, plan, tmp_path, tokens=TEXT.heldout)
+    want = logits(apply_decoder_plan(trained, plan))
+    assert torch.equal(logits(load_decoder(tiny_model("llama", seed=7), tmp_path)), want)  # base + plan + weights
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    assert (plain.config.intermediate_size, plain.config.num_key_value_heads) == (64, 1)
+    torch.testing.assert_close(logits(plain), want, atol=1e-5, rtol=1e-5)
+    onnx = report["onnx"]
+    assert onnx["model.onnx"]["max_abs"] <= 1e-4 and onnx["model.onnx"]["top1_agreement"] == 1.0
+    assert onnx["model.int8.onnx"]["top1_agreement"] >= 0.97 and onnx["model.int4.onnx"]["top1_agreement"] >= 0.8
+    assert onnx["model.int8.onnx"]["max_abs"] < onnx["model.int4.onnx"]["max_abs"]
+    assert onnx["model.int4.onnx"]["bytes"] < onnx["model.int8.onnx"]["bytes"] < onnx["model.onnx"]["bytes"]
+    assert json.loads((tmp_path / "export.json").read_text()) == report
+
+
+def test_a_plan_the_config_cannot_say_is_rebuilt_by_our_loader(trained: torch.nn.Module, tmp_path: Path) -> None:
+    plan = Plan(prune={"model.layers.0.mlp": 0.5})  # layer 0 narrower than layer 1
+    report = export_decoder(trained, plan, tmp_path / "mixed", tokens=TEXT.heldout)
+    assert not (tmp_path / "mixed" / "hf").exists() and report["hf"].startswith("not written: the layers differ")
+    assert torch.equal(logits(load_decoder(trained, tmp_path / "mixed")), logits(apply_decoder_plan(trained, plan)))
+    # one layer dropped, the other pruned: one kind of layer again, which the config says
+    plan = Plan(prune={"model.layers.0.mlp": 0.5}, depth={"model.layers.1": "shortcut"})
+    export_decoder(trained, plan, tmp_path / "short", tokens=TEXT.heldout)
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "short" / "hf", local_files_only=True).eval()
+    assert plain.config.num_hidden_layers == 1
+    torch.testing.assert_close(logits(plain), logits(apply_decoder_plan(trained, plan)), atol=1e-5, rtol=1e-5)
