@@ -1,4 +1,4 @@
-"""Text every machine has, as bytes, in three disjoint splits, and the perplexity of a language model on it.
+"""Text every machine has, as bytes, in four disjoint splits, and the perplexity of a language model on it.
 
 No corpus can be downloaded here, so the language-model path reads one that
 every Python installation carries: **the standard library's own source**
@@ -11,10 +11,11 @@ that version.
 cache, every file encodes, and a model's vocabulary is fixed by the corpus.
 
 **Splits by file, never by position.** A file goes wholly to one split by the
-SHA-256 of its path relative to the standard library (80 % ``train``, 10 %
-``calibration``, 10 % ``heldout``), so the same file is in the same split on
-every machine and no text of the held-out split is seen by a fine-tune or by
-the calibration that importance and sensitivity read. Within a split, files are
+SHA-256 of its path relative to the standard library: 80 % ``train`` (teachers
+and fine-tunes), 5 % ``calibration`` (importance and sensitivity), 5 %
+``validation`` (what a search selects on), 10 % ``heldout`` (the test: only
+reported). The same file is in the same split on every machine, and no split
+sees another's text. Within a split, files are
 concatenated in sorted path order, each followed by a newline.
 """
 
@@ -33,7 +34,8 @@ from torch import nn
 
 __all__ = ["SPLITS", "TextSplits", "perplexity", "split_of", "stdlib_files", "stdlib_text", "windows"]
 
-SPLITS = {"train": (0, 80), "calibration": (80, 90), "heldout": (90, 100)}  # shares of 100 by path hash
+# shares of 100 by path hash
+SPLITS = {"train": (0, 80), "calibration": (80, 85), "validation": (85, 90), "heldout": (90, 100)}
 _SKIPPED = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
 
 
@@ -56,12 +58,13 @@ class TextSplits:
 
     train: torch.Tensor
     calibration: torch.Tensor
+    validation: torch.Tensor
     heldout: torch.Tensor
     files: dict[str, tuple[str, ...]]
 
 
 def stdlib_text(root: Path | None = None, *, max_bytes: int | None = None) -> TextSplits:
-    """The three splits of the standard library's source (``max_bytes``: at most that many per split)."""
+    """The four splits of the standard library's source (``max_bytes``: at most that many per split)."""
     root = root or Path(sysconfig.get_paths()["stdlib"])
     parts: dict[str, list[bytes]] = {name: [] for name in SPLITS}
     files: dict[str, list[str]] = {name: [] for name in SPLITS}

@@ -15,16 +15,17 @@ from evaluators._text import perplexity, split_of, stdlib_files, stdlib_text, wi
 
 def test_the_splits_are_disjoint_by_file_and_stable() -> None:
     text = stdlib_text(max_bytes=200_000)
-    train, cal, held = (set(text.files[k]) for k in ("train", "calibration", "heldout"))
-    assert not (train & cal or train & held or cal & held)
-    assert len(train) + len(cal) + len(held) == len(stdlib_files()) > 300
+    sets = [set(text.files[k]) for k in ("train", "calibration", "validation", "heldout")]
+    assert all(not (a & b) for i, a in enumerate(sets) for b in sets[i + 1 :])
+    train = sets[0]
+    assert sum(map(len, sets)) == len(stdlib_files()) > 300
     assert 0.7 < len(train) / len(stdlib_files()) < 0.9  # 80 % by path hash
     assert all(
         t.numel() == 200_000 and t.dtype == torch.long and int(t.max()) < 256 for t in (text.train, text.heldout)
     )
     # the split is a function of the relative path alone, the same on every machine
     assert split_of(Path("json/decoder.py")) == split_of(Path("json/decoder.py"))
-    assert {split_of(Path(f"m{i}.py")) for i in range(200)} == {"train", "calibration", "heldout"}
+    assert {split_of(Path(f"m{i}.py")) for i in range(400)} == {"train", "calibration", "validation", "heldout"}
     # the tokens are the files' bytes
     first = stdlib_text(max_bytes=64).heldout
     assert (
