@@ -56,8 +56,12 @@ _SHARED = {
 
 
 def _transformers() -> Any:
+    """The ``transformers`` module, its progress bars and notices off (PruneTune reports its own progress)."""
     try:
         import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
     except ImportError:
         raise UnsupportedModelError("hf: models need the transformers package (pip install -e '.[llm]')") from None
     return transformers

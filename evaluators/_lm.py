@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,12 @@ def recover(
         raise ValueError("kd_weight > 0 needs a teacher")
     device = next(student.parameters()).device
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    warm = max(1, steps // 10)  # linear warm-up over a tenth of the steps, then a cosine decay
+
+    def factor(t: int) -> float:
+        return min(1.0, (t + 1) / warm) * 0.5 * (1 + math.cos(math.pi * t / max(steps, 1)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     student.train()
     losses = []
     batches = random_windows(tokens, context, batch_size, seed)

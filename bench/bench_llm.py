@@ -1,0 +1,189 @@
+"""Language models under a memory budget: the one-rule pruners, each recovered by distillation, on held-out text.
+
+    .venv/bin/python bench/bench_llm.py                      # 50 % and 30 % of the memory, seeds 0,1,2
+    .venv/bin/python bench/bench_llm.py --budgets 0.5 --seeds 0
+    .venv/bin/python bench/bench_llm.py --smoke              # CI's size: seconds
+
+No pretrained language model exists here, so the teacher is trained on this
+machine: a Llama-style model (``--layers`` layers of width ``--width``,
+grouped-query attention with ``--heads`` query and ``--kv-heads`` key heads, MLP
+width ``--mlp``) on the ``train`` split of the standard library's source, byte
+tokens (:mod:`evaluators._text`), for ``--teacher-steps`` steps, cached under
+``artifacts/`` (a ``save_pretrained`` directory named by a digest of what made it).
+
+A **memory budget** is weights plus the KV cache at ``--serve-context`` tokens
+and ``--serve-batch`` sequences (float32), a share of the teacher's. Every arm
+prunes the teacher with the same activation-aware importance (Wanda-sp scores on
+the ``calibration`` split) and its own rule, exactly onto the budget
+(:class:`spaces.decoder.DecoderSpace`):
+
+(a) **uniform**: one prune ratio for every layer's MLP and key-value groups
+    (LLM-Pruner's setting), the largest that fits;
+(b) **global**: structures ranked across all layers by importance per byte, the
+    least important removed first (FLAP's and Wanda-sp's allocation);
+(c) **depth**: whole layers dropped, the least influential first (ShortGPT's
+    block influence; Minitron's depth axis).
+
+Then every arm gets the same recovery: ``--recovery-steps`` steps on the
+``train`` split, distilled from the teacher (KL on logits, as Minitron;
+``--kd-weight``), the seed's data order; (b) also recovers on the labels alone
+(plain next-token loss) for the comparison. The figure is **perplexity on the
+``heldout`` split** (never read before), mean ± std over seeds; beside it the
+memory, and tokens per second measured in torch (batch 1): prefill of
+``--context`` tokens, and decode of 32 tokens with the cache.
+
+PruneTune's search over these plans is not built yet; this bench measures the
+baselines it will have to beat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _shared import machine, parse, print_table, temp_dir
+
+from evaluators._lm import cached_teacher, recover
+from evaluators._text import perplexity, stdlib_text
+from spaces import Plan, PlanError, summarize, time_calls
+from spaces.decoder import DecoderSpace
+
+SMOKE = {
+    "budgets": "0.7",
+    "seeds": "0",
+    "layers": 4,
+    "width": 32,
+    "mlp": 64,
+    "heads": 4,
+    "kv_heads": 2,
+    "teacher_steps": 10,
+    "recovery_steps": 3,
+    "context": 32,
+    "serve_context": 64,
+    "eval_windows": 4,
+    "max_bytes": 50_000,
+}
+
+
+def args_() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budgets", default="0.5,0.3", help="memory budgets, shares of the teacher's weights + KV cache")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--mlp", type=int, default=384)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--teacher-steps", type=int, default=1500)
+    ap.add_argument("--recovery-steps", type=int, default=200)
+    ap.add_argument("--kd-weight", type=float, default=1.0, help="distillation weight of the recovery")
+    ap.add_argument("--context", type=int, default=128, help="tokens per training and evaluation window")
+    ap.add_argument("--serve-context", type=int, default=1024, help="the KV cache's context in the budget")
+    ap.add_argument("--serve-batch", type=int, default=1)
+    ap.add_argument("--eval-windows", type=int, default=64, help="held-out windows the perplexity reads")
+    ap.add_argument("--max-bytes", type=int, default=None, help="bytes of text per split (default: all)")
+    ap.add_argument("--threads", type=int, default=2)
+    return parse(ap, SMOKE)
+
+
+def teacher(args: argparse.Namespace, text: Any, cache: Path) -> torch.nn.Module:
+    config = {
+        "num_hidden_layers": args.layers,
+        "hidden_size": args.width,
+        "intermediate_size": args.mlp,
+        "num_attention_heads": args.heads,
+        "num_key_value_heads": args.kv_heads,
+    }
+    return cached_teacher(cache, "llama", text.train, steps=args.teacher_steps, **config)
+
+
+def arms(space: DecoderSpace, limit: int, calibration: torch.Tensor) -> dict[str, Plan | str]:
+    """Each rule's plan at ``limit``, or why the rule cannot reach it (depth cannot go below one layer)."""
+    rules = {
+        "(a) uniform": lambda: space.fit(space.uniform_plan(0.0), limit),
+        "(b) global": lambda: space.global_plan(limit),
+        "(c) depth": lambda: space.depth_plan(limit, calibration),
+    }
+    out: dict[str, Plan | str] = {}
+    for name, rule in rules.items():
+        try:
+            out[name] = rule()
+        except PlanError as exc:
+            out[name] = str(exc)
+    return out
+
+
+def tokens_per_second(model: Any, context: int) -> tuple[float, float]:
+    """Prefill of ``context`` tokens and decode of 32 with the cache, batch 1, tokens per second (medians)."""
+    ids = torch.randint(0, 256, (1, context), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        prefill = summarize(time_calls(lambda: model(input_ids=ids, use_cache=False), runs=9, warmup=3))
+        generate = lambda: model.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)  # noqa: E731
+        decode = summarize(time_calls(generate, runs=5, warmup=1))
+    decode_ms = max(decode["median_ms"] - prefill["median_ms"], 1e-6)  # generate prefills once, then decodes
+    return context / prefill["median_ms"] * 1e3, 32 / decode_ms * 1e3
+
+
+def run_budget(args: argparse.Namespace, share: float, seeds: list[int], teach: Any, text: Any) -> list[list[str]]:
+    space = DecoderSpace(teach, context=args.serve_context, batch=args.serve_batch)
+    space.calibrate(text.calibration, windows=16)
+    limit = space.memory_limit(share)
+    plans = arms(space, limit, text.calibration)
+    results: dict[str, list[float]] = {}
+    speed: dict[str, tuple[float, float]] = {}
+    rows = [[f"{share:.0%}", name, "—", f"cannot reach the budget: {why}", "", ""] for name, why in plans.items()
+            if isinstance(why, str)]  # fmt: skip
+    runs = [(n, p) for n, p in plans.items() if isinstance(p, Plan)]
+    if isinstance(plans["(b) global"], Plan):
+        runs.append(("(b) global, plain recovery", plans["(b) global"]))
+    for name, plan in runs:
+        for seed in seeds:
+            student = space.apply(plan)
+            kd = 0.0 if "plain" in name else args.kd_weight
+            recover(student, text.train, steps=args.recovery_steps, context=args.context, teacher=teach,
+                    kd_weight=kd, seed=seed, lr=1e-3)  # fmt: skip
+            ppl = perplexity(student, text.heldout, context=args.context, max_windows=args.eval_windows)
+            results.setdefault(name, []).append(ppl)
+        speed[name] = tokens_per_second(student, args.context)
+    for name, ppls in results.items():
+        plan = dict(runs)[name]
+        mem = space.cost(plan).memory_bytes / space.dense.memory_bytes
+        spread = statistics.stdev(ppls) if len(ppls) > 1 else 0.0
+        pre, dec = speed[name]
+        rows.append([f"{share:.0%}", name, f"{mem:.1%}", f"{statistics.mean(ppls):.3f} ± {spread:.3f}",
+                     f"{pre:.0f}", f"{dec:.0f}"])  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    args = args_()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    text = stdlib_text(max_bytes=args.max_bytes)
+    cache = temp_dir() if args.smoke else Path("artifacts")
+    teach = teacher(args, text, cache)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    dense = perplexity(teach, text.heldout, context=args.context, max_windows=args.eval_windows)
+    rows = []
+    for share in (float(b) for b in args.budgets.split(",")):
+        rows += run_budget(args, share, seeds, teach, text)
+    dense_speed = tokens_per_second(teach, args.context)  # timed last, as warm as the others
+    rows.insert(
+        0, ["100%", "teacher (dense)", "100.0%", f"{dense:.3f}", f"{dense_speed[0]:.0f}", f"{dense_speed[1]:.0f}"]
+    )
+    print(
+        f"\n# teacher: Llama-style, {args.layers} layers, width {args.width}, MLP {args.mlp}, {args.heads}/"
+        f"{args.kv_heads} heads, {args.teacher_steps} steps on the standard library's source (bytes); memory = "
+        f"weights + KV cache at {args.serve_context} tokens x {args.serve_batch}; recovery {args.recovery_steps} "
+        f"steps (distillation weight {args.kd_weight}); held-out perplexity over {args.eval_windows} windows of "
+        f"{args.context}, seeds {seeds}; {machine()}; {time.perf_counter() - t0:.0f} s\n"
+    )
+    print_table(["memory budget", "method", "memory", "held-out perplexity", "prefill tok/s", "decode tok/s"], rows)
+
+
+if __name__ == "__main__":
+    main()
