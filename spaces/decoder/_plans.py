@@ -158,13 +158,17 @@ class DecoderSpace:
         hooks = [
             layer.register_forward_hook(_influence_hook(seen[i]), with_kwargs=True) for i, layer in enumerate(layers)
         ]
+        self._read(tokens, windows, hooks)
+        return [float(torch.cat(values).mean()) for values in seen]
+
+    def _read(self, tokens: torch.Tensor, windows: int, hooks: list[Any]) -> None:
+        """Run the model over the first ``windows`` windows of ``tokens`` with ``hooks`` on, then remove them."""
         try:
             for batch in _batches(tokens, self.context, windows):
                 self.model(input_ids=batch, use_cache=False)
         finally:
             for h in hooks:
                 h.remove()
-        return [float(torch.cat(values).mean()) for values in seen]
 
     @torch.no_grad()
     def calibrate(self, tokens: torch.Tensor, *, windows: int = 8) -> dict[str, torch.Tensor]:
@@ -176,12 +180,7 @@ class DecoderSpace:
             for k, module in enumerate(self.layout.output_modules(layer)):
                 norms[2 * i + k] = []
                 hooks.append(module.register_forward_pre_hook(_norm_hook(norms[2 * i + k])))
-        try:
-            for batch in _batches(tokens, self.context, windows):
-                self.model(input_ids=batch, use_cache=False)
-        finally:
-            for h in hooks:
-                h.remove()
+        self._read(tokens, windows, hooks)
         path, scores = self.layout.layers_path(self.model), {}
         for i, layer in enumerate(layers):
             a, m = self.layout.attention(layer), self.layout.mlp(layer)
