@@ -2,8 +2,8 @@
 
 * ``hf:PATH`` loads a decoder-only model from a local directory holding
   ``config.json`` and safetensors weights (what ``save_pretrained`` writes),
-  with ``transformers``: nothing is downloaded (``local_files_only``, and
-  ``HF_HUB_OFFLINE`` set while it loads), **no code from the directory is run**
+  with ``transformers``: nothing is downloaded (``local_files_only``: the hub
+  is never asked), **no code from the directory is run**
   (``trust_remote_code=False``; a config that names its own code in
   ``auto_map`` is refused before anything is built), and weights are read from
   safetensors only, never from a pickle.
@@ -20,7 +20,6 @@ with eager attention (the same products on every machine, and the ones
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,19 +67,11 @@ def _transformers() -> Any:
 
 
 @contextmanager
-def _offline() -> Iterator[None]:
-    """No network while ``transformers`` loads: ``HF_HUB_OFFLINE`` set, its warnings kept from the user."""
-    before = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        if before is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = before
+def _quiet() -> Iterator[None]:
+    """``transformers``' warnings kept from the user while it builds or loads a model."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -114,7 +105,7 @@ def hf_model(path: str | Path) -> nn.Module:
     model_type = config.get("model_type")
     if model_type not in tf.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise UnsupportedModelError(f"hf model type {model_type!r} in {str(p)!r} is not a causal language model")
-    with _offline():
+    with _quiet():
         try:
             model = tf.AutoModelForCausalLM.from_pretrained(
                 str(p),
@@ -141,7 +132,7 @@ def tiny_model(family: str, *, seed: int = 0, **overrides: Any) -> nn.Module:
     if family == "gpt2":
         kwargs.setdefault("vocab_size", _SHARED["vocab_size"])
     config = getattr(tf, cls_name)(**kwargs, attn_implementation="eager")
-    with _offline(), torch.random.fork_rng():
+    with _quiet(), torch.random.fork_rng():
         torch.manual_seed(seed)
         model = tf.AutoModelForCausalLM.from_config(config)
     return model.eval()

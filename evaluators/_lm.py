@@ -38,7 +38,7 @@ def random_windows(tokens: torch.Tensor, context: int, batch_size: int, seed: in
     g = torch.Generator().manual_seed(seed)
     offsets = torch.arange(context + 1)
     while True:
-        starts = torch.randint(0, tokens.numel() - context - 1, (batch_size, 1), generator=g)
+        starts = torch.randint(0, tokens.numel() - context, (batch_size, 1), generator=g)  # the last window too
         yield tokens[starts + offsets]
 
 
@@ -115,18 +115,19 @@ def cached_teacher(
     """A ``family`` model (``hf-tiny`` sizes, ``config`` overriding them) trained on ``tokens``, cached.
 
     The cache directory is named by a digest of everything that decides the
-    weights (family, config, steps, seed, the tokens' count and digest); a
+    weights (family, config, the training recipe, the tokens' digest); a
     second call loads it with :func:`evaluators._hf.hf_model` instead of training.
     """
     from evaluators._hf import hf_model, tiny_model
 
-    key = json.dumps({"family": family, "config": config, "steps": steps, "seed": seed}, sort_keys=True)
+    recipe: dict[str, Any] = {"steps": steps, "seed": seed, "lr": 1e-3, "context": 128, "batch_size": 8}
+    key = json.dumps({"family": family, "config": config, **recipe}, sort_keys=True)
     digest = hashlib.sha256(key.encode() + hashlib.sha256(tokens.to(torch.uint8).numpy().tobytes()).digest())
     path = Path(cache_dir) / f"teacher-{family}-{digest.hexdigest()[:16]}"
     if (path / "config.json").is_file():
         return hf_model(path)
     model: Any = tiny_model(family, seed=seed, **config)  # a transformers PreTrainedModel
-    recover(model, tokens, steps=steps, seed=seed)
+    recover(model, tokens, **recipe)
     partial = path.with_name(path.name + ".partial")
     model.save_pretrained(partial, safe_serialization=True)
     partial.replace(path)  # whole or absent: a killed training leaves no half-written teacher

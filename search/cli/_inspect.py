@@ -68,8 +68,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from evaluators import build_model, load_weights
+    from search.cli._inspect_decoder import cmd_inspect_decoder, is_decoder_spec
     from spaces import ModelSpace
 
+    if is_decoder_spec(args.model):
+        return cmd_inspect_decoder(args)
     model = build_model(args.model)
     if args.weights:
         load_weights(model, args.weights)

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from search._exit_codes import EXIT_INTERRUPTED, REPORT_A_BUG, explain
 from search.cli import _commands as commands
 from search.cli._inspect import budget_arg, cmd_inspect, ratios_arg, shape_arg
+from search.cli._inspect_decoder import positive_int
 from search.cli._profile_command import add_profile_command
 from search.cli._service_commands import add_service_commands
 from spaces import Importance, Interrupted, check_interrupt, handle_signals, interrupt_requested
@@ -58,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
 def _add_inspect(sub: Any) -> None:
     ins = sub.add_parser("inspect", help="show a model's prunable groups and costs")
     ins.add_argument(
-        "--model", required=True, help="zoo:<name>, torchvision:<name>, timm:<name> or package.module:factory"
+        "--model",
+        required=True,
+        help="zoo:<name>, torchvision:<name>, timm:<name>, package.module:factory, or a language model: "
+        "hf:<directory> or hf-tiny:<family>",
     )
     ins.add_argument("--weights", help="a .safetensors file or a weights-only torch file")
     ins.add_argument(
@@ -73,6 +77,13 @@ def _add_inspect(sub: Any) -> None:
         "--budget",
         type=budget_arg,
         help="show the allocator's plan for this budget, e.g. macs=40%%,params=50%%,bytes=8MB",
+    )
+    ins.add_argument(
+        "--context", type=positive_int, default=2048, help="language models: the KV cache's tokens (default 2048)"
+    )
+    ins.add_argument("--batch", type=positive_int, default=1, help="language models: the KV cache's sequences")
+    ins.add_argument(
+        "--memory", help="language models: the one-rule plans at this memory budget (weights + KV cache), e.g. 50%%"
     )
     ins.set_defaults(func=cmd_inspect)
 

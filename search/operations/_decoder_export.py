@@ -51,22 +51,34 @@ class _Logits(nn.Module):
         return self.model(input_ids=x, use_cache=False).logits
 
 
-def export_decoder(model: nn.Module, plan: Plan, out: str | Path, *, tokens: torch.Tensor, context: int = 64) -> dict:
-    """Write the exports of ``plan`` on ``model`` into ``out`` (see the module docs); returns ``export.json``."""
+def export_decoder(
+    model: nn.Module,
+    plan: Plan,
+    out: str | Path,
+    *,
+    tokens: torch.Tensor,
+    compressed: nn.Module | None = None,
+    context: int = 64,
+) -> dict:
+    """Write the exports of ``plan`` on the base ``model`` into ``out`` (see the module docs); returns ``export.json``.
+
+    ``compressed`` is the model to export, the plan applied to ``model`` and then
+    trained (a recovered student); by default the plan applied to ``model`` as it is.
+    """
     from safetensors.torch import save_model
 
     from spaces.decoder import apply_decoder_plan, decoder_cost, layout_of
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    compressed = apply_decoder_plan(model, plan).eval()
+    compressed = (compressed if compressed is not None else apply_decoder_plan(model, plan)).eval()
     save_model(compressed, str(out / "model.safetensors"))
     (out / "plan.json").write_text(plan.to_json(indent=2))
     cost = decoder_cost(model, plan, context=context)
     report: dict[str, Any] = {"plan": plan.hash, "params": cost.params, "weight_bytes": cost.weight_bytes}
     fields = layout_of(compressed).config_fields(compressed)
     if fields is None:
-        report["hf"] = "not written: the layers differ in width or heads, which the family's config cannot say"
+        report["hf"] = "not written: the family's config cannot say these widths and heads (per layer, or per width)"
     else:
         _save_pretrained(compressed, fields, out / "hf")
         report["hf"] = "hf/"
@@ -77,16 +89,11 @@ def export_decoder(model: nn.Module, plan: Plan, out: str | Path, *, tokens: tor
 
 
 def _save_pretrained(model: nn.Module, fields: dict[str, Any], path: Path) -> None:
-    """``save_pretrained`` of ``model`` with its config's fields set to what the plan made."""
+    """``save_pretrained`` of ``model``, whose config already says what the plan made (``apply_decoder_plan``)."""
     config: Any = model.config
-    before = {k: getattr(config, k, None) for k in fields}
     for key, value in fields.items():
         setattr(config, key, value)
-    try:
-        model.save_pretrained(path, safe_serialization=True)  # type: ignore[operator]
-    finally:
-        for key, value in before.items():
-            setattr(config, key, value)
+    model.save_pretrained(path, safe_serialization=True)  # type: ignore[operator]
 
 
 def _onnx_files(model: nn.Module, batch: torch.Tensor, out: Path) -> dict[str, Any]:

@@ -12,8 +12,8 @@ model's layout (:mod:`spaces.decoder._layout`), named after the layer list
   passes it unchanged, which is what a decoder layer computes when its
   attention's and MLP's outputs are zero.
 
-A ratio ``r`` of ``n`` structures removes ``round(r * n)`` of them and keeps at
-least one. Which ones go is decided by an importance score per structure, the
+A ratio ``r`` of ``n`` structures removes ``r * n`` of them rounded half up, and
+keeps at least one. Which ones go is decided by an importance score per structure, the
 L2 norm of its weights by default (the magnitude criterion of LLM-Pruner's
 "element" setting; a caller may pass its own scores, e.g. activation-aware
 ones). :func:`resolve` validates the plan against the model and picks the kept
@@ -140,4 +140,7 @@ def apply_decoder_plan(model: nn.Module, plan: Plan | DecoderChoice, *, scores: 
             layout.narrow_attention(layer, q_rows, kv_rows)
     if len(choice.layers) < len(layers):
         layout.keep_layers(out, choice.layers)
+    fields = layout.config_fields(out)
+    for key, value in (fields or {}).items():  # the config says what the model now is, where it can
+        setattr(out.config, key, value)
     return out

@@ -11,14 +11,17 @@ Everything is counted from the dense model's shapes and the plan's kept counts
 * **KV-cache bytes** at ``context`` tokens and ``batch`` sequences: a key and a
   value vector of ``head_dim`` per kept key-value head, per kept layer, per
   token, at the model's element size: ``2 * batch * context * sum(n_kv * head_dim)
-  * element size`` (``memory`` budgets count weights plus these);
+  * element size`` (``memory`` budgets count weights plus these); a layer with a
+  sliding window ``w`` (Mistral, Qwen2's upper layers) caches ``min(context, w - 1)``
+  tokens, as ``transformers``' sliding cache does;
 * **MACs** of one forward pass of ``tokens`` new tokens with ``past`` tokens
   already cached, batch 1: every projection and the MLP at ``tokens * in * out``,
   the two attention products at ``tokens * (past + tokens) * head_dim`` per
   query head each (the kernels compute the whole rectangle, causal mask or
   not), and the output head for the last position only (``logits_to_keep=1``,
   what generation computes). **Prefill** is ``tokens = context, past = 0``;
-  **decode** is one token after ``context - 1`` cached.
+  **decode** is one token after ``context - 1`` cached, attending to
+  ``min(context, w)`` tokens in a layer with a sliding window ``w``.
 
 Norms, rotary embeddings, the activation and the softmax are elementwise, not
 MACs. The test compares every figure with the built model: its parameters, its
@@ -70,9 +73,10 @@ def decoder_cost(model: nn.Module, plan: Plan | DecoderChoice, *, context: int, 
     layout = layout_of(model)
     layers = layout.layers(model)
     params = sum(p.numel() for p in model.parameters())  # counted once each, tied or not
-    kv_width = 0
+    kv = 0  # cached values per sequence: sum over kept layers of 2 * tokens kept * n_kv * head_dim
     per_token = 0  # MACs of the projections and MLPs per token
-    products = 0  # attention-product MACs per (query token, key token) pair: sum of n_heads * head_dim
+    products = 0  # attention-product MACs of prefill (every query token against every token)
+    decode = 0  # attention-product MACs of one decoded token against what it attends to
     for i, layer in enumerate(layers):
         a, m = layout.attention(layer), layout.mlp(layer)
         if i not in choice.layers:
@@ -81,16 +85,18 @@ def decoder_cost(model: nn.Module, plan: Plan | DecoderChoice, *, context: int, 
         kept_params, macs, width = _layer(a, m, len(choice.mlp[i]), len(choice.groups[i]))
         params -= _layer(a, m, m.width, a.n_kv)[0] - kept_params
         per_token += macs
-        products += width
-        kv_width += len(choice.groups[i]) * a.head_dim
+        window = layout.window(model, i)  # a sliding window caches its last window - 1 tokens
+        products += 2 * context * context * width
+        decode += 2 * (context if window is None else min(context, window)) * width
+        kv += 2 * (context if window is None else min(context, window - 1)) * len(choice.groups[i]) * a.head_dim
     element = next(model.parameters()).element_size()
     head = _output_head(model)
     return DecoderCost(
         params=params,
         weight_bytes=params * element,
-        kv_bytes=2 * batch * context * kv_width * element,
-        prefill_macs=context * per_token + 2 * context * context * products + head,
-        decode_macs=per_token + 2 * context * products + head,
+        kv_bytes=batch * kv * element,
+        prefill_macs=context * per_token + products + head,
+        decode_macs=per_token + decode + head,
         context=context,
         batch=batch,
     )

@@ -133,6 +133,10 @@ class DecoderLayout(ABC):
     def keep_layers(self, model: nn.Module, keep: Sequence[int]) -> None:
         """Keep only the layers ``keep`` (indices, in order), in place, and tell the model's config and cache."""
 
+    def window(self, model: nn.Module, index: int) -> int | None:
+        """The sliding window of layer ``index``'s attention (None: it attends to the whole context)."""
+        return None
+
     def config_fields(self, model: nn.Module) -> dict[str, Any] | None:
         """The family's config fields that describe ``model`` as it is now, or None when its config cannot.
 
@@ -197,11 +201,23 @@ class LlamaLayout(DecoderLayout):
         m.gate_proj, m.up_proj = narrowed(m.gate_proj, rows=channels), narrowed(m.up_proj, rows=channels)
         m.down_proj = narrowed(m.down_proj, cols=channels)
 
+    def window(self, model: nn.Module, index: int) -> int | None:
+        """Mistral's ``sliding_window`` holds for every layer; Qwen2's and Qwen3's for those ``layer_types`` say."""
+        config: Any = model.config
+        window = getattr(config, "sliding_window", None)
+        types = getattr(config, "layer_types", None)
+        if window is None or (types is not None and types[index] != "sliding_attention"):
+            return None
+        return int(window)
+
     def config_fields(self, model: nn.Module) -> dict[str, Any] | None:
         shapes = {(self.mlp(x).width, self.attention(x).n_heads, self.attention(x).n_kv) for x in self.layers(model)}
         if len(shapes) != 1:
             return None
         (width, heads, kv), d = shapes.pop(), self.attention(self.layers(model)[0]).head_dim
+        config: Any = model.config
+        if config.model_type == "llama" and config.hidden_size % heads:
+            return None  # LlamaConfig refuses a width its head count does not divide, head_dim given or not
         return {"intermediate_size": width, "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": d}
 
     def keep_layers(self, model: nn.Module, keep: Sequence[int]) -> None:

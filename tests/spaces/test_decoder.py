@@ -14,22 +14,29 @@ from evaluators import build_model
 from spaces import Plan, PlanError, UnsupportedModelError
 from spaces.decoder import apply_decoder_plan, decoder_cost, decoder_groups, layout_of, resolve
 
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gpt2"]
+# the hf-tiny families, and two with sliding windows: Mistral's on every layer, Qwen2's on its upper layers
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gpt2", "mistral-sliding", "qwen2-sliding"]
+SLIDING = {
+    "mistral-sliding": ("mistral", {"sliding_window": 4}),
+    "qwen2-sliding": ("qwen2", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}),
+}
 
 
 def plan_for(model: torch.nn.Module) -> Plan:
-    """Half of layer 0's MLP and key-value groups, a quarter of layer 1's MLP, layer 2 dropped."""
+    """Half of layer 0's MLP and key-value groups, layer 1 dropped (the layers after it renumbered), a quarter
+    of layer 2's MLP."""
     path = layout_of(model).layers_path(model)
     return Plan(
-        prune={f"{path}.0.mlp": 0.5, f"{path}.0.attn": 0.5, f"{path}.1.mlp": 0.25},
-        depth={f"{path}.2": "shortcut"},
+        prune={f"{path}.0.mlp": 0.5, f"{path}.0.attn": 0.5, f"{path}.2.mlp": 0.25},
+        depth={f"{path}.1": "shortcut"},
     )
 
 
 def tiny(family: str) -> torch.nn.Module:
     from evaluators._hf import tiny_model
 
-    return tiny_model(family, **({"n_layer": 3} if family == "gpt2" else {"num_hidden_layers": 3}))
+    family, extra = SLIDING.get(family, (family, {}))
+    return tiny_model(family, **({"n_layer": 3} if family == "gpt2" else {"num_hidden_layers": 3, **extra}))
 
 
 def ids(n: int = 12, seed: int = 0) -> torch.Tensor:
@@ -73,15 +80,17 @@ def test_a_pruned_model_computes_what_the_plan_applied_by_hand_computes(family: 
     assert len(layout.layers(pruned)) == 2 and pruned.config.num_hidden_layers == 2
     widths = [layout.mlp(layer).width for layer in layout.layers(pruned)]
     dense = [layout.mlp(layer).width for layer in layout.layers(model)]
-    assert widths == [dense[0] // 2, dense[1] * 3 // 4]
+    assert widths == [dense[0] // 2, dense[2] * 3 // 4]
     first, before = layout.attention(layout.layers(pruned)[0]), layout.attention(layout.layers(model)[0])
     assert (first.n_kv, first.n_heads) == (before.n_kv // 2, before.n_heads // 2)
     with torch.no_grad():
         got, want = pruned(ids()).logits, by_hand(model, plan)(ids()).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(got, model(ids()).logits, atol=1e-3)  # the plan did change the model
-    generated = pruned.generate(ids(6), max_new_tokens=4, do_sample=False)
-    assert generated.shape == (2, 10)
+    # generation through the cache (renumbered layers, per-layer windows) gives what recomputing everything gives
+    cached = pruned.generate(ids(6), max_new_tokens=8, do_sample=False)
+    assert cached.shape == (2, 14)
+    assert torch.equal(cached, pruned.generate(ids(6), max_new_tokens=8, do_sample=False, use_cache=False))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -166,3 +175,22 @@ def test_a_family_without_a_layout_is_named_with_the_supported_ones() -> None:
     model.config.model_type = "falcon"
     with pytest.raises(UnsupportedModelError, match=r"no decoder layout reads model_type 'falcon' .*gpt2, llama"):
         layout_of(model)
+
+
+def test_the_config_says_what_a_uniform_plan_made_and_nothing_it_cannot_say() -> None:
+    from evaluators._hf import tiny_model
+
+    model = tiny_model("llama")
+    pruned = apply_decoder_plan(
+        model, Plan(prune={f"model.layers.{i}.{k}": 0.5 for i in range(2) for k in ("mlp", "attn")})
+    )
+    assert (pruned.config.intermediate_size, pruned.config.num_attention_heads, pruned.config.num_key_value_heads) == (
+        64,
+        2,
+        1,
+    )
+    assert model.config.intermediate_size == 128  # the base model's config is its own
+    # 3 of 4 heads: LlamaConfig refuses a width of 64 over 3 heads, so the config cannot say it
+    mha = tiny_model("llama", num_key_value_heads=4)
+    odd = apply_decoder_plan(mha, Plan(prune={f"model.layers.{i}.attn": 0.25 for i in range(2)}))
+    assert layout_of(odd).config_fields(odd) is None and odd.config.num_attention_heads == 4

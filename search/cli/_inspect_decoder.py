@@ -1,0 +1,124 @@
+"""``prunetune inspect --model hf:PATH``: a language model's layers, exact costs and the one-rule plans at a budget.
+
+A language model's structures come from its family's layout (:mod:`spaces.decoder`):
+per layer, the MLP's intermediate channels and the attention's key-value groups.
+The cost table gives parameters, weight bytes, the KV cache at ``--context``
+tokens and ``--batch`` sequences, memory (weights plus cache) and MACs per token
+for prefill and decode, for the dense model and uniform prune ratios; with
+``--memory 50%`` it adds the plans of the one-rule pruners at that budget
+(uniform, global by importance per byte, depth by block influence on the
+standard library's calibration text).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from spaces.decoder import DecoderCost, DecoderSpace
+
+__all__ = ["cmd_inspect_decoder", "is_decoder_spec", "positive_int"]
+
+
+def is_decoder_spec(spec: str) -> bool:
+    return spec.startswith(("hf:", "hf-tiny:"))
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer of at least 1, got {text!r}")
+    return value
+
+
+def _si(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def cmd_inspect_decoder(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from evaluators import build_model, load_weights
+    from spaces.decoder import DecoderSpace
+
+    model = build_model(args.model)
+    if args.weights:
+        load_weights(model, args.weights)
+    space = DecoderSpace(model, context=args.context, batch=args.batch)
+    limit = space.memory_limit(args.memory) if args.memory else None  # a bad budget fails before any output
+    console = Console(width=max(Console().width, 120))  # the cost table's eight columns
+    layers = space.layout.layers(model)
+    table = Table(title=f"{args.model}: {len(layers)} decoder layers ({space.layout.name} layout)")
+    for col in ("layer", "MLP channels", "query heads", "key-value groups", "head width"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    path = space.layout.layers_path(model)
+    for i, layer in enumerate(layers):
+        a, m = space.layout.attention(layer), space.layout.mlp(layer)
+        table.add_row(f"{path}.{i}", str(m.width), str(a.n_heads), str(a.n_kv), str(a.head_dim))
+    console.print(table)
+    rows: list[tuple[str, DecoderCost | str]] = [("dense", space.dense)]
+    rows += [(f"uniform {r:g}", space.cost(space.uniform_plan(r))) for r in args.ratios]
+    if limit is not None:
+        rows += _one_rule_rows(space, limit)
+    _print_costs(console, space, rows, limit)
+    return 0
+
+
+def _one_rule_rows(space: DecoderSpace, limit: int) -> list[tuple[str, DecoderCost | str]]:
+    from evaluators._text import stdlib_text
+    from spaces import PlanError
+
+    calibration = stdlib_text(max_bytes=space.context * 8 + 1).calibration
+    rules = {
+        "uniform, fitted": lambda: space.fit(space.uniform_plan(0.0), limit),
+        "global": lambda: space.global_plan(limit),
+        "depth": lambda: space.depth_plan(limit, calibration),
+    }
+    rows: list[tuple[str, DecoderCost | str]] = []
+    for name, rule in rules.items():
+        try:
+            rows.append((name, space.cost(rule())))
+        except PlanError as exc:
+            rows.append((name, str(exc)))
+    return rows
+
+
+def _print_costs(console: Console, space: DecoderSpace, rows: list, limit: int | None) -> None:
+    from rich.table import Table
+
+    dense = space.dense
+    title = f"cost (KV cache at {space.context} tokens x {space.batch}; MACs per token, batch 1)"
+    if limit is not None:
+        title += f"; one-rule plans at a memory budget of {_si(limit)}B"
+    table = Table(title=title)
+    for col in ("plan", "params", "weights", "KV cache", "memory", "memory %", "prefill MACs", "decode MACs"):
+        table.add_column(col, justify="left" if col == "plan" else "right")
+    notes = []
+    for name, c in rows:
+        if isinstance(c, str):
+            table.add_row(name, *["—"] * 7)
+            notes.append(f"{name}: {c}")
+            continue
+        table.add_row(
+            name,
+            _si(c.params),
+            _si(c.weight_bytes) + "B",
+            _si(c.kv_bytes) + "B",
+            _si(c.memory_bytes) + "B",
+            f"{c.memory_bytes / dense.memory_bytes:.1%}",
+            _si(c.prefill_macs_per_token),
+            _si(c.decode_macs),
+        )
+    console.print(table)
+    for line in notes:
+        console.print(line)
