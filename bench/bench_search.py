@@ -236,14 +236,14 @@ def table_rows(b: float, log: dict[str, Any]) -> list[list[str]]:
     accs, cost = log["accs"], log["cost"]
     arms = ("(a) torch-pruning uniform", "(b) torch-pruning global", "(h) ModelOpt FastNAS")
     libraries = [statistics.mean(accs[k]) for k in arms if k in accs]
-    better = max(libraries) if libraries else float("nan")  # --no-one-shot: no library arm to compare with
+    better = max(libraries) if libraries else 0.0  # --no-one-shot: no library arm to compare with
     rows = []
     for name, vals in accs.items():
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        gain = 100 * (statistics.mean(vals) - better)
+        gain = f"{100 * (statistics.mean(vals) - better):+.2f}" if libraries else "—"  # no one-liner ran
         rows.append(
             [f"{b:.0%}", name, f"{100 * statistics.mean(cost[name]):.1f}%",
-             f"{100 * statistics.mean(vals):.2f} ± {100 * sd:.2f}", f"{gain:+.2f}"]
+             f"{100 * statistics.mean(vals):.2f} ± {100 * sd:.2f}", gain]
         )  # fmt: skip
     return rows
 
