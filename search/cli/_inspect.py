@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from search.cli._inspect_decoder import si
 from spaces import PruneTuneError
 
 if TYPE_CHECKING:
@@ -55,13 +56,6 @@ def budget_arg(text: str) -> Budget:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _si(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:.0f}"
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
@@ -106,7 +100,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for name, c in rows:
         ratio = c.ratio(base)
         costs.add_row(
-            name, _si(c.macs), f"{ratio['macs']:.1%}", _si(c.params), f"{ratio['params']:.1%}", _si(c.bytes) + "B"
+            name, si(c.macs), f"{ratio['macs']:.1%}", si(c.params), f"{ratio['params']:.1%}", si(c.bytes) + "B"
         )
     console.print(costs)
     _print_layers(console, space)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from spaces.decoder import DecoderCost, DecoderSpace
 
-__all__ = ["cmd_inspect_decoder", "is_decoder_spec", "positive_int"]
+__all__ = ["cmd_inspect_decoder", "is_decoder_spec", "positive_int", "si"]
 
 
 def is_decoder_spec(spec: str) -> bool:
@@ -37,7 +37,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _si(n: float) -> str:
+def si(n: float) -> str:
+    """``n`` with an SI prefix (K, M, G), as both inspect commands print costs."""
     for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= div:
             return f"{n / div:.2f}{unit}"
@@ -99,7 +100,7 @@ def _print_costs(console: Console, space: DecoderSpace, rows: list, limit: int |
     dense = space.dense
     title = f"cost (KV cache at {space.context} tokens x {space.batch}; MACs per token, batch 1)"
     if limit is not None:
-        title += f"; one-rule plans at a memory budget of {_si(limit)}B"
+        title += f"; one-rule plans at a memory budget of {si(limit)}B"
     table = Table(title=title)
     for col in ("plan", "params", "weights", "KV cache", "memory", "memory %", "prefill MACs", "decode MACs"):
         table.add_column(col, justify="left" if col == "plan" else "right")
@@ -111,13 +112,13 @@ def _print_costs(console: Console, space: DecoderSpace, rows: list, limit: int |
             continue
         table.add_row(
             name,
-            _si(c.params),
-            _si(c.weight_bytes) + "B",
-            _si(c.kv_bytes) + "B",
-            _si(c.memory_bytes) + "B",
+            si(c.params),
+            si(c.weight_bytes) + "B",
+            si(c.kv_bytes) + "B",
+            si(c.memory_bytes) + "B",
             f"{c.memory_bytes / dense.memory_bytes:.1%}",
-            _si(c.prefill_macs_per_token),
-            _si(c.decode_macs),
+            si(c.prefill_macs_per_token),
+            si(c.decode_macs),
         )
     console.print(table)
     for line in notes:

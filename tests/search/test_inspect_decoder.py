@@ -6,15 +6,9 @@ import pytest
 
 from evaluators import build_model
 from search.cli import main
+from search.cli._inspect_decoder import si
 from spaces import Plan
 from spaces.decoder import DecoderSpace
-
-
-def _si(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:.0f}"
 
 
 def test_inspect_prints_layers_costs_and_the_one_rule_plans(capsys: pytest.CaptureFixture[str]) -> None:
@@ -23,12 +17,12 @@ def test_inspect_prints_layers_costs_and_the_one_rule_plans(capsys: pytest.Captu
     space = DecoderSpace(build_model("hf-tiny:llama"), context=1024)
     assert "2 decoder layers (llama layout)" in out and "model.layers.1" in out
     dense = space.dense
-    assert f"{_si(dense.kv_bytes)}B" in out and f"{_si(dense.memory_bytes)}B" in out  # 2 x 1024 x 2 x 32 x 4 bytes
+    assert f"{si(dense.kv_bytes)}B" in out and f"{si(dense.memory_bytes)}B" in out  # 2 x 1024 x 2 x 32 x 4 bytes
     assert dense.kv_bytes == 2 * 1024 * 2 * 32 * 4
     half = space.cost(space.uniform_plan(0.5))
-    assert f"{_si(half.memory_bytes)}B" in out
+    assert f"{si(half.memory_bytes)}B" in out
     fitted = space.cost(space.fit(space.uniform_plan(0.0), space.memory_limit("60%")))
-    assert "uniform, fitted" in out and f"{_si(fitted.memory_bytes)}B" in out
+    assert "uniform, fitted" in out and f"{si(fitted.memory_bytes)}B" in out
     assert "global" in out and "depth" in out
     assert space.cost(Plan()) == dense
 
