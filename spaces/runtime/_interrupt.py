@@ -196,10 +196,7 @@ def safe_points() -> contextlib.AbstractContextManager[None]:
     return _deferring(raise_at_end=True)
 
 
-_unraisable_before: list[Callable[[sys.UnraisableHookArgs], object]] = []
-
-
-def _silence_ignored_interrupts() -> None:
+def _silence_ignored_interrupts() -> tuple[Callable[[sys.UnraisableHookArgs], object], ...]:
     """Keep Python from printing a traceback for an :class:`Interrupted` it had to ignore.
 
     A signal raised inside a ``__del__``, a weakref callback (importlib's module
@@ -208,9 +205,9 @@ def _silence_ignored_interrupts() -> None:
     with a traceback) and goes on. The flag is still set and the watchdog raises
     the signal again moments later, so that report is noise; every other
     unraisable exception still goes to the hook that was installed before.
+    Returns the hook installed and the one it replaced, for the block's end.
     """
     before = sys.unraisablehook
-    _unraisable_before.append(before)
 
     def hook(unraisable: sys.UnraisableHookArgs) -> None:
         if unraisable.exc_type is not None and issubclass(unraisable.exc_type, Interrupted):
@@ -218,6 +215,7 @@ def _silence_ignored_interrupts() -> None:
         before(unraisable)
 
     sys.unraisablehook = hook
+    return hook, before
 
 
 @contextlib.contextmanager
@@ -239,9 +237,10 @@ def handle_signals(*, keep: bool = False) -> Iterator[None]:
         return
     previous = {s: signal.getsignal(s) for s in _SIGNALS}
     outermost = not _flag.installed
+    hooks = None
     if outermost:
         _flag.signum, _flag.raised_at, _flag.deferred = None, None, 0
-        _silence_ignored_interrupts()
+        hooks = _silence_ignored_interrupts()
     _flag.installed += 1
     for s in _SIGNALS:
         signal.signal(s, _on_signal)
@@ -258,10 +257,8 @@ def handle_signals(*, keep: bool = False) -> Iterator[None]:
                 signal.signal(s, handler)
             if not _flag.installed:
                 _flag.signum, _flag.raised_at = None, None
-        if outermost:
-            before = _unraisable_before.pop()
-            if getattr(sys.unraisablehook, "__qualname__", "").startswith("_silence_ignored_interrupts"):
-                sys.unraisablehook = before  # ours: put back what was there (a hook set inside the block stays)
+        if hooks is not None and sys.unraisablehook is hooks[0]:
+            sys.unraisablehook = hooks[1]  # ours: put back what was there (a hook set inside the block stays)
 
 
 def reinstall_handlers() -> None:
