@@ -298,7 +298,8 @@ class EvaluateConfig(_Section):
     rescore_top: int = Field(
         0,
         ge=0,
-        description="re-score the best N at the top rung with a longer fine-tune, as a rung of its own (0: off)",
+        description="re-score the best N at the top rung with a longer fine-tune, as a rung of its own, with up to "
+        "N more that the N-th does not beat beyond its noise (0: off)",
     )
     rescore_steps: int | None = Field(
         None, ge=1, description="fine-tune steps in all of the re-scoring rung (default: four times the top rung's)"

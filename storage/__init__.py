@@ -22,7 +22,16 @@ if TYPE_CHECKING:
     from storage._queue import Submissions, SubmissionStatus
     from storage._records import PHASES, FinalResult, PhaseTimes, StudySpec
     from storage._report import candidates_frame, write_report
-    from storage._samples import Paired, load_sample_scores, paired_difference, save_sample_scores, scores_path, ties
+    from storage._samples import (
+        Paired,
+        Pick,
+        load_sample_scores,
+        paired_difference,
+        pick_within_cap,
+        save_sample_scores,
+        scores_path,
+        ties,
+    )
     from storage._schema import SCHEMA_VERSION, CandidateRow, StudyRecord, SubmissionRecord
     from storage._store import StudyStore
     from storage._store_errors import StoreDamagedError, StoreError, StudyFullError, StudyMismatchError
@@ -36,6 +45,7 @@ __all__ = [
     "Paired",
     "Panel",
     "PhaseTimes",
+    "Pick",
     "ReportExtras",
     "ReportInput",
     "StoreDamagedError",
@@ -60,6 +70,7 @@ __all__ = [
     "over_cap_note",
     "paired_difference",
     "pareto_front",
+    "pick_within_cap",
     "plan_summary",
     "public_url",
     "register_panel",
@@ -77,6 +88,8 @@ _WHERE = {
     "PhaseTimes": "_records",
     "StudySpec": "_records",
     "Paired": "_samples",
+    "Pick": "_samples",
+    "pick_within_cap": "_samples",
     "load_sample_scores": "_samples",
     "paired_difference": "_samples",
     "save_sample_scores": "_samples",

@@ -31,6 +31,7 @@ from storage._figures import (
     structure_figure,
     table,
 )
+from storage._samples import PICK_LEGEND
 from storage._view import latency_check, over_cap_note
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def _front(r: ReportInput) -> str:
     if r.info.stopped:  # the last run ended on its time limit: the front is what that time bought
         body += note(r.info.stopped)
     if (r.df["pick"] == "≈").any():
-        body += note("pick: * the study's pick; ≈ within its noise (under 2 paired standard errors on the same images)")
+        body += note(PICK_LEGEND.replace("`", ""))
     over_note = over_cap_note(r.store.over_cap(r.info.id)) if len(over) else None
     if over_note is None:
         return body

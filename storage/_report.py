@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spaces import Status
-from storage._pareto import best_within_cap
-from storage._samples import ties
+from storage._samples import PICK_LEGEND, Pick, pick_within_cap
 from storage._view import VIEW_COLUMNS, candidate_view, latency_check, over_cap_note
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from storage._figures import ReportExtras
+    from storage._schema import CandidateRow
     from storage._store import StudyStore
 
 __all__ = ["candidates_frame", "write_report"]
@@ -22,7 +22,8 @@ __all__ = ["candidates_frame", "write_report"]
 
 def candidates_frame(store: StudyStore, study: str) -> pd.DataFrame:
     """All candidates of ``study`` as a DataFrame (the columns of :func:`storage._view.candidate_view`, then
-    ``pick``: ``*`` the study's pick, ``≈`` a candidate within its noise, :func:`storage.ties`)."""
+    ``pick``: ``*`` the study's pick, ``≈`` a candidate within the best-scored one's noise,
+    :func:`storage.pick_within_cap`)."""
     import pandas as pd
 
     info = store.study(study)
@@ -31,10 +32,18 @@ def candidates_frame(store: StudyStore, study: str) -> pd.DataFrame:
     rows = [candidate_view(r, info.base_cost, front) for r in candidates]
     df = pd.DataFrame(rows, columns=list(VIEW_COLUMNS))
     done = [r for r in candidates if r.status is Status.COMPLETE]
-    best = best_within_cap(done, info.spec.score)
-    tied = ties(done, best, info.spec.score) if best is not None else {}
-    df["pick"] = ["*" if best is not None and r.id == best.id else "≈" if r.id in tied else "" for r in candidates]
+    pick = pick_within_cap(done, info.spec.score)
+    df["pick"] = [_pick_mark(r, pick) for r in candidates]
     return df
+
+
+def _pick_mark(r: CandidateRow, pick: Pick | None) -> str:
+    """``*`` the pick, ``≈`` the best-scored (when a cheaper plan tied with it was picked) or one tied with it."""
+    if pick is None:
+        return ""
+    if r.id == pick.row.id:
+        return "*"
+    return "≈" if r.id in pick.tied or r.id == pick.best.id else ""
 
 
 def write_report(
@@ -80,6 +89,7 @@ def write_report(
         front[shown].to_markdown(index=False, floatfmt=".4g") if len(front) else "(no completed candidate yet)",
         "",
         *([f"{check}.", ""] if check else []),
+        *([PICK_LEGEND, ""] if (front["pick"] == "≈").any() else []),
         *_over_cap_section(over, shown, over_note),
         "## All candidates",
         "",

@@ -8,9 +8,12 @@ was right and its cross-entropy, in a file beside its weights
 candidates is then the mean of their per-image differences and its standard
 error the differences' spread over ``sqrt(n)`` (:func:`paired_difference`).
 
-:func:`ties` lists the candidates within the noise of the pick ("best
-within the cap", at its rung): a difference of less than two paired standard
-errors, which the terminal's front and the report mark. Comparisons need the
+:func:`ties` lists the candidates within the noise of the best-scored
+candidate ("best within the cap", at its rung): a difference of less than two
+paired standard errors. :func:`pick_within_cap` declares no winner inside that
+noise: of the best-scored and the candidates tied with it, the cheapest plan
+is the study's pick (MACs, then weight bytes, then parameters), and the
+terminal's front and the report say so. Comparisons need the
 same images: candidates at another rung (another validation subset), or
 without a scores file (a study stored before these files, a Ray node's
 artifacts elsewhere), are left out. This module is torch-free (numpy, imported when used).
@@ -30,9 +33,23 @@ if TYPE_CHECKING:
 
     from storage._schema import CandidateRow
 
-__all__ = ["Paired", "load_sample_scores", "paired_difference", "save_sample_scores", "scores_path", "ties"]
+__all__ = [
+    "Paired",
+    "Pick",
+    "load_sample_scores",
+    "paired_difference",
+    "pick_within_cap",
+    "save_sample_scores",
+    "scores_path",
+    "ties",
+]
 
 TIE_Z = 2.0  # a difference within this many paired standard errors is a tie (about 95 %)
+PICK_LEGEND = (  # the report's legend of its ``pick`` column (Markdown; the HTML panel drops the backticks)
+    "`pick`: `*` the study's pick: the best-scored within the cap, or the cheapest plan within its noise; `≈` within"
+    " the best-scored one's noise (under 2 paired standard errors on the same validation images): no winner is"
+    " declared inside the noise."
+)
 
 
 def scores_path(artifact: str | Path) -> Path:
@@ -109,3 +126,43 @@ def ties(rows: Sequence[CandidateRow], best: CandidateRow, score: str = "accurac
         if paired is not None and paired.tied:
             out[r.id] = paired
     return out
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The study's pick and why: ``best`` scored best within the cap; ``row`` is the cheapest plan within its
+    noise (``best`` itself when nothing cheaper is tied with it); ``tied``: :func:`ties` of ``best``."""
+
+    row: CandidateRow
+    best: CandidateRow
+    tied: dict[int, Paired]
+
+    @property
+    def cheaper(self) -> bool:
+        """Whether a cheaper plan tied with the best-scored one was picked in its place."""
+        return self.row.id != self.best.id
+
+
+def _cheapness(r: CandidateRow) -> tuple[float, float, float]:
+    """A sort key, cheapest first: MACs, then weight bytes, then parameters (a missing cost is never cheaper)."""
+    return tuple(math.inf if v is None else float(v) for v in (r.macs, r.bytes, r.params))  # type: ignore[return-value]
+
+
+def pick_within_cap(rows: Sequence[CandidateRow], score: str = "accuracy") -> Pick | None:
+    """The study's pick among ``rows``: no winner declared inside the noise.
+
+    The best-scored candidate within the cap (:func:`storage.best_within_cap`)
+    is compared with every candidate at its rung on the same validation
+    images (:func:`ties`); of it and those tied with it, the cheapest plan is
+    picked (:func:`_cheapness`; on equal costs the best-scored stays). Without
+    per-image scores (an older study, a Ray node's files elsewhere) nothing is
+    tied and the best-scored is the pick. ``None`` when no candidate has an accuracy.
+    """
+    from storage._pareto import best_within_cap
+
+    best = best_within_cap(rows, score)
+    if best is None:
+        return None
+    tied = ties(rows, best, score)
+    pool = [best, *(r for r in rows if r.id in tied)]
+    return Pick(row=min(pool, key=_cheapness), best=best, tied=tied)

@@ -22,7 +22,7 @@ from search.operations._report_data import write_study_report
 from search.study._candidate import is_dead
 from search.study._study import RunResult, Search
 from spaces import Interrupted, Status, UsageError, interrupt_requested
-from storage import best_within_cap, latency_check
+from storage import best_within_cap, latency_check, pick_within_cap
 
 if TYPE_CHECKING:
     from storage import StudyStore
@@ -191,18 +191,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
     done = [r for r in rows if r.status is Status.COMPLETE and r.accuracy is not None]
-    best = best_within_cap(done, info.spec.score)
+    pick = pick_within_cap(done, info.spec.score)
     c = Console()
     c.print(f"study {study!r}: model {info.model_spec} on {info.data_spec}, budget {info.budget}")
     base_acc = info.base_accuracy
     c.print(f"base accuracy {base_acc:.4f}" if base_acc is not None else "base accuracy unknown")
     c.print(f"candidates: {len(rows)} (" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")")
     c.print(f"front: {len(store.front(info.id))} candidates")
-    if best is not None:
+    if pick is not None:
+        best = pick.best
         c.print(
             f"best accuracy within budget: {best.accuracy:.4f} (trial {best.trial_number}, "
             f"MACs {pct(best.macs, info.base_cost.get('macs'))})"
         )
+        if pick.cheaper:  # no winner inside the noise: the cheaper plan tied with it is the pick
+            row = pick.row
+            c.print(
+                f"pick: trial {row.trial_number} ({row.accuracy:.4f}, MACs {pct(row.macs, info.base_cost.get('macs'))}"
+                f"), the cheapest plan within the noise of trial {best.trial_number}"
+            )
 
     for r in (r for r in rows if r.status is Status.RUNNING):
         trial = "-" if r.trial_number is None else r.trial_number

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spaces import CandidateKind, UsageError
-from storage import best_within_cap
+from storage import pick_within_cap
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -227,7 +227,8 @@ def report_extras(
                 f"{', '.join(str(r.trial_number) for r in front) or 'none'}"
             )
     elif front:
-        chosen = best_within_cap(front, info.spec.score)
+        pick = pick_within_cap(front, info.spec.score)  # the study's pick: no winner inside the noise
+        chosen = None if pick is None else pick.row
     filters = filters_frame(space, Plan.from_json(chosen.plan)) if chosen is not None else None
     if chosen is None:
         notes["filters"] = "no completed candidate yet: the front is empty"

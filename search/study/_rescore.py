@@ -9,6 +9,13 @@ and none is running, the ``k`` best candidates at the top rung (by
 continue from their own weights to ``evaluate.rescore_steps`` fine-tune steps
 in all (default: four times the top rung's), with a fresh cosine schedule, and
 are scored on the whole validation split, as a promoted candidate is. The
+candidates just below the ``k`` that the ``k``-th does not beat beyond its
+noise (:func:`storage.ties`: under two paired standard errors on the same
+validation images) go on with them, at most ``k`` more: no candidate is left
+out of the longer fine-tune by a difference the score cannot see. (A study
+with a time limit re-scores exactly ``k``, the time it reserved; and a rerun
+after an interrupt that had already re-scored the ``k``-th cannot compare
+with it any more, so only the ``k`` are finished.) The
 result is stored as a rung of its own (``StudyStore.add_rung``: the rung, the
 candidate's accuracy, its new weights file), so "best within the cap"
 (:func:`storage.best_within_cap`: the best-scored of those trained longest)
@@ -64,7 +71,20 @@ def _chosen(p: Prepared, on_time: bool) -> list[CandidateRow]:
     ranked = [r for r in rows if r.status is Status.COMPLETE and r.top_rung >= top and r.artifact]
     score = p.config.evaluate.score
     ranked.sort(key=lambda r: (_missing_last(r.score_after(p.rungs[-1], score)), r.macs or 0.0, r.id))
-    return [r for r in ranked[: p.config.evaluate.rescore_top] if r.top_rung == top]
+    k = p.config.evaluate.rescore_top
+    chosen = ranked[:k]
+    if len(chosen) == k and chosen[-1].top_rung == top and p.config.search.time is None:
+        chosen += _tied_with(chosen[-1], [r for r in ranked[k : 2 * k] if r.top_rung == top], score)
+    return [r for r in chosen if r.top_rung == top]
+
+
+def _tied_with(edge: CandidateRow, below: list[CandidateRow], score: str) -> list[CandidateRow]:
+    """Those of ``below`` (ranked just under the ``k`` best) whose score ``edge`` (the ``k``-th) does not beat
+    beyond its noise: the re-scoring rung takes them too (see the module docs)."""
+    from storage import ties
+
+    tied = ties([edge, *below], edge, score)
+    return [r for r in below if r.id in tied]
 
 
 def _missing_last(score: float | None) -> float:

@@ -13,11 +13,13 @@ from search import load_config
 from search.cli import main
 from search.cli._tables import front_table
 from storage import (
+    CandidateRow,
     StudyStore,
     best_within_cap,
     candidates_frame,
     load_sample_scores,
     paired_difference,
+    pick_within_cap,
     save_sample_scores,
     scores_path,
     ties,
@@ -70,9 +72,53 @@ def test_a_study_keeps_per_image_scores_and_marks_ties_with_its_pick(make_config
     save_sample_scores(far.artifact, np.zeros(n, dtype=bool), np.full(n, 9.0))  # all wrong: no tie
     tied = ties(rows, best)
     assert twin.id in tied and far.id not in tied and tied[twin.id].diff == 0.0
+    pick = pick_within_cap(rows)  # no winner inside the noise: the cheaper of the two tied plans is the pick
+    assert pick is not None and pick.best.id == best.id and set(pick.tied) == set(tied)
+    pool = [best, *(r for r in rows if r.id in tied)]  # a small validation split: others may tie too
+    cheaper = min(pool, key=lambda r: (r.macs, r.bytes, r.params))
+    assert pick.row.id == cheaper.id and pick.cheaper == (cheaper is not best)
     frame = candidates_frame(store, "t").set_index("candidate")
-    assert frame.loc[best.id, "pick"] == "*" and frame.loc[twin.id, "pick"] == "≈" and frame.loc[far.id, "pick"] == ""
+    assert frame.loc[cheaper.id, "pick"] == "*" and frame.loc[far.id, "pick"] == ""
+    assert all(frame.loc[r.id, "pick"] == "≈" for r in pool if r is not cheaper)
     console = Console(width=200, record=True)
     console.print(front_table("front", rows, info.base_cost))
-    text = console.export_text()
-    assert f"{twin.trial_number} ≈" in text and "≈ tied with *" in text
+    text = " ".join(console.export_text().split())
+    assert f"{twin.trial_number if twin is not cheaper else best.trial_number} ≈" in text
+    assert f"{cheaper.trial_number} *" in text
+    if pick.cheaper:
+        assert f"* the cheapest plan tied with the best-scored (trial {best.trial_number}, ≈)" in text
+    else:
+        assert "≈ tied with *" in text
+
+
+def _row(tmp_path, id_: int, macs: float, correct: np.ndarray, rung: int = 1) -> CandidateRow:
+    """A stored-like candidate at ``rung`` whose per-image answers are ``correct``."""
+    weights = tmp_path / f"{id_}.safetensors"
+    save_sample_scores(weights, correct, np.where(correct, 0.1, 2.0))
+    return CandidateRow(
+        id=id_, trial_number=id_, plan="{}", plan_hash=str(id_), status="COMPLETE", accuracy=float(correct.mean()),
+        macs=macs, params=macs / 10, bytes=macs / 2.5, latency_ms=None, seconds=1.0, error=None, artifact=str(weights),
+        rung=rung, rungs=[[50, float(correct.mean()), 1.0]] * (rung + 1),
+    )  # fmt: skip
+
+
+def test_the_pick_is_the_cheapest_plan_within_the_noise_of_the_best_scored(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    answers = rng.random(1000) < 0.9
+    best = _row(tmp_path, 1, 500.0, answers)
+    near = answers.copy()
+    near[np.flatnonzero(answers)[:3]] = False  # three images fewer: 0.3 points, inside the noise
+    cheap_tied = _row(tmp_path, 2, 400.0, near)
+    cheaper_far = _row(tmp_path, 3, 300.0, answers & (rng.random(1000) < 0.8))  # 18 points worse: not tied
+    dearer_tied = _row(tmp_path, 4, 600.0, near)
+    pick = pick_within_cap([best, cheap_tied, cheaper_far, dearer_tied])
+    assert pick is not None and pick.best.id == 1 and set(pick.tied) == {2, 4}
+    assert pick.row.id == 2 and pick.cheaper  # the cheapest of the tied, never the cheaper plan outside the noise
+    assert pick.tied[2].diff == pytest.approx(0.003)
+    lower_rung = _row(tmp_path, 5, 100.0, answers, rung=0)  # another rung: other images, never compared
+    pick = pick_within_cap([best, dearer_tied, lower_rung])
+    assert pick is not None and pick.row.id == 1 and not pick.cheaper and set(pick.tied) == {4}
+    scores_path(cheap_tied.artifact).unlink()  # no per-image scores: nothing is tied with it
+    pick = pick_within_cap([best, cheap_tied])
+    assert pick is not None and pick.row.id == 1 and pick.tied == {}
+    assert pick_within_cap([]) is None
