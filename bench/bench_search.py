@@ -74,15 +74,17 @@ from search import Search, load_config
 from search.operations._finalize import train_final
 from search.preparation._prepare import allocator_sensitivity
 from spaces import Budget, Plan, Status, measure_cost
-from storage import CandidateRow, best_within_cap
+from storage import CandidateRow, pick_within_cap
 
 
 def best_of(rows: list[CandidateRow], score: str) -> CandidateRow:
-    """The study's pick: the best-scored on validation (``evaluate.score``) among the candidates trained longest."""
-    best = best_within_cap([r for r in rows if r.status is Status.COMPLETE], score)
-    if best is None:
+    """The study's pick (:func:`storage.pick_within_cap`): the best-scored on validation (``evaluate.score``)
+    among the candidates trained longest, or the cheapest plan within its noise (runs before 2026-12-07 16:30
+    took the best-scored alone)."""
+    pick = pick_within_cap([r for r in rows if r.status is Status.COMPLETE], score)
+    if pick is None:
         raise RuntimeError("the study finished no candidate")
-    return best
+    return pick.row
 
 
 def _by_id(rows: list[CandidateRow]) -> list[CandidateRow]:
