@@ -37,9 +37,10 @@ Both studies use ``search.floor = "cap"`` (the question is the best model at the
 budget), the same successive-halving rungs (``--rungs``: fine-tune steps, the
 best third promoted; lower rungs score on ``--max-val`` validation images, the
 top rung on the whole validation split) and the same re-scoring of the best
-``--rescore-top`` at four times the top rung's steps. "Best of N" is
-:func:`storage.best_within_cap`: the most accurate on validation among those
-trained longest. The second table gives, per study, how many candidates it
+``--rescore-top`` at four times the top rung's steps (and those the last of
+them does not beat beyond its noise). "Best of N" is the study's pick,
+:func:`storage.pick_within_cap`: the most accurate on validation among those
+trained longest, or the cheapest plan within its noise. The second table gives, per study, how many candidates it
 needed to come within 0.3 points (of validation accuracy at the top rung) of
 its final best, and how many the search (and every other study beside random
 search) needed to reach random search's final best. ``--curve`` also runs the
