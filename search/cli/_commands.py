@@ -14,11 +14,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from search._config import config_flags, legacy_flags, load_config, missing_onnx
-from search.cli._staged import staged
 from search.cli._tables import front_table, pct
 from search.operations._export import export_candidate, out_dir
 from search.operations._finalize import finalize
 from search.operations._report_data import write_study_report
+from search.operations._staged import staged
 from search.study._candidate import is_dead
 from search.study._study import RunResult, Search
 from spaces import Interrupted, Status, UsageError, interrupt_requested

@@ -17,6 +17,11 @@
   every MatMul of ``model.onnx``: each projection, the MLPs and the output head
   hold 8- or 4-bit codes and compute with ONNX Runtime's blockwise kernels.
 
+The files are written in a staging folder and moved into ``out`` at the end
+(:mod:`search.operations._staged`): an export that fails, or is interrupted,
+leaves ``out`` as it was, and a new export replaces every file of an old one
+(an old ``hf/`` the new plan cannot express goes too).
+
 ``export.json`` records, per ONNX file, its bytes, the largest logit difference
 from the torch model and the top-1 next-token agreement with it on ``tokens``
 (held-out text), and the analytic cost beside the weights' bytes.
@@ -32,12 +37,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from search.operations._staged import staged
 from spaces import Plan
 
 __all__ = ["export_decoder", "load_decoder"]
 
 PARITY_ATOL = 1e-4
 BITS = (8, 4)
+FILES = ("model.safetensors", "plan.json", "hf", "model.onnx", *(f"model.int{b}.onnx" for b in BITS), "export.json")
 
 
 class _Logits(nn.Module):
@@ -69,22 +76,23 @@ def export_decoder(
 
     from spaces.decoder import apply_decoder_plan, decoder_cost, layout_of
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    dest = Path(out)
+    dest.mkdir(parents=True, exist_ok=True)
     compressed = (compressed if compressed is not None else apply_decoder_plan(model, plan)).eval()
-    save_model(compressed, str(out / "model.safetensors"))
-    (out / "plan.json").write_text(plan.to_json(indent=2))
-    cost = decoder_cost(model, plan, context=context)
-    report: dict[str, Any] = {"plan": plan.hash, "params": cost.params, "weight_bytes": cost.weight_bytes}
-    fields = layout_of(compressed).config_fields(compressed)
-    if fields is None:
-        report["hf"] = "not written: the family's config cannot say these widths and heads (per layer, or per width)"
-    else:
-        _save_pretrained(compressed, fields, out / "hf")
-        report["hf"] = "hf/"
-    batch = torch.stack([tokens[i * context : (i + 1) * context] for i in range(4)])
-    report["onnx"] = _onnx_files(compressed, batch, out)
-    (out / "export.json").write_text(json.dumps(report, indent=2))
+    with staged(dest, stale=FILES, last="export.json") as out:  # a failure leaves ``dest`` as it was
+        save_model(compressed, str(out / "model.safetensors"))
+        (out / "plan.json").write_text(plan.to_json(indent=2))
+        cost = decoder_cost(model, plan, context=context)
+        report: dict[str, Any] = {"plan": plan.hash, "params": cost.params, "weight_bytes": cost.weight_bytes}
+        fields = layout_of(compressed).config_fields(compressed)
+        if fields is None:
+            report["hf"] = "not written: the family's config cannot say these widths and heads (per layer or width)"
+        else:
+            _save_pretrained(compressed, fields, out / "hf")
+            report["hf"] = "hf/"
+        batch = torch.stack([tokens[i * context : (i + 1) * context] for i in range(4)])
+        report["onnx"] = _onnx_files(compressed, batch, out)
+        (out / "export.json").write_text(json.dumps(report, indent=2))
     return report
 
 
@@ -109,8 +117,7 @@ def _onnx_files(model: nn.Module, batch: torch.Tensor, out: Path) -> dict[str, A
     with torch.no_grad():
         reference = wrapped(batch)
     found: dict[str, Any] = {"model.onnx": _agreement(ort_session(path, 2), batch, reference)}
-    if found["model.onnx"]["max_abs"] > PARITY_ATOL:
-        path.unlink()
+    if found["model.onnx"]["max_abs"] > PARITY_ATOL:  # the staging folder goes, and with it the whole export
         raise ValueError(f"the ONNX model's logits differ from torch's by {found['model.onnx']['max_abs']:.2e}")
     quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level, quiet.level = quiet.level, logging.WARNING

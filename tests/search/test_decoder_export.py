@@ -67,3 +67,29 @@ def test_a_plan_the_config_cannot_say_is_rebuilt_by_our_loader(trained: torch.nn
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "short" / "hf", local_files_only=True).eval()
     assert plain.config.num_hidden_layers == 1
     torch.testing.assert_close(logits(plain), logits(apply_decoder_plan(trained, plan)), atol=1e-5, rtol=1e-5)
+
+
+def test_an_export_that_fails_leaves_the_folder_as_it_was_and_a_new_one_replaces_every_file(
+    trained: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from search.operations import _decoder_export
+
+    uniform = Plan(prune={f"model.layers.{i}.mlp": 0.5 for i in range(2)})
+    export_decoder(trained, uniform, tmp_path, tokens=TEXT.heldout)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    assert Path("hf/config.json") in before and Path("model.int4.onnx") in before
+
+    def broken(*_: object) -> dict:
+        raise RuntimeError("the exporter failed half-way")
+
+    monkeypatch.setattr(_decoder_export, "_onnx_files", broken)
+    mixed = Plan(prune={"model.layers.0.mlp": 0.5})  # one layer narrower: no hf/
+    with pytest.raises(RuntimeError, match="half-way"):
+        export_decoder(trained, mixed, tmp_path, tokens=TEXT.heldout)
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    assert after == before  # no file touched, no staging folder left
+    monkeypatch.undo()
+    export_decoder(trained, mixed, tmp_path, tokens=TEXT.heldout)
+    assert not (tmp_path / "hf").exists()  # the old export's hf/ would contradict the new plan
+    assert Plan.from_json((tmp_path / "plan.json").read_text()) == mixed
+    assert torch.equal(logits(load_decoder(trained, tmp_path)), logits(apply_decoder_plan(trained, mixed)))

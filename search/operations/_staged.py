@@ -29,7 +29,7 @@ PREFIX = ".prunetune-partial-"
 def staged(dest: Path, *, stale: Iterable[str] = (), last: str | None = None) -> Iterator[Path]:
     """A new empty folder inside ``dest`` (which must exist) to write into; see the module docs.
 
-    ``stale``: names of files in ``dest`` removed when the staged files move
+    ``stale``: names of files (or folders) in ``dest`` removed when the staged files move
     in (unless one of them replaces it). ``last``: the file that moves in
     last (an export's ``model.json``, which says what the folder holds).
     """
@@ -43,7 +43,17 @@ def staged(dest: Path, *, stale: Iterable[str] = (), last: str | None = None) ->
     with protected():
         made = {f.name for f in tmp.iterdir()}
         for name in set(stale) - made:
-            (dest / name).unlink(missing_ok=True)
+            _remove(dest / name)
         for name in sorted(made, key=lambda n: (n == last, n)):
+            if (dest / name).is_dir() and not (dest / name).is_symlink():
+                shutil.rmtree(dest / name)  # a folder (a Hugging Face export's hf/) is replaced whole
             os.replace(tmp / name, dest / name)
         tmp.rmdir()
+
+
+def _remove(path: Path) -> None:
+    """Remove a stale file or folder, if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
