@@ -47,9 +47,9 @@ from typing import Any
 import torch
 from _shared import machine, parse, print_table, temp_dir
 
-from evaluators._lm import cached_teacher, recover
+from evaluators._lm import cached_teacher, recover, tokens_per_second
 from evaluators._text import perplexity, stdlib_text
-from spaces import Plan, PlanError, summarize, time_calls
+from spaces import Plan, PlanError
 from spaces.decoder import DecoderSpace
 
 SMOKE = {
@@ -115,17 +115,6 @@ def arms(space: DecoderSpace, limit: int, calibration: torch.Tensor) -> dict[str
         except PlanError as exc:
             out[name] = str(exc)
     return out
-
-
-def tokens_per_second(model: Any, context: int) -> tuple[float, float]:
-    """Prefill of ``context`` tokens and decode of 32 with the cache, batch 1, tokens per second (medians)."""
-    ids = torch.randint(0, 256, (1, context), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        prefill = summarize(time_calls(lambda: model(input_ids=ids, use_cache=False), runs=9, warmup=3))
-        generate = lambda: model.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)  # noqa: E731
-        decode = summarize(time_calls(generate, runs=5, warmup=1))
-    decode_ms = max(decode["median_ms"] - prefill["median_ms"], 1e-6)  # generate prefills once, then decodes
-    return context / prefill["median_ms"] * 1e3, 32 / decode_ms * 1e3
 
 
 def run_budget(args: argparse.Namespace, share: float, seeds: list[int], teach: Any, text: Any) -> list[list[str]]:

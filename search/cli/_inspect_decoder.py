@@ -7,7 +7,10 @@ tokens and ``--batch`` sequences, memory (weights plus cache) and MACs per token
 for prefill and decode, for the dense model and uniform prune ratios; with
 ``--memory 50%`` it adds the plans of the one-rule pruners at that budget
 (uniform, global by importance per byte, depth by block influence on the
-standard library's calibration text).
+standard library's calibration text). With ``--measure`` each plan is also
+built and timed on this machine (:func:`evaluators._lm.tokens_per_second`:
+torch, batch 1, prefill of ``--context`` tokens and decode of 32 with the
+cache): measured, never derived from the MACs.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from torch import nn
 
-    from spaces.decoder import DecoderCost, DecoderSpace
+    from spaces import Plan
+    from spaces.decoder import DecoderSpace
 
 __all__ = ["cmd_inspect_decoder", "is_decoder_spec", "positive_int", "si"]
 
@@ -50,6 +55,7 @@ def cmd_inspect_decoder(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from evaluators import build_model, load_weights
+    from spaces import Plan
     from spaces.decoder import DecoderSpace
 
     model = build_model(args.model)
@@ -67,15 +73,15 @@ def cmd_inspect_decoder(args: argparse.Namespace) -> int:
         a, m = space.layout.attention(layer), space.layout.mlp(layer)
         table.add_row(f"{path}.{i}", str(m.width), str(a.n_heads), str(a.n_kv), str(a.head_dim))
     console.print(table)
-    rows: list[tuple[str, DecoderCost | str]] = [("dense", space.dense)]
-    rows += [(f"uniform {r:g}", space.cost(space.uniform_plan(r))) for r in args.ratios]
+    rows: list[tuple[str, Plan | str]] = [("dense", Plan())]
+    rows += [(f"uniform {r:g}", space.uniform_plan(r)) for r in args.ratios]
     if limit is not None:
         rows += _one_rule_rows(space, limit)
-    _print_costs(console, space, rows, limit)
+    _print_costs(console, space, rows, limit, model if args.measure else None)
     return 0
 
 
-def _one_rule_rows(space: DecoderSpace, limit: int) -> list[tuple[str, DecoderCost | str]]:
+def _one_rule_rows(space: DecoderSpace, limit: int) -> list[tuple[str, Plan | str]]:
     from evaluators._text import stdlib_text
     from spaces import PlanError
 
@@ -85,41 +91,56 @@ def _one_rule_rows(space: DecoderSpace, limit: int) -> list[tuple[str, DecoderCo
         "global": lambda: space.global_plan(limit),
         "depth": lambda: space.depth_plan(limit, calibration),
     }
-    rows: list[tuple[str, DecoderCost | str]] = []
+    rows: list[tuple[str, Plan | str]] = []
     for name, rule in rules.items():
         try:
-            rows.append((name, space.cost(rule())))
+            rows.append((name, rule()))
         except PlanError as exc:
             rows.append((name, str(exc)))
     return rows
 
 
-def _print_costs(console: Console, space: DecoderSpace, rows: list, limit: int | None) -> None:
+def _print_costs(
+    console: Console,
+    space: DecoderSpace,
+    rows: list[tuple[str, Plan | str]],
+    limit: int | None,
+    model: nn.Module | None,
+) -> None:
+    """The cost table of ``rows`` (a plan, or why a rule found none); with ``model``, each plan measured too."""
     from rich.table import Table
 
     dense = space.dense
     title = f"cost (KV cache at {space.context} tokens x {space.batch}; MACs per token, batch 1)"
     if limit is not None:
         title += f"; one-rule plans at a memory budget of {si(limit)}B"
+    if model is not None:
+        title += f"; measured here: prefill of {space.context} tokens, decode of 32 with the cache, batch 1"
+    columns = ["plan", "params", "weights", "KV cache", "memory", "memory %", "prefill MACs", "decode MACs"]
+    columns += ["prefill tok/s", "decode tok/s"] if model is not None else []
     table = Table(title=title)
-    for col in ("plan", "params", "weights", "KV cache", "memory", "memory %", "prefill MACs", "decode MACs"):
+    for col in columns:
         table.add_column(col, justify="left" if col == "plan" else "right")
     notes = []
-    for name, c in rows:
-        if isinstance(c, str):
-            table.add_row(name, *["—"] * 7)
-            notes.append(f"{name}: {c}")
+    for name, plan in rows:
+        if isinstance(plan, str):
+            table.add_row(name, *["—"] * (len(columns) - 1))
+            notes.append(f"{name}: {plan}")
             continue
-        table.add_row(
-            name,
-            si(c.params),
-            si(c.weight_bytes) + "B",
-            si(c.kv_bytes) + "B",
-            si(c.memory_bytes) + "B",
-            f"{c.memory_bytes / dense.memory_bytes:.1%}",
-            si(c.prefill_macs_per_token),
-            si(c.decode_macs),
-        )
+        c = space.cost(plan)
+        cells = [si(c.params), si(c.weight_bytes) + "B", si(c.kv_bytes) + "B", si(c.memory_bytes) + "B"]
+        cells += [f"{c.memory_bytes / dense.memory_bytes:.1%}", si(c.prefill_macs_per_token), si(c.decode_macs)]
+        if model is not None:
+            cells += [f"{v:,.0f}" for v in _measured(model, plan, space.context)]
+        table.add_row(name, *cells)
     console.print(table)
     for line in notes:
         console.print(line)
+
+
+def _measured(model: nn.Module, plan: Plan, context: int) -> tuple[float, float]:
+    """Prefill and decode tokens per second of ``plan`` applied to ``model``, measured on this machine."""
+    from evaluators._lm import tokens_per_second
+    from spaces.decoder import apply_decoder_plan
+
+    return tokens_per_second(apply_decoder_plan(model, plan), context)

@@ -27,6 +27,31 @@ def test_inspect_prints_layers_costs_and_the_one_rule_plans(capsys: pytest.Captu
     assert space.cost(Plan()) == dense
 
 
+def test_inspect_measures_each_plans_tokens_per_second_on_this_machine(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from evaluators import _lm
+
+    timed: list[tuple[int, int]] = []  # per plan measured: the model's MLP width, and the context timed
+    real = _lm.tokens_per_second
+
+    def spy(model, context: int, new_tokens: int = 32) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+        timed.append((model.model.layers[0].mlp.up_proj.out_features, context))
+        return real(model, context, new_tokens)
+
+    monkeypatch.setattr(_lm, "tokens_per_second", spy)
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["inspect", "--model", "hf-tiny:llama", "--context", "16", "--ratios", "0.5", "--measure"]) == 0
+    out = capsys.readouterr().out
+    assert timed == [(128, 16), (64, 16)]  # the dense model and the uniform plan, each built and timed
+    assert "prefill tok/s" in out and "decode tok/s" in out and "measured here: prefill of 16 tokens" in out
+    rows = [line for line in out.splitlines() if line.lstrip("│ ").startswith(("dense", "uniform 0.5"))]
+    for row in rows:  # two measured speeds at the end of each plan's row, positive
+        cells = [c.strip() for c in row.strip("│ ").split("│")]
+        assert float(cells[-1].replace(",", "")) > 0 and float(cells[-2].replace(",", "")) > 0
+    assert len(rows) == 2
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
