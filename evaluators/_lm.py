@@ -117,7 +117,8 @@ def tokens_per_second(model: nn.Module, context: int, new_tokens: int = 32) -> t
     from spaces import summarize, time_calls
 
     vocab = int(getattr(model.config, "vocab_size", 256))
-    ids = torch.randint(0, vocab, (1, context), generator=torch.Generator().manual_seed(0))
+    device = next(model.parameters()).device
+    ids = torch.randint(0, vocab, (1, context), generator=torch.Generator().manual_seed(0)).to(device)
     model.eval()
     with torch.no_grad():
         prefill = summarize(time_calls(lambda: model(input_ids=ids, use_cache=False), runs=9, warmup=3))

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spaces import Status
 from storage._samples import PICK_LEGEND, Pick, pick_within_cap
 from storage._view import VIEW_COLUMNS, candidate_view, latency_check, over_cap_note
 
@@ -31,8 +30,7 @@ def candidates_frame(store: StudyStore, study: str) -> pd.DataFrame:
     candidates = store.candidates(info.id)
     rows = [candidate_view(r, info.base_cost, front) for r in candidates]
     df = pd.DataFrame(rows, columns=list(VIEW_COLUMNS))
-    done = [r for r in candidates if r.status is Status.COMPLETE]
-    pick = pick_within_cap(done, info.spec.score)
+    pick = pick_within_cap([r for r in candidates if r.id in front], info.spec.score)  # as `front` and `status`
     df["pick"] = [_pick_mark(r, pick) for r in candidates]
     return df
 

@@ -149,20 +149,31 @@ def _cheapness(r: CandidateRow) -> tuple[float, float, float]:
 
 
 def pick_within_cap(rows: Sequence[CandidateRow], score: str = "accuracy") -> Pick | None:
-    """The study's pick among ``rows``: no winner declared inside the noise.
+    """The study's pick among ``rows`` (the front, as every view passes it): no winner declared inside the noise.
 
     The best-scored candidate within the cap (:func:`storage.best_within_cap`)
     is compared with every candidate at its rung on the same validation
     images (:func:`ties`); of it and those tied with it, the cheapest plan is
-    picked (:func:`_cheapness`; on equal costs the best-scored stays). Without
-    per-image scores (an older study, a Ray node's files elsewhere) nothing is
-    tied and the best-scored is the pick. ``None`` when no candidate has an accuracy.
+    picked (:func:`_cheapness`; on equal costs the best-scored stays), leaving
+    out any that another candidate at that rung beats on the score and every
+    cost (ties are not transitive: a plan can tie with the best-scored while a
+    cheaper, better one does not). Without per-image scores (an older study, a
+    Ray node's files elsewhere) nothing is tied and the best-scored is the
+    pick. ``None`` when no candidate has an accuracy.
     """
-    from storage._pareto import best_within_cap
+    from storage._pareto import best_within_cap, dominates
 
     best = best_within_cap(rows, score)
     if best is None:
         return None
     tied = ties(rows, best, score)
-    pool = [best, *(r for r in rows if r.id in tied)]
-    return Pick(row=min(pool, key=_cheapness), best=best, tied=tied)
+    level = [r for r in rows if r.top_rung == best.top_rung and r.accuracy is not None and not r.over_cap]
+
+    def point(r: CandidateRow) -> list[float | None]:
+        s = r.score_after(r.top_steps, score) if score != "accuracy" else r.accuracy
+        return [None if s is None else -s, *_cheapness(r)]
+
+    pool = [
+        r for r in (best, *(r for r in rows if r.id in tied)) if not any(dominates(point(o), point(r)) for o in level)
+    ]
+    return Pick(row=min(pool or [best], key=_cheapness), best=best, tied=tied)

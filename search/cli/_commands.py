@@ -190,14 +190,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
-    done = [r for r in rows if r.status is Status.COMPLETE and r.accuracy is not None]
-    pick = pick_within_cap(done, info.spec.score)
+    front = store.front(info.id)
+    pick = pick_within_cap(front, info.spec.score)  # as `front` and the report pick: on the front
     c = Console()
     c.print(f"study {study!r}: model {info.model_spec} on {info.data_spec}, budget {info.budget}")
     base_acc = info.base_accuracy
     c.print(f"base accuracy {base_acc:.4f}" if base_acc is not None else "base accuracy unknown")
     c.print(f"candidates: {len(rows)} (" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")")
-    c.print(f"front: {len(store.front(info.id))} candidates")
+    c.print(f"front: {len(front)} candidates")
     if pick is not None:
         best = pick.best
         c.print(

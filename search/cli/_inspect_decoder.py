@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = ["cmd_inspect_decoder", "is_decoder_spec", "positive_int", "si"]
 
+MEASURED_NEW = 32  # tokens decoded with the cache by --measure
+
 
 def is_decoder_spec(spec: str) -> bool:
     return spec.startswith(("hf:", "hf-tiny:"))
@@ -63,7 +65,9 @@ def cmd_inspect_decoder(args: argparse.Namespace) -> int:
         load_weights(model, args.weights)
     space = DecoderSpace(model, context=args.context, batch=args.batch)
     limit = space.memory_limit(args.memory) if args.memory else None  # a bad budget fails before any output
-    console = Console(width=max(Console().width, 120))  # the cost table's eight columns
+    if args.measure:
+        _check_positions(model, args.context)
+    console = Console(width=max(Console().width, 120))  # the cost table's columns
     layers = space.layout.layers(model)
     table = Table(title=f"{args.model}: {len(layers)} decoder layers ({space.layout.name} layout)")
     for col in ("layer", "MLP channels", "query heads", "key-value groups", "head width"):
@@ -79,6 +83,19 @@ def cmd_inspect_decoder(args: argparse.Namespace) -> int:
         rows += _one_rule_rows(space, limit)
     _print_costs(console, space, rows, limit, model if args.measure else None)
     return 0
+
+
+def _check_positions(model: nn.Module, context: int) -> None:
+    """``--measure`` times ``context`` + 32 positions: a model built for fewer is a one-line usage error."""
+    from spaces import UsageError
+
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit is not None and context + MEASURED_NEW > int(limit):
+        raise UsageError(
+            f"--measure times --context {context} tokens and {MEASURED_NEW} more, but the model has "
+            f"{limit} positions: use --context {int(limit) - MEASURED_NEW} or less"
+        )
 
 
 def _one_rule_rows(space: DecoderSpace, limit: int) -> list[tuple[str, Plan | str]]:
@@ -143,4 +160,4 @@ def _measured(model: nn.Module, plan: Plan, context: int) -> tuple[float, float]
     from evaluators._lm import tokens_per_second
     from spaces.decoder import apply_decoder_plan
 
-    return tokens_per_second(apply_decoder_plan(model, plan), context)
+    return tokens_per_second(apply_decoder_plan(model, plan), context, MEASURED_NEW)

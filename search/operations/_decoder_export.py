@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +73,28 @@ def export_decoder(
     ``compressed`` is the model to export, the plan applied to ``model`` and then
     trained (a recovered student); by default the plan applied to ``model`` as it is.
     """
-    from safetensors.torch import save_model
-
-    from spaces.decoder import apply_decoder_plan, decoder_cost, layout_of
+    from spaces.decoder import apply_decoder_plan
 
     dest = Path(out)
+    created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
     compressed = (compressed if compressed is not None else apply_decoder_plan(model, plan)).eval()
-    with staged(dest, stale=FILES, last="export.json") as out:  # a failure leaves ``dest`` as it was
+    try:
+        report = _write(model, compressed, plan, dest, tokens, context)
+    except BaseException:
+        if created:
+            shutil.rmtree(dest, ignore_errors=True)  # a folder made for this export goes with it
+        raise
+    return report
+
+
+def _write(model: nn.Module, compressed: nn.Module, plan: Plan, dest: Path, tokens: torch.Tensor, context: int) -> dict:
+    """The files of :func:`export_decoder`, staged in ``dest``: a failure leaves ``dest`` as it was."""
+    from safetensors.torch import save_model
+
+    from spaces.decoder import decoder_cost, layout_of
+
+    with staged(dest, stale=FILES, last="export.json") as out:
         save_model(compressed, str(out / "model.safetensors"))
         (out / "plan.json").write_text(plan.to_json(indent=2))
         cost = decoder_cost(model, plan, context=context)

@@ -42,6 +42,8 @@ def staged(dest: Path, *, stale: Iterable[str] = (), last: str | None = None) ->
         raise
     with protected():
         made = {f.name for f in tmp.iterdir()}
+        if last is not None and last in made:
+            _remove(dest / last)  # the old manifest goes first: it never stands beside the new files
         for name in set(stale) - made:
             _remove(dest / name)
         for name in sorted(made, key=lambda n: (n == last, n)):

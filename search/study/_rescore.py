@@ -13,9 +13,9 @@ candidates just below the ``k`` that the ``k``-th does not beat beyond its
 noise (:func:`storage.ties`: under two paired standard errors on the same
 validation images) go on with them, at most ``k`` more: no candidate is left
 out of the longer fine-tune by a difference the score cannot see. (A study
-with a time limit re-scores exactly ``k``, the time it reserved; and a rerun
-after an interrupt that had already re-scored the ``k``-th cannot compare
-with it any more, so only the ``k`` are finished.) The
+with a time limit re-scores exactly ``k``, the time it reserved.) The ``k``-th
+is re-scored last, after the candidates tied with it: a rerun after an
+interrupt finds it still at the top rung, and so the same ties. The
 result is stored as a rung of its own (``StudyStore.add_rung``: the rung, the
 candidate's accuracy, its new weights file), so "best within the cap"
 (:func:`storage.best_within_cap`: the best-scored of those trained longest)
@@ -74,7 +74,8 @@ def _chosen(p: Prepared, on_time: bool) -> list[CandidateRow]:
     k = p.config.evaluate.rescore_top
     chosen = ranked[:k]
     if len(chosen) == k and chosen[-1].top_rung == top and p.config.search.time is None:
-        chosen += _tied_with(chosen[-1], [r for r in ranked[k : 2 * k] if r.top_rung == top], score)
+        extra = _tied_with(chosen[-1], [r for r in ranked[k : 2 * k] if r.top_rung == top], score)
+        chosen = [*chosen[:-1], *extra, chosen[-1]]  # the k-th last: until it is done, a rerun finds the same ties
     return [r for r in chosen if r.top_rung == top]
 
 

@@ -88,6 +88,9 @@ def test_an_export_that_fails_leaves_the_folder_as_it_was_and_a_new_one_replaces
         export_decoder(trained, mixed, tmp_path, tokens=TEXT.heldout)
     after = {p.relative_to(tmp_path): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
     assert after == before  # no file touched, no staging folder left
+    with pytest.raises(RuntimeError, match="half-way"):
+        export_decoder(trained, mixed, tmp_path / "new", tokens=TEXT.heldout)
+    assert not (tmp_path / "new").exists()  # a folder made for the failed export goes with it
     monkeypatch.undo()
     export_decoder(trained, mixed, tmp_path, tokens=TEXT.heldout)
     assert not (tmp_path / "hf").exists()  # the old export's hf/ would contradict the new plan

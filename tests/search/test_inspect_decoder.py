@@ -62,6 +62,10 @@ def test_inspect_measures_each_plans_tokens_per_second_on_this_machine(
         (["--model", "hf:/no/such/dir"], "hf model directory '/no/such/dir' does not exist"),
         (["--model", "hf-tiny:llama", "--memory", "lots"], "memory budget must be a share in (0, 1]"),
         (["--model", "hf-tiny:falcon"], "hf-tiny family must be one of llama, mistral"),
+        (
+            ["--model", "hf-tiny:gpt2", "--context", "250", "--measure"],
+            "--measure times --context 250 tokens and 32 more, but the model has 256 positions: use --context 224",
+        ),
     ],
 )
 def test_bad_language_model_input_is_one_line_and_exit_2(

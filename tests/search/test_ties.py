@@ -51,7 +51,9 @@ def test_a_paired_difference_is_the_mean_of_per_image_differences(tmp_path) -> N
     assert load_sample_scores(weights) is None
 
 
-def test_a_study_keeps_per_image_scores_and_marks_ties_with_its_pick(make_config: ConfigMaker) -> None:
+def test_a_study_keeps_per_image_scores_and_marks_ties_with_its_pick(
+    make_config: ConfigMaker, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = make_config(search__candidates=5)
     assert main(["run", str(cfg), "--quiet"]) == 0
     store = StudyStore(load_config(cfg).storage.url)
@@ -72,23 +74,26 @@ def test_a_study_keeps_per_image_scores_and_marks_ties_with_its_pick(make_config
     save_sample_scores(far.artifact, np.zeros(n, dtype=bool), np.full(n, 9.0))  # all wrong: no tie
     tied = ties(rows, best)
     assert twin.id in tied and far.id not in tied and tied[twin.id].diff == 0.0
-    pick = pick_within_cap(rows)  # no winner inside the noise: the cheaper of the two tied plans is the pick
-    assert pick is not None and pick.best.id == best.id and set(pick.tied) == set(tied)
-    pool = [best, *(r for r in rows if r.id in tied)]  # a small validation split: others may tie too
-    cheaper = min(pool, key=lambda r: (r.macs, r.bytes, r.params))
-    assert pick.row.id == cheaper.id and pick.cheaper == (cheaper is not best)
+    # every view picks on the front, by one rule: the table's star, the report's `*` and status's pick agree
+    front = store.front(info.id)
+    pick = pick_within_cap(front)
+    assert pick is not None and (pick.row.id == pick.best.id or pick.row.id in pick.tied)
     frame = candidates_frame(store, "t").set_index("candidate")
-    assert frame.loc[cheaper.id, "pick"] == "*" and frame.loc[far.id, "pick"] == ""
-    assert all(frame.loc[r.id, "pick"] == "≈" for r in pool if r is not cheaper)
+    assert list(frame.index[frame["pick"] == "*"]) == [pick.row.id]
+    marked = set(frame.index[frame["pick"] == "≈"])
+    assert marked == ({pick.best.id} | set(pick.tied)) - {pick.row.id} and far.id not in marked
     console = Console(width=200, record=True)
-    console.print(front_table("front", rows, info.base_cost))
+    console.print(front_table("front", front, info.base_cost))
     text = " ".join(console.export_text().split())
-    assert f"{twin.trial_number if twin is not cheaper else best.trial_number} ≈" in text
-    assert f"{cheaper.trial_number} *" in text
+    assert f"{pick.row.trial_number} *" in text
     if pick.cheaper:
-        assert f"* the cheapest plan tied with the best-scored (trial {best.trial_number}, ≈)" in text
-    else:
+        assert f"* the cheapest plan tied with the best-scored (trial {pick.best.trial_number}, ≈)" in text
+    elif pick.tied:
         assert "≈ tied with *" in text
+    assert main(["status", str(cfg)]) == 0
+    said = capsys.readouterr().out
+    assert f"(trial {pick.best.trial_number}," in said
+    assert (f"pick: trial {pick.row.trial_number} " in said) == pick.cheaper
 
 
 def _row(tmp_path, id_: int, macs: float, correct: np.ndarray, rung: int = 1) -> CandidateRow:
@@ -122,3 +127,39 @@ def test_the_pick_is_the_cheapest_plan_within_the_noise_of_the_best_scored(tmp_p
     pick = pick_within_cap([best, cheap_tied])
     assert pick is not None and pick.row.id == 1 and pick.tied == {}
     assert pick_within_cap([]) is None
+
+
+def test_the_rescoring_rung_takes_the_candidates_the_kth_does_not_beat_beyond_its_noise(tmp_path) -> None:
+    from search.study._rescore import _tied_with
+
+    rng = np.random.default_rng(2)
+    answers = rng.random(1000) < 0.9
+    edge = _row(tmp_path, 1, 500.0, answers)
+    near = answers.copy()
+    near[np.flatnonzero(answers)[:10]] = False
+    near[np.flatnonzero(~answers)[:8]] = True  # 0.2 points below, differing on 18 images: inside the noise
+    far = answers & (rng.random(1000) < 0.9)  # about 9 points below: beyond it
+    below = [_row(tmp_path, 2, 400.0, far), _row(tmp_path, 3, 450.0, near)]
+    assert [r.id for r in _tied_with(edge, below, "accuracy")] == [3]
+    assert _tied_with(edge, below[:1], "accuracy") == []
+
+
+def test_a_tied_plan_that_a_cheaper_better_plan_beats_is_never_the_pick(tmp_path) -> None:
+    """Ties are not transitive: P ties with the best-scored, D does not (a steadier difference), yet D is both
+    more accurate and cheaper than P. The pick is never P."""
+    answers = np.zeros(1000, dtype=bool)
+    answers[:900] = True  # the best-scored: 0.900
+    p_answers = answers.copy()
+    p_answers[:40], p_answers[900:925] = False, True  # 0.885, differing on 65 images: tied (2 SE = 0.016)
+    d_answers = answers.copy()
+    d_answers[:10] = False  # 0.890, differing on 10 images only: not tied (2 SE = 0.006)
+    best, p, d = (
+        _row(tmp_path, 1, 100.0, answers),
+        _row(tmp_path, 2, 90.0, p_answers),
+        _row(tmp_path, 3, 80.0, d_answers),
+    )
+    pick = pick_within_cap([best, p, d])
+    assert pick is not None and set(pick.tied) == {2}  # P is tied, D is not
+    assert pick.row.id == 1 and not pick.cheaper  # P is left out: D beats it on the score and every cost
+    pick = pick_within_cap([best, p])  # without D, P is the cheapest plan tied with the best-scored
+    assert pick is not None and pick.row.id == 2 and pick.cheaper

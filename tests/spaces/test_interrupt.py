@@ -97,6 +97,7 @@ def test_an_interrupt_python_had_to_ignore_prints_no_traceback_and_is_raised_aga
 
     # No collection between the two: in a large process (the whole suite) one takes longer than the watchdog's
     # NUDGE_S, its reminder then lands in Failing's __del__ and takes the ValueError's place.
+    collecting = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
@@ -108,7 +109,8 @@ def test_an_interrupt_python_had_to_ignore_prints_no_traceback_and_is_raised_aga
         assert NUDGE_S <= time.monotonic() - sent < NUDGE_S + 1.5
         assert reported == [ValueError]  # Python's report of the Interrupted was silenced, nothing else
     finally:
-        gc.enable()
+        if collecting:
+            gc.enable()
         restored = sys.unraisablehook
         sys.unraisablehook = before
     assert restored.__name__ == "<lambda>"  # handle_signals put back the hook it found
