@@ -84,10 +84,7 @@ def write_report(
         + ("" if info.spec.has_test else "; this data has no test split")
         + ").",
         "",
-        front[shown].to_markdown(index=False, floatfmt=".4g") if len(front) else "(no completed candidate yet)",
-        "",
-        *([f"{check}.", ""] if check else []),
-        *([PICK_LEGEND, ""] if (front["pick"] == "≈").any() else []),
+        *_front_notes(front, shown, check),
         *_over_cap_section(over, shown, over_note),
         "## All candidates",
         "",
@@ -105,6 +102,17 @@ def write_report(
         paths.append(out / "report.html")
         paths[3].write_text(render_report(store, info, df, extras), encoding="utf-8")
     return paths
+
+
+def _front_notes(front: pd.DataFrame, shown: list[str], check: str | None) -> list[str]:
+    """The front's table, the latency check's line, and the legend of ``pick`` when a plan is tied with it."""
+    table = front[shown].to_markdown(index=False, floatfmt=".4g") if len(front) else "(no completed candidate yet)"
+    return [
+        table,
+        "",
+        *([f"{check}.", ""] if check else []),
+        *([PICK_LEGEND, ""] if (front["pick"] == "≈").any() else []),
+    ]
 
 
 def _over_cap_section(over: pd.DataFrame, shown: list[str], note: str | None) -> list[str]:

@@ -22,6 +22,12 @@ The files are written in a staging folder and moved into ``out`` at the end
 leaves ``out`` as it was, and a new export replaces every file of an old one
 (an old ``hf/`` the new plan cannot express goes too).
 
+A plan with per-layer ``bits`` keeps its float master weights in
+``model.safetensors`` (the loader quantizes them again, as the plan says);
+``hf/`` and ``model.onnx`` hold the quantized layers' weights on their grid
+(:func:`spaces.dequantized`), so both compute what the compressed model
+computes. The 8- and 4-bit ONNX files still quantize every MatMul at one width.
+
 ``export.json`` records, per ONNX file, its bytes, the largest logit difference
 from the torch model and the top-1 next-token agreement with it on ``tokens``
 (held-out text), and the analytic cost beside the weights' bytes.
@@ -92,6 +98,7 @@ def _write(model: nn.Module, compressed: nn.Module, plan: Plan, dest: Path, toke
     """The files of :func:`export_decoder`, staged in ``dest``: a failure leaves ``dest`` as it was."""
     from safetensors.torch import save_model
 
+    from spaces import dequantized
     from spaces.decoder import decoder_cost, layout_of
 
     with staged(dest, stale=FILES, last="export.json") as out:
@@ -99,14 +106,15 @@ def _write(model: nn.Module, compressed: nn.Module, plan: Plan, dest: Path, toke
         (out / "plan.json").write_text(plan.to_json(indent=2))
         cost = decoder_cost(model, plan, context=context)
         report: dict[str, Any] = {"plan": plan.hash, "params": cost.params, "weight_bytes": cost.weight_bytes}
-        fields = layout_of(compressed).config_fields(compressed)
+        plain = dequantized(compressed)[0] if plan.entries("bits") else compressed  # bits: the weights on their grid
+        fields = layout_of(plain).config_fields(plain)
         if fields is None:
             report["hf"] = "not written: the family's config cannot say these widths and heads (per layer or width)"
         else:
-            _save_pretrained(compressed, fields, out / "hf")
+            _save_pretrained(plain, fields, out / "hf")
             report["hf"] = "hf/"
         batch = torch.stack([tokens[i * context : (i + 1) * context] for i in range(4)])
-        report["onnx"] = _onnx_files(compressed, batch, out)
+        report["onnx"] = _onnx_files(plain, batch, out)
         (out / "export.json").write_text(json.dumps(report, indent=2))
     return report
 

@@ -10,7 +10,14 @@ model's layout (:mod:`spaces.decoder._layout`), named after the layer list
   each with the query heads that read it;
 * ``depth = {"model.layers.5": "shortcut"}`` drops layer 5: the residual stream
   passes it unchanged, which is what a decoder layer computes when its
-  attention's and MLP's outputs are zero.
+  attention's and MLP's outputs are zero;
+* ``bits = {"model.layers.2": 4}`` (or 8) quantizes every projection of layer 2
+  (attention and MLP; the layout's :meth:`~DecoderLayout.projections`) the way
+  the vision models' bits dimension does: weights symmetric per output channel,
+  simulated in torch (:func:`spaces.quantize_layer`), costing
+  :func:`spaces.quantized_bytes`. The embeddings, norms and output head stay
+  float. A layout whose projections are not plain ``Linear`` layers (GPT-2's
+  ``Conv1D``) takes no bits yet.
 
 A ratio ``r`` of ``n`` structures removes ``r * n`` of them rounded half up, and
 keeps at least one. Which ones go is decided by an importance score per structure, the
@@ -27,13 +34,14 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from spaces._errors import PlanError
+from spaces._quant import is_quantizable, quantize_layer
 from spaces.decoder._layout import DecoderLayout, layout_of
 
 if TYPE_CHECKING:
@@ -51,6 +59,7 @@ class DecoderChoice:
     layers: tuple[int, ...]
     mlp: Mapping[int, tuple[int, ...]]
     groups: Mapping[int, tuple[int, ...]]
+    bits: Mapping[int, int] = field(default_factory=dict)  # kept layer -> weight bits of its projections
 
 
 def decoder_groups(model: nn.Module, layout: DecoderLayout | None = None) -> dict[str, int]:
@@ -90,6 +99,7 @@ def resolve(model: nn.Module, plan: Plan, *, scores: Scores | None = None, count
     kept = tuple(i for name, i in blocks.items() if name not in plan.entries("depth"))
     if not kept:
         raise PlanError(f"the plan drops all {len(layers)} decoder layers; at least one must stay")
+    bits = _bits(layout, layers, plan, blocks, kept)
     mlp: dict[int, tuple[int, ...]] = {}
     heads: dict[int, tuple[int, ...]] = {}
     for i in kept:
@@ -104,7 +114,23 @@ def resolve(model: nn.Module, plan: Plan, *, scores: Scores | None = None, count
                 continue
             score = scores[gid] if scores and gid in scores else magnitude(layout, layers[i], kind)
             out[i] = tuple(sorted(torch.topk(score, k).indices.tolist()))
-    return DecoderChoice(kept, mlp, heads)
+    return DecoderChoice(kept, mlp, heads, bits)
+
+
+def _bits(layout: DecoderLayout, layers: nn.ModuleList, plan: Plan, blocks: dict[str, int], kept: tuple) -> dict:
+    """The plan's per-layer bits (4 or 8, as :class:`~spaces.Plan` checks), each on a kept decoder layer of a
+    layout whose projections take them."""
+    out = {}
+    for name, value in plan.entries("bits").items():
+        i = blocks.get(name)
+        if i is None or i not in kept:
+            why = "a dropped layer" if i is not None else "not a decoder layer"
+            raise PlanError(f"bits on {name!r}: {why}; bits name kept decoder layers ({next(iter(blocks))} ...)")
+        projections = layout.projections(layers[i])
+        if not projections or not all(is_quantizable(p) for p in projections):
+            raise PlanError(f"bits on {name!r}: the {layout.name} layout's projections cannot be quantized yet")
+        out[i] = int(value)
+    return out
 
 
 def magnitude(layout: DecoderLayout, layer: nn.Module, kind: str) -> torch.Tensor:
@@ -138,6 +164,9 @@ def apply_decoder_plan(model: nn.Module, plan: Plan | DecoderChoice, *, scores: 
             kv_rows = torch.tensor([k * d + j for k in choice.groups[i] for j in range(d)])
             q_rows = torch.tensor([(k * g + h) * d + j for k in choice.groups[i] for h in range(g) for j in range(d)])
             layout.narrow_attention(layer, q_rows, kv_rows)
+    for i, b in choice.bits.items():
+        for projection in layout.projections(layers[i]):
+            quantize_layer(projection, b)
     if len(choice.layers) < len(layers):
         layout.keep_layers(out, choice.layers)
     fields = layout.config_fields(out)

@@ -7,7 +7,10 @@ Everything is counted from the dense model's shapes and the plan's kept counts
   head shares the embedding's), less what the plan removes: rows and columns
   of the narrowed projections and every parameter of a dropped layer;
 * **weight bytes**: the parameters at the model's element size (``bytes``
-  budgets count these);
+  budgets count these), but a quantized layer's projection weights
+  (``plan.bits``), which cost :func:`spaces.quantized_bytes` at their width
+  (``ceil(numel * bits / 8)`` plus a float32 scale and a one-byte zero point per
+  output channel: what :func:`spaces.parameter_bytes` reads from the built model);
 * **KV-cache bytes** at ``context`` tokens and ``batch`` sequences: a key and a
   value vector of ``head_dim`` per kept key-value head, per kept layer, per
   token, at the model's element size: ``2 * batch * context * sum(n_kv * head_dim)
@@ -35,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from spaces.cost._cost import quantized_bytes
 from spaces.decoder._choice import DecoderChoice, resolve
 from spaces.decoder._layout import AttentionView, MlpView, layout_of
 
@@ -72,7 +76,9 @@ def decoder_cost(model: nn.Module, plan: Plan | DecoderChoice, *, context: int, 
     choice = plan if isinstance(plan, DecoderChoice) else resolve(model, plan, counts_only=True)
     layout = layout_of(model)
     layers = layout.layers(model)
+    element = next(model.parameters()).element_size()
     params = sum(p.numel() for p in model.parameters())  # counted once each, tied or not
+    saved = 0  # bytes the quantized projections save against the element size
     kv = 0  # cached values per sequence: sum over kept layers of 2 * tokens kept * n_kv * head_dim
     per_token = 0  # MACs of the projections and MLPs per token
     products = 0  # attention-product MACs of prefill (every query token against every token)
@@ -82,18 +88,19 @@ def decoder_cost(model: nn.Module, plan: Plan | DecoderChoice, *, context: int, 
         if i not in choice.layers:
             params -= sum(p.numel() for p in layer.parameters())
             continue
-        kept_params, macs, width = _layer(a, m, len(choice.mlp[i]), len(choice.groups[i]))
+        kept_params, macs, width, shapes = _layer(a, m, len(choice.mlp[i]), len(choice.groups[i]))
         params -= _layer(a, m, m.width, a.n_kv)[0] - kept_params
+        if i in choice.bits:
+            saved += sum(n * o * element - quantized_bytes(n * o, o, choice.bits[i]) for n, o, _ in shapes)
         per_token += macs
         window = layout.window(model, i)  # a sliding window caches its last window - 1 tokens
         products += 2 * context * context * width
         decode += 2 * (context if window is None else min(context, window)) * width
         kv += 2 * (context if window is None else min(context, window - 1)) * len(choice.groups[i]) * a.head_dim
-    element = next(model.parameters()).element_size()
     head = _output_head(model)
     return DecoderCost(
         params=params,
-        weight_bytes=params * element,
+        weight_bytes=params * element - saved,
         kv_bytes=batch * kv * element,
         prefill_macs=context * per_token + products + head,
         decode_macs=per_token + decode + head,
@@ -102,8 +109,9 @@ def decoder_cost(model: nn.Module, plan: Plan | DecoderChoice, *, context: int, 
     )
 
 
-def _layer(a: AttentionView, m: MlpView, channels: int, groups: int) -> tuple[int, int, int]:
-    """A layer's projection parameters, MACs per token and query width, at ``channels`` and ``groups`` kept."""
+def _layer(a: AttentionView, m: MlpView, channels: int, groups: int) -> tuple[int, int, int, list]:
+    """A layer's projection parameters, MACs per token, query width and projections' ``(in, out, bias)``
+    shapes, at ``channels`` and ``groups`` kept."""
     q_out, kv_out = groups * a.per_group * a.head_dim, groups * a.head_dim
     hidden, qkv = a.hidden, int(a.qkv_bias)
     # (in, out, bias parameters) of every projection
@@ -114,7 +122,7 @@ def _layer(a: AttentionView, m: MlpView, channels: int, groups: int) -> tuple[in
     shapes.append((channels, m.down.shape[0], 0 if m.down_bias is None else m.down_bias.numel()))
     params = sum(i * o + b for i, o, b in shapes)
     macs = sum(i * o for i, o, _ in shapes)
-    return params, macs, q_out
+    return params, macs, q_out, shapes
 
 
 def _output_head(model: nn.Module) -> int:

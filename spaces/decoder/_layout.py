@@ -137,6 +137,11 @@ class DecoderLayout(ABC):
         """The sliding window of layer ``index``'s attention (None: it attends to the whole context)."""
         return None
 
+    def projections(self, layer: nn.Module) -> tuple[nn.Module, ...]:
+        """The layer's projections (attention and MLP) that per-layer bits quantize; empty: this layout's
+        layers cannot take bits (a plan with bits on them is a one-line error)."""
+        return ()
+
     def config_fields(self, model: nn.Module) -> dict[str, Any] | None:
         """The family's config fields that describe ``model`` as it is now, or None when its config cannot.
 
@@ -190,6 +195,11 @@ class LlamaLayout(DecoderLayout):
     def output_modules(self, layer: nn.Module) -> tuple[nn.Module, nn.Module]:
         a: Any = layer
         return a.self_attn.o_proj, a.mlp.down_proj
+
+    def projections(self, layer: nn.Module) -> tuple[nn.Module, ...]:
+        a: Any = layer
+        attn, mlp = a.self_attn, a.mlp
+        return attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj
 
     def narrow_attention(self, layer: nn.Module, q_rows: torch.Tensor, kv_rows: torch.Tensor) -> None:
         a: Any = layer.self_attn

@@ -96,3 +96,16 @@ def test_an_export_that_fails_leaves_the_folder_as_it_was_and_a_new_one_replaces
     assert not (tmp_path / "hf").exists()  # the old export's hf/ would contradict the new plan
     assert Plan.from_json((tmp_path / "plan.json").read_text()) == mixed
     assert torch.equal(logits(load_decoder(trained, tmp_path)), logits(apply_decoder_plan(trained, mixed)))
+
+
+def test_a_plan_with_bits_exports_what_the_quantized_model_computes(trained: torch.nn.Module, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    plan = Plan(prune={f"model.layers.{i}.mlp": 0.5 for i in range(2)}, bits={"model.layers.0": 4, "model.layers.1": 8})
+    report = export_decoder(trained, plan, tmp_path, tokens=TEXT.heldout)
+    want = logits(apply_decoder_plan(trained, plan))
+    assert not torch.allclose(want, logits(apply_decoder_plan(trained, Plan(prune=plan.entries("prune")))), atol=1e-4)
+    assert torch.equal(logits(load_decoder(trained, tmp_path)), want)  # the master weights, quantized again
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    torch.testing.assert_close(logits(plain), want, atol=1e-5, rtol=1e-5)  # the weights on their grid
+    assert report["onnx"]["model.onnx"]["max_abs"] <= 1e-4 and report["weight_bytes"] < report["params"] * 4

@@ -194,3 +194,41 @@ def test_the_config_says_what_a_uniform_plan_made_and_nothing_it_cannot_say() ->
     mha = tiny_model("llama", num_key_value_heads=4)
     odd = apply_decoder_plan(mha, Plan(prune={f"model.layers.{i}.attn": 0.25 for i in range(2)}))
     assert layout_of(odd).config_fields(odd) is None and odd.config.num_attention_heads == 4
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_per_layer_bits_quantize_a_layer_s_projections_and_cost_their_bytes(family: str) -> None:
+    """Layer 0 at 4 bits and layer 2 at 8, on a pruned and shortened model: the logits are the pruned model's
+    with those projections' weights quantized by hand, and the weight bytes are the built model's."""
+    from spaces import fake_quant_weight, parameter_bytes
+
+    model = tiny(family)
+    structure = plan_for(model)
+    plan = Plan(
+        prune=structure.entries("prune"),
+        depth=structure.entries("depth"),
+        bits={"model.layers.0": 4, "model.layers.2": 8},
+    )
+    quantized = apply_decoder_plan(model, plan)
+    hand = apply_decoder_plan(model, structure)  # layers 0 and 2 are now 0 and 1
+    layout = layout_of(hand)
+    with torch.no_grad():
+        for i, b in ((0, 4), (1, 8)):
+            for p in layout.projections(layout.layers(hand)[i]):
+                p.weight.copy_(fake_quant_weight(p.weight, b))
+        got, want = quantized(ids()).logits, hand(ids()).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, apply_decoder_plan(model, structure)(ids()).logits, atol=1e-4)  # bits did change it
+    cost, float_cost = decoder_cost(model, plan, context=12), decoder_cost(model, structure, context=12)
+    assert cost.weight_bytes == parameter_bytes(quantized) < float_cost.weight_bytes
+    assert (cost.params, cost.kv_bytes, cost.decode_macs) == (
+        float_cost.params,
+        float_cost.kv_bytes,
+        float_cost.decode_macs,
+    )
+    with pytest.raises(PlanError, match=r"bits on 'model.layers.1': a dropped layer"):
+        resolve(model, Plan(depth=structure.entries("depth"), bits={"model.layers.1": 4}))
+    with pytest.raises(
+        PlanError, match=r"bits on 'transformer.h.0': the gpt2 layout's projections cannot be quantized yet"
+    ):
+        resolve(tiny("gpt2"), Plan(bits={"transformer.h.0": 8}))
