@@ -79,9 +79,9 @@ from storage import CandidateRow, pick_within_cap
 
 
 def best_of(rows: list[CandidateRow], score: str) -> CandidateRow:
-    """The study's pick (:func:`storage.pick_within_cap`): the best-scored on validation (``evaluate.score``)
-    among the candidates trained longest, or the cheapest plan within its noise (runs before 2026-12-07 16:30
-    took the best-scored alone)."""
+    """The study's pick among its front's ``rows`` (:func:`storage.pick_within_cap`): the best-scored on
+    validation (``evaluate.score``) among the candidates trained longest, or the cheapest plan within its
+    noise (runs before 2026-12-07 16:30 took the best-scored of all candidates)."""
     pick = pick_within_cap([r for r in rows if r.status is Status.COMPLETE], score)
     if pick is None:
         raise RuntimeError("the study finished no candidate")
@@ -172,7 +172,8 @@ def run_seed(args: argparse.Namespace, b: float, seed: int, log: dict[str, Any])
         top = args.rungs[-1]
         cands = {arm: s.prepared.store.candidates(s.prepared.study_id) for arm, s in runs.items()}
         for arm, rows in cands.items():
-            pick = best_of(rows, runs[arm].cfg.evaluate.score)
+            pr = runs[arm].prepared
+            pick = best_of(pr.store.front(pr.study_id), runs[arm].cfg.evaluate.score)  # on the front, as the CLI
             models[f"{STUDIES[arm][0]}, best of {args.candidates}"] = p.space.apply(Plan.from_json(pick.plan))
             log["blocks"].setdefault(arm, []).append(len(Plan.from_json(pick.plan).entries("depth")))
             log["within"].setdefault(arm, []).append(to_reach(rows, top, final_best(rows, top) - 0.003))
