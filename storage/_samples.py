@@ -145,7 +145,8 @@ class Pick:
 
 def _cheapness(r: CandidateRow) -> tuple[float, float, float]:
     """A sort key, cheapest first: MACs, then weight bytes, then parameters (a missing cost is never cheaper)."""
-    return tuple(math.inf if v is None else float(v) for v in (r.macs, r.bytes, r.params))  # type: ignore[return-value]
+    macs, size, params = (math.inf if v is None else float(v) for v in (r.macs, r.bytes, r.params))
+    return macs, size, params
 
 
 def pick_within_cap(rows: Sequence[CandidateRow], score: str = "accuracy") -> Pick | None:
