@@ -130,9 +130,11 @@ def _save_pretrained(model: nn.Module, fields: dict[str, Any], path: Path) -> No
 def _onnx_files(model: nn.Module, batch: torch.Tensor, out: Path) -> dict[str, Any]:
     """``model.onnx`` (checked against torch) and its 8- and 4-bit weight-only versions, with their agreement."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    from search.operations._nbits import matmul_nbits_quantizer
     from spaces import ort_session, write_onnx
+
+    quantizer = matmul_nbits_quantizer()  # before the export: its import used to turn on every library's INFO
 
     wrapped = _Logits(model).eval()
     path = out / "model.onnx"
@@ -147,7 +149,7 @@ def _onnx_files(model: nn.Module, batch: torch.Tensor, out: Path) -> dict[str, A
     try:
         for bits in BITS:
             name = f"model.int{bits}.onnx"
-            q = MatMulNBitsQuantizer(onnx.load(str(path)), bits=bits, block_size=32, is_symmetric=True)
+            q = quantizer(onnx.load(str(path)), bits=bits, block_size=32, is_symmetric=True)
             q.process()
             q.model.save_model_to_file(str(out / name))
             found[name] = _agreement(ort_session(out / name, 2), batch, reference)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,20 @@ def test_a_plan_with_bits_exports_what_the_quantized_model_computes(trained: tor
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
     torch.testing.assert_close(logits(plain), want, atol=1e-5, rtol=1e-5)  # the weights on their grid
     assert report["onnx"]["model.onnx"]["max_abs"] <= 1e-4 and report["weight_bytes"] < report["params"] * 4
+
+
+def test_the_4_bit_quantizer_is_imported_without_turning_on_every_library_s_info_messages() -> None:
+    """ONNX Runtime's quantizer module calls logging.basicConfig(level=INFO) at import (search.operations._nbits):
+    in a fresh interpreter, the root logger keeps no handler and its WARNING level, and the export prints nothing."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging\n"
+        "from search.operations._nbits import matmul_nbits_quantizer\n"
+        "assert matmul_nbits_quantizer().__name__ == 'MatMulNBitsQuantizer'\n"
+        "root = logging.getLogger()\n"
+        "print(len(root.handlers), root.level)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.split() == ["0", str(logging.WARNING)] and done.stderr == ""
