@@ -383,7 +383,8 @@ class SearchConfig(_Section):
     )
     objectives: list[Objective] = Field(
         [Objective.ACCURACY, Objective.MACS],
-        description="what the front trades: accuracy first, then one or more costs",
+        description="what the front trades: accuracy first, then one or more costs (perplexity and memory are "
+        'the objectives of language-model studies, task = "decoder")',
     )
     floor: str | None = Field(
         None,
@@ -473,6 +474,12 @@ class SearchConfig(_Section):
             shown = [o.value for o in v]
             raise ValueError(
                 f"objectives must start with 'accuracy', add at least one cost and not repeat, got {shown}"
+            )
+        lm = [o.value for o in v if o in (Objective.PERPLEXITY, Objective.MEMORY)]
+        if lm:
+            raise ValueError(
+                f'objective {lm[0]!r} belongs to language-model studies (task = "decoder"); a vision study '
+                "trades accuracy against macs, params, bytes or latency"
             )
         return v
 
@@ -603,6 +610,12 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise ValueError(f"{p}: not valid TOML: {exc}") from None
         except UnicodeDecodeError:
             raise ValueError(f"{p}: not a TOML file (not UTF-8 text)") from None
+        if data.get("task", "vision") != "vision":  # a plug-in task's config (search.tasks)
+            raise ValueError(
+                f"{p} is a task = {data['task']!r} config: `prunetune run` runs it and front, status, report and "
+                "export read its study; this command takes vision configs"
+            )
+        data.pop("task", None)
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if not isinstance(data.setdefault(section, {}), dict):

@@ -51,7 +51,32 @@ def config_reference() -> str:
         if name == "space":  # the built-in dimensions' own tables (a plug-in's would make the file differ)
             tables = [(key, DIMENSIONS.get(key).options) for key in DIMENSIONS.builtins]
             parts += [table_reference(f"[space.{key}]", opts) for key, opts in tables if opts is not None]
-    return "\n".join(parts)
+    return "\n".join([*parts, *_decoder_reference()])
+
+
+DECODER_HEADER = """# Language-model studies (`task = "decoder"`)
+
+A config whose first line is `task = "decoder"` is a language-model study (`search/tasks/_decoder_config.py`,
+[llm.md](llm.md#searching-a-decoder-under-a-memory-budget)): a decoder's per-layer MLP widths, key-value groups
+and depth searched under a memory budget, scored by validation perplexity. Its sections and keys, with the same
+flags (`--budget.memory 30%`):
+"""
+
+
+def _decoder_reference() -> list[str]:
+    """The sections of a ``task = "decoder"`` config (nested tables, such as ``[model.teacher]``, after theirs)."""
+    from search.tasks._decoder_config import DecoderConfig
+
+    parts = [DECODER_HEADER]
+    for name, field in DecoderConfig.model_fields.items():
+        model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        parts.append(table_reference(f"[{name}] (decoder)", model))
+        for inner, f in model.model_fields.items():
+            if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+                parts.append(table_reference(f"[{name}.{inner}] (decoder)", f.annotation))
+    return parts
 
 
 def table_reference(title: str, model: type[BaseModel]) -> str:
@@ -60,6 +85,8 @@ def table_reference(title: str, model: type[BaseModel]) -> str:
     intro = " ".join(own.split("\n\n")[0].split())
     rows = ["| key | type | default | what it does |", "| --- | --- | --- | --- |"]
     for key, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            continue  # a nested table: a section of its own
         default = "required" if field.is_required() else f"`{_default(field)}`"
         what = " ".join((field.description or "").split()).replace("|", "\\|")
         rows.append(f"| `{key}` | {_type(field.annotation)}{_bounds(field)} | {default} | {what} |")

@@ -52,13 +52,16 @@ class Direction(StrEnum):
 
 
 class Objective(StrEnum):
-    """What a study optimises; accuracy is always first (see :attr:`direction`)."""
+    """What a study optimises (see :attr:`direction`): accuracy first, then costs, for a vision study; perplexity
+    and memory (weights plus KV cache, :class:`spaces.decoder.DecoderCost`) for a language-model study."""
 
     ACCURACY = "accuracy"
     MACS = "macs"
     PARAMS = "params"
     BYTES = "bytes"
     LATENCY = "latency"
+    PERPLEXITY = "perplexity"
+    MEMORY = "memory"
 
     @property
     def direction(self) -> Direction:

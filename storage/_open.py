@@ -52,6 +52,10 @@ _UPGRADES: list[list[str]] = [
     ["ALTER TABLE prunetune_candidates ADD COLUMN device_latency JSON"],  # prunetune_profiles: by create_all
     [],  # prunetune_study_profiles: by create_all
     ["ALTER TABLE prunetune_studies ADD COLUMN stopped TEXT"],
+    [
+        "ALTER TABLE prunetune_candidates ADD COLUMN perplexity FLOAT",
+        "ALTER TABLE prunetune_candidates ADD COLUMN memory FLOAT",
+    ],
 ]
 _TABLES = ("prunetune_meta", "prunetune_studies", "prunetune_candidates", "prunetune_pareto")
 _DAMAGED = ("file is not a database", "malformed", "disk image", "file is encrypted")

@@ -36,8 +36,8 @@ __all__ = [
     "submission_record",
 ]
 
-SCHEMA_VERSION = 7  # 2: weights_sha256; 3: kind, phases, test_accuracy, submissions; 4: rung, rungs, final;
-# 5: device_latency, profiles; 6: study_profiles; 7: studies.stopped
+SCHEMA_VERSION = 8  # 2: weights_sha256; 3: kind, phases, test_accuracy, submissions; 4: rung, rungs, final;
+# 5: device_latency, profiles; 6: study_profiles; 7: studies.stopped; 8: perplexity, memory (language models)
 
 
 def now() -> datetime:
@@ -87,6 +87,8 @@ class CandidateTable(Base):
     history: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # [[step, accuracy], ...]
     artifact: Mapped[str | None] = mapped_column(Text, nullable=True)  # weights file of the evaluated model
     weights_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # of the artifact, when written
+    perplexity: Mapped[float | None] = mapped_column(Float, nullable=True)  # language models: validation, lower better
+    memory: Mapped[float | None] = mapped_column(Float, nullable=True)  # language models: weights + KV cache bytes
     kind: Mapped[str | None] = mapped_column(String(16), nullable=True)  # allocator, uniform, sampled, retry
     phases: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # seconds per phase
     test_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)  # reported, never selected on
@@ -205,6 +207,8 @@ class CandidateRow:
     # {"predicted_ms": the profile's prediction; front members also "measured_ms", "p10_ms", "p90_ms", "runs";
     # under a latency cap also "cap_ms", "noise_ms" and "over_cap" (storage.exceeds_cap)}
     device_latency: dict[str, Any] | None = None
+    perplexity: float | None = None  # a language-model study's score: validation perplexity, lower is better
+    memory: float | None = None  # a language-model study's cost: weights plus KV cache at its context, bytes
 
     def accuracy_at(self, rung: int) -> float | None:
         """Validation accuracy after rung ``rung``'s fine-tune (``None`` when the candidate did not reach it)."""
@@ -239,7 +243,8 @@ class CandidateRow:
     def top_rung(self) -> int:
         """The highest rung whose accuracy is known (-1: none)."""
         if self.rungs is None:
-            return 0 if self.accuracy is not None and self.status is Status.COMPLETE else -1
+            scored = self.accuracy is not None or self.perplexity is not None
+            return 0 if scored and self.status is Status.COMPLETE else -1
         return len(self.rungs) - 1
 
     @property

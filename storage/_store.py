@@ -312,11 +312,13 @@ class StudyStore:
         objectives: Sequence[Objective | str] = (Objective.ACCURACY, Objective.MACS),
         phases: PhaseTimes | Mapping[str, float] | None = None,
         rungs: Sequence[Sequence[float | None]] | None = None,
+        perplexity: float | None = None,
     ) -> bool:
         """Record a RUNNING candidate's outcome and, in the same transaction, the study's Pareto front.
 
         ``rungs``: ``[[steps, accuracy, loss], ...]`` of the rungs it reached (``accuracy`` is the last's;
-        the validation loss may be left out).
+        the validation loss may be left out). A language-model candidate gives ``perplexity`` instead of
+        ``accuracy``, and ``cost["memory"]`` (weights plus KV cache, bytes) beside its parameters and bytes.
         ``False`` (nothing written) when it is already finished: a candidate run twice (Ray Tune
         retries, a slow worker's claimed candidate) is recorded once, by the first finisher (CAS).
         """
@@ -336,10 +338,9 @@ class StudyStore:
                 return False
             c = s.get_one(CandidateTable, candidate_id)
             c.status, c.accuracy, c.seconds, c.error = Status(status), accuracy, seconds, error
+            c.perplexity = perplexity
             if cost is not None:
-                c.macs, c.params, c.bytes = cost.get("macs"), cost.get("params"), cost.get("bytes")
-                predicted = cost.get("latency")  # the device profile's prediction, when the study has one
-                c.device_latency = None if predicted is None else {"predicted_ms": float(predicted)}
+                _set_costs(c, cost)
             c.latency_ms = {str(k): v for k, v in latency_ms.items()} if latency_ms else None
             c.history = [list(h) for h in history] if history else None
             if isinstance(phases, Mapping):
@@ -610,6 +611,13 @@ class StudyStore:
         """Forget the profile stored under ``key`` (``prunetune profile --force`` measures it again)."""
         with self._session() as s:
             s.query(ProfileTable).filter(ProfileTable.key == key).delete()
+
+
+def _set_costs(c: CandidateTable, cost: Mapping[str, float]) -> None:
+    """A finished candidate's cost columns (and the device profile's latency prediction, when the study has one)."""
+    c.macs, c.params, c.bytes, c.memory = cost.get("macs"), cost.get("params"), cost.get("bytes"), cost.get("memory")
+    predicted = cost.get("latency")
+    c.device_latency = None if predicted is None else {"predicted_ms": float(predicted)}
 
 
 def _rung_entry(entry: Sequence[Any]) -> list[Any]:

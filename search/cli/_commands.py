@@ -25,6 +25,7 @@ from spaces import Interrupted, Status, UsageError, interrupt_requested
 from storage import best_within_cap, latency_check, pick_within_cap
 
 if TYPE_CHECKING:
+    from search.tasks import Task
     from storage import StudyStore
 
 __all__ = [
@@ -48,11 +49,23 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{key}", dest=key, metavar="LIST" if is_list else "VALUE", help=help_text)
     for key, is_list in legacy_flags():  # the flat keys of older configs: still read (into their tables), not shown
         p.add_argument(f"--{key}", dest=key, metavar="LIST" if is_list else "VALUE", help=argparse.SUPPRESS)
+    for key, text, is_list in _task_only_flags():  # a language-model config's own keys (task = "decoder")
+        help_text = (text.replace("%", "%%") + " (task = decoder)") if text else f"overrides {key} (task = decoder)"
+        p.add_argument(f"--{key}", dest=key, metavar="LIST" if is_list else "VALUE", help=help_text)
+
+
+def _task_only_flags() -> list[tuple[str, str, bool]]:
+    """The flags of the other tasks' configs that the vision config does not have."""
+    from search.tasks import task_flags
+
+    vision = {k for k, _, _ in config_flags()} | {k for k, _ in legacy_flags()}
+    return [f for f in task_flags() if f[0] not in vision]
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, _help, is_list in [*config_flags(), *((k, "", is_list) for k, is_list in legacy_flags())]:
+    every = [*config_flags(), *((k, "", is_list) for k, is_list in legacy_flags()), *_task_only_flags()]
+    for key, _help, is_list in every:
         value = getattr(args, key, None)
         if value is not None:
             out[key] = [v.strip() for v in value.split(",") if v.strip()] if is_list else value
@@ -75,7 +88,11 @@ def _run_releasing(search: Search, update: Callable[[RunResult], None]) -> RunRe
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from search.tasks import TASKS, task_of
 
+    kind = task_of(args.config)
+    if kind != "vision":  # a plug-in task (task = "decoder"): its own config, study and front
+        return TASKS.get(kind).run(args.config, overrides(args), quiet=args.quiet)
     cfg = load_config(args.config, overrides(args))
     err = Console(stderr=True)
     out = Console()
@@ -148,10 +165,14 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 
 
 def open_study(args: argparse.Namespace) -> tuple[StudyStore, str]:
+    from search.tasks import TASKS, VISION, task_of
     from storage import StudyStore  # heavy: SQLAlchemy (the commands' --help stays light)
 
     url, study = args.storage, args.study
-    if args.config is not None:
+    if args.config is not None and (task := task_of(args.config)) != VISION:
+        found_url, found_study = TASKS.get(task).locate(args.config)
+        url, study = url or found_url, study or found_study
+    elif args.config is not None:
         cfg = load_config(args.config)
         url = url or cfg.storage.url
         study = study or cfg.search.study
@@ -164,10 +185,22 @@ def open_study(args: argparse.Namespace) -> tuple[StudyStore, str]:
     return store, study
 
 
+def _task_of_stored(store: StudyStore, study: str) -> Task | None:
+    """The plug-in task of a stored study (``None``: a vision study)."""
+    from search.tasks import task_of_study
+
+    return task_of_study(store.study(study))
+
+
 def cmd_front(args: argparse.Namespace) -> int:
+
+    from search.tasks import task_of_study
 
     store, study = open_study(args)
     info = store.study(study)
+    if (task := task_of_study(info)) is not None:  # a language-model study: perplexity against memory
+        task.show_front(Console(), store, info, plans=args.plans)
+        return 0
     rows = store.front(info.id)
     total = store.count(info.id)
     title = f"Pareto front of {study!r} ({len(rows)} of {total})"
@@ -184,8 +217,13 @@ def cmd_front(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
 
+    from search.tasks import task_of_study
+
     store, study = open_study(args)
     info = store.study(study)
+    if (task := task_of_study(info)) is not None:
+        task.show_status(Console(), store, info)
+        return 0
     rows = store.candidates(info.id)
     counts: dict[str, int] = {}
     for r in rows:
@@ -234,6 +272,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     _agreement_args(args)  # --min-agreement checked before anything is written
     store, study = open_study(args)
     out = out_dir(args.out)
+    if (task := _task_of_stored(store, study)) is not None:  # its own exports (a language model: every format)
+        for line in task.export(args.config, store, store.study(study), args.trial, out):
+            print(line, flush=True)
+        return 0
     with staged(out, stale=_ONNX_FILES, last="model.json") as staging:  # Ctrl-C: --out stays as it was
         export_candidate(store, study, staging, trial=args.trial)
     print(f"exported trial {args.trial} of {study!r} to {out} (plan.json, weights.safetensors, model.json)")
@@ -287,8 +329,14 @@ def _agreement_args(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_report(args: argparse.Namespace) -> int:
 
     store, study = open_study(args)
-    config = load_config(args.config) if args.config is not None else None
     out = out_dir(args.out)
+    if (task := _task_of_stored(store, study)) is not None:
+        with staged(out) as staging:
+            paths = task.write_report(store, store.study(study), staging)
+        for p in paths:
+            print(out / p.name)
+        return 0
+    config = load_config(args.config) if args.config is not None else None
     with staged(out) as staging:  # Ctrl-C: --out keeps its previous report, whole
         paths = write_study_report(store, study, staging, config=config, filters_trial=args.filters_trial)
     for p in paths:

@@ -161,18 +161,23 @@ class DecoderSpace:
         self._read(tokens, windows, hooks)
         return [float(torch.cat(values).mean()) for values in seen]
 
-    def _read(self, tokens: torch.Tensor, windows: int, hooks: list[Any]) -> None:
-        """Run the model over the first ``windows`` windows of ``tokens`` with ``hooks`` on, then remove them."""
+    def _read(self, tokens: torch.Tensor, windows: int, hooks: list[Any], length: int | None = None) -> None:
+        """Run the model over the first ``windows`` windows of ``tokens`` (of ``length`` tokens, default the
+        space's context) with ``hooks`` on, then remove them."""
         try:
-            for batch in _batches(tokens, self.context, windows):
+            for batch in _batches(tokens, length or self.context, windows):
                 self.model(input_ids=batch, use_cache=False)
         finally:
             for h in hooks:
                 h.remove()
 
     @torch.no_grad()
-    def calibrate(self, tokens: torch.Tensor, *, windows: int = 8) -> dict[str, torch.Tensor]:
-        """Activation-aware scores (Wanda-sp): per structure, ``sum |W| * ||X||`` over its output columns."""
+    def calibrate(
+        self, tokens: torch.Tensor, *, windows: int = 8, length: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Activation-aware scores (Wanda-sp): per structure, ``sum |W| * ||X||`` over its output columns, read on
+        ``windows`` windows of ``length`` tokens (default: the space's context, which a model with fewer
+        positions than the served context cannot read)."""
         norms: dict[int, list[torch.Tensor]] = {}
         layers = self.layout.layers(self.model)
         hooks = []
@@ -180,7 +185,7 @@ class DecoderSpace:
             for k, module in enumerate(self.layout.output_modules(layer)):
                 norms[2 * i + k] = []
                 hooks.append(module.register_forward_pre_hook(_norm_hook(norms[2 * i + k])))
-        self._read(tokens, windows, hooks)
+        self._read(tokens, windows, hooks, length)
         path, scores = self.layout.layers_path(self.model), {}
         for i, layer in enumerate(layers):
             a, m = self.layout.attention(layer), self.layout.mlp(layer)

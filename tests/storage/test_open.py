@@ -38,7 +38,10 @@ def test_released_candidates_are_claimed_by_the_next_worker(url: str) -> None:  
 
 
 # what each older schema lacked (SQL that takes a current store back to that version)
-_DOWNGRADES = {6: ["ALTER TABLE prunetune_studies DROP COLUMN stopped"]}
+_DOWNGRADES = {
+    7: [f"ALTER TABLE prunetune_candidates DROP COLUMN {column}" for column in ("perplexity", "memory")],
+}
+_DOWNGRADES[6] = [*_DOWNGRADES[7], "ALTER TABLE prunetune_studies DROP COLUMN stopped"]
 _DOWNGRADES[5] = [*_DOWNGRADES[6], "DROP TABLE prunetune_study_profiles"]
 _DOWNGRADES[4] = [
     *_DOWNGRADES[5],
@@ -61,7 +64,7 @@ _DOWNGRADES[2] = [
 _DOWNGRADES[1] = [*_DOWNGRADES[2], "ALTER TABLE prunetune_candidates DROP COLUMN weights_sha256"]
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7])
 def test_an_older_store_is_upgraded_in_place_by_a_writer_only(tmp_path: Path, version: int) -> None:
     db = tmp_path / "old.db"
     store = StudyStore(f"sqlite:///{db}")
@@ -72,13 +75,14 @@ def test_an_older_store_is_upgraded_in_place_by_a_writer_only(tmp_path: Path, ve
         for statement in _DOWNGRADES[version]:
             con.execute(statement)
         con.execute(f"UPDATE prunetune_meta SET value = '{version}' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match=f"schema version {version}, this PruneTune reads 7: run `prunetune run`"):
+    with pytest.raises(StoreError, match=f"schema version {version}, this PruneTune reads 8: run `prunetune run`"):
         StudyStore.open_existing(f"sqlite:///{db}")
     upgraded = StudyStore(f"sqlite:///{db}")
     row = upgraded.candidate(sid, id=cid)
     assert (row.weights_sha256, row.kind, row.phases, row.test_accuracy) == (None, None, None, None)
     assert (row.rung, row.rungs, row.final, row.device_latency) == (None, None, None, None)
-    assert SCHEMA_VERSION == 7 and upgraded.study("old").stopped is None
+    assert SCHEMA_VERSION == 8 and upgraded.study("old").stopped is None
+    assert (row.perplexity, row.memory) == (None, None)
     weights = tmp_path / "w.bin"
     weights.write_bytes(b"weights")
     upgraded.finish(
@@ -98,6 +102,11 @@ def test_an_older_store_is_upgraded_in_place_by_a_writer_only(tmp_path: Path, ve
     assert row.latency == 2.5 and upgraded.profile("k") is None  # the new column and table are there
     upgraded.save_study_profile(sid, "k", "{}", [[cid or 0, 2.0]])  # and the study profiles' table (6)
     assert StudyStore.open_existing(f"sqlite:///{db}").study_profile("old", "k") == "{}"
+    lm = upgraded.reserve(sid, "{}", "h-lm")  # and the language models' columns (8)
+    lm_cost = {"memory": 3e6, "bytes": 2e6}
+    upgraded.finish(lm or 0, "COMPLETE", perplexity=6.5, cost=lm_cost, objectives=["perplexity", "memory"])
+    row = StudyStore.open_existing(f"sqlite:///{db}").candidate(sid, id=lm)
+    assert (row.perplexity, row.memory, row.bytes, row.accuracy) == (6.5, 3e6, 2e6, None)
     upgraded.set_stopped(sid, "stopped on time")  # and the studies' stopped column (7)
     assert StudyStore.open_existing(f"sqlite:///{db}").study("old").stopped == "stopped on time"
 

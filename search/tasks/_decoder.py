@@ -1,0 +1,116 @@
+"""The ``decoder`` task: ``prunetune run`` on a config with ``task = "decoder"`` (see :mod:`search.tasks`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from search.tasks._base import Task
+from search.tasks._decoder_config import decoder_flags, load_decoder_config
+from search.tasks._decoder_view import decoder_front_table
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from storage import StudyRecord, StudyStore
+
+__all__ = ["DecoderTask"]
+
+
+class DecoderTask(Task):
+    """A decoder-only language model's widths and depth searched under a memory budget (module docs of
+    :mod:`search.tasks._decoder_study`)."""
+
+    name = "decoder"
+
+    def flags(self) -> list[tuple[str, str, bool]]:
+        return decoder_flags()
+
+    def run(self, path: str, overrides: dict[str, Any], *, quiet: bool) -> int:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from search.tasks._decoder_study import DecoderStudy
+
+        cfg = load_decoder_config(path, overrides)
+        err, out = Console(stderr=True), Console()
+        study = DecoderStudy(cfg)
+        with err.status(f"preparing study {study.name!r} (text, model, calibration)"):
+            study.prepare()
+        dense = study.dense_ppl
+        err.print(
+            f"study {study.name!r} in {study.store.display_url}: dense validation perplexity {dense:.3f}, "
+            f"{len(study.space.groups)} groups, memory budget {cfg.budget.memory} of "
+            f"{study.space.dense.memory_bytes:,} bytes (KV cache at {cfg.budget.context} x {cfg.budget.batch})"
+        )
+        columns = (TextColumn("[bold]candidates"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err, disable=quiet) as bar:
+            task = bar.add_task("run", total=cfg.search.candidates, completed=study.store.count(study.study_id))
+            try:
+                res = study.run(lambda o: bar.update(task, completed=min(o.total, cfg.search.candidates)))
+            except KeyboardInterrupt:
+                study.store.release(study.study_id, study.worker, "interrupted by the user")
+                raise
+        front = study.front()
+        title = f"Pareto front of {study.name!r} ({len(front)} of {res.total}): validation perplexity against memory"
+        out.print(decoder_front_table(title, front, study.store.study(study.name)))
+        mean = sum(res.seconds) / len(res.seconds) if res.seconds else 0.0
+        out.print(f"this run: {res.evaluated} evaluated, {mean:.2f} s per candidate (recovery and perplexity)")
+        return 0
+
+    def locate(self, path: str) -> tuple[str, str]:
+        cfg = load_decoder_config(path)
+        return cfg.storage.url, str(cfg.search.study)
+
+    def show_front(self, console: Console, store: StudyStore, study: StudyRecord, *, plans: bool) -> None:
+        rows = sorted(store.front(study.id), key=lambda r: (r.memory or 0.0, r.id))
+        title = f"Pareto front of {study.name!r} ({len(rows)} of {store.count(study.id)}): perplexity against memory"
+        console.print(decoder_front_table(title, rows, study))
+        if plans:
+            for r in rows:
+                console.print(f"trial {r.trial_number}: {r.plan}", soft_wrap=True, markup=False, highlight=False)
+
+    def write_report(self, store: StudyStore, study: StudyRecord, out: Path) -> list[Path]:
+        from search.tasks._decoder_report import write_decoder_report
+
+        return write_decoder_report(store, study.name, out)
+
+    def export(self, config: str | None, store: StudyStore, study: StudyRecord, trial: int, out: Path) -> list[str]:
+        """The candidate as scored (its weights after the recovery) through :func:`export_decoder`: weights and
+        plan, a ``transformers`` directory where the family's config can say the plan, ONNX in 32, 8 and 4 bits."""
+        from search.operations._decoder_export import export_decoder
+        from search.tasks._decoder_study import DecoderStudy
+        from spaces import Plan, Status, UsageError
+
+        if config is None:
+            raise UsageError("a language-model study's export rebuilds its base model from the study's CONFIG: give it")
+        row = next((r for r in store.candidates(study.id) if r.trial_number == trial), None)
+        if row is None or row.status is not Status.COMPLETE:
+            raise UsageError(f"study {study.name!r} has no COMPLETE trial {trial} (see `prunetune front`)")
+        ds = DecoderStudy(load_decoder_config(config), store).load()
+        student = ds.candidate_model(row)
+        report = export_decoder(ds.model, Plan.from_json(row.plan), out, tokens=ds.text.heldout,
+                                compressed=student, context=ds.cfg.evaluate.context)  # fmt: skip
+        lines = [f"exported trial {trial} of {study.name!r} to {out}: model.safetensors, plan.json; hf: {report['hf']}"]
+        for name, c in report["onnx"].items():
+            lines.append(f"{name}: {c['bytes']:,} bytes, largest logit difference from torch {c['max_abs']:.2e}, "
+                         f"top-1 next-token agreement {c['top1_agreement']:.1%} (held-out text)")  # fmt: skip
+        return lines
+
+    def show_status(self, console: Console, store: StudyStore, study: StudyRecord) -> None:
+        rows = store.candidates(study.id)
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        front = store.front(study.id)
+        console.print(f"study {study.name!r} (language model): {study.model_spec} on {study.data_spec}")
+        console.print(f"budget {study.budget}; memory of the dense model {study.base_cost['memory']:,.0f} bytes")
+        console.print(f"candidates: {len(rows)} (" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")")
+        console.print(f"front: {len(front)} candidates")
+        best = min((r for r in front if r.perplexity is not None), key=lambda r: r.perplexity or 0.0, default=None)
+        if best is not None and best.memory is not None:
+            share = 100 * best.memory / study.base_cost["memory"]
+            console.print(
+                f"lowest validation perplexity within budget: {best.perplexity:.3f} (trial {best.trial_number}, "
+                f"memory {share:.1f}%)"
+            )

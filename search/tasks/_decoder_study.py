@@ -1,0 +1,306 @@
+"""A language-model study: per-layer widths (and depth) of a decoder searched under a memory budget.
+
+The steps, each on the real objects the vision pipeline uses:
+
+1. **Prepare** (nothing is written before every check passed): the text
+   (:func:`evaluators._text.stdlib_text`: train, calibration, validation,
+   held-out, disjoint by file), the model (the teacher trained here and cached,
+   or a local ``hf:`` directory), its :class:`spaces.decoder.DecoderSpace` at
+   the budget's context and batch with Wanda-sp scores read on the calibration
+   split, the memory limit (a budget below the smallest plan is a one-line
+   error), then the study's row in the store and its Optuna study.
+2. **Seed plans** go first: the uniform plan (LLM-Pruner's setting) and the
+   global-importance plan (FLAP / Wanda-sp) at the cap, and the global plan at
+   the floor, so that the front spans the memory range from the start.
+3. **Sampled plans**: the sampler proposes a memory target between
+   ``search.floor`` and the cap, one prune ratio per layer's MLP and per
+   layer's key-value groups, and (``space.depth``) which layers to drop;
+   :meth:`~spaces.decoder.DecoderSpace.fit` shifts the ratios onto the target.
+4. **Each candidate** is applied to a copy of the model, recovered for
+   ``evaluate.recovery_steps`` steps on the train split, distilled from the
+   dense model (``evaluate.kd_weight``), and scored by **perplexity on the
+   validation split** (what the search selects on; the held-out split is only
+   read by ``bench/bench_llm.py``). The store records its perplexity, memory
+   (weights plus KV cache), weight bytes, parameters and prefill MACs per token,
+   and rewrites the Pareto front (perplexity against memory) in the same
+   transaction.
+
+A stopped run releases its candidate; the next run evaluates it first and
+continues the Optuna study.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spaces import CandidateKind, Objective, Plan, PlanError, Status
+
+if TYPE_CHECKING:
+    import optuna
+    from torch import nn
+
+    from evaluators._text import TextSplits
+    from search.tasks._decoder_config import DecoderConfig
+    from spaces.decoder import DecoderSpace
+    from storage import CandidateRow, StudyStore
+
+__all__ = ["OBJECTIVES", "DecoderStudy", "Outcome"]
+
+OBJECTIVES = (Objective.PERPLEXITY, Objective.MEMORY)
+
+
+@dataclass
+class Outcome:
+    """What one run did: candidates evaluated now, and the study's total."""
+
+    evaluated: int = 0
+    total: int = 0
+    seconds: list[float] = field(default_factory=list)
+
+
+def share(text: str | float) -> float:
+    """``"50%"`` or ``0.5`` as a float share."""
+    s = str(text).strip()
+    return float(s[:-1]) / 100 if s.endswith("%") else float(s)
+
+
+class DecoderStudy:
+    """One process running a decoder study (see the module docs)."""
+
+    def __init__(self, cfg: DecoderConfig, store: StudyStore | None = None) -> None:
+        from storage import StudyStore
+
+        self.cfg = cfg
+        self.store = store or StudyStore(cfg.storage.url)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.name: str = cfg.search.study or "decoder"
+        self.artifacts = Path(cfg.search.artifacts_dir).resolve() / "studies" / self.name
+
+    # ------------------------------------------------------------------ prepare
+    def load(self) -> DecoderStudy:
+        """Load the text, the model and its space (what an export of a stored candidate needs too)."""
+        from evaluators._text import stdlib_text
+        from spaces.decoder import DecoderSpace
+
+        cfg = self.cfg
+        self.text: TextSplits = stdlib_text(max_bytes=cfg.data.max_bytes)
+        self.model: nn.Module = self._model()
+        self.space: DecoderSpace = DecoderSpace(
+            self.model, context=cfg.budget.context, batch=cfg.budget.batch, max_ratio=cfg.space.max_ratio
+        )
+        return self
+
+    def prepare(self) -> DecoderStudy:
+        """Load text, model and space, check the budget, then create (or reopen) the study."""
+        cfg = self.load().cfg
+        if cfg.space.importance == "wanda":
+            self.space.calibrate(self.text.calibration, windows=16, length=cfg.evaluate.context)
+        self.cap = self.space.memory_limit(share(cfg.budget.memory))
+        self.floor = min(self.cap, self.space.memory_limit(share(cfg.search.floor)))
+        self.seeds = self._seed_plans()  # a budget below the smallest plan fails here, before any write
+        self.dense_ppl = self.dense_perplexity()
+        self.study_id = self._ensure_study()
+        self.optuna = self._optuna()
+        return self
+
+    def _model(self) -> nn.Module:
+        from evaluators import build_model
+
+        spec, t = self.cfg.model.spec, self.cfg.model.teacher
+        if spec == "teacher:stdlib":
+            from evaluators._lm import cached_teacher
+
+            config = {"num_hidden_layers": t.layers, "hidden_size": t.width, "intermediate_size": t.mlp,
+                      "num_attention_heads": t.heads, "num_key_value_heads": t.kv_heads}  # fmt: skip
+            model = cached_teacher(self.cfg.search.artifacts_dir, "llama", self.text.train, steps=t.steps, **config)
+        elif spec.startswith(("hf:", "hf-tiny:")):
+            model = build_model(spec)
+        else:
+            raise ValueError(f"model.spec must be teacher:stdlib, hf:PATH or hf-tiny:FAMILY, got {spec!r}")
+        vocab = int(getattr(model.config, "vocab_size", 0))
+        if vocab < 256:
+            raise ValueError(f"model {spec!r} has a vocabulary of {vocab}; the byte-level text needs at least 256")
+        return model
+
+    def _seed_plans(self) -> list[tuple[Plan, CandidateKind]]:
+        s = self.space
+        return [
+            (s.fit(s.uniform_plan(0.0), self.cap), CandidateKind.UNIFORM),
+            (s.global_plan(self.cap), CandidateKind.GLOBAL),
+            (s.global_plan(self.floor), CandidateKind.GLOBAL),
+        ]
+
+    def _ensure_study(self) -> int:
+        cfg, dense = self.cfg, self.space.dense
+        return self.store.ensure_study(
+            self.name,
+            model_spec=cfg.model.spec if cfg.model.spec != "teacher:stdlib" else f"teacher:stdlib {cfg.model.teacher}",
+            data_spec=f"{cfg.data.spec} max_bytes={cfg.data.max_bytes}",
+            budget={"memory": str(cfg.budget.memory), "context": cfg.budget.context, "batch": cfg.budget.batch},
+            space_options={
+                "task": "decoder",
+                **cfg.space.model_dump(),
+                "score": "perplexity",
+                "dense": self.dense_ppl,
+                "groups": dict(self.space.groups),
+            },
+            base_cost=cost_dict(dense),
+        )
+
+    def _optuna(self) -> optuna.Study:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        seed = self.cfg.search.seed + 7919 * self.store.count(self.study_id)  # a rerun draws afresh
+        sampler = {
+            "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
+            "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
+            "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        }[self.cfg.search.sampler]()
+        return optuna.create_study(
+            storage=self.store.optuna_storage(),
+            study_name=self.name,
+            directions=["minimize", "minimize"],
+            sampler=sampler,
+            load_if_exists=True,
+        )
+
+    # ------------------------------------------------------------------ run
+    def run(self, on_candidate: Callable[[Outcome], None] | None = None) -> Outcome:
+        """Evaluate candidates until the study holds ``search.candidates`` (a stopped run's first)."""
+        from spaces import check_interrupt
+
+        out = Outcome(total=self.store.count(self.study_id))
+        claimed = self.store.claim_stale(self.study_id, self.worker, grace_seconds=300.0, is_dead=lambda w: w is None)
+        for row in claimed:
+            self._finish(row.id, Plan.from_json(row.plan), row.trial_number, out)
+            check_interrupt()
+        while self.store.count(self.study_id) < self.cfg.search.candidates:
+            proposal = self._propose()
+            if proposal is not None:
+                cid, plan, number = proposal
+                self._finish(cid, plan, number, out)
+                out.total = self.store.count(self.study_id)
+                if on_candidate is not None:
+                    on_candidate(out)
+            check_interrupt()
+        out.total = self.store.count(self.study_id)
+        return out
+
+    def _propose(self) -> tuple[int, Plan, int] | None:
+        """The next plan, reserved in the store: a seed while seeds remain, else the sampler's."""
+        import optuna
+
+        done = self.store.count(self.study_id)
+        trial = self.optuna.ask()
+        if done < len(self.seeds):
+            plan, kind = self.seeds[done]
+        else:
+            try:
+                plan, kind = self._sampled(trial), CandidateKind.SAMPLED
+            except PlanError:  # a target the dropped layers cannot reach: not a plan
+                self.optuna.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return None
+        limit = self.cfg.search.candidates
+        cid = self.store.reserve(self.study_id, plan.to_json(), plan.hash, trial.number, worker=self.worker,
+                                 limit=limit, kind=kind)  # fmt: skip
+        if cid is None:  # the same plan is in the study already
+            self.optuna.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return None
+        return cid, plan, trial.number
+
+    def _sampled(self, trial: optuna.Trial) -> Plan:
+        """The sampler's plan: a memory target, a prune ratio per group, dropped layers; fitted onto the target."""
+        s, cfg = self.space, self.cfg.space
+        lo, hi = self.floor / s.dense.memory_bytes, self.cap / s.dense.memory_bytes
+        target = trial.suggest_float("memory", lo, hi) if hi > lo else hi
+        ratios = {g: trial.suggest_float(g, 0.0, cfg.max_ratio) for g in s.groups}
+        depth: dict[str, str] = {}
+        if cfg.depth:
+            path, n = s.layout.layers_path(s.model), len(s.layout.layers(s.model))
+            dropped = [i for i in range(n) if trial.suggest_categorical(f"drop.{i}", [False, True])]
+            if len(dropped) > int(cfg.max_depth_share * n):
+                raise PlanError(f"{len(dropped)} of {n} layers dropped, more than space.max_depth_share")
+            depth = dict.fromkeys((f"{path}.{i}" for i in dropped), "shortcut")
+        plan = Plan(prune={g: round(r, 6) for g, r in ratios.items() if r > 0}, depth=depth)
+        return s.fit(plan, int(target * s.dense.memory_bytes))
+
+    def _finish(self, cid: int, plan: Plan, number: int | None, out: Outcome) -> None:
+        """Recover, score and store one candidate; tell the sampler."""
+        from safetensors.torch import save_model
+
+        t0 = time.perf_counter()
+        ppl, student = self.evaluate(plan)
+        cost = self.space.cost(plan)
+        artifact = self.artifacts / f"candidate-{cid}.safetensors"
+        artifact.parent.mkdir(parents=True, exist_ok=True)
+        save_model(student, str(artifact))  # what `prunetune export` rebuilds the candidate from, with the plan
+        seconds = time.perf_counter() - t0
+        self.store.finish(cid, Status.COMPLETE, perplexity=ppl, cost=cost_dict(cost), seconds=seconds,
+                          objectives=OBJECTIVES, artifact=str(artifact))  # fmt: skip
+        if number is not None:
+            try:
+                self.optuna.tell(number, [ppl, float(cost.memory_bytes)])
+            except (ValueError, RuntimeError):  # the trial was told already (a retried candidate)
+                pass
+        out.evaluated += 1
+        out.seconds.append(seconds)
+
+    def evaluate(self, plan: Plan) -> tuple[float, nn.Module]:
+        """Validation perplexity of ``plan`` after the recovery fine-tune (see the module docs), and the
+        recovered model."""
+        from evaluators._lm import recover
+        from evaluators._text import perplexity
+
+        e = self.cfg.evaluate
+        student = self.space.apply(plan)
+        if e.recovery_steps:
+            teacher = self.model if e.kd_weight > 0 else None
+            recover(student, self.text.train, steps=e.recovery_steps, context=e.context, batch_size=e.batch_size,
+                    lr=e.lr, teacher=teacher, kd_weight=e.kd_weight, seed=e.seed)  # fmt: skip
+        return perplexity(student, self.text.validation, context=e.context, max_windows=e.windows), student
+
+    def candidate_model(self, row: CandidateRow) -> nn.Module:
+        """A stored candidate rebuilt from the base model, its plan and the weights it was scored with."""
+        from safetensors.torch import load_model
+
+        from spaces.decoder import apply_decoder_plan, resolve
+        from storage import file_sha256
+
+        path = row.artifact
+        if path is None or not Path(path).is_file():
+            raise ValueError(f"the weights file of trial {row.trial_number} ({path}) is gone from this machine")
+        if row.weights_sha256 is not None and file_sha256(path) != row.weights_sha256:
+            raise ValueError(f"the weights file of trial {row.trial_number} ({path}) changed after the study wrote it")
+        plan = Plan.from_json(row.plan)
+        model = apply_decoder_plan(self.model, resolve(self.model, plan, counts_only=True))
+        load_model(model, path, strict=True)
+        return model.eval()
+
+    def front(self) -> list[CandidateRow]:
+        """The study's Pareto front, smallest memory first."""
+        return sorted(self.store.front(self.study_id), key=lambda r: (r.memory or 0.0, r.id))
+
+    def dense_perplexity(self) -> float:
+        """The dense model's validation perplexity (the front's reference)."""
+        from evaluators._text import perplexity
+
+        e = self.cfg.evaluate
+        return perplexity(self.model, self.text.validation, context=e.context, max_windows=e.windows)
+
+
+def cost_dict(cost: Any) -> dict[str, float]:
+    """A :class:`~spaces.decoder.DecoderCost` as the store's cost columns."""
+    return {
+        "memory": float(cost.memory_bytes),
+        "bytes": float(cost.weight_bytes),
+        "params": float(cost.params),
+        "macs": float(cost.prefill_macs_per_token),
+        "kv": float(cost.kv_bytes),
+    }

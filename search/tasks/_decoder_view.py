@@ -1,0 +1,65 @@
+"""How a language-model study's candidates read: a plan in a few words, and the front as a terminal table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from storage import CandidateRow, StudyRecord
+
+__all__ = ["decoder_front_table", "plan_summary"]
+
+
+def plan_summary(plan_json: str, groups: dict[str, int]) -> str:
+    """A decoder plan in a few words: layers dropped, and the range of MLP channels and key-value groups the
+    kept layers keep (``groups``: each group's full count, as the study stored it)."""
+    from spaces.decoder import kept_count
+
+    data = json.loads(plan_json)
+    prune: dict[str, float] = data.get("prune", {})
+    dropped = set(data.get("depth", {}))
+    parts = [f"{len(dropped)} of {len(groups) // 2} layers dropped"] if dropped else []
+    for kind, label in (("mlp", "MLP channels"), ("attn", "KV groups")):
+        kept = [(kept_count(n, prune.get(g, 0.0)), n) for g, n in groups.items()
+                if g.endswith("." + kind) and g.rsplit(".", 1)[0] not in dropped]  # fmt: skip
+        if kept:
+            lo, hi = min(k for k, _ in kept), max(k for k, _ in kept)
+            full = max(n for _, n in kept)
+            parts.append(f"{label} {lo}-{hi} of {full}" if lo != hi else f"{label} {lo} of {full}")
+    return "; ".join(parts)
+
+
+def decoder_front_table(
+    title: str, rows: Sequence[CandidateRow], study: StudyRecord, groups: dict[str, int] | None = None
+) -> Table:
+    """The front as a table: trial, validation perplexity, memory and weight shares, plan (the best starred)."""
+    from rich.table import Table
+
+    dense_memory, dense_ppl = float(study.base_cost["memory"]), study.space_options.get("dense")
+    groups = groups if groups is not None else study.space_options.get("groups", {})
+    table = Table(title=title, caption=_caption(dense_ppl), caption_justify="left")
+    for col in ("trial", "val ppl", "memory %", "weights MB", "plan"):
+        table.add_column(col, justify="left" if col == "plan" else "right")
+    best = min((r.perplexity for r in rows if r.perplexity is not None), default=None)
+    for r in rows:
+        star = " *" if r.perplexity == best else ""
+        table.add_row(
+            f"{r.trial_number}{star}",
+            f"{r.perplexity:.3f}" if r.perplexity is not None else "-",
+            f"{100 * (r.memory or 0) / dense_memory:.1f}%",
+            f"{(r.bytes or 0) / 1e6:.2f}",
+            plan_summary(r.plan, groups),
+        )
+    return table
+
+
+def _caption(dense_ppl: float | None) -> str:
+    dense = f"; the dense model: {dense_ppl:.3f}" if dense_ppl is not None else ""
+    return (
+        "* the lowest validation perplexity within the budget (selected on); memory: weights plus KV cache at the "
+        f"budget's context, a share of the dense model's{dense}"
+    )

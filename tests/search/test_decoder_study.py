@@ -1,0 +1,190 @@
+"""``prunetune run`` on a language model (``task = "decoder"``): a real study in a real SQLite file.
+
+A tiny Llama-style teacher is trained on the standard library's source in
+about a second (cached in the module's artifacts folder), then searched under a
+memory budget: every candidate's memory is its exact cost and within the cap,
+the stored front is the Pareto front of (perplexity, memory), a stored
+candidate rebuilt from base model + plan + weights gives its stored perplexity
+again, and front, status, report and export read the study.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from search.cli import main
+from search.tasks._decoder_config import load_decoder_config
+from search.tasks._decoder_study import DecoderStudy
+from spaces import CandidateKind, Plan, Status
+from storage import StudyStore, pareto_front
+
+CONFIG = """task = "decoder"
+[model.teacher]
+layers = 2
+width = 32
+mlp = 64
+heads = 4
+kv_heads = 2
+steps = 20
+[data]
+max_bytes = 60000
+[budget]
+memory = "75%"
+context = 64
+[evaluate]
+recovery_steps = 3
+context = 32
+windows = 4
+[search]
+candidates = 6
+floor = "60%"
+artifacts_dir = "{art}"
+[storage]
+url = "sqlite:///{db}"
+"""
+
+
+def write_config(folder: Path, **replace: str) -> Path:
+    text = CONFIG.format(art=folder / "artifacts", db=folder / "study.db")
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    path = folder / "lm.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("decoder-study")
+    cfg = write_config(folder)
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    return cfg
+
+
+def test_every_candidate_is_within_the_budget_at_its_exact_cost_and_the_front_is_perplexity_against_memory(
+    ran: Path,
+) -> None:
+    study = DecoderStudy(load_decoder_config(ran)).load()
+    store = StudyStore(study.cfg.storage.url)
+    info = store.study("lm")
+    rows = store.candidates(info.id)
+    assert len(rows) == 6 and all(r.status is Status.COMPLETE for r in rows)
+    assert [r.kind for r in rows[:3]] == [CandidateKind.UNIFORM, CandidateKind.GLOBAL, CandidateKind.GLOBAL]
+    cap = study.space.memory_limit(0.75)
+    for r in rows:
+        cost = study.space.cost(Plan.from_json(r.plan))
+        assert r.memory == cost.memory_bytes <= cap and r.bytes == cost.weight_bytes and r.params == cost.params
+        assert r.perplexity is not None and 1 < r.perplexity < 256  # better than a uniform guess over bytes
+    assert info.base_cost["memory"] == study.space.dense.memory_bytes
+    points = [(r.perplexity, r.memory) for r in rows]
+    assert sorted(r.id for r in store.front(info.id)) == sorted(rows[i].id for i in pareto_front(points))
+    trials = store.optuna_storage().get_all_trials(store.optuna_storage().get_study_id_from_name("lm"))
+    told = [t for t in trials if t.values is not None]
+    assert sorted(t.values[0] for t in told) == sorted(r.perplexity for r in rows)  # type: ignore[misc]
+
+
+def test_a_stored_candidate_rebuilt_from_plan_and_weights_scores_its_stored_perplexity(ran: Path) -> None:
+    from evaluators._text import perplexity
+
+    study = DecoderStudy(load_decoder_config(ran)).load()
+    row = study.store.candidates(study.store.study("lm").id)[4]
+    model = study.candidate_model(row)
+    e = study.cfg.evaluate
+    assert perplexity(model, study.text.validation, context=e.context, max_windows=e.windows) == pytest.approx(
+        row.perplexity, rel=1e-9
+    )
+
+
+def test_front_status_report_and_export_read_the_study(ran: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from search.operations._decoder_export import load_decoder
+
+    capsys.readouterr()
+    assert main(["front", str(ran)]) == 0 and main(["status", str(ran)]) == 0
+    out = capsys.readouterr().out
+    assert "val ppl" in out and "memory %" in out and "lowest validation perplexity within budget" in out
+    report = ran.parent / "report"
+    assert main(["report", str(ran), "--out", str(report)]) == 0
+    page = (report / "report.html").read_text()
+    assert "Perplexity against memory" in page and "Plotly.newPlot" in page
+    store = StudyStore(f"sqlite:///{ran.parent / 'study.db'}")
+    sid = store.study("lm").id
+    assert len((report / "front.csv").read_text().strip().splitlines()) == 1 + len(store.front(sid))
+    best = min(store.front(sid), key=lambda r: r.perplexity or 0.0)
+    out_dir = ran.parent / "export"
+    assert main(["export", str(ran), "--trial", str(best.trial_number), "--out", str(out_dir)]) == 0
+    checks = json.loads((out_dir / "export.json").read_text())["onnx"]
+    assert set(checks) == {"model.onnx", "model.int8.onnx", "model.int4.onnx"}
+    assert checks["model.onnx"]["max_abs"] < 1e-4
+    study = DecoderStudy(load_decoder_config(ran)).load()
+    rebuilt, scored = load_decoder(study.model, out_dir), study.candidate_model(best)
+    x = study.text.heldout[:32].unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(input_ids=x).logits, scored(input_ids=x).logits)
+
+
+def test_a_rerun_evaluates_a_released_candidate_first_and_continues_the_study(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, **{"candidates = 6": "candidates = 3"})
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    store = StudyStore(f"sqlite:///{tmp_path / 'study.db'}")
+    sid = store.study("lm").id
+    first = [(r.id, r.perplexity) for r in store.candidates(sid)]
+    plan = Plan(prune={"model.layers.0.mlp": 0.5})
+    stopped = store.reserve(sid, plan.to_json(), plan.hash, worker="gone:1")
+    store.release(sid, "gone:1")  # as an interrupted run leaves it
+    assert main(["run", str(cfg), "--quiet", "--search.candidates", "5"]) == 0
+    rows = store.candidates(sid)
+    assert len(rows) == 5 and [(r.id, r.perplexity) for r in rows[:3]] == first  # the first run's, untouched
+    retried = store.candidate(sid, id=stopped)
+    assert retried.status is Status.COMPLETE and retried.attempts == 2 and retried.perplexity is not None
+
+
+@pytest.mark.parametrize(
+    ("replace", "message"),
+    [
+        ({"context = 64": "context = 0"}, "config key 'budget.context': Input should be greater than or equal to 1"),
+        ({'memory = "75%"': 'memory = "20%"'}, "is below the smallest plan"),
+        ({"[data]": '[model]\nspec = "hf:/no/such/dir"\n[data]'}, "hf model directory '/no/such/dir' does not exist"),
+        ({"candidates = 6": "candidats = 6"}, "unknown config key 'search.candidats'; did you mean 'candidates'?"),
+        ({'task = "decoder"': 'task = "speech"'}, "config key 'task' must be one of vision, decoder, got 'speech'"),
+        ({'memory = "75%"': 'memory = "150%"'}, 'budget.memory must be a share of the dense model like "50%"'),
+    ],
+)
+def test_bad_decoder_input_is_one_line_exit_2_and_writes_no_study(
+    tmp_path: Path, replace: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write_config(tmp_path, **replace)
+    assert main(["run", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    db = tmp_path / "study.db"
+    assert not db.exists() or StudyStore(f"sqlite:///{db}").study_names() == []
+
+
+def test_a_model_that_needs_remote_code_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "remote"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "llama", "auto_map": {"AutoModel": "x.Model"}}))
+    cfg = write_config(tmp_path, **{"[data]": f'[model]\nspec = "hf:{model}"\n[data]'})
+    assert main(["run", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "needs its own code (auto_map in config.json); PruneTune never runs code from a model directory" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_vision_commands_and_objectives_refuse_a_language_model_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from search._config import load_config
+
+    cfg = write_config(tmp_path)
+    assert main(["finalize", str(cfg), "--trial", "0"]) == 2
+    assert "is a task = 'decoder' config" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="objective 'perplexity' belongs to language-model studies"):
+        load_config(None, {"model.spec": "zoo:resnet20", "data.spec": "digits", "budget.macs": "50%",
+                           "search.objectives": ["accuracy", "perplexity"]})  # fmt: skip
