@@ -22,7 +22,12 @@ the ``calibration`` split) and its own rule, exactly onto the budget
 (b) **global**: structures ranked across all layers by importance per byte, the
     least important removed first (FLAP's and Wanda-sp's allocation);
 (c) **depth**: whole layers dropped, the least influential first (ShortGPT's
-    block influence; Minitron's depth axis).
+    block influence; Minitron's depth axis);
+(s) **PruneTune's search**: a ``task = "decoder"`` study per seed
+    (:mod:`search.tasks._decoder_study`, ``--search-candidates`` candidates, each
+    recovered for ``--search-steps`` distilled steps and scored by perplexity on
+    the ``validation`` split, in a SQLite store in a temp folder); its pick is
+    the candidate with the lowest validation perplexity within the budget.
 
 Then every arm gets the same recovery: ``--recovery-steps`` steps on the
 ``train`` split, distilled from the teacher (KL on logits, as Minitron;
@@ -32,8 +37,8 @@ Then every arm gets the same recovery: ``--recovery-steps`` steps on the
 memory, and tokens per second measured in torch (batch 1): prefill of
 ``--context`` tokens, and decode of 32 tokens with the cache.
 
-PruneTune's search over these plans is not built yet; this bench measures the
-baselines it will have to beat.
+The held-out split is read only for the figures: the search selects on the
+validation split, the rules on nothing but the calibration split.
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ SMOKE = {
     "serve_context": 64,
     "eval_windows": 4,
     "max_bytes": 50_000,
+    "search_candidates": 4,
+    "search_steps": 2,
 }
 
 
@@ -86,6 +93,8 @@ def args_() -> argparse.Namespace:
     ap.add_argument("--serve-batch", type=int, default=1)
     ap.add_argument("--eval-windows", type=int, default=64, help="held-out windows the perplexity reads")
     ap.add_argument("--max-bytes", type=int, default=None, help="bytes of text per split (default: all)")
+    ap.add_argument("--search-candidates", type=int, default=16, help="candidates of each search (0: no search arm)")
+    ap.add_argument("--search-steps", type=int, default=40, help="distilled recovery steps per searched candidate")
     ap.add_argument("--threads", type=int, default=2)
     return parse(ap, SMOKE)
 
@@ -117,35 +126,62 @@ def arms(space: DecoderSpace, limit: int, calibration: torch.Tensor) -> dict[str
     return out
 
 
+def searched_plan(args: argparse.Namespace, share: float, seed: int, cache: Path) -> Plan:
+    """The pick of a ``task = "decoder"`` study at ``share`` of the memory (seed ``seed``), in a temp store."""
+    from search.tasks._decoder_config import DecoderConfig
+    from search.tasks._decoder_study import DecoderStudy
+
+    folder = temp_dir()
+    cfg = DecoderConfig.model_validate({
+        "model": {"teacher": {"layers": args.layers, "width": args.width, "mlp": args.mlp, "heads": args.heads,
+                              "kv_heads": args.kv_heads, "steps": args.teacher_steps}},
+        "data": {"max_bytes": args.max_bytes},
+        "budget": {"memory": share, "context": args.serve_context, "batch": args.serve_batch},
+        "evaluate": {"recovery_steps": args.search_steps, "kd_weight": args.kd_weight, "context": args.context,
+                     "seed": seed},
+        "search": {"study": f"llm-{share}-{seed}", "candidates": args.search_candidates, "seed": seed,
+                   "artifacts_dir": str(cache)},
+        "storage": {"url": f"sqlite:///{folder / 'study.db'}"},
+    })  # fmt: skip
+    study = DecoderStudy(cfg).prepare()
+    study.run()
+    best = min(study.front(), key=lambda r: r.perplexity or float("inf"))
+    return Plan.from_json(best.plan)
+
+
 def run_budget(args: argparse.Namespace, share: float, seeds: list[int], teach: Any, text: Any) -> list[list[str]]:
     space = DecoderSpace(teach, context=args.serve_context, batch=args.serve_batch)
-    space.calibrate(text.calibration, windows=16)
+    # the scores every arm keeps structures by, the study's own (space.calibration_windows of evaluate.context)
+    space.calibrate(text.calibration, windows=128, length=args.context)
     limit = space.memory_limit(share)
     plans = arms(space, limit, text.calibration)
-    results: dict[str, list[float]] = {}
-    speed: dict[str, tuple[float, float]] = {}
     rows = [[f"{share:.0%}", name, "—", f"cannot reach the budget: {why}", "", ""] for name, why in plans.items()
             if isinstance(why, str)]  # fmt: skip
-    runs = [(n, p) for n, p in plans.items() if isinstance(p, Plan)]
+    runs = [(n, [p] * len(seeds)) for n, p in plans.items() if isinstance(p, Plan)]
     if isinstance(plans["(b) global"], Plan):
-        runs.append(("(b) global, plain recovery", plans["(b) global"]))
-    for name, plan in runs:
-        for seed in seeds:
-            student = space.apply(plan)
-            kd = 0.0 if "plain" in name else args.kd_weight
-            recover(student, text.train, steps=args.recovery_steps, context=args.context, teacher=teach,
-                    kd_weight=kd, seed=seed, lr=1e-3)  # fmt: skip
-            ppl = perplexity(student, text.heldout, context=args.context, max_windows=args.eval_windows)
-            results.setdefault(name, []).append(ppl)
-        speed[name] = tokens_per_second(student, args.context)
-    for name, ppls in results.items():
-        plan = dict(runs)[name]
-        mem = space.cost(plan).memory_bytes / space.dense.memory_bytes
+        runs.append(("(b) global, plain recovery", [plans["(b) global"]] * len(seeds)))
+    if args.search_candidates:  # one study per seed: the search's own spread is in the figure
+        runs.append(("(s) PruneTune search", [searched_plan(args, share, seed, args.cache) for seed in seeds]))
+    for name, per_seed in runs:
+        ppls = [recovered(args, space, plan, seed, teach, text, plain="plain" in name)
+                for plan, seed in zip(per_seed, seeds, strict=True)]  # fmt: skip
+        pre, dec = tokens_per_second(space.apply(per_seed[-1]), args.context)  # speed needs no trained weights
+        mem = statistics.mean(space.cost(p).memory_bytes for p in per_seed) / space.dense.memory_bytes
         spread = statistics.stdev(ppls) if len(ppls) > 1 else 0.0
-        pre, dec = speed[name]
         rows.append([f"{share:.0%}", name, f"{mem:.1%}", f"{statistics.mean(ppls):.3f} ± {spread:.3f}",
                      f"{pre:.0f}", f"{dec:.0f}"])  # fmt: skip
     return rows
+
+
+def recovered(
+    args: argparse.Namespace, space: DecoderSpace, plan: Plan, seed: int, teach: Any, text: Any, *, plain: bool
+) -> float:
+    """Held-out perplexity of ``plan`` after the bench's recovery (distilled unless ``plain``), seed ``seed``."""
+    student = space.apply(plan)
+    kd = 0.0 if plain else args.kd_weight
+    recover(student, text.train, steps=args.recovery_steps, context=args.context, teacher=teach,
+            kd_weight=kd, seed=seed, lr=1e-3)  # fmt: skip
+    return perplexity(student, text.heldout, context=args.context, max_windows=args.eval_windows)
 
 
 def main() -> None:
@@ -153,7 +189,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     text = stdlib_text(max_bytes=args.max_bytes)
-    cache = temp_dir() if args.smoke else Path("artifacts")
+    cache = args.cache = temp_dir() if args.smoke else Path("artifacts")
     teach = teacher(args, text, cache)
     seeds = [int(s) for s in args.seeds.split(",")]
     dense = perplexity(teach, text.heldout, context=args.context, max_windows=args.eval_windows)

@@ -41,7 +41,9 @@ class DecoderTask(Task):
         err.print(
             f"study {study.name!r} in {study.store.display_url}: dense validation perplexity {dense:.3f}, "
             f"{len(study.space.groups)} groups, memory budget {cfg.budget.memory} of "
-            f"{study.space.dense.memory_bytes:,} bytes (KV cache at {cfg.budget.context} x {cfg.budget.batch})"
+            f"{study.space.dense.memory_bytes:,} bytes (KV cache at {cfg.budget.context} x {cfg.budget.batch}); "
+            f"candidates span {100 * study.floor / study.space.dense.memory_bytes:.1f}% to "
+            f"{100 * study.cap / study.space.dense.memory_bytes:.1f}% of it"
         )
         columns = (TextColumn("[bold]candidates"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=err, disable=quiet) as bar:

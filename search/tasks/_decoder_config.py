@@ -86,6 +86,9 @@ class DecoderSpaceConfig(_Section):
     importance: Literal["wanda", "magnitude"] = Field(
         "wanda", description="what ranks structures: Wanda-sp's |W|·‖X‖ on calibration text, or weight magnitude"
     )
+    calibration_windows: int = Field(
+        128, ge=1, description="calibration windows (of evaluate.context tokens) the Wanda-sp scores read"
+    )
 
 
 class DecoderEvaluateConfig(_Section):

@@ -100,9 +100,11 @@ class DecoderStudy:
         """Load text, model and space, check the budget, then create (or reopen) the study."""
         cfg = self.load().cfg
         if cfg.space.importance == "wanda":
-            self.space.calibrate(self.text.calibration, windows=16, length=cfg.evaluate.context)
+            self.space.calibrate(self.text.calibration, windows=cfg.space.calibration_windows, length=cfg.evaluate.context)
         self.cap = self.space.memory_limit(share(cfg.budget.memory))
-        self.floor = min(self.cap, self.space.memory_limit(share(cfg.search.floor)))
+        smallest = self.space.cost(self.space.uniform_plan(cfg.space.max_ratio)).memory_bytes
+        # the floor is raised to the smallest plan the space holds (a smaller target has no plan)
+        self.floor = min(self.cap, max(smallest, self.space.memory_limit(share(cfg.search.floor))))
         self.seeds = self._seed_plans()  # a budget below the smallest plan fails here, before any write
         self.dense_ppl = self.dense_perplexity()
         self.study_id = self._ensure_study()
@@ -129,12 +131,18 @@ class DecoderStudy:
         return model
 
     def _seed_plans(self) -> list[tuple[Plan, CandidateKind]]:
+        """The uniform and the global plan at the cap, and one at the floor: the global plan where it reaches
+        the floor (it keeps a structure of every group), else the uniform one. A cap below the smallest plan
+        is a one-line :class:`~spaces.PlanError` here, before the study is written."""
         s = self.space
-        return [
-            (s.fit(s.uniform_plan(0.0), self.cap), CandidateKind.UNIFORM),
-            (s.global_plan(self.cap), CandidateKind.GLOBAL),
-            (s.global_plan(self.floor), CandidateKind.GLOBAL),
-        ]
+        seeds = [(s.fit(s.uniform_plan(0.0), self.cap), CandidateKind.UNIFORM)]
+        for limit in (self.cap, self.floor):
+            try:
+                seeds.append((s.global_plan(limit), CandidateKind.GLOBAL))
+            except PlanError:
+                seeds.append((s.fit(s.uniform_plan(0.0), limit), CandidateKind.UNIFORM))
+        unique = {plan.hash: (plan, kind) for plan, kind in seeds}  # a floor at the cap repeats its plans
+        return list(unique.values())
 
     def _ensure_study(self) -> int:
         cfg, dense = self.cfg, self.space.dense
