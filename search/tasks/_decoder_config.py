@@ -80,11 +80,16 @@ class MemoryBudget(_Section):
 class DecoderSpaceConfig(_Section):
     """What a plan may change: each layer's MLP channels and key-value groups (and, with ``depth``, layers)."""
 
-    max_ratio: float = Field(0.9, gt=0, lt=1, description="largest share of a layer's MLP or key-value groups pruned")
+    max_ratio: float = Field(0.95, gt=0, lt=1, description="largest share of a layer's MLP or key-value groups pruned")
     depth: bool = Field(False, description="also drop whole decoder layers (at most space.max_depth_share of them)")
     max_depth_share: float = Field(0.5, gt=0, lt=1, description="the largest share of layers a plan may drop")
     importance: Literal["wanda", "magnitude"] = Field(
         "wanda", description="what ranks structures: Wanda-sp's |W|·‖X‖ on calibration text, or weight magnitude"
+    )
+    bits: list[Literal[8, 4]] = Field(
+        [],
+        description="weight bits a layer's projections may take besides float32 (e.g. [8, 4]): the sampler picks "
+        "per layer, and the memory counts them (ONNX Runtime's MatMulNBits runs them)",
     )
     calibration_windows: int = Field(
         128, ge=1, description="calibration windows (of evaluate.context tokens) the Wanda-sp scores read"

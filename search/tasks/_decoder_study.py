@@ -100,9 +100,10 @@ class DecoderStudy:
         """Load text, model and space, check the budget, then create (or reopen) the study."""
         cfg = self.load().cfg
         if cfg.space.importance == "wanda":
-            self.space.calibrate(self.text.calibration, windows=cfg.space.calibration_windows, length=cfg.evaluate.context)
+            windows, length = cfg.space.calibration_windows, cfg.evaluate.context
+            self.space.calibrate(self.text.calibration, windows=windows, length=length)
         self.cap = self.space.memory_limit(share(cfg.budget.memory))
-        smallest = self.space.cost(self.space.uniform_plan(cfg.space.max_ratio)).memory_bytes
+        smallest = self.space.cost(self._lowest_bits(self.space.uniform_plan(cfg.space.max_ratio))).memory_bytes
         # the floor is raised to the smallest plan the space holds (a smaller target has no plan)
         self.floor = min(self.cap, max(smallest, self.space.memory_limit(share(cfg.search.floor))))
         self.seeds = self._seed_plans()  # a budget below the smallest plan fails here, before any write
@@ -141,8 +142,18 @@ class DecoderStudy:
                 seeds.append((s.global_plan(limit), CandidateKind.GLOBAL))
             except PlanError:
                 seeds.append((s.fit(s.uniform_plan(0.0), limit), CandidateKind.UNIFORM))
+        if self.cfg.space.bits:  # every layer at the fewest bits, widths fitted around them
+            seeds.append((s.fit(self._lowest_bits(Plan()), self.cap), CandidateKind.UNIFORM))
         unique = {plan.hash: (plan, kind) for plan, kind in seeds}  # a floor at the cap repeats its plans
         return list(unique.values())
+
+    def _lowest_bits(self, plan: Plan) -> Plan:
+        """``plan`` with every layer at the fewest bits the study searches (``plan`` itself without bits)."""
+        if not self.cfg.space.bits:
+            return plan
+        s = self.space
+        path, n = s.layout.layers_path(s.model), len(s.layout.layers(s.model))
+        return plan.replace(bits=dict.fromkeys((f"{path}.{i}" for i in range(n)), min(self.cfg.space.bits)))
 
     def _ensure_study(self) -> int:
         cfg, dense = self.cfg, self.space.dense
@@ -224,19 +235,24 @@ class DecoderStudy:
         return cid, plan, trial.number
 
     def _sampled(self, trial: optuna.Trial) -> Plan:
-        """The sampler's plan: a memory target, a prune ratio per group, dropped layers; fitted onto the target."""
+        """The sampler's plan: a memory target, a prune ratio per group, dropped layers and per-layer bits;
+        fitted onto the target by one shift of the prune ratios."""
         s, cfg = self.space, self.cfg.space
         lo, hi = self.floor / s.dense.memory_bytes, self.cap / s.dense.memory_bytes
         target = trial.suggest_float("memory", lo, hi) if hi > lo else hi
         ratios = {g: trial.suggest_float(g, 0.0, cfg.max_ratio) for g in s.groups}
+        path, n = s.layout.layers_path(s.model), len(s.layout.layers(s.model))
         depth: dict[str, str] = {}
         if cfg.depth:
-            path, n = s.layout.layers_path(s.model), len(s.layout.layers(s.model))
             dropped = [i for i in range(n) if trial.suggest_categorical(f"drop.{i}", [False, True])]
             if len(dropped) > int(cfg.max_depth_share * n):
                 raise PlanError(f"{len(dropped)} of {n} layers dropped, more than space.max_depth_share")
             depth = dict.fromkeys((f"{path}.{i}" for i in dropped), "shortcut")
-        plan = Plan(prune={g: round(r, 6) for g, r in ratios.items() if r > 0}, depth=depth)
+        bits: dict[str, int] = {}
+        if cfg.bits:  # 32: the layer stays float
+            chosen = {f"{path}.{i}": trial.suggest_categorical(f"bits.{i}", [32, *cfg.bits]) for i in range(n)}
+            bits = {name: b for name, b in chosen.items() if b < 32 and name not in depth}  # dropped: no weights
+        plan = Plan(prune={g: round(r, 6) for g, r in ratios.items() if r > 0}, depth=depth, bits=bits)
         return s.fit(plan, int(target * s.dense.memory_bytes))
 
     def _finish(self, cid: int, plan: Plan, number: int | None, out: Outcome) -> None:

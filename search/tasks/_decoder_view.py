@@ -30,6 +30,9 @@ def plan_summary(plan_json: str, groups: dict[str, int]) -> str:
             lo, hi = min(k for k, _ in kept), max(k for k, _ in kept)
             full = max(n for _, n in kept)
             parts.append(f"{label} {lo}-{hi} of {full}" if lo != hi else f"{label} {lo} of {full}")
+    bits: dict[str, int] = data.get("bits", {})
+    for b in sorted(set(bits.values()), reverse=True):
+        parts.append(f"{sum(v == b for v in bits.values())} layer(s) at {b} bits")
     return "; ".join(parts)
 
 

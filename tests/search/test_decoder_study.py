@@ -142,6 +142,28 @@ def test_a_rerun_evaluates_a_released_candidate_first_and_continues_the_study(tm
     assert retried.status is Status.COMPLETE and retried.attempts == 2 and retried.perplexity is not None
 
 
+def test_per_layer_bits_are_searched_counted_in_memory_and_rebuilt_exactly(tmp_path: Path) -> None:
+    from evaluators._text import perplexity
+
+    cfg = write_config(
+        tmp_path, **{"[evaluate]": "[space]\nbits = [8, 4]\n[evaluate]", 'memory = "75%"': 'memory = "60%"'}
+    )
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    study = DecoderStudy(load_decoder_config(cfg)).load()
+    rows = study.store.candidates(study.store.study("lm").id)
+    with_bits = [r for r in rows if Plan.from_json(r.plan).entries("bits")]
+    seeds = [Plan.from_json(r.plan) for r in rows if r.kind is CandidateKind.UNIFORM]
+    assert any(p.entries("bits") == {"model.layers.0": 4, "model.layers.1": 4} for p in seeds)  # every layer at 4
+    assert any(r.kind is CandidateKind.SAMPLED for r in with_bits)  # and the sampler proposes bits too
+    for r in rows:  # the memory counts the bits exactly, and every plan is within the cap
+        assert r.memory == study.space.cost(Plan.from_json(r.plan)).memory_bytes <= study.space.memory_limit(0.6)
+    row = with_bits[0]
+    model, e = study.candidate_model(row), study.cfg.evaluate
+    assert perplexity(model, study.text.validation, context=e.context, max_windows=e.windows) == pytest.approx(
+        row.perplexity, rel=1e-9
+    )
+
+
 @pytest.mark.parametrize(
     ("replace", "message"),
     [
@@ -151,6 +173,10 @@ def test_a_rerun_evaluates_a_released_candidate_first_and_continues_the_study(tm
         ({"candidates = 6": "candidats = 6"}, "unknown config key 'search.candidats'; did you mean 'candidates'?"),
         ({'task = "decoder"': 'task = "speech"'}, "config key 'task' must be one of vision, decoder, got 'speech'"),
         ({'memory = "75%"': 'memory = "150%"'}, 'budget.memory must be a share of the dense model like "50%"'),
+        (
+            {"[data]": '[model]\nspec = "hf-tiny:gpt2"\n[space]\nbits = [8]\n[data]'},
+            "the gpt2 layout's projections cannot be quantized yet",
+        ),
     ],
 )
 def test_bad_decoder_input_is_one_line_exit_2_and_writes_no_study(
@@ -175,6 +201,13 @@ def test_a_model_that_needs_remote_code_is_refused_in_one_line(
     err = capsys.readouterr().err
     assert "needs its own code (auto_map in config.json); PruneTune never runs code from a model directory" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_example_config_loads_with_the_benchs_teacher() -> None:
+    cfg = load_decoder_config(Path(__file__).parents[2] / "examples" / "tiny_llama.toml")
+    assert cfg.search.study == "tiny-llama-memory50" and cfg.budget.memory == "50%" and cfg.budget.context == 1024
+    teacher = cfg.model.teacher  # bench_llm.py's defaults: the two share one cached teacher
+    assert (teacher.layers, teacher.width, teacher.mlp, teacher.heads, teacher.kv_heads) == (4, 128, 384, 8, 2)
 
 
 def test_vision_commands_and_objectives_refuse_a_language_model_in_one_line(
