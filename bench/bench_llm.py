@@ -73,6 +73,7 @@ SMOKE = {
     "max_bytes": 50_000,
     "search_candidates": 4,
     "search_steps": 2,
+    "rescore_top": 1,
 }
 
 
@@ -95,6 +96,7 @@ def args_() -> argparse.Namespace:
     ap.add_argument("--max-bytes", type=int, default=None, help="bytes of text per split (default: all)")
     ap.add_argument("--search-candidates", type=int, default=16, help="candidates of each search (0: no search arm)")
     ap.add_argument("--search-steps", type=int, default=40, help="distilled recovery steps per searched candidate")
+    ap.add_argument("--rescore-top", type=int, default=3, help="the search's best, recovered again for its pick")
     ap.add_argument("--threads", type=int, default=2)
     return parse(ap, SMOKE)
 
@@ -138,14 +140,15 @@ def searched_plan(args: argparse.Namespace, share: float, seed: int, cache: Path
         "data": {"max_bytes": args.max_bytes},
         "budget": {"memory": share, "context": args.serve_context, "batch": args.serve_batch},
         "evaluate": {"recovery_steps": args.search_steps, "kd_weight": args.kd_weight, "context": args.context,
-                     "seed": seed},
+                     "seed": seed, "rescore_top": args.rescore_top, "rescore_steps": args.recovery_steps},
         "search": {"study": f"llm-{share}-{seed}", "candidates": args.search_candidates, "seed": seed,
                    "artifacts_dir": str(cache)},
         "storage": {"url": f"sqlite:///{folder / 'study.db'}"},
     })  # fmt: skip
     study = DecoderStudy(cfg).prepare()
     study.run()
-    best = min(study.front(), key=lambda r: r.perplexity or float("inf"))
+    best = study.pick()
+    assert best is not None
     return Plan.from_json(best.plan)
 
 

@@ -37,7 +37,12 @@ def dominates(a: Sequence[float | None], b: Sequence[float | None]) -> bool:
 def _minimised(row: CandidateRow, steps: int | None, objectives: Sequence[Objective]) -> list[float | None]:
     out: list[float | None] = []
     for obj in objectives:
-        v = row.accuracy_after(steps) if obj is Objective.ACCURACY else row.objective(obj)
+        if obj is Objective.ACCURACY:
+            v = row.accuracy_after(steps)
+        elif obj is Objective.PERPLEXITY:  # a language model's, at the same recovery steps
+            v = row.perplexity_after(steps)
+        else:
+            v = row.objective(obj)
         maximize = obj.direction is Direction.MAXIMIZE
         out.append(None if v is None else (-v if maximize else v))
     return out

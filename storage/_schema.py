@@ -8,6 +8,7 @@ caller can write to the database by accident or trip over a closed session.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -233,6 +234,14 @@ class CandidateRow:
             return self.accuracy_after(steps)
         entry = next((r for r in self.rungs or [] if r[0] == steps), None)
         return -float(entry[2]) if entry is not None and len(entry) > 2 else None
+
+    def perplexity_after(self, steps: int | None) -> float | None:
+        """A language model's validation perplexity after ``steps`` recovery steps (``exp`` of the rung's loss);
+        ``None`` where it was not measured. Without rungs, the stored perplexity (``steps=None`` only)."""
+        if self.rungs is None:
+            return self.perplexity if steps is None and self.status is Status.COMPLETE else None
+        entry = next((r for r in self.rungs if r[0] == steps), None)
+        return math.exp(float(entry[2])) if entry is not None and len(entry) > 2 else None
 
     @property
     def top_steps(self) -> int | None:

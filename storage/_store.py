@@ -384,13 +384,15 @@ class StudyStore:
         candidate_id: int,
         rung: int,
         steps: int,
-        accuracy: float,
+        accuracy: float | None,
         *,
         artifact: str,
         loss: float | None = None,
         objectives: Sequence[Objective | str] = (Objective.ACCURACY, Objective.MACS),
+        perplexity: float | None = None,
     ) -> bool:
-        """Extend a COMPLETE candidate by rung ``rung`` (its ``steps``, ``accuracy`` and ``loss``, its new weights).
+        """Extend a COMPLETE candidate by rung ``rung`` (its ``steps``, ``accuracy`` and ``loss``, its new weights;
+        a language model's: no accuracy, its ``perplexity`` and its loss, the log of it).
 
         Compare-and-swap: only if the candidate has exactly ``rung`` rungs, so a
         rung is added once however many workers try; ``False`` (nothing written)
@@ -406,7 +408,9 @@ class StudyStore:
             if swap(s, CandidateTable, *at, CandidateTable.rung == rung - 1, rung=rung) != 1:
                 return False
             c = s.get_one(CandidateTable, candidate_id)
-            c.rungs, c.accuracy = [*(c.rungs or [])[:rung], _rung_entry((steps, accuracy, loss))], float(accuracy)
+            c.rungs = [*(c.rungs or [])[:rung], _rung_entry((steps, accuracy, loss))]
+            c.accuracy = None if accuracy is None else float(accuracy)
+            c.perplexity = perplexity
             c.artifact, c.weights_sha256 = artifact, file_sha256(artifact)
             s.flush()
             write_front(s, sid, [Objective(o) for o in objectives])
@@ -621,8 +625,9 @@ def _set_costs(c: CandidateTable, cost: Mapping[str, float]) -> None:
 
 
 def _rung_entry(entry: Sequence[Any]) -> list[Any]:
-    """``[steps, accuracy]``, or ``[steps, accuracy, loss]`` when the loss is known and finite (JSON has no NaN)."""
-    out: list[Any] = [int(entry[0]), float(entry[1])]
+    """``[steps, accuracy]``, or ``[steps, accuracy, loss]`` when the loss is known and finite (JSON has no NaN);
+    a language model's rung has no accuracy (``None``), its loss is the validation cross-entropy."""
+    out: list[Any] = [int(entry[0]), None if entry[1] is None else float(entry[1])]
     if len(entry) > 2 and entry[2] is not None and math.isfinite(float(entry[2])):
         out.append(float(entry[2]))
     return out

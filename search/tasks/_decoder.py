@@ -53,6 +53,9 @@ class DecoderTask(Task):
             except KeyboardInterrupt:
                 study.store.release(study.study_id, study.worker, "interrupted by the user")
                 raise
+        for trial, before, after in res.rescored:
+            err.print(f"trial {trial}: re-scored with {cfg.evaluate.rescore_steps} recovery steps: "
+                      f"perplexity {before:.3f} -> {after:.3f}")  # fmt: skip
         front = study.front()
         title = f"Pareto front of {study.name!r} ({len(front)} of {res.total}): validation perplexity against memory"
         out.print(decoder_front_table(title, front, study.store.study(study.name)))
@@ -100,6 +103,8 @@ class DecoderTask(Task):
         return lines
 
     def show_status(self, console: Console, store: StudyStore, study: StudyRecord) -> None:
+        from search.tasks._decoder_study import pick
+
         rows = store.candidates(study.id)
         counts: dict[str, int] = {}
         for r in rows:
@@ -109,10 +114,10 @@ class DecoderTask(Task):
         console.print(f"budget {study.budget}; memory of the dense model {study.base_cost['memory']:,.0f} bytes")
         console.print(f"candidates: {len(rows)} (" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")")
         console.print(f"front: {len(front)} candidates")
-        best = min((r for r in front if r.perplexity is not None), key=lambda r: r.perplexity or 0.0, default=None)
+        best = pick(front)
         if best is not None and best.memory is not None:
             share = 100 * best.memory / study.base_cost["memory"]
             console.print(
-                f"lowest validation perplexity within budget: {best.perplexity:.3f} (trial {best.trial_number}, "
-                f"memory {share:.1f}%)"
+                f"pick: trial {best.trial_number}, validation perplexity {best.perplexity:.3f} after "
+                f"{best.top_steps} recovery steps, memory {share:.1f}%"
             )

@@ -106,6 +106,10 @@ class DecoderEvaluateConfig(_Section):
     context: int = Field(128, ge=2, description="tokens per training and validation window")
     windows: int = Field(32, ge=1, description="validation windows the perplexity reads (what the search selects on)")
     seed: int = Field(0, description="seed of the recovery's data order")
+    rescore_top: int = Field(
+        3, ge=0, description="then the candidates with the lowest perplexity are recovered again, longer (0: none)"
+    )
+    rescore_steps: int = Field(200, ge=1, description="recovery steps of the re-scoring; the pick is made on them")
 
 
 class DecoderSearchConfig(_Section):

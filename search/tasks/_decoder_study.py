@@ -31,10 +31,11 @@ continues the Optuna study.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from spaces.decoder import DecoderSpace
     from storage import CandidateRow, StudyStore
 
-__all__ = ["OBJECTIVES", "DecoderStudy", "Outcome"]
+__all__ = ["OBJECTIVES", "DecoderStudy", "Outcome", "pick"]
 
 OBJECTIVES = (Objective.PERPLEXITY, Objective.MEMORY)
 
@@ -62,6 +63,7 @@ class Outcome:
     evaluated: int = 0
     total: int = 0
     seconds: list[float] = field(default_factory=list)
+    rescored: list[tuple[int, float, float]] = field(default_factory=list)  # trial, first and longer perplexity
 
 
 def share(text: str | float) -> float:
@@ -129,7 +131,19 @@ class DecoderStudy:
         vocab = int(getattr(model.config, "vocab_size", 0))
         if vocab < 256:
             raise ValueError(f"model {spec!r} has a vocabulary of {vocab}; the byte-level text needs at least 256")
+        self._check_positions(model)
         return model
+
+    def _check_positions(self, model: nn.Module) -> None:
+        """Windows of ``evaluate.context`` tokens must fit the model's positions, and so must the served
+        ``budget.context`` where positions are a learned table (GPT-2's ``n_positions``; rotary ones extend)."""
+        config, e, b = model.config, self.cfg.evaluate, self.cfg.budget
+        positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if positions is not None and e.context > int(positions):
+            raise ValueError(f"evaluate.context {e.context} exceeds the model's {positions} positions")
+        table = getattr(config, "n_positions", None)
+        if table is not None and b.context > int(table):
+            raise ValueError(f"budget.context {b.context} exceeds the model's {table} learned positions")
 
     def _seed_plans(self) -> list[tuple[Plan, CandidateKind]]:
         """The uniform and the global plan at the cap, and one at the floor: the global plan where it reaches
@@ -210,6 +224,7 @@ class DecoderStudy:
                     on_candidate(out)
             check_interrupt()
         out.total = self.store.count(self.study_id)
+        out.rescored = self.rescore()
         return out
 
     def _propose(self) -> tuple[int, Plan, int] | None:
@@ -257,17 +272,15 @@ class DecoderStudy:
 
     def _finish(self, cid: int, plan: Plan, number: int | None, out: Outcome) -> None:
         """Recover, score and store one candidate; tell the sampler."""
-        from safetensors.torch import save_model
 
         t0 = time.perf_counter()
         ppl, student = self.evaluate(plan)
         cost = self.space.cost(plan)
-        artifact = self.artifacts / f"candidate-{cid}.safetensors"
-        artifact.parent.mkdir(parents=True, exist_ok=True)
-        save_model(student, str(artifact))  # what `prunetune export` rebuilds the candidate from, with the plan
+        artifact = self._save(student, f"candidate-{cid}")
         seconds = time.perf_counter() - t0
+        rung = [self.cfg.evaluate.recovery_steps, None, math.log(ppl)]  # the first rung: its loss, log perplexity
         self.store.finish(cid, Status.COMPLETE, perplexity=ppl, cost=cost_dict(cost), seconds=seconds,
-                          objectives=OBJECTIVES, artifact=str(artifact))  # fmt: skip
+                          objectives=OBJECTIVES, artifact=str(artifact), rungs=[rung])  # fmt: skip
         if number is not None:
             try:
                 self.optuna.tell(number, [ppl, float(cost.memory_bytes)])
@@ -276,17 +289,47 @@ class DecoderStudy:
         out.evaluated += 1
         out.seconds.append(seconds)
 
-    def evaluate(self, plan: Plan) -> tuple[float, nn.Module]:
-        """Validation perplexity of ``plan`` after the recovery fine-tune (see the module docs), and the
-        recovered model."""
+    def _save(self, student: nn.Module, name: str) -> Path:
+        """The recovered weights, what `prunetune export` rebuilds the candidate from with its plan."""
+        from safetensors.torch import save_model
+
+        artifact = self.artifacts / f"{name}.safetensors"
+        artifact.parent.mkdir(parents=True, exist_ok=True)
+        save_model(student, str(artifact))
+        return artifact
+
+    def rescore(self) -> list[tuple[int, float, float]]:
+        """Recover the ``evaluate.rescore_top`` candidates of lowest perplexity again for ``rescore_steps``
+        steps, from the plan, and record it as their second rung (once: the store's compare-and-swap); the
+        study's pick is made among them. Returns ``(trial, first perplexity, re-scored perplexity)``."""
+        e = self.cfg.evaluate
+        if e.rescore_top == 0 or e.rescore_steps <= e.recovery_steps:
+            return []
+        rows = [r for r in self.store.candidates(self.study_id) if r.status is Status.COMPLETE and r.perplexity]
+        first = sorted(rows, key=lambda r: (r.perplexity_after(e.recovery_steps) or math.inf, r.id))
+        done = []
+        for r in first[: e.rescore_top]:
+            if r.top_rung >= 1:
+                continue
+            ppl, student = self.evaluate(Plan.from_json(r.plan), steps=e.rescore_steps)
+            artifact = self._save(student, f"candidate-{r.id}-rescored")
+            self.store.add_rung(r.id, 1, e.rescore_steps, None, artifact=str(artifact), loss=math.log(ppl),
+                                objectives=OBJECTIVES, perplexity=ppl)  # fmt: skip
+            done.append((r.trial_number or 0, float(r.perplexity or 0.0), ppl))
+        return done
+
+    def evaluate(self, plan: Plan, steps: int | None = None) -> tuple[float, nn.Module]:
+        """Validation perplexity of ``plan`` after the recovery fine-tune of ``steps`` steps (default
+        ``evaluate.recovery_steps``; see the module docs), and the recovered model."""
         from evaluators._lm import recover
         from evaluators._text import perplexity
 
         e = self.cfg.evaluate
+        steps = e.recovery_steps if steps is None else steps
         student = self.space.apply(plan)
-        if e.recovery_steps:
+        if steps:
             teacher = self.model if e.kd_weight > 0 else None
-            recover(student, self.text.train, steps=e.recovery_steps, context=e.context, batch_size=e.batch_size,
+            recover(student, self.text.train, steps=steps, context=e.context, batch_size=e.batch_size,
                     lr=e.lr, teacher=teacher, kd_weight=e.kd_weight, seed=e.seed)  # fmt: skip
         return perplexity(student, self.text.validation, context=e.context, max_windows=e.windows), student
 
@@ -311,12 +354,23 @@ class DecoderStudy:
         """The study's Pareto front, smallest memory first."""
         return sorted(self.store.front(self.study_id), key=lambda r: (r.memory or 0.0, r.id))
 
+    def pick(self) -> CandidateRow | None:
+        """The study's pick: :func:`pick` on its front."""
+        return pick(self.store.front(self.study_id))
+
     def dense_perplexity(self) -> float:
         """The dense model's validation perplexity (the front's reference)."""
         from evaluators._text import perplexity
 
         e = self.cfg.evaluate
         return perplexity(self.model, self.text.validation, context=e.context, max_windows=e.windows)
+
+
+def pick(rows: Sequence[CandidateRow]) -> CandidateRow | None:
+    """The lowest validation perplexity among the candidates recovered longest (a 40-step score never beats a
+    200-step one, as :func:`storage.best_within_cap` for accuracy); every candidate is within the budget."""
+    scored = [r for r in rows if r.perplexity is not None]
+    return min(scored, key=lambda r: (-r.top_rung, r.perplexity, r.id), default=None)
 
 
 def cost_dict(cost: Any) -> dict[str, float]:

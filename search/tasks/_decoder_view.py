@@ -39,20 +39,23 @@ def plan_summary(plan_json: str, groups: dict[str, int]) -> str:
 def decoder_front_table(
     title: str, rows: Sequence[CandidateRow], study: StudyRecord, groups: dict[str, int] | None = None
 ) -> Table:
-    """The front as a table: trial, validation perplexity, memory and weight shares, plan (the best starred)."""
+    """The front as a table: trial, validation perplexity and the recovery steps it was measured after, memory
+    and weights, plan; the study's pick (:func:`search.tasks._decoder_study.pick`) starred."""
     from rich.table import Table
+
+    from search.tasks._decoder_study import pick
 
     dense_memory, dense_ppl = float(study.base_cost["memory"]), study.space_options.get("dense")
     groups = groups if groups is not None else study.space_options.get("groups", {})
     table = Table(title=title, caption=_caption(dense_ppl), caption_justify="left")
-    for col in ("trial", "val ppl", "memory %", "weights MB", "plan"):
+    for col in ("trial", "val ppl", "steps", "memory %", "weights MB", "plan"):
         table.add_column(col, justify="left" if col == "plan" else "right")
-    best = min((r.perplexity for r in rows if r.perplexity is not None), default=None)
+    best = pick(rows)
     for r in rows:
-        star = " *" if r.perplexity == best else ""
         table.add_row(
-            f"{r.trial_number}{star}",
+            f"{r.trial_number}{' *' if best is not None and r.id == best.id else ''}",
             f"{r.perplexity:.3f}" if r.perplexity is not None else "-",
+            str(r.top_steps) if r.top_steps is not None else "-",
             f"{100 * (r.memory or 0) / dense_memory:.1f}%",
             f"{(r.bytes or 0) / 1e6:.2f}",
             plan_summary(r.plan, groups),
@@ -63,6 +66,6 @@ def decoder_front_table(
 def _caption(dense_ppl: float | None) -> str:
     dense = f"; the dense model: {dense_ppl:.3f}" if dense_ppl is not None else ""
     return (
-        "* the lowest validation perplexity within the budget (selected on); memory: weights plus KV cache at the "
-        f"budget's context, a share of the dense model's{dense}"
+        "* the pick: the lowest validation perplexity among the candidates recovered longest (steps); memory: "
+        f"weights plus KV cache at the budget's context, a share of the dense model's{dense}"
     )
