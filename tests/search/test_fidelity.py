@@ -137,7 +137,10 @@ def test_the_best_at_the_top_rung_are_rescored_as_a_rung_of_their_own_once(tmp_p
     rows = s.prepared.store.candidates(s.prepared.study_id)
     at_top = [r for r in rows if (r.rung or 0) >= 1]  # what reached the top rung (6 steps)
     ranked = sorted(at_top, key=lambda r: (-(r.accuracy_at(1) or 0.0), r.macs or 0.0, r.id))
-    assert len(ranked) >= 3
+    # how many reach the top rung depends on the order the scores arrive in (2 of 6 on a 2-core AMD EPYC,
+    # 2026-12-07; 3 or more on CI): two are what the tie needs; a third, where there is one, must stay out
+    # (tests/search/test_ties.py checks the untied case on its own)
+    assert len(ranked) >= 2
     # the second is made to answer as the first does (a tie with the k-th, k = 1), the rest wrong on every image
     first = load_sample_scores(str(ranked[0].artifact))
     assert first is not None

@@ -89,14 +89,18 @@ def test_a_bytes_budget_is_met_with_bits_and_the_export_is_rebuilt_exactly(
     assert agreed["accuracy_torch"] == best.accuracy and agreed["top1"] >= 0.99
     assert agreed["accuracy_diff"] == agreed["accuracy_onnx"] - agreed["accuracy_torch"]
     assert f"{100 * agreed['top1']:.2f}% on {agreed['images']} validation images" in capsys.readouterr().out
-    # ONNX Runtime's integer kernels round each layer's output too: a few images change class, so an export that
-    # asks for full agreement is refused, and no ONNX file is left; --allow-gap writes it, its gap recorded
-    assert agreed["top1"] < 1.0
+    # ONNX Runtime's integer kernels round each layer's output too: on most machines a few images change class, so
+    # an export that asks for full agreement is refused, and no ONNX file is left; --allow-gap writes it, its gap
+    # recorded. Where every image agrees (the rounding differs by CPU: 2026-12-07, an AMD EPYC agreed on all), the
+    # strict export is written.
     strict = tmp_path / "strict"
-    assert main([*args[:-1], str(strict), "--format", "onnx", "--int8", "--min-agreement", "1"]) == 2
-    assert "below the tolerance 100.00%: not written" in capsys.readouterr().err
-    assert not {"model.onnx", "model.int8.onnx", "onnx.json"} & {f.name for f in strict.iterdir()}
-    assert main([*args[:-1], str(strict), "--format", "onnx", "--int8", "--min-agreement", "1", "--allow-gap"]) == 0
+    code = main([*args[:-1], str(strict), "--format", "onnx", "--int8", "--min-agreement", "1"])
+    if agreed["top1"] < 1.0:
+        assert code == 2 and "below the tolerance 100.00%: not written" in capsys.readouterr().err
+        assert not {"model.onnx", "model.int8.onnx", "onnx.json"} & {f.name for f in strict.iterdir()}
+        assert main([*args[:-1], str(strict), "--format", "onnx", "--int8", "--min-agreement", "1", "--allow-gap"]) == 0
+    else:
+        assert code == 0 and {"model.onnx", "model.int8.onnx", "onnx.json"} <= {f.name for f in strict.iterdir()}
     assert json.loads((strict / "model.json").read_text())["agreement"]["top1"] == agreed["top1"]
     assert main([*args, "--format", "onnx", "--min-agreement", "1.5"]) == 2
     assert "--min-agreement must be a fraction in [0, 1], got 1.5" in capsys.readouterr().err
@@ -231,3 +235,14 @@ def test_a_layer_the_export_cannot_find_fails_it_by_name(tmp_path: Path) -> None
     with pytest.raises(ValueError, match=r"^layer 'proj' \(8-bit weights in the plan\) has no Conv, Gemm or MatMul"):
         quantize_onnx(tmp_path / "model.onnx", tmp_path / "int8.onnx", layers, load_data("digits"))
     assert not (tmp_path / "int8.onnx").exists()
+
+
+def test_an_int8_model_below_the_agreement_tolerance_is_refused_in_one_line_unless_the_gap_is_allowed() -> None:
+    from search.operations._onnx import _check_agreement
+
+    agreed = {"model.int8.onnx": {"top1": 0.9944, "images": 360}}
+    with pytest.raises(ValueError, match=r"^model.int8.onnx agrees .* on 99.44% of 360 validation images \(top-1\), "
+                       r"below the tolerance 100.00%: not written"):  # fmt: skip
+        _check_agreement(agreed, 1.0, allow_gap=False)
+    _check_agreement(agreed, 1.0, allow_gap=True)  # --allow-gap: written, its gap recorded
+    _check_agreement(agreed, 0.99, allow_gap=False)  # within the tolerance
