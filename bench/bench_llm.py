@@ -32,7 +32,7 @@ the ``calibration`` split) and its own rule, exactly onto the budget
 Then every arm gets the same recovery: ``--recovery-steps`` steps on the
 ``train`` split, distilled from the teacher (KL on logits, as Minitron;
 ``--kd-weight``), the seed's data order; (b) also recovers on the labels alone
-(plain next-token loss) for the comparison. The figure is **perplexity on the
+(plain next-token loss) for the comparison, and so does (s). The figure is **perplexity on the
 ``heldout`` split** (never read before), mean ± std over seeds; beside it the
 memory, and tokens per second measured in torch (batch 1): prefill of
 ``--context`` tokens, and decode of 32 tokens with the cache.
@@ -164,7 +164,8 @@ def run_budget(args: argparse.Namespace, share: float, seeds: list[int], teach: 
     if isinstance(plans["(b) global"], Plan):
         runs.append(("(b) global, plain recovery", [plans["(b) global"]] * len(seeds)))
     if args.search_candidates:  # one study per seed: the search's own spread is in the figure
-        runs.append(("(s) PruneTune search", [searched_plan(args, share, seed, args.cache) for seed in seeds]))
+        picks = [searched_plan(args, share, seed, args.cache) for seed in seeds]
+        runs += [("(s) PruneTune search", picks), ("(s) PruneTune search, plain recovery", picks)]
     for name, per_seed in runs:
         ppls = [recovered(args, space, plan, seed, teach, text, plain="plain" in name)
                 for plan, seed in zip(per_seed, seeds, strict=True)]  # fmt: skip
