@@ -26,8 +26,9 @@ the ``calibration`` split) and its own rule, exactly onto the budget
 (s) **PruneTune's search**: a ``task = "decoder"`` study per seed
     (:mod:`search.tasks._decoder_study`, ``--search-candidates`` candidates, each
     recovered for ``--search-steps`` distilled steps and scored by perplexity on
-    the ``validation`` split, in a SQLite store in a temp folder); its pick is
-    the candidate with the lowest validation perplexity within the budget.
+    the ``validation`` split, in a SQLite store in a temp folder, the best
+    ``--rescore-top`` recovered again for ``--recovery-steps``); its pick is the
+    lowest validation perplexity among those.
 
 Then every arm gets the same recovery: ``--recovery-steps`` steps on the
 ``train`` split, distilled from the teacher (KL on logits, as Minitron;
