@@ -28,6 +28,7 @@ from search.service._api_models import (
 )
 from search.service._state import ServiceState, state_of
 from search.service._worker import SubmissionError, check_submission
+from search.tasks import task_of_study
 from spaces import first_line
 from storage import candidates_frame, front_figure
 
@@ -73,6 +74,9 @@ def get_front_figure(name: str, state: State) -> FrontFigureOut:
     info = state.study_or_404(name)
 
     def build() -> FrontFigureOut:
+        if (task := task_of_study(info)) is not None:  # a language-model study: perplexity against memory
+            return FrontFigureOut(candidates=state.reader.count(info.id), figure=task.page(state.reader, info,
+                                  plotlyjs="")[1])  # fmt: skip
         df = candidates_frame(state.reader, name)
         return FrontFigureOut(candidates=len(df), figure=json.loads(front_figure(df, info).to_json()))
 
@@ -89,7 +93,9 @@ def get_trial(name: str, n: int, state: State) -> TrialOut:
 @router.get("/studies/{name}/trials/{n}/export", tags=["trials"], response_class=Response, responses=_ZIP)
 def export_trial(name: str, n: int, state: State) -> Response:
     """A COMPLETE candidate as a zip of its export (the same files as `prunetune export`)."""
-    state.row_or_404(name, n)
+    info, _ = state.row_or_404(name, n)
+    if task_of_study(info) is not None:
+        raise HTTPException(409, "a language-model study exports with `prunetune export CONFIG --trial N --out DIR`")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             d = export_candidate(state.reader, name, Path(tmp) / "export", trial=n)

@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from search.service._routes_api import studies
 from search.service._security import COOKIE
 from search.service._state import ServiceState, state_of
+from search.tasks import task_of_study
 from storage import candidates_frame, render_report
 
 __all__ = ["router"]
@@ -61,6 +62,8 @@ def study_page(request: Request, name: str, state: State) -> Response:
     live = f"/api/studies/{quote(name)}/figures/front"
 
     def html() -> str:
+        if (task := task_of_study(info)) is not None:  # a language-model study: its own page
+            return task.page(state.reader, info, plotlyjs="/assets/plotly.min.js")[0]
         df = candidates_frame(state.reader, name)
         return render_report(state.reader, info, df, state.extras_of(name), plotlyjs="/assets/plotly.min.js", live=live)
 

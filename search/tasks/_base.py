@@ -29,8 +29,8 @@ class Task(ABC):
     input, before anything is written), runs or resumes the study and prints its
     front; it returns the exit code. ``locate`` reads a config's storage URL and
     study name (what ``front``, ``status``, ``report`` and ``export`` open);
-    ``show_front``, ``show_status``, ``write_report`` and ``export`` serve a
-    stored study of this task (its row's ``space_options["task"]`` names it).
+    ``show_front``, ``show_status``, ``write_report``, ``export`` and ``page``
+    (the service's) serve a stored study of this task (its row's ``space_options["task"]`` names it).
     """
 
     name: str
@@ -62,6 +62,11 @@ class Task(ABC):
     @abstractmethod
     def export(self, config: str | None, store: StudyStore, study: StudyRecord, trial: int, out: Path) -> list[str]:
         """Write trial ``trial`` of the stored study into ``out``; returns the lines to print."""
+
+    @abstractmethod
+    def page(self, store: StudyStore, study: StudyRecord, *, plotlyjs: str | None) -> tuple[str, dict[str, Any]]:
+        """The stored study's report page (HTML; ``plotlyjs``: a URL to load plotly.js from, else inlined) and
+        its front figure as plotly JSON (what the service's page polls while the study runs)."""
 
 
 TASKS: Registry[Task] = Registry(

@@ -102,6 +102,15 @@ class DecoderTask(Task):
                          f"top-1 next-token agreement {c['top1_agreement']:.1%} (held-out text)")  # fmt: skip
         return lines
 
+    def page(self, store: StudyStore, study: StudyRecord, *, plotlyjs: str | None) -> tuple[str, dict[str, Any]]:
+        import json
+
+        from search.tasks._decoder_report import decoder_frame, decoder_page, front_figure
+
+        df = decoder_frame(store, study)
+        figure = json.loads(front_figure(df, study.space_options.get("dense")).to_json())
+        return decoder_page(store, study, df=df, plotlyjs=plotlyjs), figure
+
     def show_status(self, console: Console, store: StudyStore, study: StudyRecord) -> None:
         from search.tasks._decoder_study import pick
 

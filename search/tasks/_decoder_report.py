@@ -21,10 +21,10 @@ if TYPE_CHECKING:
 
     from storage import StudyRecord, StudyStore
 
-__all__ = ["decoder_frame", "write_decoder_report"]
+__all__ = ["decoder_frame", "decoder_page", "front_figure", "write_decoder_report"]
 
-_COLUMNS = ["trial", "status", "kind", "perplexity", "memory_pct", "memory", "weight_bytes", "kv_bytes", "params",
-            "prefill_macs_per_token", "seconds", "on_front", "plan", "summary"]  # fmt: skip
+_COLUMNS = ["trial", "status", "kind", "perplexity", "rung_steps", "memory_pct", "memory", "weight_bytes", "kv_bytes",
+            "params", "prefill_macs_per_token", "seconds", "on_front", "plan", "summary"]  # fmt: skip
 
 
 def decoder_frame(store: StudyStore, info: StudyRecord) -> pd.DataFrame:
@@ -45,6 +45,7 @@ def decoder_frame(store: StudyStore, info: StudyRecord) -> pd.DataFrame:
             "kv_bytes": None if r.memory is None or r.bytes is None else r.memory - r.bytes,
             "params": r.params,
             "prefill_macs_per_token": r.macs,
+            "rung_steps": r.top_steps,
             "seconds": r.seconds,
             "on_front": r.id in front,
             "plan": r.plan,
@@ -57,8 +58,6 @@ def decoder_frame(store: StudyStore, info: StudyRecord) -> pd.DataFrame:
 
 def write_decoder_report(store: StudyStore, study: str, out: str | Path) -> list[Path]:
     """Write the four files of ``study`` into ``out`` (see the module docs); returns their paths."""
-    from plotly.offline import get_plotlyjs
-
     info = store.study(study)
     df = decoder_frame(store, info)
     out = Path(out)
@@ -67,10 +66,22 @@ def write_decoder_report(store: StudyStore, study: str, out: str | Path) -> list
     df.drop(columns=["summary"]).to_csv(paths[0], index=False)
     front = df[df["on_front"].astype(bool)]
     front.drop(columns=["summary"]).to_csv(paths[1], index=False)
-    shown = front[["trial", "perplexity", "memory_pct", "weight_bytes", "kv_bytes", "summary"]]
+    markdown = _shown(front).to_markdown(index=False, floatfmt=".4g") if len(front) else "(none)"
+    paths[2].write_text("\n".join([*_head(info, df), "## Pareto front", "", markdown, ""]), encoding="utf-8")
+    paths[3].write_text(decoder_page(store, info, df=df), encoding="utf-8")
+    return paths
+
+
+def _shown(front: pd.DataFrame) -> pd.DataFrame:
+    return front[["trial", "perplexity", "rung_steps", "memory_pct", "weight_bytes", "kv_bytes", "summary"]]
+
+
+def _head(info: StudyRecord, df: pd.DataFrame) -> list[str]:
+    """The report's first lines: the study, the dense model, the counts, what the columns mean."""
     dense_ppl = info.space_options.get("dense")
-    head = [
-        f"# PruneTune study `{study}` (language model)",
+    front = df[df["on_front"].astype(bool)]
+    return [
+        f"# PruneTune study `{info.name}` (language model)",
         "",
         f"- model `{info.model_spec}` on `{info.data_spec}`, budget {json.dumps(info.budget)}",
         f"- dense model: memory {info.base_cost['memory']:,.0f} bytes (weights plus KV cache), validation "
@@ -79,23 +90,33 @@ def write_decoder_report(store: StudyStore, study: str, out: str | Path) -> list
         else "",
         f"- candidates: {len(df)}; front: {len(front)}",
         "",
-        "`perplexity`: validation split (the search selects on it), after the recovery fine-tune; `memory_pct`: "
-        "weights plus KV cache, a share of the dense model's.",
+        "`perplexity`: validation split (the search selects on it), after `rung_steps` recovery steps (the "
+        "best few were recovered again, longer); `memory_pct`: weights plus KV cache, a share of the dense model's.",
         "",
     ]
-    markdown = shown.to_markdown(index=False, floatfmt=".4g") if len(shown) else "(none)"
-    paths[2].write_text("\n".join([*head, "## Pareto front", "", markdown, ""]), encoding="utf-8")
-    figure = front_figure(df, dense_ppl).to_html(full_html=False, include_plotlyjs=False, div_id="pt-front")
-    table = shown.to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}", classes="pt-table")
-    title = html.escape(f"PruneTune study {study}")
+
+
+def decoder_page(
+    store: StudyStore, info: StudyRecord, *, df: pd.DataFrame | None = None, plotlyjs: str | None = None
+) -> str:
+    """``report.html``: the front figure and table on one page; ``plotlyjs``: a URL to load plotly.js from
+    (the service's), else inlined (nothing loaded at view time)."""
+    from plotly.offline import get_plotlyjs
+
+    df = decoder_frame(store, info) if df is None else df
+    head = _head(info, df)
+    figure = front_figure(df, info.space_options.get("dense"))
+    div = figure.to_html(full_html=False, include_plotlyjs=False, div_id="pt-front")
+    front = _shown(df[df["on_front"].astype(bool)])
+    table = front.to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}", classes="pt-table")
+    title = html.escape(f"PruneTune study {info.name}")
     body = "".join(f"<p>{html.escape(line.removeprefix('- '))}</p>" for line in head[2:5] if line)
-    paths[3].write_text(
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-        f"<script>{get_plotlyjs()}</script></head><body><h1>{title}</h1>{body}"
-        f'<section id="front"><h2>Perplexity against memory</h2>{figure}{table}</section></body></html>',
-        encoding="utf-8",
+    script = f'<script src="{html.escape(plotlyjs)}"></script>' if plotlyjs else f"<script>{get_plotlyjs()}</script>"
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>{script}</head>'
+        f"<body><h1>{title}</h1>{body}"
+        f'<section id="front"><h2>Perplexity against memory</h2>{div}{table}</section></body></html>'
     )
-    return paths
 
 
 def front_figure(df: pd.DataFrame, dense_ppl: float | None) -> go.Figure:

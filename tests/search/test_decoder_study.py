@@ -244,3 +244,25 @@ def test_vision_commands_and_objectives_refuse_a_language_model_in_one_line(
     with pytest.raises(ValueError, match="objective 'perplexity' belongs to language-model studies"):
         load_config(None, {"model.spec": "zoo:resnet20", "data.spec": "digits", "budget.macs": "50%",
                            "search.objectives": ["accuracy", "perplexity"]})  # fmt: skip
+
+
+def test_the_service_serves_the_study_as_perplexity_against_memory(ran: Path) -> None:
+    import httpx
+
+    from search.service._app import create_app
+    from tests.search.servers import uvicorn_thread
+
+    token = "t0ken-for-the-decoder-tests-0123"
+    auth = {"Authorization": f"Bearer {token}"}
+    with uvicorn_thread(create_app(f"sqlite:///{ran.parent / 'study.db'}", token)) as base:
+        page = httpx.get(f"{base}/studies/lm", headers=auth, timeout=60)
+        assert page.status_code == 200 and "Perplexity against memory" in page.text
+        figure = httpx.get(f"{base}/api/studies/lm/figures/front", headers=auth, timeout=60).json()
+        assert figure["candidates"] == 6 and [t["name"] for t in figure["figure"]["data"]][:2] == [
+            "candidates",
+            "front",
+        ]
+        listed = httpx.get(f"{base}/api/studies", headers=auth, timeout=60).json()
+        assert [s["name"] for s in listed] == ["lm"]
+        export = httpx.get(f"{base}/api/studies/lm/trials/0/export", headers=auth, timeout=60)
+        assert export.status_code == 409 and "prunetune export CONFIG" in export.text
