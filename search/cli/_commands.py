@@ -194,11 +194,9 @@ def _task_of_stored(store: StudyStore, study: str) -> Task | None:
 
 def cmd_front(args: argparse.Namespace) -> int:
 
-    from search.tasks import task_of_study
-
     store, study = open_study(args)
     info = store.study(study)
-    if (task := task_of_study(info)) is not None:  # a language-model study: perplexity against memory
+    if (task := _task_of_stored(store, study)) is not None:  # a language-model study: perplexity against memory
         task.show_front(Console(), store, info, plans=args.plans)
         return 0
     rows = store.front(info.id)
@@ -217,11 +215,9 @@ def cmd_front(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
 
-    from search.tasks import task_of_study
-
     store, study = open_study(args)
     info = store.study(study)
-    if (task := task_of_study(info)) is not None:
+    if (task := _task_of_stored(store, study)) is not None:
         task.show_status(Console(), store, info)
         return 0
     rows = store.candidates(info.id)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from search.tasks._base import Task
 from search.tasks._decoder_config import decoder_flags, load_decoder_config
-from search.tasks._decoder_view import decoder_front_table
+from search.tasks._decoder_view import decoder_front_table, front_by_memory, pick
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -68,7 +68,7 @@ class DecoderTask(Task):
         return cfg.storage.url, str(cfg.search.study)
 
     def show_front(self, console: Console, store: StudyStore, study: StudyRecord, *, plans: bool) -> None:
-        rows = sorted(store.front(study.id), key=lambda r: (r.memory or 0.0, r.id))
+        rows = front_by_memory(store, study.id)
         title = f"Pareto front of {study.name!r} ({len(rows)} of {store.count(study.id)}): perplexity against memory"
         console.print(decoder_front_table(title, rows, study))
         if plans:
@@ -112,7 +112,6 @@ class DecoderTask(Task):
         return decoder_page(store, study, df=df, plotlyjs=plotlyjs), figure
 
     def show_status(self, console: Console, store: StudyStore, study: StudyRecord) -> None:
-        from search.tasks._decoder_study import pick
 
         rows = store.candidates(study.id)
         counts: dict[str, int] = {}

@@ -35,11 +35,12 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from search.tasks._decoder_view import front_by_memory, pick
 from spaces import CandidateKind, Objective, Plan, PlanError, Status
 
 if TYPE_CHECKING:
@@ -352,7 +353,7 @@ class DecoderStudy:
 
     def front(self) -> list[CandidateRow]:
         """The study's Pareto front, smallest memory first."""
-        return sorted(self.store.front(self.study_id), key=lambda r: (r.memory or 0.0, r.id))
+        return front_by_memory(self.store, self.study_id)
 
     def pick(self) -> CandidateRow | None:
         """The study's pick: :func:`pick` on its front."""
@@ -364,13 +365,6 @@ class DecoderStudy:
 
         e = self.cfg.evaluate
         return perplexity(self.model, self.text.validation, context=e.context, max_windows=e.windows)
-
-
-def pick(rows: Sequence[CandidateRow]) -> CandidateRow | None:
-    """The lowest validation perplexity among the candidates recovered longest (a 40-step score never beats a
-    200-step one, as :func:`storage.best_within_cap` for accuracy); every candidate is within the budget."""
-    scored = [r for r in rows if r.perplexity is not None]
-    return min(scored, key=lambda r: (-r.top_rung, r.perplexity, r.id), default=None)
 
 
 def cost_dict(cost: Any) -> dict[str, float]:

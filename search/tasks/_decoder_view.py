@@ -9,9 +9,21 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from storage import CandidateRow, StudyRecord
+    from storage import CandidateRow, StudyRecord, StudyStore
 
-__all__ = ["decoder_front_table", "plan_summary"]
+__all__ = ["decoder_front_table", "front_by_memory", "pick", "plan_summary"]
+
+
+def front_by_memory(store: StudyStore, study_id: int) -> list[CandidateRow]:
+    """A decoder study's Pareto front, smallest memory first (how every view lists it)."""
+    return sorted(store.front(study_id), key=lambda r: (r.memory or 0.0, r.id))
+
+
+def pick(rows: Sequence[CandidateRow]) -> CandidateRow | None:
+    """The lowest validation perplexity among the candidates recovered longest (a 40-step score never beats a
+    200-step one, as :func:`storage.best_within_cap` for accuracy); every candidate is within the budget."""
+    scored = [r for r in rows if r.perplexity is not None]
+    return min(scored, key=lambda r: (-r.top_rung, r.perplexity, r.id), default=None)
 
 
 def plan_summary(plan_json: str, groups: dict[str, int]) -> str:
@@ -40,10 +52,8 @@ def decoder_front_table(
     title: str, rows: Sequence[CandidateRow], study: StudyRecord, groups: dict[str, int] | None = None
 ) -> Table:
     """The front as a table: trial, validation perplexity and the recovery steps it was measured after, memory
-    and weights, plan; the study's pick (:func:`search.tasks._decoder_study.pick`) starred."""
+    and weights, plan; the study's pick (:func:`pick`) starred."""
     from rich.table import Table
-
-    from search.tasks._decoder_study import pick
 
     dense_memory, dense_ppl = float(study.base_cost["memory"]), study.space_options.get("dense")
     groups = groups if groups is not None else study.space_options.get("groups", {})
