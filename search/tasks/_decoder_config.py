@@ -14,15 +14,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["DecoderConfig", "decoder_flags", "load_decoder_config"]
+__all__ = ["DecoderConfig", "decoder_flags", "load_decoder_config", "share_of"]
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def _share(v: str | float, what: str) -> str | float:
-    """A share of the dense model: ``"50%"`` or a float in (0, 1] (a one-line ``ValueError`` otherwise)."""
+def share_of(v: str | float, what: str = "a share") -> float:
+    """A share of the dense model, ``"50%"`` or ``0.5`` (a string from a flag too), as a float in (0, 1]; a
+    one-line ``ValueError`` naming ``what`` otherwise."""
     text = str(v).strip()
     try:
         share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
@@ -30,7 +31,7 @@ def _share(v: str | float, what: str) -> str | float:
         share = -1.0
     if not 0 < share <= 1:
         raise ValueError(f'{what} must be a share of the dense model like "50%" or 0.5, got {v!r}')
-    return v
+    return share
 
 
 class TeacherConfig(_Section):
@@ -74,7 +75,8 @@ class MemoryBudget(_Section):
     @field_validator("memory")
     @classmethod
     def _memory(cls, v: str | float) -> str | float:
-        return _share(v, "budget.memory")
+        share_of(v, "budget.memory")
+        return v
 
 
 class DecoderSpaceConfig(_Section):
@@ -125,7 +127,7 @@ class DecoderSearchConfig(_Section):
     @field_validator("floor")
     @classmethod
     def _floor(cls, v: str) -> str:
-        _share(v, "search.floor")
+        share_of(v, "search.floor")
         return v
 
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from search.tasks._decoder_config import share_of
 from search.tasks._decoder_view import front_by_memory, pick
 from spaces import CandidateKind, Objective, Plan, PlanError, Status
 
@@ -65,12 +66,6 @@ class Outcome:
     total: int = 0
     seconds: list[float] = field(default_factory=list)
     rescored: list[tuple[int, float, float]] = field(default_factory=list)  # trial, first and longer perplexity
-
-
-def share(text: str | float) -> float:
-    """``"50%"`` or ``0.5`` as a float share."""
-    s = str(text).strip()
-    return float(s[:-1]) / 100 if s.endswith("%") else float(s)
 
 
 class DecoderStudy:
@@ -105,10 +100,10 @@ class DecoderStudy:
         if cfg.space.importance == "wanda":
             windows, length = cfg.space.calibration_windows, cfg.evaluate.context
             self.space.calibrate(self.text.calibration, windows=windows, length=length)
-        self.cap = self.space.memory_limit(share(cfg.budget.memory))
+        self.cap = self.space.memory_limit(share_of(cfg.budget.memory))
         smallest = self.space.cost(self._lowest_bits(self.space.uniform_plan(cfg.space.max_ratio))).memory_bytes
         # the floor is raised to the smallest plan the space holds (a smaller target has no plan)
-        self.floor = min(self.cap, max(smallest, self.space.memory_limit(share(cfg.search.floor))))
+        self.floor = min(self.cap, max(smallest, self.space.memory_limit(share_of(cfg.search.floor))))
         self.seeds = self._seed_plans()  # a budget below the smallest plan fails here, before any write
         self.dense_ppl = self.dense_perplexity()
         self.study_id = self._ensure_study()
