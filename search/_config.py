@@ -295,6 +295,11 @@ class EvaluateConfig(_Section):
         description="what ranks candidates at a rung (promotion, re-scoring) and picks the best within the cap: "
         "validation accuracy, or the validation cross-entropy (finer where accuracies tie)",
     )
+    promote_ties: bool = Field(
+        True,
+        description="a candidate just below a rung's cut goes on too when a promoted one beats it by less than two "
+        "paired standard errors on the rung's validation images (at most twice the rung's usual share goes on)",
+    )
     rescore_top: int = Field(
         0,
         ge=0,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,21 +58,35 @@ def scores_path(artifact: str | Path) -> Path:
     return p.with_name(p.name.removesuffix(".safetensors") + ".scores.safetensors")
 
 
-def save_sample_scores(artifact: str | Path, correct: np.ndarray, loss: np.ndarray) -> Path:
-    """Write ``correct`` (bool per image) and ``loss`` (cross-entropy per image) beside ``artifact``."""
+def save_sample_scores(
+    artifact: str | Path,
+    correct: np.ndarray,
+    loss: np.ndarray,
+    rungs: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Path:
+    """Write ``correct`` (bool per image) and ``loss`` (cross-entropy per image) beside ``artifact``.
+
+    ``rungs`` adds each rung's own per-image scores, keyed by its fine-tune steps (``correct@50``,
+    ``loss@50``): a promotion compares candidates at a lower rung, on that rung's validation subset.
+    """
     import numpy as np
     from safetensors.numpy import save_file
 
+    arrays: dict[str, np.ndarray] = {"correct": np.asarray(correct, np.uint8), "loss": np.asarray(loss, np.float32)}
+    for steps, (c, ls) in (rungs or {}).items():
+        arrays[f"correct@{steps}"] = np.asarray(c, dtype=np.uint8)
+        arrays[f"loss@{steps}"] = np.asarray(ls, dtype=np.float32)
     path = scores_path(artifact)
     part = path.with_name(path.name + ".part")  # written whole, then moved: a killed writer leaves no torn file
-    save_file({"correct": np.asarray(correct, dtype=np.uint8), "loss": np.asarray(loss, dtype=np.float32)}, part)
+    save_file(arrays, part)
     os.replace(part, path)
     return path
 
 
-def load_sample_scores(artifact: str | Path) -> dict[str, np.ndarray] | None:
-    """``{"correct": ..., "loss": ...}`` kept beside ``artifact``; ``None`` when there is no such file, or it
-    cannot be read (then nothing is judged tied with it: a damaged file never breaks a table or a report)."""
+def load_sample_scores(artifact: str | Path, steps: int | None = None) -> dict[str, np.ndarray] | None:
+    """``{"correct": ..., "loss": ...}`` kept beside ``artifact``: its last evaluation's, or (``steps``) those of
+    the rung that ended after ``steps`` fine-tune steps. ``None`` when there is no such file or rung, or the
+    file cannot be read (then nothing is judged tied with it: a damaged file never breaks a table or a report)."""
     import numpy as np
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
@@ -80,9 +94,10 @@ def load_sample_scores(artifact: str | Path) -> dict[str, np.ndarray] | None:
     path = scores_path(artifact)
     if not path.is_file():
         return None
+    suffix = "" if steps is None else f"@{steps}"
     try:
         data = load_file(str(path))
-        return {"correct": data["correct"].astype(np.float64), "loss": data["loss"].astype(np.float64)}
+        return {k: data[k + suffix].astype(np.float64) for k in ("correct", "loss")}
     except (SafetensorError, OSError, KeyError, ValueError):
         return None
 

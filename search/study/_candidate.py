@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from evaluators import Context, Metrics
     from search.preparation._prepare import Prepared
     from spaces import Cost, Plan
-    from storage import StudyStore
+    from storage import CandidateRow, StudyStore
 
 __all__ = [
     "CandidateRunner",
@@ -168,15 +168,16 @@ class _Heartbeat:
         self._thread.join()
 
 
-def save_candidate(model: nn.Module, path: Path, metrics: Metrics) -> str:
+def save_candidate(model: nn.Module, path: Path, metrics: Metrics, rungs: Mapping[int, Any] | None = None) -> str:
     """Save a candidate's weights and, beside them, the per-image scores of its last evaluation
-    (:mod:`storage._samples`: what ties are judged by); the weights file's resolved path."""
+    (:mod:`storage._samples`: what ties are judged by) and of each rung it finished (``rungs``: steps ->
+    ``(correct, loss)``, what a promotion compares); the weights file's resolved path."""
     from evaluators import save_weights
     from storage import save_sample_scores
 
     saved = str(save_weights(model, path).resolve())
     if metrics.samples is not None:
-        save_sample_scores(saved, *metrics.samples)
+        save_sample_scores(saved, *metrics.samples, rungs=rungs)
     return saved
 
 
@@ -209,6 +210,7 @@ class _Climb:
     train: float = 0.0
     evals: float = 0.0
     lost: bool = False  # another worker claimed the candidate
+    samples: dict[int, Any] = field(default_factory=dict)  # steps -> (correct, loss) per image, per finished rung
 
     def add(self, metrics: Metrics, done: int) -> Metrics:
         """Take one rung's ``metrics`` (its steps counted after ``done``); returns them."""
@@ -254,18 +256,36 @@ class CandidateRunner:
         self.timings.store += time.perf_counter() - t0
         return cid
 
-    def promoted(self, cid: int, rung: int) -> bool:
+    def promoted(self, cid: int, rung: int, samples: Any = None) -> bool:
         """Whether candidate ``cid``, just through rung ``rung``, goes on (:mod:`search.study._rungs`).
 
         It is ranked among the candidates measured after the same number of fine-tune steps, by
-        ``evaluate.score`` (accuracy, or minus the validation loss) and the costs.
+        ``evaluate.score`` (accuracy, or minus the validation loss) and the costs. With
+        ``evaluate.promote_ties``, a candidate just below the cut goes on too when a promoted one beats it
+        only inside the noise, judged on ``samples`` (its ``(correct, loss)`` per image at this rung) against
+        the rung's per-image scores kept beside the others' weights.
         """
-        from search.study._rungs import promotes
+        from search.study._rungs import promotes, rivals
 
         p = self.prepared
-        steps, score = p.rungs[rung], p.config.evaluate.score
+        points, rows, me = self._rung_points(cid, p.rungs[rung])
+        if me < 0:
+            return False
+        factor = p.config.evaluate.reduction_factor
+        if promotes(points, me, factor):
+            return True
+        if not p.config.evaluate.promote_ties or samples is None:
+            return False
+        return self._tied(cid, p.rungs[rung], samples, [rows[i] for i in rivals(points, me, factor)])
+
+    def _rung_points(self, cid: int, steps: int) -> tuple[list[list[float]], list[CandidateRow], int]:
+        """The points ranked at the rung that ends after ``steps`` (minus the score, then the analytic costs),
+        their rows, and the index of candidate ``cid`` among them (-1: not there)."""
+        p = self.prepared
+        score = p.config.evaluate.score
         costs = [o for o in p.objectives if o.is_cost and o is not Objective.LATENCY]
         points: list[list[float]] = []
+        rows: list[CandidateRow] = []
         me = -1
         for row in p.store.candidates(p.study_id):
             value = row.score_after(steps, score)
@@ -275,7 +295,31 @@ class CandidateRunner:
             if row.id == cid:
                 me = len(points)
             points.append([-value, *(float(v) for v in values)])  # type: ignore[arg-type]
-        return me >= 0 and promotes(points, me, p.config.evaluate.reduction_factor)
+            rows.append(row)
+        return points, rows, me
+
+    def _tied(self, cid: int, steps: int, samples: Any, rivals: Sequence[CandidateRow]) -> bool:
+        """Whether one of ``rivals`` (promoted, scoring better) beats candidate ``cid`` only inside the noise on
+        the rung's images: under two paired standard errors (:func:`storage.paired_difference`)."""
+        from storage import load_sample_scores, paired_difference
+
+        score = self.prepared.config.evaluate.score
+        mine = {"correct": samples[0], "loss": samples[1]}
+        for rival in rivals:
+            theirs = load_sample_scores(rival.artifact, steps) if rival.artifact else None
+            paired = paired_difference(theirs, mine, score) if theirs is not None else None
+            if paired is not None and paired.tied:
+                log.info(
+                    "candidate %s goes on within the noise of candidate %s at %s steps (%s %+.4f ± %.4f)",
+                    cid,
+                    rival.id,
+                    steps,
+                    score,
+                    paired.diff,
+                    paired.se,
+                )
+                return True
+        return False
 
     def _rung_context(self, rung: int, steps: int, report: Reporter | None, done: int) -> Context:
         """The evaluation context of rung ``rung``: ``steps`` more fine-tune steps, its validation subset."""
@@ -321,7 +365,7 @@ class CandidateRunner:
             t2 = time.perf_counter()
             artifact = None
             if climb.metrics.status == Status.COMPLETE and not climb.lost:
-                artifact = save_candidate(model, p.artifacts / _artifact_name(cid), climb.metrics)
+                artifact = save_candidate(model, p.artifacts / _artifact_name(cid), climb.metrics, climb.samples)
         self.timings.apply += t1 - t0
         self.timings.evaluate += t2 - t1
         if climb.lost:
@@ -367,13 +411,15 @@ class CandidateRunner:
                     climb.metrics.reason = f"rung {rung} failed ({why}); kept rung {rung - 1}"
                 break
             climb.reached.append([steps, metrics.accuracy, *([metrics.loss] if metrics.loss is not None else [])])
+            if metrics.samples is not None:
+                climb.samples[steps] = metrics.samples
             done = steps
             if rung == len(p.rungs) - 1:
                 break
             if not p.store.record_rung(cid, rung, steps, metrics.accuracy, cost, owner, loss=metrics.loss):
                 climb.lost = True  # another worker claimed it (we looked dead): it records the candidate
                 break
-            if not self.promoted(cid, rung):
+            if not self.promoted(cid, rung, metrics.samples):
                 break
             kept = (metrics, {k: v.detach().clone() for k, v in model.state_dict().items()})
         return climb

@@ -17,6 +17,15 @@ measured at a low learning rate. Candidates are compared only after the same
 number of steps (``CandidateRow.accuracy_after``). The top rung scores on the
 whole validation split.
 
+No winner is declared inside the noise (``evaluate.promote_ties``, on by
+default): a candidate that misses the cut but ranks within the next
+``max(1, n // reduction_factor)`` goes on as well when a promoted candidate
+that scores better beats it by less than the noise — under two paired
+standard errors on the same validation images (:func:`storage.ties`' rule,
+:func:`rivals` names whom to compare it with). At most twice the usual share
+of a rung is promoted, so the longer fine-tune decides between tied plans
+instead of a difference the score cannot see.
+
 This is asynchronous (ASHA): the decision is taken at once, against whoever
 has finished the rung so far, so early candidates are promoted more easily;
 no candidate waits. It replaces the earlier "stop when a cheaper candidate
@@ -31,7 +40,7 @@ from collections.abc import Sequence
 
 from storage import dominates
 
-__all__ = ["crowding_distance", "nondominated_ranks", "promotes", "promotion_order"]
+__all__ = ["crowding_distance", "nondominated_ranks", "promotes", "promotion_order", "rivals"]
 
 
 def nondominated_ranks(points: Sequence[Sequence[float]]) -> list[int]:
@@ -78,3 +87,17 @@ def promotes(points: Sequence[Sequence[float]], index: int, reduction_factor: in
     """Whether point ``index`` is among the first ``max(1, n // reduction_factor)`` of :func:`promotion_order`."""
     keep = max(1, len(points) // reduction_factor)
     return index in promotion_order(points)[:keep]
+
+
+def rivals(points: Sequence[Sequence[float]], index: int, reduction_factor: int) -> list[int]:
+    """The promoted points that point ``index`` may be tied with, when it just missed the cut.
+
+    Empty unless ``index`` ranks within the next ``max(1, n // reduction_factor)`` after the promoted ones;
+    then the promoted points whose score (``points[i][0]``, minimised) is at least as good as its own: if any
+    of them beats it only inside the noise, it goes on too (the caller judges the noise).
+    """
+    keep = max(1, len(points) // reduction_factor)
+    order = promotion_order(points)
+    if index not in order[keep : 2 * keep]:
+        return []
+    return [i for i in order[:keep] if points[i][0] <= points[index][0]]

@@ -5,11 +5,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from search import Search, finalize, load_config, load_exported, promotes
 from search.cli import main
+from search.study._rungs import promotion_order, rivals
 from spaces import Status
+from storage import CandidateRow, load_sample_scores, paired_difference, save_sample_scores
 from tests.search.conftest import write_config
 
 RUNGS = {"evaluate__rungs": [3, 6], "evaluate__reduction_factor": 2, "evaluate__finetune_steps": None}
@@ -21,6 +24,18 @@ def _run(root: Path, artifacts: Path, **overrides: object) -> Search:
     s = Search(cfg).prepare()
     s.run()
     return s
+
+
+def _promotes(rows: list[CandidateRow], points: list[list[float]], i: int, score: str) -> bool:
+    """The promotion rule replayed for ``rows[i]`` at rung 0 (3 steps, reduction factor 2): among the first
+    half, or tied with a better-scored promoted candidate on the rung-0 per-image scores kept beside its weights."""
+    mine = load_sample_scores(rows[i].artifact, 3)  # type: ignore[arg-type]
+    assert mine is not None and len(mine["correct"]) == len(load_sample_scores(rows[i].artifact)["correct"])  # type: ignore[arg-type,index]
+    tied = any(
+        paired_difference(load_sample_scores(rows[j].artifact, 3), mine, score).tied  # type: ignore[arg-type,union-attr]
+        for j in rivals(points, i, reduction_factor=2)
+    )
+    return promotes(points, i, reduction_factor=2) or tied
 
 
 def test_candidates_spread_from_floor_to_cap_and_rungs_promote_by_the_rule(tmp_path: Path, artifacts: Path) -> None:
@@ -37,10 +52,11 @@ def test_candidates_spread_from_floor_to_cap_and_rungs_promote_by_the_rule(tmp_p
     assert [r.kind for r in rows] == ["allocator", "uniform", "global"] + ["allocator-floor", "uniform", "global"] * 2
     for i, level in enumerate((0.5, 0.25, 0.125)):
         assert shares[3 * i : 3 * i + 3] == pytest.approx([level] * 3, rel=0.05), (level, shares)
-    # one worker finishes rung 0 of the candidates in id order: replay the promotion rule on the stored rung-0 points
+    # one worker finishes rung 0 of the candidates in id order: replay the promotion rule on the stored rung-0
+    # points, and its ties on the rung-0 per-image scores kept beside each candidate's weights
     for i, row in enumerate(rows):
         points = [[-(r.accuracy_at(0) or 0.0), r.macs or 0.0] for r in rows[: i + 1]]
-        assert (row.rung == 1) == promotes(points, i, reduction_factor=2), row.id
+        assert (row.rung == 1) == _promotes(rows, points, i, "accuracy"), row.id
         assert [r[0] for r in row.rungs or []] == [3, 6][: (row.rung or 0) + 1]
         assert row.accuracy == row.rungs[-1][1]  # type: ignore[index]
 
@@ -51,6 +67,44 @@ def test_candidates_spread_from_floor_to_cap_and_rungs_promote_by_the_rule(tmp_p
 
     brute = {b.id for b in rows if not any(beats(a, b) for a in rows if a.id != b.id)}
     assert {r.id for r in p.store.front(p.study_id)} == brute
+
+
+def test_a_candidate_below_the_cut_goes_on_when_a_promoted_one_beats_it_only_inside_the_noise(
+    tmp_path: Path, artifacts: Path
+) -> None:
+    s = _run(tmp_path, artifacts, search__candidates=6)
+    p = s.prepared
+    points, rows, _ = s.runner._rung_points(-1, 3)
+    order = promotion_order(points)
+    below = order[3]  # 6 candidates, reduction factor 2: the first 3 go on, the next 3 may be tied with them
+    rival = rows[order[0]]  # promoted, and it scores best
+    assert points[order[0]][0] <= points[below][0]
+    n = 100
+    mine = np.zeros(n, dtype=bool)
+    mine[:60] = True  # 60 of 100 images right
+    near, far = mine.copy(), np.ones(n, dtype=bool)
+    near[60] = True  # one image more: +1 point, paired standard error 1 point, within two of them
+    for theirs, expected in ((near, True), (far, False)):
+        save_sample_scores(rival.artifact, theirs, np.zeros(n), rungs={3: (theirs, np.where(theirs, 0.1, 2.0))})  # type: ignore[arg-type]
+        samples = (mine, np.where(mine, 0.1, 2.0))
+        assert s.runner.promoted(rows[below].id, 0, samples) is expected
+    save_sample_scores(rival.artifact, near, np.zeros(n), rungs={3: (near, np.where(near, 0.1, 2.0))})  # type: ignore[arg-type]
+    assert not s.runner.promoted(rows[below].id, 0, None)  # no per-image scores: the plain rule
+    p.config.evaluate.promote_ties = False
+    assert not s.runner.promoted(rows[below].id, 0, samples)
+
+
+def test_rivals_are_the_better_scored_promoted_points_of_a_candidate_just_below_the_cut() -> None:
+    # minus the score, then MACs; 9 points, reduction factor 3: 3 go on, the next 3 may be tied with them
+    points = [[-0.90, 5.0], [-0.80, 4.0], [-0.70, 3.0], [-0.85, 5.0], [-0.75, 4.5], [-0.60, 3.5]]
+    points += [[-0.50, 4.9], [-0.40, 4.8], [-0.30, 4.7]]
+    order = promotion_order(points)
+    assert sorted(order[:3]) == [0, 1, 2] and sorted(order[3:6]) == [3, 4, 5]
+    assert rivals(points, 3, 3) == [0]  # only candidate 0 scores better than 0.85
+    assert sorted(rivals(points, 4, 3)) == [0, 1]
+    assert sorted(rivals(points, 5, 3)) == [0, 1, 2]
+    assert rivals(points, 6, 3) == []  # beyond twice the share: the plain rule
+    assert rivals(points, 0, 3) == []  # promoted anyway
 
 
 def test_floor_cap_puts_every_candidate_at_the_cap(tmp_path: Path, artifacts: Path) -> None:
@@ -86,14 +140,16 @@ def test_finalize_stores_test_accuracy_and_exports_the_finalized_model(
 
     config = write_config(tmp_path, artifacts, **RUNGS, search__candidates=3)
     assert main(["run", str(config), "--quiet"]) == 0
-    assert main(["finalize", str(config), "--trial", "0", "--steps", "5", "--out", str(tmp_path / "ship")]) == 0
-    out = capsys.readouterr().out
-    assert "test acc" in out
     s = Search(load_config(config)).prepare()
     p = s.prepared
-    row = p.store.candidate(p.study_id, trial_number=0)
+    trial = p.store.front(p.study_id)[0].trial_number  # the front shows the test accuracy of its own members
+    ship = str(tmp_path / "ship")
+    assert main(["finalize", str(config), "--trial", str(trial), "--steps", "5", "--out", ship]) == 0
+    out = capsys.readouterr().out
+    assert "test acc" in out
+    row = p.store.candidate(p.study_id, trial_number=trial)
     assert row.final is not None and row.final.steps == 5 and row.test_accuracy == row.final.test_accuracy
-    model = load_exported(tmp_path / "ship" / "trial-0").eval()
+    model = load_exported(tmp_path / "ship" / f"trial-{trial}").eval()
     data = load_data("digits")
     assert data.test is not None
     x, y = data.test.tensors  # type: ignore[attr-defined]
@@ -187,7 +243,7 @@ def test_a_loss_scored_study_promotes_by_validation_loss(tmp_path: Path, artifac
     assert all(len(entry) == 3 and entry[2] > 0 for r in rows for entry in r.rungs or [])  # steps, accuracy, loss
     for i, row in enumerate(rows):  # the promotions, replayed on (minus the loss, MACs) at rung 0
         points = [[-(r.score_after(3, "loss") or 0.0), r.macs or 0.0] for r in rows[: i + 1]]
-        assert (row.rung == 1) == promotes(points, i, reduction_factor=2), row.id
+        assert (row.rung == 1) == _promotes(rows, points, i, "loss"), row.id
     assert rows[0].score_after(3, "loss") == -rows[0].rungs[0][2]  # type: ignore[index]
     assert rows[0].score_after(3, "accuracy") == rows[0].accuracy_at(0)
     from storage import best_within_cap
