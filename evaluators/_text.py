@@ -32,7 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SPLITS", "TextSplits", "perplexity", "split_of", "stdlib_files", "stdlib_text", "windows"]
+__all__ = [
+    "SPLITS",
+    "TextSplits",
+    "from_losses",
+    "perplexity",
+    "split_of",
+    "stdlib_files",
+    "stdlib_text",
+    "window_losses",
+    "windows",
+]
 
 # shares of 100 by path hash
 SPLITS = {"train": (0, 80), "calibration": (80, 85), "validation": (85, 90), "heldout": (90, 100)}
@@ -89,18 +99,19 @@ def windows(tokens: torch.Tensor, length: int, *, limit: int | None = None) -> I
 
 
 @torch.no_grad()
-def perplexity(
+def window_losses(
     model: nn.Module, tokens: torch.Tensor, *, context: int, batch_size: int = 8, max_windows: int | None = None
-) -> float:
-    """``exp`` of the mean next-token negative log-likelihood over non-overlapping windows of ``context``.
+) -> list[float]:
+    """The mean next-token negative log-likelihood of each non-overlapping window of ``context`` (in order).
 
     Every token of a window but the first is predicted from the ones before it
-    in the same window; lower is better; a model that gives every byte the same
-    probability scores exactly 256.
+    in the same window. Two models read on the same windows differ by the
+    per-window differences, whose spread gives the comparison its standard
+    error (:func:`storage.paired_difference`).
     """
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    out: list[float] = []
     batch: list[torch.Tensor] = []
     device = next(model.parameters()).device
     try:
@@ -110,10 +121,26 @@ def perplexity(
             if batch and (window is None or len(batch) == batch_size):
                 x = torch.stack(batch).to(device)
                 logits = model(input_ids=x[:, :-1], use_cache=False).logits
-                nll = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten(), reduction="none")
-                total, count, batch = total + float(nll.double().sum()), count + x[:, 1:].numel(), []
+                nll = F.cross_entropy(logits.float().transpose(1, 2), x[:, 1:], reduction="none")
+                out += nll.double().mean(dim=1).tolist()
+                batch = []
     finally:
         model.train(was_training)
-    if count == 0:
+    if not out:
         raise ValueError(f"{tokens.numel()} tokens make no window of {context} + 1")
-    return math.exp(total / count)
+    return out
+
+
+def perplexity(
+    model: nn.Module, tokens: torch.Tensor, *, context: int, batch_size: int = 8, max_windows: int | None = None
+) -> float:
+    """``exp`` of the mean next-token negative log-likelihood over non-overlapping windows of ``context``
+    (:func:`window_losses`: every window has ``context`` predictions, so the mean of their means is the
+    mean over tokens). Lower is better; a model that gives every byte the same probability scores exactly 256.
+    """
+    return from_losses(window_losses(model, tokens, context=context, batch_size=batch_size, max_windows=max_windows))
+
+
+def from_losses(losses: list[float]) -> float:
+    """The perplexity of per-window mean losses of equal-length windows (:func:`window_losses`)."""
+    return math.exp(math.fsum(losses) / len(losses))

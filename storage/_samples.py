@@ -60,19 +60,22 @@ def scores_path(artifact: str | Path) -> Path:
 
 def save_sample_scores(
     artifact: str | Path,
-    correct: np.ndarray,
+    correct: np.ndarray | None,
     loss: np.ndarray,
     rungs: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Path:
     """Write ``correct`` (bool per image) and ``loss`` (cross-entropy per image) beside ``artifact``.
 
     ``rungs`` adds each rung's own per-image scores, keyed by its fine-tune steps (``correct@50``,
-    ``loss@50``): a promotion compares candidates at a lower rung, on that rung's validation subset.
+    ``loss@50``): a promotion compares candidates at a lower rung, on that rung's validation subset. A
+    language model keeps only ``loss`` (``correct=None``): each validation window's mean log-likelihood.
     """
     import numpy as np
     from safetensors.numpy import save_file
 
-    arrays: dict[str, np.ndarray] = {"correct": np.asarray(correct, np.uint8), "loss": np.asarray(loss, np.float32)}
+    arrays: dict[str, np.ndarray] = {"loss": np.asarray(loss, np.float32)}
+    if correct is not None:
+        arrays["correct"] = np.asarray(correct, np.uint8)
     for steps, (c, ls) in (rungs or {}).items():
         arrays[f"correct@{steps}"] = np.asarray(c, dtype=np.uint8)
         arrays[f"loss@{steps}"] = np.asarray(ls, dtype=np.float32)
@@ -84,9 +87,10 @@ def save_sample_scores(
 
 
 def load_sample_scores(artifact: str | Path, steps: int | None = None) -> dict[str, np.ndarray] | None:
-    """``{"correct": ..., "loss": ...}`` kept beside ``artifact``: its last evaluation's, or (``steps``) those of
-    the rung that ended after ``steps`` fine-tune steps. ``None`` when there is no such file or rung, or the
-    file cannot be read (then nothing is judged tied with it: a damaged file never breaks a table or a report)."""
+    """``{"correct": ..., "loss": ...}`` kept beside ``artifact`` (``loss`` alone for a language model): its last
+    evaluation's, or (``steps``) those of the rung that ended after ``steps`` fine-tune steps. ``None`` when there
+    is no such file or rung, or the file cannot be read (then nothing is judged tied with it: a damaged file never
+    breaks a table or a report)."""
     import numpy as np
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
@@ -97,7 +101,8 @@ def load_sample_scores(artifact: str | Path, steps: int | None = None) -> dict[s
     suffix = "" if steps is None else f"@{steps}"
     try:
         data = load_file(str(path))
-        return {k: data[k + suffix].astype(np.float64) for k in ("correct", "loss")}
+        keys = ("correct", "loss") if "correct" + suffix in data else ("loss",)
+        return {k: data[k + suffix].astype(np.float64) for k in keys}
     except (SafetensorError, OSError, KeyError, ValueError):
         return None
 
@@ -117,10 +122,10 @@ class Paired:
 def paired_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray], score: str = "accuracy") -> Paired | None:
     """How much better ``a`` scores than ``b`` on the same images (accuracy, or the loss: lower is better).
 
-    ``None`` when the two were not scored on the same number of images.
+    ``None`` when the two were not scored on the same number of images, or one of them lacks the score.
     """
     key, sign = ("correct", 1.0) if score == "accuracy" else ("loss", -1.0)
-    if a[key].shape != b[key].shape or len(a[key]) < 2:
+    if key not in a or key not in b or a[key].shape != b[key].shape or len(a[key]) < 2:
         return None
     d = sign * (a[key] - b[key])
     return Paired(float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))))

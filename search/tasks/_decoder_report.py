@@ -3,7 +3,9 @@
 The page is self-contained, as the vision report (plotly.js inlined, nothing
 loaded at view time): validation perplexity against memory (weights plus KV
 cache), every candidate a point, the front joined by a line, the lowest
-perplexity starred; then the front as a table, and how the study was made.
+the study's pick starred (:func:`~search.tasks._decoder_view.pick_with_ties`: the least memory within the
+noise of the lowest perplexity); then the front as a table, its ``pick`` column marking the pick ``*`` and
+the plans within its noise ``≈``, and how the study was made.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from search.tasks._decoder_view import plan_summary
+from search.tasks._decoder_view import pick_with_ties, plan_summary
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,19 +25,22 @@ if TYPE_CHECKING:
 
 __all__ = ["decoder_frame", "decoder_page", "front_figure", "write_decoder_report"]
 
-_COLUMNS = ["trial", "status", "kind", "perplexity", "rung_steps", "memory_pct", "memory", "weight_bytes", "kv_bytes",
-            "params", "prefill_macs_per_token", "seconds", "on_front", "plan", "summary"]  # fmt: skip
+_COLUMNS = ["trial", "pick", "status", "kind", "perplexity", "rung_steps", "memory_pct", "memory", "weight_bytes",
+            "kv_bytes", "params", "prefill_macs_per_token", "seconds", "on_front", "plan", "summary"]  # fmt: skip
 
 
 def decoder_frame(store: StudyStore, info: StudyRecord) -> pd.DataFrame:
     """One row per candidate (:data:`_COLUMNS`), smallest memory first."""
     import pandas as pd
 
-    front = {r.id for r in store.front(info.id)}
+    on_front = store.front(info.id)
+    front, chosen = {r.id for r in on_front}, pick_with_ties(on_front)
+    marks = {} if chosen is None else {**dict.fromkeys([*chosen.tied, chosen.best.id], "≈"), chosen.row.id: "*"}
     dense, groups = float(info.base_cost["memory"]), info.space_options.get("groups", {})
     rows = [
         {
             "trial": r.trial_number,
+            "pick": marks.get(r.id, ""),
             "status": str(r.status),
             "kind": None if r.kind is None else str(r.kind),
             "perplexity": r.perplexity,
@@ -73,7 +78,7 @@ def write_decoder_report(store: StudyStore, study: str, out: str | Path) -> list
 
 
 def _shown(front: pd.DataFrame) -> pd.DataFrame:
-    return front[["trial", "perplexity", "rung_steps", "memory_pct", "weight_bytes", "kv_bytes", "summary"]]
+    return front[["trial", "pick", "perplexity", "rung_steps", "memory_pct", "weight_bytes", "kv_bytes", "summary"]]
 
 
 def _head(info: StudyRecord, df: pd.DataFrame) -> list[str]:
@@ -91,7 +96,9 @@ def _head(info: StudyRecord, df: pd.DataFrame) -> list[str]:
         f"- candidates: {len(df)}; front: {len(front)}",
         "",
         "`perplexity`: validation split (the search selects on it), after `rung_steps` recovery steps (the "
-        "best few were recovered again, longer); `memory_pct`: weights plus KV cache, a share of the dense model's.",
+        "best few were recovered again, longer); `memory_pct`: weights plus KV cache, a share of the dense model's; "
+        "`pick`: `*` the study's pick, the least memory within the noise of the lowest perplexity at the longest "
+        "recovery; `≈` within that noise (under 2 paired standard errors on the same validation windows).",
         "",
     ]
 
@@ -120,7 +127,7 @@ def decoder_page(
 
 
 def front_figure(df: pd.DataFrame, dense_ppl: float | None) -> go.Figure:
-    """Every candidate (grey), the front (a line), the lowest perplexity (a star)."""
+    """Every candidate (grey), the front (a line), the study's pick (a star)."""
     import plotly.graph_objects as go
 
     done = df[df["perplexity"].notna()]
@@ -130,9 +137,9 @@ def front_figure(df: pd.DataFrame, dense_ppl: float | None) -> go.Figure:
                     marker={"color": "#bbb"}, text=done["summary"])  # fmt: skip
     fig.add_scatter(x=front["memory_pct"], y=front["perplexity"], mode="lines+markers", name="front",
                     text=front["summary"])  # fmt: skip
-    if len(front):
-        best = front.loc[front["perplexity"].idxmin()]
-        fig.add_scatter(x=[best["memory_pct"]], y=[best["perplexity"]], mode="markers", name="lowest perplexity",
+    chosen = front[front["pick"] == "*"]
+    if len(chosen):
+        fig.add_scatter(x=chosen["memory_pct"], y=chosen["perplexity"], mode="markers", name="the pick",
                         marker={"symbol": "star", "size": 14})  # fmt: skip
     if dense_ppl is not None:
         fig.add_hline(y=dense_ppl, line_dash="dot", annotation_text="dense model")

@@ -270,9 +270,9 @@ class DecoderStudy:
         """Recover, score and store one candidate; tell the sampler."""
 
         t0 = time.perf_counter()
-        ppl, student = self.evaluate(plan)
+        ppl, student, losses = self.evaluate(plan)
         cost = self.space.cost(plan)
-        artifact = self._save(student, f"candidate-{cid}")
+        artifact = self._save(student, f"candidate-{cid}", losses)
         seconds = time.perf_counter() - t0
         rung = [self.cfg.evaluate.recovery_steps, None, math.log(ppl)]  # the first rung: its loss, log perplexity
         self.store.finish(cid, Status.COMPLETE, perplexity=ppl, cost=cost_dict(cost), seconds=seconds,
@@ -285,13 +285,18 @@ class DecoderStudy:
         out.evaluated += 1
         out.seconds.append(seconds)
 
-    def _save(self, student: nn.Module, name: str) -> Path:
-        """The recovered weights, what `prunetune export` rebuilds the candidate from with its plan."""
+    def _save(self, student: nn.Module, name: str, losses: list[float]) -> Path:
+        """The recovered weights, what `prunetune export` rebuilds the candidate from with its plan, and beside
+        them each validation window's mean loss (:func:`storage.save_sample_scores`: what ties are judged by)."""
+        import numpy as np
         from safetensors.torch import save_model
+
+        from storage import save_sample_scores
 
         artifact = self.artifacts / f"{name}.safetensors"
         artifact.parent.mkdir(parents=True, exist_ok=True)
         save_model(student, str(artifact))
+        save_sample_scores(artifact, None, np.asarray(losses))
         return artifact
 
     def rescore(self) -> list[tuple[int, float, float]]:
@@ -307,18 +312,19 @@ class DecoderStudy:
         for r in first[: e.rescore_top]:
             if r.top_rung >= 1:
                 continue
-            ppl, student = self.evaluate(Plan.from_json(r.plan), steps=e.rescore_steps)
-            artifact = self._save(student, f"candidate-{r.id}-rescored")
+            ppl, student, losses = self.evaluate(Plan.from_json(r.plan), steps=e.rescore_steps)
+            artifact = self._save(student, f"candidate-{r.id}-rescored", losses)
             self.store.add_rung(r.id, 1, e.rescore_steps, None, artifact=str(artifact), loss=math.log(ppl),
                                 objectives=OBJECTIVES, perplexity=ppl)  # fmt: skip
             done.append((r.trial_number or 0, float(r.perplexity or 0.0), ppl))
         return done
 
-    def evaluate(self, plan: Plan, steps: int | None = None) -> tuple[float, nn.Module]:
+    def evaluate(self, plan: Plan, steps: int | None = None) -> tuple[float, nn.Module, list[float]]:
         """Validation perplexity of ``plan`` after the recovery fine-tune of ``steps`` steps (default
-        ``evaluate.recovery_steps``; see the module docs), and the recovered model."""
+        ``evaluate.recovery_steps``; see the module docs), the recovered model, and each validation window's
+        mean loss (the perplexity is ``exp`` of their mean)."""
         from evaluators._lm import recover
-        from evaluators._text import perplexity
+        from evaluators._text import from_losses, window_losses
 
         e = self.cfg.evaluate
         steps = e.recovery_steps if steps is None else steps
@@ -327,7 +333,8 @@ class DecoderStudy:
             teacher = self.model if e.kd_weight > 0 else None
             recover(student, self.text.train, steps=steps, context=e.context, batch_size=e.batch_size,
                     lr=e.lr, teacher=teacher, kd_weight=e.kd_weight, seed=e.seed)  # fmt: skip
-        return perplexity(student, self.text.validation, context=e.context, max_windows=e.windows), student
+        losses = window_losses(student, self.text.validation, context=e.context, max_windows=e.windows)
+        return from_losses(losses), student, losses
 
     def candidate_model(self, row: CandidateRow) -> nn.Module:
         """A stored candidate rebuilt from the base model, its plan and the weights it was scored with."""

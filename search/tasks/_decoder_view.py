@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from storage import CandidateRow, StudyRecord, StudyStore
+    from storage import CandidateRow, Pick, StudyRecord, StudyStore
 
-__all__ = ["decoder_front_table", "front_by_memory", "pick", "plan_summary"]
+__all__ = ["best_scored", "decoder_front_table", "front_by_memory", "pick", "pick_with_ties", "plan_summary"]
 
 
 def front_by_memory(store: StudyStore, study_id: int) -> list[CandidateRow]:
@@ -19,11 +20,31 @@ def front_by_memory(store: StudyStore, study_id: int) -> list[CandidateRow]:
     return sorted(store.front(study_id), key=lambda r: (r.memory or 0.0, r.id))
 
 
-def pick(rows: Sequence[CandidateRow]) -> CandidateRow | None:
+def best_scored(rows: Sequence[CandidateRow]) -> CandidateRow | None:
     """The lowest validation perplexity among the candidates recovered longest (a 40-step score never beats a
     200-step one, as :func:`storage.best_within_cap` for accuracy); every candidate is within the budget."""
     scored = [r for r in rows if r.perplexity is not None]
     return min(scored, key=lambda r: (-r.top_rung, r.perplexity, r.id), default=None)
+
+
+def pick_with_ties(rows: Sequence[CandidateRow]) -> Pick | None:
+    """The study's pick among ``rows`` (the front), no winner declared inside the noise: of the best-scored
+    (:func:`best_scored`) and the candidates at its rung whose per-window validation losses differ from its own
+    by under two paired standard errors (:func:`storage.ties`), the one of least memory."""
+    from storage import Pick, ties
+
+    best = best_scored(rows)
+    if best is None:
+        return None
+    tied = ties(rows, best, "loss")
+    row = min([best, *(r for r in rows if r.id in tied)], key=lambda r: (r.memory or math.inf, r.id))
+    return Pick(row=row, best=best, tied=tied)
+
+
+def pick(rows: Sequence[CandidateRow]) -> CandidateRow | None:
+    """The candidate :func:`pick_with_ties` picks (``None`` for no scored candidate)."""
+    chosen = pick_with_ties(rows)
+    return chosen.row if chosen is not None else None
 
 
 def plan_summary(plan_json: str, groups: dict[str, int]) -> str:
@@ -57,13 +78,13 @@ def decoder_front_table(
 
     dense_memory, dense_ppl = float(study.base_cost["memory"]), study.space_options.get("dense")
     groups = groups if groups is not None else study.space_options.get("groups", {})
-    table = Table(title=title, caption=_caption(dense_ppl), caption_justify="left")
+    chosen = pick_with_ties(rows)
+    table = Table(title=title, caption=_caption(dense_ppl, chosen), caption_justify="left")
     for col in ("trial", "val ppl", "steps", "memory %", "weights MB", "plan"):
         table.add_column(col, justify="left" if col == "plan" else "right")
-    best = pick(rows)
     for r in rows:
         table.add_row(
-            f"{r.trial_number}{' *' if best is not None and r.id == best.id else ''}",
+            f"{r.trial_number}{_mark(r, chosen)}",
             f"{r.perplexity:.3f}" if r.perplexity is not None else "-",
             str(r.top_steps) if r.top_steps is not None else "-",
             f"{100 * (r.memory or 0) / dense_memory:.1f}%",
@@ -73,9 +94,22 @@ def decoder_front_table(
     return table
 
 
-def _caption(dense_ppl: float | None) -> str:
+def _mark(row: CandidateRow, chosen: Pick | None) -> str:
+    """`` *`` for the pick, `` ≈`` for a candidate tied with the best-scored one (or the best-scored itself when
+    a cheaper tied plan was picked), else nothing."""
+    if chosen is None:
+        return ""
+    if row.id == chosen.row.id:
+        return " *"
+    return " ≈" if row.id in chosen.tied or row.id == chosen.best.id else ""
+
+
+def _caption(dense_ppl: float | None, chosen: Pick | None = None) -> str:
     dense = f"; the dense model: {dense_ppl:.3f}" if dense_ppl is not None else ""
+    how = "the lowest validation perplexity among the candidates recovered longest (steps)"
+    if chosen is not None and chosen.cheaper:
+        how = f"the least memory within the noise of the lowest perplexity (trial {chosen.best.trial_number}, ≈)"
     return (
-        "* the pick: the lowest validation perplexity among the candidates recovered longest (steps); memory: "
-        f"weights plus KV cache at the budget's context, a share of the dense model's{dense}"
+        f"* the pick: {how}; ≈ within its noise (under 2 paired standard errors on the same validation windows); "
+        f"memory: weights plus KV cache at the budget's context, a share of the dense model's{dense}"
     )

@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from search.cli import main
 from search.tasks._decoder_config import load_decoder_config
 from search.tasks._decoder_study import DecoderStudy, pick
+from search.tasks._decoder_view import pick_with_ties
 from spaces import CandidateKind, Plan, Status
-from storage import CandidateRow, StudyStore
+from storage import CandidateRow, StudyStore, load_sample_scores
 
 CONFIG = """task = "decoder"
 [model.teacher]
@@ -101,7 +103,7 @@ def dominated(b: CandidateRow, rows: list[CandidateRow]) -> bool:
 
 
 def test_the_best_are_recovered_again_longer_and_the_pick_is_made_among_them(ran: Path) -> None:
-    from evaluators._text import perplexity
+    from evaluators._text import from_losses, window_losses
 
     study = DecoderStudy(load_decoder_config(ran)).load()
     rows = study.store.candidates(study.store.study("lm").id)
@@ -110,12 +112,23 @@ def test_the_best_are_recovered_again_longer_and_the_pick_is_made_among_them(ran
     assert sorted(r.id for r in rescored) == sorted(r.id for r in first[:2])  # the two lowest after 3 steps
     for r in rescored:
         assert r.top_steps == 12 and r.perplexity == pytest.approx(r.perplexity_after(12))
-    best = pick(study.store.front(study.store.study("lm").id))
-    assert best is not None and best.id == min(rescored, key=lambda r: r.perplexity or 0.0).id
-    model, e = study.candidate_model(best), study.cfg.evaluate  # its weights are the longer recovery's
-    assert perplexity(model, study.text.validation, context=e.context, max_windows=e.windows) == pytest.approx(
-        best.perplexity, rel=1e-9
-    )
+    front = study.store.front(study.store.study("lm").id)
+    chosen = pick_with_ties(front)
+    assert chosen is not None and chosen.best.id == min(rescored, key=lambda r: r.perplexity or 0.0).id
+    best, e = chosen.best, study.cfg.evaluate
+    losses = window_losses(study.candidate_model(best), study.text.validation, context=e.context, max_windows=4)
+    assert len(losses) == 4 and from_losses(losses) == pytest.approx(best.perplexity, rel=1e-9)  # the longer recovery's
+    kept = load_sample_scores(best.artifact)  # type: ignore[arg-type]
+    assert kept is not None and set(kept) == {"loss"} and kept["loss"] == pytest.approx(losses, abs=1e-6)
+    for r in front:  # the ties, by hand: per-window differences on the same windows, under 2 standard errors
+        theirs = load_sample_scores(r.artifact) if r.top_rung == best.top_rung and r.id != best.id else None  # type: ignore[arg-type]
+        if theirs is None:
+            assert r.id not in chosen.tied
+            continue
+        d = theirs["loss"] - kept["loss"]
+        assert (r.id in chosen.tied) == (abs(d.mean()) <= 2 * d.std(ddof=1) / np.sqrt(len(d))), r.id
+    candidates = [best, *(r for r in front if r.id in chosen.tied)]
+    assert chosen.row.id == min(candidates, key=lambda r: (r.memory, r.id)).id == pick(front).id  # type: ignore[union-attr]
 
 
 def test_front_status_report_and_export_read_the_study(ran: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -124,7 +137,7 @@ def test_front_status_report_and_export_read_the_study(ran: Path, capsys: pytest
     capsys.readouterr()
     assert main(["front", str(ran)]) == 0 and main(["status", str(ran)]) == 0
     out = capsys.readouterr().out
-    assert "val ppl" in out and "memory %" in out and "pick: trial" in out
+    assert "val ppl" in out and "memory %" in out and "pick: trial" in out and "paired standard errors" in out
     report = ran.parent / "report"
     assert main(["report", str(ran), "--out", str(report)]) == 0
     page = (report / "report.html").read_text()
@@ -132,6 +145,10 @@ def test_front_status_report_and_export_read_the_study(ran: Path, capsys: pytest
     store = StudyStore(f"sqlite:///{ran.parent / 'study.db'}")
     sid = store.study("lm").id
     assert len((report / "front.csv").read_text().strip().splitlines()) == 1 + len(store.front(sid))
+    import pandas as pd
+
+    marks = pd.read_csv(report / "front.csv", keep_default_na=False)
+    assert list(marks["trial"][marks["pick"] == "*"]) == [pick(store.front(sid)).trial_number]  # type: ignore[union-attr]
     best = min(store.front(sid), key=lambda r: r.perplexity or 0.0)
     out_dir = ran.parent / "export"
     assert main(["export", str(ran), "--trial", str(best.trial_number), "--out", str(out_dir)]) == 0
