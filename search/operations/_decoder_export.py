@@ -15,7 +15,12 @@
 * ``model.int8.onnx`` and ``model.int4.onnx``: ONNX Runtime's weight-only
   ``MatMulNBits`` quantizer (symmetric, blocks of 32 along the input) applied to
   every MatMul of ``model.onnx``: each projection, the MLPs and the output head
-  hold 8- or 4-bit codes and compute with ONNX Runtime's blockwise kernels.
+  hold 8- or 4-bit codes and compute with ONNX Runtime's blockwise kernels;
+* ``model.plan.onnx``, for a plan with per-layer ``bits``: the same quantizer,
+  but each layer's projections and MLP at the bits its plan entry says (4 or 8),
+  the other layers and the output head in float32. A MatMul is matched to its
+  ``nn.Linear`` by its weights (the exporter keeps no module names): the
+  initializer equal to the layer's transposed weight.
 
 The files are written in a staging folder and moved into ``out`` at the end
 (:mod:`search.operations._staged`): an export that fails, or is interrupted,
@@ -26,7 +31,9 @@ A plan with per-layer ``bits`` keeps its float master weights in
 ``model.safetensors`` (the loader quantizes them again, as the plan says);
 ``hf/`` and ``model.onnx`` hold the quantized layers' weights on their grid
 (:func:`spaces.dequantized`), so both compute what the compressed model
-computes. The 8- and 4-bit ONNX files still quantize every MatMul at one width.
+computes. The 8- and 4-bit ONNX files quantize every MatMul at one width; ``model.plan.onnx`` holds the
+plan's widths. Its codes re-quantize the weights on the plan's grid (symmetric per output channel) with
+``MatMulNBits``' blocks of 32, so it agrees with the compressed model closely, not bit for bit.
 
 ``export.json`` records, per ONNX file, its bytes, the largest logit difference
 from the torch model and the top-1 next-token agreement with it on ``tokens``
@@ -38,6 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +59,15 @@ __all__ = ["export_decoder", "load_decoder"]
 
 PARITY_ATOL = 1e-4
 BITS = (8, 4)
-FILES = ("model.safetensors", "plan.json", "hf", "model.onnx", *(f"model.int{b}.onnx" for b in BITS), "export.json")
+FILES = (
+    "model.safetensors",
+    "plan.json",
+    "hf",
+    "model.onnx",
+    *(f"model.int{b}.onnx" for b in BITS),
+    "model.plan.onnx",
+    "export.json",
+)
 
 
 class _Logits(nn.Module):
@@ -114,7 +130,7 @@ def _write(model: nn.Module, compressed: nn.Module, plan: Plan, dest: Path, toke
             _save_pretrained(plain, fields, out / "hf")
             report["hf"] = "hf/"
         batch = torch.stack([tokens[i * context : (i + 1) * context] for i in range(4)])
-        report["onnx"] = _onnx_files(plain, batch, out)
+        report["onnx"] = _onnx_files(plain, batch, out, plan.entries("bits"))
         (out / "export.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -127,8 +143,9 @@ def _save_pretrained(model: nn.Module, fields: dict[str, Any], path: Path) -> No
     model.save_pretrained(path, safe_serialization=True)  # type: ignore[operator]
 
 
-def _onnx_files(model: nn.Module, batch: torch.Tensor, out: Path) -> dict[str, Any]:
-    """``model.onnx`` (checked against torch) and its 8- and 4-bit weight-only versions, with their agreement."""
+def _onnx_files(model: nn.Module, batch: torch.Tensor, out: Path, bits: Mapping[str, int]) -> dict[str, Any]:
+    """``model.onnx`` (checked against torch), its 8- and 4-bit weight-only versions and, for per-layer ``bits``,
+    ``model.plan.onnx``, with their agreement."""
     import onnx
 
     from search.operations._nbits import matmul_nbits_quantizer
@@ -147,17 +164,58 @@ def _onnx_files(model: nn.Module, batch: torch.Tensor, out: Path) -> dict[str, A
     quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level, quiet.level = quiet.level, logging.WARNING
     try:
-        for bits in BITS:
-            name = f"model.int{bits}.onnx"
-            q = quantizer(onnx.load(str(path)), bits=bits, block_size=32, is_symmetric=True)
+        for width in BITS:
+            q = quantizer(onnx.load(str(path)), bits=width, block_size=32, is_symmetric=True)
             q.process()
-            q.model.save_model_to_file(str(out / name))
-            found[name] = _agreement(ort_session(out / name, 2), batch, reference)
+            q.model.save_model_to_file(str(out / f"model.int{width}.onnx"))
+        if bits:
+            _plan_file(quantizer, model, path, bits, out / "model.plan.onnx")
     finally:
         quiet.level = level
+    for name in [f"model.int{width}.onnx" for width in BITS] + (["model.plan.onnx"] if bits else []):
+        found[name] = _agreement(ort_session(out / name, 2), batch, reference)
     for name in found:
         found[name]["bytes"] = (out / name).stat().st_size
     return found
+
+
+def _plan_file(quantizer: Any, model: nn.Module, source: Path, bits: Mapping[str, int], dest: Path) -> None:
+    """``source`` with each weight MatMul of a layer in ``bits`` quantized at that layer's width (one quantizer
+    pass per width, every other MatMul excluded from it); the rest stays float32."""
+    import onnx
+
+    nodes = matmul_modules(onnx.load(str(source)), model)
+    width_of = {node: next((b for layer, b in bits.items() if name.startswith(layer + ".")), None)
+                for node, name in nodes.items()}  # fmt: skip
+    graph: Any = onnx.load(str(source))
+    for width in sorted(set(bits.values())):
+        others = [node for node, b in width_of.items() if b != width]
+        q = quantizer(graph, bits=width, block_size=32, is_symmetric=True, nodes_to_exclude=others)
+        q.process()
+        graph = q.model.model
+    onnx.save(graph, str(dest))
+
+
+def matmul_modules(graph: Any, model: nn.Module) -> dict[str, str]:
+    """Each MatMul node of ``graph`` whose second input is a weight, mapped to the name of the ``nn.Linear`` of
+    ``model`` whose transposed weight it holds (torch's exporter keeps no module names on these nodes)."""
+    import hashlib
+
+    import numpy as np
+    from onnx import numpy_helper
+
+    def key(a: np.ndarray) -> str:
+        return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes() + str(a.shape).encode()).hexdigest()
+
+    linears = {key(m.weight.detach().cpu().numpy().T): n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    weights = {i.name: i for i in graph.graph.initializer}
+    out: dict[str, str] = {}
+    for node in graph.graph.node:
+        if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in weights:
+            name = linears.get(key(numpy_helper.to_array(weights[node.input[1]])))
+            if name is not None:
+                out[node.name] = name
+    return out
 
 
 def _agreement(session: Any, batch: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:

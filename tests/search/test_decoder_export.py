@@ -6,14 +6,15 @@ import json
 import logging
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
 from evaluators._hf import tiny_model
 from evaluators._lm import recover
 from evaluators._text import stdlib_text
-from search.operations._decoder_export import export_decoder, load_decoder
-from spaces import Plan
+from search.operations._decoder_export import export_decoder, load_decoder, matmul_modules
+from spaces import Plan, dequantized
 from spaces.decoder import apply_decoder_plan
 
 TEXT = stdlib_text(max_bytes=100_000)
@@ -110,6 +111,21 @@ def test_a_plan_with_bits_exports_what_the_quantized_model_computes(trained: tor
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
     torch.testing.assert_close(logits(plain), want, atol=1e-5, rtol=1e-5)  # the weights on their grid
     assert report["onnx"]["model.onnx"]["max_abs"] <= 1e-4 and report["weight_bytes"] < report["params"] * 4
+    # model.plan.onnx: layer 0's seven projections at 4 bits, layer 1's at 8, the output head in float32
+    graph = onnx.load(str(tmp_path / "model.plan.onnx"))
+    widths: dict[str, list[int]] = {}
+    for node in graph.graph.node:
+        if node.op_type == "MatMulNBits":
+            bits = next(a.i for a in node.attribute if a.name == "bits")
+            widths.setdefault(node.name.rsplit("_Q", 1)[0], []).append(bits)
+    nodes = matmul_modules(onnx.load(str(tmp_path / "model.onnx")), dequantized(apply_decoder_plan(trained, plan))[0])
+    assert len(nodes) == 2 * 7 + 1 and list(nodes.values())[-1] == "lm_head"  # every projection, MLP, the head
+    for node, module in nodes.items():
+        expected = 4 if module.startswith("model.layers.0.") else 8 if module.startswith("model.layers.1.") else None
+        assert widths.get(node) == ([expected] if expected else None), (node, module)
+    mixed, onnx_files = report["onnx"]["model.plan.onnx"], report["onnx"]
+    assert onnx_files["model.int4.onnx"]["bytes"] < mixed["bytes"] < onnx_files["model.onnx"]["bytes"]
+    assert mixed["top1_agreement"] >= 0.9 and mixed["max_abs"] < onnx_files["model.int4.onnx"]["max_abs"]
 
 
 def test_the_4_bit_quantizer_is_imported_without_turning_on_every_library_s_info_messages() -> None:
