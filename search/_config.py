@@ -431,11 +431,9 @@ class SearchConfig(_Section):
     @field_validator("sampler")
     @classmethod
     def _sampler(cls, v: str) -> str:
-        from search.sampling._samplers import sampler_names
+        from search.sampling._samplers import check_sampler_name
 
-        if v not in sampler_names():
-            raise ValueError("Input should be " + " or ".join(repr(n) for n in sampler_names()))
-        return v
+        return check_sampler_name(v)
 
     @field_validator("backend")
     @classmethod

@@ -28,7 +28,15 @@ from spaces import Registry
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
 
-__all__ = ["SAMPLERS", "Sampler", "SamplerFactory", "make_sampler", "register_sampler", "sampler_names"]
+__all__ = [
+    "SAMPLERS",
+    "Sampler",
+    "SamplerFactory",
+    "check_sampler_name",
+    "make_sampler",
+    "register_sampler",
+    "sampler_names",
+]
 
 
 class Sampler(StrEnum):
@@ -134,6 +142,14 @@ def register_sampler(s: SamplerFactory | type[SamplerFactory], *, replace: bool 
 
 def sampler_names() -> tuple[str, ...]:
     return SAMPLERS.names()
+
+
+def check_sampler_name(name: str) -> str:
+    """``name`` when a sampler is registered under it; else a ValueError naming the registered ones (what a
+    config's ``search.sampler`` validator raises, read as one line)."""
+    if name not in sampler_names():
+        raise ValueError("Input should be " + " or ".join(repr(n) for n in sampler_names()))
+    return name
 
 
 def make_sampler(name: str, seed: int, candidates: int) -> BaseSampler:

@@ -119,10 +119,21 @@ class DecoderSearchConfig(_Section):
 
     study: str | None = Field(None, description="study name (default: the config file's stem)")
     candidates: int = Field(20, ge=1, description="candidates the study evaluates in total")
-    sampler: Literal["tpe", "nsga2", "random"] = Field("tpe", description="the Optuna sampler that proposes plans")
+    sampler: str = Field(
+        "tpe",
+        description="the sampler that proposes plans, from the same registry as a vision study's: tpe, nsga2, gp, "
+        "evolve, random, or a plug-in's (prunetune.samplers)",
+    )
     floor: str = Field("20%", description="the smallest memory a candidate is fitted onto, a share of the dense model")
     seed: int = Field(0, description="seed of the sampler")
     artifacts_dir: str = Field("artifacts", description="where the teacher trained here is cached")
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v: str) -> str:
+        from search.sampling._samplers import check_sampler_name
+
+        return check_sampler_name(v)
 
     @field_validator("floor")
     @classmethod

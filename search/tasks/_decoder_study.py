@@ -183,15 +183,15 @@ class DecoderStudy:
         )
 
     def _optuna(self) -> optuna.Study:
+        """The Optuna study that proposes plans, with the sampler registered as ``search.sampler``
+        (:func:`search.sampling.make_sampler`, as a vision study builds it)."""
         import optuna
+
+        from search.sampling._samplers import make_sampler
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         seed = self.cfg.search.seed + 7919 * self.store.count(self.study_id)  # a rerun draws afresh
-        sampler = {
-            "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
-            "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
-            "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-        }[self.cfg.search.sampler]()
+        sampler = make_sampler(self.cfg.search.sampler, seed, self.cfg.search.candidates)
         return optuna.create_study(
             storage=self.store.optuna_storage(),
             study_name=self.name,

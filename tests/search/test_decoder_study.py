@@ -208,6 +208,7 @@ def test_per_layer_bits_are_searched_counted_in_memory_and_rebuilt_exactly(tmp_p
         ({"[data]": '[model]\nspec = "hf:/no/such/dir"\n[data]'}, "hf model directory '/no/such/dir' does not exist"),
         ({"candidates = 6": "candidats = 6"}, "unknown config key 'search.candidats'; did you mean 'candidates'?"),
         ({'task = "decoder"': 'task = "speech"'}, "config key 'task' must be one of vision, decoder, got 'speech'"),
+        ({"candidates = 6": 'candidates = 6\nsampler = "cmaes"'}, "config key 'search.sampler': Input should be 'tpe'"),
         ({'memory = "75%"': 'memory = "150%"'}, 'budget.memory must be a share of the dense model like "50%"'),
         (
             {"[data]": '[model]\nspec = "hf-tiny:gpt2"\n[space]\nbits = [8]\n[data]'},
