@@ -32,11 +32,11 @@ SPACES_LAYERS = [
     {"factorization.__init__", "factorization._registry", "dimensions._base"},
     {"dimensions.__init__", "dimensions._registry"},
     {"_plan", "dimensions._roles"},
+    {"policy._budget", "_lowrank"},
     {"decoder._choice"},
     {"decoder._footprint"},
     {"decoder._plans"},
     {"decoder.__init__"},
-    {"policy._budget", "_lowrank"},
     {"graph._trace"},
     {"cost._costmodel", "policy._importance", "cost._latency"},
     {"graph._surgery", "policy._sensitivity"},
@@ -44,6 +44,7 @@ SPACES_LAYERS = [
     {"dimensions._prune", "dimensions._rank", "dimensions._bits"},  # and every other dimensions._<key>: see below
     {"factorization._versatile_conv"},
     {"factorization._svd", "factorization._tucker2", "factorization._tt", "factorization._versatile"},
+    {"factorization._whitened"},  # a method built on another sits above it
     {"_space"},
     {"_support"},
     {"__init__"},
@@ -52,7 +53,19 @@ SPACES_SUBPACKAGES = ("dimensions", "factorization", "graph", "policy", "cost", 
 
 # where a plan dimension or a factorization method may be named in code (its own modules, and the registries)
 DIMENSION_MODULES = ("spaces/dimensions/", "spaces/factorization/")
-DIMENSION_NAMES = {"prune", "rank", "method", "bits", "act_bits", "svd", "tucker2", "tt", "versatile", "versatile_ch"}
+DIMENSION_NAMES = {
+    "prune",
+    "rank",
+    "method",
+    "bits",
+    "act_bits",
+    "svd",
+    "whitened",
+    "tucker2",
+    "tt",
+    "versatile",
+    "versatile_ch",
+}
 
 
 def _sources() -> list[Path]:
@@ -123,10 +136,13 @@ def _imported_spaces_module(module: str, layer_of: dict[str, int]) -> str | None
 
 
 def _layers() -> dict[str, int]:
-    """Each spaces module's layer; a dimension's module (one module plus one registration) joins its peers'."""
+    """Each spaces module's layer; a dimension's or a factorization method's module (one module plus one
+    registration) joins its peers'."""
     layer_of = {name: i for i, names in enumerate(SPACES_LAYERS) for name in names}
     for path in sorted((ROOT / "spaces" / "dimensions").glob("_*.py")):
         layer_of.setdefault(_spaces_module(path), layer_of["dimensions._prune"])
+    for path in sorted((ROOT / "spaces" / "factorization").glob("_*.py")):  # a method: one module, one registration
+        layer_of.setdefault(_spaces_module(path), layer_of["factorization._svd"])
     return layer_of
 
 

@@ -115,7 +115,7 @@ def _write(model: nn.Module, compressed: nn.Module, plan: Plan, dest: Path, toke
     from safetensors.torch import save_model
 
     from spaces import dequantized
-    from spaces.decoder import decoder_cost, layout_of
+    from spaces.decoder import decoder_cost, layout_of, resolve
 
     with staged(dest, stale=FILES, last="export.json") as out:
         save_model(compressed, str(out / "model.safetensors"))
@@ -123,9 +123,11 @@ def _write(model: nn.Module, compressed: nn.Module, plan: Plan, dest: Path, toke
         cost = decoder_cost(model, plan, context=context)
         report: dict[str, Any] = {"plan": plan.hash, "params": cost.params, "weight_bytes": cost.weight_bytes}
         plain = dequantized(compressed)[0] if plan.entries("bits") else compressed  # bits: the weights on their grid
-        fields = layout_of(plain).config_fields(plain)
+        factored = any(resolve(model, plan, counts_only=True).ranks.values())
+        fields = None if factored else layout_of(plain).config_fields(plain)
         if fields is None:
-            report["hf"] = "not written: the family's config cannot say these widths and heads (per layer or width)"
+            why = "factor chains" if factored else "these widths and heads (per layer or width)"
+            report["hf"] = f"not written: the family's config cannot say {why}"
         else:
             _save_pretrained(plain, fields, out / "hf")
             report["hf"] = "hf/"
@@ -235,6 +237,6 @@ def load_decoder(base: nn.Module, path: str | Path) -> nn.Module:
 
     path = Path(path)
     plan = Plan.from_json((path / "plan.json").read_text())
-    model = apply_decoder_plan(base, resolve(base, plan, counts_only=True))  # the shapes; the weights follow
+    model = apply_decoder_plan(base, resolve(base, plan, counts_only=True), shapes_only=True)  # the weights follow
     load_model(model, str(path / "model.safetensors"), strict=True)
     return model.eval()

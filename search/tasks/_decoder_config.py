@@ -80,7 +80,8 @@ class MemoryBudget(_Section):
 
 
 class DecoderSpaceConfig(_Section):
-    """What a plan may change: each layer's MLP channels and key-value groups (and, with ``depth``, layers)."""
+    """What a plan may change: each layer's MLP channels and key-value groups (and, with ``depth``, layers; with
+    ``bits``, weight bits; with ``rank``, low-rank projections)."""
 
     max_ratio: float = Field(0.95, gt=0, lt=1, description="largest share of a layer's MLP or key-value groups pruned")
     depth: bool = Field(False, description="also drop whole decoder layers (at most space.max_depth_share of them)")
@@ -93,8 +94,22 @@ class DecoderSpaceConfig(_Section):
         description="weight bits a layer's projections may take besides float32 (e.g. [8, 4]): the sampler picks "
         "per layer, and the memory counts them (ONNX Runtime's MatMulNBits runs them)",
     )
+    rank: bool = Field(
+        False,
+        description="also factorize a layer's attention or MLP projections into two low-rank Linear layers: the "
+        "sampler picks a rank per layer and kind, as a share of each projection's full rank (at or above "
+        "break-even: dense)",
+    )
+    rank_method: Literal["whitened", "svd"] = Field(
+        "whitened",
+        description="how projections are factorized: activation-aware SVD whitened by the inputs' Gram matrix on "
+        "calibration text (SVD-LLM), or plain truncated SVD",
+    )
     calibration_windows: int = Field(
-        128, ge=1, description="calibration windows (of evaluate.context tokens) the Wanda-sp scores read"
+        128,
+        ge=1,
+        description="calibration windows (of evaluate.context tokens) the Wanda-sp scores and the whitened "
+        "factorization read",
     )
 
 

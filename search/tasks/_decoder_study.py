@@ -96,10 +96,14 @@ class DecoderStudy:
 
     def prepare(self) -> DecoderStudy:
         """Load text, model and space, check the budget, then create (or reopen) the study."""
+        from spaces.factorization import factor_method
+
         cfg = self.load().cfg
+        windows, length = cfg.space.calibration_windows, cfg.evaluate.context
         if cfg.space.importance == "wanda":
-            windows, length = cfg.space.calibration_windows, cfg.evaluate.context
             self.space.calibrate(self.text.calibration, windows=windows, length=length)
+        if cfg.space.rank and factor_method(cfg.space.rank_method).reads_inputs:  # e.g. whitened SVD
+            self.space.calibrate_inputs(self.text.calibration, windows=windows, length=length)
         self.cap = self.space.memory_limit(share_of(cfg.budget.memory))
         smallest = self.space.cost(self._lowest_bits(self.space.uniform_plan(cfg.space.max_ratio))).memory_bytes
         # the floor is raised to the smallest plan the space holds (a smaller target has no plan)
@@ -154,8 +158,19 @@ class DecoderStudy:
                 seeds.append((s.fit(s.uniform_plan(0.0), limit), CandidateKind.UNIFORM))
         if self.cfg.space.bits:  # every layer at the fewest bits, widths fitted around them
             seeds.append((s.fit(self._lowest_bits(Plan()), self.cap), CandidateKind.UNIFORM))
+        if self.cfg.space.rank:  # every projection at a quarter of its rank, widths fitted around them
+            seeds.append(
+                (s.fit(self._low_rank(Plan(), dict.fromkeys(s.groups, 0.25)), self.cap), CandidateKind.UNIFORM)
+            )
         unique = {plan.hash: (plan, kind) for plan, kind in seeds}  # a floor at the cap repeats its plans
         return list(unique.values())
+
+    def _low_rank(self, plan: Plan, ranks: dict[str, float]) -> Plan:
+        """``plan`` with the groups of ``ranks`` factorized at those shares of full rank (at or above break-even:
+        dense), by ``space.rank_method``."""
+        if not ranks:
+            return plan
+        return plan.replace(rank=ranks, method=dict.fromkeys(ranks, self.cfg.space.rank_method))
 
     def _lowest_bits(self, plan: Plan) -> Plan:
         """``plan`` with every layer at the fewest bits the study searches (``plan`` itself without bits)."""
@@ -264,6 +279,9 @@ class DecoderStudy:
             chosen = {f"{path}.{i}": trial.suggest_categorical(f"bits.{i}", [32, *cfg.bits]) for i in range(n)}
             bits = {name: b for name, b in chosen.items() if b < 32 and name not in depth}  # dropped: no weights
         plan = Plan(prune={g: round(r, 6) for g, r in ratios.items() if r > 0}, depth=depth, bits=bits)
+        if cfg.rank:  # a share of full rank per layer and kind; at or above break-even the projections stay dense
+            shares = {g: round(trial.suggest_float(f"rank.{g}", 0.05, 1.0), 6) for g in s.groups}
+            plan = self._low_rank(plan, {g: r for g, r in shares.items() if g.rsplit(".", 1)[0] not in depth})
         return s.fit(plan, int(target * s.dense.memory_bytes))
 
     def _finish(self, cid: int, plan: Plan, number: int | None, out: Outcome) -> None:
@@ -349,7 +367,7 @@ class DecoderStudy:
         if row.weights_sha256 is not None and file_sha256(path) != row.weights_sha256:
             raise ValueError(f"the weights file of trial {row.trial_number} ({path}) changed after the study wrote it")
         plan = Plan.from_json(row.plan)
-        model = apply_decoder_plan(self.model, resolve(self.model, plan, counts_only=True))
+        model = apply_decoder_plan(self.model, resolve(self.model, plan, counts_only=True), shapes_only=True)
         load_model(model, path, strict=True)
         return model.eval()
 

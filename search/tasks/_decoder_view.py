@@ -66,6 +66,10 @@ def plan_summary(plan_json: str, groups: dict[str, int]) -> str:
     bits: dict[str, int] = data.get("bits", {})
     for b in sorted(set(bits.values()), reverse=True):
         parts.append(f"{sum(v == b for v in bits.values())} layer(s) at {b} bits")
+    rank: dict[str, float] = data.get("rank", {})
+    if rank:  # shares of full rank; a projection at or above its break-even rank stays dense
+        method = ",".join(sorted(set(data.get("method", {}).values()) or {"svd"}))
+        parts.append(f"rank {min(rank.values()):.2f}-{max(rank.values()):.2f} of full on {len(rank)} groups ({method})")
     return "; ".join(parts)
 
 

@@ -3,7 +3,15 @@
 ``from spaces.decoder import apply_decoder_plan, decoder_cost, layout_of`` (this package imports torch).
 """
 
-from spaces.decoder._choice import DecoderChoice, apply_decoder_plan, decoder_groups, kept_count, magnitude, resolve
+from spaces.decoder._choice import (
+    DecoderChoice,
+    apply_decoder_plan,
+    decoder_groups,
+    kept_count,
+    magnitude,
+    projection_shapes,
+    resolve,
+)
 from spaces.decoder._footprint import DecoderCost, decoder_cost
 from spaces.decoder._layout import (
     LAYOUTS,
@@ -35,6 +43,7 @@ __all__ = [
     "layout_of",
     "magnitude",
     "narrowed",
+    "projection_shapes",
     "register_layout",
     "resolve",
 ]

@@ -6,6 +6,8 @@ Everything is counted from the dense model's shapes and the plan's kept counts
 * **parameters**: every parameter of the model, counted once (a tied output
   head shares the embedding's), less what the plan removes: rows and columns
   of the narrowed projections and every parameter of a dropped layer;
+* **factorized projections** (``plan.rank``): an ``in x out`` weight becomes
+  ``in x r`` and ``r x out``, ``r * (in + out)`` parameters and MACs per token;
 * **weight bytes**: the parameters at the model's element size (``bytes``
   budgets count these), but a quantized layer's projection weights
   (``plan.bits``), which cost :func:`spaces.quantized_bytes` at their width
@@ -33,14 +35,15 @@ cache tensors after a forward pass, and ``torch.utils.flop_counter`` on it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from spaces.cost._cost import quantized_bytes
-from spaces.decoder._choice import DecoderChoice, resolve
-from spaces.decoder._layout import AttentionView, MlpView, layout_of
+from spaces.decoder._choice import DecoderChoice, projection_shapes, resolve
+from spaces.decoder._layout import AttentionView, DecoderLayout, MlpView, layout_of
 
 if TYPE_CHECKING:
     from spaces._plan import Plan
@@ -89,9 +92,12 @@ def decoder_cost(model: nn.Module, plan: Plan | DecoderChoice, *, context: int, 
             params -= sum(p.numel() for p in layer.parameters())
             continue
         kept_params, macs, width, shapes = _layer(a, m, len(choice.mlp[i]), len(choice.groups[i]))
+        weights = _weights(layout, shapes, choice.ranks.get(i, {}))
+        kept_params -= sum(n * o for n, o, _ in shapes) - sum(w for w, _ in weights)
+        macs -= sum(n * o for n, o, _ in shapes) - sum(w for w, _ in weights)
         params -= _layer(a, m, m.width, a.n_kv)[0] - kept_params
         if i in choice.bits:
-            saved += sum(n * o * element - quantized_bytes(n * o, o, choice.bits[i]) for n, o, _ in shapes)
+            saved += sum(w * element - quantized_bytes(w, o, choice.bits[i]) for w, o in weights)
         per_token += macs
         window = layout.window(model, i)  # a sliding window caches its last window - 1 tokens
         products += 2 * context * context * width
@@ -111,18 +117,23 @@ def decoder_cost(model: nn.Module, plan: Plan | DecoderChoice, *, context: int, 
 
 def _layer(a: AttentionView, m: MlpView, channels: int, groups: int) -> tuple[int, int, int, list]:
     """A layer's projection parameters, MACs per token, query width and projections' ``(in, out, bias)``
-    shapes, at ``channels`` and ``groups`` kept."""
-    q_out, kv_out = groups * a.per_group * a.head_dim, groups * a.head_dim
-    hidden, qkv = a.hidden, int(a.qkv_bias)
-    # (in, out, bias parameters) of every projection
-    shapes = [(hidden, q_out, qkv * q_out), (hidden, kv_out, qkv * kv_out), (hidden, kv_out, qkv * kv_out)]
-    shapes.append((q_out, a.o.shape[0], 0 if a.o_bias is None else a.o_bias.numel()))
-    ups = 2 if m.gate is not None else 1
-    shapes += [(m.up.shape[1], channels, int(m.up_bias) * channels)] * ups
-    shapes.append((channels, m.down.shape[0], 0 if m.down_bias is None else m.down_bias.numel()))
+    shapes (:func:`~spaces.decoder.projection_shapes`), at ``channels`` and ``groups`` kept, all dense."""
+    shapes = projection_shapes(a, m, channels, groups)
     params = sum(i * o + b for i, o, b in shapes)
     macs = sum(i * o for i, o, _ in shapes)
-    return params, macs, q_out, shapes
+    return params, macs, groups * a.per_group * a.head_dim, shapes
+
+
+def _weights(layout: DecoderLayout, shapes: list, ranks: Mapping[str, tuple[str, int]]) -> list[tuple[int, int]]:
+    """Each weight matrix of a layer's projections as ``(elements, output channels)``: a dense projection's own,
+    a factorized one's two factors (``in x r`` to ``r`` outputs, then ``r x out``), which are also its MACs per
+    token."""
+    names = layout.projection_names("attn") + layout.projection_names("mlp")
+    out: list[tuple[int, int]] = []
+    for k, (n, o, _) in enumerate(shapes):
+        factored = ranks.get(names[k]) if names else None
+        out += [(n * o, o)] if factored is None else [(n * factored[1], factored[1]), (factored[1] * o, o)]
+    return out
 
 
 def _output_head(model: nn.Module) -> int:

@@ -142,6 +142,13 @@ class DecoderLayout(ABC):
         layers cannot take bits (a plan with bits on them is a one-line error)."""
         return ()
 
+    def projection_names(self, kind: str) -> tuple[str, ...]:
+        """The dotted names, inside a layer, of the ``nn.Linear`` projections of ``kind`` (``"attn"``: query, key,
+        value, output; ``"mlp"``: gate, up, down), in the order :func:`spaces.decoder.projection_shapes` lists
+        their shapes; empty: this layout's projections cannot be factorized (a plan with ranks on them is a
+        one-line error)."""
+        return ()
+
     def config_fields(self, model: nn.Module) -> dict[str, Any] | None:
         """The family's config fields that describe ``model`` as it is now, or None when its config cannot.
 
@@ -200,6 +207,11 @@ class LlamaLayout(DecoderLayout):
         a: Any = layer
         attn, mlp = a.self_attn, a.mlp
         return attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj
+
+    def projection_names(self, kind: str) -> tuple[str, ...]:
+        if kind == "attn":
+            return "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"
+        return "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"
 
     def narrow_attention(self, layer: nn.Module, q_rows: torch.Tensor, kv_rows: torch.Tensor) -> None:
         a: Any = layer.self_attn

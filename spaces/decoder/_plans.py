@@ -52,6 +52,7 @@ class DecoderSpace:
         self.context, self.batch, self.max_ratio = context, batch, max_ratio
         self.groups = decoder_groups(model, self.layout)
         self.scores: dict[str, torch.Tensor] | None = None
+        self.grams: dict[str, torch.Tensor] | None = None  # each projection's input Gram matrix (calibrate_inputs)
         self.dense = self.cost(Plan())
 
     # ------------------------------------------------------------ costs and models
@@ -59,7 +60,7 @@ class DecoderSpace:
         return decoder_cost(self.model, plan, context=self.context, batch=self.batch)
 
     def apply(self, plan: Plan) -> nn.Module:
-        return apply_decoder_plan(self.model, plan, scores=self.scores)
+        return apply_decoder_plan(self.model, plan, scores=self.scores, grams=self.grams)
 
     def memory_limit(self, memory: float | str | int) -> int:
         """Bytes of a memory budget: ``"50%"`` or ``0.5`` of the dense model's, or an ``int`` of bytes."""
@@ -194,6 +195,40 @@ class DecoderSpace:
             scores[f"{path}.{i}.mlp"] = (m.down.abs() * x_mlp).sum(0)
         self.scores = scores
         return scores
+
+    @torch.no_grad()
+    def calibrate_inputs(
+        self, tokens: torch.Tensor, *, windows: int = 8, length: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The Gram matrix ``X^T X`` (float64) of every factorizable projection's input over ``windows`` windows
+        of ``length`` tokens, by the projection's full name: what the ``whitened`` method reads
+        (:mod:`spaces.factorization._whitened`). A projection sharing its input with the one before it (key
+        and value with query, up with gate) shares its matrix. ``hidden x hidden`` per input of each layer,
+        which a large model may not hold in memory."""
+        layers, path = self.layout.layers(self.model), self.layout.layers_path(self.model)
+        grams: dict[str, torch.Tensor] = {}
+        hooks = []
+        for i, layer in enumerate(layers):
+            for kind in ("attn", "mlp"):
+                names = self.layout.projection_names(kind)  # the first and the last read their own input
+                for name in (names[0], names[-1]) if names else ():
+                    module: Any = layer.get_submodule(name)
+                    n = int(module.in_features)
+                    grams[f"{path}.{i}.{name}"] = torch.zeros(n, n, dtype=torch.float64)
+                    hooks.append(module.register_forward_pre_hook(_gram_hook(grams[f"{path}.{i}.{name}"])))
+                for shared in names[1:-1]:  # key and value read the query's input, up reads the gate's
+                    grams[f"{path}.{i}.{shared}"] = grams[f"{path}.{i}.{names[0]}"]
+        self._read(tokens, windows, hooks, length)
+        self.grams = grams
+        return grams
+
+
+def _gram_hook(into: torch.Tensor) -> Any:
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0].detach().flatten(0, -2).double()
+        into.add_(x.T @ x)
+
+    return hook
 
 
 def _batches(tokens: torch.Tensor, context: int, windows: int) -> list[torch.Tensor]:

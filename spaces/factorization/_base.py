@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
     from torch import nn
 
     from spaces._lowrank import LayerGeom
@@ -29,6 +30,7 @@ class FactorMethod(ABC):
     """One factorization method; one shared instance per process, no per-layer state."""
 
     name: ClassVar[str]
+    reads_inputs: ClassVar[bool] = False  # its factors depend on the layer's inputs (:meth:`factorize_with`'s gram)
     kept_label: ClassVar[str] = "rank"  # what the report's structure panel calls what a plan keeps of a layer
 
     @abstractmethod
@@ -50,6 +52,14 @@ class FactorMethod(ABC):
     @abstractmethod
     def factorize(self, layer: nn.Conv2d | nn.Linear, geom: LayerGeom, ranks: tuple[int, ...]) -> nn.Sequential:
         """The factor chain replacing ``layer`` at (normalized) ``ranks``, on the layer's dtype and device."""
+
+    def factorize_with(
+        self, layer: nn.Conv2d | nn.Linear, geom: LayerGeom, ranks: tuple[int, ...], gram: torch.Tensor | None
+    ) -> nn.Sequential:
+        """The factor chain, given ``gram``: the Gram matrix ``X^T X`` of the layer's inputs over calibration data
+        (``in x in``; ``None`` where none was read). A method that reads activations (activation-aware, e.g.
+        ``whitened``) overrides this; the others ignore ``gram`` (the default: :meth:`factorize`)."""
+        return self.factorize(layer, geom, ranks)
 
     def kept_units(self, geom: LayerGeom, ranks: tuple[int, ...]) -> tuple[int, int]:
         """(kept, total) of what the report's structure panel shows for a layer factorized at ``ranks``: the

@@ -19,6 +19,7 @@ FACTOR_METHODS: Registry[FactorMethod] = Registry(
     group="prunetune.methods",
     builtins={
         "svd": "spaces.factorization._svd:SVD",
+        "whitened": "spaces.factorization._whitened:Whitened",
         "tucker2": "spaces.factorization._tucker2:Tucker2",
         "tt": "spaces.factorization._tt:TensorTrain",
         "versatile": "spaces.factorization._versatile:Versatile",

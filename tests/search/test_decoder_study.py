@@ -200,6 +200,30 @@ def test_per_layer_bits_are_searched_counted_in_memory_and_rebuilt_exactly(tmp_p
     )
 
 
+def test_low_rank_projections_are_searched_whitened_counted_exactly_and_rebuilt(tmp_path: Path) -> None:
+    from evaluators._text import perplexity
+    from spaces.decoder import resolve
+
+    cfg = write_config(
+        tmp_path, **{"[evaluate]": "[space]\nrank = true\n[evaluate]", 'memory = "75%"': 'memory = "60%"'}
+    )
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    study = DecoderStudy(load_decoder_config(cfg)).load()
+    rows = study.store.candidates(study.store.study("lm").id)
+    factored = [r for r in rows if resolve(study.model, Plan.from_json(r.plan), counts_only=True).ranks]
+    seeds = [Plan.from_json(r.plan) for r in rows if r.kind is CandidateKind.UNIFORM]
+    assert any(set(p.entries("rank").values()) == {0.25} for p in seeds)  # every projection at a quarter
+    assert {m for r in factored for m in Plan.from_json(r.plan).entries("method").values()} == {"whitened"}
+    assert any(r.kind is CandidateKind.SAMPLED for r in factored)  # and the sampler proposes ranks too
+    for r in rows:  # the memory counts the factor chains exactly, and every plan is within the cap
+        assert r.memory == study.space.cost(Plan.from_json(r.plan)).memory_bytes <= study.space.memory_limit(0.6)
+    row = factored[0]
+    model, e = study.candidate_model(row), study.cfg.evaluate  # plan + weights, without the calibration
+    assert perplexity(model, study.text.validation, context=e.context, max_windows=e.windows) == pytest.approx(
+        row.perplexity, rel=1e-9
+    )
+
+
 @pytest.mark.parametrize(
     ("replace", "message"),
     [
@@ -213,6 +237,10 @@ def test_per_layer_bits_are_searched_counted_in_memory_and_rebuilt_exactly(tmp_p
         (
             {"[data]": '[model]\nspec = "hf-tiny:gpt2"\n[space]\nbits = [8]\n[data]'},
             "the gpt2 layout's projections cannot be quantized yet",
+        ),
+        (
+            {"[data]": '[model]\nspec = "hf-tiny:gpt2"\n[space]\nrank = true\n[data]'},
+            "the gpt2 layout's projections cannot be factorized yet",
         ),
         (
             {"[data]": '[model]\nspec = "hf-tiny:gpt2"\n[data]', "context = 64": "context = 512"},
