@@ -31,6 +31,7 @@ def test_whitened_svd_reaches_the_least_output_error_on_the_calibration_inputs()
         for name in ("svd", "whitened"):
             chain = factor_method(name).factorize_with(layer, geom, (6,), gram)
             errors[name] = float((chain(x) - dense).pow(2).sum())
+            torch.testing.assert_close(chain[0].weight.norm(dim=1), chain[1].weight.norm(dim=0))  # balanced pairs
     s = torch.linalg.cholesky(gram + 1e-6 * gram.diagonal().mean() * torch.eye(48, dtype=torch.float64))
     dropped = torch.linalg.svdvals(layer.weight.detach() @ s)[6:].pow(2).sum()
     assert errors["whitened"] == pytest.approx(float(dropped), rel=1e-4)
