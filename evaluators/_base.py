@@ -59,6 +59,9 @@ class Metrics:
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, intermediate val accuracy)
     # per validation image, of the last accuracy step: right or not (bool), cross-entropy (float32)
     samples: tuple[Any, Any] | None = None
+    # against the dense model on the teacher's pool (``evaluate.score = "kl"``): mean KL and its per-image values
+    kl: float | None = None
+    pool_kl: Any = None
 
     @property
     def ok(self) -> bool:
@@ -77,6 +80,8 @@ class Metrics:
             reason=other.reason or self.reason,
             history=self.history + other.history,
             samples=other.samples if other.samples is not None else self.samples,
+            kl=other.kl if other.kl is not None else self.kl,
+            pool_kl=other.pool_kl if other.pool_kl is not None else self.pool_kl,
         )
 
     def as_dict(self) -> dict[str, Any]:

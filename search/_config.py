@@ -290,10 +290,17 @@ class EvaluateConfig(_Section):
     max_val_samples: int | None = Field(
         None, ge=1, description="validation images per score (below the top rung only, when there are rungs)"
     )
-    score: Literal["accuracy", "loss"] = Field(
+    score: Literal["accuracy", "loss", "kl"] = Field(
         "accuracy",
         description="what ranks candidates at a rung (promotion, re-scoring) and picks the best within the cap: "
-        "validation accuracy, or the validation cross-entropy (finer where accuracies tie)",
+        "validation accuracy, the validation cross-entropy (finer where accuracies tie), or kl: the divergence "
+        "from the dense model's outputs on a pool of training images no fine-tune uses (evaluate.teacher_pool)",
+    )
+    teacher_pool: int | None = Field(
+        None,
+        ge=2,
+        description="training images held out of every fine-tune for score = kl, the dense model's outputs on "
+        "them computed once (default: a fifth of the training images, at most 5,000)",
     )
     promote_ties: bool = Field(
         True,

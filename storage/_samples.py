@@ -62,13 +62,15 @@ def save_sample_scores(
     artifact: str | Path,
     correct: np.ndarray | None,
     loss: np.ndarray,
-    rungs: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
+    rungs: Mapping[int, tuple[np.ndarray, ...]] | None = None,
+    kl: np.ndarray | None = None,
 ) -> Path:
     """Write ``correct`` (bool per image) and ``loss`` (cross-entropy per image) beside ``artifact``.
 
     ``rungs`` adds each rung's own per-image scores, keyed by its fine-tune steps (``correct@50``,
     ``loss@50``): a promotion compares candidates at a lower rung, on that rung's validation subset. A
-    language model keeps only ``loss`` (``correct=None``): each validation window's mean log-likelihood.
+    language model keeps only ``loss`` (``correct=None``): each validation window's mean log-likelihood. ``kl``
+    (and a third array per rung): each teacher-pool image's divergence from the dense model (``score = "kl"``).
     """
     import numpy as np
     from safetensors.numpy import save_file
@@ -76,9 +78,13 @@ def save_sample_scores(
     arrays: dict[str, np.ndarray] = {"loss": np.asarray(loss, np.float32)}
     if correct is not None:
         arrays["correct"] = np.asarray(correct, np.uint8)
-    for steps, (c, ls) in (rungs or {}).items():
-        arrays[f"correct@{steps}"] = np.asarray(c, dtype=np.uint8)
-        arrays[f"loss@{steps}"] = np.asarray(ls, dtype=np.float32)
+    if kl is not None:
+        arrays["kl"] = np.asarray(kl, np.float32)
+    for steps, per_image in (rungs or {}).items():
+        arrays[f"correct@{steps}"] = np.asarray(per_image[0], dtype=np.uint8)
+        arrays[f"loss@{steps}"] = np.asarray(per_image[1], dtype=np.float32)
+        if len(per_image) > 2 and per_image[2] is not None:
+            arrays[f"kl@{steps}"] = np.asarray(per_image[2], dtype=np.float32)
     path = scores_path(artifact)
     part = path.with_name(path.name + ".part")  # written whole, then moved: a killed writer leaves no torn file
     save_file(arrays, part)
@@ -87,7 +93,8 @@ def save_sample_scores(
 
 
 def load_sample_scores(artifact: str | Path, steps: int | None = None) -> dict[str, np.ndarray] | None:
-    """``{"correct": ..., "loss": ...}`` kept beside ``artifact`` (``loss`` alone for a language model): its last
+    """``{"correct": ..., "loss": ...}`` kept beside ``artifact`` (``loss`` alone for a language model; with ``kl``
+    where the study scores by the teacher's pool): its last
     evaluation's, or (``steps``) those of the rung that ended after ``steps`` fine-tune steps. ``None`` when there
     is no such file or rung, or the file cannot be read (then nothing is judged tied with it: a damaged file never
     breaks a table or a report)."""
@@ -101,8 +108,8 @@ def load_sample_scores(artifact: str | Path, steps: int | None = None) -> dict[s
     suffix = "" if steps is None else f"@{steps}"
     try:
         data = load_file(str(path))
-        keys = ("correct", "loss") if "correct" + suffix in data else ("loss",)
-        return {k: data[k + suffix].astype(np.float64) for k in keys}
+        keys = [k for k in ("correct", "loss", "kl") if k + suffix in data]
+        return {k: data[k + suffix].astype(np.float64) for k in keys} if "loss" in keys else None
     except (SafetensorError, OSError, KeyError, ValueError):
         return None
 
@@ -120,11 +127,12 @@ class Paired:
 
 
 def paired_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray], score: str = "accuracy") -> Paired | None:
-    """How much better ``a`` scores than ``b`` on the same images (accuracy, or the loss: lower is better).
+    """How much better ``a`` scores than ``b`` on the same images (accuracy; the loss or the teacher-pool KL
+    divergence, ``score="kl"``: lower is better).
 
     ``None`` when the two were not scored on the same number of images, or one of them lacks the score.
     """
-    key, sign = ("correct", 1.0) if score == "accuracy" else ("loss", -1.0)
+    key, sign = {"accuracy": ("correct", 1.0), "kl": ("kl", -1.0)}.get(score, ("loss", -1.0))
     if key not in a or key not in b or a[key].shape != b[key].shape or len(a[key]) < 2:
         return None
     d = sign * (a[key] - b[key])

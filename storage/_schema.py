@@ -203,7 +203,7 @@ class CandidateRow:
     phases: PhaseTimes | None = None  # seconds per phase: apply, train, eval, other
     test_accuracy: float | None = None
     rung: int | None = None  # the highest rung reached (None: stored before rungs existed, i.e. one rung)
-    rungs: list[Any] | None = None  # [[steps, accuracy, loss], ...], one per rung reached (older: no loss)
+    rungs: list[Any] | None = None  # [[steps, accuracy, loss(, kl)], ...], one per rung reached (older: no loss)
     final: FinalResult | None = None  # finalize's steps, validation and test accuracy, weights file and SHA-256
     # {"predicted_ms": the profile's prediction; front members also "measured_ms", "p10_ms", "p90_ms", "runs";
     # under a latency cap also "cap_ms", "noise_ms" and "over_cap" (storage.exceeds_cap)}
@@ -228,12 +228,14 @@ class CandidateRow:
         return next((float(r[1]) for r in self.rungs if r[0] == steps), None)
 
     def score_after(self, steps: int | None, score: str = "accuracy") -> float | None:
-        """The rung score after ``steps`` fine-tune steps, higher is better: the accuracy, or (``score="loss"``)
-        minus the validation cross-entropy (``None`` where it was not measured, e.g. before losses were kept)."""
+        """The rung score after ``steps`` fine-tune steps, higher is better: the accuracy, minus the validation
+        cross-entropy (``score="loss"``), or minus the mean KL divergence from the dense model on the teacher's
+        pool (``score="kl"``); ``None`` where it was not measured (e.g. before losses were kept)."""
         if score == "accuracy":
             return self.accuracy_after(steps)
         entry = next((r for r in self.rungs or [] if r[0] == steps), None)
-        return -float(entry[2]) if entry is not None and len(entry) > 2 else None
+        at = 3 if score == "kl" else 2
+        return -float(entry[at]) if entry is not None and len(entry) > at and entry[at] is not None else None
 
     def perplexity_after(self, steps: int | None) -> float | None:
         """A language model's validation perplexity after ``steps`` recovery steps (``exp`` of the rung's loss);

@@ -365,8 +365,10 @@ class StudyStore:
         cost: Mapping[str, float],
         worker: str,
         loss: float | None = None,
+        kl: float | None = None,
     ) -> bool:
-        """``worker``'s RUNNING candidate reached rung ``rung`` (others compare with it to be promoted).
+        """``worker``'s RUNNING candidate reached rung ``rung`` (others compare with it to be promoted); ``kl``:
+        its divergence from the dense model on the teacher's pool, where the study scores by it.
 
         ``False`` (nothing written) when the candidate is no longer ``worker``'s RUNNING one, e.g. another
         worker claimed it: the caller then stops evaluating it.
@@ -375,7 +377,7 @@ class StudyStore:
             c = s.get_one(CandidateTable, candidate_id)
             if c.status != Status.RUNNING or c.worker != worker or rung > len(c.rungs or []):
                 return False
-            c.rungs, c.rung = [*(c.rungs or [])[:rung], _rung_entry((steps, accuracy, loss))], rung
+            c.rungs, c.rung = [*(c.rungs or [])[:rung], _rung_entry((steps, accuracy, loss, kl))], rung
             c.macs, c.params, c.bytes = cost.get("macs"), cost.get("params"), cost.get("bytes")
             return True
 
@@ -390,6 +392,7 @@ class StudyStore:
         loss: float | None = None,
         objectives: Sequence[Objective | str] = (Objective.ACCURACY, Objective.MACS),
         perplexity: float | None = None,
+        kl: float | None = None,
     ) -> bool:
         """Extend a COMPLETE candidate by rung ``rung`` (its ``steps``, ``accuracy`` and ``loss``, its new weights;
         a language model's: no accuracy, its ``perplexity`` and its loss, the log of it).
@@ -408,7 +411,7 @@ class StudyStore:
             if swap(s, CandidateTable, *at, CandidateTable.rung == rung - 1, rung=rung) != 1:
                 return False
             c = s.get_one(CandidateTable, candidate_id)
-            c.rungs = [*(c.rungs or [])[:rung], _rung_entry((steps, accuracy, loss))]
+            c.rungs = [*(c.rungs or [])[:rung], _rung_entry((steps, accuracy, loss, kl))]
             c.accuracy = None if accuracy is None else float(accuracy)
             c.perplexity = perplexity
             c.artifact, c.weights_sha256 = artifact, file_sha256(artifact)
@@ -625,9 +628,12 @@ def _set_costs(c: CandidateTable, cost: Mapping[str, float]) -> None:
 
 
 def _rung_entry(entry: Sequence[Any]) -> list[Any]:
-    """``[steps, accuracy]``, or ``[steps, accuracy, loss]`` when the loss is known and finite (JSON has no NaN);
-    a language model's rung has no accuracy (``None``), its loss is the validation cross-entropy."""
+    """``[steps, accuracy]``, or ``[steps, accuracy, loss]`` when the loss is known and finite (JSON has no NaN),
+    and ``[steps, accuracy, loss, kl]`` with the divergence from the dense model on the teacher's pool (``score =
+    "kl"``); a language model's rung has no accuracy (``None``), its loss is the validation cross-entropy."""
     out: list[Any] = [int(entry[0]), None if entry[1] is None else float(entry[1])]
     if len(entry) > 2 and entry[2] is not None and math.isfinite(float(entry[2])):
         out.append(float(entry[2]))
+        if len(entry) > 3 and entry[3] is not None and math.isfinite(float(entry[3])):
+            out.append(float(entry[3]))
     return out

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
     from torch import nn
 
-    from evaluators import DataBundle, Evaluator
+    from evaluators import DataBundle, Evaluator, TeacherPool
     from spaces import Budget, Cost, ModelSpace, Plan, Sensitivity
     from storage import StudySpec, StudyStore
 
@@ -64,6 +64,7 @@ class Worker:
     base_cost: Cost
     artifacts: Path  # where the candidates' weights go
     base_weights: Path | None = None  # the base model's weights file (what cached measurements are keyed by)
+    pool: TeacherPool | None = None  # evaluate.score = "kl": the dense model's outputs on held-out training images
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,9 +235,23 @@ def _model_parts(cfg: Config, store: StudyStore, name: str, progress: bool) -> t
     if Importance(cfg.space.importance).needs_data:
         importance_scores(cfg, space, data, base_weights)
     base_model.to(device)
-    parts = {"data": data, "device": device, "base_model": base_model, "base_accuracy": base_accuracy}
+    pool = teacher_pool(cfg, data, base_model)  # after the importance scores: they read the data's seeded order
+    parts = {"data": data, "device": device, "base_model": base_model, "base_accuracy": base_accuracy, "pool": pool}
     parts |= {"space": space, "base_cost": space.base_cost, "base_weights": base_weights}
     return cfg, parts | {"artifacts": Path(cfg.search.artifacts_dir) / "studies" / name}
+
+
+def teacher_pool(cfg: Config, data: DataBundle, base_model: nn.Module) -> TeacherPool | None:
+    """For ``evaluate.score = "kl"``: ``evaluate.teacher_pool`` training images (default a fifth, at most 5,000)
+    taken out of every fine-tune (:meth:`evaluators.DataBundle.hold_out_pool`, seeded by the data) and the dense
+    model's outputs on them (:class:`evaluators.TeacherPool`); ``None`` for the other scores."""
+    from evaluators import TeacherPool
+
+    if cfg.evaluate.score != "kl":
+        return None
+    size = len(data.train)  # type: ignore[arg-type]
+    n = cfg.evaluate.teacher_pool if cfg.evaluate.teacher_pool is not None else min(5000, size // 5)
+    return TeacherPool.build(base_model, data.hold_out_pool(n), batch_size=cfg.evaluate.batch_size)
 
 
 def importance_scores(cfg: Config, space: ModelSpace, data: DataBundle, base_weights: Path) -> Path:

@@ -45,7 +45,7 @@ from storage import PhaseTimes
 if TYPE_CHECKING:
     from torch import nn
 
-    from evaluators import Context, Metrics
+    from evaluators import Context, Metrics, TeacherPool
     from search.preparation._prepare import Prepared
     from spaces import Cost, Plan
     from storage import CandidateRow, StudyStore
@@ -177,8 +177,19 @@ def save_candidate(model: nn.Module, path: Path, metrics: Metrics, rungs: Mappin
 
     saved = str(save_weights(model, path).resolve())
     if metrics.samples is not None:
-        save_sample_scores(saved, *metrics.samples, rungs=rungs)
+        save_sample_scores(saved, *metrics.samples, rungs=rungs, kl=metrics.pool_kl)
     return saved
+
+
+def score_on_pool(pool: TeacherPool | None, model: nn.Module, metrics: Metrics) -> Metrics:
+    """``metrics`` with the model's divergence from the dense model on the teacher's pool (``evaluate.score =
+    "kl"``: :class:`evaluators.TeacherPool`), its mean and per-image values; unchanged without a pool or for a
+    failed evaluation."""
+    if pool is None or metrics.status != Status.COMPLETE:
+        return metrics
+    kl = pool.score(model)["kl"]
+    metrics.kl, metrics.pool_kl = kl.value, kl.per_image
+    return metrics
 
 
 def drop_candidate_files(artifact: str) -> None:
@@ -211,6 +222,15 @@ class _Climb:
     evals: float = 0.0
     lost: bool = False  # another worker claimed the candidate
     samples: dict[int, Any] = field(default_factory=dict)  # steps -> (correct, loss) per image, per finished rung
+
+    def reach(self, steps: int, metrics: Metrics) -> None:
+        """Keep a finished rung: ``[steps, accuracy(, loss(, kl))]`` and its per-image scores."""
+        scores: list[float] = []
+        if metrics.loss is not None:
+            scores = [metrics.loss] if metrics.kl is None else [metrics.loss, metrics.kl]
+        self.reached.append([steps, float(metrics.accuracy or 0.0), *scores])
+        if metrics.samples is not None:
+            self.samples[steps] = (*metrics.samples, metrics.pool_kl)
 
     def add(self, metrics: Metrics, done: int) -> Metrics:
         """Take one rung's ``metrics`` (its steps counted after ``done``); returns them."""
@@ -305,6 +325,8 @@ class CandidateRunner:
 
         score = self.prepared.config.evaluate.score
         mine = {"correct": samples[0], "loss": samples[1]}
+        if len(samples) > 2 and samples[2] is not None:  # the teacher's pool (score = "kl")
+            mine["kl"] = samples[2]
         for rival in rivals:
             theirs = load_sample_scores(rival.artifact, steps) if rival.artifact else None
             paired = paired_difference(theirs, mine, score) if theirs is not None else None
@@ -386,7 +408,7 @@ class CandidateRunner:
             return Metrics(status=Status.FAIL, reason=f"{type(exc).__name__}: {exc}".splitlines()[0])
         if metrics.status == Status.COMPLETE and metrics.accuracy is None:
             return Metrics(status=Status.FAIL, reason="the evaluator reported no accuracy")
-        return metrics
+        return score_on_pool(self.prepared.pool, model, metrics)
 
     def _tell(self, cid: int, status: Status, values: list[float] | None, record: Recorder) -> int | None:
         """Tell the scheduler a recorded outcome; the store keeps the number of the trial that holds it."""
@@ -410,16 +432,16 @@ class CandidateRunner:
                     model.load_state_dict(state)
                     climb.metrics.reason = f"rung {rung} failed ({why}); kept rung {rung - 1}"
                 break
-            climb.reached.append([steps, metrics.accuracy, *([metrics.loss] if metrics.loss is not None else [])])
-            if metrics.samples is not None:
-                climb.samples[steps] = metrics.samples
+            climb.reach(steps, metrics)
             done = steps
             if rung == len(p.rungs) - 1:
                 break
-            if not p.store.record_rung(cid, rung, steps, metrics.accuracy, cost, owner, loss=metrics.loss):
+            if not p.store.record_rung(
+                cid, rung, steps, metrics.accuracy, cost, owner, loss=metrics.loss, kl=metrics.kl
+            ):
                 climb.lost = True  # another worker claimed it (we looked dead): it records the candidate
                 break
-            if not self.promoted(cid, rung, metrics.samples):
+            if not self.promoted(cid, rung, climb.samples.get(steps)):
                 break
             kept = (metrics, {k: v.detach().clone() for k, v in model.state_dict().items()})
         return climb

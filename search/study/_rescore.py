@@ -94,6 +94,19 @@ def _missing_last(score: float | None) -> float:
     return float("inf") if score is None else -score
 
 
+def _rung_scores(artifact: str, rungs: tuple[int, ...]) -> dict[int, tuple]:
+    """The per-image scores of each rung kept beside ``artifact`` (steps -> ``(correct, loss, kl)``), which the
+    re-scored weights file keeps too: a promotion still compares other candidates with them."""
+    from storage import load_sample_scores
+
+    out = {}
+    for steps in rungs:
+        kept = load_sample_scores(artifact, steps)
+        if kept is not None and "correct" in kept:
+            out[steps] = (kept["correct"], kept["loss"], kept.get("kl"))
+    return out
+
+
 def rescore(p: Prepared, *, on_time: bool = False) -> list[str]:
     """Re-score the best candidates at the top rung (see the module docs); one line per candidate re-scored.
 
@@ -113,7 +126,7 @@ def rescore(p: Prepared, *, on_time: bool = False) -> list[str]:
 def _rescore_one(p: Prepared, row: CandidateRow) -> str | None:
     """Continue ``row`` from its weights to the re-scoring rung and store it; ``None`` if another worker did."""
     from evaluators import Context, load_weights
-    from search.study._candidate import drop_candidate_files, save_candidate
+    from search.study._candidate import drop_candidate_files, save_candidate, score_on_pool
     from spaces import Plan
 
     e, steps = p.config.evaluate, rescore_steps(p)
@@ -130,14 +143,15 @@ def _rescore_one(p: Prepared, row: CandidateRow) -> str | None:
         steps=steps - done,
         resumed=True,
     )
-    metrics = p.evaluator.evaluate(model, ctx)
+    metrics = score_on_pool(p.pool, model, p.evaluator.evaluate(model, ctx))
     if metrics.status is not Status.COMPLETE or metrics.accuracy is None:
         return f"candidate {row.id}: re-scoring failed ({metrics.reason}); kept its rung {row.top_rung}"
     name = f"{row.id}-{steps}steps-{uuid.uuid4().hex[:8]}.safetensors"  # never another worker's file
-    path = save_candidate(model, p.artifacts / name, metrics)
+    path = save_candidate(model, p.artifacts / name, metrics, _rung_scores(str(row.artifact), p.rungs))
     added = p.store.add_rung(
-        row.id, len(p.rungs), steps, metrics.accuracy, artifact=path, loss=metrics.loss, objectives=p.objectives
-    )
+        row.id, len(p.rungs), steps, metrics.accuracy, artifact=path, loss=metrics.loss, objectives=p.objectives,
+        kl=metrics.kl,
+    )  # fmt: skip
     if not added:
         drop_candidate_files(path)
         return None

@@ -254,6 +254,33 @@ def test_a_loss_scored_study_promotes_by_validation_loss(tmp_path: Path, artifac
     assert best is not None and best.id == min(top, key=lambda r: r.rungs[-1][2]).id  # type: ignore[index]
 
 
+def test_a_kl_scored_study_holds_out_the_teacher_s_pool_and_ranks_by_the_divergence(
+    tmp_path: Path, artifacts: Path
+) -> None:
+    from evaluators import load_data, load_weights
+    from spaces import Plan
+    from storage import best_within_cap
+
+    s = _run(tmp_path, artifacts, search__candidates=6, evaluate__score="kl", evaluate__rescore_top=1)
+    p = s.prepared
+    train = len(load_data("digits").train)  # type: ignore[arg-type]
+    assert p.pool is not None and len(p.pool) == train // 5 and len(p.data.train) == train - len(p.pool)  # type: ignore[arg-type]
+    rows = p.store.candidates(p.study_id)
+    assert all(len(entry) == 4 and entry[3] > 0 for r in rows for entry in r.rungs or [])  # steps, acc, loss, kl
+    for i, row in enumerate(rows):  # the promotions, replayed on (minus the KL, MACs) at rung 0
+        points = [[-(r.score_after(3, "kl") or 0.0), r.macs or 0.0] for r in rows[: i + 1]]
+        assert ((row.rung or 0) >= 1) == _promotes(rows, points, i, "kl"), row.id  # rung 2: re-scored
+    for row in rows:  # the stored divergence is the stored weights' on the pool, image by image in the scores file
+        model = load_weights(p.space.apply(Plan.from_json(row.plan)), str(row.artifact)).to(p.device)
+        kl = p.pool.score(model)["kl"]
+        assert kl.value == pytest.approx(row.rungs[-1][3], rel=1e-5)  # type: ignore[index]
+        assert load_sample_scores(row.artifact)["kl"] == pytest.approx(kl.per_image, abs=1e-6)  # type: ignore[arg-type,index]
+    best = best_within_cap(p.store.front(p.study_id), "kl")
+    top = [r for r in rows if best is not None and r.top_rung == best.top_rung]
+    assert best is not None and best.id == min(top, key=lambda r: r.rungs[-1][3]).id  # type: ignore[index]
+    assert p.store.study(p.study).spec.score == "kl"
+
+
 def test_versatile_filters_trained_block_wise_are_searched_promoted_and_finalized(
     tmp_path: Path, artifacts: Path
 ) -> None:
