@@ -24,7 +24,9 @@ def parser(doc: str, *, budgets: str) -> argparse.ArgumentParser:
     ap.add_argument("--final-steps", type=int, default=300, help="distilled fine-tune steps of the final recipe")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1: leave a core to other work)")
     ap.add_argument(
-        "--score", choices=("accuracy", "loss"), help="the studies' evaluate.score (default: the config's default)"
+        "--score",
+        choices=("accuracy", "loss", "kl"),
+        help="the studies' evaluate.score (default: the config's default)",
     )
     return ap
 

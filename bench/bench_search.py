@@ -31,7 +31,9 @@ measured on the **test** split, which nothing selects on:
 (g) ``depth``: the same study with ``[space.depth]`` on (up to half the blocks
     dropped, the pruning fitted around them): depth + width against width alone;
     ``distill``: the default study with its rungs and re-scoring distilled from the
-    original (``evaluate.kd_weight = 0.5``) against the default's plain fine-tunes.
+    original (``evaluate.kd_weight = 0.5``) against the default's plain fine-tunes;
+    ``kl``: the default study ranking, promoting and picking by the divergence from
+    the original on a held-out pool of training images (``evaluate.score = "kl"``).
 
 Both studies use ``search.floor = "cap"`` (the question is the best model at the
 budget), the same successive-halving rungs (``--rungs``: fine-tune steps, the
@@ -113,6 +115,7 @@ STUDIES: dict[str, tuple[str, dict[str, Any]]] = {
     "curve": ("(f) search with the default floor", {}),
     "depth": ("(g) search with depth + width", {"space.depth.max_share": 0.5}),
     "distill": ("(f) search, rungs distilled", {"evaluate.kd_weight": 0.5}),
+    "kl": ("(f) search, score = kl (the teacher's pool)", {"evaluate.score": "kl"}),
 }
 
 
