@@ -53,7 +53,7 @@ from torch import nn
 from search import Search, load_config
 from search.operations._finalize import train_final
 from search.preparation._prepare import allocator_sensitivity
-from spaces import Budget, Plan, measure_cost
+from spaces import METHODS, Budget, Plan, measure_cost
 from spaces.factorization import method_names
 from storage import best_within_cap
 
@@ -82,7 +82,9 @@ def prepare(args: argparse.Namespace, tmp: Path, budget: str, seed: int, *, join
         "search.candidates": args.candidates if joint else 1,
         "search.seed": seed,
         "search.floor": "cap",
-        "space.rank.methods": list(method_names()) if joint else None,  # the table present: ranks on
+        "space.rank.methods": [m for m in method_names() if m in METHODS]
+        if joint
+        else None,  # the table present: ranks on
     }
     return Search(load_config(None, {k: v for k, v in overrides.items() if v is not None}))
 

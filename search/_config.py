@@ -305,7 +305,8 @@ class EvaluateConfig(_Section):
     promote_ties: bool = Field(
         True,
         description="a candidate just below a rung's cut goes on too when a promoted one beats it by less than two "
-        "paired standard errors on the rung's validation images (at most twice the rung's usual share goes on)",
+        "paired standard errors on the same images (the rung's validation images, or the teacher's pool for score = "
+        "kl); a candidate ranked beyond the next share never does",
     )
     rescore_top: int = Field(
         0,
@@ -365,6 +366,12 @@ class EvaluateConfig(_Section):
             raise ValueError(
                 f"evaluate.runtime 'onnxruntime' needs {', '.join(missing)}: pip install 'prunetune[onnx]'"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _pool(self) -> EvaluateConfig:
+        if self.teacher_pool is not None and self.score != "kl":
+            raise ValueError(f"evaluate.teacher_pool is read only with evaluate.score = 'kl', not {self.score!r}")
         return self
 
     def needs_teacher(self, kd_weight: float) -> bool:

@@ -47,7 +47,8 @@ __all__ = [
 TIE_Z = 2.0  # a difference within this many paired standard errors is a tie (about 95 %)
 PICK_LEGEND = (  # the report's legend of its ``pick`` column (Markdown; the HTML panel drops the backticks)
     "`pick`: `*` the study's pick: the best-scored within the cap, or the cheapest plan within its noise; `≈` within"
-    " the best-scored one's noise (under 2 paired standard errors on the same validation images): no winner is"
+    " the best-scored one's noise (under 2 paired standard errors on the same validation images, or the teacher's"
+    " pool for score = kl): no winner is"
     " declared inside the noise."
 )
 

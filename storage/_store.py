@@ -394,8 +394,9 @@ class StudyStore:
         perplexity: float | None = None,
         kl: float | None = None,
     ) -> bool:
-        """Extend a COMPLETE candidate by rung ``rung`` (its ``steps``, ``accuracy`` and ``loss``, its new weights;
-        a language model's: no accuracy, its ``perplexity`` and its loss, the log of it).
+        """Extend a COMPLETE candidate by rung ``rung`` (its ``steps``, ``accuracy``, ``loss`` and, scored by the
+        teacher's pool, ``kl``; its new weights; a language model's: no accuracy, its ``perplexity`` and its loss,
+        the log of it).
 
         Compare-and-swap: only if the candidate has exactly ``rung`` rungs, so a
         rung is added once however many workers try; ``False`` (nothing written)

@@ -132,9 +132,21 @@ def _write(model: nn.Module, compressed: nn.Module, plan: Plan, dest: Path, toke
             _save_pretrained(plain, fields, out / "hf")
             report["hf"] = "hf/"
         batch = torch.stack([tokens[i * context : (i + 1) * context] for i in range(4)])
-        report["onnx"] = _onnx_files(plain, batch, out, plan.entries("bits"))
+        report["onnx"] = _onnx_files(plain, batch, out, _renumbered_bits(model, plan))
         (out / "export.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _renumbered_bits(model: nn.Module, plan: Plan) -> dict[str, int]:
+    """The plan's per-layer bits keyed by the compressed model's layer names: a plan that drops layers renumbers
+    those after them (``model.layers.3`` is ``model.layers.2`` once layer 1 is gone)."""
+    from spaces.decoder import layout_of, resolve
+
+    bits = plan.entries("bits")
+    if not bits:
+        return {}
+    path, kept = layout_of(model).layers_path(model), resolve(model, plan, counts_only=True).layers
+    return {f"{path}.{kept.index(int(name.rsplit('.', 1)[1]))}": int(b) for name, b in bits.items()}
 
 
 def _save_pretrained(model: nn.Module, fields: dict[str, Any], path: Path) -> None:
@@ -190,8 +202,9 @@ def _plan_file(quantizer: Any, model: nn.Module, source: Path, bits: Mapping[str
     width_of = {node: next((b for layer, b in bits.items() if name.startswith(layer + ".")), None)
                 for node, name in nodes.items()}  # fmt: skip
     graph: Any = onnx.load(str(source))
+    matmuls = [n.name for n in graph.graph.node if n.op_type == "MatMul"]
     for width in sorted(set(bits.values())):
-        others = [node for node, b in width_of.items() if b != width]
+        others = [node for node in matmuls if width_of.get(node) != width]  # unmatched ones too: they stay float
         q = quantizer(graph, bits=width, block_size=32, is_symmetric=True, nodes_to_exclude=others)
         q.process()
         graph = q.model.model

@@ -180,6 +180,7 @@ def prepare(
     cfg, parts = _model_parts(config, store, name, progress)
     space: ModelSpace = parts["space"]
     uniform = space.fit(space.uniform_plan(0.0), budget)  # infeasible budget: raises here
+    parts["pool"] = teacher_pool(cfg, parts["data"], parts["base_model"])  # the study's, not finalize's
     floor = cost_floor(cfg.search.floor, space, budget)
     dists = distributions(space, cfg.space.options(), floor=floor)
     study_id = store.ensure_study(
@@ -235,22 +236,23 @@ def _model_parts(cfg: Config, store: StudyStore, name: str, progress: bool) -> t
     if Importance(cfg.space.importance).needs_data:
         importance_scores(cfg, space, data, base_weights)
     base_model.to(device)
-    pool = teacher_pool(cfg, data, base_model)  # after the importance scores: they read the data's seeded order
-    parts = {"data": data, "device": device, "base_model": base_model, "base_accuracy": base_accuracy, "pool": pool}
+    parts = {"data": data, "device": device, "base_model": base_model, "base_accuracy": base_accuracy}
     parts |= {"space": space, "base_cost": space.base_cost, "base_weights": base_weights}
     return cfg, parts | {"artifacts": Path(cfg.search.artifacts_dir) / "studies" / name}
 
 
 def teacher_pool(cfg: Config, data: DataBundle, base_model: nn.Module) -> TeacherPool | None:
     """For ``evaluate.score = "kl"``: ``evaluate.teacher_pool`` training images (default a fifth, at most 5,000)
-    taken out of every fine-tune (:meth:`evaluators.DataBundle.hold_out_pool`, seeded by the data) and the dense
-    model's outputs on them (:class:`evaluators.TeacherPool`); ``None`` for the other scores."""
+    taken out of every fine-tune of the study (:meth:`evaluators.DataBundle.hold_out_pool`, seeded by the data)
+    and the dense model's outputs on them (:class:`evaluators.TeacherPool`); ``None`` for the other scores.
+    ``finalize`` trains on the whole training split (it selects nothing). The pool's images are held in memory
+    (5,000 Fashion-MNIST images: 16 MB; at 224 pixels, 3 GB: set ``evaluate.teacher_pool`` lower)."""
     from evaluators import TeacherPool
 
     if cfg.evaluate.score != "kl":
         return None
     size = len(data.train)  # type: ignore[arg-type]
-    n = cfg.evaluate.teacher_pool if cfg.evaluate.teacher_pool is not None else min(5000, size // 5)
+    n = cfg.evaluate.teacher_pool if cfg.evaluate.teacher_pool is not None else max(2, min(5000, size // 5))
     return TeacherPool.build(base_model, data.hold_out_pool(n), batch_size=cfg.evaluate.batch_size)
 
 

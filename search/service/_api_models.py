@@ -84,7 +84,8 @@ class TrialOut(CandidateOut):
     plan_hash: str
     history: list[list[float]] | None = Field(description="[step, intermediate validation accuracy] pairs")
     rungs: list[list[float]] | None = Field(
-        description="[fine-tune steps, validation accuracy, validation loss] per rung reached (older: no loss)"
+        description="[fine-tune steps, validation accuracy, validation loss(, KL divergence from the dense model on "
+        "the teacher's pool, with evaluate.score = kl)] per rung reached (older: no loss)"
     )
     final: dict[str, Any] | None = Field(description="what `prunetune finalize` measured: steps, accuracies, weights")
     phases: dict[str, float] | None = Field(description="seconds per phase: apply, train, eval, other")

@@ -171,7 +171,7 @@ class _Heartbeat:
 def save_candidate(model: nn.Module, path: Path, metrics: Metrics, rungs: Mapping[int, Any] | None = None) -> str:
     """Save a candidate's weights and, beside them, the per-image scores of its last evaluation
     (:mod:`storage._samples`: what ties are judged by) and of each rung it finished (``rungs``: steps ->
-    ``(correct, loss)``, what a promotion compares); the weights file's resolved path."""
+    ``(correct, loss, kl)``, what a promotion compares); the weights file's resolved path."""
     from evaluators import save_weights
     from storage import save_sample_scores
 
@@ -221,7 +221,7 @@ class _Climb:
     train: float = 0.0
     evals: float = 0.0
     lost: bool = False  # another worker claimed the candidate
-    samples: dict[int, Any] = field(default_factory=dict)  # steps -> (correct, loss) per image, per finished rung
+    samples: dict[int, Any] = field(default_factory=dict)  # steps -> (correct, loss, kl) per image, per finished rung
 
     def reach(self, steps: int, metrics: Metrics) -> None:
         """Keep a finished rung: ``[steps, accuracy(, loss(, kl))]`` and its per-image scores."""
@@ -280,9 +280,9 @@ class CandidateRunner:
         """Whether candidate ``cid``, just through rung ``rung``, goes on (:mod:`search.study._rungs`).
 
         It is ranked among the candidates measured after the same number of fine-tune steps, by
-        ``evaluate.score`` (accuracy, or minus the validation loss) and the costs. With
-        ``evaluate.promote_ties``, a candidate just below the cut goes on too when a promoted one beats it
-        only inside the noise, judged on ``samples`` (its ``(correct, loss)`` per image at this rung) against
+        ``evaluate.score`` (accuracy, minus the validation loss, or minus the teacher-pool KL) and the costs.
+        With ``evaluate.promote_ties``, a candidate just below the cut goes on too when a promoted one beats it
+        only inside the noise, judged on ``samples`` (its ``(correct, loss, kl)`` per image at this rung) against
         the rung's per-image scores kept beside the others' weights.
         """
         from search.study._rungs import promotes, rivals
@@ -404,11 +404,11 @@ class CandidateRunner:
 
         try:
             metrics = self.prepared.evaluator.evaluate(model, self._rung_context(rung, steps, report, done))
+            if metrics.status == Status.COMPLETE and metrics.accuracy is None:
+                return Metrics(status=Status.FAIL, reason="the evaluator reported no accuracy")
+            return score_on_pool(self.prepared.pool, model, metrics)
         except (ValueError, RuntimeError) as exc:  # e.g. a shape error the space did not foresee
             return Metrics(status=Status.FAIL, reason=f"{type(exc).__name__}: {exc}".splitlines()[0])
-        if metrics.status == Status.COMPLETE and metrics.accuracy is None:
-            return Metrics(status=Status.FAIL, reason="the evaluator reported no accuracy")
-        return score_on_pool(self.prepared.pool, model, metrics)
 
     def _tell(self, cid: int, status: Status, values: list[float] | None, record: Recorder) -> int | None:
         """Tell the scheduler a recorded outcome; the store keeps the number of the trial that holds it."""

@@ -143,7 +143,11 @@ def _rescore_one(p: Prepared, row: CandidateRow) -> str | None:
         steps=steps - done,
         resumed=True,
     )
-    metrics = score_on_pool(p.pool, model, p.evaluator.evaluate(model, ctx))
+    try:
+        metrics = score_on_pool(p.pool, model, p.evaluator.evaluate(model, ctx))
+    except (ValueError, RuntimeError) as exc:  # as a rung's failure: the candidate keeps its last rung
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return f"candidate {row.id}: re-scoring failed ({why}); kept its rung {row.top_rung}"
     if metrics.status is not Status.COMPLETE or metrics.accuracy is None:
         return f"candidate {row.id}: re-scoring failed ({metrics.reason}); kept its rung {row.top_rung}"
     name = f"{row.id}-{steps}steps-{uuid.uuid4().hex[:8]}.safetensors"  # never another worker's file

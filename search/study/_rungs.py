@@ -21,10 +21,14 @@ No winner is declared inside the noise (``evaluate.promote_ties``, on by
 default): a candidate that misses the cut but ranks within the next
 ``max(1, n // reduction_factor)`` goes on as well when a promoted candidate
 that scores better beats it by less than the noise — under two paired
-standard errors on the same validation images (:func:`storage.ties`' rule,
-:func:`rivals` names whom to compare it with). At most twice the usual share
-of a rung is promoted, so the longer fine-tune decides between tied plans
-instead of a difference the score cannot see.
+standard errors on the same images (the rung's validation images, or the
+teacher's pool for ``evaluate.score = "kl"``; :func:`storage.ties`' rule,
+:func:`rivals` names whom to compare it with). Each decision looks no further
+than the next share, so the longer fine-tune decides between tied plans
+instead of a difference the score cannot see. A rival's per-rung scores are
+read from the file beside its weights, written when it finishes its climb: a
+rival another worker is still training is not compared (with one worker, as
+the local driver runs, every rival has finished).
 
 This is asynchronous (ASHA): the decision is taken at once, against whoever
 has finished the rung so far, so early candidates are promoted more easily;

@@ -2,7 +2,7 @@
 
 The page is self-contained, as the vision report (plotly.js inlined, nothing
 loaded at view time): validation perplexity against memory (weights plus KV
-cache), every candidate a point, the front joined by a line, the lowest
+cache), every candidate a point, the front joined by a line,
 the study's pick starred (:func:`~search.tasks._decoder_view.pick_with_ties`: the least memory within the
 noise of the lowest perplexity); then the front as a table, its ``pick`` column marking the pick ``*`` and
 the plans within its noise ``≈``, and how the study was made.

@@ -236,16 +236,17 @@ def apply_decoder_plan(
     for i in choice.layers:
         layer = layers[i]
         inputs: dict[str, torch.Tensor] = {}  # a narrowed projection's kept inputs, which its Gram matrix keeps
+        down, out_proj = (layout.projection_names(k)[-1:] or ("",) for k in ("mlp", "attn"))
         if len(choice.mlp[i]) < layout.mlp(layer).width:
-            inputs["mlp.down_proj"] = torch.tensor(choice.mlp[i])
-            layout.narrow_mlp(layer, inputs["mlp.down_proj"])
+            inputs[down[0]] = torch.tensor(choice.mlp[i])
+            layout.narrow_mlp(layer, inputs[down[0]])
         a = layout.attention(layer)
         if len(choice.groups[i]) < a.n_kv:
             d, g = a.head_dim, a.per_group
             kv_rows = torch.tensor([k * d + j for k in choice.groups[i] for j in range(d)])
             q_rows = torch.tensor([(k * g + h) * d + j for k in choice.groups[i] for h in range(g) for j in range(d)])
             layout.narrow_attention(layer, q_rows, kv_rows)
-            inputs["self_attn.o_proj"] = q_rows
+            inputs[out_proj[0]] = q_rows
         for name, (method, rank) in choice.ranks.get(i, {}).items():
             gram = None if grams is None else grams.get(f"{path}.{i}.{name}")
             if gram is not None and name in inputs:

@@ -203,8 +203,9 @@ class DecoderSpace:
         """The Gram matrix ``X^T X`` (float64) of every factorizable projection's input over ``windows`` windows
         of ``length`` tokens, by the projection's full name: what the ``whitened`` method reads
         (:mod:`spaces.factorization._whitened`). A projection sharing its input with the one before it (key
-        and value with query, up with gate) shares its matrix. ``hidden x hidden`` per input of each layer,
-        which a large model may not hold in memory."""
+        and value with query, up with gate) shares its matrix. Per layer: two ``hidden x hidden`` matrices, one
+        of the attention's query width and one of the MLP's width (the largest), in float64, which a large
+        model may not hold in memory."""
         layers, path = self.layout.layers(self.model), self.layout.layers_path(self.model)
         grams: dict[str, torch.Tensor] = {}
         hooks = []

@@ -67,7 +67,9 @@ class Whitened(SVD):
 
         from spaces._lowrank import loaded
 
-        if gram is None or not isinstance(layer, nn.Linear):
+        if not isinstance(layer, nn.Linear):
+            raise PlanError(f"method 'whitened' on {geom.name!r}: nn.Linear layers only, got {type(layer).__name__}")
+        if gram is None:
             return self.factorize(layer, geom, ranks)
         (r,) = ranks
         w = layer.weight.detach()

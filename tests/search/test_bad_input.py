@@ -166,6 +166,7 @@ CASES: list[tuple[str, list[str], Setup | None, int, str]] = [
     ),
     ("finetune-steps", [*RUN, "--evaluate.finetune_steps", "-1"], None, BAD, "evaluate.finetune_steps"),
     ("score", [*RUN, "--evaluate.score", "f1"], None, BAD, "evaluate.score"),
+    ("pool-without-kl", [*RUN, "--evaluate.teacher_pool", "500"], None, BAD, "read only with evaluate.score = 'kl'"),
     (
         "teacher-pool",
         [*RUN, "--evaluate.score", "kl", "--evaluate.teacher_pool", "100000"],

@@ -128,6 +128,18 @@ def test_a_plan_with_bits_exports_what_the_quantized_model_computes(trained: tor
     assert mixed["top1_agreement"] >= 0.9 and mixed["max_abs"] < onnx_files["model.int4.onnx"]["max_abs"]
 
 
+def test_per_layer_bits_follow_their_layer_when_the_plan_drops_one_before_it(
+    trained: torch.nn.Module, tmp_path: Path
+) -> None:
+    plan = Plan(depth={"model.layers.0": "shortcut"}, bits={"model.layers.1": 4})  # layer 1 becomes layer 0
+    export_decoder(trained, plan, tmp_path, tokens=TEXT.heldout)
+    nodes = matmul_modules(onnx.load(str(tmp_path / "model.onnx")), dequantized(apply_decoder_plan(trained, plan))[0])
+    quantized = {n.name.rsplit("_Q", 1)[0] for n in onnx.load(str(tmp_path / "model.plan.onnx")).graph.node
+                 if n.op_type == "MatMulNBits"}  # fmt: skip
+    assert quantized == {node for node, module in nodes.items() if module.startswith("model.layers.0.")}
+    assert len(quantized) == 7
+
+
 def test_the_4_bit_quantizer_is_imported_without_turning_on_every_library_s_info_messages() -> None:
     """ONNX Runtime's quantizer module calls logging.basicConfig(level=INFO) at import (search.operations._nbits):
     in a fresh interpreter, the root logger keeps no handler and its WARNING level, and the export prints nothing."""
