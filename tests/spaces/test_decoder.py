@@ -93,6 +93,19 @@ def test_a_pruned_model_computes_what_the_plan_applied_by_hand_computes(family: 
     assert torch.equal(cached, pruned.generate(ids(6), max_new_tokens=8, do_sample=False, use_cache=False))
 
 
+@torch.no_grad()
+def counted_macs(model: torch.nn.Module, context: int) -> tuple[int, int]:
+    """torch's FLOP counter on ``model``, halved: a prefill of ``context`` tokens, then one decoded token after
+    ``context - 1`` cached (batch 1, the last position's logits only)."""
+    one = ids(context)[:1]
+    with FlopCounterMode(display=False) as prefill:
+        model(one, use_cache=False, logits_to_keep=1)
+    past = model(one[:, :-1], use_cache=True).past_key_values
+    with FlopCounterMode(display=False) as decode:
+        model(one[:, -1:], past_key_values=past, logits_to_keep=1)
+    return prefill.get_total_flops() // 2, decode.get_total_flops() // 2
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_analytic_costs_equal_the_built_model_s(family: str) -> None:
     """Parameters, KV-cache bytes and prefill and decode MACs, against the model and torch's FLOP counter."""
@@ -105,13 +118,7 @@ def test_analytic_costs_equal_the_built_model_s(family: str) -> None:
     with torch.no_grad():
         cache = pruned(ids(context), use_cache=True).past_key_values
         assert cost.kv_bytes == sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
-        one = ids(context)[:1]
-        with FlopCounterMode(display=False) as prefill:
-            pruned(one, use_cache=False, logits_to_keep=1)
-        past = pruned(one[:, :-1], use_cache=True).past_key_values
-        with FlopCounterMode(display=False) as decode:
-            pruned(one[:, -1:], past_key_values=past, logits_to_keep=1)
-    assert (cost.prefill_macs, cost.decode_macs) == (prefill.get_total_flops() // 2, decode.get_total_flops() // 2)
+    assert (cost.prefill_macs, cost.decode_macs) == counted_macs(pruned, context)
     dense = decoder_cost(model, Plan(), context=context, batch=2)
     assert dense.params == sum(p.numel() for p in model.parameters())
     # half the key-value groups of layer 0, all of layer 1, none of layer 2: half the cache remains
