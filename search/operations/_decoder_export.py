@@ -47,13 +47,16 @@ import logging
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from search.operations._staged import staged
 from spaces import Plan
+
+if TYPE_CHECKING:
+    from spaces.decoder import DecoderChoice
 
 __all__ = ["export_decoder", "load_decoder"]
 
@@ -120,10 +123,11 @@ def _write(model: nn.Module, compressed: nn.Module, plan: Plan, dest: Path, toke
     with staged(dest, stale=FILES, last="export.json") as out:
         save_model(compressed, str(out / "model.safetensors"))
         (out / "plan.json").write_text(plan.to_json(indent=2))
-        cost = decoder_cost(model, plan, context=context)
+        choice = resolve(model, plan, counts_only=True)  # the counts: costs, factor chains, renumbered bits
+        cost = decoder_cost(model, choice, context=context)
         report: dict[str, Any] = {"plan": plan.hash, "params": cost.params, "weight_bytes": cost.weight_bytes}
         plain = dequantized(compressed)[0] if plan.entries("bits") else compressed  # bits: the weights on their grid
-        factored = any(resolve(model, plan, counts_only=True).ranks.values())
+        factored = any(choice.ranks.values())
         fields = None if factored else layout_of(plain).config_fields(plain)
         if fields is None:
             why = "factor chains" if factored else "these widths and heads (per layer or width)"
@@ -132,21 +136,18 @@ def _write(model: nn.Module, compressed: nn.Module, plan: Plan, dest: Path, toke
             _save_pretrained(plain, fields, out / "hf")
             report["hf"] = "hf/"
         batch = torch.stack([tokens[i * context : (i + 1) * context] for i in range(4)])
-        report["onnx"] = _onnx_files(plain, batch, out, _renumbered_bits(model, plan))
+        report["onnx"] = _onnx_files(plain, batch, out, _renumbered_bits(model, choice))
         (out / "export.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def _renumbered_bits(model: nn.Module, plan: Plan) -> dict[str, int]:
+def _renumbered_bits(model: nn.Module, choice: DecoderChoice) -> dict[str, int]:
     """The plan's per-layer bits keyed by the compressed model's layer names: a plan that drops layers renumbers
     those after them (``model.layers.3`` is ``model.layers.2`` once layer 1 is gone)."""
-    from spaces.decoder import layout_of, resolve
+    from spaces.decoder import layout_of
 
-    bits = plan.entries("bits")
-    if not bits:
-        return {}
-    path, kept = layout_of(model).layers_path(model), resolve(model, plan, counts_only=True).layers
-    return {f"{path}.{kept.index(int(name.rsplit('.', 1)[1]))}": int(b) for name, b in bits.items()}
+    path = layout_of(model).layers_path(model)
+    return {f"{path}.{choice.layers.index(i)}": int(b) for i, b in choice.bits.items()}
 
 
 def _save_pretrained(model: nn.Module, fields: dict[str, Any], path: Path) -> None:
