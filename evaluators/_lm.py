@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spaces.decoder import tokens_per_second  # measured speed, shared with the decoder's latency model
+
 __all__ = ["cached_teacher", "kl_to_teacher", "random_windows", "recover", "tokens_per_second"]
 
 
@@ -107,32 +109,6 @@ def kl_to_teacher(student: nn.Module, teacher: nn.Module, tokens: torch.Tensor, 
     s = student(input_ids=batch.to(device), use_cache=False).logits
     t = teacher(input_ids=batch.to(device), use_cache=False).logits
     return float(_kl(s, t, 1.0))
-
-
-def tokens_per_second(model: nn.Module, context: int, new_tokens: int = 32) -> tuple[float, float]:
-    """Measured speed on this machine, batch 1, in torch: prefill of ``context`` tokens, and decode of
-    ``new_tokens`` with the KV cache after it (tokens per second, from medians of
-    :func:`spaces.time_calls`). Decode is ``generate``'s time less one prefill's: generate prefills once,
-    then decodes one token per step, greedily, never stopping early."""
-    from spaces import summarize, time_calls
-
-    vocab = int(getattr(model.config, "vocab_size", 256))
-    device = next(model.parameters()).device
-    ids = torch.randint(0, vocab, (1, context), generator=torch.Generator().manual_seed(0)).to(device)
-    model.eval()
-    with torch.no_grad():
-        prefill = summarize(time_calls(lambda: model(input_ids=ids, use_cache=False), runs=9, warmup=3))
-        decode = summarize(
-            time_calls(
-                lambda: model.generate(  # type: ignore[operator]
-                    ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
-                ),
-                runs=5,
-                warmup=1,
-            )
-        )
-    decode_ms = max(decode["median_ms"] - prefill["median_ms"], 1e-6)
-    return context / prefill["median_ms"] * 1e3, new_tokens / decode_ms * 1e3
 
 
 def cached_teacher(

@@ -621,11 +621,16 @@ class StudyStore:
             s.query(ProfileTable).filter(ProfileTable.key == key).delete()
 
 
+# the costs a latency model predicts, and the device_latency keys they are kept under
+_PREDICTED = {"latency": "predicted_ms", "prefill_tps": "prefill_tps", "decode_tps": "decode_tps"}
+
+
 def _set_costs(c: CandidateTable, cost: Mapping[str, float]) -> None:
-    """A finished candidate's cost columns (and the device profile's latency prediction, when the study has one)."""
+    """A finished candidate's cost columns, and what the study's latency model predicts, when it has one: a
+    vision profile's ``latency`` (ms), a language model's prefill and decode tokens per second."""
     c.macs, c.params, c.bytes, c.memory = cost.get("macs"), cost.get("params"), cost.get("bytes"), cost.get("memory")
-    predicted = cost.get("latency")
-    c.device_latency = None if predicted is None else {"predicted_ms": float(predicted)}
+    predicted = {key: float(cost[k]) for k, key in _PREDICTED.items() if cost.get(k) is not None}
+    c.device_latency = predicted or None
 
 
 def _rung_entry(entry: Sequence[Any]) -> list[Any]:

@@ -36,6 +36,7 @@ SPACES_LAYERS = [
     {"decoder._choice"},
     {"decoder._footprint"},
     {"decoder._plans"},
+    {"decoder._speed"},
     {"decoder.__init__"},
     {"graph._trace"},
     {"cost._costmodel", "policy._importance", "cost._latency"},

@@ -23,7 +23,11 @@ def add_profile_command(sub: Any) -> None:
         "with space.rank the factor chains of the searched methods over channels and ranks; "
         "stores the profile in the config's store, keyed by model, device, runtime, threads and "
         'batch size. A study with a budget.latency limit, the latency objective or space.round_to = "auto" reads '
-        "it (or measures it). Every config key can be overridden as in `run`: --section.key VALUE.",
+        'it (or measures it). A language-model config (task = "decoder") gets its own latency model instead: '
+        "the model built at two dozen plans, prefill of budget.context tokens and decode with the KV cache timed, "
+        "and a linear model of the kept layers, projection and attention MACs fitted to them (held-out plans "
+        "check it); its studies with evaluate.speed = true predict every candidate's tokens per second with it. "
+        "Every config key can be overridden as in `run`: --section.key VALUE.",
     )
     prof.add_argument("config", help="the run's TOML config (model, data, storage, evaluate.threads/device/runtime)")
     prof.add_argument("--runs", type=int, default=7, help="timed calls per point, the median kept (default 7)")
@@ -41,11 +45,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from evaluators import resolve_device
     from search._config import load_config
     from search.preparation._profile import device_profile, predicts_latency, profiled_methods, structure_space
+    from search.tasks import TASKS, VISION, task_of
     from spaces import UsageError
     from storage import StudyStore
 
     if args.runs < 1 or args.batch < 1:
         raise UsageError(f"--runs and --batch must be at least 1, got {args.runs} and {args.batch}")
+    if (kind := task_of(args.config)) != VISION:  # a plug-in task's own latency model (a decoder's)
+        if args.batch != 1:
+            raise UsageError(f"a task = {kind!r} config is profiled at batch 1, got --batch {args.batch}")
+        return TASKS.get(kind).profile(args.config, overrides(args), runs=args.runs, force=args.force)
     cfg = load_config(args.config, overrides(args))
     store = StudyStore(cfg.storage.url)
     if cfg.evaluate.threads is not None:

@@ -31,6 +31,7 @@ class Task(ABC):
     study name (what ``front``, ``status``, ``report`` and ``export`` open);
     ``show_front``, ``show_status``, ``write_report``, ``export`` and ``page``
     (the service's) serve a stored study of this task (its row's ``space_options["task"]`` names it).
+    ``profile`` is ``prunetune profile`` on a config of this task (a task without a latency model says so).
     """
 
     name: str
@@ -67,6 +68,10 @@ class Task(ABC):
     def page(self, store: StudyStore, study: StudyRecord, *, plotlyjs: str | None) -> tuple[str, dict[str, Any]]:
         """The stored study's report page (HTML; ``plotlyjs``: a URL to load plotly.js from, else inlined) and
         its front figure as plotly JSON (what the service's page polls while the study runs)."""
+
+    def profile(self, path: str, overrides: dict[str, Any], *, runs: int, force: bool) -> int:
+        """Measure (or read from the store) and print this machine's latency model for config ``path``'s model."""
+        raise ValueError(f"task {self.name!r} has no device profile: `prunetune profile` takes vision configs")
 
 
 TASKS: Registry[Task] = Registry(

@@ -63,6 +63,24 @@ class DecoderTask(Task):
         out.print(f"this run: {res.evaluated} evaluated, {mean:.2f} s per candidate (recovery and perplexity)")
         return 0
 
+    def profile(self, path: str, overrides: dict[str, Any], *, runs: int, force: bool) -> int:
+        """The model's latency model (:mod:`search.tasks._decoder_speed`), at the config's ``budget.context``."""
+        import torch
+        from rich.console import Console
+
+        from search.tasks._decoder_speed import decoder_latency, show_decoder_latency
+        from search.tasks._decoder_study import DecoderStudy
+
+        study = DecoderStudy(load_decoder_config(path, overrides))
+        space = study.structure_space()
+        Console(stderr=True).print(  # before the long part, so the user knows what runs (Ctrl-C stops it)
+            f"decoder latency model of {study.cfg.model.spec}: read from the store, or measured now (a minute or more)"
+        )
+        prof, measured = decoder_latency(space, study.store, threads=torch.get_num_threads(), runs=runs, force=force)
+        how = "measured now and stored" if measured else "read from the store (measured before; --force measures again)"
+        show_decoder_latency(Console(), prof, how=f"{how} in {study.store.display_url}")
+        return 0
+
     def locate(self, path: str) -> tuple[str, str]:
         cfg = load_decoder_config(path)
         return cfg.storage.url, str(cfg.search.study)

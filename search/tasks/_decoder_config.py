@@ -127,6 +127,12 @@ class DecoderEvaluateConfig(_Section):
         3, ge=0, description="then the candidates with the lowest perplexity are recovered again, longer (0: none)"
     )
     rescore_steps: int = Field(200, ge=1, description="recovery steps of the re-scoring; the pick is made on them")
+    speed: bool = Field(
+        False,
+        description="predict every candidate's prefill and decode tokens per second (torch on this machine's CPU, "
+        "batch 1, prefill of budget.context tokens) with the decoder latency model `prunetune profile` measures "
+        "and stores (measured first, a minute or more, when the store has none)",
+    )
 
 
 class DecoderSearchConfig(_Section):

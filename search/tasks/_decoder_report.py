@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["decoder_frame", "decoder_page", "front_figure", "write_decoder_report"]
 
 _COLUMNS = ["trial", "pick", "status", "kind", "perplexity", "rung_steps", "memory_pct", "memory", "weight_bytes",
-            "kv_bytes", "params", "prefill_macs_per_token", "seconds", "on_front", "plan", "summary"]  # fmt: skip
+            "kv_bytes", "params", "prefill_macs_per_token", "prefill_tps", "decode_tps", "seconds", "on_front",
+            "plan", "summary"]  # fmt: skip
 
 
 def decoder_frame(store: StudyStore, info: StudyRecord) -> pd.DataFrame:
@@ -50,6 +51,8 @@ def decoder_frame(store: StudyStore, info: StudyRecord) -> pd.DataFrame:
             "kv_bytes": None if r.memory is None or r.bytes is None else r.memory - r.bytes,
             "params": r.params,
             "prefill_macs_per_token": r.macs,
+            "prefill_tps": (r.device_latency or {}).get("prefill_tps"),  # evaluate.speed: predicted
+            "decode_tps": (r.device_latency or {}).get("decode_tps"),
             "rung_steps": r.top_steps,
             "seconds": r.seconds,
             "on_front": r.id in front,

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
     from evaluators._text import TextSplits
     from search.tasks._decoder_config import DecoderConfig
-    from spaces.decoder import DecoderSpace
+    from spaces.decoder import DecoderLatency, DecoderSpace
     from storage import CandidateRow, StudyStore
 
 __all__ = ["OBJECTIVES", "DecoderStudy", "Outcome", "pick"]
@@ -79,6 +79,7 @@ class DecoderStudy:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.name: str = cfg.search.study or "decoder"
         self.artifacts = Path(cfg.search.artifacts_dir).resolve() / "studies" / self.name
+        self.latency: DecoderLatency | None = None  # evaluate.speed: the model's latency model (prepare)
 
     # ------------------------------------------------------------------ prepare
     def load(self) -> DecoderStudy:
@@ -110,9 +111,50 @@ class DecoderStudy:
         self.floor = min(self.cap, max(smallest, self.space.memory_limit(share_of(cfg.search.floor))))
         self.seeds = self._seed_plans()  # a budget below the smallest plan fails here, before any write
         self.dense_ppl = self.dense_perplexity()
+        self.latency = self._latency_model()
         self.study_id = self._ensure_study()
         self.optuna = self._optuna()
         return self
+
+    def structure_space(self) -> DecoderSpace:
+        """The study's space on the model's structure alone (the teacher's, untrained: speed does not read
+        weights), at the budget's context: what the latency model is measured on."""
+        from evaluators._hf import tiny_model
+        from spaces.decoder import DecoderSpace
+
+        if self.cfg.model.spec == "teacher:stdlib":
+            model: nn.Module = tiny_model("llama", **self._teacher_config())
+        else:
+            model = self._model()
+        b = self.cfg.budget
+        return DecoderSpace(model, context=b.context, batch=b.batch, max_ratio=self.cfg.space.max_ratio)
+
+    def _latency_model(self) -> DecoderLatency | None:
+        """With ``evaluate.speed``: the model's latency model at the budget's context, from the store or measured."""
+        import torch
+
+        from search.tasks._decoder_speed import decoder_latency
+
+        if not self.cfg.evaluate.speed:
+            return None
+        return decoder_latency(self.space, self.store, threads=torch.get_num_threads())[0]
+
+    def costs(self, plan: Plan) -> dict[str, float]:
+        """The plan's cost columns (:func:`cost_dict`) and, with ``evaluate.speed``, its predicted prefill and
+        decode tokens per second."""
+        cost = self.space.cost(plan)
+        out = cost_dict(cost)
+        if self.latency is not None:
+            from spaces.decoder import resolve
+
+            choice = resolve(self.model, plan, counts_only=True)
+            out["prefill_tps"], out["decode_tps"] = self.latency.tokens_per_second(choice, cost)
+        return out
+
+    def _teacher_config(self) -> dict[str, int]:
+        t = self.cfg.model.teacher
+        return {"num_hidden_layers": t.layers, "hidden_size": t.width, "intermediate_size": t.mlp,
+                "num_attention_heads": t.heads, "num_key_value_heads": t.kv_heads}  # fmt: skip
 
     def _model(self) -> nn.Module:
         from evaluators import build_model
@@ -121,8 +163,7 @@ class DecoderStudy:
         if spec == "teacher:stdlib":
             from evaluators._lm import cached_teacher
 
-            config = {"num_hidden_layers": t.layers, "hidden_size": t.width, "intermediate_size": t.mlp,
-                      "num_attention_heads": t.heads, "num_key_value_heads": t.kv_heads}  # fmt: skip
+            config = self._teacher_config()
             model = cached_teacher(self.cfg.search.artifacts_dir, "llama", self.text.train, steps=t.steps, **config)
         elif spec.startswith(("hf:", "hf-tiny:")):
             model = build_model(spec)
@@ -181,7 +222,7 @@ class DecoderStudy:
         return plan.replace(bits=dict.fromkeys((f"{path}.{i}" for i in range(n)), min(self.cfg.space.bits)))
 
     def _ensure_study(self) -> int:
-        cfg, dense = self.cfg, self.space.dense
+        cfg = self.cfg
         return self.store.ensure_study(
             self.name,
             model_spec=cfg.model.spec if cfg.model.spec != "teacher:stdlib" else f"teacher:stdlib {cfg.model.teacher}",
@@ -194,7 +235,7 @@ class DecoderStudy:
                 "dense": self.dense_ppl,
                 "groups": dict(self.space.groups),
             },
-            base_cost=cost_dict(dense),
+            base_cost=self.costs(Plan()),  # with evaluate.speed, the dense model's predicted speed too
         )
 
     def _optuna(self) -> optuna.Study:
@@ -289,15 +330,15 @@ class DecoderStudy:
 
         t0 = time.perf_counter()
         ppl, student, losses = self.evaluate(plan)
-        cost = self.space.cost(plan)
+        costs = self.costs(plan)
         artifact = self._save(student, f"candidate-{cid}", losses)
         seconds = time.perf_counter() - t0
         rung = [self.cfg.evaluate.recovery_steps, None, math.log(ppl)]  # the first rung: its loss, log perplexity
-        self.store.finish(cid, Status.COMPLETE, perplexity=ppl, cost=cost_dict(cost), seconds=seconds,
+        self.store.finish(cid, Status.COMPLETE, perplexity=ppl, cost=costs, seconds=seconds,
                           objectives=OBJECTIVES, artifact=str(artifact), rungs=[rung])  # fmt: skip
         if number is not None:
             try:
-                self.optuna.tell(number, [ppl, float(cost.memory_bytes)])
+                self.optuna.tell(number, [ppl, costs["memory"]])
             except (ValueError, RuntimeError):  # the trial was told already (a retried candidate)
                 pass
         out.evaluated += 1

@@ -84,18 +84,27 @@ def decoder_front_table(
     groups = groups if groups is not None else study.space_options.get("groups", {})
     chosen = pick_with_ties(rows)
     table = Table(title=title, caption=_caption(dense_ppl, chosen), caption_justify="left")
-    for col in ("trial", "val ppl", "steps", "memory %", "weights MB", "plan"):
+    speed = any(_tps(r) is not None for r in rows)  # evaluate.speed: the latency model's predictions
+    for col in ("trial", "val ppl", "steps", "memory %", "weights MB", *(("decode tok/s",) if speed else ()), "plan"):
         table.add_column(col, justify="left" if col == "plan" else "right")
     for r in rows:
+        tps = _tps(r)
         table.add_row(
             f"{r.trial_number}{_mark(r, chosen)}",
             f"{r.perplexity:.3f}" if r.perplexity is not None else "-",
             str(r.top_steps) if r.top_steps is not None else "-",
             f"{100 * (r.memory or 0) / dense_memory:.1f}%",
             f"{(r.bytes or 0) / 1e6:.2f}",
+            *((f"{tps[1]:,.0f}" if tps else "-",) if speed else ()),
             plan_summary(r.plan, groups),
         )
     return table
+
+
+def _tps(row: CandidateRow) -> tuple[float, float] | None:
+    """The prefill and decode tokens per second the study's latency model predicts for ``row`` (None: none)."""
+    d = row.device_latency or {}
+    return None if d.get("decode_tps") is None else (float(d["prefill_tps"]), float(d["decode_tps"]))
 
 
 def _mark(row: CandidateRow, chosen: Pick | None) -> str:

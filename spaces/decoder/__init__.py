@@ -13,6 +13,14 @@ from spaces.decoder._choice import (
     resolve,
 )
 from spaces.decoder._footprint import DecoderCost, decoder_cost
+from spaces.decoder._speed import (
+    NEW_TOKENS,
+    DecoderLatency,
+    LatencySample,
+    pass_times,
+    profile_decoder,
+    tokens_per_second,
+)
 from spaces.decoder._layout import (
     LAYOUTS,
     AttentionView,
@@ -28,12 +36,15 @@ from spaces.decoder._plans import DecoderSpace
 
 __all__ = [
     "LAYOUTS",
+    "NEW_TOKENS",
     "AttentionView",
     "DecoderChoice",
     "DecoderCost",
+    "DecoderLatency",
     "DecoderLayout",
     "DecoderSpace",
     "Gpt2Layout",
+    "LatencySample",
     "LlamaLayout",
     "MlpView",
     "apply_decoder_plan",
@@ -43,7 +54,10 @@ __all__ = [
     "layout_of",
     "magnitude",
     "narrowed",
+    "pass_times",
+    "profile_decoder",
     "projection_shapes",
     "register_layout",
     "resolve",
+    "tokens_per_second",
 ]

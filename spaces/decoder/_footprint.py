@@ -62,6 +62,9 @@ class DecoderCost:
     decode_macs: int
     context: int
     batch: int
+    layers: int = 0  # decoder layers kept
+    prefill_attention_macs: int = 0  # of prefill_macs, the two attention products'
+    decode_attention_macs: int = 0  # of decode_macs, the two attention products'
 
     @property
     def memory_bytes(self) -> int:
@@ -112,6 +115,9 @@ def decoder_cost(model: nn.Module, plan: Plan | DecoderChoice, *, context: int, 
         decode_macs=per_token + decode + head,
         context=context,
         batch=batch,
+        layers=len(choice.layers),
+        prefill_attention_macs=products,
+        decode_attention_macs=decode,
     )
 
 

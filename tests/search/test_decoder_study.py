@@ -312,3 +312,44 @@ def test_the_service_serves_the_study_as_perplexity_against_memory(ran: Path) ->
         assert [s["name"] for s in listed] == ["lm"]
         export = httpx.get(f"{base}/api/studies/lm/trials/0/export", headers=auth, timeout=60)
         assert export.status_code == 409 and "prunetune export CONFIG" in export.text
+
+
+def test_profile_learns_the_decoders_speed_once_and_a_study_predicts_every_candidates_tokens_per_second(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import spaces.decoder
+    from spaces.decoder import DecoderLatency, resolve
+
+    cfg = write_config(tmp_path, **{"candidates = 6": "candidates = 3"})
+    assert main(["profile", str(cfg), "--runs", "1"]) == 0
+    first = capsys.readouterr().out
+    assert "measured now and stored" in first and "held out" in first and "decode ms per token" in first
+    assert main(["profile", str(cfg), "--runs", "1"]) == 0
+    assert "read from the store" in capsys.readouterr().out
+
+    def no_measuring(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the study measured again what the store holds")
+
+    monkeypatch.setattr(spaces.decoder, "profile_decoder", no_measuring)  # the trained teacher has the same key
+    assert main(["run", str(cfg), "--quiet", "--evaluate.speed", "true"]) == 0
+    assert "decode tok/s" in capsys.readouterr().out
+    study = DecoderStudy(load_decoder_config(cfg)).load()
+    store = study.store
+    [stored] = [DecoderLatency.from_json(p) for p in [store.profile(k) for k in _profile_keys(store)] if p]
+    for r in store.candidates(store.study("lm").id):
+        plan = Plan.from_json(r.plan)
+        expected = stored.tokens_per_second(resolve(study.model, plan, counts_only=True), study.space.cost(plan))
+        assert (r.device_latency or {})["decode_tps"] == pytest.approx(expected[1], rel=1e-12)
+        assert (r.device_latency or {})["prefill_tps"] == pytest.approx(expected[0], rel=1e-12)
+    assert main(["profile", str(cfg), "--batch", "4"]) == 2  # a decoder is profiled at batch 1
+    err = capsys.readouterr().err
+    assert "batch 1" in err and len(err.strip().splitlines()) == 1
+
+
+def _profile_keys(store: StudyStore) -> list[str]:
+    from sqlalchemy import select
+
+    from storage._schema import ProfileTable
+
+    with store._session() as s:
+        return list(s.scalars(select(ProfileTable.key)))
