@@ -9,8 +9,12 @@
   safetensors only, never from a pickle.
 * ``hf-tiny:FAMILY`` builds a small randomly initialized model of a family from
   a config written here (``llama``, ``qwen2``, ``qwen3``, ``mistral``,
-  ``gpt2``): two layers, hidden width 64, grouped-query attention where the
-  family has it. Tests and examples use it; it needs no file.
+  ``gpt2``; ``bert``, an encoder): two layers, hidden width 64, grouped-query
+  attention where the family has it. Tests and examples use it; it needs no file.
+
+A BERT-style encoder (``ENCODER_TYPES``) is read as a sequence classifier
+(``...ForSequenceClassification``, its ``num_labels`` from the config); every
+other model as a causal language model.
 
 Both return the ``transformers`` model itself (``...ForCausalLM``), in eval mode,
 with eager attention (the same products on every machine, and the ones
@@ -30,7 +34,7 @@ from torch import nn
 
 from spaces import UnsupportedModelError
 
-__all__ = ["TINY_FAMILIES", "hf_model", "tiny_model"]
+__all__ = ["ENCODER_TYPES", "TINY_FAMILIES", "hf_model", "tiny_model"]
 
 # the families hf-tiny builds: their config class and the fields that differ from the shared ones
 TINY_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -43,7 +47,10 @@ TINY_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
         "GPT2Config",
         {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256, "bos_token_id": None, "eos_token_id": None},
     ),
+    # an encoder for classification (two labels): BertForSequenceClassification
+    "bert": ("BertConfig", {"num_labels": 2, "pad_token_id": 0}),
 }
+ENCODER_TYPES = ("bert",)  # the model types read as encoders for sequence classification, not causal models
 _SHARED = {
     "vocab_size": 256,
     "hidden_size": 64,
@@ -103,11 +110,16 @@ def hf_model(path: str | Path) -> nn.Module:
     config = _read_config(p)
     tf = _transformers()
     model_type = config.get("model_type")
-    if model_type not in tf.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise UnsupportedModelError(f"hf model type {model_type!r} in {str(p)!r} is not a causal language model")
+    encoder = model_type in ENCODER_TYPES
+    if not encoder and model_type not in tf.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UnsupportedModelError(
+            f"hf model type {model_type!r} in {str(p)!r} is not a causal language model (nor one of the encoders "
+            f"read for classification: {', '.join(ENCODER_TYPES)})"
+        )
+    auto = tf.AutoModelForSequenceClassification if encoder else tf.AutoModelForCausalLM
     with _quiet():
         try:
-            model = tf.AutoModelForCausalLM.from_pretrained(
+            model = auto.from_pretrained(
                 str(p),
                 local_files_only=True,
                 trust_remote_code=False,
@@ -134,5 +146,6 @@ def tiny_model(family: str, *, seed: int = 0, **overrides: Any) -> nn.Module:
     config = getattr(tf, cls_name)(**kwargs, attn_implementation="eager")
     with _quiet(), torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = tf.AutoModelForCausalLM.from_config(config)
+        auto = tf.AutoModelForSequenceClassification if family in ENCODER_TYPES else tf.AutoModelForCausalLM
+        model = auto.from_config(config)
     return model.eval()

@@ -69,7 +69,8 @@ def cmd_inspect_decoder(args: argparse.Namespace) -> int:
         _check_positions(model, args.context)
     console = Console(width=max(Console().width, 120))  # the cost table's columns
     layers = space.layout.layers(model)
-    table = Table(title=f"{args.model}: {len(layers)} decoder layers ({space.layout.name} layout)")
+    kind = "decoder" if space.layout.causal else "encoder"
+    table = Table(title=f"{args.model}: {len(layers)} {kind} layers ({space.layout.name} layout)")
     for col in ("layer", "MLP channels", "query heads", "key-value groups", "head width"):
         table.add_column(col, justify="left" if col == "layer" else "right")
     path = space.layout.layers_path(model)
@@ -148,7 +149,7 @@ def _print_costs(
         cells = [si(c.params), si(c.weight_bytes) + "B", si(c.kv_bytes) + "B", si(c.memory_bytes) + "B"]
         cells += [f"{c.memory_bytes / dense.memory_bytes:.1%}", si(c.prefill_macs_per_token), si(c.decode_macs)]
         if model is not None:
-            cells += [f"{v:,.0f}" for v in _measured(model, plan, space.context)]
+            cells += [f"{v:,.0f}" if v == v else "—" for v in _measured(model, plan, space.context)]  # NaN: none
         table.add_row(name, *cells)
     console.print(table)
     for line in notes:

@@ -158,6 +158,7 @@ class DecoderStudy:
 
     def _model(self) -> nn.Module:
         from evaluators import build_model
+        from spaces.decoder import layout_of
 
         spec, t = self.cfg.model.spec, self.cfg.model.teacher
         if spec == "teacher:stdlib":
@@ -169,6 +170,10 @@ class DecoderStudy:
             model = build_model(spec)
         else:
             raise ValueError(f"model.spec must be teacher:stdlib, hf:PATH or hf-tiny:FAMILY, got {spec!r}")
+        if not layout_of(model).causal:
+            name = layout_of(model).name
+            raise ValueError(f"model {spec!r} is an encoder ({name}): language-model studies search causal "
+                             "models by perplexity; encoders are planned and costed, not searched yet")  # fmt: skip
         vocab = int(getattr(model.config, "vocab_size", 0))
         if vocab < 256:
             raise ValueError(f"model {spec!r} has a vocabulary of {vocab}; the byte-level text needs at least 256")

@@ -13,17 +13,10 @@ from spaces.decoder._choice import (
     resolve,
 )
 from spaces.decoder._footprint import DecoderCost, decoder_cost
-from spaces.decoder._speed import (
-    NEW_TOKENS,
-    DecoderLatency,
-    LatencySample,
-    pass_times,
-    profile_decoder,
-    tokens_per_second,
-)
 from spaces.decoder._layout import (
     LAYOUTS,
     AttentionView,
+    BertLayout,
     DecoderLayout,
     Gpt2Layout,
     LlamaLayout,
@@ -33,11 +26,20 @@ from spaces.decoder._layout import (
     register_layout,
 )
 from spaces.decoder._plans import DecoderSpace
+from spaces.decoder._speed import (
+    NEW_TOKENS,
+    DecoderLatency,
+    LatencySample,
+    pass_times,
+    profile_decoder,
+    tokens_per_second,
+)
 
 __all__ = [
     "LAYOUTS",
     "NEW_TOKENS",
     "AttentionView",
+    "BertLayout",
     "DecoderChoice",
     "DecoderCost",
     "DecoderLatency",

@@ -28,6 +28,11 @@ Everything is counted from the dense model's shapes and the plan's kept counts
   **decode** is one token after ``context - 1`` cached, attending to
   ``min(context, w)`` tokens in a layer with a sliding window ``w``.
 
+An **encoder** (a layout that is not ``causal``, BERT's) has no KV cache and
+does not decode: its ``kv_bytes`` and ``decode_macs`` are 0, and its one pass
+over ``context`` tokens (``prefill_macs``) ends in its own head (the pooler on
+the first token and the classifier, :meth:`~spaces.decoder.DecoderLayout.head_macs`).
+
 Norms, rotary embeddings, the activation and the softmax are elementwise, not
 MACs. The test compares every figure with the built model: its parameters, its
 cache tensors after a forward pass, and ``torch.utils.flop_counter`` on it.
@@ -37,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -106,12 +111,15 @@ def decoder_cost(model: nn.Module, plan: Plan | DecoderChoice, *, context: int, 
         products += 2 * context * context * width
         decode += 2 * (context if window is None else min(context, window)) * width
         kv += 2 * (context if window is None else min(context, window - 1)) * len(choice.groups[i]) * a.head_dim
-    head = _output_head(model)
+    head = layout.head_macs(model)
+    prefill = context * per_token + products + head
+    if not layout.causal:  # an encoder: one bidirectional pass, no cache and no decoding
+        kv = decode = per_token = head = 0
     return DecoderCost(
         params=params,
         weight_bytes=params * element - saved,
         kv_bytes=batch * kv * element,
-        prefill_macs=context * per_token + products + head,
+        prefill_macs=prefill,
         decode_macs=per_token + decode + head,
         context=context,
         batch=batch,
@@ -140,12 +148,3 @@ def _weights(layout: DecoderLayout, shapes: list, ranks: Mapping[str, tuple[str,
         factored = ranks.get(names[k]) if names else None
         out += [(n * o, o)] if factored is None else [(n * factored[1], factored[1]), (factored[1] * o, o)]
     return out
-
-
-def _output_head(model: nn.Module) -> int:
-    """MACs of the output head for one position."""
-    get: Any = getattr(model, "get_output_embeddings", None)
-    head = get() if callable(get) else None
-    if not isinstance(head, nn.Linear):
-        raise ValueError(f"{type(model).__name__} has no linear output head")
-    return head.in_features * head.out_features

@@ -43,6 +43,7 @@ from spaces._registry import Registry
 __all__ = [
     "LAYOUTS",
     "AttentionView",
+    "BertLayout",
     "DecoderLayout",
     "Gpt2Layout",
     "LlamaLayout",
@@ -104,6 +105,7 @@ class DecoderLayout(ABC):
 
     name: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]  # the ``config.model_type`` values it reads
+    causal: ClassVar[bool] = True  # False: an encoder (no KV cache, no decoding; a classifier's logits)
 
     @abstractmethod
     def layers_path(self, model: nn.Module) -> str:
@@ -132,6 +134,15 @@ class DecoderLayout(ABC):
     @abstractmethod
     def keep_layers(self, model: nn.Module, keep: Sequence[int]) -> None:
         """Keep only the layers ``keep`` (indices, in order), in place, and tell the model's config and cache."""
+
+    def head_macs(self, model: nn.Module) -> int:
+        """MACs of the model's head for one position: a causal model's output embedding (the logits of the last
+        position, what generation computes)."""
+        get: Any = getattr(model, "get_output_embeddings", None)
+        head = get() if callable(get) else None
+        if not isinstance(head, nn.Linear):
+            raise UnsupportedModelError(f"{type(model).__name__} has no linear output head")
+        return head.in_features * head.out_features
 
     def window(self, model: nn.Module, index: int) -> int | None:
         """The sliding window of layer ``index``'s attention (None: it attends to the whole context)."""
@@ -321,6 +332,92 @@ class Gpt2Layout(DecoderLayout):
         config.num_hidden_layers = len(kept)
 
 
+class BertLayout(DecoderLayout):
+    """BERT-style encoders for classification: ``bert.encoder.layer[i].attention.self.{query,key,value}``, the
+    attention's ``output.dense``, and the MLP's ``intermediate.dense`` and ``output.dense``.
+
+    Attention is multi-head and bidirectional (a key-value group is one head;
+    there is no KV cache and no decoding). The attention views its projections
+    with ``view(..., -1, head_size)``, so narrowing needs no change beyond them
+    (its head count is set for the record). Each sub-layer ends in a LayerNorm
+    over the residual sum (post-norm), so a dropped layer is removed from the
+    list, not zeroed. The head is the pooler on the first token and the
+    classifier (``head_macs``).
+    """
+
+    name = "bert"
+    model_types = ("bert",)
+    causal = False
+
+    def layers_path(self, model: nn.Module) -> str:
+        return f"{model.base_model_prefix}.encoder.layer"
+
+    def attention(self, layer: nn.Module) -> AttentionView:
+        x: Any = layer
+        a, o = x.attention.self, x.attention.output.dense
+        d = int(a.attention_head_size)
+        heads = a.query.out_features // d
+        return AttentionView(
+            a.query.weight, a.key.weight, a.value.weight, o.weight, o.bias, a.query.bias is not None, heads, heads, d
+        )
+
+    def mlp(self, layer: nn.Module) -> MlpView:
+        a: Any = layer
+        up, down = a.intermediate.dense, a.output.dense
+        return MlpView(None, up.weight, down.weight, up.bias is not None, down.bias)
+
+    def output_modules(self, layer: nn.Module) -> tuple[nn.Module, nn.Module]:
+        a: Any = layer
+        return a.attention.output.dense, a.output.dense
+
+    def projections(self, layer: nn.Module) -> tuple[nn.Module, ...]:
+        return tuple(layer.get_submodule(n) for n in (*self.projection_names("attn"), *self.projection_names("mlp")))
+
+    def projection_names(self, kind: str) -> tuple[str, ...]:
+        if kind == "attn":
+            return "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"
+        return "intermediate.dense", "output.dense"
+
+    def narrow_attention(self, layer: nn.Module, q_rows: torch.Tensor, kv_rows: torch.Tensor) -> None:
+        x: Any = layer
+        a, out = x.attention.self, x.attention.output
+        a.query, a.key, a.value = (narrowed(p, rows=q_rows) for p in (a.query, a.key, a.value))
+        out.dense = narrowed(out.dense, cols=q_rows)
+        a.num_attention_heads = len(q_rows) // int(a.attention_head_size)
+        a.all_head_size = len(q_rows)
+
+    def narrow_mlp(self, layer: nn.Module, channels: torch.Tensor) -> None:
+        a: Any = layer
+        a.intermediate.dense = narrowed(a.intermediate.dense, rows=channels)
+        a.output.dense = narrowed(a.output.dense, cols=channels)
+
+    def head_macs(self, model: nn.Module) -> int:
+        """The pooler (a ``hidden x hidden`` dense layer on the first token, where the model has one) and the
+        classifier."""
+        a: Any = model
+        pooler = getattr(a, a.base_model_prefix).pooler
+        head = a.classifier
+        if not isinstance(head, nn.Linear):
+            raise UnsupportedModelError(f"{type(model).__name__} has no linear classifier")
+        dense = 0 if pooler is None else pooler.dense.in_features * pooler.dense.out_features
+        return dense + head.in_features * head.out_features
+
+    def config_fields(self, model: nn.Module) -> dict[str, Any] | None:
+        config: Any = model.config
+        widths = {self.mlp(x).width for x in self.layers(model)}
+        heads = {self.attention(x).n_heads for x in self.layers(model)}
+        if len(widths) != 1 or heads != {config.num_attention_heads}:  # its head width is hidden // heads: kept
+            return None
+        return {"intermediate_size": widths.pop()}
+
+    def keep_layers(self, model: nn.Module, keep: Sequence[int]) -> None:
+        kept = [self.layers(model)[i] for i in keep]
+        encoder: Any = model.get_submodule(self.layers_path(model).rpartition(".")[0])
+        encoder.layer = nn.ModuleList(kept)
+        config: Any = model.config
+        config.num_hidden_layers = len(kept)
+
+
 def narrowed(lin: nn.Linear, *, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
     """A new ``nn.Linear`` with only the output ``rows`` and input ``cols`` of ``lin`` (same dtype and device)."""
     w = lin.weight.detach()
@@ -358,7 +455,11 @@ LAYOUTS: Registry[DecoderLayout] = Registry(
     "decoder layout",
     DecoderLayout,
     group="prunetune.layouts",
-    builtins={"llama": "spaces.decoder._layout:LlamaLayout", "gpt2": "spaces.decoder._layout:Gpt2Layout"},
+    builtins={
+        "llama": "spaces.decoder._layout:LlamaLayout",
+        "gpt2": "spaces.decoder._layout:Gpt2Layout",
+        "bert": "spaces.decoder._layout:BertLayout",
+    },
     error=UnsupportedModelError,
 )
 

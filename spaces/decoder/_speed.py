@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import statistics
 import time
@@ -47,9 +48,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from spaces._errors import UnsupportedModelError
 from spaces._plan import Plan
 from spaces.decoder._choice import DecoderChoice, resolve
 from spaces.decoder._footprint import DecoderCost
+from spaces.decoder._layout import layout_of
 from spaces.runtime._timing import summarize, time_calls
 
 if TYPE_CHECKING:
@@ -73,13 +76,15 @@ def pass_times(model: nn.Module, context: int, new_tokens: int = NEW_TOKENS, *, 
     """Measured on this machine, batch 1, in torch: the median ms of a prefill of ``context`` tokens, and the
     median over ``runs`` of the mean ms of one decoded token, over ``new_tokens`` greedy steps with the KV cache
     after a prefill of ``context - 1`` tokens (each step feeds the last step's argmax, as greedy generation
-    does; the prefill before each run is not timed)."""
+    does; the prefill before each run is not timed). An encoder does not decode: its decode time is NaN."""
     vocab = int(getattr(getattr(model, "config", None), "vocab_size", 256))
     device = next(model.parameters()).device
     ids = torch.randint(0, vocab, (1, context), generator=torch.Generator().manual_seed(0)).to(device)
     model.eval()
     with torch.no_grad():
         prefill = summarize(time_calls(lambda: model(input_ids=ids, use_cache=False), runs=2 * runs - 1, warmup=3))
+        if not layout_of(model).causal:
+            return prefill["median_ms"], math.nan
         decode = [_decode_ms(model, ids, new_tokens) for _ in range(runs + 1)][1:]  # the first warms up
     return prefill["median_ms"], statistics.median(decode)
 
@@ -96,7 +101,7 @@ def _decode_ms(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> float:
 
 
 def tokens_per_second(model: nn.Module, context: int, new_tokens: int = NEW_TOKENS) -> tuple[float, float]:
-    """Measured prefill and decode tokens per second (:func:`pass_times`)."""
+    """Measured prefill and decode tokens per second (:func:`pass_times`; an encoder's decode: NaN)."""
     prefill_ms, decode_ms = pass_times(model, context, new_tokens)
     return context / prefill_ms * 1e3, 1e3 / decode_ms
 
@@ -214,6 +219,8 @@ def profile_decoder(
     the space's context (see the module docs)."""
     from scipy.optimize import nnls
 
+    if not space.layout.causal:
+        raise UnsupportedModelError(f"{space.layout.name} is an encoder: it does not decode, and has no latency model")
     groups = max(n for g, n in space.groups.items() if g.endswith(".attn"))
     rows = []
     for label, plan, fitted in sample_plans(space):

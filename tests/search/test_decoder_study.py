@@ -246,6 +246,7 @@ def test_low_rank_projections_are_searched_whitened_counted_exactly_and_rebuilt(
             {"[data]": '[model]\nspec = "hf-tiny:gpt2"\n[data]', "context = 64": "context = 512"},
             "budget.context 512 exceeds the model's 256 learned positions",
         ),
+        ({"[data]": '[model]\nspec = "hf-tiny:bert"\n[data]'}, "is an encoder (bert): language-model studies"),
     ],
 )
 def test_bad_decoder_input_is_one_line_exit_2_and_writes_no_study(
