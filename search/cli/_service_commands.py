@@ -42,7 +42,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 def add_service_commands(sub: Any) -> None:
     """Register ``prunetune serve`` and ``prunetune worker`` on the CLI's subparsers."""
-    factory = "a package.module:factory model or data spec that submitted studies may name (repeatable)"
+    factory = (
+        "a package.module:factory model or data spec that submitted studies may name, or an hf:PATH model "
+        "directory that submitted language-model studies may name (repeatable)"
+    )
     srv = sub.add_parser(
         "serve",
         help="serve live report pages of every study and a token-guarded JSON API (pip install 'prunetune[serve]')",

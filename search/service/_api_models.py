@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from search._config import Config
+from search.tasks._decoder_config import DecoderConfig
 from storage import candidate_view
 
 if TYPE_CHECKING:
@@ -103,11 +104,18 @@ class FrontFigureOut(_Out):
     figure: dict[str, Any] = Field(description="the front's plotly figure (data and layout)")
 
 
+def _task(v: Any) -> str:
+    """Which schema a submitted config is read by: its ``task`` (``"decoder"``), else the vision one."""
+    task = v.get("task", "vision") if isinstance(v, dict) else getattr(v, "task", "vision")
+    return task if task in ("vision", "decoder") else "vision"
+
+
 class SubmissionIn(BaseModel):
-    """A study to run: a config as the TOML file holds it (same schema), as JSON."""
+    """A study to run: a config as the TOML file holds it (same schema), as JSON; ``"task": "decoder"`` makes it
+    a language-model study (the decoder config's schema)."""
 
     model_config = ConfigDict(extra="forbid")
-    config: Config
+    config: Annotated[Annotated[Config, Tag("vision")] | Annotated[DecoderConfig, Tag("decoder")], Discriminator(_task)]
 
 
 class SubmissionOut(_Out):

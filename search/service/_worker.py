@@ -8,6 +8,9 @@ and it may name only
 * models from the zoo (``zoo:``), torchvision (``torchvision:``) or timm (``timm:``), data from
   the built-in specs (``digits``, ``fashion-mnist``, ``synthetic``), and
 * ``package.module:factory`` specs that the server lists itself (``--factory``),
+* for a language-model study (``"task": "decoder"``): the teacher trained here
+  (``teacher:stdlib``), ``hf-tiny:`` models, and ``hf:PATH`` directories the
+  server lists (``--factory hf:/models/my-llama``),
 
 never an import path, a weights file, a data folder or a Ray cluster of its own:
 the server's store and the worker's artifacts folder and cluster are used. A worker (``prunetune worker``,
@@ -42,9 +45,19 @@ class SubmissionError(UsageError):
     """A submitted config that is invalid or names what the server does not register (HTTP 422)."""
 
 
-def check_submission(raw: Mapping[str, Any], factories: Collection[str] = ()) -> Config:
-    """The validated :class:`Config` of a submitted JSON config; :class:`SubmissionError` (one line) if it is
-    invalid or names a model, data or file that the server does not register."""
+def check_submission(raw: Mapping[str, Any], factories: Collection[str] = ()) -> Any:
+    """The validated config of a submitted JSON config (a :class:`Config`; a plug-in task's, such as a
+    language model's with ``"task": "decoder"``, from :meth:`search.tasks.Task.check_submission`);
+    :class:`SubmissionError` (one line) if it is invalid or names a model, data or file that the server
+    does not register."""
+    from search.tasks import TASKS, VISION
+
+    task = raw.get("task", VISION)
+    if task != VISION:
+        if not isinstance(task, str) or task not in TASKS:
+            names = ", ".join((VISION, *TASKS.names()))
+            raise SubmissionError(f"submitted config: task must be one of {names}, got {task!r}")
+        return TASKS.get(task).check_submission(raw, factories)
     try:
         cfg = Config.model_validate(dict(raw))
     except ValidationError as exc:
@@ -74,10 +87,15 @@ def check_submission(raw: Mapping[str, Any], factories: Collection[str] = ()) ->
 
 
 def run_submission(sub: SubmissionRecord, store: StudyStore, artifacts_dir: str, factories: Collection[str]) -> None:
-    """Run one claimed submission with the normal search, in ``store`` and ``artifacts_dir``."""
+    """Run one claimed submission with the normal search (or its task's study), in ``store`` and
+    ``artifacts_dir``."""
     from search.study._study import Search
+    from search.tasks import TASKS
 
     cfg = check_submission(sub.config, factories)
+    if not isinstance(cfg, Config):  # a plug-in task's config
+        TASKS.get(cfg.task).run_submission(cfg, store, artifacts_dir)
+        return
     cfg.storage.url = store.url
     cfg.search.artifacts_dir = artifacts_dir
     Search(cfg).run()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from abc import ABC, abstractmethod
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,9 @@ class Task(ABC):
     study name (what ``front``, ``status``, ``report`` and ``export`` open);
     ``show_front``, ``show_status``, ``write_report``, ``export`` and ``page``
     (the service's) serve a stored study of this task (its row's ``space_options["task"]`` names it).
-    ``profile`` is ``prunetune profile`` on a config of this task (a task without a latency model says so).
+    ``profile`` is ``prunetune profile`` on a config of this task (a task without a latency model says so);
+    ``check_submission`` and ``run_submission`` take its configs through the service (a task that does not
+    say how is refused in one line).
     """
 
     name: str
@@ -68,6 +71,19 @@ class Task(ABC):
     def page(self, store: StudyStore, study: StudyRecord, *, plotlyjs: str | None) -> tuple[str, dict[str, Any]]:
         """The stored study's report page (HTML; ``plotlyjs``: a URL to load plotly.js from, else inlined) and
         its front figure as plotly JSON (what the service's page polls while the study runs)."""
+
+    def check_submission(self, raw: Mapping[str, Any], factories: Collection[str]) -> Any:
+        """The validated config (a pydantic model with ``task``, ``search.study`` and ``model_dump``) of a config
+        submitted to the service; a one-line :class:`search.service._worker.SubmissionError` when it is invalid
+        or names what the server does not register (``factories``: the specs the server lists)."""
+        from search.service._worker import SubmissionError
+
+        raise SubmissionError(f"submitted config: task {self.name!r} cannot be submitted to the service")
+
+    def run_submission(self, cfg: Any, store: StudyStore, artifacts_dir: str) -> None:
+        """Run a submitted study (``cfg`` from :meth:`check_submission`) in the server's ``store`` and the
+        worker's ``artifacts_dir``."""
+        raise ValueError(f"task {self.name!r} cannot be submitted to the service")
 
     def profile(self, path: str, overrides: dict[str, Any], *, runs: int, force: bool) -> int:
         """Measure (or read from the store) and print this machine's latency model for config ``path``'s model."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ from search.tasks._decoder_view import decoder_front_table, front_by_memory, pic
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from search.tasks._decoder_config import DecoderConfig
     from storage import StudyRecord, StudyStore
 
 __all__ = ["DecoderTask"]
@@ -62,6 +64,40 @@ class DecoderTask(Task):
         mean = sum(res.seconds) / len(res.seconds) if res.seconds else 0.0
         out.print(f"this run: {res.evaluated} evaluated, {mean:.2f} s per candidate (recovery and perplexity)")
         return 0
+
+    def check_submission(self, raw: Mapping[str, Any], factories: Collection[str]) -> DecoderConfig:
+        """A submitted language-model study: the decoder schema; the teacher trained here, ``hf-tiny:`` models
+        or an ``hf:`` directory the server lists; the server's store and the worker's artifacts folder."""
+        from pydantic import ValidationError
+
+        from search.service._worker import SubmissionError
+        from search.tasks._decoder_config import DecoderConfig, config_error
+
+        try:
+            cfg = DecoderConfig.model_validate(dict(raw))
+        except ValidationError as exc:
+            raise SubmissionError(str(config_error(exc, "submitted config"))) from None
+        if not cfg.search.study:
+            raise SubmissionError("submitted config: search.study must name the new study")
+        spec, listed = cfg.model.spec, sorted(f for f in factories if f.startswith("hf:"))
+        if not (spec == "teacher:stdlib" or spec.startswith("hf-tiny:") or spec in listed):
+            takes = ", ".join(["teacher:stdlib", "hf-tiny:<family>", *listed])
+            raise SubmissionError(f"submitted config: model.spec {spec!r} is not registered on this server; "
+                                  f"it takes {takes}")  # fmt: skip
+        default = DecoderConfig.model_validate({"budget": {"memory": "50%"}})  # what a config that names neither has
+        for section, key, what in (("search", "artifacts_dir", "the worker's"), ("storage", "url", "the server's")):
+            value = getattr(getattr(cfg, section), key)
+            if value != getattr(getattr(default, section), key):
+                raise SubmissionError(
+                    f"submitted config: {section}.{key} is {what} to choose ({value!r}): leave it out"
+                )
+        return cfg
+
+    def run_submission(self, cfg: Any, store: StudyStore, artifacts_dir: str) -> None:
+        from search.tasks._decoder_study import DecoderStudy
+
+        cfg.storage.url, cfg.search.artifacts_dir = store.url, artifacts_dir
+        DecoderStudy(cfg, store).prepare().run()
 
     def profile(self, path: str, overrides: dict[str, Any], *, runs: int, force: bool) -> int:
         """The model's latency model (:mod:`search.tasks._decoder_speed`), at the config's ``budget.context``."""

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["DecoderConfig", "decoder_flags", "load_decoder_config", "share_of"]
+__all__ = ["DecoderConfig", "config_error", "decoder_flags", "load_decoder_config", "share_of"]
 
 
 class _Section(BaseModel):
@@ -193,7 +193,7 @@ def decoder_flags() -> list[tuple[str, str, bool]]:
     return out
 
 
-def _error(exc: ValidationError, source: str) -> ValueError:
+def config_error(exc: ValidationError, source: str) -> ValueError:
     """The first validation error, in one line naming the key (and the nearest valid one when misspelled)."""
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
@@ -225,7 +225,7 @@ def load_decoder_config(path: str | Path, overrides: dict[str, Any] | None = Non
     try:
         cfg = DecoderConfig.model_validate(data)
     except ValidationError as exc:
-        raise _error(exc, str(p)) from None
+        raise config_error(exc, str(p)) from None
     if cfg.search.study is None:
         cfg.search.study = p.stem
     return cfg

@@ -354,3 +354,66 @@ def _profile_keys(store: StudyStore) -> list[str]:
 
     with store._session() as s:
         return list(s.scalars(select(ProfileTable.key)))
+
+
+def _submitted(study: str, **sections: dict[str, object]) -> dict[str, object]:
+    """The tests' decoder config (CONFIG) as the JSON a client submits, with ``sections`` merged in."""
+    import tomllib
+
+    data = tomllib.loads(CONFIG.format(art="unused", db="unused"))
+    del data["storage"], data["search"]["artifacts_dir"]  # the server's and the worker's
+    data["search"] |= {"study": study, "candidates": 3}
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    return data
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"model": {"spec": "hf:/etc"}}, "model.spec 'hf:/etc' is not registered on this server"),
+        ({"storage": {"url": "sqlite:////tmp/elsewhere.db"}}, "storage.url is the server's to choose"),
+        ({"search": {"artifacts_dir": "/tmp"}}, "search.artifacts_dir is the worker's to choose"),
+        ({"budget": {"memory": "150%"}}, "budget.memory must be a share of the dense model"),
+        ({"space": {"code": "import os"}}, "config.space.code: Extra inputs are not permitted"),
+    ],
+)
+def test_a_language_model_submission_naming_what_the_server_does_not_take_is_refused(
+    tmp_path: Path, sections: dict[str, dict[str, object]], message: str
+) -> None:
+    import httpx
+
+    from search.service._app import create_app
+    from tests.search.servers import uvicorn_thread
+
+    token, db = "t0ken-for-the-decoder-tests-0123", tmp_path / "served.db"
+    with uvicorn_thread(create_app(f"sqlite:///{db}", token)) as base:
+        r = httpx.post(f"{base}/api/studies", headers={"Authorization": f"Bearer {token}"},
+                       json={"config": _submitted("evil", **sections)}, timeout=30)  # fmt: skip
+        assert r.status_code == 422 and message in r.json()["error"] and "\n" not in r.json()["error"]
+        assert httpx.get(f"{base}/api/submissions", headers={"Authorization": f"Bearer {token}"}).json() == []
+
+
+def test_a_submitted_language_model_study_is_run_by_a_worker_and_served(tmp_path: Path) -> None:
+    import httpx
+
+    from search.service._app import create_app
+    from tests.search.servers import uvicorn_thread
+
+    token, db = "t0ken-for-the-decoder-tests-0123", tmp_path / "served.db"
+    auth = {"Authorization": f"Bearer {token}"}
+    with uvicorn_thread(create_app(f"sqlite:///{db}", token)) as base:
+        r = httpx.post(f"{base}/api/studies", headers=auth, json={"config": _submitted("lm-sub")}, timeout=30)
+        assert r.status_code == 202 and r.json()["status"] == "queued"
+        argv = ["worker", "--storage", f"sqlite:///{db}", "--artifacts-dir", str(tmp_path / "worker")]
+        assert main([*argv, "--once"]) == 0
+        sub = httpx.get(f"{base}/api/submissions/{r.json()['id']}", headers=auth, timeout=30).json()
+        assert (sub["status"], sub["error"]) == ("done", None)
+        figure = httpx.get(f"{base}/api/studies/lm-sub/figures/front", headers=auth, timeout=60).json()
+        assert figure["candidates"] == 3
+        page = httpx.get(f"{base}/studies/lm-sub", headers=auth, timeout=60)
+        assert page.status_code == 200 and "Perplexity against memory" in page.text
+    store = StudyStore(f"sqlite:///{db}")
+    rows = store.candidates(store.study("lm-sub").id)
+    assert len(rows) == 3 and all(r.status is Status.COMPLETE and r.perplexity for r in rows)
+    assert all(Path(r.artifact or "").is_relative_to(tmp_path / "worker") for r in rows)  # the worker's folder
