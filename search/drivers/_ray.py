@@ -63,11 +63,12 @@ from search.study._candidate import CandidateRunner, Timings, worker_id
 from spaces import CandidateKind, Status, check_interrupt, interrupt_requested, reinstall_handlers
 
 if TYPE_CHECKING:
+    from search._config import RayConfig
     from search.preparation._prepare import Prepared
     from search.study._study import RunResult, Search, Teller
     from storage import CandidateRow
 
-__all__ = ["CandidateSearcher", "RayDriver", "connect", "run_on_ray"]
+__all__ = ["CandidateSearcher", "RayDriver", "capacity", "connect", "run_on_ray"]
 
 log = logging.getLogger("prunetune")
 
@@ -102,9 +103,8 @@ class TrialResult(TypedDict, total=False):
 
 
 # ---------------------------------------------------------------------- connecting
-def _address(search: Search) -> tuple[str | None, str]:
+def _address(cfg: RayConfig) -> tuple[str | None, str]:
     """The cluster address (``ray.address``, else ``$RAY_ADDRESS``, else ``None``: a new local Ray) and its source."""
-    cfg = search.cfg.ray
     if cfg.address:
         return cfg.address, "ray.address"
     env = os.environ.get("RAY_ADDRESS")
@@ -128,16 +128,17 @@ def _probe(address: str, source: str) -> None:
         raise ValueError(f"cannot reach the Ray cluster at {source}={address!r}: {exc.strerror or exc}") from None
 
 
-def connect(search: Search) -> bool:
-    """Connect this process to the study's Ray cluster; ``True`` when it started Ray (and must shut it down)."""
+def connect(cfg: RayConfig) -> bool:
+    """Connect this process to the Ray cluster of a study's ``[ray]`` section; ``True`` when it started Ray
+    (and must shut it down)."""
     import ray
 
     if ray.is_initialized():
         return False
-    address, source = _address(search)
+    address, source = _address(cfg)
     if address is not None and address not in ("auto", "local"):
         _probe(address, source)
-    node_ip = search.cfg.ray.node_ip or os.environ.get("PRUNETUNE_RAY_NODE_IP") or None
+    node_ip = cfg.node_ip or os.environ.get("PRUNETUNE_RAY_NODE_IP") or None
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
     if node_ip:
         kwargs["_node_ip_address"] = node_ip
@@ -152,11 +153,10 @@ def connect(search: Search) -> bool:
     return True
 
 
-def _capacity(search: Search) -> int:
+def capacity(rc: RayConfig) -> int:
     """``ray.max_concurrent``, else how many candidates the cluster's resources hold at once."""
     import ray
 
-    rc = search.cfg.ray
     if rc.max_concurrent is not None:
         return rc.max_concurrent  # trusted as given (an autoscaling cluster may grow into it)
     total = ray.cluster_resources()
@@ -420,7 +420,7 @@ class RayDriver(Driver):
     name = "ray"
 
     def connect(self, search: Search) -> None:
-        connect(search)
+        connect(search.cfg.ray)
 
     def run(self, search: Search, on_candidate: Callable[[RunResult], None] | None) -> RunResult:
         return run_on_ray(search, on_candidate)
@@ -432,8 +432,8 @@ def run_on_ray(search: Search, on_candidate: Callable[[RunResult], None] | None 
 
     cfg = search.cfg
     p = search.prepared
-    connect(search)  # done by Search.prepare; the process stays connected (ray.shutdown() to leave)
-    n = _capacity(search)
+    connect(cfg.ray)  # done by Search.prepare; the process stays connected (ray.shutdown() to leave)
+    n = capacity(cfg.ray)
     res = search.new_result()
     searcher = CandidateSearcher(search, res)
     shipment = _Shipment(uuid.uuid4().hex, cloudpickle.dumps(p))

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from search._config import Config, _error
-from spaces import UsageError, check_interrupt
+from search.tasks import SubmissionError  # defined beside the task contract, which raises it too
+from spaces import check_interrupt
 
 if TYPE_CHECKING:
     from storage import StudyStore, SubmissionRecord
@@ -39,10 +40,6 @@ __all__ = ["BUILTIN_DATA", "SubmissionError", "check_submission", "run_submissio
 BUILTIN_DATA = ("digits", "fashion-mnist", "synthetic")
 _SAFE_MODELS = ("zoo:", "torchvision:", "timm:")  # library registries: no code named by the config
 log = logging.getLogger("prunetune")
-
-
-class SubmissionError(UsageError):
-    """A submitted config that is invalid or names what the server does not register (HTTP 422)."""
 
 
 def check_submission(raw: Mapping[str, Any], factories: Collection[str] = ()) -> Any:

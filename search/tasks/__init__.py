@@ -9,6 +9,6 @@ model's per-layer MLP widths, key-value groups and depth under a memory budget
 (weights plus KV cache), scored by validation perplexity.
 """
 
-from search.tasks._base import TASKS, VISION, Task, register_task, task_flags, task_of, task_of_study
+from search.tasks._base import TASKS, VISION, SubmissionError, Task, register_task, task_flags, task_of, task_of_study
 
-__all__ = ["TASKS", "VISION", "Task", "register_task", "task_flags", "task_of", "task_of_study"]
+__all__ = ["TASKS", "VISION", "SubmissionError", "Task", "register_task", "task_flags", "task_of", "task_of_study"]

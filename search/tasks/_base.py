@@ -8,16 +8,23 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spaces import Registry
+from spaces import Registry, UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from storage import StudyRecord, StudyStore
 
-__all__ = ["TASKS", "VISION", "Task", "register_task", "task_flags", "task_of", "task_of_study"]
+__all__ = ["TASKS", "VISION", "SubmissionError", "Task", "register_task", "task_flags", "task_of", "task_of_study"]
 
-VISION = "vision"  # a config without ``task``: search.Search's pipeline, not an entry of TASKS
+VISION = "vision"
+
+
+class SubmissionError(UsageError):
+    """A config submitted to the service that is invalid or names what the server does not register (HTTP 422)."""
+
+
+# a config without ``task``: search.Search's pipeline, not an entry of TASKS
 
 
 class Task(ABC):
@@ -74,10 +81,8 @@ class Task(ABC):
 
     def check_submission(self, raw: Mapping[str, Any], factories: Collection[str]) -> Any:
         """The validated config (a pydantic model with ``task``, ``search.study`` and ``model_dump``) of a config
-        submitted to the service; a one-line :class:`search.service._worker.SubmissionError` when it is invalid
+        submitted to the service; a one-line :class:`SubmissionError` when it is invalid
         or names what the server does not register (``factories``: the specs the server lists)."""
-        from search.service._worker import SubmissionError
-
         raise SubmissionError(f"submitted config: task {self.name!r} cannot be submitted to the service")
 
     def run_submission(self, cfg: Any, store: StudyStore, artifacts_dir: str) -> None:

@@ -37,6 +37,11 @@ class DecoderTask(Task):
         cfg = load_decoder_config(path, overrides)
         err, out = Console(stderr=True), Console()
         study = DecoderStudy(cfg)
+        if cfg.search.backend == "ray":  # a cluster that cannot be reached fails before anything is written
+            _needs_ray()
+            from search.drivers._ray import connect
+
+            connect(cfg.ray)
         with err.status(f"preparing study {study.name!r} (text, model, calibration)"):
             study.prepare()
         dense = study.dense_ppl
@@ -50,8 +55,17 @@ class DecoderTask(Task):
         columns = (TextColumn("[bold]candidates"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=err, disable=quiet) as bar:
             task = bar.add_task("run", total=cfg.search.candidates, completed=study.store.count(study.study_id))
+
+            def progress(o: Any) -> None:
+                bar.update(task, completed=min(o.total, cfg.search.candidates))
+
             try:
-                res = study.run(lambda o: bar.update(task, completed=min(o.total, cfg.search.candidates)))
+                if cfg.search.backend == "ray":
+                    from search.tasks._decoder_ray import run_decoder_on_ray
+
+                    res = run_decoder_on_ray(study, progress)
+                else:
+                    res = study.run(progress)
             except KeyboardInterrupt:
                 study.store.release(study.study_id, study.worker, "interrupted by the user")
                 raise
@@ -70,7 +84,7 @@ class DecoderTask(Task):
         or an ``hf:`` directory the server lists; the server's store and the worker's artifacts folder."""
         from pydantic import ValidationError
 
-        from search.service._worker import SubmissionError
+        from search.tasks._base import SubmissionError
         from search.tasks._decoder_config import DecoderConfig, config_error
 
         try:
@@ -84,6 +98,9 @@ class DecoderTask(Task):
             takes = ", ".join(["teacher:stdlib", "hf-tiny:<family>", *listed])
             raise SubmissionError(f"submitted config: model.spec {spec!r} is not registered on this server; "
                                   f"it takes {takes}")  # fmt: skip
+        for key, value in (("ray.address", cfg.ray.address), ("ray.node_ip", cfg.ray.node_ip)):
+            if value is not None:
+                raise SubmissionError(f"submitted config: {key} is the worker's to choose ({value!r}): leave it out")
         default = DecoderConfig.model_validate({"budget": {"memory": "50%"}})  # what a config that names neither has
         for section, key, what in (("search", "artifacts_dir", "the worker's"), ("storage", "url", "the server's")):
             value = getattr(getattr(cfg, section), key)
@@ -183,3 +200,11 @@ class DecoderTask(Task):
                 f"pick: trial {best.trial_number}, validation perplexity {best.perplexity:.3f} after "
                 f"{best.top_steps} recovery steps, memory {share:.1f}%"
             )
+
+
+def _needs_ray() -> None:
+    """A one-line error where Ray Tune is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError("search.backend = \"ray\" needs Ray Tune: pip install 'prunetune[ray]'")

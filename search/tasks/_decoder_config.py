@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from search._config import RayConfig
+
 __all__ = ["DecoderConfig", "config_error", "decoder_flags", "load_decoder_config", "share_of"]
 
 
@@ -146,6 +148,11 @@ class DecoderSearchConfig(_Section):
         "evolve, random, or a plug-in's (prunetune.samplers)",
     )
     floor: str = Field("20%", description="the smallest memory a candidate is fitted onto, a share of the dense model")
+    backend: Literal["local", "ray"] = Field(
+        "local",
+        description="where candidates are recovered: in this process, or as Ray Tune trials on the [ray] cluster "
+        "(the store stays the record; pip install 'prunetune[ray]')",
+    )
     seed: int = Field(0, description="seed of the sampler")
     artifacts_dir: str = Field("artifacts", description="where the teacher trained here is cached")
 
@@ -178,6 +185,7 @@ class DecoderConfig(_Section):
     evaluate: DecoderEvaluateConfig = Field(default_factory=lambda: DecoderEvaluateConfig())
     search: DecoderSearchConfig = Field(default_factory=lambda: DecoderSearchConfig())
     storage: DecoderStorageConfig = Field(default_factory=lambda: DecoderStorageConfig())
+    ray: RayConfig = Field(default_factory=lambda: RayConfig())  # search.backend = "ray": the cluster
 
 
 def decoder_flags() -> list[tuple[str, str, bool]]:

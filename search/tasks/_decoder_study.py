@@ -95,6 +95,16 @@ class DecoderStudy:
         )
         return self
 
+    def attach(
+        self, space: DecoderSpace, text: TextSplits, latency: DecoderLatency | None, study_id: int
+    ) -> DecoderStudy:
+        """The study as another process prepared it (its space, scores included, its text, latency model and
+        row): what a Ray trial recovers candidates with (:mod:`search.tasks._decoder_ray`)."""
+        self.space, self.model, self.text, self.latency = space, space.model, text, latency
+        self.study_id = study_id
+        self.optuna = self._optuna()
+        return self
+
     def prepare(self) -> DecoderStudy:
         """Load text, model and space, check the budget, then create (or reopen) the study."""
         from spaces.factorization import factor_method

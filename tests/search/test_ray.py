@@ -22,6 +22,7 @@ import pytest
 
 from search import load_config
 from search.cli import main
+from spaces import Status
 from storage import CandidateRow, StudyStore
 from tests.search.conftest import ConfigMaker, dump
 
@@ -372,3 +373,23 @@ def test_local_and_ray_store_the_same_schema_and_ray_finishes_a_local_study(
     _Driver(local, cluster, tmp_path / "finish.log", "--search.candidates", "5").wait()
     rows = _check_study(a, a.url, "t", 5)
     assert [(r.id, r.plan_hash, r.status, r.accuracy, r.artifact) for r in rows[:3]] == before
+
+
+@needs_ray
+def test_a_language_model_study_recovers_its_candidates_on_the_cluster(cluster: dict[str, str], tmp_path: Path) -> None:
+    from tests.search.test_decoder_study import write_config as decoder_config
+
+    cfg = decoder_config(tmp_path, **{"candidates = 6": "candidates = 4"})
+    _Driver(cfg, cluster, tmp_path / "driver.log").wait()
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    store = StudyStore(url)
+    rows = store.candidates(store.study("lm").id)
+    assert len(rows) == 4 and len({r.plan_hash for r in rows}) == 4
+    assert all(r.status is Status.COMPLETE and r.perplexity and Path(r.artifact or "").is_file() for r in rows)
+    trials = {t.number: t for t in optuna.load_study(study_name="lm", storage=url).get_trials()}
+    for r in rows:  # the sampler heard every sampled candidate once, from the trial that recovered it
+        if r.trial_number is not None:
+            assert trials[r.trial_number].values == [r.perplexity_after(r.rungs[0][0]), r.memory]
+    assert sum(r.top_rung >= 1 for r in rows) == 2  # the driver re-scored the best two (rescore_top)
+    assert {r.id for r in store.front(store.study("lm").id)} <= {r.id for r in rows}
+    assert len(list((tmp_path / "artifacts" / "ray").glob("*/_decoder_trial_*"))) == 4  # one Tune trial each
