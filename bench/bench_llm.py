@@ -28,7 +28,15 @@ the ``calibration`` split) and its own rule, exactly onto the budget
     recovered for ``--search-steps`` distilled steps and scored by perplexity on
     the ``validation`` split, in a SQLite store in a temp folder, the best
     ``--rescore-top`` recovered again for ``--recovery-steps``); its pick is the
-    lowest validation perplexity among those.
+    lowest validation perplexity among those;
+(d) with ``--bits 8,4``, **uniform at b bits**: every layer's projections at
+    ``b`` bits (weight-only, per output channel, the bits dimension) and one
+    prune ratio fitted onto what remains of the budget, for each ``b``: what one
+    line of a weight-only quantizer plus uniform pruning gives;
+(q) with ``--bits``, **PruneTune's search over bits too**: the same study with
+    ``space.bits`` set, so each layer's width may be float32 or any of ``b``.
+
+``--arms`` picks which run (letters, default all that apply).
 
 Then every arm gets the same recovery: ``--recovery-steps`` steps on the
 ``train`` split, distilled from the teacher (KL on logits, as Minitron;
@@ -99,6 +107,8 @@ def args_() -> argparse.Namespace:
     ap.add_argument("--search-steps", type=int, default=40, help="distilled recovery steps per searched candidate")
     ap.add_argument("--rescore-top", type=int, default=3, help="the search's best, recovered again for its pick")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bits", default="", help="weight bits for arms (d) and (q), e.g. 8,4 (default: none)")
+    ap.add_argument("--arms", default="abcsdq", help="which arms run, by letter (d and q need --bits)")
     return parse(ap, SMOKE)
 
 
@@ -129,8 +139,21 @@ def arms(space: DecoderSpace, limit: int, calibration: torch.Tensor) -> dict[str
     return out
 
 
-def searched_plan(args: argparse.Namespace, share: float, seed: int, cache: Path) -> Plan:
-    """The pick of a ``task = "decoder"`` study at ``share`` of the memory (seed ``seed``), in a temp store."""
+def bit_arms(space: DecoderSpace, limit: int, bits: list[int]) -> dict[str, Plan | str]:
+    """(d): every layer at ``b`` bits, one prune ratio fitted onto the budget, for each ``b`` of ``bits``."""
+    layers = sorted({g.rsplit(".", 1)[0] for g in space.groups})
+    out: dict[str, Plan | str] = {}
+    for b in bits:
+        try:
+            out[f"(d) uniform at {b} bits"] = space.fit(Plan(bits=dict.fromkeys(layers, b)), limit)
+        except PlanError as exc:
+            out[f"(d) uniform at {b} bits"] = str(exc)
+    return out
+
+
+def searched_plan(args: argparse.Namespace, share: float, seed: int, cache: Path, bits: list[int]) -> Plan:
+    """The pick of a ``task = "decoder"`` study at ``share`` of the memory (seed ``seed``; with ``bits``, layers
+    may take those weight bits), in a temp store."""
     from search.tasks._decoder_config import DecoderConfig
     from search.tasks._decoder_study import DecoderStudy
 
@@ -139,10 +162,11 @@ def searched_plan(args: argparse.Namespace, share: float, seed: int, cache: Path
         "model": {"teacher": {"layers": args.layers, "width": args.width, "mlp": args.mlp, "heads": args.heads,
                               "kv_heads": args.kv_heads, "steps": args.teacher_steps}},
         "data": {"max_bytes": args.max_bytes},
+        "space": {"bits": bits},
         "budget": {"memory": share, "context": args.serve_context, "batch": args.serve_batch},
         "evaluate": {"recovery_steps": args.search_steps, "kd_weight": args.kd_weight, "context": args.context,
                      "seed": seed, "rescore_top": args.rescore_top, "rescore_steps": args.recovery_steps},
-        "search": {"study": f"llm-{share}-{seed}", "candidates": args.search_candidates, "seed": seed,
+        "search": {"study": f"llm-{share}-{seed}-{len(bits)}", "candidates": args.search_candidates, "seed": seed,
                    "artifacts_dir": str(cache)},
         "storage": {"url": f"sqlite:///{folder / 'study.db'}"},
     })  # fmt: skip
@@ -158,15 +182,20 @@ def run_budget(args: argparse.Namespace, share: float, seeds: list[int], teach: 
     # the scores every arm keeps structures by, the study's own (space.calibration_windows of evaluate.context)
     space.calibrate(text.calibration, windows=128, length=args.context)
     limit = space.memory_limit(share)
-    plans = arms(space, limit, text.calibration)
+    bits = [int(b) for b in args.bits.split(",") if b]
+    plans = {n: p for n, p in {**arms(space, limit, text.calibration), **bit_arms(space, limit, bits)}.items()
+             if n[1] in args.arms}  # fmt: skip
     rows = [[f"{share:.0%}", name, "—", f"cannot reach the budget: {why}", "", ""] for name, why in plans.items()
             if isinstance(why, str)]  # fmt: skip
     runs = [(n, [p] * len(seeds)) for n, p in plans.items() if isinstance(p, Plan)]
-    if isinstance(plans["(b) global"], Plan):
-        runs.append(("(b) global, plain recovery", [plans["(b) global"]] * len(seeds)))
-    if args.search_candidates:  # one study per seed: the search's own spread is in the figure
-        picks = [searched_plan(args, share, seed, args.cache) for seed in seeds]
+    if isinstance(glob := plans.get("(b) global"), Plan):
+        runs.append(("(b) global, plain recovery", [glob] * len(seeds)))
+    if args.search_candidates and "s" in args.arms:  # one study per seed: the search's own spread is in the figure
+        picks = [searched_plan(args, share, seed, args.cache, []) for seed in seeds]
         runs += [("(s) PruneTune search", picks), ("(s) PruneTune search, plain recovery", picks)]
+    if args.search_candidates and bits and "q" in args.arms:
+        picks = [searched_plan(args, share, seed, args.cache, bits) for seed in seeds]
+        runs.append((f"(q) PruneTune search, bits {'/'.join(map(str, bits))}", picks))
     for name, per_seed in runs:
         ppls = [recovered(args, space, plan, seed, teach, text, plain="plain" in name)
                 for plan, seed in zip(per_seed, seeds, strict=True)]  # fmt: skip

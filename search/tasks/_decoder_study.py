@@ -203,15 +203,29 @@ class DecoderStudy:
 
     def _seed_plans(self) -> list[tuple[Plan, CandidateKind]]:
         """The uniform and the global plan at the cap, and one at the floor: the global plan where it reaches
-        the floor (it keeps a structure of every group), else the uniform one. A cap below the smallest plan
-        is a one-line :class:`~spaces.PlanError` here, before the study is written."""
-        s = self.space
-        seeds = [(s.fit(s.uniform_plan(0.0), self.cap), CandidateKind.UNIFORM)]
-        for limit in (self.cap, self.floor):
-            try:
-                seeds.append((s.global_plan(limit), CandidateKind.GLOBAL))
-            except PlanError:
-                seeds.append((s.fit(s.uniform_plan(0.0), limit), CandidateKind.UNIFORM))
+        the floor (it keeps a structure of every group), else the uniform one; with bits (or ranks) also every
+        layer at the fewest bits (every projection at a quarter of its rank), and then the float plans that
+        cannot reach the cap are left out. A cap below the smallest plan is a one-line
+        :class:`~spaces.PlanError` here, before the study is written."""
+        s, missed = self.space, list[PlanError]()
+
+        def uniform(limit: int) -> tuple[Plan, CandidateKind]:
+            return s.fit(s.uniform_plan(0.0), limit), CandidateKind.UNIFORM
+
+        def glob(limit: int) -> tuple[Plan, CandidateKind]:
+            return s.global_plan(limit), CandidateKind.GLOBAL
+
+        def first(limit: int, *rules: Callable[[int], tuple[Plan, CandidateKind]]) -> list[tuple[Plan, CandidateKind]]:
+            for rule in rules:
+                try:
+                    return [rule(limit)]
+                except PlanError as exc:
+                    missed.append(exc)
+            return []
+
+        seeds = first(self.cap, uniform) + first(self.cap, glob, uniform) + first(self.floor, glob, uniform)
+        if len(seeds) < 3 and not (self.cfg.space.bits or self.cfg.space.rank):  # only they reach below floats
+            raise missed[-1]
         if self.cfg.space.bits:  # every layer at the fewest bits, widths fitted around them
             seeds.append((s.fit(self._lowest_bits(Plan()), self.cap), CandidateKind.UNIFORM))
         if self.cfg.space.rank:  # every projection at a quarter of its rank, widths fitted around them
