@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from search.study._study import RunResult, Search, Teller
     from storage import CandidateRow
 
-__all__ = ["CandidateSearcher", "RayDriver", "capacity", "connect", "run_on_ray"]
+__all__ = ["CandidateSearcher", "RayDriver", "StoreSearcher", "capacity", "connect", "run_on_ray"]
 
 log = logging.getLogger("prunetune")
 
@@ -266,7 +266,41 @@ def _candidate_trial(config: TrialConfig, shipment: _Shipment) -> None:
 
 
 # ---------------------------------------------------------------------- the driver's side
-class CandidateSearcher(Searcher):
+class StoreSearcher(Searcher):
+    """A ``Searcher`` whose state is the study store: it remembers each live trial's config only to record the
+    failure of one Tune gave up on (:meth:`record_failure`), saves nothing, refuses Tune's snapshots, and an
+    unpickled copy proposes nothing. The vision and the language-model searchers are two of these."""
+
+    def __init__(self, max_failures: int) -> None:
+        super().__init__()
+        self.max_failures = max_failures
+        self.finished = False
+        self.trials: dict[str, Any] = {}  # Tune trial id -> its config
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        config = self.trials.pop(trial_id, None)
+        if config is None or not error:
+            return  # the trial recorded its candidate
+        self.record_failure(config, f"Ray Tune gave up on its trial after {self.max_failures} retries")
+
+    def record_failure(self, config: Any, reason: str) -> None:
+        """Record FAIL for the candidate of ``config`` if its trial never recorded it."""
+        raise NotImplementedError
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing: the store is the state (see the module docs)."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        raise RuntimeError(_NOT_FROM_SNAPSHOT)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # Tune pickles its config into its snapshot; ours is in the store
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.finished = True  # an unpickled searcher proposes nothing
+
+
+class CandidateSearcher(StoreSearcher):
     """Proposes candidates to Ray Tune from our Optuna study; the store records them (see the module docs).
 
     ``suggest`` claims, samples, repairs and reserves (a trial's config names a
@@ -275,14 +309,12 @@ class CandidateSearcher(Searcher):
     """
 
     def __init__(self, search: Search, res: RunResult) -> None:
-        super().__init__()
+        super().__init__(search.cfg.ray.max_failures)
         self.search = search
         self.res = res
         self.seeds = search.seed_plans()
-        self.finished = False
         self._first = True
         self._retries: list[CandidateRow] = []
-        self.trials: dict[str, TrialConfig] = {}  # Tune trial id -> its config
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:  # a TrialConfig (Ray types it as a plain dict)
         from storage import StudyFullError
@@ -318,12 +350,6 @@ class CandidateSearcher(Searcher):
         self.trials[trial_id] = config
         return config
 
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        config = self.trials.pop(trial_id, None)
-        if config is None or not error:
-            return  # the trial recorded its candidate
-        self.record_failure(config, f"Ray Tune gave up on its trial after {self.search.cfg.ray.max_failures} retries")
-
     def record_failure(self, config: TrialConfig, reason: str) -> None:
         """Record FAIL for a candidate whose trial never recorded it (its retries were spent)."""
         from search.sampling._params import level_of, params_from_plan
@@ -344,18 +370,6 @@ class CandidateSearcher(Searcher):
         if got is not None:
             p.store.set_trial_number(row.id, got)
         self.res.events.append(f"candidate {row.id}: {reason}; recorded as FAIL")
-
-    def save(self, checkpoint_path: str) -> None:
-        """Nothing: the store is the state (see the module docs)."""
-
-    def restore(self, checkpoint_path: str) -> None:
-        raise RuntimeError(_NOT_FROM_SNAPSHOT)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {}  # Tune pickles its config into its snapshot; ours is in the store
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.finished = True  # an unpickled searcher proposes nothing
 
 
 class _Progress(tune.Callback):

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ray import tune
 from ray.tune.search import Searcher
 
+from search.drivers._ray import StoreSearcher
 from spaces import Plan, Status
 
 if TYPE_CHECKING:
@@ -86,15 +87,12 @@ def _decoder_trial(config: dict[str, Any], shipment: _Shipment) -> None:
     tune.report({"cid": cid, "evaluated": out.evaluated, "seconds": sum(out.seconds)})
 
 
-class DecoderSearcher(Searcher):
+class DecoderSearcher(StoreSearcher):
     """Proposes the decoder study's candidates to Ray Tune; the store records them (see the module docs)."""
 
     def __init__(self, study: DecoderStudy) -> None:
-        super().__init__()
-        self.study = study
-        self.finished = False
-        self.trials: dict[str, dict[str, Any]] = {}
-        s = study
+        super().__init__(study.cfg.ray.max_failures)
+        self.study = s = study
         self.retries = [r.id for r in s.store.claim_stale(s.study_id, s.worker, grace_seconds=300.0,
                                                           is_dead=lambda w: w is None)]  # fmt: skip
 
@@ -115,27 +113,10 @@ class DecoderSearcher(Searcher):
         self.trials[trial_id] = config
         return config
 
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        config = self.trials.pop(trial_id, None)
-        if config is None or not error:
-            return  # the trial recorded its candidate
+    def record_failure(self, config: dict[str, Any], reason: str) -> None:
         s = self.study
-        row = s.store.candidate(s.study_id, id=config["cid"])
-        if row.status is Status.RUNNING:
-            reason = f"Ray Tune gave up on its trial after {s.cfg.ray.max_failures} retries"
-            s.store.finish(row.id, Status.FAIL, error=reason, objectives=_objectives())
-
-    def save(self, checkpoint_path: str) -> None:
-        """Nothing: the store is the state."""
-
-    def restore(self, checkpoint_path: str) -> None:
-        raise RuntimeError("resume a PruneTune study by running the same command again, not from a Tune snapshot")
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.finished = True  # an unpickled searcher proposes nothing
+        if s.store.candidate(s.study_id, id=config["cid"]).status is Status.RUNNING:
+            s.store.finish(config["cid"], Status.FAIL, error=reason, objectives=_objectives())
 
 
 def _objectives() -> tuple[Any, ...]:
