@@ -200,6 +200,27 @@ def test_per_layer_bits_are_searched_counted_in_memory_and_rebuilt_exactly(tmp_p
     )
 
 
+def test_a_budget_only_bits_reach_is_searched_with_bits_and_refused_without(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # this teacher's smallest float plan is 56.9 % of its memory; every layer at 4 bits goes down to 49.4 %
+    budget = {'memory = "75%"': 'memory = "53%"', 'floor = "60%"': 'floor = "50%"'}
+    for sub in ("floats", "bits"):
+        (tmp_path / sub).mkdir()
+    refused = write_config(tmp_path / "floats", **budget)
+    assert main(["run", str(refused), "--quiet"]) == 2
+    assert "below the smallest plan" in capsys.readouterr().err
+    cfg = write_config(tmp_path / "bits", **budget, **{"[evaluate]": "[space]\nbits = [8, 4]\n[evaluate]"})
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    study = DecoderStudy(load_decoder_config(cfg)).load()
+    rows = study.store.candidates(study.store.study("lm").id)
+    assert len(rows) == 6 and all(r.status is Status.COMPLETE for r in rows)
+    for r in rows:  # no float plan fits: every candidate quantizes a layer, and is within the cap
+        plan = Plan.from_json(r.plan)
+        assert plan.entries("bits") and r.memory == study.space.cost(plan).memory_bytes
+        assert r.memory <= study.space.memory_limit(0.53)
+
+
 def test_low_rank_projections_are_searched_whitened_counted_exactly_and_rebuilt(tmp_path: Path) -> None:
     from evaluators._text import perplexity
     from spaces.decoder import resolve
