@@ -105,9 +105,11 @@ class FrontFigureOut(_Out):
 
 
 def _task(v: Any) -> str:
-    """Which schema a submitted config is read by: its ``task`` (``"decoder"``), else the vision one."""
+    """Which schema a submitted config is read by: the vision one without a ``task``, the decoder one for
+    ``"decoder"``, and for any other task (a plug-in's) none here: its own check (the task contract's
+    ``check_submission``) validates it, and an unknown task is refused there in one line."""
     task = v.get("task", "vision") if isinstance(v, dict) else getattr(v, "task", "vision")
-    return task if task in ("vision", "decoder") else "vision"
+    return task if task in ("vision", "decoder") else "other"
 
 
 class SubmissionIn(BaseModel):
@@ -115,7 +117,12 @@ class SubmissionIn(BaseModel):
     a language-model study (the decoder config's schema)."""
 
     model_config = ConfigDict(extra="forbid")
-    config: Annotated[Annotated[Config, Tag("vision")] | Annotated[DecoderConfig, Tag("decoder")], Discriminator(_task)]
+    config: Annotated[
+        Annotated[Config, Tag("vision")]
+        | Annotated[DecoderConfig, Tag("decoder")]
+        | Annotated[dict[str, Any], Tag("other")],
+        Discriminator(_task),
+    ]
 
 
 class SubmissionOut(_Out):

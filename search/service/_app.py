@@ -97,8 +97,8 @@ def _errors_as_json(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        # the body's name and the submitted config's schema tag (vision or decoder) are not keys the user wrote
-        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "vision", "decoder"))
+        # the body's name and the submitted config's schema tag (vision, decoder, other) are not keys the user wrote
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "vision", "decoder", "other"))
         return JSONResponse({"error": f"{where}: {err.get('msg')}" if where else err.get("msg")}, status_code=422)
 
     @app.exception_handler(PruneTuneError)

@@ -112,10 +112,11 @@ def export_trial(name: str, n: int, state: State) -> Response:
 @router.post("/studies", response_model=SubmissionOut, status_code=202, tags=["submissions"])
 def submit(body: SubmissionIn, state: State) -> SubmissionOut:
     """Queue a study for `prunetune worker`: a config with the TOML file's schema, naming only models and
-    data this server registers (zoo:, torchvision:, built-in data, its --factory specs); the server's own
-    store and artifacts folder are used."""
+    data this server registers (zoo:, torchvision:, built-in data, its --factory specs; `"task": "decoder"`:
+    a language-model study); the server's own store and artifacts folder are used."""
     try:
-        cfg = check_submission(body.config.model_dump(mode="json"), state.allowed)
+        raw = body.config if isinstance(body.config, dict) else body.config.model_dump(mode="json")  # a plug-in's
+        cfg = check_submission(raw, state.allowed)
         record = state.queue.submit(str(cfg.search.study), cfg.model_dump(mode="json"))
     except SubmissionError as exc:
         raise HTTPException(422, first_line(exc)) from None

@@ -424,6 +424,8 @@ def test_a_submitted_language_model_study_is_run_by_a_worker_and_served(tmp_path
     token, db = "t0ken-for-the-decoder-tests-0123", tmp_path / "served.db"
     auth = {"Authorization": f"Bearer {token}"}
     with uvicorn_thread(create_app(f"sqlite:///{db}", token)) as base:
+        odd = httpx.post(f"{base}/api/studies", headers=auth, json={"config": {"task": "audio"}}, timeout=30)
+        assert odd.status_code == 422 and "task must be one of vision, decoder, got 'audio'" in odd.json()["error"]
         r = httpx.post(f"{base}/api/studies", headers=auth, json={"config": _submitted("lm-sub")}, timeout=30)
         assert r.status_code == 202 and r.json()["status"] == "queued"
         argv = ["worker", "--storage", f"sqlite:///{db}", "--artifacts-dir", str(tmp_path / "worker")]
