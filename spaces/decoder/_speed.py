@@ -201,7 +201,7 @@ def sample_plans(space: DecoderSpace, *, random_plans: int = 16, seed: int = 0) 
     plans += [(f"uniform {q:.2f}", space.uniform_plan(q * r), True) for q in (0.3, 0.6, 1.0)]
     for kind in ("mlp", "attn"):
         plans.append((f"{kind} only {r:.2f}", Plan(prune={g: r for g in names if g.endswith("." + kind)}), True))
-    for n in sorted({1, len(layers) // 2} - {0}):
+    for n in sorted({1, len(layers) // 2} - {0, len(layers)}):  # a one-layer model keeps its layer
         plans.append((f"{n} layer(s) dropped", Plan(depth=dict.fromkeys(layers[-n:], "shortcut")), True))
     rng = random.Random(seed)
     fitted = random_plans - max(1, random_plans // 4)
