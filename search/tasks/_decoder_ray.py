@@ -29,16 +29,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ray import tune
+from ray import cloudpickle, tune
 from ray.tune.search import Searcher
 
-from search.drivers._ray import StoreSearcher
+from search.drivers._ray import StoreSearcher, capacity, connect
+from search.tasks._decoder_study import OBJECTIVES, DecoderStudy, Outcome
 from spaces import Plan, Status
-
-if TYPE_CHECKING:
-    from search.tasks._decoder_study import DecoderStudy, Outcome
 
 __all__ = ["DecoderSearcher", "run_decoder_on_ray"]
 
@@ -62,10 +60,6 @@ class _TrialStudy:
     def get(cls, shipment: _Shipment) -> DecoderStudy:
         got = cls._cache.get(shipment.token)
         if got is None:
-            from ray import cloudpickle
-
-            from search.tasks._decoder_study import DecoderStudy
-
             cfg, space, text, latency, study_id = cloudpickle.loads(shipment.payload)
             cls._cache.clear()
             got = cls._cache[shipment.token] = DecoderStudy(cfg).attach(space, text, latency, study_id)
@@ -74,8 +68,6 @@ class _TrialStudy:
 
 def _decoder_trial(config: dict[str, Any], shipment: _Shipment) -> None:
     """A Tune trial: recover, score and record candidate ``config["cid"]`` (nothing when it is recorded already)."""
-    from search.tasks._decoder_study import Outcome
-
     study = _TrialStudy.get(shipment)
     cid, number = int(config["cid"]), config.get("trial")
     row = study.store.candidate(study.study_id, id=cid)
@@ -116,13 +108,7 @@ class DecoderSearcher(StoreSearcher):
     def record_failure(self, config: dict[str, Any], reason: str) -> None:
         s = self.study
         if s.store.candidate(s.study_id, id=config["cid"]).status is Status.RUNNING:
-            s.store.finish(config["cid"], Status.FAIL, error=reason, objectives=_objectives())
-
-
-def _objectives() -> tuple[Any, ...]:
-    from search.tasks._decoder_study import OBJECTIVES
-
-    return OBJECTIVES
+            s.store.finish(config["cid"], Status.FAIL, error=reason, objectives=OBJECTIVES)
 
 
 class _Progress(tune.Callback):
@@ -146,11 +132,6 @@ class _Progress(tune.Callback):
 def run_decoder_on_ray(study: DecoderStudy, on_candidate: Any = None) -> Outcome:
     """Recover the prepared ``study``'s candidates as Ray Tune trials until it holds ``search.candidates``, then
     re-score the best here (see the module docs)."""
-    from ray import cloudpickle
-
-    from search.drivers._ray import capacity, connect
-    from search.tasks._decoder_study import Outcome
-
     cfg = study.cfg
     connect(cfg.ray)
     out = Outcome(total=study.store.count(study.study_id))
