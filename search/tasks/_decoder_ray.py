@@ -85,8 +85,7 @@ class DecoderSearcher(StoreSearcher):
     def __init__(self, study: DecoderStudy) -> None:
         super().__init__(study.cfg.ray.max_failures)
         self.study = s = study
-        self.retries = [r.id for r in s.store.claim_stale(s.study_id, s.worker, grace_seconds=300.0,
-                                                          is_dead=lambda w: w is None)]  # fmt: skip
+        self.retries = [r.id for r in s.claim_stale()]
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         s = self.study

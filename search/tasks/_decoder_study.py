@@ -291,8 +291,7 @@ class DecoderStudy:
         from spaces import check_interrupt
 
         out = Outcome(total=self.store.count(self.study_id))
-        claimed = self.store.claim_stale(self.study_id, self.worker, grace_seconds=300.0, is_dead=lambda w: w is None)
-        for row in claimed:
+        for row in self.claim_stale():
             self._finish(row.id, Plan.from_json(row.plan), row.trial_number, out)
             check_interrupt()
         while self.store.count(self.study_id) < self.cfg.search.candidates:
@@ -307,6 +306,11 @@ class DecoderStudy:
         out.total = self.store.count(self.study_id)
         out.rescored = self.rescore()
         return out
+
+    def claim_stale(self) -> list[CandidateRow]:
+        """The candidates a stopped run left RUNNING (released, or without a heartbeat for 300 s), now this
+        worker's: evaluated first."""
+        return self.store.claim_stale(self.study_id, self.worker, grace_seconds=300.0, is_dead=lambda w: w is None)
 
     def _propose(self) -> tuple[int, Plan, int] | None:
         """The next plan, reserved in the store: a seed while seeds remain, else the sampler's."""
